@@ -1,0 +1,1 @@
+"""Node agent (DaemonSet): NVML backends, health checks, exporter, device plugin, clock actuation."""

@@ -1,0 +1,148 @@
+"""Building blocks shared by every Flywheel kind: base model, conditions, CEL rule declarations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "flywheel.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL ``x-kubernetes-validations`` entry; the message must name the offending field."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules into the generated CRD schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class FlywheelModel(BaseModel):
+    """Base of every spec/status model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the Kubernetes API stores it (camelCase, unset optionals omitted)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ObjectMeta(BaseModel):
+    """The subset of ``metadata`` Flywheel reads; every other key is kept as is."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str | None = None
+    generate_name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Condition(FlywheelModel):
+    """A status condition following the Kubernetes API conventions (``metav1.Condition``)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    type: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$", max_length=316)
+    status: ConditionStatus
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    observed_generation: int | None = Field(default=None, ge=0)
+    last_transition_time: datetime
+
+
+CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str = "",
+    observed_generation: int | None = None,
+    at: datetime | None = None,
+) -> list[Condition]:
+    """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` moves only when status changes."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    transition = previous.last_transition_time if previous and previous.status == status else (at or now())
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=transition,
+    )
+    return [c for c in conditions if c.type != type_] + [updated]
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+class Resource(BaseModel):
+    """Common envelope of a Flywheel custom resource."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SINGULAR: ClassVar[str]
+    SHORT_NAMES: ClassVar[tuple[str, ...]]
+    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]]
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]]
+
+    api_version: Literal["flywheel.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: str | None = None
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> Self:
+        if self.kind is not None and self.kind != self.KIND:
+            raise ValueError(f"kind: expected {self.KIND!r}, got {self.kind!r}")
+        return self
+
+    def wire(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["kind"] = self.KIND
+        return body
+
+
+def age_column() -> dict[str, Any]:
+    return {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def condition_column(name: str, condition_type: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "string",
+        "jsonPath": f'.status.conditions[?(@.type=="{condition_type}")].status',
+    }

@@ -1,0 +1,137 @@
+"""``GPUNode``: one GPU node. The node agent writes status; the operator writes spec."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from flywheel.api.v1alpha1.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    Condition,
+    FlywheelModel,
+    Resource,
+    age_column,
+    cel,
+    cel_rules,
+    condition_column,
+)
+
+
+class DiagnosticsLevel(StrEnum):
+    """Hierarchical stop-time diagnostics, cheapest first."""
+
+    NVML = "NVML"
+    COMPUTE = "Compute"
+    ENGINE = "Engine"
+
+
+class GPUQuarantine(FlywheelModel):
+    uuid: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=1024)
+    incident: str | None = Field(default=None, max_length=253)
+    since: datetime | None = None
+
+
+class DiagnosticsRequest(FlywheelModel):
+    id: str = Field(min_length=1, max_length=63, description="Changes to ask for a new run.")
+    level: DiagnosticsLevel = DiagnosticsLevel.NVML
+    gpu_uuids: list[str] = Field(default_factory=list, alias="gpuUUIDs", max_length=64)
+
+
+class GPUNodeSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "!self.quarantineNode || has(self.quarantineReason)",
+                "quarantineReason must explain why the node is quarantined",
+                ".quarantineReason",
+            ),
+        ),
+    )
+
+    node_name: str = Field(min_length=1, max_length=253)
+    quarantine_node: bool = Field(default=False, description="Cordon and taint the whole node.")
+    quarantine_reason: str | None = Field(default=None, min_length=1, max_length=1024)
+    quarantined_gpus: list[GPUQuarantine] = Field(
+        default_factory=list,
+        max_length=64,
+        alias="quarantinedGPUs",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["uuid"]},
+    )
+    diagnostics: DiagnosticsRequest | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.quarantine_node and self.quarantine_reason is None:
+            raise ValueError("quarantineReason must explain why the node is quarantined")
+        uuids = [q.uuid for q in self.quarantined_gpus]
+        if len(set(uuids)) != len(uuids):
+            raise ValueError("quarantinedGPUs must not repeat a uuid")
+        return self
+
+
+class GPUInfo(FlywheelModel):
+    uuid: str
+    index: int
+    product: str
+    memory_mib: int = Field(alias="memoryMiB")
+    pci_bus_id: str | None = None
+    sm_clock_min_mhz: int | None = Field(default=None, alias="smClockMinMHz")
+    sm_clock_max_mhz: int | None = Field(default=None, alias="smClockMaxMHz")
+    supported_sm_clocks_mhz: list[int] = Field(default_factory=list, alias="supportedSMClocksMHz")
+    nvlink_peers: list[str] = Field(default_factory=list, alias="nvlinkPeers")
+    nvlink_domain: str | None = Field(default=None, description="GPUs sharing a domain talk over NVLink.")
+    healthy: bool = True
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+    sm_clock_mhz: int | None = Field(default=None, alias="smClockMHz")
+    power_watts: int | None = None
+    temperature_celsius: int | None = None
+
+
+class DiagnosticsResult(FlywheelModel):
+    id: str
+    level: DiagnosticsLevel
+    passed: bool
+    message: str = ""
+    finished_at: datetime | None = None
+
+
+class GPUNodeStatus(FlywheelModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+    gpus: list[GPUInfo] = Field(default_factory=list, alias="gpus")
+    gpu_count: int = 0
+    healthy_gpus: int = 0
+    quarantined_gpus: int = Field(default=0, alias="quarantinedGPUs")
+    power_watts: int = 0
+    heartbeat_time: datetime | None = None
+    agent_version: str | None = None
+    diagnostics: DiagnosticsResult | None = None
+
+
+class GPUNode(Resource):
+    KIND: ClassVar[str] = "GPUNode"
+    PLURAL: ClassVar[str] = "gpunodes"
+    SINGULAR: ClassVar[str] = "gpunode"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("gn", "gpun")
+    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpuCount"},
+        {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthyGpus"},
+        {"name": "Quarantined", "type": "integer", "jsonPath": ".status.quarantinedGPUs"},
+        {"name": "Node-Quarantined", "type": "boolean", "jsonPath": ".spec.quarantineNode"},
+        condition_column("Ready", "Ready"),
+        {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts", "priority": 1},
+        {"name": "Heartbeat", "type": "date", "jsonPath": ".status.heartbeatTime", "priority": 1},
+        age_column(),
+    )
+
+    spec: GPUNodeSpec
+    status: GPUNodeStatus | None = None

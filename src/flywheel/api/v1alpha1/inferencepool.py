@@ -1,0 +1,111 @@
+"""``InferencePool``: the engine instances serving one request class of a ModelDeployment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from flywheel.api.v1alpha1.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    Condition,
+    FlywheelModel,
+    Resource,
+    age_column,
+    cel,
+    cel_rules,
+    condition_column,
+)
+from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy
+
+
+class PoolRequestClass(FlywheelModel):
+    name: str = Field(pattern=DNS_LABEL, min_length=1, max_length=20)
+    max_input_tokens: int | None = Field(default=None, ge=1, description="Unset: unbounded.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Unset: unbounded.")
+    merged_classes: list[str] = Field(
+        default_factory=list, description="Low-load classes the cluster controller merged into this pool."
+    )
+
+
+class InferencePoolSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "self.clockMinMHz <= self.clockMaxMHz",
+                "clockMinMHz must be less than or equal to clockMaxMHz",
+                ".clockMinMHz",
+            ),
+        ),
+    )
+
+    model_deployment: str = Field(pattern=DNS_LABEL, min_length=1, max_length=253)
+    request_class: PoolRequestClass
+    tensor_parallel: Literal[1, 2, 4, 8] = 8
+    instances: int = Field(default=1, ge=0, le=10_000)
+    standbys: int = Field(default=0, ge=0, le=1_000)
+    clock_min_mhz: int = Field(default=800, ge=100, le=3000, alias="clockMinMHz")
+    clock_max_mhz: int = Field(default=1980, ge=100, le=3000, alias="clockMaxMHz")
+    ttft_p99_ms: int = Field(default=1000, ge=1, le=600_000, alias="ttftP99Ms")
+    tbt_p99_ms: int = Field(default=100, ge=1, le=60_000, alias="tbtP99Ms")
+    energy_policy: EnergyPolicy = EnergyPolicy.BALANCED
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.clock_min_mhz > self.clock_max_mhz:
+            raise ValueError("clockMinMHz must be less than or equal to clockMaxMHz")
+        return self
+
+
+class PoolLoad(FlywheelModel):
+    requests_per_second: float = 0.0
+    input_tokens_per_second: float = 0.0
+    output_tokens_per_second: float = 0.0
+    forecast_requests_per_second: float | None = None
+
+
+class PoolDecision(FlywheelModel):
+    tensor_parallel: int
+    instances: int
+    clock_cap_mhz: int | None = Field(default=None, alias="clockCapMHz")
+    predicted_power_watts: int | None = None
+    reason: str = ""
+    decided_at: datetime | None = None
+    controller: str = Field(default="pool", description="Which controller decided: cluster, pool, fault.")
+
+
+class InferencePoolStatus(FlywheelModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+    ready_instances: int = 0
+    standby_instances: int = 0
+    load: PoolLoad | None = None
+    decision: PoolDecision | None = None
+    power_watts: int = 0
+
+
+class InferencePool(Resource):
+    KIND: ClassVar[str] = "InferencePool"
+    PLURAL: ClassVar[str] = "inferencepools"
+    SINGULAR: ClassVar[str] = "inferencepool"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ipool", "fwpool")
+    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"name": "Deployment", "type": "string", "jsonPath": ".spec.modelDeployment"},
+        {"name": "Class", "type": "string", "jsonPath": ".spec.requestClass.name"},
+        {"name": "TP", "type": "integer", "jsonPath": ".spec.tensorParallel"},
+        {"name": "Instances", "type": "integer", "jsonPath": ".spec.instances"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyInstances"},
+        {"name": "Standbys", "type": "integer", "jsonPath": ".status.standbyInstances"},
+        {"name": "Clock", "type": "integer", "jsonPath": ".status.decision.clockCapMHz", "priority": 1},
+        condition_column("Available", "Ready"),
+        age_column(),
+    )
+
+    spec: InferencePoolSpec
+    status: InferencePoolStatus | None = None

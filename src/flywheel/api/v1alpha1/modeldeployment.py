@@ -1,0 +1,349 @@
+"""``ModelDeployment``: the user's object — one model served under latency SLOs at least energy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from flywheel.api.v1alpha1.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    Condition,
+    FlywheelModel,
+    Resource,
+    age_column,
+    cel,
+    cel_rules,
+    condition_column,
+)
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8)
+AUTO_CLASS_NAMES = ("ss", "sm", "sl", "ms", "mm", "ml", "ls", "lm", "ll")
+
+
+class EngineKind(StrEnum):
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    SIMULATED = "simulated"
+
+
+class EnergyPolicy(StrEnum):
+    PERFORMANCE = "Performance"
+    BALANCED = "Balanced"
+    EFFICIENT = "Efficient"
+
+
+class DType(StrEnum):
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FP8 = "fp8"
+    INT8 = "int8"
+
+
+class RequestClassMode(StrEnum):
+    AUTO = "Auto"
+    EXPLICIT = "Explicit"
+
+
+class OverEviction(StrEnum):
+    NONE = "None"
+    TENSOR_PARALLEL_GROUP = "TensorParallelGroup"
+    NODE = "Node"
+
+
+class ModelSpec(FlywheelModel):
+    name: str = Field(min_length=1, max_length=253, description="Model name served to clients.")
+    parameters_millions: int = Field(
+        ge=1, le=10_000_000, description="Parameter count in millions (70B = 70000)."
+    )
+    weight_source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(hf|s3|gs|pvc|file|oci)://.+",
+        description="Where weights come from: hf://org/model, s3://bucket/path, pvc://claim/path, ...",
+    )
+    dtype: DType = DType.BFLOAT16
+
+
+class EngineSpec(FlywheelModel):
+    kind: EngineKind = EngineKind.VLLM
+    image: str | None = Field(
+        default=None, max_length=1024, description="Engine image; defaults per engine kind."
+    )
+    extra_args: list[str] = Field(default_factory=list, max_length=64)
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class GPUSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "self.clockMinMHz <= self.clockMaxMHz",
+                "gpu.clockMinMHz must be less than or equal to gpu.clockMaxMHz",
+                ".clockMinMHz",
+            ),
+        ),
+    )
+
+    product: str = Field(default="H100-80GB-SXM", min_length=1, max_length=63)
+    allowed_tensor_parallel: list[Literal[1, 2, 4, 8]] = Field(
+        default_factory=lambda: [2, 4, 8],
+        min_length=1,
+        max_length=4,
+        alias="allowedTensorParallel",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Tensor-parallel degrees the pool controller may choose (powers of two, <= 8 per node).",
+    )
+    clock_min_mhz: int = Field(default=800, ge=100, le=3000, alias="clockMinMHz")
+    clock_max_mhz: int = Field(default=1980, ge=100, le=3000, alias="clockMaxMHz")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.clock_min_mhz > self.clock_max_mhz:
+            raise ValueError("gpu.clockMinMHz must be less than or equal to gpu.clockMaxMHz")
+        if len(set(self.allowed_tensor_parallel)) != len(self.allowed_tensor_parallel):
+            raise ValueError("gpu.allowedTensorParallel must not repeat a degree")
+        return self
+
+
+class ClassSLO(FlywheelModel):
+    ttft_p99_ms: int = Field(ge=1, le=600_000, alias="ttftP99Ms")
+    tbt_p99_ms: int = Field(ge=1, le=60_000, alias="tbtP99Ms")
+
+
+class SLOSpec(FlywheelModel):
+    ttft_p99_ms: int = Field(
+        default=1000, ge=1, le=600_000, alias="ttftP99Ms", description="P99 time to first token."
+    )
+    tbt_p99_ms: int = Field(
+        default=100, ge=1, le=60_000, alias="tbtP99Ms", description="P99 time between tokens."
+    )
+    per_class: dict[str, ClassSLO] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Overrides per request class name.",
+    )
+
+
+class ScalingSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "self.minInstances <= self.maxInstances",
+                "scaling.minInstances must be less than or equal to scaling.maxInstances",
+                ".minInstances",
+            ),
+        ),
+    )
+
+    min_instances: int = Field(default=1, ge=0, le=10_000)
+    max_instances: int = Field(default=8, ge=1, le=10_000)
+    warm_standbys: int = Field(default=1, ge=0, le=1_000, description="Warm standby instances per pool.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.min_instances > self.max_instances:
+            raise ValueError("scaling.minInstances must be less than or equal to scaling.maxInstances")
+        return self
+
+
+class RequestClass(FlywheelModel):
+    name: str = Field(pattern=DNS_LABEL, min_length=1, max_length=20)
+    max_input_tokens: int = Field(ge=1, le=10_000_000)
+    max_output_tokens: int = Field(ge=1, le=10_000_000)
+
+
+class RequestClassesSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "self.inputThresholdsTokens[0] < self.inputThresholdsTokens[1]",
+                "requestClasses.inputThresholdsTokens must be strictly increasing",
+                ".inputThresholdsTokens",
+            ),
+            cel(
+                "self.outputThresholdsTokens[0] < self.outputThresholdsTokens[1]",
+                "requestClasses.outputThresholdsTokens must be strictly increasing",
+                ".outputThresholdsTokens",
+            ),
+            cel(
+                "self.mode != 'Explicit' || size(self.classes) > 0",
+                "requestClasses.classes must list at least one class when mode is Explicit",
+                ".classes",
+            ),
+            cel(
+                "self.mode != 'Auto' || size(self.classes) == 0",
+                "requestClasses.classes must be empty when mode is Auto (use inputThresholdsTokens)",
+                ".classes",
+            ),
+        ),
+    )
+
+    mode: RequestClassMode = RequestClassMode.AUTO
+    input_thresholds_tokens: list[int] = Field(
+        default_factory=lambda: [512, 2048],
+        min_length=2,
+        max_length=2,
+        json_schema_extra={"items": {"type": "integer", "minimum": 1}},
+        description="Input-length bounds of the short and medium classes (Auto mode).",
+    )
+    output_thresholds_tokens: list[int] = Field(
+        default_factory=lambda: [64, 256],
+        min_length=2,
+        max_length=2,
+        json_schema_extra={"items": {"type": "integer", "minimum": 1}},
+        description="Predicted-output-length bounds of the short and medium classes (Auto mode).",
+    )
+    classes: list[RequestClass] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        for field, values in (
+            ("inputThresholdsTokens", self.input_thresholds_tokens),
+            ("outputThresholdsTokens", self.output_thresholds_tokens),
+        ):
+            if any(v < 1 for v in values):
+                raise ValueError(f"requestClasses.{field} must be positive")
+            if values[0] >= values[1]:
+                raise ValueError(f"requestClasses.{field} must be strictly increasing")
+        if self.mode == RequestClassMode.EXPLICIT and not self.classes:
+            raise ValueError("requestClasses.classes must list at least one class when mode is Explicit")
+        if self.mode == RequestClassMode.AUTO and self.classes:
+            raise ValueError(
+                "requestClasses.classes must be empty when mode is Auto (use inputThresholdsTokens)"
+            )
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError("requestClasses.classes must not repeat a name")
+        return self
+
+
+class FaultToleranceSpec(FlywheelModel):
+    hang_timeout_seconds: int = Field(default=10, ge=1, le=3600)
+    over_eviction: OverEviction = OverEviction.TENSOR_PARALLEL_GROUP
+    max_unavailable_percent: int = Field(default=25, ge=0, le=100)
+
+
+class ModelDeploymentSpec(FlywheelModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(
+            cel(
+                "self.model.name == oldSelf.model.name",
+                "model.name is immutable; create a new ModelDeployment to serve another model",
+                ".model.name",
+            ),
+            cel(
+                "self.requestClasses.mode != 'Auto' || self.slo.perClass.all(k, k in "
+                + "[" + ", ".join(f"'{n}'" for n in AUTO_CLASS_NAMES) + "])",
+                "slo.perClass keys must be request class names (Auto mode: "
+                + ", ".join(AUTO_CLASS_NAMES) + ")",
+                ".slo.perClass",
+            ),
+            cel(
+                "self.requestClasses.mode != 'Explicit' || "
+                "self.slo.perClass.all(k, self.requestClasses.classes.exists(c, c.name == k))",
+                "slo.perClass keys must name a class listed in requestClasses.classes",
+                ".slo.perClass",
+            ),
+        ),
+    )
+
+    model: ModelSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    gpu: GPUSpec = Field(default_factory=GPUSpec)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
+    energy_policy: EnergyPolicy = EnergyPolicy.BALANCED
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    request_classes: RequestClassesSpec = Field(default_factory=RequestClassesSpec)
+    fault_tolerance: FaultToleranceSpec = Field(default_factory=FaultToleranceSpec)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        known = set(self.class_names())
+        unknown = sorted(set(self.slo.per_class) - known)
+        if unknown:
+            if self.request_classes.mode == RequestClassMode.AUTO:
+                raise ValueError(
+                    "slo.perClass keys must be request class names (Auto mode: "
+                    + ", ".join(AUTO_CLASS_NAMES) + ")"
+                )
+            raise ValueError("slo.perClass keys must name a class listed in requestClasses.classes")
+        return self
+
+    def class_names(self) -> list[str]:
+        if self.request_classes.mode == RequestClassMode.EXPLICIT:
+            return [c.name for c in self.request_classes.classes]
+        return list(AUTO_CLASS_NAMES)
+
+    def slo_for(self, class_name: str) -> ClassSLO:
+        override = self.slo.per_class.get(class_name)
+        if override is not None:
+            return override
+        return ClassSLO(ttft_p99_ms=self.slo.ttft_p99_ms, tbt_p99_ms=self.slo.tbt_p99_ms)
+
+
+class PoolSummary(FlywheelModel):
+    name: str
+    request_class: str
+    tensor_parallel: int
+    instances: int
+    ready_instances: int = 0
+    standbys: int = 0
+    clock_cap_mhz: int | None = Field(default=None, alias="clockCapMHz")
+
+
+class ModelDeploymentStatus(FlywheelModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+    pools: list[PoolSummary] = Field(default_factory=list)
+    ready_instances: int = 0
+    total_instances: int = 0
+    standby_instances: int = 0
+    tensor_parallel: str | None = Field(default=None, description="TP degrees in use, e.g. '4,8'.")
+    power_watts: int = 0
+    energy_joules: int = 0
+    tokens_per_joule: float | None = None
+    slo_attainment: float | None = Field(default=None, description="Fraction of requests within SLO.")
+    slo_window_seconds: int | None = None
+    last_updated: datetime | None = None
+
+
+class ModelDeployment(Resource):
+    KIND: ClassVar[str] = "ModelDeployment"
+    PLURAL: ClassVar[str] = "modeldeployments"
+    SINGULAR: ClassVar[str] = "modeldeployment"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("md", "mdep")
+    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
+        condition_column("Ready", "Ready"),
+        {"name": "Instances", "type": "integer", "jsonPath": ".status.readyInstances"},
+        {"name": "Total", "type": "integer", "jsonPath": ".status.totalInstances", "priority": 1},
+        {"name": "TP", "type": "string", "jsonPath": ".status.tensorParallel"},
+        {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts", "description": "Watts"},
+        {"name": "Energy", "type": "integer", "jsonPath": ".status.energyJoules", "description": "Joules"},
+        {"name": "Policy", "type": "string", "jsonPath": ".spec.energyPolicy", "priority": 1},
+        age_column(),
+    )
+
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None

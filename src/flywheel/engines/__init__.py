@@ -1,0 +1,1 @@
+"""Engine adapters (vLLM, SGLang), the simulated engine server and the request router."""

@@ -1,0 +1,1 @@
+"""kopf wiring: turns watched objects into controller inputs and applies their outputs."""

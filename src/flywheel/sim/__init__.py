@@ -1,0 +1,1 @@
+"""Discrete-event simulator: runs Flywheel's controllers and the baselines on real traces."""
