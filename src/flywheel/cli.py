@@ -33,6 +33,80 @@ def crds(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+def operator(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Serve only these namespaces."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Serve every namespace."),
+    peering: str | None = typer.Option(None, "--peering", help="kopf peering name (HA: only one replica acts)."),
+    standalone: bool = typer.Option(False, "--standalone", help="No peering (single replica)."),
+    priority: int | None = typer.Option(None, "--priority", help="Peering priority; default from the pod name."),
+    liveness: str | None = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics here."),
+    server: str | None = typer.Option(None, "--server", help="API server URL (default: in-cluster/kubeconfig)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
+    pool_period: float = typer.Option(300.0, "--pool-period", help="Seconds between pool controller rounds."),
+    cluster_period: float = typer.Option(1800.0, "--cluster-period", help="Seconds between cluster rounds."),
+    resync: float = typer.Option(60.0, "--resync", help="Seconds between full resyncs of each object."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the Flywheel operator (kopf): deployments -> pools -> instances -> engine Pods."""
+    from flywheel.operator.cli import main as run_operator
+
+    run_operator(
+        namespaces=namespace,
+        all_namespaces=all_namespaces or not namespace,
+        peering=peering,
+        standalone=standalone,
+        priority=priority,
+        liveness=liveness,
+        metrics_port=metrics_port,
+        server=server,
+        insecure=insecure,
+        pool_period=pool_period,
+        cluster_period=cluster_period,
+        resync=resync,
+        verbose=verbose,
+    )
+
+
+@app.command()
+def agent(
+    node_name: str = typer.Option(..., "--node-name", envvar="NODE_NAME", help="This node (downward API)."),
+    simulated_gpus: int = typer.Option(0, "--simulated-gpus", help="Use N simulated GPUs instead of NVML."),
+    sysfs_root: Path = typer.Option(Path("/sys"), "--sysfs-root", help="Root of sysfs (NIC/IB state)."),
+    interface: list[str] = typer.Option([], "--interface", help="NICs to watch (default: all physical)."),
+    device_plugin_dir: Path = typer.Option(Path("/var/lib/kubelet/device-plugins"), "--device-plugin-dir"),
+    device_plugin: bool = typer.Option(True, "--device-plugin/--no-device-plugin"),
+    gpu_replicas: int = typer.Option(1, "--gpu-replicas", min=1, help="Share each GPU N ways."),
+    metrics_port: int = typer.Option(9400, "--metrics-port"),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, max=1.0, help="Health-check period (s)."),
+    hang_after: float = typer.Option(10.0, "--hang-after", help="Engine hang: tokens flat this long (s)."),
+    dry_run_clocks: bool = typer.Option(False, "--dry-run-clocks", help="Log clock changes, apply none."),
+    operator_timeout: float = typer.Option(60.0, "--operator-timeout", help="Reset clocks after this silence."),
+    kube: bool = typer.Option(True, "--kube/--no-kube", help="Write GPUNode status and Events."),
+    engine: list[str] = typer.Option([], "--engine", help="name=http://host:port[@pid,...] to watch."),
+) -> None:
+    """Run the node agent (DaemonSet): health checks, metrics, clocks, device plugin."""
+    from flywheel.agents.cli import run_agent
+
+    run_agent(
+        node_name=node_name,
+        simulated_gpus=simulated_gpus,
+        sysfs_root=sysfs_root,
+        interfaces=interface or None,
+        device_plugin_dir=device_plugin_dir,
+        device_plugin=device_plugin,
+        gpu_replicas=gpu_replicas,
+        metrics_port=metrics_port,
+        interval_s=interval,
+        hang_after_s=hang_after,
+        dry_run_clocks=dry_run_clocks,
+        operator_timeout_s=operator_timeout,
+        kube=kube,
+        engines=engine,
+    )
+
+
 def main() -> None:
     app()
 

@@ -50,7 +50,7 @@ class _CRDJsonSchema(GenerateJsonSchema):
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         if "default_factory" in schema and not schema.get("default_factory_takes_data", False):
             value = schema["default_factory"]()  # type: ignore[call-arg]
-            if isinstance(value, BaseModel) or isinstance(value, dict):
+            if isinstance(value, BaseModel | dict):
                 return {}
             if isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
                 return []
@@ -62,7 +62,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, dict):
         if "$ref" in node:
             target = defs[node["$ref"].split("/")[-1]]
-            merged = {**_resolve(copy.deepcopy(target), defs), **{k: v for k, v in node.items() if k != "$ref"}}
+            merged = {
+                **_resolve(copy.deepcopy(target), defs),
+                **{k: v for k, v in node.items() if k != "$ref"},
+            }
             return _resolve(merged, defs)
         return {k: _resolve(v, defs) for k, v in node.items()}
     if isinstance(node, list):

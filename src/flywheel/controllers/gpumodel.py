@@ -23,9 +23,14 @@ class GPUSku:
     bf16_tflops: float  # dense
     idle_watts: float
     board_limit_watts: float
-    # Dynamic power at max clock and full utilisation, above idle; grows ~ f^exponent.
+    # Dynamic power at max clock and full utilisation, above idle. A share of it (HBM, memory
+    # controllers, fabric) does not follow the SM clock; the rest grows ~ f^exponent (f x V^2 with
+    # voltage falling with the clock).
     dynamic_watts_at_max: float
     power_clock_exponent: float
+    clock_independent_fraction: float
+    # Below this SM clock memory-bound decode starts to slow down (see perfmodel.decode_clock_factor).
+    decode_knee_mhz: float
 
     def supported_clocks(self) -> list[int]:
         return list(range(self.sm_clock_min_mhz, self.sm_clock_max_mhz + 1, self.clock_step_mhz))
@@ -35,7 +40,8 @@ class GPUSku:
 
 
 # H100 SXM5 80GB: 700 W board limit, idle ~70-75 W (shared/data/SOURCES.md); 3.35 TB/s HBM3,
-# ~989 TFLOPS dense BF16 (NVIDIA H100 datasheet); SM clocks 210-1980 MHz in 15 MHz steps (nvidia-smi -q -d SUPPORTED_CLOCKS).
+# ~989 TFLOPS dense BF16 (NVIDIA H100 datasheet); SM clocks 210-1980 MHz in 15 MHz steps
+# (nvidia-smi -q -d SUPPORTED_CLOCKS).
 H100_SXM = GPUSku(
     name="H100-80GB-SXM",
     memory_gib=80,
@@ -47,8 +53,14 @@ H100_SXM = GPUSku(
     bf16_tflops=989.0,
     idle_watts=72.0,
     board_limit_watts=700.0,
+    # idle + dynamic = 632 W at full decode utilisation: ML.ENERGY H100 Llama-3.x-70B TP4 at batch ~900
+    # draws 637 W per GPU (mlenergy_llm_configs.csv).
     dynamic_watts_at_max=560.0,
     power_clock_exponent=2.2,
+    # 45% clock-independent makes decode energy/token bottom out near 1.1 GHz at ~27% below max clock,
+    # matching throttLL'eM's sweet spot (+37.4% tokens/J, U-shaped below; shared/data/SOURCES.md).
+    clock_independent_fraction=0.45,
+    decode_knee_mhz=1100.0,
 )
 
 # A100 SXM4 80GB: 400 W board limit, ~2.0 TB/s HBM2e, 312 TFLOPS dense BF16 (NVIDIA A100 datasheet).
@@ -65,6 +77,9 @@ A100_SXM = GPUSku(
     board_limit_watts=400.0,
     dynamic_watts_at_max=320.0,
     power_clock_exponent=2.2,
+    clock_independent_fraction=0.45,
+    # throttLL'eM (A100): -6.25% decode throughput at 1050 MHz -> knee 1000 MHz gives -5.8%.
+    decode_knee_mhz=1000.0,
 )
 
 SKUS: dict[str, GPUSku] = {sku.name: sku for sku in (H100_SXM, A100_SXM)}
@@ -74,5 +89,7 @@ def gpu_power_watts(sku: GPUSku, sm_clock_mhz: float, utilization: float) -> flo
     """Board power of one GPU at an SM clock and a utilisation in [0, 1], capped at the board limit."""
     clock = min(max(sm_clock_mhz, sku.sm_clock_min_mhz), sku.sm_clock_max_mhz)
     util = min(max(utilization, 0.0), 1.0)
-    dynamic = sku.dynamic_watts_at_max * util * (clock / sku.sm_clock_max_mhz) ** sku.power_clock_exponent
+    scaled = float((clock / sku.sm_clock_max_mhz) ** sku.power_clock_exponent)
+    share = sku.clock_independent_fraction + (1.0 - sku.clock_independent_fraction) * scaled
+    dynamic = sku.dynamic_watts_at_max * util * share
     return min(sku.idle_watts + dynamic, sku.board_limit_watts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 
@@ -10,7 +11,7 @@ from pydantic.alias_generators import to_camel
 
 GROUP = "flywheel.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Literal["flywheel.dev/v1alpha1"] = "flywheel.dev/v1alpha1"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -37,6 +38,14 @@ class FlywheelModel(BaseModel):
         extra="forbid",
         validate_assignment=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        """``null`` fields count as absent, as the API server prunes them before defaulting."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
     def wire(self) -> dict[str, Any]:
         """The object as the Kubernetes API stores it (camelCase, unset optionals omitted)."""
@@ -129,6 +138,12 @@ class Resource(BaseModel):
         if self.kind is not None and self.kind != self.KIND:
             raise ValueError(f"kind: expected {self.KIND!r}, got {self.kind!r}")
         return self
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any] | str | bytes) -> Self:
+        """Parse an object as the API server would: JSON types strictly, camelCase names only."""
+        text = body if isinstance(body, str | bytes) else json.dumps(body)
+        return cls.model_validate_json(text, strict=True, by_alias=True, by_name=False)
 
     def wire(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", by_alias=True, exclude_none=True)

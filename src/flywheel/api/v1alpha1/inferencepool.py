@@ -18,7 +18,7 @@ from flywheel.api.v1alpha1.common import (
     cel_rules,
     condition_column,
 )
-from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy
+from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, TensorParallelDegree
 
 
 class PoolRequestClass(FlywheelModel):
@@ -46,7 +46,7 @@ class InferencePoolSpec(FlywheelModel):
 
     model_deployment: str = Field(pattern=DNS_LABEL, min_length=1, max_length=253)
     request_class: PoolRequestClass
-    tensor_parallel: Literal[1, 2, 4, 8] = 8
+    tensor_parallel: TensorParallelDegree = 8
     instances: int = Field(default=1, ge=0, le=10_000)
     standbys: int = Field(default=0, ge=0, le=1_000)
     clock_min_mhz: int = Field(default=800, ge=100, le=3000, alias="clockMinMHz")

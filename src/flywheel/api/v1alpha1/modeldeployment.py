@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from flywheel.api.v1alpha1.common import (
@@ -22,6 +22,22 @@ from flywheel.api.v1alpha1.common import (
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8)
+
+
+def _integer_not_bool(value: object) -> object:
+    """JSON ``true`` is not the integer 1 (``Literal[1]`` would accept it: ``True == 1``)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+TensorParallelDegree = Annotated[Literal[1, 2, 4, 8], BeforeValidator(_integer_not_bool)]
+
+
+def _default_tensor_parallel() -> list[TensorParallelDegree]:
+    return [2, 4, 8]
+
+
 AUTO_CLASS_NAMES = ("ss", "sm", "sl", "ms", "mm", "ml", "ls", "lm", "ll")
 
 
@@ -93,8 +109,8 @@ class GPUSpec(FlywheelModel):
     )
 
     product: str = Field(default="H100-80GB-SXM", min_length=1, max_length=63)
-    allowed_tensor_parallel: list[Literal[1, 2, 4, 8]] = Field(
-        default_factory=lambda: [2, 4, 8],
+    allowed_tensor_parallel: list[TensorParallelDegree] = Field(
+        default_factory=_default_tensor_parallel,
         min_length=1,
         max_length=4,
         alias="allowedTensorParallel",
@@ -254,9 +270,12 @@ class ModelDeploymentSpec(FlywheelModel):
             ),
             cel(
                 "self.requestClasses.mode != 'Auto' || self.slo.perClass.all(k, k in "
-                + "[" + ", ".join(f"'{n}'" for n in AUTO_CLASS_NAMES) + "])",
+                + "["
+                + ", ".join(f"'{n}'" for n in AUTO_CLASS_NAMES)
+                + "])",
                 "slo.perClass keys must be request class names (Auto mode: "
-                + ", ".join(AUTO_CLASS_NAMES) + ")",
+                + ", ".join(AUTO_CLASS_NAMES)
+                + ")",
                 ".slo.perClass",
             ),
             cel(
@@ -285,10 +304,17 @@ class ModelDeploymentSpec(FlywheelModel):
             if self.request_classes.mode == RequestClassMode.AUTO:
                 raise ValueError(
                     "slo.perClass keys must be request class names (Auto mode: "
-                    + ", ".join(AUTO_CLASS_NAMES) + ")"
+                    + ", ".join(AUTO_CLASS_NAMES)
+                    + ")"
                 )
             raise ValueError("slo.perClass keys must name a class listed in requestClasses.classes")
         return self
+
+    def update_errors(self, old: ModelDeploymentSpec) -> list[str]:
+        """The CRD's transition rules (``oldSelf``): what this spec may not change from ``old``."""
+        if self.model.name != old.model.name:
+            return ["model.name is immutable; create a new ModelDeployment to serve another model"]
+        return []
 
     def class_names(self) -> list[str]:
         if self.request_classes.mode == RequestClassMode.EXPLICIT:

@@ -19,7 +19,7 @@ from flywheel.api.v1alpha1.common import (
     cel_rules,
     condition_column,
 )
-from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, EngineKind
+from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, EngineKind, TensorParallelDegree
 
 
 class InstanceRole(StrEnum):
@@ -85,7 +85,7 @@ class ModelInstanceSpec(FlywheelModel):
     model_deployment: str = Field(pattern=DNS_LABEL, min_length=1, max_length=253)
     pool: str = Field(pattern=DNS_LABEL, min_length=1, max_length=253)
     role: InstanceRole = InstanceRole.ACTIVE
-    tensor_parallel: Literal[1, 2, 4, 8] = 8
+    tensor_parallel: TensorParallelDegree = 8
     node_name: str | None = Field(default=None, min_length=1, max_length=253)
     gpu_uuids: list[str] = Field(
         default_factory=list,

@@ -1,0 +1,90 @@
+"""``flywheel agent``: run the node agent until SIGTERM, then return clocks to defaults."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from flywheel.agents.agent import Agent, AgentConfig
+from flywheel.agents.health.engine import EngineTarget
+from flywheel.agents.nvml.backend import NvmlBackend
+from flywheel.agents.status import StatusSink
+
+log = logging.getLogger(__name__)
+
+
+def parse_engines(specs: list[str]) -> list[EngineTarget]:
+    """``name=http://host:port[@pid,pid]`` -> targets."""
+    out = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"--engine {spec!r}: expected name=http://host:port[@pid,...]")
+        url, _, pids = rest.partition("@")
+        out.append(EngineTarget(name, url.rstrip("/"), tuple(int(p) for p in pids.split(",") if p)))
+    return out
+
+
+def run_agent(
+    node_name: str,
+    simulated_gpus: int,
+    sysfs_root: Path,
+    interfaces: list[str] | None,
+    device_plugin_dir: Path,
+    device_plugin: bool,
+    gpu_replicas: int,
+    metrics_port: int,
+    interval_s: float,
+    hang_after_s: float,
+    dry_run_clocks: bool,
+    operator_timeout_s: float,
+    kube: bool,
+    engines: list[str],
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend: NvmlBackend
+    if simulated_gpus > 0:
+        from flywheel.agents.nvml.simulated import SimulatedNvml
+
+        backend = SimulatedNvml(gpus=simulated_gpus, node_name=node_name)
+    else:
+        from flywheel.agents.nvml.real import RealNvml
+
+        backend = RealNvml()
+    sink: StatusSink | None = None
+    if kube:
+        from flywheel.agents.kube import KubernetesStatusSink, load_kube_config
+
+        load_kube_config()
+        sink = KubernetesStatusSink()
+    targets = parse_engines(engines)
+    config = AgentConfig(
+        node_name=node_name,
+        interval_s=interval_s,
+        sysfs_root=sysfs_root,
+        interfaces=interfaces,
+        hang_after_s=hang_after_s,
+        dry_run_clocks=dry_run_clocks,
+        operator_timeout_s=operator_timeout_s,
+        device_plugin=device_plugin,
+        device_plugin_dir=device_plugin_dir,
+        gpu_replicas=gpu_replicas,
+        metrics_port=metrics_port,
+    )
+    agent = Agent(config, backend, sink=sink, engines=lambda: targets)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start(background=True)
+    try:
+        stop.wait()
+    finally:
+        agent.stop()  # resets locked clocks to defaults

@@ -1,0 +1,199 @@
+"""DynamoLLM-like baseline (Stojkovic et al., HPCA 2025).
+
+* Cluster (30 min): requests fall into nine classes — {short, medium, long} input x {short, medium,
+  long} predicted output; a class with enough load gets its own pool, the rest are merged per input
+  length.
+* Pool (5 min): per pool the (TP, instance count, clock) with the least predicted power that serves
+  the observed rate with headroom, from profiles (here the performance model).
+* Instance (5 s): the lowest clock whose profiled decode step at the current batch meets the TBT SLO
+  with margin and whose throughput covers the instance's share of the load; maximum clock when
+  requests queue (the paper's misprediction mitigation). Weights are cached in host memory, so new
+  instances start warm.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
+from flywheel.controllers.perfmodel import (
+    decode_step_ms,
+    instance_capacity_rps,
+    instance_power_watts,
+    prefill_ms,
+)
+from flywheel.controllers.policy import (
+    ClockDecision,
+    ClusterObservation,
+    InstanceObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolState,
+    PoolTarget,
+)
+
+INPUT_BOUNDS = (1024, 4096)  # tokens: short < 1024 <= medium < 4096 <= long
+OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
+TP_CHOICES = (2, 4, 8)
+HEADROOM = 1.25
+TBT_MARGIN = 0.8
+MIN_POOL_RPS = 0.5  # a class below this rate is merged into its input-length pool
+INPUT_NAMES = ("S", "M", "L")
+
+
+def _bucket(value: int, bounds: tuple[int, int]) -> int:
+    return 0 if value < bounds[0] else 1 if value < bounds[1] else 2
+
+
+class DynamoLLMPolicy:
+    name = "dynamollm"
+
+    def __init__(self) -> None:
+        self.info = PolicyInfo(start_mode="warm")
+        self._ctx: PolicyContext | None = None
+        self._clocks: list[int] = []
+        self._class_pool: dict[tuple[int, int], str] = {}
+        self._class_counts: dict[tuple[int, int], int] = {}
+        self._counts_since = 0.0
+        self._pools: dict[str, tuple[int, int, int]] = {}  # pool -> (tp, count, clock)
+        self._born: dict[str, float] = {}  # pool -> time created
+        self._class_tokens: dict[tuple[int, int], tuple[int, int]] = {}  # prompt, output sums
+
+    def _context(self) -> PolicyContext:
+        if self._ctx is None:
+            raise RuntimeError("policy used before start()")
+        return self._ctx
+
+    def _size(self, rate: float, prompt: float, output: float) -> tuple[int, int, int, float]:
+        """(tp, count, clock, predicted watts) with the least predicted power for ``rate``."""
+        ctx = self._context()
+        best: tuple[int, int, int, float] | None = None
+        for tp in TP_CHOICES:
+            for clock in [*self._clocks[:: max(len(self._clocks) // 12, 1)], ctx.sku.sm_clock_max_mhz]:
+                count = instances_needed(
+                    ctx.model, ctx.sku, tp, clock, max(rate, 0.01) * HEADROOM, prompt, output, ctx.slo.tbt_ms
+                )
+                if count is None:
+                    continue
+                # TTFT: a longer-than-average prompt must prefill well within the SLO.
+                if prefill_ms(ctx.model, ctx.sku, tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
+                    continue
+                per_instance = max(rate, 0.01) / count
+                step = decode_step_ms(ctx.model, ctx.sku, tp, 16, int(16 * (prompt + output / 2)), clock)
+                busy_s = (prefill_ms(ctx.model, ctx.sku, tp, int(prompt), clock) + output * step) / 1000.0
+                batch = max(1, math.ceil(per_instance * busy_s))
+                watts = count * instance_power_watts(ctx.model, ctx.sku, tp, clock, batch)
+                if best is None or watts < best[3]:
+                    best = (tp, count, clock, watts)
+        return best or (8, 1, ctx.sku.sm_clock_max_mhz, 0.0)
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        self._ctx = context
+        self._clocks = serving_clocks(context.sku)
+        self._class_pool = {(i, o): INPUT_NAMES[i] for i in range(3) for o in range(3)}
+        hints = context.hints
+        # Without per-class history, split the mean load across the three input pools evenly.
+        targets = []
+        for name in INPUT_NAMES:
+            tp, count, clock, _ = self._size(
+                hints.mean_rps / 3, hints.mean_prompt_tokens, hints.mean_output_tokens
+            )
+            self._pools[name] = (tp, count, clock)
+            targets.append(
+                PoolTarget(name, tp, count, clock, "initial: mean load split across input classes")
+            )
+        return targets
+
+    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        key = (_bucket(prompt_tokens, INPUT_BOUNDS), _bucket(predicted_output_tokens, OUTPUT_BOUNDS))
+        self._class_counts[key] = self._class_counts.get(key, 0) + 1
+        p, o = self._class_tokens.get(key, (0, 0))
+        self._class_tokens[key] = (p + prompt_tokens, o + predicted_output_tokens)
+        return self._class_pool[key]
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        window = max(obs.time_s - self._counts_since, 1.0)
+        mapping: dict[tuple[int, int], str] = {}
+        for key in self._class_pool:
+            rate = self._class_counts.get(key, 0) / window
+            i, o = key
+            mapping[key] = f"{INPUT_NAMES[i]}{'SML'[o]}" if rate >= MIN_POOL_RPS else INPUT_NAMES[i]
+        # Per new pool: rate and mean lengths of the classes it takes over, over the last window.
+        load: dict[str, list[float]] = {}
+        for key, name in mapping.items():
+            count = self._class_counts.get(key, 0)
+            prompt, output = self._class_tokens.get(key, (0, 0))
+            acc = load.setdefault(name, [0.0, 0.0, 0.0])
+            acc[0] += count
+            acc[1] += prompt
+            acc[2] += output
+        self._class_counts = {}
+        self._class_tokens = {}
+        self._counts_since = obs.time_s
+        self._class_pool = mapping
+        targets: list[PoolTarget] = []
+        wanted = set(mapping.values())
+        hints = self._context().hints
+        for name in sorted(wanted - set(self._pools)):
+            count_seen, prompt_sum, output_sum = load[name]
+            prompt = prompt_sum / count_seen if count_seen else hints.mean_prompt_tokens
+            output = output_sum / count_seen if count_seen else hints.mean_output_tokens
+            tp, count, clock, _ = self._size(count_seen / window, prompt, output)
+            self._pools[name] = (tp, count, clock)
+            self._born[name] = obs.time_s
+            targets.append(PoolTarget(name, tp, count, clock, "class split into its own pool"))
+        for name in sorted(set(self._pools) - wanted):
+            del self._pools[name]
+            targets.append(PoolTarget(name, 8, 0, self._context().sku.sm_clock_max_mhz, "merged: low load"))
+        return targets
+
+    def _plan_pool(self, pool: PoolState, obs_time: float) -> PoolTarget | None:
+        load = pool.load
+        rate = load.arrivals_rps + load.queued / max(load.window_s, 1.0)
+        if pool.name not in self._pools or obs_time - self._born.get(pool.name, -1e18) < load.window_s:
+            return None  # unknown, or too young for a full load window
+        prompt = (
+            load.mean_prompt_tokens if load.arrivals_rps > 0 else self._context().hints.mean_prompt_tokens
+        )
+        output = (
+            load.mean_output_tokens if load.arrivals_rps > 0 else self._context().hints.mean_output_tokens
+        )
+        tp, count, clock, watts = self._size(rate, prompt, output)
+        if (tp, count, clock) == self._pools[pool.name]:
+            return None
+        self._pools[pool.name] = (tp, count, clock)
+        reason = f"rate {rate:.2f} req/s -> {count} x TP{tp} at {clock} MHz (~{watts:.0f} W)"
+        return PoolTarget(pool.name, tp, count, clock, reason)
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return [t for t in (self._plan_pool(p, obs.time_s) for p in obs.pools) if t is not None]
+
+    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
+        ctx = self._context()
+        max_clock = ctx.sku.sm_clock_max_mhz
+        if obs.waiting:
+            return ClockDecision(max_clock, "queued requests: raise clock")
+        if not obs.running:
+            return ClockDecision(self._clocks[0], "idle")
+        batch = len(obs.running)
+        per_seq = obs.kv_used_tokens / batch
+        prompt = sum(r.prompt_tokens for r in obs.running) / batch
+        output = sum(r.predicted_output_tokens for r in obs.running) / batch
+        prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(prompt), ctx.sku.sm_clock_max_mhz) / 1000.0
+        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
+
+        def ok(clock: int) -> bool:
+            step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
+            if step > budget:
+                return False
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
+                return False
+            capacity = instance_capacity_rps(
+                ctx.model, ctx.sku, obs.tp, clock, prompt, output, ctx.slo.tbt_ms
+            )
+            return capacity >= obs.arrivals_rps * 1.1
+
+        clock = lowest_clock(self._clocks, ok)
+        if clock is None:
+            return ClockDecision(max_clock, "profile: no lower clock meets the SLO")
+        return ClockDecision(clock, f"profile: lowest clock for batch {batch}")

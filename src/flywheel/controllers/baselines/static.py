@@ -1,0 +1,56 @@
+"""Static baseline: TP8 at max clock, the fewest instances that meet the SLO at the trace's peak minute."""
+
+from __future__ import annotations
+
+from flywheel.controllers.baselines.common import instances_needed
+from flywheel.controllers.policy import (
+    ClockDecision,
+    ClusterObservation,
+    InstanceObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolTarget,
+)
+
+POOL = "all"
+TP = 8
+
+
+class StaticPolicy:
+    name = "static"
+
+    def __init__(self) -> None:
+        self.info = PolicyInfo(start_mode="cold")
+        self._max_clock = 0
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        hints = context.hints
+        self._max_clock = context.sku.sm_clock_max_mhz
+        needed = instances_needed(
+            context.model,
+            context.sku,
+            TP,
+            self._max_clock,
+            hints.peak_minute_rps,
+            hints.mean_prompt_tokens,
+            hints.mean_output_tokens,
+            context.slo.tbt_ms,
+        )
+        limit = max(context.total_gpus // TP, 1)
+        count = min(needed or limit, limit)
+        reason = (
+            f"peak minute {hints.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
+        )
+        return [PoolTarget(POOL, TP, count, self._max_clock, reason)]
+
+    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        return POOL
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
+        return ClockDecision(self._max_clock, "static: max clock")

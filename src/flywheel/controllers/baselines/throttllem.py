@@ -1,0 +1,148 @@
+"""throttLL'eM-like baseline (Kakolyris et al., HPCA 2025).
+
+* Instance: project the batch and KV use over the coming control period from the running requests'
+  predicted remaining tokens and the arrival rate, then binary-search the lowest clock at which the
+  projected decode step meets the TBT SLO (with margin) and every running request still meets its
+  end-to-end deadline; use the maximum clock when any request is at risk (queued work).
+* Pool: one pool; TP autoscaling by request rate — the (TP, count) using the fewest GPUs whose
+  capacity covers the rate with headroom; scale-down only after a grace period. New instances
+  start cold (weights from storage), as in the paper, where shadow instances hide the start.
+"""
+
+from __future__ import annotations
+
+from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
+from flywheel.controllers.perfmodel import decode_step_ms, prefill_ms
+from flywheel.controllers.policy import (
+    ClockDecision,
+    ClusterObservation,
+    ControlPeriods,
+    InstanceObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolTarget,
+)
+
+POOL = "all"
+TP_CHOICES = (2, 4, 8)
+HEADROOM = 1.25
+TBT_MARGIN = 0.8
+GRACE_WINDOWS = 2  # consecutive windows a smaller configuration must suffice before scaling down
+
+
+class ThrottLLeMPolicy:
+    name = "throttllem"
+
+    def __init__(self) -> None:
+        self.info = PolicyInfo(periods=ControlPeriods(pool_s=60.0), start_mode="cold")
+        self._ctx: PolicyContext | None = None
+        self._clocks: list[int] = []
+        self._current: tuple[int, int] = (8, 1)
+        self._smaller_for = 0
+        self._mean_prompt = 1000.0
+        self._mean_output = 200.0
+
+    def _context(self) -> PolicyContext:
+        if self._ctx is None:
+            raise RuntimeError("policy used before start()")
+        return self._ctx
+
+    def _choose(self, rate: float) -> tuple[int, int]:
+        ctx = self._context()
+        best: tuple[int, int] | None = None
+        for tp in TP_CHOICES:
+            count = instances_needed(
+                ctx.model,
+                ctx.sku,
+                tp,
+                ctx.sku.sm_clock_max_mhz,
+                rate * HEADROOM,
+                self._mean_prompt,
+                self._mean_output,
+                ctx.slo.tbt_ms,
+            )
+            if count is None or count * tp > ctx.total_gpus:
+                continue
+            if best is None or count * tp <= best[0] * best[1]:
+                best = (tp, count)
+        return best or (8, max(ctx.total_gpus // 8, 1))
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        self._ctx = context
+        self._clocks = serving_clocks(context.sku)
+        self._mean_prompt = context.hints.mean_prompt_tokens
+        self._mean_output = context.hints.mean_output_tokens
+        self._current = self._choose(context.hints.mean_rps)
+        tp, count = self._current
+        return [PoolTarget(POOL, tp, count, context.sku.sm_clock_max_mhz, "initial size for mean rate")]
+
+    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        return POOL
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        ctx = self._context()
+        pool = next((p for p in obs.pools if p.name == POOL), None)
+        if pool is None:
+            return []
+        if pool.load.arrivals_rps > 0:
+            self._mean_prompt = pool.load.mean_prompt_tokens
+            self._mean_output = pool.load.mean_output_tokens
+        # Queued requests count as extra rate to clear within one window.
+        rate = pool.load.arrivals_rps + pool.load.queued / max(pool.load.window_s, 1.0)
+        wanted = self._choose(rate)
+        gpus_now = self._current[0] * self._current[1]
+        if wanted[0] * wanted[1] < gpus_now:
+            self._smaller_for += 1
+            if self._smaller_for < GRACE_WINDOWS:
+                return []
+        else:
+            self._smaller_for = 0
+        if wanted == self._current:
+            return []
+        self._current = wanted
+        tp, count = wanted
+        reason = f"rate {rate:.2f} req/s -> {count} x TP{tp}"
+        return [PoolTarget(POOL, tp, count, ctx.sku.sm_clock_max_mhz, reason)]
+
+    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
+        ctx = self._context()
+        max_clock = ctx.sku.sm_clock_max_mhz
+        if obs.waiting:
+            return ClockDecision(max_clock, f"{len(obs.waiting)} queued request(s) at risk")
+        if not obs.running:
+            return ClockDecision(self._clocks[0], "idle")
+        period = self.info.periods.instance_s
+        arriving = obs.arrivals_rps * period
+        batch = len(obs.running) + arriving
+        context = obs.kv_used_tokens + arriving * (self._mean_prompt + self._mean_output / 2)
+        # Prefill iterations stall decoding: leave the share of time they take out of the budget.
+        prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt), max_clock) / 1000.0
+        stall = min(obs.arrivals_rps * prefill_s, 0.5)
+        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - stall)
+        slo_ttft_s = ctx.slo.ttft_ms / 1000.0
+        ttft_budget_ms = ctx.slo.ttft_ms * 0.5
+        slo_tbt_s = ctx.slo.tbt_ms / 1000.0
+        deadlines = [
+            (
+                r.arrival_s + slo_ttft_s + max(r.predicted_output_tokens - 1, 1) * slo_tbt_s - obs.time_s,
+                max(r.predicted_output_tokens - r.generated_tokens, 1),
+            )
+            for r in obs.running
+        ]
+
+        def ok(clock: int) -> bool:
+            step = decode_step_ms(ctx.model, ctx.sku, obs.tp, round(batch), round(context), clock)
+            if step > budget:
+                return False
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt * 2), clock) > ttft_budget_ms:
+                return False
+            step_s = step / 1000.0
+            return all(remaining * step_s <= slack for slack, remaining in deadlines)
+
+        clock = lowest_clock(self._clocks, ok)
+        if clock is None:
+            return ClockDecision(max_clock, "projected TBT or a deadline at risk")
+        return ClockDecision(clock, f"lowest clock meeting projected TBT at batch {batch:.0f}")

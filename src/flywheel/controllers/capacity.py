@@ -1,0 +1,106 @@
+"""Steady-state model of one engine instance under Poisson load, vectorised over many candidates.
+
+For a per-instance arrival rate, mean input/output lengths and a (TP, clock): prefill takes a share
+``rho_p`` of the time (prefill is scheduled first, as in vLLM); decode runs in the rest, so by Little's
+law the running batch ``B`` solves ``B = rate * out_tokens * step(B) / (1 - rho_p)``. From it:
+
+- P99 TBT, as a per-request mean (how vLLM and the simulator report it): one decode step at a high
+  batch quantile (``B + 2.33 sqrt(B)``) stretched by the prefill share (with 50% margin), since
+  prefill iterations pause decoding. As a per-token P99 (``tbt_per_token``): the step plus, when more
+  than 1% of iterations carry prefill work, the prefill chunk that rides along
+  (``prefill_chunk_tokens``; without chunking, the prefill of a large prompt).
+- P99 TTFT: the mean prefill, plus the P99 excess of a P99 prompt's prefill and the P99 wait of an
+  M/G/1 prefill queue (``E[S]/(1-rho_p) * ln(100 rho_p)``) combined in quadrature (independent
+  tails), plus one decode step.
+- Power: decode power at batch ``B`` for the decode share, full-batch power for the prefill share.
+
+This is the planning model of the pool controller; the instance controller corrects it every few
+seconds from the live batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from flywheel.controllers.engineprofile import EngineProfile, FloatArray, IntArray
+
+MAX_BATCH = 256
+MAX_PREFILL_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class SchedulerShape:
+    """How the engine mixes prefill into decode iterations."""
+
+    tbt_per_token: bool = False  # False: TBT is each request's mean time between tokens
+    prefill_chunk_tokens: int | None = None  # None: a whole prefill iteration pauses decoding
+    max_batch: int = MAX_BATCH
+
+
+@dataclass
+class SteadyState:
+    feasible: npt.NDArray[np.bool_]
+    batch: FloatArray
+    ttft_p99_ms: FloatArray
+    tbt_p99_ms: FloatArray
+    power_watts: FloatArray
+    prefill_share: FloatArray
+
+
+def steady_state(
+    profile: EngineProfile,
+    ti: IntArray,
+    fi: IntArray,
+    rate: FloatArray,
+    mean_in: FloatArray,
+    mean_out: FloatArray,
+    p99_in: FloatArray,
+    shape: SchedulerShape = SchedulerShape(),
+    iterations: int = 24,
+) -> SteadyState:
+    """Steady state of instances (arrays broadcast together); infeasible where the instance saturates."""
+    rate = np.maximum(rate, 0.0)
+    ctx = mean_in + mean_out / 2.0
+    s_mean = profile.prefill_ms(ti, fi, np.maximum(mean_in, 1.0))
+    rho_p = rate * s_mean / 1000.0
+    decode_share = np.maximum(1.0 - rho_p, 1e-3)
+    kv_batch = profile.kv_tokens[ti] / np.maximum(mean_in + mean_out, 1.0)
+    b_cap = np.minimum(float(shape.max_batch), kv_batch)
+    demand = rate * mean_out / 1000.0  # tokens per ms
+    b = np.maximum(demand * profile.decode_ms(ti, fi, np.ones_like(rate), ctx) / decode_share, 1e-6)
+    for _ in range(iterations):
+        step = profile.decode_ms(ti, fi, np.maximum(b, 1.0), ctx)
+        b_new = demand * step / decode_share
+        b = np.minimum(0.5 * b + 0.5 * b_new, 4.0 * b_cap)
+    step = profile.decode_ms(ti, fi, np.maximum(b, 1.0), ctx)
+    converged = np.abs(demand * step / decode_share - b) <= 0.05 * np.maximum(b, 1.0)
+    b_hi = b + 2.33 * np.sqrt(b) + 1.0
+    step_hi = profile.decode_ms(ti, fi, b_hi, ctx)
+    steps_per_ms = decode_share / np.maximum(step, 1e-3)
+    if not shape.tbt_per_token:
+        tbt = step_hi / np.maximum(1.0 - np.minimum(1.5 * rho_p, 0.9), 0.1)
+    elif shape.prefill_chunk_tokens is not None:
+        chunk = float(shape.prefill_chunk_tokens)
+        chunks_per_ms = rate * mean_in / chunk / 1000.0
+        stall = profile.prefill_ms(ti, fi, np.minimum(np.full_like(rate, chunk), np.maximum(p99_in, 1.0)))
+        tbt = step_hi + np.where(chunks_per_ms > 0.01 * steps_per_ms, stall, 0.0)
+    else:
+        stall = profile.prefill_ms(ti, fi, np.maximum(p99_in, 1.0))
+        prefills_per_step = rate * step_hi / 1000.0
+        tbt = step_hi + np.where(prefills_per_step > 0.01, stall, 0.0)
+    wait = np.where(
+        rho_p * 100.0 > 1.0,
+        s_mean / np.maximum(1.0 - rho_p, 1e-3) * np.log(np.maximum(rho_p * 100.0, 1.0)),
+        0.0,
+    )
+    # P99 of (own prefill + queueing): the tails of the two independent parts add in quadrature.
+    own_extra = profile.prefill_ms(ti, fi, np.maximum(p99_in, 1.0)) - s_mean
+    ttft = s_mean + np.sqrt(np.maximum(own_extra, 0.0) ** 2 + wait**2) + step
+    share = np.minimum(rho_p, 1.0)
+    decode_power = profile.power_watts(ti, fi, np.maximum(b, 1.0))
+    power = (1.0 - share) * decode_power + share * profile.prefill_power[ti, fi]
+    feasible = converged & (b_hi <= b_cap * 1.25) & (b <= b_cap) & (rho_p < MAX_PREFILL_SHARE)
+    return SteadyState(feasible, b, ttft, tbt, power, rho_p)

@@ -1,0 +1,276 @@
+"""The ``flywheel`` serving policy: Flywheel's controllers behind the ``Policy`` protocol.
+
+* Cluster (every ``cluster_s``): per-class load forecast (EWMA + recent peak) from the router's
+  counts; pools per request class, low-load classes merged into a neighbour; GPU budget per pool
+  (``cluster.ClusterController``).
+* Pool (every ``pool_s``): TP, instances and planned clock per pool from the steady-state model,
+  chosen jointly across pools by a MILP under the GPU budget, with a cost for changing
+  (``pool.PoolController``).
+* Instance (every ``instance_s``): predictive throttling to the lowest safe, least-energy clock
+  (``instance.InstanceController``).
+
+The simulator finds this module through its registry (``make_policy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, EnergyPolicy
+from flywheel.controllers.capacity import SchedulerShape, steady_state
+from flywheel.controllers.classify import ClassThresholds, classify
+from flywheel.controllers.cluster import ClusterController, ClusterPlan, merge_loads
+from flywheel.controllers.energy import tuning_for
+from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile
+from flywheel.controllers.forecast import ClassLoad, LoadForecaster
+from flywheel.controllers.instance import InstanceController, InstanceSettings
+from flywheel.controllers.policy import (
+    ClockDecision,
+    ClusterObservation,
+    ControlPeriods,
+    InstanceObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolState,
+    PoolTarget,
+)
+from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
+
+INITIAL_POOL = "all"
+PLANNING_CLOCKS = 9
+
+
+@dataclass
+class _ClassWindow:
+    count: int = 0
+    prompt_sum: float = 0.0
+    output_sum: float = 0.0
+    prompts: list[int] = field(default_factory=list)
+
+
+class FlywheelPolicy:
+    name = "flywheel"
+
+    def __init__(
+        self,
+        energy_policy: EnergyPolicy = EnergyPolicy.BALANCED,
+        periods: ControlPeriods | None = None,
+        thresholds: ClassThresholds | None = None,
+        class_pools: bool = True,
+        merge_below: float = 0.5,
+    ) -> None:
+        self.info = PolicyInfo(
+            periods=periods or ControlPeriods(cluster_s=300.0, pool_s=60.0, instance_s=2.0),
+            start_mode="warm",
+        )
+        self.energy_policy = energy_policy
+        self.tuning = tuning_for(energy_policy)
+        self.thresholds = thresholds or ClassThresholds()
+        self.class_pools = class_pools
+        self.merge_below = merge_below
+        self._ctx: PolicyContext | None = None
+        self._windows: dict[str, _ClassWindow] = {}
+        self._flushed_at = 0.0
+        self._routes: dict[str, str] = dict.fromkeys(AUTO_CLASS_NAMES, INITIAL_POOL)
+        self._pool_classes: dict[str, tuple[str, ...]] = {INITIAL_POOL: AUTO_CLASS_NAMES}
+        self._budgets: dict[str, int] = {}
+        self._tps: tuple[int, ...] = ()
+        self.forecaster = LoadForecaster(window_s=self.info.periods.pool_s, alpha=0.5, peak_windows=3)
+
+    # ------------------------------------------------------------------ setup
+    def _context(self) -> PolicyContext:
+        if self._ctx is None:
+            raise RuntimeError("policy used before start()")
+        return self._ctx
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        self._ctx = context
+        sku = context.sku
+        self._tps = tuple(
+            t for t in (2, 4, 8) if t in context.model.supported_tp and t <= context.gpus_per_node
+        )
+        clocks = ClockRange(sku.serving_clock_min_mhz, sku.sm_clock_max_mhz, sku.clock_step_mhz)
+        engine = CalibratedEngine(context.model, sku)
+        self.profile = EngineProfile(engine, self._tps, clocks.planning_levels(PLANNING_CLOCKS))
+        self.shape = SchedulerShape()
+        self.pool_controller = PoolController(self.profile, self.shape)
+        self.cluster_controller = ClusterController(
+            self._capacity_rps, merge_below=self.merge_below, gpus_per_instance=min(self._tps)
+        )
+        self.instance_controller = InstanceController(
+            engine,
+            InstanceSettings(
+                slo=context.slo,
+                clocks=tuple(clocks.levels()),
+                tuning=self.tuning,
+                period_s=self.info.periods.instance_s,
+            ),
+        )
+        h = context.hints
+        # Before any traffic: one pool sized for the trace's peak minute (the only load known).
+        load = ClassLoad(
+            h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
+        )
+        plan = self._plan_pools({INITIAL_POOL: load}, {}, context.total_gpus)
+        return plan
+
+    # ------------------------------------------------------------------ routing
+    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        cls = classify(prompt_tokens, predicted_output_tokens, self.thresholds)
+        w = self._windows.get(cls)
+        if w is None:
+            w = self._windows[cls] = _ClassWindow()
+        w.count += 1
+        w.prompt_sum += prompt_tokens
+        w.output_sum += predicted_output_tokens
+        if len(w.prompts) < 4096:
+            w.prompts.append(prompt_tokens)
+        return self._routes.get(cls, INITIAL_POOL)
+
+    def _flush(self, now: float) -> None:
+        duration = now - self._flushed_at
+        if duration < 1.0:
+            return
+        for cls in AUTO_CLASS_NAMES:
+            w = self._windows.get(cls) or _ClassWindow()
+            mean_in = w.prompt_sum / w.count if w.count else 0.0
+            mean_out = w.output_sum / w.count if w.count else 0.0
+            p99 = float(np.percentile(w.prompts, 99)) if w.prompts else 0.0
+            self.forecaster.observe_window(cls, w.count, mean_in, mean_out, p99, duration_s=duration)
+        self._windows = {}
+        self._flushed_at = now
+
+    def _class_loads(self) -> dict[str, ClassLoad]:
+        return {c: self.forecaster.forecast(c) for c in self.forecaster.classes()}
+
+    def _capacity_rps(self, load: ClassLoad) -> float:
+        """Requests/s one instance of the smallest TP that fits sustains within the SLO at max clock."""
+        slo = self._context().slo
+        for tp in self._tps:
+            a = self.profile.tp_index(tp)
+            f = len(self.profile.clocks) - 1
+            best = 0.0
+            for rate in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0):
+                st = steady_state(
+                    self.profile,
+                    np.asarray([a]),
+                    np.asarray([f]),
+                    np.asarray([rate]),
+                    np.asarray([max(load.mean_input_tokens, 1.0)]),
+                    np.asarray([max(load.mean_output_tokens, 1.0)]),
+                    np.asarray([max(load.p99_input_tokens, 1.0)]),
+                    self.shape,
+                )
+                if st.feasible[0] and st.ttft_p99_ms[0] <= slo.ttft_ms and st.tbt_p99_ms[0] <= slo.tbt_ms:
+                    best = rate
+            if best > 0:
+                return best
+        return 0.0
+
+    # ------------------------------------------------------------------ cluster
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        if not self.class_pools:
+            return []
+        self._flush(obs.time_s)
+        loads = {c: x for c, x in self._class_loads().items() if x.requests_per_s > 0}
+        if not loads:
+            return []
+        plan: ClusterPlan = self.cluster_controller.plan(loads, obs.total_gpus)
+        wanted = {p.name: p.classes for p in plan.pools}
+        if wanted == self._pool_classes:
+            return []
+        current = {p.name: p for p in obs.pools}
+        pool_loads = {p.name: p.load for p in plan.pools}
+        self._budgets = {p.name: p.gpu_budget for p in plan.pools}
+        # Size new pools and re-size kept ones together; retire pools no longer wanted.
+        targets = self._plan_pools(pool_loads, current, obs.total_gpus, force=set(wanted) - set(current))
+        for name in set(current) - set(wanted):
+            ps = current[name]
+            targets.append(PoolTarget(name, ps.tp, 0, ps.clock_mhz, f"retired: {plan.reason}"))
+        self._pool_classes = dict(wanted)
+        self._routes = dict(plan.routes)
+        for p in plan.pools:
+            self._tag(targets, p.name, p.reason)
+        return targets
+
+    @staticmethod
+    def _tag(targets: list[PoolTarget], name: str, note: str) -> None:
+        for i, t in enumerate(targets):
+            if t.pool == name:
+                targets[i] = PoolTarget(
+                    t.pool, t.tp, t.instances, t.clock_mhz, f"{t.reason} [cluster: {note}]"
+                )
+
+    # ------------------------------------------------------------------ pools
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        self._flush(obs.time_s)
+        loads = self._class_loads()
+        pool_loads: dict[str, ClassLoad] = {}
+        current = {p.name: p for p in obs.pools}
+        for name, classes in self._pool_classes.items():
+            if name not in current:
+                continue
+            parts = [loads[c] for c in classes if c in loads]
+            load = merge_loads(parts) if parts else ClassLoad(0.0, 0.0, 0.0, 0.0)
+            ps = current[name]
+            backlog = ps.load.queued / max(self.info.periods.pool_s, 1.0)
+            pool_loads[name] = ClassLoad(
+                load.requests_per_s + backlog,
+                load.mean_input_tokens or ps.load.mean_prompt_tokens,
+                load.mean_output_tokens or ps.load.mean_output_tokens,
+                load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
+            )
+        return self._plan_pools(pool_loads, current, obs.total_gpus)
+
+    def _plan_pools(
+        self,
+        loads: dict[str, ClassLoad],
+        current: Mapping[str, PoolState],
+        total_gpus: int,
+        force: set[str] | None = None,
+    ) -> list[PoolTarget]:
+        ctx = self._context()
+        h = ctx.hints
+        inputs = []
+        for name, observed in loads.items():
+            load = observed
+            if load.mean_input_tokens <= 0:
+                load = ClassLoad(
+                    load.requests_per_s, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
+                )
+            ps = current.get(name)
+            cur = None
+            if ps is not None:
+                cur = PoolConfig(ps.tp, ps.instances_ready + ps.instances_starting, ps.clock_mhz)
+            inputs.append(
+                PoolInput(
+                    name=name,
+                    load=load,
+                    ttft_slo_ms=ctx.slo.ttft_ms,
+                    tbt_slo_ms=ctx.slo.tbt_ms,
+                    allowed_tp=self._tps,
+                    min_instances=1,
+                    current=cur,
+                    policy=self.energy_policy,
+                    max_gpus=self._budgets.get(name),
+                )
+            )
+        result = self.pool_controller.decide(inputs, total_gpus)
+        force = force or set()
+        return [
+            PoolTarget(p.name, p.config.tensor_parallel, p.config.instances, p.config.clock_mhz, p.reason)
+            for p in result.plans
+            if p.changed or p.name in force
+        ]
+
+    # ------------------------------------------------------------------ instances
+    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
+        return self.instance_controller.decide(obs)
+
+
+def make_policy() -> FlywheelPolicy:
+    """Registry factory: the ``Balanced`` Flywheel policy."""
+    return FlywheelPolicy()

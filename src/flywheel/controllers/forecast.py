@@ -1,0 +1,96 @@
+"""Per-class load forecast: EWMA of the recent rate plus the recent peak.
+
+Load is observed per fixed window (e.g. 10 s) as request count and token counts per class. The
+forecast for the next control period is the larger of the EWMA rate and a decayed recent peak, so a
+burst is remembered for ``peak_windows`` windows and a falling load is followed only gradually.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ClassLoad:
+    """Load of one request class (rates per second, token means per request)."""
+
+    requests_per_s: float
+    mean_input_tokens: float
+    mean_output_tokens: float
+    p99_input_tokens: float
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.requests_per_s * self.mean_output_tokens
+
+    def scaled(self, factor: float) -> ClassLoad:
+        return ClassLoad(
+            self.requests_per_s * factor,
+            self.mean_input_tokens,
+            self.mean_output_tokens,
+            self.p99_input_tokens,
+        )
+
+
+@dataclass
+class _ClassState:
+    keep: int
+    ewma_rps: float = 0.0
+    initialised: bool = False
+    peaks: deque[float] = field(init=False)
+    input_means: deque[tuple[float, float]] = field(init=False)  # (count, mean)
+    output_means: deque[tuple[float, float]] = field(init=False)
+    p99_inputs: deque[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.peaks = deque(maxlen=self.keep)
+        self.input_means = deque(maxlen=self.keep)
+        self.output_means = deque(maxlen=self.keep)
+        self.p99_inputs = deque(maxlen=self.keep)
+
+
+class LoadForecaster:
+    def __init__(self, window_s: float = 10.0, alpha: float = 0.3, peak_windows: int = 30) -> None:
+        if window_s <= 0 or not 0 < alpha <= 1 or peak_windows < 1:
+            raise ValueError("window_s > 0, 0 < alpha <= 1 and peak_windows >= 1 are required")
+        self.window_s = window_s
+        self.alpha = alpha
+        self.peak_windows = peak_windows
+        self._classes: dict[str, _ClassState] = {}
+
+    def observe_window(
+        self,
+        class_name: str,
+        requests: int,
+        mean_input_tokens: float,
+        mean_output_tokens: float,
+        p99_input_tokens: float,
+        duration_s: float | None = None,
+    ) -> None:
+        """Record one window's arrivals of a class (output tokens: predicted or observed mean);
+        ``duration_s`` overrides the nominal window length."""
+        st = self._classes.get(class_name)
+        if st is None:
+            st = self._classes[class_name] = _ClassState(self.peak_windows)
+        rate = requests / (duration_s if duration_s and duration_s > 0 else self.window_s)
+        st.ewma_rps = rate if not st.initialised else self.alpha * rate + (1 - self.alpha) * st.ewma_rps
+        st.initialised = True
+        st.peaks.append(rate)
+        st.input_means.append((requests, mean_input_tokens))
+        st.output_means.append((requests, mean_output_tokens))
+        st.p99_inputs.append(p99_input_tokens if requests else 0.0)
+
+    def classes(self) -> list[str]:
+        return sorted(self._classes)
+
+    def forecast(self, class_name: str) -> ClassLoad:
+        st = self._classes.get(class_name)
+        if st is None:
+            return ClassLoad(0.0, 0.0, 0.0, 0.0)
+        peak = max(st.peaks, default=0.0)
+        rps = max(st.ewma_rps, peak)
+        n_in = sum(c for c, _ in st.input_means)
+        mean_in = sum(c * m for c, m in st.input_means) / n_in if n_in else 0.0
+        mean_out = sum(c * m for c, m in st.output_means) / n_in if n_in else 0.0
+        return ClassLoad(rps, mean_in, mean_out, max(st.p99_inputs, default=0.0))

@@ -1,0 +1,235 @@
+"""Instance controller (node agent, every 1-5 s): the lowest safe SM clock for one engine instance.
+
+throttLL'eM-style predictive throttling. From the engine's in-flight requests (context so far and
+predicted remaining tokens), its queue and its arrival rate, project the batch and KV use over the
+next iterations; predict decode-step time and queued requests' TTFT at each candidate clock with the
+calibrated model; binary-search the lowest clock at which every projected TBT and TTFT stays within
+the SLO minus headroom; among safe clocks take the one with least energy per token (below the
+"sweet spot" longer iterations cost more energy than the lower power saves). Go to the maximum clock
+when any request is at risk. Raise at once; lower only after a minimum dwell and by more than a
+hysteresis step, so clocks do not thrash. A clock change takes ~200 ms to apply; the projection runs
+the first 200 ms at the old clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from flywheel.controllers.energy import EnergyTuning
+from flywheel.controllers.engineprofile import EngineModel
+from flywheel.controllers.policy import SLO, ClockDecision, InstanceObservation, RequestView
+
+# Predicted tokens still to generate: (prompt_tokens, generated_tokens, hinted total) -> tokens.
+RemainingFn = Callable[[int, int, int], int]
+
+
+def remaining_from_hint(prompt_tokens: int, generated: int, predicted_total: int) -> int:
+    """Remaining tokens from the engine's per-request prediction (at least one more token)."""
+    del prompt_tokens
+    return max(1, predicted_total - generated)
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    slo: SLO
+    clocks: tuple[int, ...]  # settable clocks, ascending
+    tuning: EnergyTuning
+    period_s: float = 2.0  # how often the controller runs (arrivals are projected over one period)
+    horizon_iterations: int = 64
+    min_dwell_s: float = 5.0
+    hysteresis_mhz: int = 60
+    change_latency_s: float = 0.2
+    risk_fraction: float = 0.7  # a queued request that has waited this share of its TTFT SLO is at risk
+    # False: TBT is each request's mean time between tokens (vLLM, the simulator); prefill iterations
+    # stretch it by their time share. True: every gap counts, a queued prefill delays the next token.
+    tbt_per_token: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.clocks or list(self.clocks) != sorted(self.clocks):
+            raise ValueError("clocks must be a non-empty ascending sequence")
+
+
+@dataclass
+class _Memory:
+    clock_mhz: int
+    changed_at_s: float
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What the next iterations look like, independent of the clock."""
+
+    points: tuple[tuple[int, int], ...]  # (batch, KV tokens) at sampled future iterations
+    queued_prompts: tuple[int, ...]  # prompts to prefill, FIFO
+    queued_waited_s: tuple[float, ...]
+    kv_overflow: bool
+    typical_prompt: float
+
+
+@dataclass
+class InstanceController:
+    engine: EngineModel
+    settings: InstanceSettings
+    remaining: RemainingFn = remaining_from_hint
+    _memory: dict[str, _Memory] = field(default_factory=dict)
+
+    def forget(self, instance_id: str) -> None:
+        self._memory.pop(instance_id, None)
+
+    def project(self, obs: InstanceObservation) -> Projection:
+        s = self.settings
+        predict = self.remaining
+        rem = [predict(r.prompt_tokens, r.generated_tokens, r.predicted_output_tokens) for r in obs.running]
+        ctx = [r.prompt_tokens + r.generated_tokens for r in obs.running]
+        queued = [r.prompt_tokens for r in obs.waiting]
+        waited = [max(0.0, obs.time_s - r.arrival_s) for r in obs.waiting]
+        # Requests expected to arrive within one period (Poisson upper quantile), sized like the queue
+        # or the running set.
+        lam = max(0.0, obs.arrivals_rps) * s.period_s
+        expected = math.ceil(lam + 2.0 * math.sqrt(lam)) if lam > 0 else 0
+        typical = _mean([r.prompt_tokens for r in (*obs.waiting, *obs.running)], 512.0)
+        typical_out = _mean([r.predicted_output_tokens for r in (*obs.waiting, *obs.running)], 128.0)
+        joining_rem = [self.remaining(r.prompt_tokens, 0, r.predicted_output_tokens) for r in obs.waiting] + [
+            max(1, int(typical_out))
+        ] * expected
+        joining_ctx = queued + [int(typical)] * expected
+        kv_free = obs.kv_capacity_tokens - obs.kv_used_tokens
+        admitted_rem, admitted_ctx, overflow = [], [], False
+        for r_rem, r_ctx in zip(joining_rem, joining_ctx, strict=True):
+            if r_ctx <= kv_free:
+                admitted_rem.append(r_rem)
+                admitted_ctx.append(r_ctx)
+                kv_free -= r_ctx
+            else:
+                overflow = True
+        all_rem = rem + admitted_rem
+        all_ctx = ctx + admitted_ctx
+        points: list[tuple[int, int]] = []
+        for k in _sample_iterations(s.horizon_iterations):
+            alive = [(c, r) for c, r in zip(all_ctx, all_rem, strict=True) if r > k]
+            if not alive:
+                break
+            points.append((len(alive), sum(c + k for c, _ in alive)))
+        return Projection(tuple(points), tuple(queued), tuple(waited), overflow, typical)
+
+    def _safe(self, obs: InstanceObservation, proj: Projection, clock: int) -> bool:
+        s = self.settings
+        e = self.engine
+        tbt_limit = s.slo.tbt_ms * (1.0 - s.tuning.slo_headroom)
+        ttft_limit = s.slo.ttft_ms * (1.0 - s.tuning.slo_headroom)
+        queued_prefill = sum(e.prefill_ms(obs.tp, p, clock) for p in proj.queued_prompts)
+        queued_prefill_now = (
+            sum(e.prefill_ms(obs.tp, p, obs.clock_mhz) for p in proj.queued_prompts)
+            if clock != obs.clock_mhz
+            else queued_prefill
+        )
+        stall = 0.0
+        stretch = 1.0
+        if s.tbt_per_token:
+            if proj.queued_prompts:
+                stall = e.prefill_ms(obs.tp, max(proj.queued_prompts), clock)
+        else:
+            # Share of time spent in prefill over the next period: queued prompts plus arrivals.
+            arrivals = max(0.0, obs.arrivals_rps) * s.period_s
+            typical = e.prefill_ms(obs.tp, int(proj.typical_prompt), clock) if arrivals > 0 else 0.0
+            share = (queued_prefill + arrivals * typical) / (s.period_s * 1000.0)
+            stretch = 1.0 / max(0.1, 1.0 - min(share, 0.9))
+        for batch, kv in proj.points:
+            if e.decode_step_ms(obs.tp, batch, kv, clock) * stretch + stall > tbt_limit:
+                return False
+            stall = 0.0  # only the next iteration waits behind the queued prefills
+        step0 = e.decode_step_ms(obs.tp, *proj.points[0], clock) if proj.points else 0.0
+        done = 0.0
+        for prompt, waited in zip(proj.queued_prompts, proj.queued_waited_s, strict=True):
+            done += e.prefill_ms(obs.tp, prompt, clock)
+            elapsed = _switched(done, queued_prefill, queued_prefill_now, s.change_latency_s * 1000.0)
+            if waited * 1000.0 + step0 + elapsed > ttft_limit:
+                return False
+        return True
+
+    def _energy_per_token(self, obs: InstanceObservation, proj: Projection, clock: int) -> float:
+        if not proj.points:
+            return self.engine.power_watts(obs.tp, clock, 0)
+        batch, kv = proj.points[0]
+        step = self.engine.decode_step_ms(obs.tp, batch, kv, clock)
+        return self.engine.power_watts(obs.tp, clock, batch) * step / batch
+
+    def decide(self, obs: InstanceObservation) -> ClockDecision:
+        s = self.settings
+        clocks = s.clocks
+        top = clocks[-1]
+        mem = self._memory.get(obs.instance_id)
+        if mem is None:
+            mem = self._memory[obs.instance_id] = _Memory(obs.clock_mhz, -math.inf)
+        if not s.tuning.throttle:
+            return self._apply(obs, mem, top, f"{s.tuning.policy.value}: maximum clock")
+        ttft_limit_s = s.slo.ttft_ms * (1.0 - s.tuning.slo_headroom) / 1000.0
+        at_risk = [r for r in obs.waiting if obs.time_s - r.arrival_s >= s.risk_fraction * ttft_limit_s]
+        if at_risk:
+            oldest = max(obs.time_s - r.arrival_s for r in at_risk)
+            return self._apply(
+                obs, mem, top, f"at risk: a queued request has waited {oldest * 1000:.0f} ms; max clock"
+            )
+        proj = self.project(obs)
+        if not self._safe(obs, proj, top):
+            return self._apply(obs, mem, top, "projected SLO miss even at max clock; max clock")
+        lo, hi = 0, len(clocks) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._safe(obs, proj, clocks[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        safe = clocks[lo]
+        # Least energy per token among safe clocks (a coarse scan upward from the lowest safe clock).
+        best, best_e = safe, self._energy_per_token(obs, proj, safe)
+        for c in clocks[lo + 4 :: 4]:
+            en = self._energy_per_token(obs, proj, c)
+            if en < best_e * 0.995:
+                best, best_e = c, en
+        batch = proj.points[0][0] if proj.points else 0
+        why = (
+            f"lowest safe clock {safe} MHz"
+            + (f", {best} MHz uses less energy per token" if best != safe else "")
+            + f" (batch {batch}, {len(proj.queued_prompts)} queued)"
+        )
+        return self._apply(obs, mem, best, why)
+
+    def _apply(self, obs: InstanceObservation, mem: _Memory, target: int, why: str) -> ClockDecision:
+        s = self.settings
+        current = obs.clock_mhz
+        if target < current:
+            if current - target < s.hysteresis_mhz:
+                return ClockDecision(current, f"hold {current} MHz: {why}; gain below hysteresis")
+            if obs.time_s - mem.changed_at_s < s.min_dwell_s:
+                return ClockDecision(current, f"hold {current} MHz: {why}; minimum dwell")
+        if target != current:
+            mem.clock_mhz = target
+            mem.changed_at_s = obs.time_s
+        return ClockDecision(target, why)
+
+
+def _switched(done_ms: float, total_new_ms: float, total_now_ms: float, switch_ms: float) -> float:
+    """Time to finish ``done_ms`` of work measured at the new clock when the first ``switch_ms`` run at
+    the current clock (work at the new clock = work at the current clock x total_new / total_now)."""
+    if total_now_ms <= 0 or total_new_ms == total_now_ms:
+        return done_ms
+    ratio = total_new_ms / total_now_ms  # new-clock ms per current-clock ms of work
+    work_in_switch = switch_ms * ratio  # new-clock-ms of work completed during the switch
+    if done_ms <= work_in_switch:
+        return done_ms / ratio
+    return switch_ms + (done_ms - work_in_switch)
+
+
+def _sample_iterations(horizon: int) -> list[int]:
+    ks = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    return [k for k in ks if k <= horizon]
+
+
+def _mean(values: Sequence[int], default: float) -> float:
+    return sum(values) / len(values) if values else default
+
+
+__all__ = ["InstanceController", "InstanceSettings", "Projection", "RequestView", "remaining_from_hint"]

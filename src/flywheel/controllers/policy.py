@@ -1,0 +1,158 @@
+"""The serving-policy protocol: what the simulator, the operator and the node agent call.
+
+A policy decides at three periods (DynamoLLM's hierarchy, defaults 30 min / 5 min / 5 s):
+
+* ``plan_cluster(obs)`` — cluster level (request classes, pool merging, GPU budgets);
+* ``plan_pools(obs)`` — pool level (TP degree, instance count, starting clock per pool);
+* ``decide_clock(obs)`` — instance level (the SM clock of one instance).
+
+plus ``start(context)`` (the initial pools, before the first request) and ``route(...)`` (the pool
+a request goes to). Both plan methods return *desired* ``PoolTarget`` objects: pools not mentioned
+stay as they are, ``instances=0`` retires a pool. Every decision carries a human-readable reason.
+
+Policies are pure: observations in, decisions out, no I/O, deterministic given their inputs.
+
+Implementations: ``flywheel.controllers.baselines`` (``static``, ``throttllem``, ``dynamollm``);
+Flywheel's own policy lives beside the controllers it composes. The simulator maps names to
+factories in ``flywheel.sim.registry`` (``register_policy("flywheel", factory)``); a factory takes
+no arguments and returns a fresh ``Policy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from flywheel.controllers.gpumodel import GPUSku
+from flywheel.controllers.perfmodel import ModelProfile
+
+StartMode = Literal["cold", "warm"]
+
+
+@dataclass(frozen=True)
+class SLO:
+    """P99 latency targets (ms): time to first token and time between tokens."""
+
+    ttft_ms: float
+    tbt_ms: float
+
+
+@dataclass(frozen=True)
+class ControlPeriods:
+    cluster_s: float = 1800.0
+    pool_s: float = 300.0
+    instance_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class WorkloadHints:
+    """What is known about the workload before it starts (offline profile of the trace)."""
+
+    mean_rps: float
+    peak_minute_rps: float
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    model: ModelProfile
+    sku: GPUSku
+    slo: SLO
+    total_gpus: int
+    gpus_per_node: int
+    hints: WorkloadHints
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """Load seen by one pool over the last observation window."""
+
+    arrivals_rps: float
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    queued: int
+    window_s: float
+
+
+@dataclass(frozen=True)
+class PoolState:
+    name: str
+    tp: int
+    instances_ready: int
+    instances_starting: int
+    clock_mhz: int
+    load: PoolLoad
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    time_s: float
+    pools: tuple[PoolState, ...]
+    free_gpus: int
+    total_gpus: int
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    pool: str
+    tp: int
+    instances: int
+    clock_mhz: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """One request as an engine's metrics expose it to the instance controller."""
+
+    arrival_s: float
+    prompt_tokens: int
+    generated_tokens: int
+    predicted_output_tokens: int
+
+
+@dataclass(frozen=True)
+class InstanceObservation:
+    time_s: float
+    instance_id: str
+    pool: str
+    tp: int
+    clock_mhz: int
+    running: tuple[RequestView, ...]
+    waiting: tuple[RequestView, ...]
+    kv_capacity_tokens: int
+    kv_used_tokens: int
+    arrivals_rps: float  # requests per second reaching this instance's pool, per ready instance
+
+
+@dataclass(frozen=True)
+class ClockDecision:
+    clock_mhz: int
+    reason: str = ""
+
+
+@dataclass
+class PolicyInfo:
+    """Static facts about a policy the simulator needs."""
+
+    periods: ControlPeriods = field(default_factory=ControlPeriods)
+    # "warm": weights cached in host memory / pre-warmed engines (DynamoLLM); "cold": from storage.
+    start_mode: StartMode = "cold"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+    info: PolicyInfo
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]: ...
+
+    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str: ...
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+    def decide_clock(self, obs: InstanceObservation) -> ClockDecision: ...

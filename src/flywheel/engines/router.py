@@ -1,0 +1,497 @@
+"""Request router in front of a ModelDeployment's pools (async HTTP proxy on aiohttp + httpx).
+
+For each ``/v1/completions`` request it:
+
+1. classifies the request by input length and *predicted* output length
+   (``flywheel.controllers.classify`` and ``flywheel.controllers.predictor``; the predictor learns from
+   the completions the router sees, and ``max_tokens`` caps the prediction);
+2. picks the pool serving that class (a pool also serves the classes merged into it; a class without
+   a pool goes to the nearest class that has one);
+3. picks the pool's instance with the shallowest queue — the larger of the router's own requests in
+   flight to it and the engine's reported running + waiting requests — skipping draining, failed and
+   unready instances;
+4. forwards the request, streaming the response through chunk by chunk; on an instance failure
+   (connection error or 5xx before any byte reached the client) it retries once on another instance;
+5. counts requests and input/output tokens per class (Prometheus counters on a passed-in registry,
+   and :meth:`Router.class_load` rates for the cluster controller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
+from flywheel.controllers.classify import ClassThresholds, classify, neighbours
+from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.engines.adapters import EngineAdapter, VLLMAdapter
+from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "upgrade", "te"}
+)
+
+
+@dataclass(eq=False)
+class Backend:
+    """One engine instance behind the router."""
+
+    name: str
+    url: str
+    pool: str
+    in_flight: int = 0
+    engine_queue: float = 0.0
+    ready: bool = True
+    draining: bool = False
+    failed_at: float | None = None
+
+    @property
+    def load(self) -> float:
+        return max(float(self.in_flight), self.engine_queue)
+
+    @property
+    def routable(self) -> bool:
+        return self.ready and not self.draining and self.failed_at is None
+
+
+@dataclass
+class Pool:
+    """A pool: the request classes it serves and its instances."""
+
+    name: str
+    classes: frozenset[str]
+    backends: list[Backend] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClassLoad:
+    """Per-class load over the meter window, per (virtual) second."""
+
+    requests_per_second: float
+    input_tokens_per_second: float
+    output_tokens_per_second: float
+
+
+class _LoadMeter:
+    """Per-class request and token counts in a sliding window of wall-clock seconds."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.events: deque[tuple[float, str, int, int]] = deque()
+
+    def add(self, request_class: str, input_tokens: int, output_tokens: int) -> None:
+        self.events.append((time.monotonic(), request_class, input_tokens, output_tokens))
+
+    def rates(self, time_scale: float) -> dict[str, ClassLoad]:
+        now = time.monotonic()
+        while self.events and self.events[0][0] < now - self.window_s:
+            self.events.popleft()
+        sums: dict[str, list[int]] = {}
+        for _, name, inp, out in self.events:
+            acc = sums.setdefault(name, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += inp
+            acc[2] += out
+        seconds = self.window_s * time_scale
+        return {
+            name: ClassLoad(acc[0] / seconds, acc[1] / seconds, acc[2] / seconds)
+            for name, acc in sums.items()
+        }
+
+
+class NoBackend(RuntimeError):
+    """No routable instance for the request's pool."""
+
+
+class _UpstreamFailed(RuntimeError):
+    """The instance failed before any byte reached the client: the request may be retried."""
+
+
+class Router:
+    """Routes completions for one model deployment across its pools."""
+
+    def __init__(
+        self,
+        model_name: str,
+        registry: CollectorRegistry,
+        *,
+        thresholds: ClassThresholds | None = None,
+        predictor: OutputLengthPredictor | None = None,
+        adapter: EngineAdapter | None = None,
+        client: httpx.AsyncClient | None = None,
+        time_scale: float = 1.0,
+        load_window_s: float = 30.0,
+        failure_cooldown_s: float = 5.0,
+        request_timeout_s: float = 600.0,
+    ) -> None:
+        self.model_name = model_name
+        self.thresholds = thresholds or ClassThresholds()
+        self.predictor = predictor or OutputLengthPredictor(self.thresholds)
+        self.adapter = adapter or VLLMAdapter()
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(request_timeout_s, connect=2.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self.time_scale = time_scale
+        self.failure_cooldown_s = failure_cooldown_s
+        self.pools: dict[str, Pool] = {}
+        self._rr = itertools.count()
+        self._meter = _LoadMeter(load_window_s)
+        labels = ["request_class"]
+        self.m_requests = Counter(
+            "flywheel_router_requests",
+            "Requests routed, by request class, pool and outcome.",
+            ["request_class", "pool", "outcome"],
+            registry=registry,
+        )
+        self.m_input_tokens = Counter(
+            "flywheel_router_input_tokens",
+            "Prompt tokens routed, by request class.",
+            labels,
+            registry=registry,
+        )
+        self.m_output_tokens = Counter(
+            "flywheel_router_output_tokens",
+            "Completion tokens returned, by request class.",
+            labels,
+            registry=registry,
+        )
+        self.m_retries = Counter(
+            "flywheel_router_retries",
+            "Requests retried on another instance after a failure.",
+            registry=registry,
+        )
+        self.m_in_flight = Gauge(
+            "flywheel_router_in_flight", "Requests in flight, by pool.", ["pool"], registry=registry
+        )
+        self.m_latency = Histogram(
+            "flywheel_router_first_byte_seconds",
+            "Wall time from request to the first response byte, by request class.",
+            labels,
+            registry=registry,
+        )
+        self.registry = registry
+
+    # -- topology -----------------------------------------------------------------------------------
+    def set_pools(self, pools: Iterable[Pool]) -> None:
+        """Replace the routing table; the load of instances that stay is kept."""
+        known = {b.name: b for pool in self.pools.values() for b in pool.backends}
+        table: dict[str, Pool] = {}
+        for pool in pools:
+            merged: list[Backend] = []
+            for backend in pool.backends:
+                old = known.get(backend.name)
+                if old is not None and old.url == backend.url:
+                    old.pool, old.ready, old.draining = pool.name, backend.ready, backend.draining
+                    merged.append(old)
+                else:
+                    merged.append(backend)
+            table[pool.name] = Pool(pool.name, pool.classes, merged)
+        self.pools = table
+
+    def backends(self) -> list[Backend]:
+        return [b for pool in self.pools.values() for b in pool.backends]
+
+    # -- decisions ----------------------------------------------------------------------------------
+    def classify(self, request: CompletionRequest) -> tuple[str, int]:
+        """Request class and predicted output length (``max_tokens`` caps the prediction)."""
+        predicted = min(request.max_tokens, self.predictor.predict(request.prompt_tokens))
+        return classify(request.prompt_tokens, predicted, self.thresholds), predicted
+
+    def pool_for(self, request_class: str) -> Pool:
+        """The pool serving a class; else the nearest class's pool (grid neighbours, then any)."""
+        candidates = [request_class]
+        if request_class in AUTO_CLASS_NAMES:
+            frontier = [request_class]
+            seen = {request_class}
+            while frontier:
+                nxt: list[str] = []
+                for name in frontier:
+                    for n in neighbours(name):
+                        if n not in seen:
+                            seen.add(n)
+                            nxt.append(n)
+                candidates += nxt
+                frontier = nxt
+        for name in candidates:
+            for pool in self.pools.values():
+                if name in pool.classes and any(b.routable for b in pool.backends):
+                    return pool
+        for pool in self.pools.values():
+            if any(b.routable for b in pool.backends):
+                return pool
+        raise NoBackend(f"no ready instance serves class {request_class!r}")
+
+    def pick(self, pool: Pool, exclude: Sequence[Backend] = ()) -> Backend:
+        """The routable instance with the shallowest queue (round robin among equals)."""
+        now = time.monotonic()
+        for backend in pool.backends:
+            if backend.failed_at is not None and now - backend.failed_at >= self.failure_cooldown_s:
+                backend.failed_at = None
+        options = [b for b in pool.backends if b.routable and b not in exclude]
+        if not options:
+            raise NoBackend(f"no ready instance in pool {pool.name!r}")
+        lowest = min(b.load for b in options)
+        tied = [b for b in options if b.load == lowest]
+        return tied[next(self._rr) % len(tied)]
+
+    def class_load(self) -> dict[str, ClassLoad]:
+        """Per-class request rate and token rates over the last window (virtual seconds)."""
+        return self._meter.rates(self.time_scale)
+
+    # -- engine state -------------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Scrape every instance's metrics once: queue depth, and failed instances back in rotation."""
+
+        async def one(backend: Backend) -> None:
+            try:
+                metrics = await self.adapter.scrape(self.client, backend.url)
+            except (httpx.HTTPError, ValueError):
+                backend.failed_at = time.monotonic()
+                return
+            backend.engine_queue = metrics.queue_depth
+
+        await asyncio.gather(*(one(b) for b in self.backends()))
+
+    async def refresh_forever(self, period_s: float = 1.0) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(period_s)
+
+    # -- proxy --------------------------------------------------------------------------------------
+    async def handle_completions(self, http: web.Request) -> web.StreamResponse:
+        raw = await http.read()
+        try:
+            request = CompletionRequest.parse(json.loads(raw))
+        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as error:
+            return web.json_response(error_body(str(error), "BadRequestError", 400), status=400)
+        request_class, _ = self.classify(request)
+        try:
+            pool = self.pool_for(request_class)
+        except NoBackend as error:
+            self.m_requests.labels(request_class, "", "unavailable").inc()
+            return web.json_response(error_body(str(error), "ServiceUnavailable", 503), status=503)
+        started = time.monotonic()
+        tried: list[Backend] = []
+        for attempt in range(2):
+            try:
+                backend = self.pick(pool, exclude=tried)
+            except NoBackend as error:
+                self.m_requests.labels(request_class, pool.name, "unavailable").inc()
+                return web.json_response(error_body(str(error), "ServiceUnavailable", 503), status=503)
+            tried.append(backend)
+            if attempt:
+                self.m_retries.inc()
+            try:
+                return await self._forward(http, raw, request, request_class, backend, started)
+            except _UpstreamFailed as failure:
+                log.warning(
+                    "instance %s failed (%s); %s",
+                    backend.name,
+                    failure,
+                    "retrying" if not attempt else "giving up",
+                )
+                backend.failed_at = time.monotonic()
+        self.m_requests.labels(request_class, pool.name, "failed").inc()
+        return web.json_response(error_body("instances failed", "BadGateway", 502), status=502)
+
+    async def _forward(
+        self,
+        http: web.Request,
+        raw: bytes,
+        request: CompletionRequest,
+        request_class: str,
+        backend: Backend,
+        started: float,
+    ) -> web.StreamResponse:
+        backend.in_flight += 1
+        gauge = self.m_in_flight.labels(backend.pool)
+        gauge.inc()
+        try:
+            upstream_request = self.client.build_request(
+                "POST",
+                f"{backend.url}/v1/completions",
+                content=raw,
+                headers={"content-type": "application/json"},
+            )
+            try:
+                upstream = await self.client.send(upstream_request, stream=True)
+            except httpx.HTTPError as error:
+                raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+            try:
+                if upstream.status_code >= 500:
+                    await upstream.aread()
+                    raise _UpstreamFailed(f"HTTP {upstream.status_code}")
+                self.m_latency.labels(request_class).observe(time.monotonic() - started)
+                if request.stream and upstream.status_code == 200:
+                    return await self._relay_stream(http, upstream, request, request_class, backend)
+                try:
+                    body = await upstream.aread()
+                except httpx.HTTPError as error:
+                    raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+                outcome = "ok" if upstream.status_code == 200 else "client_error"
+                output_tokens = _completion_tokens(body) if upstream.status_code == 200 else 0
+                self._account(request, request_class, backend.pool, outcome, output_tokens)
+                return web.Response(
+                    body=body, status=upstream.status_code, headers=_copy_headers(upstream.headers)
+                )
+            finally:
+                await upstream.aclose()
+        finally:
+            backend.in_flight -= 1
+            gauge.dec()
+
+    async def _relay_stream(
+        self,
+        http: web.Request,
+        upstream: httpx.Response,
+        request: CompletionRequest,
+        request_class: str,
+        backend: Backend,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status_code, headers=_copy_headers(upstream.headers))
+        prepared = False
+        events = 0
+        usage_tokens: int | None = None
+        errored = False
+        try:
+            async for line in upstream.aiter_lines():
+                if not prepared:
+                    await response.prepare(http)
+                    prepared = True
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    events += 1
+                    if '"usage"' in line or '"error"' in line:
+                        usage_tokens, errored = _stream_tail(line, usage_tokens, errored)
+                await response.write(line.encode() + b"\n")
+        except httpx.HTTPError as error:
+            if not prepared:
+                raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+            errored = True
+        if not prepared:
+            await response.prepare(http)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        outcome = "failed" if errored else "ok"
+        if errored:
+            backend.failed_at = time.monotonic()
+        self._account(
+            request,
+            request_class,
+            backend.pool,
+            outcome,
+            usage_tokens if usage_tokens is not None else events,
+        )
+        return response
+
+    def _account(
+        self, request: CompletionRequest, request_class: str, pool: str, outcome: str, output_tokens: int
+    ) -> None:
+        self.m_requests.labels(request_class, pool, outcome).inc()
+        self.m_input_tokens.labels(request_class).inc(request.prompt_tokens)
+        if outcome == "ok":
+            self.m_output_tokens.labels(request_class).inc(output_tokens)
+            self.predictor.observe(request.prompt_tokens, output_tokens)
+            self._meter.add(request_class, request.prompt_tokens, output_tokens)
+
+    # -- server -------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.handle_completions)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/flywheel/load", self._load)
+        return app
+
+    async def _health(self, _: web.Request) -> web.Response:
+        ok = any(b.routable for b in self.backends())
+        return web.Response(status=200 if ok else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+    async def _load(self, _: web.Request) -> web.Response:
+        return web.json_response({name: load.__dict__ for name, load in self.class_load().items()})
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+
+def _copy_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+def _completion_tokens(body: bytes) -> int:
+    try:
+        payload: Any = json.loads(body)
+        return int(payload["usage"]["completion_tokens"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _stream_tail(line: str, usage_tokens: int | None, errored: bool) -> tuple[int | None, bool]:
+    try:
+        payload: Any = json.loads(line[len("data: ") :])
+    except ValueError:
+        return usage_tokens, errored
+    if isinstance(payload, dict):
+        if "error" in payload:
+            return usage_tokens, True
+        usage = payload.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            return int(usage["completion_tokens"]), errored
+    return usage_tokens, errored
+
+
+class RouterServer:
+    """Runs a :class:`Router` on ``host:port`` with its metrics refresh loop."""
+
+    def __init__(self, router: Router, refresh_period_s: float = 1.0) -> None:
+        self.router = router
+        self.refresh_period_s = refresh_period_s
+        self._runner: web.AppRunner | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._runner = web.AppRunner(
+            self.router.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self._refresher = asyncio.get_running_loop().create_task(
+            self.router.refresh_forever(self.refresh_period_s), name="router-refresh"
+        )
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.router.close()

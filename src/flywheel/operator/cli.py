@@ -1,0 +1,42 @@
+"""``flywheel operator``: options -> ``OperatorConfig`` -> kopf."""
+
+from __future__ import annotations
+
+import logging
+
+from flywheel.operator.config import OperatorConfig
+from flywheel.operator.runner import run
+
+
+def main(
+    *,
+    namespaces: list[str],
+    all_namespaces: bool,
+    peering: str | None,
+    standalone: bool,
+    priority: int | None,
+    liveness: str | None,
+    metrics_port: int | None,
+    server: str | None,
+    insecure: bool,
+    pool_period: float,
+    cluster_period: float,
+    resync: float,
+    verbose: bool,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = OperatorConfig.from_env()
+    config.namespaces = () if all_namespaces else tuple(namespaces)
+    config.peering = peering
+    config.standalone = standalone or peering is None
+    config.priority = priority
+    config.liveness = liveness
+    config.metrics_port = metrics_port
+    config.server = server or config.server
+    config.insecure = insecure or config.insecure
+    config.pool_period_seconds = pool_period
+    config.cluster_period_seconds = cluster_period
+    config.resync_seconds = resync
+    run(config)

@@ -1,0 +1,77 @@
+"""Operator configuration: connection, periods of the controller rounds, HA, probes, policies."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flywheel.api.v1alpha1 import EngineKind
+from flywheel.controllers.desired import PoolPolicy, ScalingSpecPolicy
+
+DEFAULT_IMAGES: dict[EngineKind, str] = {
+    EngineKind.VLLM: "vllm/vllm-openai:v0.11.0",
+    EngineKind.SGLANG: "lmsysorg/sglang:v0.5.3-cu126",
+    EngineKind.SIMULATED: "ghcr.io/flywheel-dev/flywheel:0.1.0",
+}
+
+
+def default_priority(identity: str) -> int:
+    """A stable per-replica kopf peering priority (distinct replicas must not share one: same-priority
+    peers all pause)."""
+    return int(hashlib.sha256(identity.encode()).hexdigest()[:6], 16)
+
+
+@dataclass
+class OperatorConfig:
+    # Where the API server is; None: kubeconfig or in-cluster service account (kopf's own login).
+    server: str | None = None
+    token: str | None = None
+    insecure: bool = False
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # HA: kopf peering; the highest priority replica acts, the others pause.
+    peering: str | None = "flywheel"
+    standalone: bool = False
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
+    priority: int | None = None
+    # Controller rounds (kopf timers) and resync.
+    pool_period_seconds: float = 300.0
+    cluster_period_seconds: float = 1800.0
+    resync_seconds: float = 60.0
+    status_delay_seconds: float = 1.0  # coalesce status refreshes after instance changes
+    # Probes and metrics.
+    liveness: str | None = None  # e.g. http://0.0.0.0:8080/healthz
+    metrics_port: int | None = None
+    # Cluster conventions.
+    gpu_node_label: str = "flywheel.dev/gpu"
+    gpu_node_label_value: str = "true"
+    quarantine_taint: str = "flywheel.dev/quarantined"
+    images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    # Decisions and test hooks.
+    pool_policy: PoolPolicy = field(default_factory=ScalingSpecPolicy)
+    before_write: Callable[[str, str], None] | None = None
+    # kopf tuning (tests shorten these).
+    watch_server_timeout: float = 300.0
+    watch_client_timeout: float = 330.0
+
+    @property
+    def peering_priority(self) -> int:
+        return self.priority if self.priority is not None else default_priority(self.identity)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        """Defaults overridden by ``FLYWHEEL_*`` environment variables (used by ``kopf run -m``)."""
+        env = os.environ
+        config = cls()
+        config.server = env.get("FLYWHEEL_KUBE_SERVER") or None
+        config.token = env.get("FLYWHEEL_KUBE_TOKEN") or None
+        config.insecure = env.get("FLYWHEEL_KUBE_INSECURE", "") in ("1", "true")
+        if env.get("FLYWHEEL_POOL_PERIOD_SECONDS"):
+            config.pool_period_seconds = float(env["FLYWHEEL_POOL_PERIOD_SECONDS"])
+        if env.get("FLYWHEEL_CLUSTER_PERIOD_SECONDS"):
+            config.cluster_period_seconds = float(env["FLYWHEEL_CLUSTER_PERIOD_SECONDS"])
+        if env.get("FLYWHEEL_RESYNC_SECONDS"):
+            config.resync_seconds = float(env["FLYWHEEL_RESYNC_SECONDS"])
+        return config

@@ -1,0 +1,150 @@
+"""kopf wiring: which watch events and timers call which level-based reconciler.
+
+``register(registry, config)`` binds one ``Operator`` (client, metrics, locks) to a kopf registry, so
+several operators (tests, HA drills) can live in one process with their own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+from typing import Any
+
+import kopf
+
+from flywheel.controllers.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
+from flywheel.operator.config import OperatorConfig
+from flywheel.operator.kube import KubeClient
+from flywheel.operator.reconcile import Operator
+
+GROUP, VERSION = "flywheel.dev", "v1alpha1"
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | None:
+    if info.insecure:
+        return None
+    cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
+    context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata)  # type: ignore[arg-type]
+    cert, key = info.certificate_path, info.private_key_path
+    if info.certificate_data and info.private_key_data:
+        files = []
+        for data in (info.certificate_data, info.private_key_data):
+            handle = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")  # noqa: SIM115
+            handle.write(data if isinstance(data, bytes) else data.encode())
+            handle.close()
+            files.append(handle.name)
+        cert, key = files
+    if cert:
+        context.load_cert_chain(cert, key)  # type: ignore[arg-type]
+    return context
+
+
+def login(config: OperatorConfig, logger: logging.Logger | Any) -> kopf.ConnectionInfo:
+    """Explicit server from the config, else the in-cluster service account, else kubeconfig."""
+    if config.server:
+        return kopf.ConnectionInfo(server=config.server, token=config.token, insecure=config.insecure)
+    info = kopf.login_with_service_account(logger=logger) or kopf.login_with_kubeconfig(logger=logger)
+    if info is None:
+        raise kopf.LoginError("no API server: set --server, a kubeconfig, or run in-cluster")
+    return info
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operator:
+    op = Operator(config)
+
+    @kopf.on.login(registry=registry)
+    async def _login(logger: logging.Logger, **_: Any) -> kopf.ConnectionInfo:
+        info = login(config, logger)
+        client = KubeClient(
+            info.server,
+            token=info.token,
+            insecure=bool(info.insecure),
+            ssl_context=_ssl_context(info),
+            user_agent=f"flywheel-operator/{config.identity}",
+            before_write=config.before_write,
+        )
+        await op.connect(client)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = "flywheel.dev/operator"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flywheel.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="flywheel.dev")
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = config.watch_server_timeout
+        settings.watching.client_timeout = config.watch_client_timeout
+        if config.metrics_port is not None:
+            op.metrics.serve(config.metrics_port)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await op.close()
+
+    @kopf.on.probe(id="reconciles", registry=registry)
+    def _probe(**_: Any) -> float:
+        return sum(sample.value for metric in op.metrics.reconciles.collect() for sample in metric.samples)
+
+    # ModelDeployment: every event (initial listing, create, update) reconciles; a timer resyncs and runs
+    # the cluster round. Deletion needs nothing: pools carry ownerReferences.
+    @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
+    async def _deployment(type: str | None, namespace: str, name: str, **_: Any) -> None:
+        if type == "DELETED":
+            op.metrics.forget(f"{namespace}/{name}")
+            return
+        await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
+
+    @kopf.timer(GROUP, VERSION, "modeldeployments", interval=config.resync_seconds, registry=registry)
+    async def _deployment_round(namespace: str, name: str, **_: Any) -> None:
+        await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
+
+    # InferencePool: reconcile its instances on every event; the timer runs the pool controller round.
+    @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
+    async def _pool(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        if type == "DELETED":  # deleted behind our back, or by its deployment: let the deployment decide
+            owner = (body.get("spec") or {}).get("modelDeployment")
+            if owner:
+                op.deployment_refresh(namespace, owner)
+            return
+        await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
+
+    @kopf.timer(GROUP, VERSION, "inferencepools", interval=config.resync_seconds, registry=registry)
+    async def _pool_round(namespace: str, name: str, **_: Any) -> None:
+        if op.due(("pool-round", namespace, name), config.pool_period_seconds):
+            await op.safely("PoolRound", lambda: op.pool_round(namespace, name))
+        await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
+
+    # ModelInstance: its Pod and status; a vanished instance makes its pool reconcile.
+    @kopf.on.event(GROUP, VERSION, "modelinstances", registry=registry)
+    async def _instance(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        spec = body.get("spec") or {}
+        if type == "DELETED":
+            if spec.get("pool"):
+                op.pool_refresh(namespace, spec["pool"])
+        else:
+            await op.safely("ModelInstance", lambda: op.reconcile_instance(namespace, name))
+        if spec.get("modelDeployment"):
+            op.status_refresh(namespace, spec["modelDeployment"])
+
+    # Engine Pods: deleted or changed behind our back -> reconcile the owning instance.
+    @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)
+    async def _pod(type: str | None, body: kopf.Body, namespace: str, **_: Any) -> None:
+        instance = (body.get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
+        if instance and type is not None:
+            await op.safely("ModelInstance", lambda: op.reconcile_instance(namespace, instance))
+
+    # GPU nodes: a GPUNode per labelled Node; quarantine in GPUNode spec cordons and taints the Node.
+    @kopf.on.event(
+        "", "v1", "nodes", labels={config.gpu_node_label: config.gpu_node_label_value}, registry=registry
+    )
+    async def _node(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type != "DELETED":
+            await op.safely("GPUNode", lambda: op.reconcile_node(dict(body)))
+
+    @kopf.on.event(GROUP, VERSION, "gpunodes", registry=registry)
+    async def _gpunode(type: str | None, name: str, **_: Any) -> None:
+        if type != "DELETED":
+            await op.safely("GPUNode", lambda: op.reconcile_gpunode(name))
+
+    return op

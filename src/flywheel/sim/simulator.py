@@ -1,0 +1,705 @@
+"""Discrete-event simulator of an LLM serving cluster in virtual time.
+
+One heap of events (instance iteration boundaries, control ticks, instance start/ready, clock
+changes, faults, samples) merged with the sorted arrival stream. Instances are vLLM-like continuous
+batching engines: a prefill iteration admits queued requests (FCFS, KV-cache and batch-slot
+limits, prefill before decode), decode iterations advance every running request by one token.
+Many decode iterations are folded into one event (closed-form sum of step times while the batch is
+unchanged) and cut short at the next iteration boundary when a request arrives or the clock
+changes, so the cost is per request, not per token.
+
+Policies (``flywheel.controllers.policy.Policy``) are called at their periods; the simulator only
+applies their decisions, with their costs: a clock change takes effect after
+``clock_change_s`` (200 ms), a new instance needs ``cold_start_s`` (weights from storage) or
+``warm_start_s`` (weights in host memory / pre-warmed).
+
+Metrics: per request TTFT (arrival -> first token) and TBT (mean time between its later tokens);
+energy per instance is the integral of its piecewise-constant board power.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flywheel.controllers.gpumodel import H100_SXM, GPUSku
+from flywheel.controllers.perfmodel import (
+    LLAMA2_70B,
+    ModelProfile,
+    decode_coefficients,
+    instance_power_watts,
+    kv_capacity_tokens,
+    prefill_ms,
+    prefill_power_watts,
+)
+from flywheel.controllers.policy import (
+    SLO,
+    ClusterObservation,
+    InstanceObservation,
+    Policy,
+    PolicyContext,
+    PoolLoad,
+    PoolState,
+    PoolTarget,
+    RequestView,
+    WorkloadHints,
+)
+from flywheel.sim.cluster import Cluster, GpuRef
+from flywheel.sim.workloads import Workload
+
+# Event kinds, in tie-break order at equal times.
+_FAULT, _READY, _CLOCK, _INSTANCE, _CLUSTER_TICK, _POOL_TICK, _INSTANCE_TICK, _SAMPLE = range(8)
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """A fault to inject: one GPU (``gpu`` set) or a whole node lost at ``time_s``."""
+
+    time_s: float
+    node: int
+    gpu: int | None = None
+    kind: str = "gpu_lost"
+
+
+@dataclass
+class SimConfig:
+    model: ModelProfile = LLAMA2_70B
+    sku: GPUSku = H100_SXM
+    nodes: int = 8
+    gpus_per_node: int = 8
+    slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
+    max_num_seqs: int = 256  # vLLM default
+    max_batched_tokens: int = 8192  # prompt tokens per prefill iteration (a longer prompt runs alone)
+    clock_change_s: float = 0.2  # throttLL'eM
+    cold_start_s: float = 60.0  # engine start + 140 GB of weights from network storage
+    warm_start_s: float = 5.0  # weights cached in host memory (DynamoLLM), engine pre-initialised
+    queue_timeout_s: float = 120.0  # a request queued longer is dropped
+    drain_s: float = 900.0  # after the last arrival, stop at the latest this much later
+    sample_s: float = 10.0
+    output_prediction_sigma: float = 0.2  # log-normal error of the per-request output predictor
+    seed: int = 0
+    faults: tuple[FaultEvent, ...] = ()
+
+
+@dataclass
+class Instance:
+    id: str
+    pool: str
+    tp: int
+    gpus: list[GpuRef]
+    clock: int
+    kv_capacity: int
+    started_s: float
+    state: str = "starting"  # starting | ready | draining | stopped
+    running: list[int] = field(default_factory=list)
+    left: list[int] = field(default_factory=list)
+    prefill_batch: list[int] = field(default_factory=list)
+    ctx: int = 0  # KV tokens held
+    reserved: int = 0  # KV tokens reserved (prompt + full output) by admitted requests
+    phase: str = "idle"  # idle | prefill | decode
+    version: int = 0
+    # decode block being executed
+    t0: float = 0.0
+    k: int = 0
+    fixed_ms: float = 0.0
+    per_token_ms: float = 0.0
+    ctx0: int = 0
+    power_w: float = 0.0
+    energy_j: float = 0.0
+    t_mark: float = 0.0
+    stopped_s: float | None = None
+
+    def flush(self, now: float) -> None:
+        self.energy_j += self.power_w * (now - self.t_mark)
+        self.t_mark = now
+
+    def block_ms(self, iterations: int) -> float:
+        j = iterations
+        b = len(self.running)
+        return j * self.fixed_ms + self.per_token_ms * (j * self.ctx0 + b * j * (j - 1) / 2.0)
+
+
+@dataclass
+class Pool:
+    name: str
+    target: PoolTarget
+    queue: deque[int] = field(default_factory=deque)
+    instances: list[Instance] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)  # request ids, for load windows
+
+
+@dataclass
+class Sample:
+    time_s: float
+    power_w: float
+    instances: int
+    gpus: int
+    mean_clock_mhz: float
+    queued: int
+
+
+@dataclass
+class SimResult:
+    policy: str
+    workload: str
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    dropped: np.ndarray
+    energy_j: float
+    gpu_seconds: float
+    end_s: float
+    reconfigurations: int
+    clock_changes: int
+    failed_starts: int
+    samples: list[Sample]
+    decisions: list[tuple[float, str, str]]
+    slo: SLO
+
+
+ProgressFn = Callable[[float], None]
+FaultHook = Callable[["Simulator", FaultEvent, list[Instance]], None]
+
+
+class Simulator:
+    def __init__(self, workload: Workload, policy: Policy, config: SimConfig | None = None) -> None:
+        self.cfg = config or SimConfig()
+        self.workload = workload
+        self.policy = policy
+        self.cluster = Cluster(self.cfg.nodes, self.cfg.gpus_per_node)
+        n = len(workload)
+        self.arrival = workload.arrival_s.tolist()
+        self.prompt = workload.prompt_tokens.tolist()
+        self.output = workload.output_tokens.tolist()
+        rng = np.random.default_rng(self.cfg.seed)
+        noise = rng.lognormal(0.0, self.cfg.output_prediction_sigma, n) if n else np.zeros(0)
+        self.predicted = np.maximum(np.rint(workload.output_tokens * noise), 1).astype(np.int64).tolist()
+        self.first_token = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.dropped = [False] * n
+        self.generated = [0] * n
+        self.pool_of: list[str] = [""] * n
+        self.pools: dict[str, Pool] = {}
+        self.instances: list[Instance] = []
+        self.heap: list[tuple[float, int, int, object]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.outstanding = 0
+        self.reconfigurations = 0
+        self.clock_changes = 0
+        self.failed_starts = 0
+        self.samples: list[Sample] = []
+        self.decisions: list[tuple[float, str, str]] = []
+        self.fault_hooks: list[FaultHook] = []
+        self._instance_counter = 0
+        self._started = False
+
+    # ----------------------------------------------------------------- events
+    def _push(self, time: float, kind: int, payload: object = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (time, kind, self.seq, payload))
+
+    def add_fault_hook(self, hook: FaultHook) -> None:
+        """Call ``hook(sim, fault, killed_instances)`` after each injected fault is applied."""
+        self.fault_hooks.append(hook)
+
+    # ------------------------------------------------------------- instances
+    def _new_instance(self, pool: Pool, tp: int, clock: int, ready_at: float | None) -> Instance | None:
+        gpus = self.cluster.allocate(tp)
+        if gpus is None:
+            return None
+        self._instance_counter += 1
+        inst = Instance(
+            id=f"{pool.name}-tp{tp}-{self._instance_counter}",
+            pool=pool.name,
+            tp=tp,
+            gpus=gpus,
+            clock=clock,
+            kv_capacity=kv_capacity_tokens(self.cfg.model, self.cfg.sku, tp),
+            started_s=self.now,
+            t_mark=self.now,
+        )
+        inst.power_w = tp * self.cfg.sku.idle_watts
+        pool.instances.append(inst)
+        self.instances.append(inst)
+        if ready_at is None:
+            inst.state = "ready"
+        else:
+            self._push(ready_at, _READY, inst)
+        return inst
+
+    def _stop(self, inst: Instance) -> None:
+        inst.flush(self.now)
+        inst.power_w = 0.0
+        inst.state = "stopped"
+        inst.stopped_s = self.now
+        inst.version += 1
+        self.cluster.release(inst.gpus)
+        pool = self.pools.get(inst.pool)
+        if pool is not None and inst in pool.instances:
+            pool.instances.remove(inst)
+        self._reconcile_all()
+
+    def _drain(self, inst: Instance) -> None:
+        if inst.state == "starting":
+            self._stop(inst)
+            return
+        inst.state = "draining"
+        if inst.phase == "idle":
+            self._stop(inst)
+
+    def _admit(self, inst: Instance, pool: Pool) -> list[int]:
+        batch: list[int] = []
+        tokens = 0
+        slots = self.cfg.max_num_seqs - len(inst.running)
+        queue = pool.queue
+        while queue and len(batch) < slots:
+            rid = queue[0]
+            if self.now - self.arrival[rid] > self.cfg.queue_timeout_s:
+                queue.popleft()
+                self._drop(rid)
+                continue
+            need = self.prompt[rid] + self.output[rid]
+            if inst.reserved + need > inst.kv_capacity:
+                if not inst.running and not batch:  # can never fit on this instance
+                    queue.popleft()
+                    self._drop(rid)
+                    continue
+                break
+            if batch and tokens + self.prompt[rid] > self.cfg.max_batched_tokens:
+                break
+            queue.popleft()
+            batch.append(rid)
+            tokens += self.prompt[rid]
+            inst.reserved += need
+        return batch
+
+    def _schedule(self, inst: Instance) -> None:
+        """Start the next iteration (block) of a ready or draining instance at ``self.now``."""
+        inst.flush(self.now)
+        inst.version += 1
+        cfg = self.cfg
+        pool = self.pools.get(inst.pool)
+        batch = self._admit(inst, pool) if pool is not None and inst.state == "ready" else []
+        if batch:
+            inst.phase = "prefill"
+            inst.prefill_batch = batch
+            tokens = sum(self.prompt[r] for r in batch)
+            duration = prefill_ms(cfg.model, cfg.sku, inst.tp, tokens, inst.clock) / 1000.0
+            inst.power_w = prefill_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock)
+            self._push(self.now + duration, _INSTANCE, (inst, inst.version))
+            return
+        if inst.running:
+            b = len(inst.running)
+            inst.phase = "decode"
+            inst.fixed_ms, inst.per_token_ms = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
+            inst.ctx0 = inst.ctx
+            inst.t0 = self.now
+            inst.k = min(inst.left)
+            inst.power_w = instance_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock, b)
+            self._push(self.now + inst.block_ms(inst.k) / 1000.0, _INSTANCE, (inst, inst.version))
+            return
+        inst.phase = "idle"
+        inst.power_w = instance_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock, 0)
+        if inst.state == "draining":
+            self._stop(inst)
+
+    def _interrupt(self, inst: Instance) -> None:
+        """Make the instance re-plan at its next iteration boundary (now, if idle)."""
+        if inst.phase == "idle":
+            self._schedule(inst)
+            return
+        if inst.phase != "decode":
+            return  # a prefill iteration re-plans when it ends
+        elapsed_ms = (self.now - inst.t0) * 1000.0
+        b = len(inst.running)
+        a = inst.per_token_ms * b / 2.0
+        lin = inst.fixed_ms + inst.per_token_ms * inst.ctx0 - a
+        if a > 0:
+            j = math.ceil((-lin + math.sqrt(lin * lin + 4 * a * elapsed_ms)) / (2 * a) - 1e-9)
+        else:
+            j = math.ceil(elapsed_ms / lin - 1e-9)
+        j = max(j, 1)
+        while j > 1 and inst.block_ms(j - 1) >= elapsed_ms:
+            j -= 1
+        if j >= inst.k:
+            return
+        inst.k = j
+        inst.version += 1
+        self._push(inst.t0 + inst.block_ms(j) / 1000.0, _INSTANCE, (inst, inst.version))
+
+    def _finish(self, rid: int) -> None:
+        self.finish[rid] = self.now
+        self.outstanding -= 1
+
+    def _drop(self, rid: int) -> None:
+        self.dropped[rid] = True
+        self.outstanding -= 1
+
+    def _on_instance(self, inst: Instance) -> None:
+        if inst.phase == "prefill":
+            for rid in inst.prefill_batch:
+                if math.isnan(self.first_token[rid]):
+                    self.first_token[rid] = self.now
+                self.generated[rid] = 1
+                left = self.output[rid] - 1
+                if left <= 0:
+                    inst.reserved -= self.prompt[rid] + self.output[rid]
+                    self._finish(rid)
+                    continue
+                inst.running.append(rid)
+                inst.left.append(left)
+                inst.ctx += self.prompt[rid] + 1
+            inst.prefill_batch = []
+        elif inst.phase == "decode":
+            k = inst.k
+            b = len(inst.running)
+            inst.ctx += k * b
+            running: list[int] = []
+            lefts: list[int] = []
+            for rid, left in zip(inst.running, inst.left, strict=True):
+                self.generated[rid] += k
+                if left - k <= 0:
+                    inst.ctx -= self.prompt[rid] + self.output[rid]
+                    inst.reserved -= self.prompt[rid] + self.output[rid]
+                    self._finish(rid)
+                else:
+                    running.append(rid)
+                    lefts.append(left - k)
+            inst.running, inst.left = running, lefts
+        self._schedule(inst)
+
+    # ------------------------------------------------------------- routing
+    def _arrive(self, rid: int) -> None:
+        name = self.policy.route(self.prompt[rid], self.predicted[rid])
+        pool = self.pools.get(name)
+        if pool is None:
+            raise RuntimeError(f"policy {self.policy.name} routed a request to unknown pool {name!r}")
+        self.pool_of[rid] = name
+        pool.arrivals.append(rid)
+        pool.queue.append(rid)
+        self._kick(pool)
+
+    def _kick(self, pool: Pool) -> None:
+        """Let the best ready instance with room pick up queued work at its next boundary."""
+        best: Instance | None = None
+        for inst in pool.instances:
+            if inst.state != "ready" or len(inst.running) >= self.cfg.max_num_seqs:
+                continue
+            if inst.phase == "prefill":
+                continue
+            if best is None or len(inst.running) < len(best.running):
+                best = inst
+        if best is not None:
+            self._interrupt(best)
+
+    # ------------------------------------------------------------- pools
+    def _apply(self, target: PoolTarget, initial: bool = False) -> None:
+        pool = self.pools.get(target.pool)
+        if pool is None:
+            pool = Pool(target.pool, target)
+            self.pools[target.pool] = pool
+        pool.target = target
+        if target.reason:
+            self.decisions.append((self.now, target.pool, target.reason))
+        self._reconcile(pool, initial)
+
+    def _reconcile_all(self) -> None:
+        for pool in list(self.pools.values()):
+            self._reconcile(pool, False)
+
+    def _reconcile(self, pool: Pool, initial: bool) -> None:
+        target = pool.target
+        live = [i for i in pool.instances if i.state in ("starting", "ready")]
+        same = [i for i in live if i.tp == target.tp]
+        other = [i for i in live if i.tp != target.tp]
+        # Too many of the wanted shape: drop starting ones first, then the least loaded.
+        if len(same) > target.instances:
+            extra = sorted(same, key=lambda i: (i.state != "starting", len(i.running)))
+            for inst in extra[: len(same) - target.instances]:
+                self._drain(inst)
+                self.reconfigurations += 1
+            same = [i for i in pool.instances if i.state in ("starting", "ready") and i.tp == target.tp]
+        missing = target.instances - len(same)
+        start_s = self.cfg.warm_start_s if self.policy.info.start_mode == "warm" else self.cfg.cold_start_s
+        while missing > 0:
+            inst = self._new_instance(pool, target.tp, target.clock_mhz, None if initial else self.now + start_s)
+            if inst is None:
+                break
+            if not initial:
+                self.reconfigurations += 1
+            missing -= 1
+        if missing > 0 and other:
+            # Break before make: free the old shape's GPUs, the new instances start on release.
+            for inst in other:
+                self._drain(inst)
+                self.reconfigurations += 1
+            return
+        ready_same = sum(1 for i in same if i.state == "ready")
+        if other and ready_same + (0 if missing <= 0 else -missing) >= target.instances:
+            for inst in other:
+                self._drain(inst)
+                self.reconfigurations += 1
+        if missing > 0 and not initial:
+            self.failed_starts += 1
+        if pool.target.instances == 0 and not pool.instances:
+            for rid in pool.queue:
+                self._arrive_reroute(rid)
+            pool.queue.clear()
+            del self.pools[pool.name]
+
+    def _arrive_reroute(self, rid: int) -> None:
+        name = self.policy.route(self.prompt[rid], self.predicted[rid])
+        target = self.pools.get(name)
+        if target is None or name == self.pool_of[rid]:
+            self._drop(rid)
+            return
+        self.pool_of[rid] = name
+        target.queue.append(rid)
+        self._kick(target)
+
+    def _on_ready(self, inst: Instance) -> None:
+        if inst.state != "starting":
+            return
+        inst.state = "ready"
+        pool = self.pools.get(inst.pool)
+        if pool is not None:
+            self._reconcile(pool, False)
+        if inst.state == "ready":
+            self._schedule(inst)
+
+    # ------------------------------------------------------------- observations
+    def _pool_load(self, pool: Pool, window_s: float) -> PoolLoad:
+        since = self.now - window_s
+        ids = pool.arrivals
+        # arrivals are appended in time order; count the tail within the window
+        start = len(ids)
+        while start > 0 and self.arrival[ids[start - 1]] >= since:
+            start -= 1
+        recent = ids[start:]
+        if len(pool.arrivals) > 50000:
+            del pool.arrivals[:start]
+        span = min(window_s, max(self.now, 1.0))
+        if recent:
+            prompt = sum(self.prompt[r] for r in recent) / len(recent)
+            output = sum(self.predicted[r] for r in recent) / len(recent)
+        else:
+            prompt = output = 0.0
+        return PoolLoad(len(recent) / span, prompt, output, len(pool.queue), span)
+
+    def _observe(self, window_s: float) -> ClusterObservation:
+        states = []
+        for pool in self.pools.values():
+            ready = sum(1 for i in pool.instances if i.state == "ready")
+            starting = sum(1 for i in pool.instances if i.state == "starting")
+            states.append(
+                PoolState(
+                    pool.name,
+                    pool.target.tp,
+                    ready,
+                    starting,
+                    pool.target.clock_mhz,
+                    self._pool_load(pool, window_s),
+                )
+            )
+        return ClusterObservation(self.now, tuple(states), self.cluster.free_gpus, self.cluster.total_gpus)
+
+    def _view(self, rid: int) -> RequestView:
+        return RequestView(self.arrival[rid], self.prompt[rid], self.generated[rid], self.predicted[rid])
+
+    def _instance_tick(self) -> None:
+        period = self.policy.info.periods.instance_s
+        for pool in self.pools.values():
+            ready = [i for i in pool.instances if i.state == "ready"]
+            if not ready:
+                continue
+            rate = self._pool_load(pool, period).arrivals_rps / len(ready)
+            waiting = tuple(self._view(r) for r in list(pool.queue)[:64])
+            for inst in ready:
+                obs = InstanceObservation(
+                    time_s=self.now,
+                    instance_id=inst.id,
+                    pool=inst.pool,
+                    tp=inst.tp,
+                    clock_mhz=inst.clock,
+                    running=tuple(self._view(r) for r in inst.running),
+                    waiting=waiting,
+                    kv_capacity_tokens=inst.kv_capacity,
+                    kv_used_tokens=inst.ctx,
+                    arrivals_rps=rate,
+                )
+                decision = self.policy.decide_clock(obs)
+                clock = self.cfg.sku.clamp_clock(decision.clock_mhz)
+                if clock != inst.clock:
+                    self.clock_changes += 1
+                    self._push(self.now + self.cfg.clock_change_s, _CLOCK, (inst, clock))
+
+    def _on_clock(self, inst: Instance, clock: int) -> None:
+        if inst.state not in ("ready", "draining") or inst.clock == clock:
+            return
+        inst.clock = clock
+        if inst.phase == "idle":
+            inst.flush(self.now)
+            inst.power_w = instance_power_watts(self.cfg.model, self.cfg.sku, inst.tp, clock, 0)
+        else:
+            self._interrupt(inst)
+
+    def _on_fault(self, fault: FaultEvent) -> None:
+        failed = set(self.cluster.fail(fault.node, fault.gpu))
+        killed = [i for i in self.instances if i.state != "stopped" and failed.intersection(i.gpus)]
+        for inst in killed:
+            pool = self.pools.get(inst.pool)
+            lost = inst.prefill_batch + inst.running
+            inst.running, inst.left, inst.prefill_batch = [], [], []
+            inst.ctx = inst.reserved = 0
+            inst.phase = "idle"
+            self._stop(inst)
+            for rid in reversed(lost):
+                self.generated[rid] = 0
+                if pool is not None:
+                    pool.queue.appendleft(rid)
+                else:
+                    self._drop(rid)
+        for hook in self.fault_hooks:
+            hook(self, fault, killed)
+        self._reconcile_all()
+        for pool in self.pools.values():
+            self._kick(pool)
+
+    def _sample(self) -> None:
+        live = [i for i in self.instances if i.state != "stopped"]
+        ready = [i for i in live if i.state in ("ready", "draining")]
+        mean_clock = sum(i.clock for i in ready) / len(ready) if ready else 0.0
+        queued = sum(len(p.queue) for p in self.pools.values())
+        self.samples.append(
+            Sample(
+                self.now,
+                sum(i.power_w for i in live),
+                len(live),
+                sum(i.tp for i in live),
+                mean_clock,
+                queued,
+            )
+        )
+
+    # ------------------------------------------------------------- main loop
+    def hints(self) -> WorkloadHints:
+        w = self.workload
+        return WorkloadHints(
+            mean_rps=w.mean_rps(),
+            peak_minute_rps=w.peak_rps(60.0),
+            mean_prompt_tokens=float(w.prompt_tokens.mean()) if len(w) else 0.0,
+            mean_output_tokens=float(w.output_tokens.mean()) if len(w) else 0.0,
+            duration_s=w.duration_s,
+        )
+
+    def run(self, progress: ProgressFn | None = None) -> SimResult:
+        if self._started:
+            raise RuntimeError("a Simulator runs once; build a new one")
+        self._started = True
+        cfg = self.cfg
+        context = PolicyContext(cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.hints())
+        for target in self.policy.start(context):
+            self._apply(target, initial=True)
+        if not self.pools:
+            raise RuntimeError(f"policy {self.policy.name} started no pools")
+        periods = self.policy.info.periods
+        self._push(periods.cluster_s, _CLUSTER_TICK)
+        self._push(periods.pool_s, _POOL_TICK)
+        self._push(periods.instance_s, _INSTANCE_TICK)
+        self._push(0.0, _SAMPLE)
+        for fault in cfg.faults:
+            self._push(fault.time_s, _FAULT, fault)
+        n = len(self.arrival)
+        self.outstanding = n
+        horizon = self.workload.duration_s + cfg.drain_s
+        next_arrival = 0
+        events = 0
+        heap = self.heap
+        while True:
+            arrival_t = self.arrival[next_arrival] if next_arrival < n else math.inf
+            if heap and heap[0][0] <= arrival_t:
+                if next_arrival >= n and self.outstanding <= 0:
+                    break
+                time, kind, _, payload = heapq.heappop(heap)
+                if time > horizon:
+                    break
+                self.now = time
+                self._dispatch(kind, payload)
+            elif next_arrival < n:
+                self.now = arrival_t
+                self._arrive(next_arrival)
+                next_arrival += 1
+            else:
+                break
+            events += 1
+            if progress is not None and events % 2000 == 0:
+                progress(min(self.now / horizon if horizon > 0 else 1.0, 1.0))
+        end = self.now
+        for rid in range(n):
+            if math.isnan(self.finish[rid]) and not self.dropped[rid]:
+                self.dropped[rid] = True
+        gpu_seconds = 0.0
+        energy = 0.0
+        for inst in self.instances:
+            if inst.state != "stopped":
+                inst.flush(end)
+            stop = inst.stopped_s if inst.stopped_s is not None else end
+            gpu_seconds += inst.tp * (stop - inst.started_s)
+            energy += inst.energy_j
+        if progress is not None:
+            progress(1.0)
+        return SimResult(
+            policy=self.policy.name,
+            workload=self.workload.name,
+            arrival_s=self.workload.arrival_s,
+            prompt_tokens=self.workload.prompt_tokens,
+            output_tokens=self.workload.output_tokens,
+            first_token_s=np.asarray(self.first_token, dtype=np.float64),
+            finish_s=np.asarray(self.finish, dtype=np.float64),
+            dropped=np.asarray(self.dropped, dtype=bool),
+            energy_j=energy,
+            gpu_seconds=gpu_seconds,
+            end_s=end,
+            reconfigurations=self.reconfigurations,
+            clock_changes=self.clock_changes,
+            failed_starts=self.failed_starts,
+            samples=self.samples,
+            decisions=self.decisions,
+            slo=cfg.slo,
+        )
+
+    def _dispatch(self, kind: int, payload: object) -> None:
+        periods = self.policy.info.periods
+        if kind == _INSTANCE:
+            inst, version = payload  # type: ignore[misc]
+            if inst.version == version and inst.state != "stopped":
+                self._on_instance(inst)
+        elif kind == _READY:
+            self._on_ready(payload)  # type: ignore[arg-type]
+        elif kind == _CLOCK:
+            inst, clock = payload  # type: ignore[misc]
+            self._on_clock(inst, clock)
+        elif kind == _INSTANCE_TICK:
+            self._instance_tick()
+            self._push(self.now + periods.instance_s, _INSTANCE_TICK)
+        elif kind == _POOL_TICK:
+            for target in self.policy.plan_pools(self._observe(periods.pool_s)):
+                self._apply(target)
+            self._push(self.now + periods.pool_s, _POOL_TICK)
+        elif kind == _CLUSTER_TICK:
+            for target in self.policy.plan_cluster(self._observe(periods.cluster_s)):
+                self._apply(target)
+            self._push(self.now + periods.cluster_s, _CLUSTER_TICK)
+        elif kind == _SAMPLE:
+            self._sample()
+            self._push(self.now + self.cfg.sample_s, _SAMPLE)
+        elif kind == _FAULT:
+            self._on_fault(payload)  # type: ignore[arg-type]

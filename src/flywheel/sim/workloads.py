@@ -1,0 +1,183 @@
+"""Workloads: the bundled Azure LLM inference traces (2023), any CSV in their schema, rate scaling,
+time compression and synthetic diurnal / burst generators. All seeded and deterministic."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+BUNDLED_TRACES = ("code", "conv")
+REQUIRED_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+class TraceError(ValueError):
+    """A trace that cannot be read; the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests sorted by arrival: seconds from the start, prompt tokens, output tokens."""
+
+    name: str
+    arrival_s: npt.NDArray[np.float64]
+    prompt_tokens: npt.NDArray[np.int64]
+    output_tokens: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        if len(self.prompt_tokens) != n or len(self.output_tokens) != n:
+            raise TraceError(f"{self.name}: column lengths differ")
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.arrival_s[-1]) if len(self) else 0.0
+
+    def mean_rps(self) -> float:
+        return len(self) / max(self.duration_s, 1.0)
+
+    def peak_rps(self, window_s: float = 60.0) -> float:
+        """Highest request rate over any ``window_s`` sliding window (the 'peak minute')."""
+        if not len(self):
+            return 0.0
+        ends = np.searchsorted(self.arrival_s, self.arrival_s + window_s, side="left")
+        counts = ends - np.arange(len(self))
+        return float(counts.max()) / window_s
+
+    def scaled(self, rate: float) -> Workload:
+        """Same requests, arrivals ``rate`` times as dense (rate 2 = twice the request rate)."""
+        if rate <= 0:
+            raise TraceError("rate scale must be positive")
+        return Workload(f"{self.name}x{rate:g}", self.arrival_s / rate, self.prompt_tokens, self.output_tokens)
+
+    def compressed(self, factor: float, seed: int = 0) -> Workload:
+        """The trace's load pattern in ``1/factor`` of the time at the same rate: keep one in
+        ``factor`` requests (seeded) and squeeze time by ``factor``."""
+        if factor < 1:
+            raise TraceError("compression factor must be >= 1")
+        rng = np.random.default_rng(seed)
+        keep = rng.random(len(self)) < 1.0 / factor
+        return Workload(
+            f"{self.name}/{factor:g}",
+            self.arrival_s[keep] / factor,
+            self.prompt_tokens[keep],
+            self.output_tokens[keep],
+        )
+
+    def head(self, seconds: float) -> Workload:
+        """Requests arriving in the first ``seconds``."""
+        end = int(np.searchsorted(self.arrival_s, seconds, side="left"))
+        return Workload(self.name, self.arrival_s[:end], self.prompt_tokens[:end], self.output_tokens[:end])
+
+
+def _parse_time(text: str) -> float:
+    head, _, frac = text.strip().partition(".")
+    stamp = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").timestamp()
+    return stamp + (float("0." + frac) if frac else 0.0)
+
+
+def read_trace_csv(path: Path, name: str | None = None) -> Workload:
+    """Read a CSV with columns TIMESTAMP, ContextTokens, GeneratedTokens (Azure LLM trace schema)."""
+    label = name or path.stem
+    try:
+        handle = path.open(newline="")
+    except OSError as exc:
+        raise TraceError(f"cannot open trace {path}: {exc.strerror}") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)}")
+        times: list[float] = []
+        prompts: list[int] = []
+        outputs: list[int] = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                times.append(_parse_time(row["TIMESTAMP"]))
+                prompts.append(max(int(row["ContextTokens"]), 1))
+                outputs.append(max(int(row["GeneratedTokens"]), 1))
+            except (ValueError, TypeError) as exc:
+                raise TraceError(f"{path}:{line}: bad row ({exc})") from exc
+    if not times:
+        raise TraceError(f"{path}: no requests")
+    t = np.asarray(times, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    t = t[order] - t[order][0]
+    return Workload(label, t, np.asarray(prompts, np.int64)[order], np.asarray(outputs, np.int64)[order])
+
+
+def load_trace(name_or_path: str) -> Workload:
+    """A bundled trace by name (``code``, ``conv``) or any CSV path in the Azure schema."""
+    if name_or_path in BUNDLED_TRACES:
+        ref = resources.files("flywheel.sim").joinpath("data", f"{name_or_path}.csv")
+        with resources.as_file(ref) as path:
+            return read_trace_csv(Path(path), name_or_path)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise TraceError(f"unknown trace {name_or_path!r}: not one of {', '.join(BUNDLED_TRACES)} nor a file")
+    return read_trace_csv(path)
+
+
+def _lengths(
+    rng: np.random.Generator, n: int, prompt_median: float, output_median: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    prompts = np.clip(rng.lognormal(math.log(prompt_median), 0.9, n), 16, 8192).astype(np.int64)
+    outputs = np.clip(rng.lognormal(math.log(output_median), 0.9, n), 1, 2048).astype(np.int64)
+    return prompts, outputs
+
+
+def _inhomogeneous_poisson(
+    rng: np.random.Generator, rate_fn: npt.NDArray[np.float64], step_s: float
+) -> npt.NDArray[np.float64]:
+    counts = rng.poisson(rate_fn * step_s)
+    starts = np.repeat(np.arange(len(rate_fn)) * step_s, counts)
+    return np.sort(starts + rng.random(len(starts)) * step_s)
+
+
+def diurnal(
+    duration_s: float,
+    mean_rps: float,
+    peak_to_trough: float = 3.0,
+    period_s: float = 86400.0,
+    prompt_median: float = 1020.0,
+    output_median: float = 129.0,
+    seed: int = 0,
+) -> Workload:
+    """Poisson arrivals whose rate follows a sinusoidal day (peak/trough ratio ``peak_to_trough``)."""
+    rng = np.random.default_rng(seed)
+    step = 1.0
+    t = np.arange(0.0, duration_s, step)
+    amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
+    rate = mean_rps * (1 + amplitude * np.sin(2 * np.pi * t / period_s - np.pi / 2))
+    arrivals = _inhomogeneous_poisson(rng, rate, step)
+    prompts, outputs = _lengths(rng, len(arrivals), prompt_median, output_median)
+    return Workload("diurnal", arrivals, prompts, outputs)
+
+
+def burst(
+    duration_s: float,
+    base_rps: float,
+    burst_rps: float,
+    burst_start_s: float,
+    burst_length_s: float,
+    prompt_median: float = 1020.0,
+    output_median: float = 129.0,
+    seed: int = 0,
+) -> Workload:
+    """Poisson arrivals at ``base_rps`` with one burst at ``burst_rps``."""
+    rng = np.random.default_rng(seed)
+    step = 1.0
+    t = np.arange(0.0, duration_s, step)
+    rate = np.where((t >= burst_start_s) & (t < burst_start_s + burst_length_s), burst_rps, base_rps)
+    arrivals = _inhomogeneous_poisson(rng, rate.astype(np.float64), step)
+    prompts, outputs = _lengths(rng, len(arrivals), prompt_median, output_median)
+    return Workload("burst", arrivals, prompts, outputs)
