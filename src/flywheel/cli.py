@@ -82,7 +82,7 @@ def agent(
     interval: float = typer.Option(1.0, "--interval", min=0.05, max=1.0, help="Health-check period (s)."),
     hang_after: float = typer.Option(10.0, "--hang-after", help="Engine hang: tokens flat this long (s)."),
     dry_run_clocks: bool = typer.Option(False, "--dry-run-clocks", help="Log clock changes, apply none."),
-    operator_timeout: float = typer.Option(60.0, "--operator-timeout", help="Reset clocks after this silence."),
+    operator_timeout: float = typer.Option(60.0, "--operator-timeout", help="Reset clocks after silence."),
     kube: bool = typer.Option(True, "--kube/--no-kube", help="Write GPUNode status and Events."),
     engine: list[str] = typer.Option([], "--engine", help="name=http://host:port[@pid,...] to watch."),
 ) -> None:
@@ -105,6 +105,98 @@ def agent(
         kube=kube,
         engines=engine,
     )
+
+
+sim_app = typer.Typer(no_args_is_help=True, help="Simulator tools (calibration of the performance model).")
+app.add_typer(sim_app, name="sim")
+
+
+@app.command()
+def simulate(
+    trace: str = typer.Option(
+        "conv", "--trace", help="Bundled trace (code, conv) or a CSV path in the Azure schema."
+    ),
+    policy: str = typer.Option(
+        "static,throttllem,dynamollm", "--policy", help="Comma-separated policy names."
+    ),
+    slo_ttft_ms: float | None = typer.Option(
+        None, "--slo-ttft-ms", help="P99 TTFT SLO (default conv 1000, code 2000)."
+    ),
+    slo_tbt_ms: float | None = typer.Option(None, "--slo-tbt-ms", help="P99 TBT SLO (default 100)."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write the JSON report (and PNG plots beside it)."
+    ),
+    nodes: int = typer.Option(8, "--nodes", help="GPU nodes (one NVLink domain each)."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
+    seed: int = typer.Option(0, "--seed"),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the request rate."),
+    compress: float = typer.Option(1.0, "--compress", help="Replay the trace's pattern in 1/N of the time."),
+    duration: float | None = typer.Option(None, "--duration", help="Only the first N seconds of the trace."),
+    fault: list[str] = typer.Option([], "--fault", help="Inject a fault: TIME_S:NODE or TIME_S:NODE:GPU."),
+    plots: bool = typer.Option(True, "--plots/--no-plots"),
+) -> None:
+    """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
+    from flywheel.sim import cli as sim_cli
+    from flywheel.sim.workloads import TraceError
+
+    try:
+        sim_cli.simulate(
+            trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
+            rate_scale, compress, duration, fault, plots,
+        )  # fmt: skip
+    except (sim_cli.UsageError, TraceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@sim_app.command("calibrate")
+def sim_calibrate(
+    fit: bool = typer.Option(
+        False, "--fit", help="Also print the constants a fresh least-squares fit gives."
+    ),
+) -> None:
+    """Print the model's MAPE per calibration target; exit 1 if a target is missed."""
+    from flywheel.sim import cli as sim_cli
+
+    if not sim_cli.calibrate(fit):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-out"), "--output", "-o", help="Directory for reports and plots."),
+    plots: bool = typer.Option(True, "--plots/--no-plots"),
+) -> None:
+    """Simulate both Azure traces with every baseline (and Flywheel, when registered); print the table."""
+    from flywheel.sim import cli as sim_cli
+
+    sim_cli.demo(output, plots)
+
+
+@app.command()
+def dev(
+    duration: float = typer.Option(120.0, "--duration", help="Wall seconds of trace replay."),
+    trace: str = typer.Option("conv", "--trace", help="Bundled trace (code, conv) or a CSV path."),
+    speed: float = typer.Option(20.0, "--speed", help="Trace seconds per wall second (time compression)."),
+    nodes: int = typer.Option(3, "--nodes", help="Simulated GPU nodes."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
+    inject: list[str] = typer.Option(
+        ["auto"], "--inject", help="Fault KIND@SECONDS (xidN, gpulost, hang, crash); 'auto': xid79 at 1/3; 'none'."
+    ),
+    report: Path | None = typer.Option(None, "--report", help="Write the JSON summary here."),
+    max_rps: float = typer.Option(20.0, "--max-rps", help="Sample the trace down to this wall request rate."),
+    live: bool | None = typer.Option(None, "--live/--no-live", help="Live terminal view (default: on a TTY)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run Flywheel end to end on localhost: API emulator, operator, node agents, simulated engines, router."""
+    from flywheel.devcluster.cli import run
+
+    code = run(
+        duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
+        report=report, max_rps=max_rps, live=live, seed=seed,
+    )  # fmt: skip
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import celpy
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -94,7 +96,15 @@ class CRD:
 
     @property
     def schema(self) -> dict[str, Any]:
-        return dict(self.version["schema"]["openAPIV3Schema"])
+        """``openAPIV3Schema`` with the root fields every object implicitly has."""
+        schema = dict(self.version["schema"]["openAPIV3Schema"])
+        implicit = {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        }
+        schema["properties"] = {**implicit, **schema.get("properties", {})}
+        return schema
 
 
 def load_crds(directory: Path = CRD_DIR) -> dict[str, CRD]:
@@ -253,15 +263,15 @@ def compile_rule(rule: str) -> celpy.Runner:
 
 
 def _evaluate(rule: str, this: Any, old: Any = None) -> tuple[bool, str | None]:
-    """(passed, evaluation error)."""
-    activation: dict[str, Any] = {"self": celpy.json_to_cel(this)}
+    """(passed, evaluation error); ``this`` and ``old`` are CEL values."""
+    activation: dict[str, Any] = {"self": this}
     if old is not None:
-        activation["oldSelf"] = celpy.json_to_cel(old)
+        activation["oldSelf"] = old
     try:
         result = compile_rule(rule).evaluate(activation)
     except Exception as exc:  # celpy raises CELEvalError (and friends) for no-such-key, index, ...
         return False, str(exc)
-    if isinstance(result, celpy.CELEvalError):
+    if isinstance(result, CELEvalError):
         return False, str(result)
     return bool(result), None
 
@@ -272,11 +282,13 @@ _MISSING = object()
 def cel_errors(schema: Mapping[str, Any], value: Any, old: Any = _MISSING, path: str = "") -> list[Error]:
     """Evaluate every rule at every node present in ``value``; ``old`` is the stored object (update)."""
     errors: list[Error] = []
-    for rule in schema.get("x-kubernetes-validations", []):
+    rules = schema.get("x-kubernetes-validations", [])
+    this = json_to_cel(value) if rules else None
+    for rule in rules:
         transition = _uses_old_self(rule["rule"])
         if transition and (old is _MISSING or old is None):
             continue  # transition rules only run on update, when the old value exists
-        passed, problem = _evaluate(rule["rule"], value, old if transition else None)
+        passed, problem = _evaluate(rule["rule"], this, json_to_cel(old) if transition else None)
         if not passed:
             where = (path + rule.get("fieldPath", "")).lstrip(".")
             message = rule.get("message") or f"failed rule: {rule['rule']}"
@@ -376,7 +388,7 @@ def _bounded_subtree_problems(node: Mapping[str, Any], path: str) -> list[str]:
 
 def structural_problems(crd: CRD) -> list[str]:
     """What the API server would refuse in this CRD's schema (structural + CEL + defaults)."""
-    root = crd.schema
+    root: dict[str, Any] = crd.version["schema"]["openAPIV3Schema"]
     problems: list[str] = []
     if _type_of(root) != "object":
         problems.append("root: type must be object")

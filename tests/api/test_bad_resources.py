@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -36,7 +36,6 @@ class Mistake:
     """Dotted field the messages must name (list indices ignored)."""
     update: bool = False
     """Apply ``edits`` as an update of the sample rather than a create."""
-    notes: list[str] = field(default_factory=list)
 
     def document(self) -> dict[str, Any]:
         document = copy.deepcopy(_sample(self.kind))

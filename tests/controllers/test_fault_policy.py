@@ -96,6 +96,7 @@ def test_nic_needs_two_alerts_within_five_minutes() -> None:
     controller = FaultController()
     first = controller.handle(FaultSignal(SignalType.NIC_DOWN, "node-0", 0.0), view)
     assert not first.isolates and first.actions() == [Action.NONE]
+    assert first.recheck_after_s == FaultConfig().nic_recheck_s  # ask again at the agent's next check
     late = controller.handle(FaultSignal(SignalType.NIC_DOWN, "node-0", 301.0), view)
     assert not late.isolates  # the first fell out of the window
     second = controller.handle(FaultSignal(SignalType.NIC_DOWN, "node-0", 400.0), view)
@@ -127,8 +128,9 @@ def test_thermal_straggler_lowers_weight_then_replaces_when_persistent() -> None
     assert first.routing_weights == {"ns/node-2-i0": 0.25}
     assert not first.isolates
     assert first.actions() == [Action.LOWER_ROUTING_WEIGHT]
+    assert first.recheck_after_s == 60.0
     again = controller.handle(FaultSignal(SignalType.POWER_THROTTLE, "node-2", 30.0, gpu_uuids=hot), view)
-    assert not again.isolates
+    assert not again.isolates and again.recheck_after_s == 30.0
     persistent = controller.handle(FaultSignal(SignalType.THERMAL, "node-2", 61.0, gpu_uuids=hot), view)
     assert persistent.evict == ("ns/node-2-i0",)
     assert persistent.quarantine_gpus == set(hot)

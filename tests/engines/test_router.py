@@ -25,10 +25,10 @@ RouterFactory = Callable[..., Awaitable[RouterServer]]
 async def router_server() -> AsyncIterator[RouterFactory]:
     servers: list[RouterServer] = []
 
-    async def make(pools: list[Pool], **kwargs: object) -> RouterServer:
+    async def make(pools: list[Pool], refresh_s: float = 0.05, **kwargs: object) -> RouterServer:
         router = Router(MODEL, CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
         router.set_pools(pools)
-        server = RouterServer(router, refresh_period_s=0.05)
+        server = RouterServer(router, refresh_period_s=refresh_s)
         await server.start()
         servers.append(server)
         return server
@@ -149,10 +149,10 @@ async def test_retries_once_on_a_failed_instance(
     engine_server: EngineFactory, router_server: RouterFactory
 ) -> None:
     dead, alive = await engine_server(name="dead"), await engine_server(name="alive")
-    dead.engine.fail("GPU unavailable")
     # The dead instance looks idle to the router at first, and is picked before the loaded one.
     backends = [_backend(dead, "p", "dead"), _backend(alive, "p", "alive")]
-    server = await router_server([Pool("p", frozenset({"ss"}), backends)])
+    server = await router_server([Pool("p", frozenset({"ss"}), backends)], refresh_s=3600)
+    dead.engine.fail("GPU unavailable")
     server.router.pools["p"].backends[1].in_flight = 5
     async with httpx.AsyncClient() as client:
         response = await _post(client, server.url, 50, 4)
@@ -165,10 +165,11 @@ async def test_retries_once_on_a_failed_instance(
 
 async def test_gives_up_after_one_retry(engine_server: EngineFactory, router_server: RouterFactory) -> None:
     engines = [await engine_server(name=n) for n in ("1", "2", "3")]
+    backends = [_backend(e, "p", e.instance) for e in engines]
+    # No background refresh after the first: the router learns of the failures from the requests.
+    server = await router_server([Pool("p", frozenset({"ss"}), backends)], refresh_s=3600)
     for engine in engines:
         engine.engine.fail("crashed")
-    backends = [_backend(e, "p", e.instance) for e in engines]
-    server = await router_server([Pool("p", frozenset({"ss"}), backends)])
     async with httpx.AsyncClient() as client:
         response = await _post(client, server.url, 50, 4)
     assert response.status_code == 502
@@ -231,3 +232,82 @@ async def test_bad_request_and_no_instances(router_server: RouterFactory) -> Non
     assert bad.status_code == 400
     assert none.status_code == 503
     assert health.status_code == 503
+
+
+def test_explicit_classes_route_by_declared_bounds() -> None:
+    from flywheel.api.v1alpha1 import ModelDeploymentSpec
+    from flywheel.engines.router import AutoClassifier, BoundsClassifier, classifier_for
+
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "m", "parametersMillions": 70000, "weightSource": "hf://m/m"},
+            "requestClasses": {
+                "mode": "Explicit",
+                "classes": [
+                    {"name": "short", "maxInputTokens": 1024, "maxOutputTokens": 256},
+                    {"name": "long", "maxInputTokens": 100000, "maxOutputTokens": 8192},
+                ],
+            },
+        }
+    )
+    classifier = classifier_for(spec)
+    assert isinstance(classifier, BoundsClassifier)
+    assert classifier(500, 100) == "short"
+    assert classifier(500, 300) == "long"  # predicted output beyond the short class
+    assert classifier(2000, 10) == "long"
+    assert classifier(10**6, 10) == "long"  # beyond every bound: the last class
+    auto = classifier_for(spec.model_copy(update={"request_classes": type(spec.request_classes)()}))
+    assert isinstance(auto, AutoClassifier)
+    assert auto(100, 10) == "ss"
+
+
+async def test_engine_receives_the_router_prediction(
+    engine_server: EngineFactory, router_server: RouterFactory
+) -> None:
+    engine = await engine_server(name="e")
+    server = await router_server([Pool("p", frozenset({"ss", "sm"}), [_backend(engine, "p", "e")])])
+    seen: list[int] = []
+    original = engine.engine.submit
+
+    def spy(prompt: int, max_tokens: int, predicted: int | None = None) -> object:
+        seen.append(predicted or -1)
+        return original(prompt, max_tokens, predicted)
+
+    engine.engine.submit = spy  # type: ignore[method-assign,assignment]
+    async with httpx.AsyncClient() as client:
+        await _post(client, server.url, 50, 40)
+    assert seen == [40]  # no history yet: the prior (256) capped by max_tokens
+
+
+async def test_retry_moves_to_the_nearest_pool_when_the_pool_has_no_other_instance(
+    engine_server: EngineFactory, router_server: RouterFactory
+) -> None:
+    dead, other = await engine_server(name="dead"), await engine_server(name="other")
+    server = await router_server(
+        [
+            Pool("p-ss", frozenset({"ss"}), [_backend(dead, "p-ss", "dead")]),
+            Pool("p-ls", frozenset({"ls"}), [_backend(other, "p-ls", "other")]),
+        ],
+        refresh_s=3600,
+    )
+    dead.engine.fail("GPU unavailable")
+    async with httpx.AsyncClient() as client:
+        response = await _post(client, server.url, 50, 4)
+    assert response.status_code == 200
+    assert response.json()["flywheel"]["instance"] == "other"
+    assert _sample(server.router.registry, "flywheel_router_retries_total") == 1
+
+
+async def test_refresh_takes_unhealthy_instances_out_of_rotation(
+    engine_server: EngineFactory, router_server: RouterFactory
+) -> None:
+    sick, well = await engine_server(name="sick"), await engine_server(name="well")
+    server = await router_server(
+        [Pool("p", frozenset({"ss"}), [_backend(sick, "p", "sick"), _backend(well, "p", "well")])]
+    )
+    sick.engine.fail("crashed")
+    await server.router.refresh()
+    backends = {b.name: b for b in server.router.backends()}
+    assert backends["sick"].failed_at is not None
+    assert backends["well"].failed_at is None
+    assert server.router.pick(server.router.pools["p"]).name == "well"

@@ -37,6 +37,7 @@ from flywheel.agents.status import StatusReporter, StatusSink, build_status
 from flywheel.api.v1alpha1 import GPUNodeStatus, SignalType
 
 log = logging.getLogger(__name__)
+PLUGIN_RETRY_S = 5.0
 
 
 @dataclass
@@ -332,10 +333,18 @@ class Agent:
         self.plugin = DevicePlugin(
             DevicePluginServicer(gpus, replicas=self.config.gpu_replicas), self.config.device_plugin_dir
         )
-        try:
-            self.plugin.start()
-        except Exception as exc:  # kubelet not up yet: keep serving, retried when the socket vanishes
-            log.warning("device plugin registration failed: %s", exc)
+        self.plugin.serve()
+        plugin = self.plugin
+
+        def register() -> None:  # off the check loop: the kubelet may not be up yet
+            while not self._stop.is_set() and plugin is self.plugin and not plugin.registered:
+                try:
+                    plugin.register(timeout_s=PLUGIN_RETRY_S)
+                except Exception as exc:
+                    log.warning("device plugin registration failed, retrying: %s", exc)
+                    self._stop.wait(PLUGIN_RETRY_S)
+
+        threading.Thread(target=register, name="device-plugin-register", daemon=True).start()
 
     def _dump_stacks(self, engine: str) -> None:
         pids = next((t.pids for t in self._engines() if t.name == engine), ())

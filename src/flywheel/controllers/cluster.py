@@ -20,6 +20,8 @@ from flywheel.controllers.forecast import ClassLoad
 
 # Requests per second one instance sustains for a load of this shape (at max clock, within the SLO).
 CapacityFn = Callable[[ClassLoad], float]
+# Least predicted power (W) of a pool serving this load within the SLO (inf if none can).
+PowerFn = Callable[[ClassLoad], float]
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ class ClusterController:
         merge_below: float = 0.5,
         gpus_per_instance: int = 8,
         max_pools: int = len(AUTO_CLASS_NAMES),
+        pool_power: PowerFn | None = None,
     ) -> None:
         self.capacity = capacity
+        self.pool_power = pool_power
         self.merge_below = merge_below
         self.gpus_per_instance = gpus_per_instance
         self.max_pools = max_pools
@@ -79,26 +83,48 @@ class ClusterController:
         def pool_load(name: str) -> ClassLoad:
             return merge_loads([loads[c] for c in members[name]])
 
+        power_cache: dict[tuple[str, ...], float] = {}
+
+        def power(classes: list[str]) -> float:
+            key = tuple(sorted(classes))
+            if key not in power_cache:
+                assert self.pool_power is not None
+                power_cache[key] = self.pool_power(merge_loads([loads[c] for c in classes]))
+            return power_cache[key]
+
         changed = True
         while changed and len(members) > 1:
             changed = False
-            # Lightest pool first; merge it if it cannot keep merge_below of an instance busy.
+            # Lightest pool first: merge it when it cannot keep merge_below of an instance busy, when
+            # there are too many pools, or when serving it together with a neighbour is predicted to
+            # use less power than serving them apart (a pool's fixed cost outweighs specialisation).
             order = sorted(members, key=lambda n: self._need(pool_load(n)))
             too_many = len(members) > self.max_pools
             for name in order:
                 need = self._need(pool_load(name))
-                if need >= self.merge_below and not too_many:
+                targets = self._merge_targets(name, members, loads)
+                if not targets:
                     continue
-                target = self._merge_target(name, members, loads)
-                if target is None:
+                note = ""
+                target = targets[0]
+                if too_many:
+                    note = f"merged {name} (more than {self.max_pools} pools)"
+                elif need < self.merge_below:
+                    note = f"merged {name} ({need:.2f} instance(s) of load < {self.merge_below})"
+                elif self.pool_power is not None:
+                    apart = power(members[name])
+                    gains = [
+                        (apart + power(members[t]) - power(members[name] + members[t]), t) for t in targets
+                    ]
+                    gain, best = max(gains)
+                    if gain > 0:
+                        target = best
+                        note = f"merged {name} (together {gain:.0f} W less than apart)"
+                if not note:
                     continue
                 members[target].extend(members.pop(name))
-                notes[target].append(
-                    f"merged {name} ({need:.2f} instance(s) of load < {self.merge_below})"
-                    if not too_many
-                    else f"merged {name} (more than {self.max_pools} pools)"
-                )
-                notes.pop(name)
+                notes[target].append(note)
+                notes[target].extend(notes.pop(name))
                 changed = True
                 break
         pools = []
@@ -129,11 +155,12 @@ class ClusterController:
         reason = f"{len(pools)} pool(s) for {len(loads)} class(es) under {gpu_budget} GPUs"
         return ClusterPlan(tuple(pools), routes, reason)
 
-    def _merge_target(
+    def _merge_targets(
         self, name: str, members: dict[str, list[str]], loads: Mapping[str, ClassLoad]
-    ) -> str | None:
+    ) -> list[str]:
+        """Pools adjacent to any class ``name`` serves, longer-output neighbours first; when none is
+        adjacent, the busiest other pool."""
         owner = {c: p for p, cs in members.items() for c in cs}
-        # Neighbours of any class the pool serves, as pools, longer-output neighbours first.
         candidates: list[str] = []
         for c in members[name]:
             for nb in neighbours(c):
@@ -142,12 +169,9 @@ class ClusterController:
                     candidates.append(p)
         if not candidates:
             others = [p for p in members if p != name]
-            return (
-                max(others, key=lambda p: sum(loads[c].requests_per_s for c in members[p]))
-                if others
-                else None
-            )
-        return candidates[0]
+            if others:
+                candidates.append(max(others, key=lambda p: sum(loads[c].requests_per_s for c in members[p])))
+        return candidates
 
 
 def _ceil(x: float) -> int:

@@ -91,7 +91,8 @@ class PoolObservation:
 class PoolPolicy(Protocol):
     """Observed pool -> (TP, instances, clock cap) with a reason. The energy controller implements it too."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def decide(self, pool: PoolObservation) -> PoolDecision: ...
 

@@ -15,7 +15,7 @@ The simulator finds this module through its registry (``make_policy``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from flywheel.controllers.policy import (
 from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
 
 INITIAL_POOL = "all"
+REPARTITION_GAIN = 0.1  # a new pool partition must save 10% predicted power
+_EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
 
 
@@ -61,6 +63,7 @@ class FlywheelPolicy:
         thresholds: ClassThresholds | None = None,
         class_pools: bool = True,
         merge_below: float = 0.5,
+        peak_windows: int = 2,
     ) -> None:
         self.info = PolicyInfo(
             periods=periods or ControlPeriods(cluster_s=300.0, pool_s=60.0, instance_s=2.0),
@@ -78,7 +81,9 @@ class FlywheelPolicy:
         self._pool_classes: dict[str, tuple[str, ...]] = {INITIAL_POOL: AUTO_CLASS_NAMES}
         self._budgets: dict[str, int] = {}
         self._tps: tuple[int, ...] = ()
-        self.forecaster = LoadForecaster(window_s=self.info.periods.pool_s, alpha=0.5, peak_windows=3)
+        self.forecaster = LoadForecaster(
+            window_s=self.info.periods.pool_s, alpha=0.5, peak_windows=peak_windows
+        )
 
     # ------------------------------------------------------------------ setup
     def _context(self) -> PolicyContext:
@@ -98,7 +103,10 @@ class FlywheelPolicy:
         self.shape = SchedulerShape()
         self.pool_controller = PoolController(self.profile, self.shape)
         self.cluster_controller = ClusterController(
-            self._capacity_rps, merge_below=self.merge_below, gpus_per_instance=min(self._tps)
+            self._capacity_rps,
+            merge_below=self.merge_below,
+            gpus_per_instance=min(self._tps),
+            pool_power=self._pool_power,
         )
         self.instance_controller = InstanceController(
             engine,
@@ -110,7 +118,7 @@ class FlywheelPolicy:
             ),
         )
         h = context.hints
-        # Before any traffic: one pool sized for the trace's peak minute (the only load known).
+        # Before any traffic: one pool for the trace's mean rate that absorbs its peak minute at max clock.
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
         )
@@ -170,6 +178,13 @@ class FlywheelPolicy:
                 return best
         return 0.0
 
+    def _pool_power(self, load: ClassLoad) -> float:
+        """Least predicted power of one pool serving ``load`` within the SLO (inf if none can)."""
+        slo = self._context().slo
+        pool = PoolInput("probe", load, slo.ttft_ms, slo.tbt_ms, self._tps, policy=self.energy_policy)
+        cands = self.pool_controller.candidates([pool])[0]
+        return min((c.power_watts for c in cands if c.meets_slo), default=float("inf"))
+
     # ------------------------------------------------------------------ cluster
     def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
         if not self.class_pools:
@@ -179,12 +194,26 @@ class FlywheelPolicy:
         if not loads:
             return []
         plan: ClusterPlan = self.cluster_controller.plan(loads, obs.total_gpus)
-        wanted = {p.name: p.classes for p in plan.pools}
-        if wanted == self._pool_classes:
+        # Keep a pool's name when it serves the same classes as before (no needless churn).
+        by_members = {frozenset(cs): name for name, cs in self._pool_classes.items()}
+        names = {p.name: by_members.get(frozenset(p.classes), p.name) for p in plan.pools}
+        wanted = {names[p.name]: p.classes for p in plan.pools}
+        if {frozenset(v) for v in wanted.values()} == {frozenset(v) for v in self._pool_classes.values()}:
+            return []
+        # Re-partition only for a real gain: predicted power of the new partition vs the current one.
+        before = sum(self._pool_power(merge_loads([loads[c] for c in cs if c in loads] or [_EMPTY]))
+                     for cs in self._pool_classes.values())  # fmt: skip
+        after = sum(self._pool_power(p.load) for p in plan.pools)
+        if after > before * (1.0 - REPARTITION_GAIN):
             return []
         current = {p.name: p for p in obs.pools}
-        pool_loads = {p.name: p.load for p in plan.pools}
-        self._budgets = {p.name: p.gpu_budget for p in plan.pools}
+        pool_loads = {names[p.name]: p.load for p in plan.pools}
+        self._budgets = {names[p.name]: p.gpu_budget for p in plan.pools}
+        plan = ClusterPlan(
+            tuple(replace(p, name=names[p.name]) for p in plan.pools),
+            {c: names.get(n, n) for c, n in plan.routes.items()},
+            f"{plan.reason}; predicted {after:.0f} W vs {before:.0f} W now",
+        )
         # Size new pools and re-size kept ones together; retire pools no longer wanted.
         targets = self._plan_pools(pool_loads, current, obs.total_gpus, force=set(wanted) - set(current))
         for name in set(current) - set(wanted):
@@ -207,23 +236,26 @@ class FlywheelPolicy:
     # ------------------------------------------------------------------ pools
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
         self._flush(obs.time_s)
-        loads = self._class_loads()
+        expected = {c: self.forecaster.expected(c) for c in self.forecaster.classes()}
+        peaks = {c: self.forecaster.peak(c) for c in self.forecaster.classes()}
         pool_loads: dict[str, ClassLoad] = {}
+        pool_peaks: dict[str, ClassLoad] = {}
         current = {p.name: p for p in obs.pools}
         for name, classes in self._pool_classes.items():
             if name not in current:
                 continue
-            parts = [loads[c] for c in classes if c in loads]
-            load = merge_loads(parts) if parts else ClassLoad(0.0, 0.0, 0.0, 0.0)
             ps = current[name]
             backlog = ps.load.queued / max(self.info.periods.pool_s, 1.0)
-            pool_loads[name] = ClassLoad(
-                load.requests_per_s + backlog,
-                load.mean_input_tokens or ps.load.mean_prompt_tokens,
-                load.mean_output_tokens or ps.load.mean_output_tokens,
-                load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
-            )
-        return self._plan_pools(pool_loads, current, obs.total_gpus)
+            for source, target in ((expected, pool_loads), (peaks, pool_peaks)):
+                parts = [source[c] for c in classes if c in source]
+                load = merge_loads(parts) if parts else _EMPTY
+                target[name] = ClassLoad(
+                    load.requests_per_s + backlog,
+                    load.mean_input_tokens or ps.load.mean_prompt_tokens,
+                    load.mean_output_tokens or ps.load.mean_output_tokens,
+                    load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
+                )
+        return self._plan_pools(pool_loads, current, obs.total_gpus, peaks=pool_peaks)
 
     def _plan_pools(
         self,
@@ -231,6 +263,7 @@ class FlywheelPolicy:
         current: Mapping[str, PoolState],
         total_gpus: int,
         force: set[str] | None = None,
+        peaks: Mapping[str, ClassLoad] | None = None,
     ) -> list[PoolTarget]:
         ctx = self._context()
         h = ctx.hints
@@ -256,6 +289,7 @@ class FlywheelPolicy:
                     current=cur,
                     policy=self.energy_policy,
                     max_gpus=self._budgets.get(name),
+                    peak_load=(peaks or {}).get(name),
                 )
             )
         result = self.pool_controller.decide(inputs, total_gpus)

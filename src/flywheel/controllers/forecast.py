@@ -1,5 +1,9 @@
 """Per-class load forecast: EWMA of the recent rate plus the recent peak.
 
+The pool controller plans instance count and clock for the EWMA (plus headroom) and checks that
+the same instances absorb the recent peak at maximum clock: burst headroom comes from the clock,
+not from idle instances.
+
 Load is observed per fixed window (e.g. 10 s) as request count and token counts per class. The
 forecast for the next control period is the larger of the EWMA rate and a decayed recent peak, so a
 burst is remembered for ``peak_windows`` windows and a falling load is followed only gradually.
@@ -85,11 +89,23 @@ class LoadForecaster:
         return sorted(self._classes)
 
     def forecast(self, class_name: str) -> ClassLoad:
+        """Conservative forecast: the larger of the EWMA rate and the recent peak."""
+        return self._load(class_name, "max")
+
+    def expected(self, class_name: str) -> ClassLoad:
+        """The EWMA rate alone (what the next period most likely brings)."""
+        return self._load(class_name, "ewma")
+
+    def peak(self, class_name: str) -> ClassLoad:
+        """The recent peak window rate (what a burst may bring)."""
+        return self._load(class_name, "peak")
+
+    def _load(self, class_name: str, kind: str) -> ClassLoad:
         st = self._classes.get(class_name)
         if st is None:
             return ClassLoad(0.0, 0.0, 0.0, 0.0)
         peak = max(st.peaks, default=0.0)
-        rps = max(st.ewma_rps, peak)
+        rps = {"ewma": st.ewma_rps, "peak": peak}.get(kind, max(st.ewma_rps, peak))
         n_in = sum(c for c, _ in st.input_means)
         mean_in = sum(c * m for c, m in st.input_means) / n_in if n_in else 0.0
         mean_out = sum(c * m for c, m in st.output_means) / n_in if n_in else 0.0

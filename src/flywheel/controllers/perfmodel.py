@@ -155,6 +155,9 @@ DECODE_UTIL_HALF_BATCH = 60.76
 PREFILL_COMPUTE_FRACTION = 0.9  # share of prefill time that scales with f_max / f
 HBM_EFFICIENCY = 0.8  # achievable fraction of peak HBM bandwidth when streaming the KV cache
 DECODE_KNEE_SHARPNESS = 8.0
+# Prompt tokens per iteration with chunked prefill (vLLM max_num_batched_tokens); the simulator's
+# engines use it and the capacity model accounts for the iterations that carry a chunk.
+DEFAULT_PREFILL_CHUNK_TOKENS = 1024
 # Fraction of GPU memory vLLM may use (gpu_memory_utilization default 0.9).
 GPU_MEMORY_UTILIZATION = 0.9
 # Activation / CUDA-graph workspace reserved per GPU before KV blocks are allocated (vLLM profiling run).
@@ -286,8 +289,9 @@ def instance_capacity_rps(
     mean_prompt_tokens: float,
     mean_output_tokens: float,
     tbt_ms: float,
-    utilization_target: float = 0.8,
-    tbt_margin: float = 0.7,
+    utilization_target: float = 0.9,
+    tbt_margin: float = 0.8,
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
 ) -> float:
     """Sustainable request rate (req/s) of one instance under a TBT budget.
 
@@ -296,8 +300,12 @@ def instance_capacity_rps(
     time between tokens is ``step(B) / (1 - r p)`` and Little's law gives
     ``r = B / (output * step + B * p)``. The largest ``B`` whose time between tokens stays within
     ``tbt_margin * tbt_ms`` (and whose KV cache fits) sets the rate, scaled by ``utilization_target``
-    to leave queueing headroom for the TTFT SLO.
+    to leave queueing headroom for the TTFT SLO. Zero when one prefill chunk alone (an iteration a
+    short request may wait through for its only gaps) exceeds 1.5 x ``tbt_ms``.
     """
+    chunk = int(min(prefill_chunk_tokens, 2 * mean_prompt_tokens))
+    if prefill_ms(model, sku, tp, chunk, clock_mhz) > 1.5 * tbt_ms:
+        return 0.0
     context = mean_prompt_tokens + mean_output_tokens / 2.0
     limit = max_batch_for_tbt(model, sku, tp, clock_mhz, tbt_ms * tbt_margin, context)
     if limit <= 0:

@@ -74,6 +74,7 @@ class PoolLoad:
     mean_output_tokens: float
     queued: int
     window_s: float
+    peak_rps: float = 0.0  # highest rate over any whole minute of the window (= arrivals_rps if shorter)
 
 
 @dataclass(frozen=True)

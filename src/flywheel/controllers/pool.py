@@ -41,7 +41,7 @@ class PoolConfig:
 @dataclass(frozen=True)
 class PoolInput:
     name: str
-    load: ClassLoad  # forecast load of the pool
+    load: ClassLoad  # forecast load of the pool (planned for, at the planned clock)
     ttft_slo_ms: float
     tbt_slo_ms: float
     allowed_tp: tuple[int, ...] = (2, 4, 8)
@@ -51,6 +51,7 @@ class PoolInput:
     max_gpus: int | None = None  # per-pool budget from the cluster controller
     current: PoolConfig | None = None
     policy: EnergyPolicy = EnergyPolicy.BALANCED
+    peak_load: ClassLoad | None = None  # must also be served within the SLO at maximum clock
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ChangeCost:
     min_gain_reshard: float = 0.10  # TP change: must save >= 10%
     instance_start_s: float = 30.0  # energy of bringing up an instance ~ this many seconds at its power
     period_s: float = 300.0  # the pool controller's period, over which transition energy is amortised
+    down_margin: float = 0.1  # shrinking must still hold the SLO at 10% more load
 
 
 def _instance_counts(n_lo: int, n_min: int, n_max: int) -> list[int]:
@@ -122,56 +124,102 @@ class PoolController:
         plus the current configuration (also when no longer feasible) and a fallback."""
         prof = self.profile
         nf = len(prof.clocks)
-        rows: list[tuple[int, int, int, int]] = []  # (pool, tp index, instances, clock index)
-        rates: list[float] = []
         max_clock = nf - 1
+        if not pools:
+            return []
+        tun = [tuning_for(p.policy) for p in pools]
+        # Per-pool arrays (indexed by pool), loads scaled by the policy's load headroom.
+        rate = np.asarray(
+            [p.load.requests_per_s * (1.0 + t.load_headroom) for p, t in zip(pools, tun, strict=True)]
+        )
+        p_in = np.asarray([p.load.mean_input_tokens for p in pools], dtype=float)
+        p_out = np.maximum(np.asarray([p.load.mean_output_tokens for p in pools], dtype=float), 1.0)
+        p_p99 = np.asarray([p.load.p99_input_tokens for p in pools], dtype=float)
+        pool_ttft = np.asarray(
+            [p.ttft_slo_ms * (1 - t.pool_slo_headroom) for p, t in zip(pools, tun, strict=True)]
+        )
+        pool_tbt = np.asarray(
+            [p.tbt_slo_ms * (1 - t.pool_slo_headroom) for p, t in zip(pools, tun, strict=True)]
+        )
+        throttle = np.asarray([t.throttle for t in tun])
+        peak_rate = np.asarray(
+            [p.peak_load.requests_per_s if p.peak_load is not None else 0.0 for p in pools]
+        )
+        n_lo = self._lower_bounds(rate, p_in, p_out)
+        triples: list[tuple[int, int, int]] = []  # (pool, tp index, instances)
         for p, pool in enumerate(pools):
-            tun = tuning_for(pool.policy)
-            load = pool.load.scaled(1.0 + tun.load_headroom)
             for tp in pool.allowed_tp:
                 if tp not in prof.tps:
                     continue
                 a = prof.tp_index(tp)
-                n_lo = self._lower_bound_instances(a, load)
-                counts = set(_instance_counts(n_lo, pool.min_instances, pool.max_instances))
+                counts = set(_instance_counts(int(n_lo[p, a]), pool.min_instances, pool.max_instances))
                 if pool.current is not None and pool.current.tensor_parallel == tp:
                     counts.add(pool.current.instances)
-                for n in sorted(counts):
-                    if n < 1:
-                        continue
-                    clock_range = range(nf) if tun.throttle else range(max_clock, nf)
-                    for f in clock_range:
-                        rows.append((p, a, n, f))
-                        rates.append(load.requests_per_s / n)
-        if not rows:
+                triples.extend((p, a, n) for n in sorted(counts) if n >= 1)
+        if not triples:
             return [[] for _ in pools]
-        arr = np.asarray(rows, dtype=np.intp)
-        pi, ti, ni, fi = arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
-        mean_in = np.asarray([pools[p].load.mean_input_tokens for p in pi], dtype=float)
-        mean_out = np.asarray([pools[p].load.mean_output_tokens for p in pi], dtype=float)
-        p99_in = np.asarray([pools[p].load.p99_input_tokens for p in pi], dtype=float)
-        ttft_slo = np.asarray(
-            [pools[p].ttft_slo_ms * (1 - tuning_for(pools[p].policy).pool_slo_headroom) for p in pi]
+        tri = np.asarray(triples, dtype=np.intp)
+        m = len(tri)
+        # Every triple at every planning clock (row r = triple r // nf, clock r % nf).
+        pi = np.repeat(tri[:, 0], nf)
+        ti = np.repeat(tri[:, 1], nf)
+        ni = np.repeat(tri[:, 2], nf)
+        fi = np.tile(np.arange(nf, dtype=np.intp), m)
+        st = steady_state(prof, ti, fi, rate[pi] / ni, p_in[pi], p_out[pi], p_p99[pi], self.shape)
+        ok = st.feasible & (st.ttft_p99_ms <= pool_ttft[pi]) & (st.tbt_p99_ms <= pool_tbt[pi])
+        ok &= throttle[pi] | (fi == max_clock)
+        # Scale-down hysteresis: a configuration with fewer GPUs than the current one must also hold
+        # the SLO at a load ``down_margin`` higher, so a pool does not shrink on a dip and regrow.
+        cur_gpus = np.asarray(
+            [p.current.tensor_parallel * p.current.instances if p.current is not None else 0 for p in pools]
         )
-        tbt_slo = np.asarray(
-            [pools[p].tbt_slo_ms * (1 - tuning_for(pools[p].policy).pool_slo_headroom) for p in pi]
-        )
-        st = steady_state(
-            prof, ti, fi, np.asarray(rates), mean_in, np.maximum(mean_out, 1.0), p99_in, self.shape
-        )
-        ok = st.feasible & (st.ttft_p99_ms <= ttft_slo) & (st.tbt_p99_ms <= tbt_slo)
+        tps_arr = np.asarray(prof.tps, dtype=np.intp)
+        smaller = ok & (tps_arr[ti] * ni < cur_gpus[pi])
+        if self.change_cost.down_margin > 0 and np.any(smaller):
+            rs = np.flatnonzero(smaller)
+            hi = steady_state(
+                prof,
+                ti[rs],
+                fi[rs],
+                rate[pi[rs]] * (1.0 + self.change_cost.down_margin) / ni[rs],
+                p_in[pi[rs]],
+                p_out[pi[rs]],
+                p_p99[pi[rs]],
+                self.shape,
+            )
+            ok[rs] = hi.feasible & (hi.ttft_p99_ms <= pool_ttft[pi[rs]]) & (hi.tbt_p99_ms <= pool_tbt[pi[rs]])
+        # Burst headroom from the clock: the same instances must hold the SLO at the recent peak load
+        # when running at maximum clock (one check per triple).
+        tri_peak = peak_rate[tri[:, 0]] > 0
+        if np.any(tri_peak):
+            rows = np.flatnonzero(tri_peak)
+            tp_pool = tri[rows, 0]
+            pk = steady_state(
+                prof,
+                tri[rows, 1],
+                np.full(len(rows), max_clock, dtype=np.intp),
+                peak_rate[tp_pool] / tri[rows, 2],
+                p_in[tp_pool],
+                p_out[tp_pool],
+                p_p99[tp_pool],
+                self.shape,
+            )
+            peak_ok = np.ones(m, dtype=bool)
+            # A peak lasts a window, the SLO is a P99 over all requests: the raw SLO, no headroom.
+            raw_ttft = np.asarray([p.ttft_slo_ms for p in pools])[tp_pool]
+            raw_tbt = np.asarray([p.tbt_slo_ms for p in pools])[tp_pool]
+            peak_ok[rows] = pk.feasible & (pk.ttft_p99_ms <= raw_ttft) & (pk.tbt_p99_ms <= raw_tbt)
+            ok &= np.repeat(peak_ok, nf)
         pool_power = st.power_watts * ni
-        # Best clock per (pool, tp, instances): least power among SLO-meeting clocks.
-        best: dict[tuple[int, int, int], int] = {}
-        for r in np.flatnonzero(ok):
-            key = (int(pi[r]), int(ti[r]), int(ni[r]))
-            cur = best.get(key)
-            if cur is None or pool_power[r] < pool_power[cur]:
-                best[key] = int(r)
-        out: list[list[Candidate]] = []
+        # Best clock per triple: least power among SLO-meeting clocks.
+        masked = np.where(ok, pool_power, np.inf).reshape(m, nf)
+        best_f = np.argmin(masked, axis=1)
+        has = np.isfinite(masked[np.arange(m), best_f])
         per_pool: dict[int, list[int]] = {}
-        for key, row in best.items():
-            per_pool.setdefault(key[0], []).append(row)
+        for t in np.flatnonzero(has):
+            per_pool.setdefault(int(tri[t, 0]), []).append(int(t) * nf + int(best_f[t]))
+        out: list[list[Candidate]] = []
+        arr = np.stack([pi, ti, ni, fi], axis=1)
         for p, pool in enumerate(pools):
             cands = [self._candidate(pool, r, st, arr, pool_power, True) for r in per_pool.get(p, [])]
             cands = [c for c in cands if pool.max_gpus is None or c.gpus <= pool.max_gpus]
@@ -184,22 +232,24 @@ class PoolController:
             out.append(cands)
         return out
 
-    def _lower_bound_instances(self, a: int, load: ClassLoad) -> int:
-        """Instances needed at max clock by throughput alone (decode at the KV-limited batch, prefill)."""
+    def _lower_bounds(self, rate: FloatArray, mean_in: FloatArray, mean_out: FloatArray) -> IntArray:
+        """Instances needed per (pool, TP) at max clock by throughput alone (decode at the KV- or
+        batch-limited batch, plus the prefill share)."""
         prof = self.profile
+        nt = len(prof.tps)
         f = len(prof.clocks) - 1
-        ctx = load.mean_input_tokens + load.mean_output_tokens / 2
-        b_cap = min(
-            float(self.shape.max_batch),
-            float(prof.kv_tokens[a]) / max(1.0, load.mean_input_tokens + load.mean_output_tokens),
-        )
-        one = np.asarray([a]), np.asarray([f])
-        step = float(prof.decode_ms(*one, np.asarray([max(1.0, b_cap)]), np.asarray([ctx]))[0])
-        decode_tps = max(b_cap, 1.0) / step * 1000.0
-        prefill = float(prof.prefill_ms(*one, np.asarray([max(1.0, load.mean_input_tokens)]))[0])
-        prefill_share = load.requests_per_s * prefill / 1000.0
-        need = load.requests_per_s * max(load.mean_output_tokens, 1.0) / decode_tps + prefill_share
-        return max(1, int(np.ceil(need)))
+        n_pools = len(rate)
+        pi = np.repeat(np.arange(n_pools), nt)
+        ti = np.tile(np.arange(nt, dtype=np.intp), n_pools)
+        fi = np.full(n_pools * nt, f, dtype=np.intp)
+        per_req = np.maximum(1.0, mean_in[pi] + mean_out[pi])
+        b_cap = np.maximum(np.minimum(float(self.shape.max_batch), prof.kv_tokens[ti] / per_req), 1.0)
+        step = prof.decode_ms(ti, fi, b_cap, mean_in[pi] + mean_out[pi] / 2)
+        decode_tps = b_cap / step * 1000.0
+        prefill = prof.prefill_ms(ti, fi, np.maximum(mean_in[pi], 1.0))
+        need = rate[pi] * mean_out[pi] / decode_tps + rate[pi] * prefill / 1000.0
+        out: IntArray = np.maximum(1, np.ceil(need)).astype(np.intp).reshape(n_pools, nt)
+        return out
 
     def _candidate(
         self,

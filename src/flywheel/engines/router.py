@@ -3,15 +3,17 @@
 For each ``/v1/completions`` request it:
 
 1. classifies the request by input length and *predicted* output length
-   (``flywheel.controllers.classify`` and ``flywheel.controllers.predictor``; the predictor learns from
-   the completions the router sees, and ``max_tokens`` caps the prediction);
+   (``flywheel.controllers.predictor`` predicts, learning from the completions the router sees, with
+   ``max_tokens`` capping the prediction; ``flywheel.controllers.classify`` names one of the nine
+   automatic classes, or the first explicit class whose declared bounds hold the request);
 2. picks the pool serving that class (a pool also serves the classes merged into it; a class without
    a pool goes to the nearest class that has one);
 3. picks the pool's instance with the shallowest queue — the larger of the router's own requests in
    flight to it and the engine's reported running + waiting requests — skipping draining, failed and
    unready instances;
 4. forwards the request, streaming the response through chunk by chunk; on an instance failure
-   (connection error or 5xx before any byte reached the client) it retries once on another instance;
+   (connection error or 5xx before any byte reached the client) it retries once on another instance
+   of the pool, or of the nearest pool when the pool has no other;
 5. counts requests and input/output tokens per class (Prometheus counters on a passed-in registry,
    and :meth:`Router.class_load` rates for the cluster controller).
 """
@@ -27,23 +29,67 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
+from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, ModelDeploymentSpec, PoolRequestClass, RequestClassMode
 from flywheel.controllers.classify import ClassThresholds, classify, neighbours
+from flywheel.controllers.desired import request_classes
 from flywheel.controllers.predictor import OutputLengthPredictor
 from flywheel.engines.adapters import EngineAdapter, VLLMAdapter
 from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
 
 log = logging.getLogger(__name__)
+# The router's output-length prediction, handed to the engine for the instance controller.
+PREDICTED_HEADER = "x-flywheel-predicted-output-tokens"
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "upgrade", "te"}
 )
+
+
+class RequestClassifier(Protocol):
+    def __call__(self, prompt_tokens: int, predicted_output_tokens: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class AutoClassifier:
+    """The nine DynamoLLM classes (``controllers.classify``) under the deployment's thresholds."""
+
+    thresholds: ClassThresholds = field(default_factory=ClassThresholds)
+
+    def __call__(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        return classify(prompt_tokens, predicted_output_tokens, self.thresholds)
+
+
+@dataclass(frozen=True)
+class BoundsClassifier:
+    """Explicit classes (``requestClasses.mode: Explicit``): the first class, in the order declared,
+    whose token bounds hold the request; requests beyond every bound go to the last class."""
+
+    classes: tuple[PoolRequestClass, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError("at least one request class is needed")
+
+    def __call__(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
+        for rc in self.classes:
+            if (rc.max_input_tokens is None or prompt_tokens <= rc.max_input_tokens) and (
+                rc.max_output_tokens is None or predicted_output_tokens <= rc.max_output_tokens
+            ):
+                return rc.name
+        return self.classes[-1].name
+
+
+def classifier_for(spec: ModelDeploymentSpec) -> RequestClassifier:
+    """The router's classifier for a deployment's ``requestClasses``."""
+    if spec.request_classes.mode == RequestClassMode.EXPLICIT:
+        return BoundsClassifier(tuple(request_classes(spec)))
+    return AutoClassifier(ClassThresholds.from_spec(spec.request_classes))
 
 
 @dataclass(eq=False)
@@ -130,6 +176,7 @@ class Router:
         registry: CollectorRegistry,
         *,
         thresholds: ClassThresholds | None = None,
+        classifier: RequestClassifier | None = None,
         predictor: OutputLengthPredictor | None = None,
         adapter: EngineAdapter | None = None,
         client: httpx.AsyncClient | None = None,
@@ -140,6 +187,7 @@ class Router:
     ) -> None:
         self.model_name = model_name
         self.thresholds = thresholds or ClassThresholds()
+        self.classifier = classifier or AutoClassifier(self.thresholds)
         self.predictor = predictor or OutputLengthPredictor(self.thresholds)
         self.adapter = adapter or VLLMAdapter()
         self._own_client = client is None
@@ -211,10 +259,16 @@ class Router:
     def classify(self, request: CompletionRequest) -> tuple[str, int]:
         """Request class and predicted output length (``max_tokens`` caps the prediction)."""
         predicted = min(request.max_tokens, self.predictor.predict(request.prompt_tokens))
-        return classify(request.prompt_tokens, predicted, self.thresholds), predicted
+        return self.classifier(request.prompt_tokens, predicted), predicted
 
-    def pool_for(self, request_class: str) -> Pool:
-        """The pool serving a class; else the nearest class's pool (grid neighbours, then any)."""
+    def pool_for(self, request_class: str, exclude: Sequence[Backend] = ()) -> Pool:
+        """The pool serving a class; else the nearest class's pool (grid neighbours, then any).
+
+        Only pools with a routable instance outside ``exclude`` count (a retry after a failure)."""
+
+        def usable(pool: Pool) -> bool:
+            return any(b.routable and b not in exclude for b in pool.backends)
+
         candidates = [request_class]
         if request_class in AUTO_CLASS_NAMES:
             frontier = [request_class]
@@ -230,10 +284,10 @@ class Router:
                 frontier = nxt
         for name in candidates:
             for pool in self.pools.values():
-                if name in pool.classes and any(b.routable for b in pool.backends):
+                if name in pool.classes and usable(pool):
                     return pool
         for pool in self.pools.values():
-            if any(b.routable for b in pool.backends):
+            if usable(pool):
                 return pool
         raise NoBackend(f"no ready instance serves class {request_class!r}")
 
@@ -256,22 +310,26 @@ class Router:
 
     # -- engine state -------------------------------------------------------------------------------
     async def refresh(self) -> None:
-        """Scrape every instance's metrics once: queue depth, and failed instances back in rotation."""
+        """Scrape every instance once: queue depth from its metrics; a failing ``/health`` or an
+        unreachable instance keeps it out of rotation (it returns after ``failure_cooldown_s``)."""
 
         async def one(backend: Backend) -> None:
             try:
                 metrics = await self.adapter.scrape(self.client, backend.url)
+                health = await self.client.get(f"{backend.url}{self.adapter.health_path}")
             except (httpx.HTTPError, ValueError):
                 backend.failed_at = time.monotonic()
                 return
             backend.engine_queue = metrics.queue_depth
+            if health.status_code != 200:
+                backend.failed_at = time.monotonic()
 
         await asyncio.gather(*(one(b) for b in self.backends()))
 
     async def refresh_forever(self, period_s: float = 1.0) -> None:
         while True:
-            await self.refresh()
             await asyncio.sleep(period_s)
+            await self.refresh()
 
     # -- proxy --------------------------------------------------------------------------------------
     async def handle_completions(self, http: web.Request) -> web.StreamResponse:
@@ -280,7 +338,7 @@ class Router:
             request = CompletionRequest.parse(json.loads(raw))
         except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as error:
             return web.json_response(error_body(str(error), "BadRequestError", 400), status=400)
-        request_class, _ = self.classify(request)
+        request_class, predicted = self.classify(request)
         try:
             pool = self.pool_for(request_class)
         except NoBackend as error:
@@ -290,6 +348,9 @@ class Router:
         tried: list[Backend] = []
         for attempt in range(2):
             try:
+                if attempt:
+                    # Another instance of the same pool if there is one, else the nearest pool's.
+                    pool = self.pool_for(request_class, exclude=tried)
                 backend = self.pick(pool, exclude=tried)
             except NoBackend as error:
                 self.m_requests.labels(request_class, pool.name, "unavailable").inc()
@@ -298,7 +359,7 @@ class Router:
             if attempt:
                 self.m_retries.inc()
             try:
-                return await self._forward(http, raw, request, request_class, backend, started)
+                return await self._forward(http, raw, request, request_class, predicted, backend, started)
             except _UpstreamFailed as failure:
                 log.warning(
                     "instance %s failed (%s); %s",
@@ -316,6 +377,7 @@ class Router:
         raw: bytes,
         request: CompletionRequest,
         request_class: str,
+        predicted: int,
         backend: Backend,
         started: float,
     ) -> web.StreamResponse:
@@ -327,7 +389,7 @@ class Router:
                 "POST",
                 f"{backend.url}/v1/completions",
                 content=raw,
-                headers={"content-type": "application/json"},
+                headers={"content-type": "application/json", PREDICTED_HEADER: str(predicted)},
             )
             try:
                 upstream = await self.client.send(upstream_request, stream=True)
@@ -478,6 +540,7 @@ class RouterServer:
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        await self.router.refresh()
         self._refresher = asyncio.get_running_loop().create_task(
             self.router.refresh_forever(self.refresh_period_s), name="router-refresh"
         )

@@ -6,8 +6,8 @@ Thin I/O around :mod:`flywheel.controllers.fault`. When a node agent reports a n
 
 1. turns it into a ``FaultSignal`` and asks the fault controller for a decision;
 2. isolates: quarantined GPUs into ``GPUNode.spec.quarantinedGPUs`` (the device plugin reports them
-   unhealthy, placement skips them), whole nodes via ``spec.quarantineNode`` plus cordon and taint of
-   the core ``Node``;
+   unhealthy, placement skips them), whole nodes via ``spec.quarantineNode`` (the GPUNode reconcile
+   cordons and taints the core ``Node``);
 3. evicts the affected ModelInstances (delete; the engine Pod goes with them) and replaces each from a
    warm standby of its pool (``controllers.standby.promote_for_failures``: the standby's role becomes
    ``Active``; the pool reconcile then replenishes the standby);
@@ -27,6 +27,7 @@ from injection).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -71,10 +72,8 @@ from flywheel.operator.kube import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
     MODEL_INSTANCES,
-    NODES,
     Kind,
     KubeClient,
-    KubeError,
     Obj,
 )
 
@@ -82,6 +81,7 @@ log = logging.getLogger(__name__)
 
 INCIDENTS = Kind(GROUP, VERSION, "incidents", "Incident", namespaced=False)
 RESET_BREAKER_ANNOTATION = "flywheel.dev/reset-circuit-breaker"
+ROUTING_WEIGHT_ANNOTATION = "flywheel.dev/routing-weight"
 NETWORK_HEALTHY = "NetworkHealthy"
 ENGINES_HEALTHY = "EnginesHealthy"
 GPUS_HEALTHY = "GPUsHealthy"
@@ -297,22 +297,32 @@ class FaultHandler:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeClient | Callable[[], KubeClient],
         metrics: FaultMetrics,
         *,
         config: FaultConfig | None = None,
-        quarantine_taint: str = "flywheel.dev/quarantined",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
+        self._client = client
         self.metrics = metrics
         self.controller = FaultController(config)
-        self.quarantine_taint = quarantine_taint
         self.clock = clock
+        self.lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.handled: set[str] = set()
         self.diagnostics: dict[str, tuple[DiagnosticsRun, str]] = {}  # node -> (run, incident name)
         self.pending: dict[str, _Pending] = {}  # incident name -> pending
         self._breaker_announced = False
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def client(self) -> KubeClient:
+        return self._client if isinstance(self._client, KubeClient) else self._client()
 
     # ------------------------------------------------------------------ observed state
     async def fleet(self) -> tuple[FleetView, dict[str, Obj]]:
@@ -355,16 +365,17 @@ class FaultHandler:
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if RESET_BREAKER_ANNOTATION in annotations:
             await self.reset_breaker(str(body["metadata"]["name"]))
-        await self._follow_diagnostics(body)
-        incidents: list[Incident] = []
-        for obs in observations(body):
-            if obs.identity in self.handled:
-                continue
-            self.handled.add(obs.identity)
-            incident = await self.handle(self._signal(obs))
-            if incident is not None:
-                incidents.append(incident)
-        return incidents
+        async with self.lock:
+            await self._follow_diagnostics(body)
+            incidents: list[Incident] = []
+            for obs in observations(body):
+                if obs.identity in self.handled:
+                    continue
+                self.handled.add(obs.identity)
+                incident = await self.handle(self._signal(obs), obs.identity)
+                if incident is not None:
+                    incidents.append(incident)
+            return incidents
 
     def _signal(self, obs: Observation) -> FaultSignal:
         instance = obs.subject if obs.subject and "/" in obs.subject else None
@@ -379,23 +390,97 @@ class FaultHandler:
             observed_at=obs.since.timestamp(),
         )
 
-    async def handle(self, signal: FaultSignal) -> Incident | None:
-        """Decide and apply; returns the Incident written (None when it already existed)."""
+    async def handle(
+        self, signal: FaultSignal, identity: str | None = None, existing: Incident | None = None
+    ) -> Incident | None:
+        """Decide and apply; returns the Incident written (None when there is nothing new to record).
+
+        ``identity`` names the GPUNode observation, so that a decision that is still watching (a
+        first NIC alert, a straggler not yet persistent) is asked again while it persists;
+        ``existing`` is the Incident such a re-check adds to.
+        """
         fleet, instances = await self.fleet()
         decision = self.controller.handle(signal, fleet)
-        name = incident_name(signal)
-        if await self.client.get(INCIDENTS, None, name) is not None:
+        name = existing.metadata.name if existing is not None else incident_name(signal)
+        if existing is None and await self.client.get(INCIDENTS, None, name or "") is not None:
             return None  # handled before a restart
         log.info("fault %s on %s: %s", signal.type.value, signal.node, decision.reason)
-        incident = build_incident(decision, fleet)
+        watching = (
+            decision.recheck_after_s is not None and not decision.isolates and not decision.breaker_tripped
+        )
+        if watching and identity is not None:
+            self._recheck(signal, identity, decision.recheck_after_s or 0.0, existing)
+        if watching and existing is None and not decision.routing_weights:
+            return None  # e.g. the first of two NIC alerts: nothing done, nothing to record yet
+        if existing is None:
+            incident = build_incident(decision, fleet)
+        else:
+            incident = existing
+            for step in decision.steps:
+                incident = record_action(
+                    incident, step.action, step.target, signal.at, f"decided: {step.reason}"
+                )
         if decision.breaker_tripped:
             await self._breaker_opened(decision)
+        incident = await self._route(decision, incident, instances)
         incident = await self._isolate(decision, incident, instances, fleet)
         incident = await self._replace(decision, incident, instances, fleet)
         incident = await self._start_diagnostics(decision, incident)
-        await self._write(incident)
-        self._observe(signal, incident)
+        if existing is None:
+            await self._write(incident)
+            self._observe(signal, incident)
+        else:
+            await self._write_status(incident)
+            if decision.isolates:
+                self._observe(signal, incident)
         await self._events(decision, incident, instances)
+        return incident
+
+    def _recheck(self, signal: FaultSignal, identity: str, after: float, existing: Incident | None) -> None:
+        """Ask again after ``after`` seconds if the same observation is still reported."""
+
+        async def again() -> None:
+            await asyncio.sleep(after)
+            async with self.lock:
+                names = await self._gpunode_names()
+                body = await self.client.get(GPU_NODES, None, names.get(signal.node, signal.node))
+                still = [o for o in observations(body or {}) if o.identity == identity]
+                if not still:
+                    return
+                current = existing
+                if current is not None:
+                    current = await self._read_incident(current.metadata.name or "") or current
+                else:
+                    current = await self._read_incident(incident_name(self._signal(still[0])))
+                await self.handle(self._signal(still[0]), identity, current)
+
+        task = asyncio.get_running_loop().create_task(again())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route(
+        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj]
+    ) -> Incident:
+        """Straggler routing weights, as an annotation the router reads on each ModelInstance."""
+        for name, weight in sorted(decision.routing_weights.items()):
+            obj = instances.get(name)
+            if obj is None:
+                continue
+            meta = obj["metadata"]
+            value = f"{weight:g}" if weight < 1.0 else None
+            await self.client.patch(
+                MODEL_INSTANCES,
+                meta["namespace"],
+                meta["name"],
+                {"metadata": {"annotations": {ROUTING_WEIGHT_ANNOTATION: value}}},
+            )
+            incident = record_action(
+                incident,
+                Action.LOWER_ROUTING_WEIGHT,
+                instance_target(name),
+                self.clock(),
+                f"weight {weight:g}",
+            )
         return incident
 
     async def reset_breaker(self, node_name: str) -> None:
@@ -413,7 +498,7 @@ class FaultHandler:
 
     # ------------------------------------------------------------------ isolation
     async def _isolate(
-        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj]
+        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj], fleet: FleetView
     ) -> Incident:
         if not decision.isolates:
             return incident
@@ -449,9 +534,7 @@ class FaultHandler:
                     patch["quarantineReason"] = f"incident {name}: {decision.reason}"[:1024]
                 return {"spec": patch} if patch else None
 
-            await self.client.update(GPU_NODES, None, obj_name, compute)
-            if whole:
-                await self._cordon(node)
+            await self.client.update(GPU_NODES, None, obj_name, compute)  # the GPUNode reconcile cordons
         for evicted in decision.evict:
             victim = instances.get(evicted)
             if victim is not None:
@@ -474,23 +557,6 @@ class FaultHandler:
                 "name"
             ]
         return names
-
-    async def _cordon(self, node: str) -> None:
-        taint = {"key": self.quarantine_taint, "value": "true", "effect": "NoSchedule"}
-
-        def compute(current: Obj) -> Obj | None:
-            spec = current.get("spec") or {}
-            taints = list(spec.get("taints") or [])
-            if spec.get("unschedulable") and any(t.get("key") == taint["key"] for t in taints):
-                return None
-            if not any(t.get("key") == taint["key"] for t in taints):
-                taints.append(taint)
-            return {"spec": {"unschedulable": True, "taints": taints}}
-
-        try:
-            await self.client.update(NODES, None, node, compute)
-        except KubeError as exc:
-            log.warning("could not cordon node %s: %s", node, exc)
 
     # ------------------------------------------------------------------ replacement
     async def _replace(
@@ -772,3 +838,31 @@ class FaultHandler:
             return {"status": {"conditions": conditions}}
 
         await self.client.update(MODEL_DEPLOYMENTS, meta.get("namespace"), meta["name"], compute, "status")
+
+
+def register_faults(registry: Any, op: Any) -> FaultHandler:
+    """Bind a ``FaultHandler`` to an operator's kopf registry (``flywheel.operator.handlers``).
+
+    ``op`` is the ``Operator``: its client (once logged in) and metrics registry are shared.
+    """
+    import kopf
+
+    handler = FaultHandler(lambda: op.kube, FaultMetrics(op.metrics.registry))
+
+    @kopf.on.event(GROUP, VERSION, "gpunodes", id="faults", registry=registry)
+    async def _gpunode_faults(**kwargs: Any) -> None:
+        if kwargs["type"] != "DELETED":
+            body = dict(kwargs["body"])
+            await op.safely("Fault", lambda: handler.on_gpunode(body))
+
+    @kopf.on.event(GROUP, VERSION, "modelinstances", id="faults", registry=registry)
+    async def _instance_faults(**kwargs: Any) -> None:
+        if kwargs["type"] != "DELETED" and handler.pending:
+            body = dict(kwargs["body"])
+            await op.safely("Fault", lambda: handler.on_instance(body))
+
+    @kopf.on.cleanup(id="faults", registry=registry)
+    async def _faults_cleanup(**kwargs: Any) -> None:
+        await handler.close()
+
+    return handler

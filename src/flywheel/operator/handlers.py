@@ -25,7 +25,7 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | None:
     if info.insecure:
         return None
     cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-    context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata)  # type: ignore[arg-type]
+    context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata)
     cert, key = info.certificate_path, info.private_key_path
     if info.certificate_data and info.private_key_data:
         files = []
@@ -36,15 +36,17 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | None:
             files.append(handle.name)
         cert, key = files
     if cert:
-        context.load_cert_chain(cert, key)  # type: ignore[arg-type]
+        context.load_cert_chain(cert, key)
     return context
 
 
-def login(config: OperatorConfig, logger: logging.Logger | Any) -> kopf.ConnectionInfo:
+def login(config: OperatorConfig, logger: Any, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     """Explicit server from the config, else the in-cluster service account, else kubeconfig."""
     if config.server:
         return kopf.ConnectionInfo(server=config.server, token=config.token, insecure=config.insecure)
-    info = kopf.login_with_service_account(logger=logger) or kopf.login_with_kubeconfig(logger=logger)
+    info = kopf.login_with_service_account(logger=logger, settings=settings) or kopf.login_with_kubeconfig(
+        logger=logger, settings=settings
+    )
     if info is None:
         raise kopf.LoginError("no API server: set --server, a kubeconfig, or run in-cluster")
     return info
@@ -54,8 +56,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
     op = Operator(config)
 
     @kopf.on.login(registry=registry)
-    async def _login(logger: logging.Logger, **_: Any) -> kopf.ConnectionInfo:
-        info = login(config, logger)
+    async def _login(**kwargs: Any) -> kopf.ConnectionInfo:
+        info = login(config, kwargs["logger"], kwargs["settings"])
         client = KubeClient(
             info.server,
             token=info.token,
@@ -68,7 +70,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
         return info
 
     @kopf.on.startup(registry=registry)
-    async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _configure(**kwargs: Any) -> None:
+        settings: kopf.OperatorSettings = kwargs["settings"]
         settings.persistence.finalizer = "flywheel.dev/operator"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flywheel.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="flywheel.dev")
@@ -79,47 +82,52 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
             op.metrics.serve(config.metrics_port)
 
     @kopf.on.cleanup(registry=registry)
-    async def _cleanup(**_: Any) -> None:
+    async def _cleanup(**kwargs: Any) -> None:
         await op.close()
 
     @kopf.on.probe(id="reconciles", registry=registry)
-    def _probe(**_: Any) -> float:
+    def _probe(**kwargs: Any) -> float:
         return sum(sample.value for metric in op.metrics.reconciles.collect() for sample in metric.samples)
 
     # ModelDeployment: every event (initial listing, create, update) reconciles; a timer resyncs and runs
     # the cluster round. Deletion needs nothing: pools carry ownerReferences.
     @kopf.on.event(GROUP, VERSION, "modeldeployments", registry=registry)
-    async def _deployment(type: str | None, namespace: str, name: str, **_: Any) -> None:
-        if type == "DELETED":
+    async def _deployment(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
+        if kwargs["type"] == "DELETED":
             op.metrics.forget(f"{namespace}/{name}")
             return
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
 
     @kopf.timer(GROUP, VERSION, "modeldeployments", interval=config.resync_seconds, registry=registry)
-    async def _deployment_round(namespace: str, name: str, **_: Any) -> None:
+    async def _deployment_round(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
 
     # InferencePool: reconcile its instances on every event; the timer runs the pool controller round.
     @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
-    async def _pool(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        if type == "DELETED":  # deleted behind our back, or by its deployment: let the deployment decide
-            owner = (body.get("spec") or {}).get("modelDeployment")
+    async def _pool(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
+        if kwargs["type"] == "DELETED":  # deleted behind our back, or by its deployment: let the deployment decide
+            owner = (kwargs["body"].get("spec") or {}).get("modelDeployment")
             if owner:
                 op.deployment_refresh(namespace, owner)
             return
         await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
 
     @kopf.timer(GROUP, VERSION, "inferencepools", interval=config.resync_seconds, registry=registry)
-    async def _pool_round(namespace: str, name: str, **_: Any) -> None:
+    async def _pool_round(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
         if op.due(("pool-round", namespace, name), config.pool_period_seconds):
             await op.safely("PoolRound", lambda: op.pool_round(namespace, name))
         await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
 
     # ModelInstance: its Pod and status; a vanished instance makes its pool reconcile.
     @kopf.on.event(GROUP, VERSION, "modelinstances", registry=registry)
-    async def _instance(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        spec = body.get("spec") or {}
-        if type == "DELETED":
+    async def _instance(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
+        spec = kwargs["body"].get("spec") or {}
+        if kwargs["type"] == "DELETED":
             if spec.get("pool"):
                 op.pool_refresh(namespace, spec["pool"])
         else:
@@ -129,22 +137,29 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
 
     # Engine Pods: deleted or changed behind our back -> reconcile the owning instance.
     @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)
-    async def _pod(type: str | None, body: kopf.Body, namespace: str, **_: Any) -> None:
-        instance = (body.get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
-        if instance and type is not None:
+    async def _pod(**kwargs: Any) -> None:
+        namespace = kwargs["namespace"]
+        instance = (kwargs["body"].get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
+        if instance and kwargs["type"] is not None:
             await op.safely("ModelInstance", lambda: op.reconcile_instance(namespace, instance))
 
     # GPU nodes: a GPUNode per labelled Node; quarantine in GPUNode spec cordons and taints the Node.
     @kopf.on.event(
         "", "v1", "nodes", labels={config.gpu_node_label: config.gpu_node_label_value}, registry=registry
     )
-    async def _node(type: str | None, body: kopf.Body, **_: Any) -> None:
-        if type != "DELETED":
-            await op.safely("GPUNode", lambda: op.reconcile_node(dict(body)))
+    async def _node(**kwargs: Any) -> None:
+        body = dict(kwargs["body"])
+        if kwargs["type"] != "DELETED":
+            await op.safely("GPUNode", lambda: op.reconcile_node(body))
 
     @kopf.on.event(GROUP, VERSION, "gpunodes", registry=registry)
-    async def _gpunode(type: str | None, name: str, **_: Any) -> None:
-        if type != "DELETED":
+    async def _gpunode(**kwargs: Any) -> None:
+        name = kwargs["name"]
+        if kwargs["type"] != "DELETED":
             await op.safely("GPUNode", lambda: op.reconcile_gpunode(name))
 
+    # Fault handling (detect -> isolate -> replace, Incidents): its own handlers, see operator/faults.py.
+    from flywheel.operator.faults import register_faults
+
+    register_faults(registry, op)
     return op

@@ -191,7 +191,7 @@ class KubeClient:
 
     async def delete(self, kind: Kind, namespace: str | None, name: str, uid: str | None = None) -> bool:
         """Delete (background propagation); False when already gone. ``uid`` guards against a namesake."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if uid is not None:
             body["preconditions"] = {"uid": uid}
         try:
@@ -216,9 +216,8 @@ class KubeClient:
             current = await self.get(kind, namespace, name)
             if current is None:
                 return None
-            patch = compute(current)
-            if asyncio.iscoroutine(patch):
-                patch = await patch
+            computed = compute(current)
+            patch = await computed if isinstance(computed, Awaitable) else computed
             if not patch:
                 return current
             try:

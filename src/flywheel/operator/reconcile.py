@@ -57,6 +57,7 @@ from flywheel.operator.kube import (
 )
 from flywheel.operator.metrics import OperatorMetrics
 from flywheel.operator.pods import SPEC_HASH, engine_pod
+from flywheel.operator.reconfig import Reconfiguration
 
 logger = logging.getLogger("flywheel.operator")
 
@@ -105,6 +106,7 @@ class Operator:
         self._pending: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_round: dict[Hashable, float] = {}
+        self.reconfiguration = Reconfiguration(self)  # standby promotion, planned TP changes
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -150,6 +152,8 @@ class Operator:
 
     async def safely(self, kind: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run a reconcile; count it; log and count failures instead of raising (the next round retries)."""
+        if self._kube is None:
+            return  # not logged in yet, or shutting down: the next round will do it
         self.metrics.reconciles.labels(kind).inc()
         try:
             await work()
@@ -426,7 +430,9 @@ class Operator:
                     await self.kube.delete(MODEL_INSTANCES, namespace, item["metadata"]["name"], item["metadata"]["uid"])
                     continue
                 observed.append(ObservedInstance(item["metadata"]["name"], instance_spec, _deleting(item)))
+            observed = await self.reconfiguration.promote(pool, spec, raw, observed)
             plan = plan_instances(name, spec, md_spec, observed)
+            plan = await self.reconfiguration.stage(pool, spec, md_spec, raw, observed, plan)
             uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in raw}
             for instance_name in plan.delete:
                 if await self.kube.delete(MODEL_INSTANCES, namespace, instance_name, uids.get(instance_name)):

@@ -47,6 +47,14 @@ class Cluster:
         node.free.difference_update(chosen)
         return [(node.index, g) for g in chosen]
 
+    def take(self, gpus: list[GpuRef]) -> list[GpuRef] | None:
+        """Allocate exactly ``gpus`` (a planned placement) if all are free, else None."""
+        if not all(gpu in self.nodes[node].free for node, gpu in gpus):
+            return None
+        for node, gpu in gpus:
+            self.nodes[node].free.discard(gpu)
+        return list(gpus)
+
     def release(self, gpus: list[GpuRef]) -> None:
         for node_index, gpu in gpus:
             node = self.nodes[node_index]

@@ -29,6 +29,7 @@ import numpy as np
 
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
     LLAMA2_70B,
     ModelProfile,
     decode_coefficients,
@@ -50,6 +51,7 @@ from flywheel.controllers.policy import (
     WorkloadHints,
 )
 from flywheel.sim.cluster import Cluster, GpuRef
+from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
 from flywheel.sim.workloads import Workload
 
 # Event kinds, in tie-break order at equal times.
@@ -74,7 +76,9 @@ class SimConfig:
     gpus_per_node: int = 8
     slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
     max_num_seqs: int = 256  # vLLM default
-    max_batched_tokens: int = 8192  # prompt tokens per prefill iteration (a longer prompt runs alone)
+    # Chunked prefill (vLLM/Sarathi): at most this many prompt tokens join one iteration, piggybacked
+    # on the decode batch, so a long prompt cannot stall decoding for its whole prefill.
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
     clock_change_s: float = 0.2  # throttLL'eM
     cold_start_s: float = 60.0  # engine start + 140 GB of weights from network storage
     warm_start_s: float = 5.0  # weights cached in host memory (DynamoLLM), engine pre-initialised
@@ -84,6 +88,8 @@ class SimConfig:
     output_prediction_sigma: float = 0.2  # log-normal error of the per-request output predictor
     seed: int = 0
     faults: tuple[FaultEvent, ...] = ()
+    # Warm standbys, bandwidth-based start costs and planned TP resharding (flywheel.sim.reconfig).
+    reconfig: ReconfigOptions | None = None
 
 
 @dataclass
@@ -98,10 +104,10 @@ class Instance:
     state: str = "starting"  # starting | ready | draining | stopped
     running: list[int] = field(default_factory=list)
     left: list[int] = field(default_factory=list)
-    prefill_batch: list[int] = field(default_factory=list)
+    prefilling: list[int] = field(default_factory=list)  # admitted, prompt not fully processed
     ctx: int = 0  # KV tokens held
     reserved: int = 0  # KV tokens reserved (prompt + full output) by admitted requests
-    phase: str = "idle"  # idle | prefill | decode
+    phase: str = "idle"  # idle | mixed (prompt chunk + decode) | decode (block of iterations)
     version: int = 0
     # decode block being executed
     t0: float = 0.0
@@ -185,6 +191,7 @@ class Simulator:
         self.finish = [math.nan] * n
         self.dropped = [False] * n
         self.generated = [0] * n
+        self.prefill_left = [0] * n
         self.pool_of: list[str] = [""] * n
         self.pools: dict[str, Pool] = {}
         self.instances: list[Instance] = []
@@ -200,6 +207,7 @@ class Simulator:
         self.fault_hooks: list[FaultHook] = []
         self._instance_counter = 0
         self._started = False
+        self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
 
     # ----------------------------------------------------------------- events
     def _push(self, time: float, kind: int, payload: object = None) -> None:
@@ -211,8 +219,10 @@ class Simulator:
         self.fault_hooks.append(hook)
 
     # ------------------------------------------------------------- instances
-    def _new_instance(self, pool: Pool, tp: int, clock: int, ready_at: float | None) -> Instance | None:
-        gpus = self.cluster.allocate(tp)
+    def _new_instance(
+        self, pool: Pool, tp: int, clock: int, ready_at: float | None, gpus: list[GpuRef] | None = None
+    ) -> Instance | None:
+        gpus = self.cluster.allocate(tp) if gpus is None else self.cluster.take(gpus)
         if gpus is None:
             return None
         self._instance_counter += 1
@@ -255,12 +265,10 @@ class Simulator:
         if inst.phase == "idle":
             self._stop(inst)
 
-    def _admit(self, inst: Instance, pool: Pool) -> list[int]:
-        batch: list[int] = []
-        tokens = 0
-        slots = self.cfg.max_num_seqs - len(inst.running)
+    def _admit(self, inst: Instance, pool: Pool) -> None:
+        """Move queued requests into the instance (FCFS) while batch slots and KV cache allow."""
         queue = pool.queue
-        while queue and len(batch) < slots:
+        while queue and len(inst.running) + len(inst.prefilling) < self.cfg.max_num_seqs:
             rid = queue[0]
             if self.now - self.arrival[rid] > self.cfg.queue_timeout_s:
                 queue.popleft()
@@ -268,18 +276,17 @@ class Simulator:
                 continue
             need = self.prompt[rid] + self.output[rid]
             if inst.reserved + need > inst.kv_capacity:
-                if not inst.running and not batch:  # can never fit on this instance
+                if not inst.running and not inst.prefilling:  # can never fit on this instance
                     queue.popleft()
                     self._drop(rid)
                     continue
                 break
-            if batch and tokens + self.prompt[rid] > self.cfg.max_batched_tokens:
+            if sum(self.prefill_left[r] for r in inst.prefilling) >= self.cfg.prefill_chunk_tokens:
                 break
             queue.popleft()
-            batch.append(rid)
-            tokens += self.prompt[rid]
+            self.prefill_left[rid] = self.prompt[rid]
+            inst.prefilling.append(rid)
             inst.reserved += need
-        return batch
 
     def _schedule(self, inst: Instance) -> None:
         """Start the next iteration (block) of a ready or draining instance at ``self.now``."""
@@ -287,17 +294,28 @@ class Simulator:
         inst.version += 1
         cfg = self.cfg
         pool = self.pools.get(inst.pool)
-        batch = self._admit(inst, pool) if pool is not None and inst.state == "ready" else []
-        if batch:
-            inst.phase = "prefill"
-            inst.prefill_batch = batch
-            tokens = sum(self.prompt[r] for r in batch)
-            duration = prefill_ms(cfg.model, cfg.sku, inst.tp, tokens, inst.clock) / 1000.0
+        if pool is not None and inst.state == "ready":
+            self._admit(inst, pool)
+        b = len(inst.running)
+        if inst.prefilling:
+            budget = cfg.prefill_chunk_tokens
+            chunk = 0
+            for rid in inst.prefilling:
+                take = min(self.prefill_left[rid], budget - chunk)
+                chunk += take
+                if chunk >= budget:
+                    break
+            inst.phase = "mixed"
+            inst.k = chunk  # prompt tokens processed by this iteration
+            # Decode tokens ride in the same forward pass as the prompt chunk.
+            mixed = prefill_ms(cfg.model, cfg.sku, inst.tp, chunk + b, inst.clock)
+            if b:
+                fixed, per_token = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
+                mixed = max(mixed, fixed + per_token * inst.ctx)
             inst.power_w = prefill_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock)
-            self._push(self.now + duration, _INSTANCE, (inst, inst.version))
+            self._push(self.now + mixed / 1000.0, _INSTANCE, (inst, inst.version))
             return
-        if inst.running:
-            b = len(inst.running)
+        if b:
             inst.phase = "decode"
             inst.fixed_ms, inst.per_token_ms = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
             inst.ctx0 = inst.ctx
@@ -317,7 +335,7 @@ class Simulator:
             self._schedule(inst)
             return
         if inst.phase != "decode":
-            return  # a prefill iteration re-plans when it ends
+            return  # a mixed (prefill) iteration re-plans when it ends
         elapsed_ms = (self.now - inst.t0) * 1000.0
         b = len(inst.running)
         a = inst.per_token_ms * b / 2.0
@@ -343,9 +361,35 @@ class Simulator:
         self.dropped[rid] = True
         self.outstanding -= 1
 
+    def _advance_decode(self, inst: Instance, k: int) -> None:
+        """Every running request generated ``k`` more tokens; retire the finished ones."""
+        inst.ctx += k * len(inst.running)
+        running: list[int] = []
+        lefts: list[int] = []
+        for rid, left in zip(inst.running, inst.left, strict=True):
+            self.generated[rid] += k
+            if left <= k:
+                inst.ctx -= self.prompt[rid] + self.output[rid]
+                inst.reserved -= self.prompt[rid] + self.output[rid]
+                self._finish(rid)
+            else:
+                running.append(rid)
+                lefts.append(left - k)
+        inst.running, inst.left = running, lefts
+
     def _on_instance(self, inst: Instance) -> None:
-        if inst.phase == "prefill":
-            for rid in inst.prefill_batch:
+        if inst.phase == "mixed":
+            if inst.running:
+                self._advance_decode(inst, 1)
+            budget = inst.k
+            still: list[int] = []
+            for rid in inst.prefilling:
+                take = min(self.prefill_left[rid], budget)
+                budget -= take
+                self.prefill_left[rid] -= take
+                if self.prefill_left[rid] > 0:
+                    still.append(rid)
+                    continue
                 if math.isnan(self.first_token[rid]):
                     self.first_token[rid] = self.now
                 self.generated[rid] = 1
@@ -357,23 +401,9 @@ class Simulator:
                 inst.running.append(rid)
                 inst.left.append(left)
                 inst.ctx += self.prompt[rid] + 1
-            inst.prefill_batch = []
+            inst.prefilling = still
         elif inst.phase == "decode":
-            k = inst.k
-            b = len(inst.running)
-            inst.ctx += k * b
-            running: list[int] = []
-            lefts: list[int] = []
-            for rid, left in zip(inst.running, inst.left, strict=True):
-                self.generated[rid] += k
-                if left - k <= 0:
-                    inst.ctx -= self.prompt[rid] + self.output[rid]
-                    inst.reserved -= self.prompt[rid] + self.output[rid]
-                    self._finish(rid)
-                else:
-                    running.append(rid)
-                    lefts.append(left - k)
-            inst.running, inst.left = running, lefts
+            self._advance_decode(inst, inst.k)
         self._schedule(inst)
 
     # ------------------------------------------------------------- routing
@@ -393,7 +423,7 @@ class Simulator:
         for inst in pool.instances:
             if inst.state != "ready" or len(inst.running) >= self.cfg.max_num_seqs:
                 continue
-            if inst.phase == "prefill":
+            if inst.phase == "mixed":
                 continue
             if best is None or len(inst.running) < len(best.running):
                 best = inst
@@ -416,6 +446,8 @@ class Simulator:
             self._reconcile(pool, False)
 
     def _reconcile(self, pool: Pool, initial: bool) -> None:
+        if self.reconfig is not None and self.reconfig.reconcile(pool, initial):
+            return
         target = pool.target
         live = [i for i in pool.instances if i.state in ("starting", "ready")]
         same = [i for i in live if i.tp == target.tp]
@@ -430,8 +462,8 @@ class Simulator:
         missing = target.instances - len(same)
         start_s = self.cfg.warm_start_s if self.policy.info.start_mode == "warm" else self.cfg.cold_start_s
         while missing > 0:
-            inst = self._new_instance(pool, target.tp, target.clock_mhz, None if initial else self.now + start_s)
-            if inst is None:
+            ready_at = None if initial else self.now + start_s
+            if self._new_instance(pool, target.tp, target.clock_mhz, ready_at) is None:
                 break
             if not initial:
                 self.reconfigurations += 1
@@ -492,7 +524,14 @@ class Simulator:
             output = sum(self.predicted[r] for r in recent) / len(recent)
         else:
             prompt = output = 0.0
-        return PoolLoad(len(recent) / span, prompt, output, len(pool.queue), span)
+        rate = len(recent) / span
+        peak = rate
+        if span > 60.0 and recent:
+            minutes = [0] * math.ceil(span / 60.0)
+            for r in recent:
+                minutes[min(int((self.now - self.arrival[r]) // 60.0), len(minutes) - 1)] += 1
+            peak = max(max(minutes) / 60.0, rate)
+        return PoolLoad(rate, prompt, output, len(pool.queue), span, peak)
 
     def _observe(self, window_s: float) -> ClusterObservation:
         states = []
@@ -556,8 +595,8 @@ class Simulator:
         killed = [i for i in self.instances if i.state != "stopped" and failed.intersection(i.gpus)]
         for inst in killed:
             pool = self.pools.get(inst.pool)
-            lost = inst.prefill_batch + inst.running
-            inst.running, inst.left, inst.prefill_batch = [], [], []
+            lost = inst.prefilling + inst.running
+            inst.running, inst.left, inst.prefilling = [], [], []
             inst.ctx = inst.reserved = 0
             inst.phase = "idle"
             self._stop(inst)
@@ -605,7 +644,9 @@ class Simulator:
             raise RuntimeError("a Simulator runs once; build a new one")
         self._started = True
         cfg = self.cfg
-        context = PolicyContext(cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.hints())
+        context = PolicyContext(
+            cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.hints()
+        )
         for target in self.policy.start(context):
             self._apply(target, initial=True)
         if not self.pools:
@@ -679,14 +720,15 @@ class Simulator:
     def _dispatch(self, kind: int, payload: object) -> None:
         periods = self.policy.info.periods
         if kind == _INSTANCE:
-            inst, version = payload  # type: ignore[misc]
-            if inst.version == version and inst.state != "stopped":
+            assert isinstance(payload, tuple)
+            inst: Instance = payload[0]
+            if inst.version == payload[1] and inst.state != "stopped":
                 self._on_instance(inst)
         elif kind == _READY:
             self._on_ready(payload)  # type: ignore[arg-type]
         elif kind == _CLOCK:
-            inst, clock = payload  # type: ignore[misc]
-            self._on_clock(inst, clock)
+            assert isinstance(payload, tuple)
+            self._on_clock(payload[0], payload[1])
         elif kind == _INSTANCE_TICK:
             self._instance_tick()
             self._push(self.now + periods.instance_s, _INSTANCE_TICK)

@@ -57,7 +57,9 @@ class Workload:
         """Same requests, arrivals ``rate`` times as dense (rate 2 = twice the request rate)."""
         if rate <= 0:
             raise TraceError("rate scale must be positive")
-        return Workload(f"{self.name}x{rate:g}", self.arrival_s / rate, self.prompt_tokens, self.output_tokens)
+        return Workload(
+            f"{self.name}x{rate:g}", self.arrival_s / rate, self.prompt_tokens, self.output_tokens
+        )
 
     def compressed(self, factor: float, seed: int = 0) -> Workload:
         """The trace's load pattern in ``1/factor`` of the time at the same rate: keep one in
@@ -72,6 +74,17 @@ class Workload:
             self.prompt_tokens[keep],
             self.output_tokens[keep],
         )
+
+    def resampled(self, duration_s: float, rate_rps: float, seed: int = 0) -> Workload:
+        """Poisson arrivals at ``rate_rps`` for ``duration_s`` with (prompt, output) pairs drawn from
+        this trace: its request mix at any scale and length."""
+        if not len(self):
+            raise TraceError(f"{self.name}: cannot resample an empty trace")
+        rng = np.random.default_rng(seed)
+        count = int(rng.poisson(rate_rps * duration_s))
+        arrivals = np.sort(rng.random(count) * duration_s)
+        pick = rng.integers(0, len(self), count)
+        return Workload(f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick])
 
     def head(self, seconds: float) -> Workload:
         """Requests arriving in the first ``seconds``."""
@@ -96,7 +109,9 @@ def read_trace_csv(path: Path, name: str | None = None) -> Workload:
         reader = csv.DictReader(handle)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)}")
+            raise TraceError(
+                f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)}"
+            )
         times: list[float] = []
         prompts: list[int] = []
         outputs: list[int] = []

@@ -230,6 +230,7 @@ class DevicePlugin:
         self.plugin_dir = plugin_dir
         self.endpoint = endpoint
         self._server: grpc.Server | None = None
+        self.registered = False
 
     @property
     def socket_path(self) -> Path:
@@ -258,6 +259,7 @@ class DevicePlugin:
                 ),
                 timeout=timeout_s,
             )
+        self.registered = True
         log.info("registered %s with the kubelet as %s", self.servicer.resource_name, self.endpoint)
 
     def start(self) -> None:
@@ -269,6 +271,7 @@ class DevicePlugin:
         return self._server is not None and not os.path.exists(self.socket_path)
 
     def stop(self, grace_s: float = 0.5) -> None:
+        self.registered = False
         self.servicer.stop()
         if self._server is not None:
             self._server.stop(grace_s).wait()

@@ -6,6 +6,7 @@ raises) into a typed ``NvmlError``; a lost GPU is reported, never raised.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -65,6 +66,13 @@ def _call(call: str, fn: Callable[..., T], *args: Any) -> Result[T]:
         return Ok(fn(*args))
     except Exception as exc:  # any binding failure becomes data
         return error_from_exception(exc, call)
+
+
+def _address(handle: Any) -> Any:
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return handle
 
 
 def _text(value: Any) -> str:
@@ -242,8 +250,7 @@ class RealNvml(NvmlBackend):
         if isinstance(res, NvmlError):
             return Ok(None) if res.kind is NvmlErrorKind.TIMEOUT else res
         data = res.value
-        uuid_res = _call("nvmlDeviceGetUUID", pynvml.nvmlDeviceGetUUID, data.device)
-        uuid = _text(uuid_res.value) if isinstance(uuid_res, Ok) else None
+        uuid = self._uuid_of(data.device)
         etype = int(data.eventType)
         if etype & EVENT_XID:
             return Ok(GPUEvent(EventKind.XID, uuid, int(data.eventData)))
@@ -282,6 +289,15 @@ class RealNvml(NvmlBackend):
         return Ok(None) if isinstance(res, Ok) else res
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _uuid_of(self, handle: Any) -> str | None:
+        """UUID of an event's device; a lost GPU cannot answer, so fall back to the cached handles."""
+        res = _call("nvmlDeviceGetUUID", pynvml.nvmlDeviceGetUUID, handle)
+        if isinstance(res, Ok):
+            return _text(res.value)
+        target = _address(handle)
+        pairs = zip(self._handles, self._uuids, strict=True)
+        return next((u for h, u in pairs if _address(h) == target), None)
 
     def _device(self, index: int, h: Any) -> Result[GPUDevice]:
         name = _call("nvmlDeviceGetName", pynvml.nvmlDeviceGetName, h)

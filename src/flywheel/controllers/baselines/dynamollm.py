@@ -17,6 +17,7 @@ import math
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
 from flywheel.controllers.perfmodel import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
     decode_step_ms,
     instance_capacity_rps,
     instance_power_watts,
@@ -136,9 +137,9 @@ class DynamoLLMPolicy:
         hints = self._context().hints
         for name in sorted(wanted - set(self._pools)):
             count_seen, prompt_sum, output_sum = load[name]
-            prompt = prompt_sum / count_seen if count_seen else hints.mean_prompt_tokens
-            output = output_sum / count_seen if count_seen else hints.mean_output_tokens
-            tp, count, clock, _ = self._size(count_seen / window, prompt, output)
+            mean_prompt = prompt_sum / count_seen if count_seen else hints.mean_prompt_tokens
+            mean_output = output_sum / count_seen if count_seen else hints.mean_output_tokens
+            tp, count, clock, _ = self._size(count_seen / window, mean_prompt, mean_output)
             self._pools[name] = (tp, count, clock)
             self._born[name] = obs.time_s
             targets.append(PoolTarget(name, tp, count, clock, "class split into its own pool"))
@@ -149,7 +150,7 @@ class DynamoLLMPolicy:
 
     def _plan_pool(self, pool: PoolState, obs_time: float) -> PoolTarget | None:
         load = pool.load
-        rate = load.arrivals_rps + load.queued / max(load.window_s, 1.0)
+        rate = load.peak_rps + load.queued / max(load.window_s, 1.0)
         if pool.name not in self._pools or obs_time - self._born.get(pool.name, -1e18) < load.window_s:
             return None  # unknown, or too young for a full load window
         prompt = (
@@ -182,11 +183,15 @@ class DynamoLLMPolicy:
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(prompt), ctx.sku.sm_clock_max_mhz) / 1000.0
         budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
 
+        chunk = int(min(DEFAULT_PREFILL_CHUNK_TOKENS, 2 * prompt))
+
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
             if step > budget:
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
+                return False
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > 1.5 * ctx.slo.tbt_ms:
                 return False
             capacity = instance_capacity_rps(
                 ctx.model, ctx.sku, obs.tp, clock, prompt, output, ctx.slo.tbt_ms

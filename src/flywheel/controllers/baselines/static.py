@@ -19,8 +19,11 @@ TP = 8
 class StaticPolicy:
     name = "static"
 
-    def __init__(self) -> None:
+    def __init__(self, instances: int | None = None) -> None:
+        """``instances``: a count found by replaying the peak minute (``flywheel.sim.sizing``);
+        without it the count comes from the capacity model at the peak-minute rate."""
         self.info = PolicyInfo(start_mode="cold")
+        self.instances = instances
         self._max_clock = 0
 
     def start(self, context: PolicyContext) -> list[PoolTarget]:
@@ -37,7 +40,7 @@ class StaticPolicy:
             context.slo.tbt_ms,
         )
         limit = max(context.total_gpus // TP, 1)
-        count = min(needed or limit, limit)
+        count = min(self.instances or needed or limit, limit)
         reason = (
             f"peak minute {hints.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
         )

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import decode_step_ms, prefill_ms
+from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, decode_step_ms, prefill_ms
 from flywheel.controllers.policy import (
     ClockDecision,
     ClusterObservation,
@@ -27,7 +27,8 @@ POOL = "all"
 TP_CHOICES = (2, 4, 8)
 HEADROOM = 1.25
 TBT_MARGIN = 0.8
-GRACE_WINDOWS = 2  # consecutive windows a smaller configuration must suffice before scaling down
+GRACE_WINDOWS = 5  # consecutive windows a smaller configuration must suffice before scaling down
+LOOKBACK_WINDOWS = 5  # size for the highest rate seen over this many recent windows
 
 
 class ThrottLLeMPolicy:
@@ -39,6 +40,7 @@ class ThrottLLeMPolicy:
         self._clocks: list[int] = []
         self._current: tuple[int, int] = (8, 1)
         self._smaller_for = 0
+        self._rates: list[float] = []
         self._mean_prompt = 1000.0
         self._mean_output = 200.0
 
@@ -91,7 +93,8 @@ class ThrottLLeMPolicy:
             self._mean_prompt = pool.load.mean_prompt_tokens
             self._mean_output = pool.load.mean_output_tokens
         # Queued requests count as extra rate to clear within one window.
-        rate = pool.load.arrivals_rps + pool.load.queued / max(pool.load.window_s, 1.0)
+        self._rates = [*self._rates[-(LOOKBACK_WINDOWS - 1) :], pool.load.peak_rps]
+        rate = max(self._rates) + pool.load.queued / max(pool.load.window_s, 1.0)
         wanted = self._choose(rate)
         gpus_now = self._current[0] * self._current[1]
         if wanted[0] * wanted[1] < gpus_now:
@@ -124,6 +127,7 @@ class ThrottLLeMPolicy:
         budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - stall)
         slo_ttft_s = ctx.slo.ttft_ms / 1000.0
         ttft_budget_ms = ctx.slo.ttft_ms * 0.5
+        chunk = round(min(DEFAULT_PREFILL_CHUNK_TOKENS, 2 * self._mean_prompt))
         slo_tbt_s = ctx.slo.tbt_ms / 1000.0
         deadlines = [
             (
@@ -138,6 +142,8 @@ class ThrottLLeMPolicy:
             if step > budget:
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt * 2), clock) > ttft_budget_ms:
+                return False
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > 1.5 * ctx.slo.tbt_ms:
                 return False
             step_s = step / 1000.0
             return all(remaining * step_s <= slack for slack, remaining in deadlines)

@@ -35,6 +35,7 @@ _STRAGGLER_SIGNALS = frozenset({SignalType.THERMAL, SignalType.POWER_THROTTLE, S
 class FaultConfig:
     nic_alerts: int = 2
     nic_window_s: float = 300.0
+    nic_recheck_s: float = 1.0  # a NIC still down at the agent's next check is another alert
     straggler_persist_s: float = 120.0
     straggler_weight: float = 0.5
     breaker_max_fraction: float = 0.5
@@ -103,7 +104,11 @@ class FaultController:
                     f"{self.config.nic_window_s:.0f}s on {signal.node}: watching"
                 )
                 return FaultDecision(
-                    signal, (Step(Action.NONE, node_target(signal.node), reason),), reason, evidence=evidence
+                    signal,
+                    (Step(Action.NONE, node_target(signal.node), reason),),
+                    reason,
+                    evidence=evidence,
+                    recheck_after_s=self.config.nic_recheck_s,
                 )
             self.nic.reset(signal.node)
         if signal.type in _STRAGGLER_SIGNALS:
@@ -246,12 +251,14 @@ class FaultController:
             f"{signal.type.value} on {sorted(gpus)}: straggler, routing weight {self.config.straggler_weight}"
         )
         steps = tuple(Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), reason) for n in sorted(weights))
+        longest = max(durations.values(), default=0.0)
         return FaultDecision(
             signal,
             steps or (Step(Action.NONE, node_target(signal.node), reason),),
             reason,
             routing_weights=weights,
             evidence=evidence,
+            recheck_after_s=max(self.config.straggler_persist_s - longest, 0.0),
         )
 
     def _finish(

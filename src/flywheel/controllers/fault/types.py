@@ -94,6 +94,7 @@ class FaultDecision:
     remediation: Action = Action.NONE
     escalation_level: int = 0
     breaker_tripped: bool = False
+    recheck_after_s: float | None = None  # watching: ask again after this long if the condition persists
     evidence: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -88,6 +88,7 @@ class SimRequest:
     prompt_tokens: int
     max_tokens: int
     arrival_s: float
+    predicted_output_tokens: int
     tokens: asyncio.Queue[TokenEvent | EngineUnavailable] = field(default_factory=asyncio.Queue)
     generated: int = 0
     first_token_s: float | None = None
@@ -327,7 +328,11 @@ class SimulatedEngine:
         self._arrival.set()
 
     # -- requests -----------------------------------------------------------------------------------
-    def submit(self, prompt_tokens: int, max_tokens: int) -> SimRequest:
+    def submit(
+        self, prompt_tokens: int, max_tokens: int, predicted_output_tokens: int | None = None
+    ) -> SimRequest:
+        """Queue a request generating ``max_tokens`` tokens; ``predicted_output_tokens`` is the router's
+        prediction, exposed to the instance controller (the engine itself never uses it)."""
         if self._failure is not None:
             raise EngineUnavailable(self._failure)
         if prompt_tokens < 1 or max_tokens < 1:
@@ -337,11 +342,21 @@ class SimulatedEngine:
                 f"request needs {prompt_tokens + max_tokens} KV tokens; "
                 f"the engine holds {self.timing.kv_capacity_tokens}"
             )
-        request = SimRequest(next(self._ids), prompt_tokens, max_tokens, arrival_s=self.now())
+        request = SimRequest(
+            next(self._ids),
+            prompt_tokens,
+            max_tokens,
+            arrival_s=self.now(),
+            predicted_output_tokens=predicted_output_tokens or max_tokens,
+        )
         self._waiting.append(request)
         self._update_gauges()
         self._arrival.set()
         return request
+
+    def snapshot(self) -> tuple[tuple[SimRequest, ...], tuple[SimRequest, ...]]:
+        """Running and waiting requests now (what the instance controller projects from)."""
+        return tuple(self._running), tuple(self._waiting)
 
     # -- the loop -----------------------------------------------------------------------------------
     def _read_clock(self) -> float:
@@ -369,13 +384,16 @@ class SimulatedEngine:
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            self._virtual = max(self._virtual, self.now())
+            if not self._running:
+                # Idle until the first waiting request arrived. While busy the virtual timeline runs on
+                # from the last iteration: late wake-ups of this process never stretch simulated time.
+                self._virtual = max(self._virtual, self._waiting[0].arrival_s)
+            admitted = self._admit()
+            self._report_batch(len(self._running))  # busy before the clock is read: no idle downclock
             try:
                 clock = self._read_clock()
             except EngineUnavailable:
                 continue
-            admitted = self._admit()
-            self._report_batch(len(self._running))
             if admitted:
                 await self._prefill(admitted, clock)
             elif self._running:
@@ -391,6 +409,8 @@ class SimulatedEngine:
         budget = self.max_batched_tokens  # prompt tokens one prefill iteration may take (vLLM's knob)
         while self._waiting and len(self._running) < self.max_num_seqs:
             head = self._waiting[0]
+            if head.arrival_s > self._virtual:
+                break  # arrives during a later iteration of the virtual timeline
             if head.context_tokens + 1 > free or (admitted and head.context_tokens > budget):
                 break
             self._waiting.popleft()
@@ -451,10 +471,13 @@ class SimulatedEngine:
         wall_chunk_steps = max(1, math.floor(self.max_wall_chunk_s * self.time_scale / step))
         steps = max(1, min(soonest, fits, wall_chunk_steps))
         start = self._virtual
+        if self._waiting and len(self._running) < self.max_num_seqs:
+            # Stop at the first iteration boundary after the next arrival, to admit it there.
+            steps = min(steps, max(1, math.ceil((self._waiting[0].arrival_s - start) / step)))
         completed = steps
         if not await self._sleep_until(start + steps * step):
-            elapsed = self.now() - start
-            completed = max(1, min(steps, math.ceil(elapsed / step)))
+            arrived = self._waiting[-1].arrival_s if self._waiting else self.now()
+            completed = max(1, min(steps, math.ceil((arrived - start) / step)))
             await self._sleep_until(start + completed * step)
         if self._failure is not None:
             return

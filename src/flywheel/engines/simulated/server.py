@@ -28,6 +28,12 @@ from flywheel.engines.simulated.engine import (
 )
 
 TOKEN_TEXT = " tok"
+PREDICTED_HEADER = "x-flywheel-predicted-output-tokens"
+
+
+def _int_header(http: web.Request, name: str) -> int | None:
+    value = http.headers.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 class _VLLMCollector(Collector):
@@ -176,7 +182,8 @@ class SimulatedEngineServer:
                 return web.json_response(
                     error_body(f"model {request.model!r} does not exist", "NotFoundError", 404), status=404
                 )
-            sim = self.engine.submit(request.prompt_tokens, request.generated_tokens)
+            predicted = _int_header(http, PREDICTED_HEADER)
+            sim = self.engine.submit(request.prompt_tokens, request.generated_tokens, predicted)
         except (BadRequest, json.JSONDecodeError, ValueError) as error:
             return web.json_response(error_body(str(error), "BadRequestError", 400), status=400)
         except EngineUnavailable as error:

@@ -1,0 +1,60 @@
+"""``flywheel dev`` options -> :class:`DevOptions` -> :func:`run_dev`, with a short printed summary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+from flywheel.devcluster.cluster import DevOptions, run_dev
+from flywheel.sim.workloads import TraceError
+
+
+def run(
+    *,
+    duration: float,
+    trace: str,
+    speed: float,
+    nodes: int,
+    gpus_per_node: int,
+    inject: list[str],
+    report: Path | None,
+    max_rps: float,
+    live: bool | None,
+    seed: int,
+) -> int:
+    console = Console()
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = DevOptions(
+            duration_s=duration,
+            trace=trace,
+            speed=speed,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            inject=inject,
+            report=report,
+            max_rps=max_rps,
+            live=live,
+            seed=seed,
+        )
+        options.faults()  # validate before starting anything
+        result = asyncio.run(run_dev(options, console))
+    except (ValueError, TraceError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    requests, slo, energy = result["requests"], result["slo"], result["energy"]
+    console.print(
+        f"served {requests['served']}/{requests['sent']} requests, SLO attainment {slo['attainment']}, "
+        f"energy {energy['kwh']} kWh, {result['clocks']['changes']} clock changes"
+    )
+    for fault in result["faults"]:
+        console.print(
+            f"fault {fault['fault']} on {fault['instance']}: detected after {fault['detected_after_s']} s, "
+            f"recovered after {fault['recovered_after_s']} s"
+        )
+    if report is not None:
+        console.print(f"report written to {report}")
+    return 0 if requests["served"] > 0 else 1

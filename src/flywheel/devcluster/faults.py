@@ -1,0 +1,199 @@
+"""Fault injection on request (``--inject xid79@120s``) and the observed timeline of each fault.
+
+Kinds: ``xid<N>`` (an XID event on one GPU of a serving instance; XID 79, "GPU has fallen off the
+bus", also makes the GPU lost, so its engine fails), ``gpulost`` (lost without an XID event), ``hang``
+(the engine stops generating while its ``/health`` stays green) and ``crash`` (the engine process dies).
+
+The timeline is observed from outside, as an SRE would: *detected* when the node agent reports the GPU
+unhealthy in its GPUNode (or, for engine faults, when an Incident names the instance), *isolated* when
+the operator quarantines the GPU (or the instance stops being routable), *recovered* when the pool
+has as many serving instances as it wants again, none of them the faulty one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+
+Obj = dict[str, Any]
+_SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:\.\d+)?)s?$")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    kind: str  # "xid", "gpulost", "hang", "crash"
+    at_s: float  # wall seconds after the replay starts
+    xid: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"xid{self.xid}" if self.kind == "xid" else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        match = _SPEC.match(text.strip().lower())
+        if match is None:
+            raise ValueError(
+                f"cannot read fault {text!r}: use KIND@SECONDS, KIND one of xidN, gpulost, hang, crash"
+            )
+        kind = match["kind"]
+        if match["xid"] is not None:
+            return cls("xid", float(match["at"]), int(match["xid"]))
+        return cls(kind, float(match["at"]))
+
+
+@dataclass
+class FaultRecord:
+    spec: FaultSpec
+    instance: str = ""
+    pool: str = ""
+    node: str = ""
+    gpu_uuid: str = ""
+    injected_at: float | None = None  # wall monotonic
+    detected_at: float | None = None
+    isolated_at: float | None = None
+    recovered_at: float | None = None
+    note: str = ""
+    wanted: int = 0
+
+    def elapsed(self, at: float | None) -> float | None:
+        if at is None or self.injected_at is None:
+            return None
+        return round(at - self.injected_at, 3)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fault": self.spec.label,
+            "at_s": self.spec.at_s,
+            "instance": self.instance,
+            "pool": self.pool,
+            "node": self.node,
+            "gpu": self.gpu_uuid,
+            "injected": self.injected_at is not None,
+            "detected_after_s": self.elapsed(self.detected_at),
+            "isolated_after_s": self.elapsed(self.isolated_at),
+            "recovered_after_s": self.elapsed(self.recovered_at),
+            "note": self.note,
+        }
+
+
+@dataclass
+class FaultInjector:
+    kubelet: EngineKubelet
+    records: list[FaultRecord] = field(default_factory=list)
+
+    def _victim(self, serving: set[str]) -> RunningEngine | None:
+        candidates = [
+            e
+            for e in self.kubelet.engines.values()
+            if e.instance in serving and e.role == "Active" and e.ready and e.engine.failure is None
+        ]
+        if not candidates:
+            return None
+        # The busiest serving instance: the fault hurts, and recovery is visible in the numbers.
+        return max(candidates, key=lambda e: (e.engine.stats.requests_finished_total, e.instance))
+
+    def inject(self, spec: FaultSpec, serving: set[str], wanted: dict[str, int]) -> FaultRecord:
+        record = FaultRecord(spec)
+        self.records.append(record)
+        victim = self._victim(serving)
+        if victim is None:
+            record.note = "no serving instance to fault"
+            return record
+        record.instance, record.pool, record.node = victim.instance, victim.pool, victim.node.name
+        record.gpu_uuid = victim.gpu_uuids[0]
+        record.wanted = wanted.get(victim.pool, 1)
+        index = victim.node.index_of(record.gpu_uuid)
+        nvml = victim.node.nvml
+        if spec.kind == "xid":
+            if spec.xid == 79:
+                nvml.inject_gpu_lost(index, emit_event=False)
+            nvml.inject_xid(index, spec.xid or 0)
+        elif spec.kind == "gpulost":
+            nvml.inject_gpu_lost(index)
+        elif spec.kind == "hang":
+            victim.engine.hang()
+        elif spec.kind == "crash":
+            victim.engine.fail("engine process exited")
+        record.injected_at = time.monotonic()
+        return record
+
+    def observe(
+        self, gpunodes: list[Obj], pools: list[Obj], instances: list[Obj], incidents: list[Obj]
+    ) -> None:
+        """Advance the timeline of every open fault from the cluster's current objects."""
+        now = time.monotonic()
+        for record in self.records:
+            if record.injected_at is None or record.recovered_at is not None:
+                continue
+            if record.detected_at is None and (
+                _gpu_unhealthy(gpunodes, record.node, record.gpu_uuid) or _incident_names(incidents, record)
+            ):
+                record.detected_at = now
+            if record.isolated_at is None and (
+                _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
+                or (not _serving(instances, record.instance) and record.detected_at is not None)
+            ):
+                record.isolated_at = now
+            if record.detected_at is not None and _recovered(pools, instances, record):
+                record.recovered_at = now
+                record.isolated_at = record.isolated_at or now
+
+
+def _gpu_unhealthy(gpunodes: list[Obj], node: str, uuid: str) -> bool:
+    for gn in gpunodes:
+        if gn["metadata"]["name"] != node:
+            continue
+        for gpu in (gn.get("status") or {}).get("gpus") or []:
+            if gpu.get("uuid") == uuid and gpu.get("healthy") is False:
+                return True
+    return False
+
+
+def _gpu_quarantined(gpunodes: list[Obj], node: str, uuid: str) -> bool:
+    for gn in gpunodes:
+        if gn["metadata"]["name"] != node:
+            continue
+        spec = gn.get("spec") or {}
+        if spec.get("quarantineNode"):
+            return True
+        if any(q.get("uuid") == uuid for q in spec.get("quarantinedGPUs") or []):
+            return True
+    return False
+
+
+def _incident_names(incidents: list[Obj], record: FaultRecord) -> bool:
+    for incident in incidents:
+        spec = incident.get("spec") or {}
+        if record.gpu_uuid in (spec.get("gpuUUIDs") or []):
+            return True
+        if any(ref.get("name") == record.instance for ref in spec.get("affected") or []):
+            return True
+    return False
+
+
+def _serving(instances: list[Obj], name: str) -> bool:
+    for instance in instances:
+        if instance["metadata"]["name"] != name:
+            continue
+        spec = instance.get("spec") or {}
+        conditions = (instance.get("status") or {}).get("conditions") or []
+        return spec.get("role") == "Active" and any(
+            c.get("type") == "Serving" and c.get("status") == "True" for c in conditions
+        )
+    return False
+
+
+def _recovered(pools: list[Obj], instances: list[Obj], record: FaultRecord) -> bool:
+    pool = next((p for p in pools if p["metadata"]["name"] == record.pool), None)
+    wanted = int(((pool or {}).get("spec") or {}).get("instances", record.wanted))
+    serving = [
+        i["metadata"]["name"]
+        for i in instances
+        if (i.get("spec") or {}).get("pool") == record.pool and _serving(instances, i["metadata"]["name"])
+    ]
+    return record.instance not in serving and len(serving) >= max(wanted, 1)

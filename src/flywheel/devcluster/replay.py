@@ -1,0 +1,177 @@
+"""Trace replay through the router: an Azure LLM trace, time-compressed, as OpenAI completions.
+
+Trace second ``t`` is sent at wall second ``t / speed``. To keep a small machine honest, a seeded
+fraction of the trace is sent (``sample``); the engines then see that fraction of the trace's load on
+the same virtual clock. Each request asks for ``max_tokens`` (an upper bound, as clients do) and
+carries the trace's true output length as the simulated engine's EOS hint, which the router never
+reads. A share of requests streams (SSE) to exercise streaming end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from flywheel.engines.openai import prompt_of_length
+from flywheel.sim.workloads import Workload
+
+MAX_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One replayed request; latencies are the engine's virtual seconds (None when it failed)."""
+
+    sent_at_s: float  # wall seconds since the replay started
+    prompt_tokens: int
+    output_tokens: int
+    streamed: bool
+    status: int
+    instance: str = ""
+    ttft_s: float | None = None
+    mean_tbt_s: float | None = None
+    max_tbt_s: float | None = None
+    e2e_s: float | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.ttft_s is not None
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    arrivals_wall_s: list[float]
+    prompt_tokens: list[int]
+    output_tokens: list[int]
+    streamed: list[bool]
+    sample: float
+
+    def __len__(self) -> int:
+        return len(self.arrivals_wall_s)
+
+
+def plan(
+    workload: Workload,
+    speed: float,
+    duration_s: float,
+    sample: float,
+    *,
+    max_prompt_tokens: int,
+    stream_fraction: float = 0.05,
+    seed: int = 0,
+) -> ReplayPlan:
+    """Which requests are sent when: the first ``duration_s * speed`` trace seconds, sampled."""
+    if speed <= 0 or duration_s <= 0 or not 0 < sample <= 1:
+        raise ValueError("speed and duration must be positive, sample in (0, 1]")
+    rng = random.Random(seed)
+    horizon = duration_s * speed
+    arrivals: list[float] = []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    streamed: list[bool] = []
+    for t, p, o in zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True):
+        if t >= horizon:
+            break
+        if rng.random() >= sample:
+            continue
+        arrivals.append(float(t) / speed)
+        prompts.append(max(1, min(int(p), max_prompt_tokens)))
+        outputs.append(max(1, min(int(o), MAX_TOKENS)))
+        streamed.append(rng.random() < stream_fraction)
+    return ReplayPlan(arrivals, prompts, outputs, streamed, sample)
+
+
+async def _one(
+    client: httpx.AsyncClient, url: str, model: str, index: int, plan_: ReplayPlan, t0: float
+) -> Outcome:
+    body = {
+        "model": model,
+        "prompt": prompt_of_length(plan_.prompt_tokens[index]),
+        "max_tokens": MAX_TOKENS,
+        "stream": plan_.streamed[index],
+        "flywheel": {"output_tokens": plan_.output_tokens[index]},
+    }
+    base = Outcome(
+        sent_at_s=time.monotonic() - t0,
+        prompt_tokens=plan_.prompt_tokens[index],
+        output_tokens=plan_.output_tokens[index],
+        streamed=plan_.streamed[index],
+        status=0,
+    )
+    try:
+        if not plan_.streamed[index]:
+            response = await client.post(f"{url}/v1/completions", json=body)
+            if response.status_code != 200:
+                return _failed(base, response.status_code, response.text[:200])
+            return _timed(base, 200, response.json())
+        final: dict[str, object] | None = None
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return _failed(base, response.status_code, response.text[:200])
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and ('"flywheel"' in line or '"error"' in line):
+                    final = json.loads(line.removeprefix("data: "))
+        if final is None or "error" in final:
+            return _failed(base, 502, "stream ended without a final chunk")
+        return _timed(base, 200, final)
+    except (httpx.HTTPError, ValueError) as error:
+        return _failed(base, 599, f"{type(error).__name__}: {error}")
+
+
+def _failed(base: Outcome, status: int, error: str) -> Outcome:
+    return Outcome(**{**base.__dict__, "status": status, "error": error})
+
+
+def _timed(base: Outcome, status: int, payload: object) -> Outcome:
+    timings = payload.get("flywheel") if isinstance(payload, dict) else None
+    if not isinstance(timings, dict):
+        return _failed(base, 502, "response without timings")
+    return Outcome(
+        **{
+            **base.__dict__,
+            "status": status,
+            "instance": str(timings.get("instance", "")),
+            "ttft_s": float(timings["ttft_s"]),
+            "mean_tbt_s": float(timings["mean_tbt_s"]),
+            "max_tbt_s": float(timings["max_tbt_s"]),
+            "e2e_s": float(timings["e2e_s"]),
+        }
+    )
+
+
+async def replay(
+    plan_: ReplayPlan,
+    router_url: str,
+    model: str,
+    on_outcome: Callable[[Outcome], None],
+    *,
+    started: Callable[[float], None] | None = None,
+) -> None:
+    """Send every planned request at its time; returns when all have answered."""
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0), limits=limits) as client:
+        t0 = time.monotonic()
+        if started is not None:
+            started(t0)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def fire(index: int) -> None:
+            on_outcome(await _one(client, router_url, model, index, plan_, t0))
+
+        for index, at in enumerate(plan_.arrivals_wall_s):
+            delay = t0 + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(fire(index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)

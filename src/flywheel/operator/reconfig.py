@@ -1,0 +1,412 @@
+"""Operator side of elastic reconfiguration: warm-standby promotion and planned TP changes.
+
+Called from the pool reconciler (``Operator.reconcile_pool``) around ``plan_instances``; the decisions
+come from ``flywheel.controllers.standby`` and ``flywheel.controllers.reshard``:
+
+- ``promote``: when the pool misses Active instances and a Standby of its TP has its weights loaded,
+  the Standby becomes Active in place (``spec.role`` and the role labels; the engine Pod is kept, so
+  no cold start). ``plan_instances`` then creates a Standby to replenish the pool.
+- ``stage``: when the pool's TP changed, a resharding plan (which GPU gets which shard, in which
+  order) is computed once, stored in the pool's ``flywheel.dev/reshard-plan`` annotation (so a
+  restarted operator resumes it) and advanced level-based with ``rollout_actions``: new instances are
+  created with their planned GPUs, old ones get ``spec.drain`` (the router stops sending to them, the
+  ``Serving`` condition turns False with reason ``Draining``) only once the new ones serve, and are
+  deleted once nothing is in flight. Meanwhile ``plan_instances`` is kept from deleting or creating
+  Active instances, and from placing new Standbys on GPUs the plan needs.
+
+Capacity during a change is counted in GPUs serving (an instance of TP t counts t); the plan never
+lets it fall below ``(100 - faultTolerance.maxUnavailablePercent)%`` of the smaller of the current
+and the target capacity. The pool's ``Progressing`` condition and Events say what is happening.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from flywheel.api.v1alpha1 import (
+    Condition,
+    DType,
+    GPUNode,
+    InferencePoolSpec,
+    InstanceRole,
+    ModelDeploymentSpec,
+    reasons,
+    set_condition,
+)
+from flywheel.api.v1alpha1.common import ConditionStatus
+from flywheel.controllers.desired import (
+    LABEL_ROLE,
+    InstancePlan,
+    ObservedInstance,
+    instance_name,
+    instance_template,
+)
+from flywheel.controllers.placement import usable_gpus
+from flywheel.controllers.reshard import (
+    GB,
+    GPU,
+    Instance,
+    InstanceState,
+    Placement,
+    PlanStep,
+    ReshardInfeasible,
+    RolloutVerb,
+    StepKind,
+    plan_reshard,
+    rollout_actions,
+)
+from flywheel.controllers.standby import Member, Role, reconcile_standbys
+from flywheel.operator.kube import GPU_NODES, INFERENCE_POOLS, MODEL_INSTANCES, PODS, Obj
+
+if TYPE_CHECKING:
+    from flywheel.operator.reconcile import Operator
+
+logger = logging.getLogger("flywheel.operator")
+
+PLAN_ANNOTATION = "flywheel.dev/reshard-plan"
+_BYTES_PER_PARAM = {DType.BFLOAT16: 2, DType.FLOAT16: 2, DType.FP8: 1, DType.INT8: 1}
+
+
+def _condition(obj: Obj, type_: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def _true(obj: Obj, type_: str) -> bool:
+    c = _condition(obj, type_)
+    return c is not None and c.get("status") == "True"
+
+
+def instance_state(obj: Obj | None) -> InstanceState:
+    """Where a ModelInstance is in its lifecycle, from its spec and status."""
+    if obj is None:
+        return InstanceState.ABSENT
+    if obj.get("metadata", {}).get("deletionTimestamp"):
+        return InstanceState.DELETING
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if spec.get("drain"):
+        busy = int(status.get("requestsRunning", 0)) + int(status.get("requestsWaiting", 0))
+        return InstanceState.DRAINING if busy else InstanceState.DRAINED
+    if _true(obj, reasons.SERVING):
+        return InstanceState.SERVING
+    return InstanceState.STARTING
+
+
+def model_bytes(md_spec: ModelDeploymentSpec) -> int:
+    return md_spec.model.parameters_millions * 1_000_000 * _BYTES_PER_PARAM.get(md_spec.model.dtype, 2)
+
+
+class Reconfiguration:
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+
+    # -- promotion ----------------------------------------------------------------------------------
+
+    async def promote(
+        self, pool: Obj, spec: InferencePoolSpec, raw: list[Obj], observed: list[ObservedInstance]
+    ) -> list[ObservedInstance]:
+        """Promote loaded Standbys into missing Active slots; return ``observed`` updated."""
+        live = [i for i in observed if not i.deleting]
+        if any(
+            i.spec.role is InstanceRole.ACTIVE and i.spec.tensor_parallel != spec.tensor_parallel
+            for i in live
+        ):
+            return observed  # a TP change is in progress: the reshard plan decides
+        by_name = {o["metadata"]["name"]: o for o in raw}
+        members = []
+        for i in live:
+            obj = by_name.get(i.name, {})
+            healthy = _condition(obj, reasons.HEALTHY)
+            members.append(
+                Member(
+                    i.name,
+                    Role.ACTIVE if i.spec.role is InstanceRole.ACTIVE else Role.STANDBY,
+                    i.spec.tensor_parallel,
+                    ready=_true(obj, reasons.LOADED),
+                    healthy=healthy is None or healthy.get("status") != "False",
+                    node=i.spec.node_name,
+                    draining=i.spec.drain,
+                )
+            )
+        decision = reconcile_standbys(members, spec.instances, spec.standbys, spec.tensor_parallel)
+        promoted = set(decision.promoted)
+        if not promoted:
+            return observed
+        namespace = pool["metadata"]["namespace"]
+        for action in decision.actions:
+            if action.instance not in promoted:
+                continue
+            name = action.instance
+            await self.op.kube.patch(
+                MODEL_INSTANCES,
+                namespace,
+                name,
+                {"metadata": {"labels": {LABEL_ROLE: InstanceRole.ACTIVE.value}}, "spec": {"role": "Active"}},
+            )
+            pod = await self.op.kube.get(PODS, namespace, name)
+            if pod is not None:
+                await self.op.kube.patch(
+                    PODS, namespace, name, {"metadata": {"labels": {LABEL_ROLE: InstanceRole.ACTIVE.value}}}
+                )
+            await self.op._decided(
+                "ModelInstance", "promote", pool, reasons.PROMOTING_STANDBY, f"{name}: {action.reason}"
+            )
+        await self._progressing(
+            pool, "True", reasons.PROMOTING_STANDBY, f"promoted {', '.join(sorted(promoted))} to Active"
+        )
+        return [
+            ObservedInstance(i.name, i.spec.model_copy(update={"role": InstanceRole.ACTIVE}), i.deleting)
+            if i.name in promoted
+            else i
+            for i in observed
+        ]
+
+    # -- resharding ---------------------------------------------------------------------------------
+
+    async def stage(
+        self,
+        pool: Obj,
+        spec: InferencePoolSpec,
+        md_spec: ModelDeploymentSpec,
+        raw: list[Obj],
+        observed: list[ObservedInstance],
+        plan: InstancePlan,
+    ) -> InstancePlan:
+        """Run a TP change as a reshard plan; return what ``plan_instances`` may still do."""
+        namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+        annotations = pool["metadata"].get("annotations") or {}
+        stored = self._load(annotations.get(PLAN_ANNOTATION))
+        live = [i for i in observed if not i.deleting]
+        tp = spec.tensor_parallel
+        old = [i for i in live if i.spec.role is InstanceRole.ACTIVE and i.spec.tensor_parallel != tp]
+        if not old:
+            if stored is not None:
+                await self._store(namespace, name, None)
+                await self.op._decided(
+                    "InferencePool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
+                )
+                await self._progressing(pool, "False", reasons.AS_EXPECTED, f"resharded to TP{tp}")
+            return plan
+        if stored is None or stored.get("tp") != tp or stored.get("instances") != spec.instances:
+            stored = await self._plan(pool, spec, md_spec, raw, live)
+            if stored is None:
+                return plan  # cannot plan (no room even with downtime): the default path reports it
+        steps = [
+            PlanStep(StepKind(s["kind"]), s["instance"], tuple(s.get("gpus") or ()), tp=int(s.get("tp", 0)))
+            for s in stored["steps"]
+        ]
+        by_name = {o["metadata"]["name"]: o for o in raw}
+        observed_states = {s.instance: instance_state(by_name.get(s.instance)) for s in steps}
+        rollout = rollout_actions(steps, observed_states)
+        nodes = stored.get("nodes") or {}
+        for action in rollout.actions:
+            if action.verb is RolloutVerb.CREATE:
+                await self._create(pool, spec, md_spec, action.instance, list(action.step.gpus), nodes)
+            elif action.verb is RolloutVerb.DRAIN:
+                await self.op.kube.patch(
+                    MODEL_INSTANCES, namespace, action.instance, {"spec": {"drain": True}}
+                )
+                await self.op._decided(
+                    "ModelInstance", "drain", pool, reasons.DRAINING,
+                    f"{action.instance}: no new requests; in-flight ones finish, queued ones go to siblings",
+                )  # fmt: skip
+            elif action.verb is RolloutVerb.DELETE:
+                uid = by_name.get(action.instance, {}).get("metadata", {}).get("uid")
+                if await self.op.kube.delete(MODEL_INSTANCES, namespace, action.instance, uid):
+                    await self.op._decided(
+                        "ModelInstance",
+                        "delete",
+                        pool,
+                        "DeletedInstance",
+                        f"{action.instance} drained and retired",
+                    )
+        planned = {s.instance for s in steps}
+        # Old instances the plan does not mention (a plan replaced mid-way) are drained and retired.
+        for i in old:
+            if i.name in planned:
+                continue
+            state = instance_state(by_name.get(i.name))
+            if state in (InstanceState.SERVING, InstanceState.STARTING):
+                await self.op.kube.patch(MODEL_INSTANCES, namespace, i.name, {"spec": {"drain": True}})
+            elif state is InstanceState.DRAINED:
+                await self.op.kube.delete(
+                    MODEL_INSTANCES, namespace, i.name, by_name[i.name]["metadata"].get("uid")
+                )
+        waiting = rollout.waiting_for or "the last old instances to go"
+        await self._progressing(
+            pool, "True", reasons.RESHARDING, f"resharding to TP{tp}: waiting for {waiting}"
+        )
+        # Active instances belong to the plan until it is done; Standbys wait so as not to take its GPUs.
+        keep_delete = [
+            n
+            for n in plan.delete
+            if not any(i.name == n and i.spec.role is InstanceRole.ACTIVE for i in live)
+        ]
+        return InstancePlan(create={}, update=plan.update, delete=keep_delete)
+
+    async def _plan(
+        self,
+        pool: Obj,
+        spec: InferencePoolSpec,
+        md_spec: ModelDeploymentSpec,
+        raw: list[Obj],
+        live: list[ObservedInstance],
+    ) -> dict[str, Any] | None:
+        namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+        tp = spec.tensor_parallel
+        by_name = {o["metadata"]["name"]: o for o in raw}
+        serving = [
+            i
+            for i in live
+            if i.spec.role is InstanceRole.ACTIVE
+            and i.spec.gpu_uuids
+            and instance_state(by_name.get(i.name)) is InstanceState.SERVING
+        ]  # instances not serving carry no capacity to protect: they are simply retired
+        mine = {u for i in serving for u in i.spec.gpu_uuids}
+        everything = await self.op.kube.list(MODEL_INSTANCES)
+        used = {u for o in everything for u in (o.get("spec") or {}).get("gpuUUIDs") or []} - mine
+        gpus: list[GPU] = []
+        node_of: dict[str, str] = {}
+        for raw_node in await self.op.kube.list(GPU_NODES):
+            try:
+                node = GPUNode.model_validate(raw_node)
+            except ValidationError:
+                continue
+            for _, uuid, domain in usable_gpus(node):
+                if uuid not in used:
+                    gpus.append(GPU(uuid, node.spec.node_name, domain))
+                    node_of[uuid] = node.spec.node_name
+        placement = Placement(
+            model_bytes(md_spec),
+            tuple(gpus),
+            tuple(Instance(i.name, i.spec.tensor_parallel, tuple(i.spec.gpu_uuids)) for i in serving),
+        )
+        degrees: set[int] = {1, 2, 4, 8, tp, *(i.spec.tensor_parallel for i in serving)}
+        capacity = {t: float(t) for t in degrees}
+        current = sum(capacity[i.spec.tensor_parallel] for i in serving)
+        keep = 1.0 - md_spec.fault_tolerance.max_unavailable_percent / 100.0
+        need = keep * min(current, spec.instances * capacity[tp])
+        taken = {o["metadata"]["name"] for o in raw}
+        try:
+            result = plan_reshard(
+                placement, tp, spec.instances, capacity, need, name_prefix=f"{name}-tp{tp}-new"
+            )
+        except ReshardInfeasible as exc:
+            await self.op._decided(
+                "InferencePool", "reshard", pool, reasons.RESHARDING, f"cannot reshard: {exc}", True
+            )
+            return None
+        # Deterministic instance names in the pool's scheme, fixed in the stored plan.
+        rename: dict[str, str] = {}
+        for target in result.targets:
+            if target.kept_from is None:
+                rename[target.name] = instance_name(name, tp, taken)
+                taken.add(rename[target.name])
+        stored: dict[str, Any] = {
+            "tp": tp,
+            "instances": spec.instances,
+            "steps": [
+                {
+                    "kind": s.kind.value,
+                    "instance": rename.get(s.instance, s.instance),
+                    "gpus": list(s.gpus),
+                    "tp": s.tp,
+                }
+                for s in result.steps
+            ],
+            "nodes": {u: node_of[u] for t in result.targets for u in t.gpus if u in node_of},
+            "reusedGB": round(result.reused_bytes / GB, 1),
+            "loadedGB": round(result.loaded_bytes / GB, 1),
+            "naiveGB": round(result.naive_loaded_bytes / GB, 1),
+        }
+        await self._store(namespace, name, stored)
+        await self.op._decided(
+            "InferencePool", "reshard", pool, reasons.RESHARDING,
+            f"TP{tp} x {spec.instances}: {len(result.steps)} steps, reuses {stored['reusedGB']} GB on GPU, "
+            f"loads {stored['loadedGB']} GB (naive {stored['naiveGB']} GB), "
+            f"capacity >= {result.min_capacity:g} GPUs (need {need:g})",
+        )  # fmt: skip
+        return stored
+
+    async def _create(
+        self,
+        pool: Obj,
+        spec: InferencePoolSpec,
+        md_spec: ModelDeploymentSpec,
+        instance: str,
+        gpus: list[str],
+        nodes: dict[str, str],
+    ) -> None:
+        from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_POOL, MANAGER
+        from flywheel.operator.kube import owner_reference
+
+        pool_name = pool["metadata"]["name"]
+        template = instance_template(pool_name, spec, md_spec, InstanceRole.ACTIVE)
+        placed = template.model_copy(
+            update={"node_name": nodes.get(gpus[0]) if gpus else None, "gpu_uuids": gpus}
+        )
+        body = {
+            "metadata": {
+                "name": instance,
+                "labels": {
+                    LABEL_DEPLOYMENT: spec.model_deployment,
+                    LABEL_POOL: pool_name,
+                    LABEL_ROLE: InstanceRole.ACTIVE.value,
+                    LABEL_MANAGED_BY: MANAGER,
+                },
+                "ownerReferences": [owner_reference(pool)],
+            },
+            "spec": placed.wire(),
+        }
+        if await self.op.kube.create(MODEL_INSTANCES, pool["metadata"]["namespace"], body) is not None:
+            await self.op._decided(
+                "ModelInstance", "create", pool, "CreatedInstance",
+                f"{instance} (Active, TP{spec.tensor_parallel}) on {placed.node_name} GPUs {','.join(gpus)} "
+                "for the reshard",
+            )  # fmt: skip
+
+    # -- pool annotation and condition --------------------------------------------------------------
+
+    @staticmethod
+    def _load(text: str | None) -> dict[str, Any] | None:
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return value if isinstance(value, dict) and isinstance(value.get("steps"), list) else None
+
+    async def _store(self, namespace: str, name: str, plan: dict[str, Any] | None) -> None:
+        text = json.dumps(plan, separators=(",", ":"), sort_keys=True) if plan is not None else None
+        await self.op.kube.patch(
+            INFERENCE_POOLS, namespace, name, {"metadata": {"annotations": {PLAN_ANNOTATION: text}}}
+        )
+
+    async def _progressing(self, pool: Obj, status: ConditionStatus, reason: str, message: str) -> None:
+        def compute(current: Obj) -> Obj | None:
+            generation = current["metadata"].get("generation")
+            conditions = []
+            for c in (current.get("status") or {}).get("conditions") or []:
+                try:
+                    conditions.append(Condition.model_validate(c))
+                except ValidationError:
+                    continue
+            before = next((c for c in conditions if c.type == reasons.PROGRESSING), None)
+            if before is not None and (before.status, before.reason, before.message) == (
+                status,
+                reason,
+                message,
+            ):
+                return None
+            updated = set_condition(conditions, reasons.PROGRESSING, status, reason, message, generation)
+            return {"status": {"conditions": [c.wire() for c in sorted(updated, key=lambda c: c.type)]}}
+
+        meta = pool["metadata"]
+        await self.op.kube.update(INFERENCE_POOLS, meta["namespace"], meta["name"], compute, "status")

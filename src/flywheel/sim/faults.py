@@ -1,0 +1,576 @@
+"""Fault-injection suite: each fault type at random times on a trace, with and without warm standbys.
+
+The simulator's own fault event (``FaultEvent``) removes an instance at once. Here a fault first
+*manifests* (the instance stops making progress, or slows down when throttled) and is then carried
+through the same pipeline as in a cluster, in virtual time:
+
+1. **Detection** by the node agent, modelled from its configuration (``flywheel.agents.agent``
+   defaults, restated in :class:`AgentTiming` since the simulator may not import the agent): NVML
+   events (XID, ECC, GPU lost) wake the agent at once; NIC state, ``/health`` and throttle reasons
+   are polled every ``check_interval_s`` (random phase per node); the forward-progress watchdog
+   declares a hang once the token counter has been flat for ``hang_after_s`` at a check, then stack
+   traces of every rank are dumped. The status patch waits for the reporter's rate limit (one patch
+   per ``status_min_interval_s``; a heartbeat every ``heartbeat_s``) and reaches the operator after
+   ``watch_latency_s``.
+2. **Decision** by the real fault controller (``flywheel.controllers.fault``) on a ``FleetView`` of
+   the simulated cluster: the XID table, the NIC 2-alerts rule (the operator re-checks after
+   ``nic_recheck_s``), straggler handling, hang localisation from (synthetic) rank stacks with
+   over-eviction, the circuit breaker.
+3. **Isolation**: one API write per touched GPUNode and per evicted instance (``api_write_s``);
+   quarantined GPUs are marked failed in the cluster, evicted instances stop and their requests go
+   back to the pool queue.
+4. **Replacement** by the simulator's reconfigurator (``flywheel.controllers.standby``): a warm
+   standby is promoted (``ReconfigCosts.promotion_s``) or a new instance cold-starts.
+
+Reported per fault: MTTD (injection → operator decision), time to isolation (decision → applied),
+time to restored capacity (injection → the pool serves with as many ready instances as before) and
+SLO attainment of requests in flight or arriving between injection and restoration.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from flywheel.api.v1alpha1 import OverEviction, SignalType
+from flywheel.controllers.baselines.static import StaticPolicy
+from flywheel.controllers.fault import (
+    FaultConfig,
+    FaultController,
+    FaultDecision,
+    FaultSignal,
+    FleetView,
+    InstanceView,
+    RankTrace,
+)
+from flywheel.controllers.policy import SLO
+from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.sim.reconfig import ReconfigOptions
+from flywheel.sim.simulator import Instance, SimConfig, SimResult, Simulator
+from flywheel.sim.workloads import Workload, load_trace
+
+_INJECT, _OBSERVE, _ISOLATE = 100, 101, 102
+
+HEALTHY_STACK = (
+    "wait (threading.py)",
+    "all_reduce (torch/distributed/distributed_c10d.py)",
+    "forward (vllm/model_executor/layers/linear.py)",
+    "execute_model (vllm/worker/model_runner.py)",
+)
+STUCK_STACK = (
+    "synchronize (torch/cuda/__init__.py)",
+    "copy_blocks (vllm/worker/cache_engine.py)",
+    "execute_model (vllm/worker/model_runner.py)",
+)
+
+
+class FaultKind(StrEnum):
+    XID = "xid79"  # GPU fallen off the bus, reported as an NVML XID event
+    ECC = "ecc_dbe"  # double-bit ECC error (XID 48 path)
+    GPU_LOST = "gpu_lost"  # NVML_ERROR_GPU_IS_LOST
+    NIC_DOWN = "nic_down"
+    ENGINE_HANG = "engine_hang"
+    ENGINE_CRASH = "engine_crash"
+    THERMAL = "thermal"
+
+
+ALL_KINDS: tuple[FaultKind, ...] = tuple(FaultKind)
+
+_SIGNAL: dict[FaultKind, tuple[SignalType, int | None]] = {
+    FaultKind.XID: (SignalType.XID, 79),
+    FaultKind.ECC: (SignalType.ECC_DOUBLE_BIT, None),
+    FaultKind.GPU_LOST: (SignalType.GPU_LOST, None),
+    FaultKind.NIC_DOWN: (SignalType.NIC_DOWN, None),
+    FaultKind.ENGINE_HANG: (SignalType.ENGINE_HANG, None),
+    FaultKind.ENGINE_CRASH: (SignalType.ENGINE_CRASH, None),
+    FaultKind.THERMAL: (SignalType.THERMAL, None),
+}
+_EVENT_DRIVEN = frozenset({FaultKind.XID, FaultKind.ECC, FaultKind.GPU_LOST})
+
+
+@dataclass(frozen=True)
+class AgentTiming:
+    """Detection pipeline timing (defaults: ``AgentConfig`` and the operator's watch)."""
+
+    check_interval_s: float = 1.0  # AgentConfig.interval_s
+    event_s: float = 0.001  # nvmlEventSetWait returns on the event
+    status_min_interval_s: float = 1.0  # AgentConfig.status_min_interval_s
+    heartbeat_s: float = 30.0  # AgentConfig.heartbeat_interval_s
+    watch_latency_s: float = 0.05  # API server -> operator watch event
+    hang_after_s: float = 10.0  # FaultToleranceSpec.hangTimeoutSeconds default
+    stack_dump_s: float = 0.5  # py-spy dump of every rank, in parallel
+    nic_recheck_s: float = 1.0  # the operator asks the agent's next check again
+    api_write_s: float = 0.02  # one write of the operator to the API server
+    throttle_clock_mhz: int = 1005  # a thermally throttled H100 (about half of max)
+
+
+@dataclass
+class FaultRecord:
+    kind: FaultKind
+    instance: str
+    node: int
+    gpu: int
+    injected_s: float
+    first_alert_s: float | None = None
+    detected_s: float | None = None
+    isolated_s: float | None = None
+    restored_s: float | None = None
+    ready_before: int = 0
+    evicted: tuple[str, ...] = ()
+    quarantined_gpus: int = 0
+    quarantined_nodes: int = 0
+    actions: tuple[str, ...] = ()
+    breaker_tripped: bool = False
+    trace_groups: int = 0
+
+    @property
+    def mttd_s(self) -> float | None:
+        return None if self.detected_s is None else self.detected_s - self.injected_s
+
+    @property
+    def isolation_s(self) -> float | None:
+        if self.isolated_s is None or self.detected_s is None:
+            return None
+        return self.isolated_s - self.detected_s
+
+    @property
+    def restore_s(self) -> float | None:
+        return None if self.restored_s is None else self.restored_s - self.injected_s
+
+    @property
+    def replacement_s(self) -> float | None:
+        """Isolation to restored capacity: the replacement alone (standby promotion or cold start)."""
+        if self.restored_s is None or self.isolated_s is None:
+            return None
+        return self.restored_s - self.isolated_s
+
+
+@dataclass
+class _Pending:
+    record: FaultRecord
+    signal: FaultSignal | None = None
+    decision: FaultDecision | None = None
+    traces: tuple[RankTrace, ...] = ()
+    alerts: int = 0
+
+
+class FaultSimulator(Simulator):
+    """The simulator plus detection → decision → isolation → replacement of injected faults."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: StaticPolicy,
+        config: SimConfig,
+        faults: list[tuple[float, FaultKind]],
+        timing: AgentTiming | None = None,
+        fault_config: FaultConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(workload, policy, config)
+        self.timing = timing or AgentTiming()
+        self.controller = FaultController(
+            fault_config or FaultConfig(nic_recheck_s=self.timing.nic_recheck_s)
+        )
+        self.rng = random.Random(seed)
+        self.faults = sorted(faults)
+        self.records: list[FaultRecord] = []
+        self.frozen: set[str] = set()
+        self.throttled: set[str] = set()
+        self._phase = [self.rng.uniform(0.0, self.timing.check_interval_s) for _ in range(config.nodes)]
+        self._last_patch = [self.rng.uniform(-self.timing.heartbeat_s, 0.0) for _ in range(config.nodes)]
+        for at, kind in self.faults:
+            self._push(at, _INJECT, kind)
+
+    # ------------------------------------------------------------------ helpers
+    def _gpu_uuid(self, node: int, gpu: int) -> str:
+        return f"{node}:{gpu}"
+
+    def _node_name(self, node: int) -> str:
+        return f"node-{node}"
+
+    def _standby_ids(self) -> set[str]:
+        return self.reconfig.standby_ids if self.reconfig is not None else set()
+
+    def _fleet(self) -> FleetView:
+        nodes = {
+            self._node_name(n.index): tuple(self._gpu_uuid(n.index, g) for g in range(n.gpus))
+            for n in self.cluster.nodes
+        }
+        standby = self._standby_ids()
+        views = tuple(
+            InstanceView(
+                name=i.id,
+                node=self._node_name(i.gpus[0][0]),
+                gpu_uuids=tuple(self._gpu_uuid(n, g) for n, g in i.gpus),
+                pool=i.pool,
+                model_deployment="sim",
+                standby=i.id in standby,
+                over_eviction=OverEviction.TENSOR_PARALLEL_GROUP,
+            )
+            for i in self.instances
+            if i.state != "stopped"
+        )
+        failed = frozenset(self._gpu_uuid(n.index, g) for n in self.cluster.nodes for g in n.failed)
+        whole = frozenset(self._node_name(n.index) for n in self.cluster.nodes if len(n.failed) == n.gpus)
+        return FleetView(nodes, views, whole, failed)
+
+    def _ready_actives(self, pool: str) -> int:
+        standby = self._standby_ids()
+        return sum(
+            1
+            for i in self.pools[pool].instances
+            if i.state == "ready" and i.id not in standby and i.id not in self.frozen
+        )
+
+    def _next_check(self, node: int, after: float) -> float:
+        period = self.timing.check_interval_s
+        phase = self._phase[node]
+        k = math.ceil((after - phase) / period - 1e-12)
+        return phase + k * period
+
+    def _report(self, node: int, observed: float) -> float:
+        """When the operator sees an agent observation made at ``observed`` (rate limit + watch)."""
+        t = self.timing
+        heartbeats = self._last_patch[node] + t.heartbeat_s * math.floor(
+            (observed - self._last_patch[node]) / t.heartbeat_s
+        )
+        last = max(self._last_patch[node], heartbeats)
+        patched = (
+            max(observed, last + t.status_min_interval_s)
+            if observed - last < t.status_min_interval_s
+            else observed
+        )
+        self._last_patch[node] = patched
+        return patched + t.watch_latency_s
+
+    # ------------------------------------------------------------------ engine effects
+    def _schedule(self, inst: Instance) -> None:
+        if inst.id in self.frozen:
+            inst.flush(self.now)
+            inst.version += 1
+            inst.phase = "frozen"
+            inst.power_w = inst.tp * self.cfg.sku.idle_watts
+            return
+        if inst.id in self.throttled:
+            inst.clock = min(inst.clock, self.timing.throttle_clock_mhz)
+        super()._schedule(inst)
+
+    def _on_ready(self, inst: Instance) -> None:
+        super()._on_ready(inst)
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        for record in self.records:
+            if record.isolated_s is not None and record.restored_s is None:
+                pool = next(
+                    (p for p in self.pools.values() if any(i.id == record.instance for i in p.instances)),
+                    None,
+                )
+                name = pool.name if pool is not None else next(iter(self.pools))
+                if self._ready_actives(name) >= record.ready_before:
+                    record.restored_s = self.now
+
+    # ------------------------------------------------------------------ pipeline
+    def _dispatch(self, kind: int, payload: object) -> None:
+        if kind == _INJECT:
+            assert isinstance(payload, FaultKind)
+            self._inject(payload)
+        elif kind == _OBSERVE:
+            assert isinstance(payload, _Pending)
+            self._operator_sees(payload)
+        elif kind == _ISOLATE:
+            assert isinstance(payload, _Pending)
+            self._isolate(payload)
+        else:
+            super()._dispatch(kind, payload)
+
+    def _inject(self, kind: FaultKind) -> None:
+        standby = self._standby_ids()
+        victims = [
+            i
+            for i in self.instances
+            if i.state == "ready" and i.id not in standby and i.id not in self.frozen
+        ]
+        if not victims:
+            return
+        inst = self.rng.choice(sorted(victims, key=lambda i: i.id))
+        node, gpu = inst.gpus[self.rng.randrange(len(inst.gpus))]
+        record = FaultRecord(kind, inst.id, node, gpu, self.now, ready_before=self._ready_actives(inst.pool))
+        self.records.append(record)
+        pending = _Pending(record)
+        if kind is FaultKind.THERMAL:
+            self.throttled.add(inst.id)
+            self._interrupt(inst)
+        else:
+            self.frozen.add(inst.id)
+            if inst.phase != "mixed":
+                self._schedule(inst)
+        t = self.timing
+        if kind in _EVENT_DRIVEN:
+            observed = self.now + t.event_s
+        elif kind is FaultKind.ENGINE_HANG:
+            last_progress = self._next_check(node, self.now) - t.check_interval_s
+            observed = self._next_check(node, last_progress + t.hang_after_s) + t.stack_dump_s
+            pending.traces = tuple(
+                RankTrace(
+                    inst.id,
+                    self._node_name(n),
+                    self._gpu_uuid(n, g),
+                    rank,
+                    STUCK_STACK if (n, g) == (node, gpu) else HEALTHY_STACK,
+                )
+                for rank, (n, g) in enumerate(inst.gpus)
+            )
+        else:
+            observed = self._next_check(node, self.now)
+        self._push(self._report(node, observed), _OBSERVE, pending)
+
+    def _signal(self, pending: _Pending) -> FaultSignal:
+        record = pending.record
+        signal_type, xid = _SIGNAL[record.kind]
+        gpus = () if record.kind is FaultKind.NIC_DOWN else (self._gpu_uuid(record.node, record.gpu),)
+        return FaultSignal(
+            signal_type,
+            self._node_name(record.node),
+            self.now,
+            gpu_uuids=gpus,
+            xid=xid,
+            instance=record.instance,
+            injected_at=record.injected_s,
+        )
+
+    def _operator_sees(self, pending: _Pending) -> None:
+        """The operator sees the agent's report (or re-checks a condition that persists)."""
+        record = pending.record
+        if record.first_alert_s is None:
+            record.first_alert_s = self.now
+        pending.alerts += 1
+        signal = self._signal(pending)
+        fleet = self._fleet()
+        if record.kind is FaultKind.ENGINE_HANG:
+            decision = self.controller.handle_hang(signal, pending.traces, fleet)
+        else:
+            decision = self.controller.handle(signal, fleet)
+        pending.signal, pending.decision = signal, decision
+        if decision.isolates or decision.breaker_tripped:
+            record.detected_s = self.now
+            record.breaker_tripped = decision.breaker_tripped
+            record.actions = tuple(a.value for a in decision.actions())
+            record.trace_groups = sum(1 for k in decision.evidence if k.startswith("traceGroup"))
+            if decision.isolates:
+                writes = len({g.split(":")[0] for g in decision.quarantine_gpus} | decision.quarantine_nodes)
+                writes += len(decision.evict)
+                self._push(self.now + writes * self.timing.api_write_s, _ISOLATE, pending)
+            return
+        if decision.recheck_after_s is not None:
+            self._push(self.now + decision.recheck_after_s, _OBSERVE, pending)
+
+    def _isolate(self, pending: _Pending) -> None:
+        decision = pending.decision
+        assert decision is not None
+        record = pending.record
+        for uuid in decision.quarantine_gpus:
+            node, gpu = (int(x) for x in uuid.split(":"))
+            self.cluster.fail(node, gpu)
+        for name in decision.quarantine_nodes:
+            self.cluster.fail(int(name.split("-")[1]))
+        record.quarantined_gpus = len(decision.quarantine_gpus)
+        record.quarantined_nodes = len(decision.quarantine_nodes)
+        evicted = [i for i in self.instances if i.id in decision.evict and i.state != "stopped"]
+        record.evicted = tuple(i.id for i in evicted)
+        for inst in evicted:
+            pool = self.pools.get(inst.pool)
+            lost = inst.prefilling + inst.running
+            inst.running, inst.left, inst.prefilling = [], [], []
+            inst.ctx = inst.reserved = 0
+            inst.phase = "idle"
+            self.frozen.discard(inst.id)
+            self.throttled.discard(inst.id)
+            if self.reconfig is not None:
+                self.reconfig.standby_ids.discard(inst.id)
+            self._stop(inst)
+            for rid in reversed(lost):
+                self.generated[rid] = 0
+                if pool is not None:
+                    pool.queue.appendleft(rid)
+                else:
+                    self._drop(rid)
+        record.isolated_s = self.now
+        self._reconcile_all()
+        for pool in self.pools.values():
+            self._kick(pool)
+        self._check_restored()
+
+
+# ---------------------------------------------------------------------- suite
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    trace: str = "conv"
+    window_s: float = 600.0  # each run replays this much of the trace
+    fault_from_s: float = 60.0
+    fault_to_s: float = 300.0
+    trials: int = 3  # random fault times per (kind, standby mode)
+    instances: int = 3  # TP8 instances serving (static, max clock)
+    seed: int = 0
+    kinds: tuple[FaultKind, ...] = ALL_KINDS
+    slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
+
+
+def _attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int]:
+    """SLO attainment of requests in flight or arriving within [start, end]."""
+    arrival = result.arrival_s
+    finish = np.where(np.isnan(result.finish_s), np.inf, result.finish_s)
+    window = (arrival <= end) & (finish >= start)
+    if not window.any():
+        return math.nan, 0
+    ttft = (result.first_token_s - arrival) * 1000.0
+    tokens = np.maximum(result.output_tokens - 1, 1)
+    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
+    ok = ~result.dropped & (ttft <= slo.ttft_ms) & (tbt <= slo.tbt_ms)
+    return float(ok[window].mean()), int(window.sum())
+
+
+def _config(spec: SuiteSpec, standbys: int) -> SimConfig:
+    return SimConfig(
+        nodes=spec.instances + standbys + 2,  # room for a cold replacement beside a quarantined node
+        slo=spec.slo,
+        seed=spec.seed,
+        reconfig=ReconfigOptions(standbys=standbys, costs=ReconfigCosts(), start="cold"),
+    )
+
+
+def run_suite(spec: SuiteSpec) -> dict[str, Any]:
+    """Every fault kind at ``trials`` random times, with one warm standby and with none."""
+    workload = load_trace(spec.trace).head(spec.window_s)
+    rng = random.Random(spec.seed)
+    baseline = Simulator(workload, StaticPolicy(spec.instances), _config(spec, 0)).run()
+    rows: list[dict[str, Any]] = []
+    for kind in spec.kinds:
+        times = [rng.uniform(spec.fault_from_s, spec.fault_to_s) for _ in range(spec.trials)]
+        for standbys in (1, 0):
+            for trial, at in enumerate(times):
+                sim = FaultSimulator(
+                    workload,
+                    StaticPolicy(spec.instances),
+                    _config(spec, standbys),
+                    [(at, kind)],
+                    seed=spec.seed * 1000 + trial,
+                )
+                result = sim.run()
+                for record in sim.records:
+                    end = record.restored_s if record.restored_s is not None else result.end_s
+                    end = max(end, record.injected_s + 1.0)
+                    attained, count = _attainment(result, record.injected_s, end, spec.slo)
+                    base, _ = _attainment(baseline, record.injected_s, end, spec.slo)
+                    rows.append(
+                        {
+                            "kind": kind.value,
+                            "standbys": standbys,
+                            "trial": trial,
+                            "injected_s": round(record.injected_s, 3),
+                            "mttd_s": record.mttd_s,
+                            "first_alert_s": None
+                            if record.first_alert_s is None
+                            else record.first_alert_s - record.injected_s,
+                            "isolation_s": record.isolation_s,
+                            "restore_s": record.restore_s,
+                            "replacement_s": record.replacement_s,
+                            "slo_attainment": attained,
+                            "slo_attainment_no_fault": base,
+                            "requests_in_window": count,
+                            "evicted": list(record.evicted),
+                            "quarantined_gpus": record.quarantined_gpus,
+                            "quarantined_nodes": record.quarantined_nodes,
+                            "actions": list(record.actions),
+                            "trace_groups": record.trace_groups,
+                            "breaker_tripped": record.breaker_tripped,
+                            "overall_attainment": _attainment(result, 0.0, math.inf, spec.slo)[0],
+                        }
+                    )
+    return {
+        "spec": _spec_dict(spec),
+        "timing": AgentTiming().__dict__,
+        "rows": rows,
+        "summary": summarise(rows),
+    }
+
+
+def _spec_dict(spec: SuiteSpec) -> dict[str, Any]:
+    return {
+        "trace": spec.trace,
+        "window_s": spec.window_s,
+        "fault_window_s": [spec.fault_from_s, spec.fault_to_s],
+        "trials": spec.trials,
+        "instances": spec.instances,
+        "seed": spec.seed,
+        "slo": {"ttft_ms": spec.slo.ttft_ms, "tbt_ms": spec.slo.tbt_ms},
+        "costs": ReconfigCosts().__dict__,
+    }
+
+
+def _stat(values: list[float], fn: str) -> float | None:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return None
+    if fn == "max":
+        return max(clean)
+    return float(np.mean(clean))
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (kind, standbys): mean and max of each time, mean attainment, and the standby speed-up."""
+    out: list[dict[str, Any]] = []
+    kinds = sorted({r["kind"] for r in rows}, key=[k.value for k in FaultKind].index)
+    for kind in kinds:
+        restore: dict[int, float | None] = {}
+        replacement: dict[int, float | None] = {}
+        for standbys in (1, 0):
+            sel = [r for r in rows if r["kind"] == kind and r["standbys"] == standbys]
+            if not sel:
+                continue
+            entry = {
+                "kind": kind,
+                "standbys": standbys,
+                "runs": len(sel),
+                "mttd_mean_s": _stat([r["mttd_s"] for r in sel], "mean"),
+                "mttd_max_s": _stat([r["mttd_s"] for r in sel], "max"),
+                "first_alert_max_s": _stat([r["first_alert_s"] for r in sel], "max"),
+                "isolation_max_s": _stat([r["isolation_s"] for r in sel], "max"),
+                "restore_mean_s": _stat([r["restore_s"] for r in sel], "mean"),
+                "restore_max_s": _stat([r["restore_s"] for r in sel], "max"),
+                "replacement_mean_s": _stat([r["replacement_s"] for r in sel], "mean"),
+                "slo_attainment_mean": _stat([r["slo_attainment"] for r in sel], "mean"),
+                "slo_attainment_no_fault_mean": _stat([r["slo_attainment_no_fault"] for r in sel], "mean"),
+                "restored": sum(r["restore_s"] is not None for r in sel),
+            }
+            restore[standbys] = entry["restore_mean_s"]
+            replacement[standbys] = entry["replacement_mean_s"]
+            out.append(entry)
+        warm, cold = restore.get(1), restore.get(0)
+        warm_r, cold_r = replacement.get(1), replacement.get(0)
+        for entry in out:
+            if entry["kind"] == kind and warm and cold:
+                entry["standby_speedup"] = cold / warm
+            if entry["kind"] == kind and warm_r and cold_r:
+                entry["replacement_speedup"] = cold_r / warm_r
+    return out
+
+
+__all__ = [
+    "ALL_KINDS",
+    "AgentTiming",
+    "FaultKind",
+    "FaultRecord",
+    "FaultSimulator",
+    "SuiteSpec",
+    "run_suite",
+    "summarise",
+]

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import pytest
+from energy_fakes import FakeEngine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flywheel.api.v1alpha1 import EnergyPolicy
+from flywheel.controllers.engineprofile import ClockRange, EngineProfile
+from flywheel.controllers.forecast import ClassLoad
+from flywheel.controllers.pool import ChangeCost, PoolConfig, PoolController, PoolInput
+
+CLOCKS = ClockRange(800, 1980, 15).planning_levels(9)
+
+
+@pytest.fixture(scope="module")
+def controller() -> PoolController:
+    return PoolController(EngineProfile(FakeEngine(), (2, 4, 8), CLOCKS))
+
+
+def pool(rps: float, **kw: object) -> PoolInput:
+    base: dict[str, object] = {
+        "name": "mm",
+        "load": ClassLoad(rps, 1000.0, 200.0, 3000.0),
+        "ttft_slo_ms": 1000.0,
+        "tbt_slo_ms": 100.0,
+    }
+    base.update(kw)
+    return PoolInput(**base)  # type: ignore[arg-type]
+
+
+def test_decision_meets_the_slo_with_a_reason(controller: PoolController) -> None:
+    r = controller.decide([pool(3.0)], gpu_budget=64)
+    plan = r.plans[0]
+    assert plan.meets_slo
+    assert plan.predicted_ttft_p99_ms <= 1000.0
+    assert plan.predicted_tbt_p99_ms <= 100.0
+    assert plan.reason.startswith(f"TP{plan.config.tensor_parallel} x{plan.config.instances}")
+    assert "least predicted power" in plan.reason
+
+
+def test_more_load_never_needs_fewer_gpus(controller: PoolController) -> None:
+    gpus = [controller.decide([pool(x)], 64).plans[0].gpus for x in (0.5, 2.0, 6.0, 12.0)]
+    assert gpus == sorted(gpus)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.1, 6.0), st.floats(1.0, 2.0), st.sampled_from([2, 4, 8]), st.integers(1, 4))
+def test_higher_load_never_picks_a_lower_clock_at_equal_tp_and_instances(
+    controller: PoolController, rps: float, factor: float, tp: int, n: int
+) -> None:
+    def clock(x: float) -> int | None:
+        p = pool(x, allowed_tp=(tp,), min_instances=n, max_instances=n)
+        plan = controller.decide([p], 64).plans[0]
+        return plan.config.clock_mhz if plan.meets_slo else None
+
+    low, high = clock(rps), clock(rps * factor)
+    if low is not None and high is not None:
+        assert high >= low
+
+
+def test_milp_respects_the_gpu_budget_across_pools(controller: PoolController) -> None:
+    # Short prompts at 8 req/s: 4 GPUs at a high clock or 6 GPUs at a lower one (less power).
+    pools = [pool(8.0, name=f"p{i}", load=ClassLoad(8.0, 300.0, 200.0, 900.0)) for i in range(4)]
+    free = controller.decide(pools, gpu_budget=1000)
+    fewest = sum(min(c.gpus for c in cands) for cands in controller.candidates(pools))
+    assert fewest < free.gpus_used
+    for budget in range(fewest, free.gpus_used + 1):
+        tight = controller.decide(pools, gpu_budget=budget)
+        assert tight.solver == "highs-milp"
+        assert tight.gpus_used <= budget
+        assert all(p.meets_slo for p in tight.plans)
+        assert tight.predicted_power_watts >= free.predicted_power_watts - 1e-6
+    over = controller.decide(pools, gpu_budget=fewest - 1)
+    assert over.solver == "over-budget-smallest"
+
+
+def test_no_reshard_for_a_small_gain(controller: PoolController) -> None:
+    best = controller.decide([pool(3.0)], 64).plans[0]
+    # Any other shape that meets the SLO and costs under 5-10% more is kept.
+    cands = controller.candidates([pool(3.0)])[0]
+    near = [
+        c
+        for c in cands
+        if c.meets_slo and c.config.shape != best.config.shape and c.power_watts < best.predicted_power_watts * 1.04
+    ]
+    for c in near:
+        kept = controller.decide([pool(3.0, current=c.config)], 64).plans[0]
+        assert kept.config.shape == c.config.shape
+        assert not kept.changed
+        assert "kept" in kept.reason
+
+
+def test_large_gain_does_change_and_says_why(controller: PoolController) -> None:
+    current = PoolConfig(8, 6, 1980)  # far more than 1 req/s needs
+    plan = controller.decide([pool(1.0, current=current)], 64).plans[0]
+    assert plan.changed
+    assert "saves" in plan.reason and "TP8 x6" in plan.reason
+
+
+def test_current_config_that_would_miss_the_slo_is_replaced(controller: PoolController) -> None:
+    current = PoolConfig(2, 1, 1980)
+    plan = controller.decide([pool(8.0, current=current)], 64).plans[0]
+    assert plan.changed
+    assert plan.meets_slo
+    assert "would miss the SLO" in plan.reason
+
+
+def test_scale_down_needs_margin() -> None:
+    eager = PoolController(
+        EngineProfile(FakeEngine(), (4,), CLOCKS), change_cost=ChangeCost(min_gain_scale=0.0, down_margin=0.0)
+    )
+    careful = PoolController(
+        EngineProfile(FakeEngine(), (4,), CLOCKS), change_cost=ChangeCost(min_gain_scale=0.0, down_margin=0.5)
+    )
+    current = PoolConfig(4, 8, 1980)
+    rps = 6.0
+    e = eager.decide([pool(rps, allowed_tp=(4,), current=current)], 64).plans[0]
+    c = careful.decide([pool(rps, allowed_tp=(4,), current=current)], 64).plans[0]
+    assert c.config.instances >= e.config.instances
+
+
+def test_unservable_load_is_flagged_best_effort(controller: PoolController) -> None:
+    p = pool(500.0, max_gpus=8)
+    plan = controller.decide([p], 64).plans[0]
+    assert not plan.meets_slo
+    assert plan.gpus <= 8
+    assert "best effort" in plan.reason
+
+
+def test_performance_mode_plans_at_max_clock(controller: PoolController) -> None:
+    plan = controller.decide([pool(2.0, policy=EnergyPolicy.PERFORMANCE)], 64).plans[0]
+    assert plan.config.clock_mhz == CLOCKS[-1]
+
+
+def test_efficient_never_uses_more_power_than_balanced(controller: PoolController) -> None:
+    b = controller.decide([pool(3.0, policy=EnergyPolicy.BALANCED)], 64).plans[0]
+    e = controller.decide([pool(3.0, policy=EnergyPolicy.EFFICIENT)], 64).plans[0]
+    assert e.predicted_power_watts <= b.predicted_power_watts

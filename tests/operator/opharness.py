@@ -1,0 +1,191 @@
+"""Run the real operator (kopf) in a thread against the emulator, and small helpers to drive a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from flywheel.operator.config import OperatorConfig
+from flywheel.operator.reconcile import Operator
+from flywheel.operator.runner import build, operate
+
+T = TypeVar("T")
+FW = "/apis/flywheel.dev/v1alpha1"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def operator_config(url: str, **overrides: Any) -> OperatorConfig:
+    """Short periods so the suite stays fast."""
+    config = OperatorConfig(
+        server=url,
+        insecure=True,
+        standalone=True,
+        peering=None,
+        identity="op-a",
+        pool_period_seconds=0.5,
+        cluster_period_seconds=1.0,
+        resync_seconds=1.0,
+        status_delay_seconds=0.05,
+        watch_server_timeout=20,
+        watch_client_timeout=30,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+class OperatorThread:
+    """The operator's kopf loop in a background thread; ``stop()`` is graceful, ``kill()`` cancels it."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.registry, self.operator = build(config)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"operator-{config.identity}", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._task = self._loop.create_task(
+            operate(self.config, stop_flag=self._stop, ready_flag=self._ready, registry=self.registry)
+        )
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # surfaced by the tests through .error
+            self.error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                pending = asyncio.all_tasks(self._loop)
+                for task in pending:
+                    task.cancel()
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    def start(self) -> OperatorThread:
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise TimeoutError("the operator did not start")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def kill(self) -> None:
+        """Cancel the operator's main task right now (from any thread), as a crash would stop it."""
+        if self._task is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> OperatorThread:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or check}: last value {last!r}")
+
+
+def model_deployment(name: str, classes: tuple[str, ...] = ("short",), **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "meta-llama/Llama-2-7b-hf", "parametersMillions": 7000, "weightSource": "hf://meta-llama/Llama-2-7b-hf"},
+            "engine": {"kind": "vllm"},
+            "gpu": {"allowedTensorParallel": [1, 2]},
+            "scaling": {"minInstances": 1, "maxInstances": 4, "warmStandbys": 1},
+            "requestClasses": {
+                "mode": "Explicit",
+                "classes": [
+                    {"name": c, "maxInputTokens": 1024 * (i + 1), "maxOutputTokens": 256 * (i + 1)}
+                    for i, c in enumerate(classes)
+                ],
+            },
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def add_gpu_node(http: httpx.Client, name: str, gpus: int = 8, domains: int = 1) -> None:
+    """A GPU Node and its GPUNode with the status a node agent would report."""
+    http.post("/api/v1/nodes", json={"metadata": {"name": name, "labels": {"flywheel.dev/gpu": "true"}}, "spec": {}})
+    http.post(f"{FW}/gpunodes", json={"metadata": {"name": name}, "spec": {"nodeName": name}})
+    per_domain = gpus // domains
+    status = {
+        "gpuCount": gpus,
+        "healthyGpus": gpus,
+        "gpus": [
+            {
+                "uuid": f"GPU-{name}-{i}",
+                "index": i,
+                "product": "H100-80GB-SXM",
+                "memoryMiB": 81559,
+                "nvlinkDomain": f"{name}-nvl{i // per_domain}",
+            }
+            for i in range(gpus)
+        ],
+    }
+    r = http.patch(f"{FW}/gpunodes/{name}/status", json={"status": status}, headers=MERGE)
+    r.raise_for_status()
+
+
+def items(http: httpx.Client, path: str, labels: str = "") -> list[dict[str, Any]]:
+    params = {"labelSelector": labels} if labels else None
+    r = http.get(path, params=params)
+    r.raise_for_status()
+    result: list[dict[str, Any]] = r.json()["items"]
+    return result
+
+
+def mark_pods_ready(http: httpx.Client, namespace: str, labels: str) -> int:
+    count = 0
+    for pod in items(http, f"/api/v1/namespaces/{namespace}/pods", labels):
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            continue
+        status = {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+        http.patch(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status", json={"status": status}, headers=MERGE)
+        count += 1
+    return count
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return None
+
+
+__all__ = ["Operator", "OperatorThread", "add_gpu_node", "condition", "items", "model_deployment", "operator_config", "wait_for"]
