@@ -30,7 +30,9 @@ def main() -> None:
     conv = load_trace("conv")
     workload = conv.resampled(args.duration, conv.mean_rps() * args.rate_scale, seed=0)
     config = SimConfig(nodes=args.nodes, slo=default_slo("conv"))
-    print(f"nodes={args.nodes} gpus={args.nodes * 8} requests={len(workload)} span={workload.duration_s:.0f}s")
+    print(
+        f"nodes={args.nodes} gpus={args.nodes * 8} requests={len(workload)} span={workload.duration_s:.0f}s"
+    )
     for name in args.policy.split(","):
         policy = make_policy(name)
         if isinstance(policy, StaticPolicy):
@@ -43,7 +45,8 @@ def main() -> None:
         instances = max(s.gpus for s in result.samples) // 8 if result.samples else 0
         print(
             f"  {name:<11} wall {wall:7.2f}s  {len(workload) / wall:8.0f} req/s simulated  "
-            f"peak GPUs {instances * 8}  SLO {m['slo_attainment'] * 100:.2f}%  energy {m['energy_kwh']:.1f} kWh"
+            f"peak GPUs {instances * 8}  SLO {m['slo_attainment'] * 100:.2f}%  "
+            f"energy {m['energy_kwh']:.1f} kWh"
         )
 
 

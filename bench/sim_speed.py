@@ -30,7 +30,9 @@ def main() -> None:
     workload = load_trace(args.trace)
     config = SimConfig(nodes=args.nodes, slo=default_slo(args.trace))
     total = 0.0
-    print(f"trace={args.trace} requests={len(workload)} span={workload.duration_s:.0f}s gpus={args.nodes * 8}")
+    print(
+        f"trace={args.trace} requests={len(workload)} span={workload.duration_s:.0f}s gpus={args.nodes * 8}"
+    )
     for name in args.policy.split(","):
         policy = make_policy(name)
         if isinstance(policy, StaticPolicy):

@@ -162,6 +162,20 @@ def sim_calibrate(
         raise typer.Exit(1)
 
 
+@sim_app.command("faults")
+def sim_faults(
+    trials: int = typer.Option(3, "--trials", help="Random fault times per fault type and standby mode."),
+    window: float = typer.Option(600.0, "--window", help="Seconds of the conv trace replayed per run."),
+    seed: int = typer.Option(0, "--seed"),
+    report: Path | None = typer.Option(None, "--report", help="Write the JSON report (every run)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table."),
+) -> None:
+    """Fault-injection suite: MTTD, isolation, restored capacity, SLO attainment, with/without standbys."""
+    from flywheel.sim.faults import suite_cli
+
+    suite_cli(trials, window, seed, str(report) if report is not None else None, markdown)
+
+
 @app.command()
 def demo(
     output: Path = typer.Option(Path("demo-out"), "--output", "-o", help="Directory for reports and plots."),

@@ -97,7 +97,7 @@ def test_events_on_appearance_and_clearing_only(sim: SimulatedNvml) -> None:
     f = _xid("GPU-1")
     rep.findings([f])
     rep.findings([f])
-    assert sink.events == [("Warning", "XID79", "GPU-1: fell off")]
+    assert sink.events == [("Warning", "XID79", "GPU-1: fell off (action: None)")]
     rep.findings([])
     assert sink.events[-1] == ("Normal", "XID79Cleared", "GPU-1: cleared")
     assert len(sink.events) == 2
@@ -114,3 +114,33 @@ def test_failed_events_are_retried_and_storms_capped() -> None:
     storm = [_xid(f"GPU-{i}", 13) for i in range(12)]
     rep.findings(storm)
     assert len(sink.events) == 1 + 5
+
+
+def test_live_numbers_in_messages_do_not_count_as_changes(sim: SimulatedNvml, vclock: VirtualClock) -> None:
+    sink = FakeSink()
+    rep = StatusReporter(sink, "node-a", min_interval_s=1.0, heartbeat_interval_s=30.0, clock=vclock)
+    uuid = sim.devices().value[0].uuid  # type: ignore[union-attr]
+
+    def hot(temp: int) -> Finding:
+        return Finding(
+            f"gpu/{uuid}/thermal", Scope.GPU, uuid, SignalType.THERMAL, "ThermalThrottle", f"{temp} C", False
+        )
+
+    first = _status(sim, [hot(91)])
+    assert rep.offer(first)
+    vclock.advance(5.0)
+    assert not rep.offer(_status(sim, [hot(93)], prev=first))
+    vclock.advance(30.0)
+    assert rep.offer(_status(sim, [hot(93)], prev=first))  # the heartbeat refreshes the message
+    assert "93 C" in str(sink.patches[-1]["conditions"])
+
+
+def test_nvlink_domains_are_connected_components() -> None:
+    sim = SimulatedNvml(gpus=16, nvlink_domain_size=8)
+    sim.init()
+    st = _status(sim, [])
+    assert {g.nvlink_domain for g in st.gpus[:8]} == {"nvlink-0"}
+    assert {g.nvlink_domain for g in st.gpus[8:]} == {"nvlink-8"}
+    lone = SimulatedNvml(gpus=2, nvlink_domain_size=1)
+    lone.init()
+    assert [g.nvlink_domain for g in _status(lone, []).gpus] == [None, None]

@@ -59,13 +59,13 @@ def test_killed_mid_reconcile_converges_without_duplicates(cluster: EmulatorThre
         first.start()
         http.post(f"{FW}/namespaces/{NS}/modeldeployments", json=model_deployment(name, **spec)).raise_for_status()
         wait_for(lambda: not first.alive or converged(http, name), what="the kill or convergence")
-        first.kill()
+        t0 = __import__("time").monotonic(); first.kill(); print("first.kill", __import__("time").monotonic() - t0)
         assert len(writes) >= min(kill_at, 1)
         second = OperatorThread(operator_config(cluster.url, identity=f"restarted-{seed}")).start()
         try:
             wait_for(lambda: converged(http, name), timeout=30, what=f"convergence after a kill at write {kill_at}")
         finally:
-            second.kill()
+            t0 = __import__("time").monotonic(); second.kill(); print("second.kill", __import__("time").monotonic() - t0)
         # No duplicates anywhere in the cluster: names are unique by construction, so count roles per pool
         # and GPUs across all instances.
         instances = items(http, f"{FW}/namespaces/{NS}/modelinstances")

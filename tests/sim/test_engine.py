@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -177,3 +178,13 @@ def test_fault_kills_instance_and_requeues_its_requests() -> None:
 
 def test_slo_dataclass_round_trip() -> None:
     assert SimConfig().slo == SLO(1000.0, 100.0)
+
+
+def test_sampled_power_integrates_to_total_energy() -> None:
+    load = diurnal(600.0, mean_rps=3.0, period_s=600.0, seed=5)
+    cfg = SimConfig(nodes=1, sample_s=5.0)
+    result = Simulator(load, FixedPolicy(tp=4, count=2), cfg).run()
+    samples = result.samples
+    integrated = sum(b.power_w * (b.time_s - a.time_s) for a, b in itertools.pairwise(samples))
+    tail = result.energy_j - integrated  # after the last sample, before the end
+    assert 0 <= tail <= 2 * 4 * 700.0 * (result.end_s - samples[-1].time_s) + 1e-6

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from flywheel import __version__
 from flywheel.agents.clocks import ClockActuator
 from flywheel.agents.deviceplugin.server import DEFAULT_DIR, DevicePlugin, DevicePluginServicer, PluginGPU
+from flywheel.agents.diagnostics import DiagnosticsRunner
 from flywheel.agents.exporter import Exporter
 from flywheel.agents.health.engine import (
     DEFAULT_HANG_AFTER_S,
@@ -31,10 +32,17 @@ from flywheel.agents.health.engine import (
 from flywheel.agents.health.findings import Finding, Scope
 from flywheel.agents.health.gpu import GpuCheck, GpuThresholds
 from flywheel.agents.health.sysfs import NetworkCheck, SysfsNetwork
-from flywheel.agents.nvml.backend import GPUDevice, GPUSample, NvmlBackend, NvmlError, NvmlErrorKind
+from flywheel.agents.nvml.backend import (
+    EventKind,
+    GPUDevice,
+    GPUSample,
+    NvmlBackend,
+    NvmlError,
+    NvmlErrorKind,
+)
 from flywheel.agents.stacks import StackDump, dump_all
 from flywheel.agents.status import StatusReporter, StatusSink, build_status
-from flywheel.api.v1alpha1 import GPUNodeStatus, SignalType
+from flywheel.api.v1alpha1 import DiagnosticsResult, GPUNodeSpec, GPUNodeStatus, SignalType
 
 log = logging.getLogger(__name__)
 PLUGIN_RETRY_S = 5.0
@@ -58,6 +66,7 @@ class AgentConfig:
     thresholds: GpuThresholds = field(default_factory=GpuThresholds)
     event_wait_ms: int = 500
     dump_stacks_on_hang: bool = True
+    spec_poll_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ class Agent:
         engine_reader: Callable[[EngineTarget], EngineReading] | None = None,
         clock_decider: ClockDecider | None = None,
         on_detect: Callable[[Finding, float], None] | None = None,
+        spec_source: Callable[[], GPUNodeSpec | None] | None = None,
+        diagnostics: DiagnosticsRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -114,6 +125,10 @@ class Agent:
             else None
         )
         self.clock_decider = clock_decider
+        self.spec_source = spec_source
+        self.diagnostics = diagnostics or DiagnosticsRunner(backend)
+        self.spec: GPUNodeSpec | None = None
+        self.diagnostics_result: DiagnosticsResult | None = None
         self.on_detect = on_detect
         self.devices: list[GPUDevice] = []
         self.samples: dict[str, GPUSample] = {}
@@ -162,6 +177,8 @@ class Agent:
             self._start_http(self.config.metrics_port)
         if self.nvml_ready:
             self._spawn("nvml-events", self._event_loop)
+        if self.spec_source is not None:
+            self._spawn("gpunode-spec", self._spec_loop)
         if background:
             self._spawn("health-loop", self.run_forever)
 
@@ -252,11 +269,24 @@ class Agent:
             if f.signal is SignalType.ENGINE_HANG and self.config.dump_stacks_on_hang:
                 self._dump_stacks(f.subject)
 
+    def quarantined(self) -> set[str]:
+        """GPUs the operator took out of service (``GPUNode.spec``)."""
+        spec = self.spec
+        if spec is None:
+            return set()
+        if spec.quarantine_node:
+            return {d.uuid for d in self.devices}
+        return {q.uuid for q in spec.quarantined_gpus}
+
+    def unavailable(self, findings: list[Finding]) -> set[str]:
+        """GPUs that must not take work: unhealthy by a check, or quarantined by the operator."""
+        return {f.subject for f in findings if f.unhealthy and f.scope is Scope.GPU} | self.quarantined()
+
     def _apply_health(self, findings: list[Finding]) -> None:
         if self.plugin is None:
             return
-        unhealthy = {f.subject for f in findings if f.unhealthy and f.scope is Scope.GPU}
-        self.plugin.servicer.set_health({d.uuid: d.uuid not in unhealthy for d in self.devices})
+        unavailable = self.unavailable(findings)
+        self.plugin.servicer.set_health({d.uuid: d.uuid not in unavailable for d in self.devices})
         if self.plugin.needs_restart():
             log.warning("device plugin socket removed (kubelet restart?): serving and registering again")
             self.plugin.stop()
@@ -276,9 +306,9 @@ class Agent:
                 targets.update(self.clock_decider(snapshot))
             except Exception:
                 log.exception("clock decider failed; clocks unchanged")
-        unhealthy = {f.subject for f in findings if f.unhealthy}
+        unavailable = self.unavailable(findings)
         for uuid, mhz in targets.items():
-            if uuid not in unhealthy:
+            if uuid not in unavailable:
                 change = self.actuator.apply_by_uuid(uuid, mhz)
                 if change is not None and change.error is not None:
                     log.warning("clock on %s: %s %s", uuid, change.error.kind.value, change.error.message)
@@ -292,6 +322,8 @@ class Agent:
             agent_version=__version__,
             nvml_ready=self.nvml_ready,
             nvml_message=self.nvml_message,
+            quarantined_gpus=len(self.quarantined() & {d.uuid for d in self.devices}),
+            diagnostics=self.diagnostics_result,
         )
         if self.reporter is None:
             return
@@ -309,19 +341,60 @@ class Agent:
 
     def _event_loop(self) -> None:
         while not self._stop.is_set():
-            res = self.backend.wait_event(self.config.event_wait_ms)
-            if isinstance(res, NvmlError):
-                if res.kind is not NvmlErrorKind.TIMEOUT:
-                    log.warning("NVML event wait: %s %s", res.kind.value, res.message)
-                    self._stop.wait(1.0)
-                continue
-            if res.value is None:
-                continue
-            finding = self.gpu_check.on_event(res.value, self.clock())
-            if res.value.kind.value == "XID":
-                self.exporter.xid(res.value.uuid, res.value.data)
-            log.warning("NVML event %s on %s", finding.reason, finding.subject)
-            self._wake.set()  # publish at once instead of at the next tick
+            try:
+                self._next_event()
+            except Exception:  # a bug here must not silence events for good
+                log.exception("NVML event handling failed")
+                self._stop.wait(1.0)
+
+    def _next_event(self) -> None:
+        res = self.backend.wait_event(self.config.event_wait_ms)
+        if isinstance(res, NvmlError):
+            if res.kind is not NvmlErrorKind.TIMEOUT:
+                log.warning("NVML event wait: %s %s", res.kind.value, res.message)
+                self._stop.wait(1.0)
+            return
+        if res.value is None:
+            return
+        finding = self.gpu_check.on_event(res.value, self.clock())
+        if res.value.kind is EventKind.XID:
+            self.exporter.xid(res.value.uuid, res.value.data)
+        log.warning("NVML event %s on %s", finding.reason, finding.subject)
+        self._wake.set()  # publish at once instead of at the next tick
+
+    def _spec_loop(self) -> None:
+        assert self.spec_source is not None
+        while not self._stop.is_set():
+            try:
+                self.poll_spec()
+            except Exception:
+                log.exception("GPUNode spec handling failed")
+            self._stop.wait(self.config.spec_poll_s)
+
+    def poll_spec(self) -> None:
+        """Read the operator's spec; answer a new diagnostics request."""
+        if self.spec_source is None:
+            return
+        spec = self.spec_source()
+        if spec is None:
+            return
+        self.spec = spec
+        request = spec.diagnostics
+        answered = self.diagnostics_result.id if self.diagnostics_result else None
+        if request is not None and request.id != answered:
+            result = self.diagnostics.run(request, self.devices)
+            if result.passed:
+                for uuid in request.gpu_uuids or [d.uuid for d in self.devices]:
+                    self.gpu_check.clear(uuid)  # reset and clean: past events no longer hold
+            log.info(
+                "diagnostics %s (%s): passed=%s %s",
+                request.id,
+                request.level.value,
+                result.passed,
+                result.message,
+            )
+            self.diagnostics_result = result
+        self._wake.set()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -12,6 +13,7 @@ from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.health.engine import EngineTarget
 from flywheel.agents.nvml.backend import NvmlBackend
 from flywheel.agents.status import StatusSink
+from flywheel.api.v1alpha1 import GPUNodeSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,17 @@ def run_agent(
 
         backend = RealNvml()
     sink: StatusSink | None = None
+    spec_source: Callable[[], GPUNodeSpec | None] | None = None
     if kube:
         from flywheel.agents.kube import KubernetesStatusSink, load_kube_config
 
         load_kube_config()
-        sink = KubernetesStatusSink()
+        kube_sink = KubernetesStatusSink()
+        sink = kube_sink
+
+        def spec_source() -> GPUNodeSpec | None:
+            return kube_sink.read_spec(node_name)
+
     targets = parse_engines(engines)
     config = AgentConfig(
         node_name=node_name,
@@ -74,7 +82,7 @@ def run_agent(
         gpu_replicas=gpu_replicas,
         metrics_port=metrics_port,
     )
-    agent = Agent(config, backend, sink=sink, engines=lambda: targets)
+    agent = Agent(config, backend, sink=sink, engines=lambda: targets, spec_source=spec_source)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import GROUP, VERSION, GPUNode, GPUNodeSpec, ObjectMeta
 
@@ -52,6 +53,20 @@ class KubernetesStatusSink:
             log.warning("GPUNode %s status patch failed: %s", node, exc)
             return False
         return True
+
+    def read_spec(self, node: str) -> GPUNodeSpec | None:
+        """The operator's half of this node's GPUNode (quarantine, diagnostics); None if unreadable."""
+        try:
+            obj: Any = self.custom.get_cluster_custom_object(GROUP, VERSION, GPUNode.PLURAL, node)
+            return GPUNodeSpec.model_validate(obj.get("spec") or {"nodeName": node})
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("GPUNode %s read failed: %s", node, exc)
+        except ValidationError as exc:
+            log.warning("GPUNode %s has an invalid spec: %s", node, exc)
+        except Exception as exc:
+            log.warning("GPUNode %s read failed: %s", node, exc)
+        return None
 
     def emit_event(self, node: str, type_: str, reason: str, message: str) -> bool:
         now = datetime.now(UTC)

@@ -16,6 +16,7 @@ from flywheel.agents.health.findings import Finding, Scope
 from flywheel.agents.nvml.backend import GPUDevice, GPUSample
 from flywheel.api.v1alpha1 import (
     Condition,
+    DiagnosticsResult,
     GPUInfo,
     GPUNodeStatus,
     get_condition,
@@ -53,6 +54,24 @@ def _condition_for(
     return set_condition(previous, type_, "True", reasons.AS_EXPECTED, "", at=at)
 
 
+def nvlink_domains(devices: list[GPUDevice]) -> dict[str, str]:
+    """GPU UUID -> NVLink domain name (connected components of the peer graph; lone GPUs get none)."""
+    by_uuid = {d.uuid: d for d in devices}
+    domains: dict[str, str] = {}
+    for dev in sorted(devices, key=lambda d: d.index):
+        if dev.uuid in domains or not dev.nvlink_peers:
+            continue
+        name = f"nvlink-{dev.index}"
+        stack = [dev.uuid]
+        while stack:
+            uuid = stack.pop()
+            if uuid in domains or uuid not in by_uuid:
+                continue
+            domains[uuid] = name
+            stack.extend(by_uuid[uuid].nvlink_peers)
+    return domains
+
+
 def build_status(
     previous: GPUNodeStatus | None,
     devices: list[GPUDevice],
@@ -62,12 +81,15 @@ def build_status(
     nvml_ready: bool = True,
     nvml_message: str = "",
     at: datetime | None = None,
+    quarantined_gpus: int = 0,
+    diagnostics: DiagnosticsResult | None = None,
 ) -> GPUNodeStatus:
     """The node's status now; condition transition times carry over from ``previous``."""
     at = at or datetime.now(UTC).replace(microsecond=0)
     prev = previous or GPUNodeStatus()
     prev_gpus = {g.uuid: g for g in prev.gpus}
     gpus: list[GPUInfo] = []
+    domains = nvlink_domains(devices)
     for dev in devices:
         mine = [f for f in findings if f.subject == dev.uuid]
         old = prev_gpus.get(dev.uuid)
@@ -85,6 +107,7 @@ def build_status(
                 sm_clock_max_mhz=clocks[-1] if clocks else None,
                 supported_sm_clocks_mhz=clocks,
                 nvlink_peers=list(dev.nvlink_peers),
+                nvlink_domain=domains.get(dev.uuid),
                 healthy=not any(f.unhealthy for f in mine),
                 conditions=conds,
                 sm_clock_mhz=sample.sm_clock_mhz if sample else None,
@@ -108,24 +131,28 @@ def build_status(
         gpus=gpus,
         gpu_count=len(gpus),
         healthy_gpus=sum(g.healthy for g in gpus),
-        quarantined_gpus=prev.quarantined_gpus,
+        quarantined_gpus=quarantined_gpus,
         power_watts=round(sum(s.power_watts or 0.0 for s in samples.values())),
         heartbeat_time=at,
         agent_version=agent_version,
+        diagnostics=diagnostics,
     )
 
 
 def significant(status: GPUNodeStatus) -> tuple[Any, ...]:
     """What counts as a change: conditions and health, not telemetry or the heartbeat."""
 
-    def conds(cs: list[Condition]) -> tuple[tuple[str, str, str, str], ...]:
-        return tuple(sorted((c.type, c.status, c.reason, c.message) for c in cs))
+    def conds(cs: list[Condition]) -> tuple[tuple[str, str, str], ...]:
+        # Messages carry live numbers (temperatures, counts); they refresh with the heartbeat.
+        return tuple(sorted((c.type, c.status, c.reason) for c in cs))
 
     return (
         conds(status.conditions),
         tuple((g.uuid, g.healthy, conds(g.conditions), tuple(g.nvlink_peers)) for g in status.gpus),
         status.gpu_count,
         status.healthy_gpus,
+        status.quarantined_gpus,
+        (status.diagnostics.id, status.diagnostics.passed) if status.diagnostics else None,
     )
 
 
@@ -204,7 +231,8 @@ class StatusReporter:
         budget = self.max_events_per_round
         posted = set()
         for f in sorted(appeared, key=lambda f: (not f.unhealthy, f.key))[:budget]:
-            if self.sink.emit_event(self.node, "Warning", f.reason, f"{f.subject}: {f.message}"[:1024]):
+            text = f"{f.subject}: {f.message} (action: {f.action.value})"
+            if self.sink.emit_event(self.node, "Warning", f.reason, text[:1024]):
                 self.stats.events += 1
                 posted.add(f.key)
         budget -= len(posted)

@@ -10,8 +10,8 @@ law the running batch ``B`` solves ``B = rate * out_tokens * step(B) / (1 - rho_
   than 1% of iterations carry prefill work, the prefill chunk that rides along
   (``prefill_chunk_tokens``; without chunking, the prefill of a large prompt).
 - P99 TTFT: the mean prefill, plus the P99 excess of a P99 prompt's prefill and the P99 wait of an
-  M/G/1 prefill queue (``E[R]/(1-rho_p) * ln(100 rho_p)``, ``E[R]`` the mean residual prefill) combined in quadrature (independent
-  tails), plus one decode step.
+  M/G/1 prefill queue (``E[R]/(1-rho_p) * ln(100 rho_p)``, ``E[R]`` the mean residual prefill)
+  combined in quadrature (independent tails), plus one decode step.
 - Power: decode power at batch ``B`` for the decode share, full-batch power for the prefill share.
 
 This is the planning model of the pool controller; the instance controller corrects it every few
@@ -65,7 +65,7 @@ def steady_state(
     mean_out: FloatArray,
     p99_in: FloatArray,
     shape: SchedulerShape = SchedulerShape(),
-    iterations: int = 24,
+    iterations: int = 30,
 ) -> SteadyState:
     """Steady state of instances (arrays broadcast together); infeasible where the instance saturates."""
     rate = np.maximum(rate, 0.0)
@@ -76,15 +76,21 @@ def steady_state(
     kv_batch = profile.kv_tokens[ti] / np.maximum(mean_in + mean_out, 1.0)
     b_cap = np.minimum(float(shape.max_batch), kv_batch)
     demand = rate * mean_out / 1000.0  # tokens per ms
-    b = np.maximum(demand * profile.decode_ms(ti, fi, np.ones_like(rate), ctx) / decode_share, 1e-6)
+    where = profile.locate_context(ti, fi, ctx)
+    # Fixed point B = demand * step(B) / share; the map is a contraction where the instance is not
+    # saturated (demand * d step / dB < share), so plain iteration converges in a few steps.
+    b = np.maximum(demand * profile.decode_ms_at(where, np.ones_like(rate)) / decode_share, 1e-6)
     for _ in range(iterations):
-        step = profile.decode_ms(ti, fi, np.maximum(b, 1.0), ctx)
-        b_new = demand * step / decode_share
-        b = np.minimum(0.5 * b + 0.5 * b_new, 4.0 * b_cap)
-    step = profile.decode_ms(ti, fi, np.maximum(b, 1.0), ctx)
+        step = profile.decode_ms_at(where, np.maximum(b, 1.0))
+        b_new = np.minimum(demand * step / decode_share, 4.0 * b_cap)
+        if np.all(np.abs(b_new - b) <= 0.01 * np.maximum(b, 1.0)):
+            b = b_new
+            break
+        b = b_new
+    step = profile.decode_ms_at(where, np.maximum(b, 1.0))
     converged = np.abs(demand * step / decode_share - b) <= 0.05 * np.maximum(b, 1.0)
     b_hi = b + 2.33 * np.sqrt(b) + 1.0
-    step_hi = profile.decode_ms(ti, fi, b_hi, ctx)
+    step_hi = profile.decode_ms_at(where, b_hi)
     steps_per_ms = decode_share / np.maximum(step, 1e-3)
     if not shape.tbt_per_token:
         tbt = step_hi / np.maximum(1.0 - np.minimum(shape.prefill_share_margin * rho_p, 0.9), 0.1)

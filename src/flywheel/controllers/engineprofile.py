@@ -119,6 +119,7 @@ class EngineProfile:
         self.prefill = np.empty((nt, nf, len(PREFILL_GRID)))
         self.power = np.empty((nt, nf, len(BATCH_GRID)))
         self.prefill_power = np.empty((nt, nf))
+        self._decode_flat = self.decode.ravel()  # filled below (a view)
         self.kv_tokens = np.asarray([engine.kv_capacity_tokens(tp) for tp in self.tps], dtype=float)
         # A warm standby: loaded, no traffic, lowest clock.
         self.idle_watts = np.asarray([engine.power_watts(tp, self.clocks[0], 0) for tp in self.tps])
@@ -139,11 +140,25 @@ class EngineProfile:
         return self.clocks.index(mhz)
 
     def decode_ms(self, ti: IntArray, fi: IntArray, batch: FloatArray, ctx_per_req: FloatArray) -> FloatArray:
-        jb, wb = _locate(self.batch_grid, batch)
+        return self.decode_ms_at(self.locate_context(ti, fi, ctx_per_req), batch)
+
+    def locate_context(
+        self, ti: IntArray, fi: IntArray, ctx_per_req: FloatArray
+    ) -> tuple[IntArray, FloatArray]:
+        """Flat table offset and weight of (TP, clock, context): reused across many batch lookups."""
         jc, wc = _locate(self.ctx_grid, ctx_per_req)
-        t = self.decode
-        lo = t[ti, fi, jb, jc] * (1 - wc) + t[ti, fi, jb, jc + 1] * wc
-        hi = t[ti, fi, jb + 1, jc] * (1 - wc) + t[ti, fi, jb + 1, jc + 1] * wc
+        nb, nc = len(self.batch_grid), len(self.ctx_grid)
+        base: IntArray = (ti * len(self.clocks) + fi) * (nb * nc) + jc
+        return base, wc
+
+    def decode_ms_at(self, where: tuple[IntArray, FloatArray], batch: FloatArray) -> FloatArray:
+        base, wc = where
+        jb, wb = _locate(self.batch_grid, batch)
+        flat = self._decode_flat
+        nc = len(self.ctx_grid)
+        i = base + jb * nc
+        lo = flat[i] * (1 - wc) + flat[i + 1] * wc
+        hi = flat[i + nc] * (1 - wc) + flat[i + nc + 1] * wc
         out: FloatArray = lo * (1 - wb) + hi * wb
         # Beyond the batch grid, extrapolate with the last segment's slope.
         over = batch > self.batch_grid[-1]

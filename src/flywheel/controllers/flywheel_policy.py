@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, EnergyPolicy
+from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, EnergyPolicy, ModelDeploymentSpec
 from flywheel.controllers.capacity import SchedulerShape, steady_state
 from flywheel.controllers.classify import ClassThresholds, classify
 from flywheel.controllers.cluster import ClusterController, ClusterPlan, merge_loads
@@ -40,7 +41,8 @@ from flywheel.controllers.policy import (
 from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
 
 INITIAL_POOL = "all"
-REPARTITION_GAIN = 0.1  # a new pool partition must save 10% predicted power
+RATE_ALPHA = 0.2  # per instance tick
+REPARTITION_GAIN = 0.25  # a new pool partition must save 25% predicted power
 _EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
 
@@ -63,7 +65,9 @@ class FlywheelPolicy:
         thresholds: ClassThresholds | None = None,
         class_pools: bool = True,
         merge_below: float = 0.5,
-        peak_windows: int = 2,
+        peak_windows: int = 5,
+        allowed_tp: tuple[int, ...] = (2, 4, 8),
+        clock_bounds_mhz: tuple[int, int] | None = None,
     ) -> None:
         self.info = PolicyInfo(
             periods=periods or ControlPeriods(cluster_s=300.0, pool_s=60.0, instance_s=2.0),
@@ -74,6 +78,8 @@ class FlywheelPolicy:
         self.thresholds = thresholds or ClassThresholds()
         self.class_pools = class_pools
         self.merge_below = merge_below
+        self.allowed_tp = allowed_tp
+        self.clock_bounds_mhz = clock_bounds_mhz
         self._ctx: PolicyContext | None = None
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
@@ -81,6 +87,9 @@ class FlywheelPolicy:
         self._pool_classes: dict[str, tuple[str, ...]] = {INITIAL_POOL: AUTO_CLASS_NAMES}
         self._budgets: dict[str, int] = {}
         self._tps: tuple[int, ...] = ()
+        self._ticks: dict[str, tuple[float, set[str], int]] = {}
+        self._rates: dict[str, float] = {}
+        self._probe_prompt: dict[str, int] = {}  # pool -> P99 prompt tokens of its recent load
         self.forecaster = LoadForecaster(
             window_s=self.info.periods.pool_s, alpha=0.5, peak_windows=peak_windows
         )
@@ -95,9 +104,14 @@ class FlywheelPolicy:
         self._ctx = context
         sku = context.sku
         self._tps = tuple(
-            t for t in (2, 4, 8) if t in context.model.supported_tp and t <= context.gpus_per_node
+            t
+            for t in sorted(self.allowed_tp)
+            if t in context.model.supported_tp and t <= context.gpus_per_node
         )
-        clocks = ClockRange(sku.serving_clock_min_mhz, sku.sm_clock_max_mhz, sku.clock_step_mhz)
+        if not self._tps:
+            raise ValueError(f"no allowed TP degree in {self.allowed_tp} fits {context.model.name} here")
+        lo, hi = self.clock_bounds_mhz or (sku.serving_clock_min_mhz, sku.sm_clock_max_mhz)
+        clocks = ClockRange(max(lo, sku.sm_clock_min_mhz), min(hi, sku.sm_clock_max_mhz), sku.clock_step_mhz)
         engine = CalibratedEngine(context.model, sku)
         self.profile = EngineProfile(engine, self._tps, clocks.planning_levels(PLANNING_CLOCKS))
         self.shape = SchedulerShape()
@@ -255,6 +269,7 @@ class FlywheelPolicy:
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
                 )
+        self._probe_prompt = {name: int(load.p99_input_tokens) for name, load in pool_loads.items()}
         return self._plan_pools(pool_loads, current, obs.total_gpus, peaks=pool_peaks)
 
     def _plan_pools(
@@ -302,7 +317,36 @@ class FlywheelPolicy:
 
     # ------------------------------------------------------------------ instances
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
-        return self.instance_controller.decide(obs)
+        # Instances of a pool are asked one after another at the same tick; the count seen at the
+        # previous tick says how many share the pool's queue.
+        tick = self._ticks.get(obs.pool)
+        if tick is None or tick[0] != obs.time_s:
+            previous = len(tick[1]) if tick is not None else 1
+            tick = self._ticks[obs.pool] = (obs.time_s, set(), previous)
+        tick[1].add(obs.instance_id)
+        # A request's TBT is a mean over its ~10 s of decoding: project with a smoothed arrival rate
+        # (EWMA, ~10 s) rather than the last tick's count.
+        prev = self._rates.get(obs.instance_id)
+        rate = obs.arrivals_rps if prev is None else prev + RATE_ALPHA * (obs.arrivals_rps - prev)
+        self._rates[obs.instance_id] = rate
+        smoothed = replace(obs, arrivals_rps=rate)
+        probe = self._probe_prompt.get(obs.pool, 0)
+        return self.instance_controller.decide(
+            smoothed, sharing=max(tick[2], len(tick[1])), probe_prompt=probe
+        )
+
+
+def policy_for_deployment(spec: ModelDeploymentSpec, **overrides: Any) -> FlywheelPolicy:
+    """The policy a ModelDeployment asks for: its energy policy (Performance / Balanced / Efficient),
+    request-class thresholds, allowed TP degrees and clock bounds."""
+    kwargs: dict[str, Any] = {
+        "energy_policy": spec.energy_policy,
+        "thresholds": ClassThresholds.from_spec(spec.request_classes),
+        "allowed_tp": tuple(spec.gpu.allowed_tensor_parallel),
+        "clock_bounds_mhz": (spec.gpu.clock_min_mhz, spec.gpu.clock_max_mhz),
+    }
+    kwargs.update(overrides)
+    return FlywheelPolicy(**kwargs)
 
 
 def make_policy() -> FlywheelPolicy:

@@ -14,8 +14,9 @@ the first 200 ms at the old clock.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flywheel.controllers.energy import EnergyTuning
 from flywheel.controllers.engineprofile import EngineModel
@@ -38,7 +39,7 @@ class InstanceSettings:
     tuning: EnergyTuning
     period_s: float = 2.0  # how often the controller runs (arrivals are projected over one period)
     horizon_iterations: int = 64
-    min_dwell_s: float = 5.0
+    min_dwell_s: float = 4.0
     hysteresis_mhz: int = 60
     change_latency_s: float = 0.2
     risk_fraction: float = 0.7  # a queued request that has waited this share of its TTFT SLO is at risk
@@ -66,6 +67,7 @@ class Projection:
     queued_waited_s: tuple[float, ...]
     kv_overflow: bool
     typical_prompt: float
+    probe_prompt: int = 0  # a long prompt that may arrive before the next decision
 
 
 @dataclass
@@ -78,22 +80,24 @@ class InstanceController:
     def forget(self, instance_id: str) -> None:
         self._memory.pop(instance_id, None)
 
-    def project(self, obs: InstanceObservation) -> Projection:
+    def project(self, obs: InstanceObservation, sharing: int = 1, probe_prompt: int = 0) -> Projection:
+        """Project the next iterations. ``sharing``: instances pulling from the same queue (this
+        one takes every ``sharing``-th queued request)."""
         s = self.settings
         predict = self.remaining
         rem = [predict(r.prompt_tokens, r.generated_tokens, r.predicted_output_tokens) for r in obs.running]
         ctx = [r.prompt_tokens + r.generated_tokens for r in obs.running]
-        queued = [r.prompt_tokens for r in obs.waiting]
-        waited = [max(0.0, obs.time_s - r.arrival_s) for r in obs.waiting]
+        mine = obs.waiting[:: max(1, sharing)]
+        queued = [r.prompt_tokens for r in mine]
+        waited = [max(0.0, obs.time_s - r.arrival_s) for r in mine]
         # Requests expected to arrive within one period (Poisson upper quantile), sized like the queue
         # or the running set.
         lam = max(0.0, obs.arrivals_rps) * s.period_s
         expected = math.ceil(lam + 2.0 * math.sqrt(lam)) if lam > 0 else 0
         typical = _mean([r.prompt_tokens for r in (*obs.waiting, *obs.running)], 512.0)
         typical_out = _mean([r.predicted_output_tokens for r in (*obs.waiting, *obs.running)], 128.0)
-        joining_rem = [self.remaining(r.prompt_tokens, 0, r.predicted_output_tokens) for r in obs.waiting] + [
-            max(1, int(typical_out))
-        ] * expected
+        joining_rem = [self.remaining(r.prompt_tokens, 0, r.predicted_output_tokens) for r in mine]
+        joining_rem += [max(1, int(typical_out))] * expected
         joining_ctx = queued + [int(typical)] * expected
         kv_free = obs.kv_capacity_tokens - obs.kv_used_tokens
         admitted_rem, admitted_ctx, overflow = [], [], False
@@ -106,13 +110,21 @@ class InstanceController:
                 overflow = True
         all_rem = rem + admitted_rem
         all_ctx = ctx + admitted_ctx
+        # Requests alive after k iterations are those with more than k tokens to go: sort by
+        # remaining tokens once, then each sampled k is a bisection plus a suffix sum.
+        order = sorted(range(len(all_rem)), key=all_rem.__getitem__)
+        rems = [all_rem[i] for i in order]
+        suffix = [0] * (len(order) + 1)
+        for j in range(len(order) - 1, -1, -1):
+            suffix[j] = suffix[j + 1] + all_ctx[order[j]]
         points: list[tuple[int, int]] = []
         for k in _sample_iterations(s.horizon_iterations):
-            alive = [(c, r) for c, r in zip(all_ctx, all_rem, strict=True) if r > k]
-            if not alive:
+            first = bisect_right(rems, k)
+            alive = len(rems) - first
+            if alive <= 0:
                 break
-            points.append((len(alive), sum(c + k for c, _ in alive)))
-        return Projection(tuple(points), tuple(queued), tuple(waited), overflow, typical)
+            points.append((alive, suffix[first] + k * alive))
+        return Projection(tuple(points), tuple(queued), tuple(waited), overflow, typical, probe_prompt)
 
     def _safe(self, obs: InstanceObservation, proj: Projection, clock: int) -> bool:
         s = self.settings
@@ -136,16 +148,28 @@ class InstanceController:
             typical = e.prefill_ms(obs.tp, int(proj.typical_prompt), clock) if arrivals > 0 else 0.0
             share = (queued_prefill + arrivals * typical) / (s.period_s * 1000.0)
             stretch = 1.0 / max(0.1, 1.0 - min(share, 0.9))
-        for batch, kv in proj.points:
-            if e.decode_step_ms(obs.tp, batch, kv, clock) * stretch + stall > tbt_limit:
+        if s.tbt_per_token:
+            for batch, kv in proj.points:
+                if e.decode_step_ms(obs.tp, batch, kv, clock) + stall > tbt_limit:
+                    return False
+                stall = 0.0  # only the next iteration waits behind the queued prefills
+        elif proj.points:
+            # A request's TBT is its mean over many iterations: the mean projected step must fit.
+            steps = [e.decode_step_ms(obs.tp, batch, kv, clock) for batch, kv in proj.points]
+            if sum(steps) / len(steps) * stretch > tbt_limit:
                 return False
-            stall = 0.0  # only the next iteration waits behind the queued prefills
         step0 = e.decode_step_ms(obs.tp, *proj.points[0], clock) if proj.points else 0.0
         done = 0.0
         for prompt, waited in zip(proj.queued_prompts, proj.queued_waited_s, strict=True):
             done += e.prefill_ms(obs.tp, prompt, clock)
             elapsed = _switched(done, queued_prefill, queued_prefill_now, s.change_latency_s * 1000.0)
             if waited * 1000.0 + step0 + elapsed > ttft_limit:
+                return False
+        # A long prompt arriving during the coming period, behind the current queue, must still make
+        # its TTFT at this clock (the next decision comes a period later).
+        if proj.probe_prompt > 0 and obs.arrivals_rps > 0:
+            probe = done + e.prefill_ms(obs.tp, proj.probe_prompt, clock)
+            if step0 + probe > ttft_limit:
                 return False
         return True
 
@@ -156,7 +180,9 @@ class InstanceController:
         step = self.engine.decode_step_ms(obs.tp, batch, kv, clock)
         return self.engine.power_watts(obs.tp, clock, batch) * step / batch
 
-    def decide(self, obs: InstanceObservation) -> ClockDecision:
+    def decide(self, obs: InstanceObservation, sharing: int = 1, probe_prompt: int = 0) -> ClockDecision:
+        """The clock for one instance; ``sharing`` instances pull from ``obs.waiting``;
+        ``probe_prompt``: a long prompt (e.g. the pool's P99) that may arrive before the next decision."""
         s = self.settings
         clocks = s.clocks
         top = clocks[-1]
@@ -172,9 +198,12 @@ class InstanceController:
             return self._apply(
                 obs, mem, top, f"at risk: a queued request has waited {oldest * 1000:.0f} ms; max clock"
             )
-        proj = self.project(obs)
+        proj = self.project(obs, sharing, probe_prompt)
         if not self._safe(obs, proj, top):
-            return self._apply(obs, mem, top, "projected SLO miss even at max clock; max clock")
+            # The long-prompt probe is a soft guard: drop it when even max clock cannot honour it.
+            proj = replace(proj, probe_prompt=0)
+            if not self._safe(obs, proj, top):
+                return self._apply(obs, mem, top, "projected SLO miss even at max clock; max clock")
         lo, hi = 0, len(clocks) - 1
         while lo < hi:
             mid = (lo + hi) // 2
@@ -185,7 +214,8 @@ class InstanceController:
         safe = clocks[lo]
         # Least energy per token among safe clocks (a coarse scan upward from the lowest safe clock).
         best, best_e = safe, self._energy_per_token(obs, proj, safe)
-        for c in clocks[lo + 4 :: 4]:
+        stride = max(4, (len(clocks) - lo) // 5)
+        for c in clocks[lo + stride :: stride]:
             en = self._energy_per_token(obs, proj, c)
             if en < best_e * 0.995:
                 best, best_e = c, en

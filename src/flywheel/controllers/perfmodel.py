@@ -155,9 +155,9 @@ DECODE_UTIL_HALF_BATCH = 60.76
 PREFILL_COMPUTE_FRACTION = 0.9  # share of prefill time that scales with f_max / f
 HBM_EFFICIENCY = 0.8  # achievable fraction of peak HBM bandwidth when streaming the KV cache
 DECODE_KNEE_SHARPNESS = 8.0
-# Prompt tokens per iteration with chunked prefill (vLLM max_num_batched_tokens); the simulator's
-# engines use it and the capacity model accounts for the iterations that carry a chunk.
-DEFAULT_PREFILL_CHUNK_TOKENS = 1024
+# Upper bound of prompt tokens per iteration with chunked prefill (vLLM max_num_batched_tokens); the
+# simulator's engines use min(this, prefill_chunk_for_tbt(...)) so a chunk iteration fits the TBT SLO.
+DEFAULT_PREFILL_CHUNK_TOKENS = 2048
 # Fraction of GPU memory vLLM may use (gpu_memory_utilization default 0.9).
 GPU_MEMORY_UTILIZATION = 0.9
 # Activation / CUDA-graph workspace reserved per GPU before KV blocks are allocated (vLLM profiling run).
@@ -208,6 +208,25 @@ def prefill_ms(model: ModelProfile, sku: GPUSku, tp: int, prompt_tokens: int, cl
     work = c.prefill_ms_per_token[tp] * n + c.prefill_ms_per_mtoken2[tp] * n * n / 1e6
     at_max = float((c.prefill_floor_ms[tp] ** p + work**p) ** (1.0 / p))
     return at_max * prefill_clock_factor(sku, clock_mhz)
+
+
+def prefill_chunk_for_tbt(
+    model: ModelProfile, sku: GPUSku, tp: int, tbt_ms: float, share: float = 0.8, limit: int = 8192
+) -> int:
+    """Largest chunked-prefill token budget whose iteration at max clock takes at most
+    ``share * tbt_ms`` (how an operator tunes vLLM's ``max_num_batched_tokens`` for a TBT SLO);
+    at least 64 tokens."""
+    lo, hi = 64, limit
+    budget = share * tbt_ms
+    if prefill_ms(model, sku, tp, hi, sku.sm_clock_max_mhz) <= budget:
+        return hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if prefill_ms(model, sku, tp, mid, sku.sm_clock_max_mhz) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def decode_coefficients(
@@ -291,7 +310,7 @@ def instance_capacity_rps(
     tbt_ms: float,
     utilization_target: float = 0.9,
     tbt_margin: float = 0.8,
-    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+    prefill_chunk_tokens: int | None = None,
 ) -> float:
     """Sustainable request rate (req/s) of one instance under a TBT budget.
 
@@ -301,9 +320,11 @@ def instance_capacity_rps(
     ``r = B / (output * step + B * p)``. The largest ``B`` whose time between tokens stays within
     ``tbt_margin * tbt_ms`` (and whose KV cache fits) sets the rate, scaled by ``utilization_target``
     to leave queueing headroom for the TTFT SLO. Zero when one prefill chunk alone (an iteration a
-    short request may wait through for its only gaps) exceeds 1.5 x ``tbt_ms``.
+    short request may wait through for its only gaps) exceeds 1.5 x ``tbt_ms``; the chunk defaults
+    to ``prefill_chunk_for_tbt``.
     """
-    chunk = int(min(prefill_chunk_tokens, 2 * mean_prompt_tokens))
+    budget_tokens = prefill_chunk_tokens or prefill_chunk_for_tbt(model, sku, tp, tbt_ms)
+    chunk = int(min(budget_tokens, 2 * mean_prompt_tokens))
     if prefill_ms(model, sku, tp, chunk, clock_mhz) > 1.5 * tbt_ms:
         return 0.0
     context = mean_prompt_tokens + mean_output_tokens / 2.0

@@ -132,6 +132,8 @@ class InstanceObservation:
 class ClockDecision:
     clock_mhz: int
     reason: str = ""
+    # Admission control: the most sequences the engine should run at once (None: engine default).
+    max_batch: int | None = None
 
 
 @dataclass

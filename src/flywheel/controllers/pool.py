@@ -102,8 +102,8 @@ class ChangeCost:
 
 def _instance_counts(n_lo: int, n_min: int, n_max: int) -> list[int]:
     base = max(n_lo, n_min, 1)
-    counts = {base, base + 1, base + 2, base + 3}
-    for f in (1.25, 1.5, 2.0, 3.0, 4.0):
+    counts = {base, base + 1, base + 2}
+    for f in (1.5, 2.0, 3.0):
         counts.add(int(np.ceil(base * f)))
     return sorted(c for c in counts if n_min <= c <= n_max) or [max(1, min(n_max, base))]
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
 
-from flywheel.agents.health.engine import EngineTarget
+from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.devcluster import report as reporting
@@ -209,6 +209,7 @@ class DevCluster:
                 url,
                 engines=self._engine_targets(node.name),
                 clock_decider=self.clocks.decider(node.name),
+                engine_reader=self._read_engine,
                 interval_s=o.agent_interval_s,
                 hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
             )
@@ -248,6 +249,18 @@ class DevCluster:
             return [EngineTarget(e.instance, e.url) for e in self.kubelet.on_node(node) if e.loaded]
 
         return targets
+
+    def _read_engine(self, target: EngineTarget) -> EngineReading:
+        """The agent's engine probe, in process: the numbers of vLLM's ``/metrics`` and ``/health``.
+
+        Probing over HTTP works too, but on a 2-core machine the probes' 0.4 s timeout turns a busy
+        event loop into false "engine unhealthy" alarms; reading the engine directly keeps the fault
+        path (forward-progress watchdog, failed health) and only drops the transport."""
+        running = self.kubelet.by_instance().get(target.name) if self.kubelet else None
+        if running is None:
+            return EngineReading(None, None, False, error="engine gone")
+        stats = running.engine.stats
+        return EngineReading(float(stats.running), float(stats.generation_tokens_total), running.engine.healthy)
 
     def _clock_policies(self) -> dict[str, ClockPolicyView]:
         views: dict[str, ClockPolicyView] = {}
@@ -498,6 +511,13 @@ class DevCluster:
             "incidents": incidents,
             "router": {
                 "retries": self._router_sample("flywheel_router_retries_total"),
+            },
+            "simulation": {
+                # Engines that fall behind the wall clock catch up; their virtual latencies stay exact,
+                # but a large lag means this machine could not keep the pace of --speed.
+                "max_engine_lag_s": round(
+                    max((e.engine.stats.max_lag_s for e in (self.kubelet.started if self.kubelet else [])), default=0.0), 3
+                ),
             },
             "operator_log": str(self.operator_log) if self.operator_log else None,
         }

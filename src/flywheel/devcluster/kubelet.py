@@ -124,17 +124,19 @@ class EngineKubelet:
         self.on_result = on_result
         self.period_s = period_s
         self.engines: dict[tuple[str, str], RunningEngine] = {}
+        self.started: list[RunningEngine] = []  # every engine ever started (for the report)
         self.failed_starts: dict[tuple[str, str], str] = {}
         self._ips = (f"127.0.0.{n}" for n in itertools.count(2))
         self._loopback_ok: bool | None = None
         self._profiles: dict[tuple[str, str], str] = {}
 
     # -- lookups --------------------------------------------------------------------------------------
+    # Node agents call these from their threads: copy the values first (one atomic step).
     def by_instance(self) -> dict[str, RunningEngine]:
-        return {e.instance: e for e in self.engines.values()}
+        return {e.instance: e for e in list(self.engines.values())}
 
     def on_node(self, node: str) -> list[RunningEngine]:
-        return [e for e in self.engines.values() if e.node.name == node]
+        return [e for e in list(self.engines.values()) if e.node.name == node]
 
     # -- loop -----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -169,6 +171,7 @@ class EngineKubelet:
                     log.warning("engine %s/%s cannot start: %s", key[0], key[1], error)
                     continue
                 self.engines[key] = running
+                self.started.append(running)
             await self._publish(running)
         for key in [k for k in self.engines if k not in seen]:
             await self._stop(key)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from kubernetes import client as k8s
 
 from flywheel.agents.agent import Agent, AgentConfig, ClockDecider
-from flywheel.agents.health.engine import EngineTarget
+from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.agents.kube import KubernetesStatusSink
 from flywheel.agents.nvml.backend import NvmlError
 from flywheel.agents.nvml.simulated import SimulatedNvml
@@ -86,6 +86,7 @@ def start_agent(
     clock_decider: ClockDecider | None,
     interval_s: float,
     hang_after_s: float,
+    engine_reader: Callable[[EngineTarget], EngineReading] | None = None,
 ) -> Agent:
     """The node agent of ``node`` against the emulator: health checks, GPUNode status, clocks."""
     configuration = k8s.Configuration()
@@ -100,7 +101,9 @@ def start_agent(
         operator_timeout_s=3600.0,
         dump_stacks_on_hang=False,
     )
-    agent = Agent(config, node.nvml, sink=sink, engines=engines, clock_decider=clock_decider)
+    agent = Agent(
+        config, node.nvml, sink=sink, engines=engines, engine_reader=engine_reader, clock_decider=clock_decider
+    )
     agent.start(background=True)
     node.agent = agent
     return agent

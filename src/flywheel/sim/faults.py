@@ -574,3 +574,61 @@ __all__ = [
     "run_suite",
     "summarise",
 ]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("fault", "kind", 0),
+    ("standbys", "standbys", 0),
+    ("runs", "runs", 0),
+    ("MTTD mean s", "mttd_mean_s", 2),
+    ("MTTD max s", "mttd_max_s", 2),
+    ("1st alert max s", "first_alert_max_s", 2),
+    ("isolation max s", "isolation_max_s", 3),
+    ("replacement mean s", "replacement_mean_s", 2),
+    ("restored mean s", "restore_mean_s", 2),
+    ("restored max s", "restore_max_s", 2),
+    ("SLO attain. in fault", "slo_attainment_mean", 3),
+    ("same window, no fault", "slo_attainment_no_fault_mean", 3),
+    ("replacement speed-up", "replacement_speedup", 1),
+)
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (for ``docs/benchmarks.md``)."""
+    header = "| " + " | ".join(c[0] for c in SUMMARY_COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|"
+    lines = [header, rule]
+    for entry in summary:
+        lines.append("| " + " | ".join(_fmt(entry.get(key), d) for _, key, d in SUMMARY_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def suite_cli(trials: int, window_s: float, seed: int, report: str | None, markdown: bool) -> None:
+    """``flywheel sim faults``: run the suite, print the table, optionally write the JSON report."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    spec = SuiteSpec(trials=trials, window_s=window_s, fault_to_s=min(300.0, window_s / 2), seed=seed)
+    out = run_suite(spec)
+    if markdown:
+        print(markdown_table(out["summary"]))
+    else:
+        table = Table(title=f"Fault injection on {spec.trace} ({trials} random times per fault and mode)")
+        for title, _, _ in SUMMARY_COLUMNS:
+            table.add_column(title)
+        for entry in out["summary"]:
+            table.add_row(*(_fmt(entry.get(key), d) for _, key, d in SUMMARY_COLUMNS))
+        Console().print(table)
+    if report is not None:
+        Path(report).write_text(json.dumps(out, indent=2, default=str))

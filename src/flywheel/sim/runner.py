@@ -102,7 +102,7 @@ def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
         "rate_scale": spec.rate_scale,
         "compress": spec.compress,
         "duration_s": spec.duration_s,
-        "prefill_chunk_tokens": config.prefill_chunk_tokens,
+        "prefill_chunk_tokens": config.prefill_chunk_tokens or "auto (fits 80% of the TBT SLO)",
         "cold_start_s": config.cold_start_s,
         "warm_start_s": config.warm_start_s,
         "clock_change_s": config.clock_change_s,

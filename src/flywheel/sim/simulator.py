@@ -35,6 +35,7 @@ from flywheel.controllers.perfmodel import (
     decode_coefficients,
     instance_power_watts,
     kv_capacity_tokens,
+    prefill_chunk_for_tbt,
     prefill_ms,
     prefill_power_watts,
 )
@@ -78,7 +79,9 @@ class SimConfig:
     max_num_seqs: int = 256  # vLLM default
     # Chunked prefill (vLLM/Sarathi): at most this many prompt tokens join one iteration, piggybacked
     # on the decode batch, so a long prompt cannot stall decoding for its whole prefill.
-    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
+    # None: per TP, the largest chunk whose iteration fits 80% of the TBT SLO, capped by
+    # DEFAULT_PREFILL_CHUNK_TOKENS (an operator's tuning of max_num_batched_tokens).
+    prefill_chunk_tokens: int | None = None
     clock_change_s: float = 0.2  # throttLL'eM
     cold_start_s: float = 60.0  # engine start + 140 GB of weights from network storage
     warm_start_s: float = 5.0  # weights cached in host memory (DynamoLLM), engine pre-initialised
@@ -109,6 +112,7 @@ class Instance:
     reserved: int = 0  # KV tokens reserved (prompt + full output) by admitted requests
     phase: str = "idle"  # idle | mixed (prompt chunk + decode) | decode (block of iterations)
     version: int = 0
+    max_batch: int | None = None  # admission cap set by the policy's instance decision
     # decode block being executed
     t0: float = 0.0
     k: int = 0
@@ -142,7 +146,7 @@ class Pool:
 @dataclass
 class Sample:
     time_s: float
-    power_w: float
+    power_w: float  # mean cluster power over the interval ending at time_s
     instances: int
     gpus: int
     mean_clock_mhz: float
@@ -207,6 +211,8 @@ class Simulator:
         self.fault_hooks: list[FaultHook] = []
         self._instance_counter = 0
         self._started = False
+        self._last_sample = (0.0, 0.0)
+        self._chunks: dict[int, int] = {}
         self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
 
     # ----------------------------------------------------------------- events
@@ -268,7 +274,10 @@ class Simulator:
     def _admit(self, inst: Instance, pool: Pool) -> None:
         """Move queued requests into the instance (FCFS) while batch slots and KV cache allow."""
         queue = pool.queue
-        while queue and len(inst.running) + len(inst.prefilling) < self.cfg.max_num_seqs:
+        limit = (
+            self.cfg.max_num_seqs if inst.max_batch is None else min(inst.max_batch, self.cfg.max_num_seqs)
+        )
+        while queue and len(inst.running) + len(inst.prefilling) < max(limit, 1):
             rid = queue[0]
             if self.now - self.arrival[rid] > self.cfg.queue_timeout_s:
                 queue.popleft()
@@ -281,12 +290,22 @@ class Simulator:
                     self._drop(rid)
                     continue
                 break
-            if sum(self.prefill_left[r] for r in inst.prefilling) >= self.cfg.prefill_chunk_tokens:
+            if sum(self.prefill_left[r] for r in inst.prefilling) >= self._chunk(inst.tp):
                 break
             queue.popleft()
             self.prefill_left[rid] = self.prompt[rid]
             inst.prefilling.append(rid)
             inst.reserved += need
+
+    def _chunk(self, tp: int) -> int:
+        chunk = self._chunks.get(tp)
+        if chunk is None:
+            cfg = self.cfg
+            chunk = cfg.prefill_chunk_tokens or min(
+                DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt(cfg.model, cfg.sku, tp, cfg.slo.tbt_ms)
+            )
+            self._chunks[tp] = chunk
+        return chunk
 
     def _schedule(self, inst: Instance) -> None:
         """Start the next iteration (block) of a ready or draining instance at ``self.now``."""
@@ -298,7 +317,7 @@ class Simulator:
             self._admit(inst, pool)
         b = len(inst.running)
         if inst.prefilling:
-            budget = cfg.prefill_chunk_tokens
+            budget = self._chunk(inst.tp)
             chunk = 0
             for rid in inst.prefilling:
                 take = min(self.prefill_left[rid], budget - chunk)
@@ -575,6 +594,7 @@ class Simulator:
                     arrivals_rps=rate,
                 )
                 decision = self.policy.decide_clock(obs)
+                inst.max_batch = decision.max_batch
                 clock = self.cfg.sku.clamp_clock(decision.clock_mhz)
                 if clock != inst.clock:
                     self.clock_changes += 1
@@ -613,6 +633,11 @@ class Simulator:
             self._kick(pool)
 
     def _sample(self) -> None:
+        """Record mean power since the previous sample (energy delta / time) and the fleet shape."""
+        energy = sum(i.energy_j + i.power_w * (self.now - i.t_mark) for i in self.instances)
+        dt = self.now - self._last_sample[0]
+        power = (energy - self._last_sample[1]) / dt if dt > 0 else 0.0
+        self._last_sample = (self.now, energy)
         live = [i for i in self.instances if i.state != "stopped"]
         ready = [i for i in live if i.state in ("ready", "draining")]
         mean_clock = sum(i.clock for i in ready) / len(ready) if ready else 0.0
@@ -620,7 +645,7 @@ class Simulator:
         self.samples.append(
             Sample(
                 self.now,
-                sum(i.power_w for i in live),
+                power if dt > 0 else sum(i.power_w for i in live),
                 len(live),
                 sum(i.tp for i in live),
                 mean_clock,

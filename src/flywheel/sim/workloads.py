@@ -84,7 +84,9 @@ class Workload:
         count = int(rng.poisson(rate_rps * duration_s))
         arrivals = np.sort(rng.random(count) * duration_s)
         pick = rng.integers(0, len(self), count)
-        return Workload(f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick])
+        return Workload(
+            f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick]
+        )
 
     def head(self, seconds: float) -> Workload:
         """Requests arriving in the first ``seconds``."""

@@ -17,10 +17,10 @@ import math
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
 from flywheel.controllers.perfmodel import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
     decode_step_ms,
     instance_capacity_rps,
     instance_power_watts,
+    prefill_chunk_for_tbt,
     prefill_ms,
 )
 from flywheel.controllers.policy import (
@@ -36,9 +36,9 @@ from flywheel.controllers.policy import (
 INPUT_BOUNDS = (1024, 4096)  # tokens: short < 1024 <= medium < 4096 <= long
 OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
 TP_CHOICES = (2, 4, 8)
-HEADROOM = 1.25
+HEADROOM = 1.1
 TBT_MARGIN = 0.8
-MIN_POOL_RPS = 0.5  # a class below this rate is merged into its input-length pool
+MIN_POOL_RPS = 1.5  # a class below this rate is merged into its input-length pool
 INPUT_NAMES = ("S", "M", "L")
 
 
@@ -183,7 +183,7 @@ class DynamoLLMPolicy:
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(prompt), ctx.sku.sm_clock_max_mhz) / 1000.0
         budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
 
-        chunk = int(min(DEFAULT_PREFILL_CHUNK_TOKENS, 2 * prompt))
+        chunk = int(min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * prompt))
 
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
@@ -191,7 +191,7 @@ class DynamoLLMPolicy:
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
                 return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > 1.5 * ctx.slo.tbt_ms:
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             capacity = instance_capacity_rps(
                 ctx.model, ctx.sku, obs.tp, clock, prompt, output, ctx.slo.tbt_ms

@@ -12,7 +12,12 @@
 from __future__ import annotations
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, decode_step_ms, prefill_ms
+from flywheel.controllers.perfmodel import (
+    decode_step_ms,
+    max_batch_for_tbt,
+    prefill_chunk_for_tbt,
+    prefill_ms,
+)
 from flywheel.controllers.policy import (
     ClockDecision,
     ClusterObservation,
@@ -27,6 +32,7 @@ POOL = "all"
 TP_CHOICES = (2, 4, 8)
 HEADROOM = 1.25
 TBT_MARGIN = 0.8
+ADMISSION_TBT_SHARE = 0.8  # admit while the decode step at max clock stays within this share of the SLO
 GRACE_WINDOWS = 5  # consecutive windows a smaller configuration must suffice before scaling down
 LOOKBACK_WINDOWS = 5  # size for the highest rate seen over this many recent windows
 
@@ -35,7 +41,8 @@ class ThrottLLeMPolicy:
     name = "throttllem"
 
     def __init__(self) -> None:
-        self.info = PolicyInfo(periods=ControlPeriods(pool_s=60.0), start_mode="cold")
+        # Instance decisions every second (throttLL'eM re-plans as the batch changes).
+        self.info = PolicyInfo(periods=ControlPeriods(pool_s=60.0, instance_s=1.0), start_mode="cold")
         self._ctx: PolicyContext | None = None
         self._clocks: list[int] = []
         self._current: tuple[int, int] = (8, 1)
@@ -110,13 +117,32 @@ class ThrottLLeMPolicy:
         reason = f"rate {rate:.2f} req/s -> {count} x TP{tp}"
         return [PoolTarget(POOL, tp, count, ctx.sku.sm_clock_max_mhz, reason)]
 
+    def _admission_cap(self, obs: InstanceObservation) -> int:
+        """Admission control: the batch whose decode step at max clock still meets the TBT SLO."""
+        ctx = self._context()
+        views = obs.running + obs.waiting
+        if views:
+            per_seq = sum(r.prompt_tokens + r.predicted_output_tokens / 2 for r in views) / len(views)
+        else:
+            per_seq = self._mean_prompt + self._mean_output / 2
+        cap = max_batch_for_tbt(
+            ctx.model,
+            ctx.sku,
+            obs.tp,
+            ctx.sku.sm_clock_max_mhz,
+            ctx.slo.tbt_ms * ADMISSION_TBT_SHARE,
+            per_seq,
+        )
+        return max(cap, 1)
+
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         ctx = self._context()
         max_clock = ctx.sku.sm_clock_max_mhz
+        cap = self._admission_cap(obs)
         if obs.waiting:
-            return ClockDecision(max_clock, f"{len(obs.waiting)} queued request(s) at risk")
+            return ClockDecision(max_clock, f"{len(obs.waiting)} queued request(s) at risk", cap)
         if not obs.running:
-            return ClockDecision(self._clocks[0], "idle")
+            return ClockDecision(self._clocks[0], "idle", cap)
         period = self.info.periods.instance_s
         arriving = obs.arrivals_rps * period
         batch = len(obs.running) + arriving
@@ -127,7 +153,9 @@ class ThrottLLeMPolicy:
         budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - stall)
         slo_ttft_s = ctx.slo.ttft_ms / 1000.0
         ttft_budget_ms = ctx.slo.ttft_ms * 0.5
-        chunk = round(min(DEFAULT_PREFILL_CHUNK_TOKENS, 2 * self._mean_prompt))
+        chunk = round(
+            min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * self._mean_prompt)
+        )
         slo_tbt_s = ctx.slo.tbt_ms / 1000.0
         deadlines = [
             (
@@ -143,12 +171,12 @@ class ThrottLLeMPolicy:
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt * 2), clock) > ttft_budget_ms:
                 return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > 1.5 * ctx.slo.tbt_ms:
+            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             step_s = step / 1000.0
             return all(remaining * step_s <= slack for slack, remaining in deadlines)
 
         clock = lowest_clock(self._clocks, ok)
         if clock is None:
-            return ClockDecision(max_clock, "projected TBT or a deadline at risk")
-        return ClockDecision(clock, f"lowest clock meeting projected TBT at batch {batch:.0f}")
+            return ClockDecision(max_clock, "projected TBT or a deadline at risk", cap)
+        return ClockDecision(clock, f"lowest clock meeting projected TBT at batch {batch:.0f}", cap)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class EngineTiming(Protocol):
@@ -217,6 +220,8 @@ class EngineStats:
     requests_finished_total: int = 0
     iterations_total: int = 0
     busy_s: float = 0.0
+    lag_s: float = 0.0  # how far the virtual timeline last trailed the wall clock (wall seconds)
+    max_lag_s: float = 0.0
     ttft: BucketHistogram = field(default_factory=lambda: BucketHistogram(TTFT_BUCKETS))
     inter_token: BucketHistogram = field(default_factory=lambda: BucketHistogram(ITL_BUCKETS))
     e2e: BucketHistogram = field(default_factory=lambda: BucketHistogram(E2E_BUCKETS))
@@ -274,6 +279,15 @@ class SimulatedEngine:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="simulated-engine")
+            self._task.add_done_callback(self._crashed)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        """A bug in the loop must not look like a hang: the engine fails, loudly."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("simulated engine crashed: %r", error, exc_info=error)
+        self.fail(f"engine crashed: {error!r}")
 
     async def stop(self) -> None:
         self.fail("engine stopped")
@@ -425,6 +439,11 @@ class SimulatedEngine:
         """Sleep until the wall time of ``virtual_s``; False when an arrival cut the sleep short."""
         delay = self._wall_of(virtual_s) - time.monotonic()
         if delay <= 0:
+            # Behind the wall clock (a busy host): catch up, but let every other task run in between,
+            # or one engine's catch-up would starve the servers, the router and the other engines.
+            self.stats.lag_s = -delay
+            self.stats.max_lag_s = max(self.stats.max_lag_s, -delay)
+            await asyncio.sleep(0)
             return True
         self._arrival.clear()
         try:
