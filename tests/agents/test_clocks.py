@@ -70,3 +70,14 @@ def test_nvml_failure_is_reported_not_raised(sim: SimulatedNvml, vclock: Virtual
     change = act.apply(4, 1200)
     assert change.applied_mhz is None and change.error is not None and change.error.gpu_lost
     assert 4 not in act.locked
+
+
+def test_start_resets_locks_left_by_a_killed_agent(sim: SimulatedNvml, vclock: VirtualClock) -> None:
+    sim.set_locked_clocks(2, 900, 900)  # left behind by an agent that got SIGKILL
+    act = _actuator(sim, vclock)
+    changes = act.reset_on_start()
+    assert len(changes) == 8 and sim.locked_clock(2) is None
+    dry = _actuator(sim, vclock, dry_run=True)
+    sim.set_locked_clocks(2, 900, 900)
+    dry.reset_on_start()
+    assert sim.locked_clock(2) == 900  # dry run touches nothing

@@ -66,8 +66,12 @@ def _probe(node: Mapping[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
     if kind == "array" and depth < 2:
         items = _probe(node["items"], depth + 1).filter(lambda v: v is not DELETE)
         limit = node.get("maxItems", 3) + 1
+        at_limit: list[Any] = [[], "x", *special]
+        if node["items"].get("type") == "string" and "maxItems" in node:
+            # Distinct strings exactly at and one past maxItems (sets stay unique).
+            at_limit += [[f"s{i}" for i in range(n)] for n in (node["maxItems"], node["maxItems"] + 1)]
         return st.one_of(
-            st.sampled_from([[], "x", *special]),
+            st.sampled_from(at_limit),
             st.lists(items, min_size=0, max_size=min(limit, 9)),
             items.map(lambda v: [v, v]),
         )

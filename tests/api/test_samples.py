@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 from crdschema import REPO, defaulted, load_crds, validate
 
-from flywheel.api.v1alpha1 import KINDS, Resource
+from flywheel.api.v1alpha1 import KINDS, Resource, set_condition
 
 SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
 CRDS = load_crds()
@@ -57,3 +58,21 @@ def test_model_name_is_immutable_on_update() -> None:
     errors = validate(changed, crd, old=original)
     assert [path for path, _ in errors] == ["spec.model.name"]
     assert "immutable" in errors[0][1]
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_object_with_status_round_trips_through_the_wire_and_the_crd(kind: str) -> None:
+    """``wire()`` output (status, conditions, timestamps included) is valid for the CRD and parses back."""
+    model = MODELS[kind]
+    (document,) = _documents(REPO / "manifests" / "samples" / f"{kind.lower()}.yaml")
+    parsed = model.from_wire(document)
+    status_model = model.model_fields["status"].annotation.__args__[0]  # type: ignore[union-attr]
+    at = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
+    conditions = set_condition([], "Ready", "True", "Reconciled", "all good", observed_generation=1, at=at)
+    parsed = parsed.model_copy(update={"status": status_model(conditions=conditions, observed_generation=1)})
+    body = parsed.wire()
+    assert body["status"]["conditions"][0]["lastTransitionTime"] == "2026-11-21T00:00:00Z"
+    assert validate(body, CRDS[kind]) == []
+    assert model.from_wire(body) == parsed
+    body["status"]["conditions"][0]["lastTransitionTime"] = "yesterday"
+    assert [p for p, _ in validate(body, CRDS[kind])] == ["status.conditions[0].lastTransitionTime"]

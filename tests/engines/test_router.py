@@ -269,9 +269,9 @@ async def test_engine_receives_the_router_prediction(
     seen: list[int] = []
     original = engine.engine.submit
 
-    def spy(prompt: int, max_tokens: int, predicted: int | None = None) -> object:
+    def spy(prompt: int, max_tokens: int, predicted: int | None = None, **kwargs: bool) -> object:
         seen.append(predicted or -1)
-        return original(prompt, max_tokens, predicted)
+        return original(prompt, max_tokens, predicted, **kwargs)
 
     engine.engine.submit = spy  # type: ignore[method-assign,assignment]
     async with httpx.AsyncClient() as client:

@@ -171,6 +171,8 @@ class Agent:
             contact_timeout_s=self.config.operator_timeout_s,
             clock=self.clock,
         )
+        if self.nvml_ready:
+            self.actuator.reset_on_start()
         if self.config.device_plugin:
             self._start_device_plugin()
         if self.config.metrics_port is not None:

@@ -95,6 +95,19 @@ class ClockActuator:
             self.locked.clear()
             return changes
 
+    def reset_on_start(self) -> list[ClockChange]:
+        """Reset every GPU once at start: a previous agent killed with SIGKILL may have left locks."""
+        with self._lock:
+            changes = []
+            for index in sorted(self.devices):
+                error = None
+                if not self.dry_run:
+                    res = self.backend.reset_locked_clocks(index)
+                    error = res if isinstance(res, NvmlError) else None
+                changes.append(self._record(ClockChange(index, None, None, self.dry_run, error)))
+            self.locked.clear()
+            return changes
+
     def operator_contact(self) -> None:
         """The operator (or the API server on its behalf) was heard from."""
         with self._lock:

@@ -114,12 +114,17 @@ class ClusterController:
                 elif self.pool_power is not None:
                     apart = power(members[name])
                     gains = [
-                        (apart + power(members[t]) - power(members[name] + members[t]), t) for t in targets
+                        (_gain(apart, power(members[t]), power(members[name] + members[t])), t)
+                        for t in targets
                     ]
                     gain, best = max(gains)
                     if gain > 0:
                         target = best
-                        note = f"merged {name} (together {gain:.0f} W less than apart)"
+                        note = (
+                            f"merged {name} (cannot meet the SLO alone)"
+                            if gain == float("inf")
+                            else f"merged {name} (together {gain:.0f} W less than apart)"
+                        )
                 if not note:
                     continue
                 members[target].extend(members.pop(name))
@@ -172,6 +177,16 @@ class ClusterController:
             if others:
                 candidates.append(max(others, key=lambda p: sum(loads[c].requests_per_s for c in members[p])))
         return candidates
+
+
+def _gain(apart: float, other: float, together: float) -> float:
+    """Power saved by merging (inf: a pool that cannot meet the SLO alone can together)."""
+    inf = float("inf")
+    if together == inf:
+        return -inf
+    if inf in (apart, other):
+        return inf
+    return apart + other - together
 
 
 def _ceil(x: float) -> int:

@@ -66,6 +66,7 @@ class FlywheelPolicy:
         class_pools: bool = True,
         merge_below: float = 0.5,
         peak_windows: int = 5,
+        bursty_peak_windows: int = 15,
         allowed_tp: tuple[int, ...] = (2, 4, 8),
         clock_bounds_mhz: tuple[int, int] | None = None,
     ) -> None:
@@ -91,7 +92,10 @@ class FlywheelPolicy:
         self._rates: dict[str, float] = {}
         self._probe_prompt: dict[str, int] = {}  # pool -> P99 prompt tokens of its recent load
         self.forecaster = LoadForecaster(
-            window_s=self.info.periods.pool_s, alpha=0.5, peak_windows=peak_windows
+            window_s=self.info.periods.pool_s,
+            alpha=0.5,
+            peak_windows=peak_windows,
+            bursty_peak_windows=bursty_peak_windows,
         )
 
     # ------------------------------------------------------------------ setup
@@ -218,7 +222,7 @@ class FlywheelPolicy:
         before = sum(self._pool_power(merge_loads([loads[c] for c in cs if c in loads] or [_EMPTY]))
                      for cs in self._pool_classes.values())  # fmt: skip
         after = sum(self._pool_power(p.load) for p in plan.pools)
-        if after > before * (1.0 - REPARTITION_GAIN):
+        if not after < before * (1.0 - REPARTITION_GAIN):  # also when either is inf
             return []
         current = {p.name: p for p in obs.pools}
         pool_loads = {names[p.name]: p.load for p in plan.pools}
@@ -269,6 +273,19 @@ class FlywheelPolicy:
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
                 )
+        # A bursty workload's known peak minute (the offline hint Static is sized with; bursty as the
+        # forecaster defines it) counts as a window observed at the start: it stays in the peak
+        # memory for the first ``peak_windows`` windows, before any burst has been seen.
+        h = self._context().hints
+        bursty = h.peak_minute_rps > self.forecaster.burst_ratio * max(h.mean_rps, 1e-9)
+        if (
+            bursty
+            and len(pool_peaks) == 1
+            and obs.time_s <= self.forecaster.peak_windows * self.info.periods.pool_s
+        ):
+            name, pk = next(iter(pool_peaks.items()))
+            if h.peak_minute_rps > pk.requests_per_s:
+                pool_peaks[name] = replace(pk, requests_per_s=h.peak_minute_rps)
         self._probe_prompt = {name: int(load.p99_input_tokens) for name, load in pool_loads.items()}
         return self._plan_pools(pool_loads, current, obs.total_gpus, peaks=pool_peaks)
 

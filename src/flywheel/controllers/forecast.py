@@ -55,12 +55,23 @@ class _ClassState:
 
 
 class LoadForecaster:
-    def __init__(self, window_s: float = 10.0, alpha: float = 0.3, peak_windows: int = 30) -> None:
+    def __init__(
+        self,
+        window_s: float = 10.0,
+        alpha: float = 0.3,
+        peak_windows: int = 30,
+        bursty_peak_windows: int | None = None,
+        burst_ratio: float = 2.0,
+    ) -> None:
         if window_s <= 0 or not 0 < alpha <= 1 or peak_windows < 1:
             raise ValueError("window_s > 0, 0 < alpha <= 1 and peak_windows >= 1 are required")
         self.window_s = window_s
         self.alpha = alpha
         self.peak_windows = peak_windows
+        # A bursty class (peak window > burst_ratio x mean window over the long memory) keeps its
+        # peak for bursty_peak_windows: its bursts recur after quiet spells.
+        self.bursty_peak_windows = max(bursty_peak_windows or peak_windows, peak_windows)
+        self.burst_ratio = burst_ratio
         self._classes: dict[str, _ClassState] = {}
 
     def observe_window(
@@ -76,7 +87,7 @@ class LoadForecaster:
         ``duration_s`` overrides the nominal window length."""
         st = self._classes.get(class_name)
         if st is None:
-            st = self._classes[class_name] = _ClassState(self.peak_windows)
+            st = self._classes[class_name] = _ClassState(self.bursty_peak_windows)
         rate = requests / (duration_s if duration_s and duration_s > 0 else self.window_s)
         st.ewma_rps = rate if not st.initialised else self.alpha * rate + (1 - self.alpha) * st.ewma_rps
         st.initialised = True
@@ -100,13 +111,31 @@ class LoadForecaster:
         """The recent peak window rate (what a burst may bring)."""
         return self._load(class_name, "peak")
 
+    def bursty(self, class_name: str) -> bool:
+        st = self._classes.get(class_name)
+        return st is not None and self._is_bursty(st)
+
+    def _is_bursty(self, st: _ClassState) -> bool:
+        if not st.peaks:
+            return False
+        mean = sum(st.peaks) / len(st.peaks)
+        return max(st.peaks) > self.burst_ratio * mean
+
+    def _peak(self, st: _ClassState) -> float:
+        recent = list(st.peaks)
+        if not self._is_bursty(st):
+            recent = recent[-self.peak_windows :]
+        return max(recent, default=0.0)
+
     def _load(self, class_name: str, kind: str) -> ClassLoad:
         st = self._classes.get(class_name)
         if st is None:
             return ClassLoad(0.0, 0.0, 0.0, 0.0)
-        peak = max(st.peaks, default=0.0)
+        peak = self._peak(st)
         rps = {"ewma": st.ewma_rps, "peak": peak}.get(kind, max(st.ewma_rps, peak))
-        n_in = sum(c for c, _ in st.input_means)
-        mean_in = sum(c * m for c, m in st.input_means) / n_in if n_in else 0.0
-        mean_out = sum(c * m for c, m in st.output_means) / n_in if n_in else 0.0
-        return ClassLoad(rps, mean_in, mean_out, max(st.p99_inputs, default=0.0))
+        k = self.peak_windows  # token statistics over the short memory
+        ins, outs, p99s = list(st.input_means)[-k:], list(st.output_means)[-k:], list(st.p99_inputs)[-k:]
+        n_in = sum(c for c, _ in ins)
+        mean_in = sum(c * m for c, m in ins) / n_in if n_in else 0.0
+        mean_out = sum(c * m for c, m in outs) / n_in if n_in else 0.0
+        return ClassLoad(rps, mean_in, mean_out, max(p99s, default=0.0))

@@ -38,6 +38,7 @@ Model form and sources (constants fitted by ``flywheel sim calibrate`` / ``flywh
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -210,6 +211,7 @@ def prefill_ms(model: ModelProfile, sku: GPUSku, tp: int, prompt_tokens: int, cl
     return at_max * prefill_clock_factor(sku, clock_mhz)
 
 
+@functools.lru_cache(maxsize=1024)
 def prefill_chunk_for_tbt(
     model: ModelProfile, sku: GPUSku, tp: int, tbt_ms: float, share: float = 0.8, limit: int = 8192
 ) -> int:
@@ -290,13 +292,19 @@ def max_batch_for_tbt(
     tbt_ms: float,
     context_per_seq: float,
     max_batch: int = 512,
+    kv_reserved_per_seq: float | None = None,
 ) -> int:
-    """Largest batch whose decode step stays within ``tbt_ms`` and whose KV cache fits (0 if none)."""
+    """Largest batch whose decode step stays within ``tbt_ms`` and whose KV cache fits (0 if none).
+
+    ``kv_reserved_per_seq``: KV tokens an engine reserves per sequence (prompt + full output when it
+    never preempts); defaults to ``context_per_seq``.
+    """
     fixed0, per_token = decode_coefficients(model, sku, tp, 0, clock_mhz)
     fixed1, _ = decode_coefficients(model, sku, tp, 1, clock_mhz)
     per_seq = fixed1 - fixed0 + per_token * context_per_seq
     by_latency = math.floor((tbt_ms - fixed0) / per_seq) if per_seq > 0 else max_batch
-    by_memory = math.floor(kv_capacity_tokens(model, sku, tp) / max(context_per_seq, 1.0))
+    reserved = kv_reserved_per_seq if kv_reserved_per_seq is not None else context_per_seq
+    by_memory = math.floor(kv_capacity_tokens(model, sku, tp) / max(reserved, 1.0))
     return max(0, min(by_latency, by_memory, max_batch))
 
 
@@ -328,7 +336,8 @@ def instance_capacity_rps(
     if prefill_ms(model, sku, tp, chunk, clock_mhz) > 1.5 * tbt_ms:
         return 0.0
     context = mean_prompt_tokens + mean_output_tokens / 2.0
-    limit = max_batch_for_tbt(model, sku, tp, clock_mhz, tbt_ms * tbt_margin, context)
+    reserved = mean_prompt_tokens + mean_output_tokens
+    limit = max_batch_for_tbt(model, sku, tp, clock_mhz, tbt_ms * tbt_margin, context, 512, reserved)
     if limit <= 0:
         return 0.0
     prefill_s = prefill_ms(model, sku, tp, int(mean_prompt_tokens), clock_mhz) / 1000.0

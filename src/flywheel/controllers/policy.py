@@ -53,6 +53,8 @@ class WorkloadHints:
     mean_prompt_tokens: float
     mean_output_tokens: float
     duration_s: float
+    # An evenly spaced sample of (prompt, output) token pairs: the request mix known from history.
+    length_sample: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -285,13 +285,21 @@ class PoolController:
         return Candidate(cur, gpus, UNSERVED_PENALTY_W, UNSERVED_PENALTY_W, False, float("inf"), float("inf"))
 
     def _fallback(self, pool: PoolInput) -> Candidate:
-        """Nothing meets the SLO within limits: the largest allowed configuration, flagged."""
+        """Nothing meets the SLO within limits: the largest TP at max clock, sized by throughput
+        plus one (latency cannot be bought with more instances here), flagged."""
         prof = self.profile
         tps = [t for t in pool.allowed_tp if t in prof.tps] or [prof.tps[-1]]
         tp = max(tps)
-        n = max(1, pool.min_instances)
+        a = prof.tp_index(tp)
+        load = pool.load
+        n_lo = self._lower_bounds(
+            np.asarray([load.requests_per_s]),
+            np.asarray([max(load.mean_input_tokens, 1.0)]),
+            np.asarray([max(load.mean_output_tokens, 1.0)]),
+        )[0, a]
+        n = min(pool.max_instances, max(pool.min_instances, int(n_lo) + 1, 1))
         if pool.max_gpus is not None:
-            n = max(1, min(pool.max_instances, pool.max_gpus // tp - pool.standbys))
+            n = max(1, min(n, pool.max_gpus // tp - pool.standbys))
         cfg = PoolConfig(tp, n, prof.clocks[-1])
         return Candidate(
             cfg,

@@ -185,18 +185,16 @@ class Reconfiguration:
         live = [i for i in observed if not i.deleting]
         tp = spec.tensor_parallel
         old = [i for i in live if i.spec.role is InstanceRole.ACTIVE and i.spec.tensor_parallel != tp]
-        if not old:
+        current = stored is not None and stored.get("tp") == tp and stored.get("instances") == spec.instances
+        if not old and not current:
             if stored is not None:
-                await self._store(namespace, name, None)
-                await self.op._decided(
-                    "InferencePool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
-                )
-                await self._progressing(pool, "False", reasons.AS_EXPECTED, f"resharded to TP{tp}")
+                await self._finish(pool, tp)
             return plan
-        if stored is None or stored.get("tp") != tp or stored.get("instances") != spec.instances:
+        if not current:
             stored = await self._plan(pool, spec, md_spec, raw, live)
             if stored is None:
                 return plan  # cannot plan (no room even with downtime): the default path reports it
+        assert stored is not None
         steps = [
             PlanStep(StepKind(s["kind"]), s["instance"], tuple(s.get("gpus") or ()), tp=int(s.get("tp", 0)))
             for s in stored["steps"]
@@ -238,6 +236,9 @@ class Reconfiguration:
                 await self.op.kube.delete(
                     MODEL_INSTANCES, namespace, i.name, by_name[i.name]["metadata"].get("uid")
                 )
+        if rollout.done and not old:
+            await self._finish(pool, tp)
+            return plan
         waiting = rollout.waiting_for or "the last old instances to go"
         await self._progressing(
             pool, "True", reasons.RESHARDING, f"resharding to TP{tp}: waiting for {waiting}"
@@ -370,6 +371,13 @@ class Reconfiguration:
                 f"{instance} (Active, TP{spec.tensor_parallel}) on {placed.node_name} GPUs {','.join(gpus)} "
                 "for the reshard",
             )  # fmt: skip
+
+    async def _finish(self, pool: Obj, tp: int) -> None:
+        await self._store(pool["metadata"]["namespace"], pool["metadata"]["name"], None)
+        await self.op._decided(
+            "InferencePool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
+        )
+        await self._progressing(pool, "False", reasons.AS_EXPECTED, f"resharded to TP{tp}")
 
     # -- pool annotation and condition --------------------------------------------------------------
 

@@ -662,6 +662,12 @@ class Simulator:
             mean_prompt_tokens=float(w.prompt_tokens.mean()) if len(w) else 0.0,
             mean_output_tokens=float(w.output_tokens.mean()) if len(w) else 0.0,
             duration_s=w.duration_s,
+            length_sample=tuple(
+                (int(w.prompt_tokens[i]), int(w.output_tokens[i]))
+                for i in np.linspace(0, len(w) - 1, min(len(w), 2000)).astype(int)
+            )
+            if len(w)
+            else (),
         )
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -38,14 +39,6 @@ class FlywheelModel(BaseModel):
         extra="forbid",
         validate_assignment=False,
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_unset(cls, data: Any) -> Any:
-        """``null`` fields count as absent, as the API server prunes them before defaulting."""
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
 
     def wire(self) -> dict[str, Any]:
         """The object as the Kubernetes API stores it (camelCase, unset optionals omitted)."""
@@ -141,14 +134,47 @@ class Resource(BaseModel):
 
     @classmethod
     def from_wire(cls, body: dict[str, Any] | str | bytes) -> Self:
-        """Parse an object as the API server would: JSON types strictly, camelCase names only."""
-        text = body if isinstance(body, str | bytes) else json.dumps(body)
+        """Parse an object as the API server would: JSON types strictly, camelCase names only, and
+        ``null`` fields treated as absent (the API server prunes them before defaulting)."""
+        data = json.loads(body) if isinstance(body, str | bytes) else body
+        text = json.dumps(_prune_nulls(cls, data))
         return cls.model_validate_json(text, strict=True, by_alias=True, by_name=False)
 
     def wire(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["kind"] = self.KIND
         return body
+
+
+def _prune_nulls(model: type[BaseModel], data: Any) -> Any:
+    """Drop ``null`` model fields; map values and list items keep theirs (as the API server does)."""
+    if not isinstance(data, dict):
+        return data
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            out[key] = value
+        elif value is not None:
+            out[key] = _prune_nested(field.annotation, value)
+    return out
+
+
+def _prune_nested(annotation: Any, value: Any) -> Any:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _prune_nulls(annotation, value)
+    if origin is Annotated:
+        return _prune_nested(args[0], value)
+    if origin in (Union, UnionType):
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        return _prune_nulls(models[0], value) if len(models) == 1 else value
+    if origin is list and isinstance(value, list):
+        return [v if v is None else _prune_nested(args[0], v) for v in value]
+    if origin is dict and isinstance(value, dict):
+        return {k: v if v is None else _prune_nested(args[1], v) for k, v in value.items()}
+    return value
 
 
 def age_column() -> dict[str, Any]:

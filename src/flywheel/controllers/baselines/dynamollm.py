@@ -93,16 +93,18 @@ class DynamoLLMPolicy:
         self._clocks = serving_clocks(context.sku)
         self._class_pool = {(i, o): INPUT_NAMES[i] for i in range(3) for o in range(3)}
         hints = context.hints
-        # Without per-class history, split the mean load across the three input pools evenly.
+        # Split the mean load across the three input pools by the historical request mix.
+        sample = hints.length_sample or ((int(hints.mean_prompt_tokens), int(hints.mean_output_tokens)),)
         targets = []
-        for name in INPUT_NAMES:
-            tp, count, clock, _ = self._size(
-                hints.mean_rps / 3, hints.mean_prompt_tokens, hints.mean_output_tokens
-            )
+        for index, name in enumerate(INPUT_NAMES):
+            members = [(p, o) for p, o in sample if _bucket(p, INPUT_BOUNDS) == index]
+            share = len(members) / len(sample)
+            prompt = sum(p for p, _ in members) / len(members) if members else hints.mean_prompt_tokens
+            output = sum(o for _, o in members) / len(members) if members else hints.mean_output_tokens
+            tp, count, clock, _ = self._size(hints.mean_rps * share, prompt, output)
             self._pools[name] = (tp, count, clock)
-            targets.append(
-                PoolTarget(name, tp, count, clock, "initial: mean load split across input classes")
-            )
+            reason = f"initial: {share:.0%} of the mean load (historical mix)"
+            targets.append(PoolTarget(name, tp, count, clock, reason))
         return targets
 
     def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:

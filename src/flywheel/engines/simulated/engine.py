@@ -92,6 +92,7 @@ class SimRequest:
     max_tokens: int
     arrival_s: float
     predicted_output_tokens: int
+    stream: bool = True  # False: no per-token events, only ``done`` (non-streaming completions)
     tokens: asyncio.Queue[TokenEvent | EngineUnavailable] = field(default_factory=asyncio.Queue)
     generated: int = 0
     first_token_s: float | None = None
@@ -343,7 +344,12 @@ class SimulatedEngine:
 
     # -- requests -----------------------------------------------------------------------------------
     def submit(
-        self, prompt_tokens: int, max_tokens: int, predicted_output_tokens: int | None = None
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        predicted_output_tokens: int | None = None,
+        *,
+        stream: bool = True,
     ) -> SimRequest:
         """Queue a request generating ``max_tokens`` tokens; ``predicted_output_tokens`` is the router's
         prediction, exposed to the instance controller (the engine itself never uses it)."""
@@ -362,6 +368,7 @@ class SimulatedEngine:
             max_tokens,
             arrival_s=self.now(),
             predicted_output_tokens=predicted_output_tokens or max_tokens,
+            stream=stream,
         )
         self._waiting.append(request)
         self._update_gauges()
@@ -502,17 +509,34 @@ class SimulatedEngine:
             return
         if self._hung:
             return
-        for index in range(1, completed + 1):
-            at = start + index * step
-            for request in self._running:
-                self._emit(request, at)
-            self._finish_done(at)
-            if not self._running:
-                completed = index
-                break
+        # Every running request gets one token per iteration (``steps`` never passes the soonest
+        # finish), accounted once per macro step: O(batch), not O(batch x iterations).
+        for request in self._running:
+            self._emit_run(request, start, step, completed)
+        self._finish_done(start + completed * step)
         self._virtual = start + completed * step
         self.stats.busy_s += completed * step
         self.stats.iterations_total += completed
+
+    def _emit_run(self, request: SimRequest, start: float, step: float, count: int) -> None:
+        """``count`` tokens at ``start + step``, ``start + 2 * step``, ..."""
+        first = start + step
+        self._emit(request, first)
+        if count <= 1:
+            return
+        last = start + count * step
+        request.max_tbt_s = max(request.max_tbt_s, step)
+        self.stats.inter_token.observe(step, count - 1)
+        self.stats.generation_tokens_total += count - 1
+        if request.stream:
+            for index in range(2, count + 1):
+                request.generated += 1
+                request.tokens.put_nowait(
+                    TokenEvent(request.generated - 1, start + index * step, request.remaining == 0)
+                )
+        else:
+            request.generated += count - 1
+        request.last_token_s = last
 
     def _emit(self, request: SimRequest, at: float) -> None:
         if request.first_token_s is None:
@@ -525,7 +549,8 @@ class SimulatedEngine:
         request.last_token_s = at
         request.generated += 1
         self.stats.generation_tokens_total += 1
-        request.tokens.put_nowait(TokenEvent(request.generated - 1, at, request.remaining == 0))
+        if request.stream:
+            request.tokens.put_nowait(TokenEvent(request.generated - 1, at, request.remaining == 0))
 
     def _finish_done(self, at: float) -> None:
         still: list[SimRequest] = []

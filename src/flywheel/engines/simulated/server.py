@@ -183,7 +183,9 @@ class SimulatedEngineServer:
                     error_body(f"model {request.model!r} does not exist", "NotFoundError", 404), status=404
                 )
             predicted = _int_header(http, PREDICTED_HEADER)
-            sim = self.engine.submit(request.prompt_tokens, request.generated_tokens, predicted)
+            sim = self.engine.submit(
+                request.prompt_tokens, request.generated_tokens, predicted, stream=request.stream
+            )
         except (BadRequest, json.JSONDecodeError, ValueError) as error:
             return web.json_response(error_body(str(error), "BadRequestError", 400), status=400)
         except EngineUnavailable as error:
