@@ -91,6 +91,12 @@ class FlywheelPolicy:
         self._ticks: dict[str, tuple[float, set[str], int]] = {}
         self._rates: dict[str, float] = {}
         self._probe_prompt: dict[str, int] = {}  # pool -> P99 prompt tokens of its recent load
+        self.pool_forecaster = LoadForecaster(
+            window_s=self.info.periods.pool_s,
+            alpha=0.5,
+            peak_windows=peak_windows,
+            bursty_peak_windows=bursty_peak_windows,
+        )
         self.forecaster = LoadForecaster(
             window_s=self.info.periods.pool_s,
             alpha=0.5,
@@ -264,11 +270,25 @@ class FlywheelPolicy:
                 continue
             ps = current[name]
             backlog = ps.load.queued / max(self.info.periods.pool_s, 1.0)
+            # Rates from the pool's own arrivals (burstiness judged on the pool's total, not on
+            # noisy small classes); token statistics from its classes.
+            self.pool_forecaster.observe_window(
+                name,
+                round(ps.load.arrivals_rps * ps.load.window_s),
+                0.0,
+                0.0,
+                0.0,
+                duration_s=ps.load.window_s,
+            )
+            pool_rate = {
+                id(expected): self.pool_forecaster.expected(name).requests_per_s,
+                id(peaks): self.pool_forecaster.peak(name).requests_per_s,
+            }
             for source, target in ((expected, pool_loads), (peaks, pool_peaks)):
                 parts = [source[c] for c in classes if c in source]
                 load = merge_loads(parts) if parts else _EMPTY
                 target[name] = ClassLoad(
-                    load.requests_per_s + backlog,
+                    pool_rate[id(source)] + backlog,
                     load.mean_input_tokens or ps.load.mean_prompt_tokens,
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
