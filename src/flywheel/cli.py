@@ -178,13 +178,23 @@ def sim_faults(
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("demo-out"), "--output", "-o", help="Directory for reports and plots."),
+    output: Path = typer.Option(Path("out/demo"), "--output", "-o", help="Directory for reports and plots."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    dev_seconds: float = typer.Option(30.0, "--dev-seconds", help="Then 'flywheel dev' this long (0: skip)."),
 ) -> None:
     """Simulate both Azure traces with every baseline (and Flywheel, when registered); print the table."""
     from flywheel.sim import cli as sim_cli
 
     sim_cli.demo(output, plots)
+    if dev_seconds > 0:  # the whole system on localhost, briefly, with one injected GPU fault
+        from flywheel.devcluster.cli import run as run_dev
+
+        code = run_dev(
+            duration=dev_seconds, trace="conv", speed=20.0, nodes=3, gpus_per_node=8, inject=["auto"],
+            report=output / "dev-report.json", max_rps=10.0, live=None, seed=0,
+        )  # fmt: skip
+        if code:
+            raise typer.Exit(code)
 
 
 @app.command()
@@ -195,14 +205,14 @@ def dev(
     nodes: int = typer.Option(3, "--nodes", help="Simulated GPU nodes."),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
     inject: list[str] = typer.Option(
-        ["auto"], "--inject", help="Fault KIND@SECONDS (xidN, gpulost, hang, crash); 'auto': xid79 at 1/3; 'none'."
+        ["auto"], "--inject", help="KIND@SECONDS (xidN, gpulost, hang, crash); 'auto': xid79 at 1/3; 'none'."
     ),
     report: Path | None = typer.Option(None, "--report", help="Write the JSON summary here."),
-    max_rps: float = typer.Option(20.0, "--max-rps", help="Sample the trace down to this wall request rate."),
-    live: bool | None = typer.Option(None, "--live/--no-live", help="Live terminal view (default: on a TTY)."),
+    max_rps: float = typer.Option(10.0, "--max-rps", help="Sample the trace down to this wall request rate."),
+    live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Run Flywheel end to end on localhost: API emulator, operator, node agents, simulated engines, router."""
+    """Run Flywheel end to end on localhost: API emulator, operator, agents, simulated engines, router."""
     from flywheel.devcluster.cli import run
 
     code = run(

@@ -19,7 +19,9 @@ def test_profile_reproduces_the_engine_on_and_between_grid_points(profile: Engin
     eng = FakeEngine()
     a, f = profile.tp_index(4), profile.clock_index(CLOCKS[3])
     for batch, ctx in ((1, 64), (16, 1024), (20, 1500), (300, 3000)):
-        got = profile.decode_ms(np.asarray([a]), np.asarray([f]), np.asarray([float(batch)]), np.asarray([float(ctx)]))
+        got = profile.decode_ms(
+            np.asarray([a]), np.asarray([f]), np.asarray([float(batch)]), np.asarray([float(ctx)])
+        )
         assert got[0] == pytest.approx(eng.decode_step_ms(4, batch, batch * ctx, CLOCKS[3]), rel=0.02)
     for tokens in (16, 700, 5000):
         got = profile.prefill_ms(np.asarray([a]), np.asarray([f]), np.asarray([float(tokens)]))

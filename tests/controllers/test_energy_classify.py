@@ -12,7 +12,14 @@ def test_default_thresholds_match_the_api_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("prompt", "output", "expected"),
-    [(100, 10, "ss"), (512, 64, "ss"), (513, 65, "mm"), (2048, 256, "mm"), (2049, 257, "ll"), (100, 1000, "sl")],
+    [
+        (100, 10, "ss"),
+        (512, 64, "ss"),
+        (513, 65, "mm"),
+        (2048, 256, "mm"),
+        (2049, 257, "ll"),
+        (100, 1000, "sl"),
+    ],
 )
 def test_classify_uses_inclusive_upper_bounds(prompt: int, output: int, expected: str) -> None:
     assert classify(prompt, output, ClassThresholds()) == expected

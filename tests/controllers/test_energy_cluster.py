@@ -17,7 +17,11 @@ def test_busy_classes_keep_their_own_pools() -> None:
 
 
 def test_low_load_class_merges_into_a_neighbour_longer_output_first() -> None:
-    loads = {"sm": ClassLoad(4.0, 200, 100, 500), "ss": ClassLoad(0.2, 200, 30, 500), "ms": ClassLoad(4.0, 900, 30, 2000)}
+    loads = {
+        "sm": ClassLoad(4.0, 200, 100, 500),
+        "ss": ClassLoad(0.2, 200, 30, 500),
+        "ms": ClassLoad(4.0, 900, 30, 2000),
+    }
     plan = ClusterController(cap, merge_below=0.5).plan(loads, gpu_budget=64)
     names = {p.name: p for p in plan.pools}
     assert "ss" not in names

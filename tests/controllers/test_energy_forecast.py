@@ -31,3 +31,17 @@ def test_duration_overrides_the_window() -> None:
     f = LoadForecaster(window_s=10)
     f.observe_window("ss", 60, 100, 10, 100, duration_s=60)
     assert f.forecast("ss").requests_per_s == pytest.approx(1.0)
+
+
+def test_bursty_class_keeps_its_peak_longer() -> None:
+    f = LoadForecaster(window_s=10, alpha=0.5, peak_windows=2, bursty_peak_windows=6, burst_ratio=2.0)
+    steady = LoadForecaster(window_s=10, alpha=0.5, peak_windows=2, bursty_peak_windows=6, burst_ratio=2.0)
+    f.observe_window("code", 200, 1500, 20, 5000)  # a burst of 20 req/s, then quiet
+    steady.observe_window("conv", 60, 1000, 200, 3000)  # 6 req/s, then 5 req/s
+    for _ in range(4):
+        f.observe_window("code", 0, 0, 0, 0)
+        steady.observe_window("conv", 50, 1000, 200, 3000)
+    assert f.bursty("code") and not steady.bursty("conv")
+    assert f.peak("code").requests_per_s == pytest.approx(20.0)  # still remembered after 4 windows
+    assert steady.peak("conv").requests_per_s == pytest.approx(5.0)  # the 6 req/s window has left
+    assert f.expected("code").requests_per_s < 2.0

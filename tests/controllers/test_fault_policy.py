@@ -220,3 +220,16 @@ def test_injected_lookup_is_used() -> None:
 
     decision = FaultController(xid_advice=lookup).handle(xid(13), fleet())
     assert decision.quarantine_nodes == {"node-1"}
+
+
+def test_straggler_recheck_on_a_float_boundary_isolates() -> None:
+    # 312.446... - 192.446... is 119.99999999999997 in floating point: the re-check the controller
+    # asked for must still count as persistent (it once re-checked forever).
+    view = fleet()
+    controller = FaultController()
+    hot = ("GPU-node-2-5",)
+    first = 192.4460582426107
+    decision = controller.handle(FaultSignal(SignalType.THERMAL, "node-2", first, gpu_uuids=hot), view)
+    assert decision.recheck_after_s == 120.0
+    again = controller.handle(FaultSignal(SignalType.THERMAL, "node-2", first + 120.0, gpu_uuids=hot), view)
+    assert again.isolates

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import kmock
 
-from kube_emulator import FlywheelEmulator, Obj, ResKey
+from flywheel.devcluster.emulator import FlywheelEmulator, Obj, ResKey
 
 T = TypeVar("T")
 

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from emulator_thread import EmulatorThread
-from kube_emulator import json_patch, merge_patch, parse_field_selector, parse_label_selector
+
+from flywheel.devcluster.emulator import json_patch, merge_patch, parse_field_selector, parse_label_selector
 
 MD = "/apis/flywheel.dev/v1alpha1/namespaces/default/modeldeployments"
 PODS = "/api/v1/namespaces/default/pods"

@@ -61,16 +61,17 @@ class OperatorThread:
         )
         try:
             self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
+        except (asyncio.CancelledError, RuntimeError):
+            pass  # killed: the loop was stopped under the operator
         except BaseException as exc:  # surfaced by the tests through .error
             self.error = exc
         finally:
-            with contextlib.suppress(Exception):
-                pending = asyncio.all_tasks(self._loop)
-                for task in pending:
-                    task.cancel()
-                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:  # let cancellations unwind for a moment; whatever hangs is abandoned, as in a crash
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(asyncio.wait(pending, timeout=3))
             self._loop.close()
 
     def start(self) -> OperatorThread:
@@ -80,15 +81,23 @@ class OperatorThread:
         return self
 
     def stop(self) -> None:
+        """Graceful: kopf's own shutdown (peering entry removed, cleanup handlers run)."""
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def hard_stop(self) -> None:
+        """From inside the operator's loop: every task cancelled, the loop stopped (a crash)."""
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.stop()
+
     def kill(self) -> None:
-        """Cancel the operator's main task right now (from any thread), as a crash would stop it."""
-        if self._task is not None and not self._loop.is_closed():
+        """Crash the operator from any thread and wait until its thread is gone."""
+        if self._thread.is_alive():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._task.cancel)
+                self._loop.call_soon_threadsafe(self.hard_stop)
         self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the operator thread survived a kill"
 
     @property
     def alive(self) -> bool:
@@ -100,7 +109,7 @@ class OperatorThread:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.kill()
 
 
 def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:

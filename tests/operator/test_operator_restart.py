@@ -50,9 +50,7 @@ def test_killed_mid_reconcile_converges_without_duplicates(cluster: EmulatorThre
         writes.append(f"{method} {path}")
         if len(writes) == kill_at:
             holder["killed"] = holder["op"]
-            op = holder["op"]
-            assert op._task is not None
-            op._task.cancel()  # the process dies here...
+            holder["op"].hard_stop()  # the process dies here...
             raise asyncio.CancelledError  # ...before this write reaches the API server
 
     spec = {"gpu": {"allowedTensorParallel": [1]}, "scaling": {"minInstances": 1, "maxInstances": 1, "warmStandbys": 1}}

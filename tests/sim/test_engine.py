@@ -188,3 +188,19 @@ def test_sampled_power_integrates_to_total_energy() -> None:
     integrated = sum(b.power_w * (b.time_s - a.time_s) for a, b in itertools.pairwise(samples))
     tail = result.energy_j - integrated  # after the last sample, before the end
     assert 0 <= tail <= 2 * 4 * 700.0 * (result.end_s - samples[-1].time_s) + 1e-6
+
+
+def test_arrival_joins_at_the_next_iteration_boundary() -> None:
+    m, h = LLAMA2_70B, H100_SXM
+    cfg = SimConfig(nodes=1, drain_s=100.0)
+    # A long request decodes alone; a second one arrives mid-way through the folded decode block.
+    result = Simulator(workload([0.0, 5.0], [500, 400], [1000, 3]), FixedPolicy(), cfg).run()
+    t = prefill_ms(m, h, 8, 500, 1980) / 1000.0
+    ctx = 501
+    while t < 5.0:
+        t += decode_step_ms(m, h, 8, 1, ctx, 1980) / 1000.0
+        ctx += 1
+    # At that boundary one mixed iteration carries the new prompt plus the running request's token.
+    mixed = max(prefill_ms(m, h, 8, 400 + 1, 1980), decode_step_ms(m, h, 8, 1, ctx, 1980)) / 1000.0
+    assert result.first_token_s[1] == pytest.approx(t + mixed, rel=1e-9)
+    assert result.first_token_s[1] - 5.0 < 0.2

@@ -293,16 +293,11 @@ class FlywheelPolicy:
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
                 )
-        # A bursty workload's known peak minute (the offline hint Static is sized with; bursty as the
-        # forecaster defines it) counts as a window observed at the start: it stays in the peak
-        # memory for the first ``peak_windows`` windows, before any burst has been seen.
+        # The workload's known peak minute (the offline hint the initial plan and Static are sized
+        # with) counts as a window observed at the start: it stays in the peak memory for the first
+        # ``peak_windows`` windows, so one quiet first minute does not shrink the pool.
         h = self._context().hints
-        bursty = h.peak_minute_rps > self.forecaster.burst_ratio * max(h.mean_rps, 1e-9)
-        if (
-            bursty
-            and len(pool_peaks) == 1
-            and obs.time_s <= self.forecaster.peak_windows * self.info.periods.pool_s
-        ):
+        if len(pool_peaks) == 1 and obs.time_s <= self.forecaster.peak_windows * self.info.periods.pool_s:
             name, pk = next(iter(pool_peaks.items()))
             if h.peak_minute_rps > pk.requests_per_s:
                 pool_peaks[name] = replace(pk, requests_per_s=h.peak_minute_rps)

@@ -24,7 +24,7 @@ def solve_choice(
     gpus: Sequence[Sequence[int]],
     budget: int,
     time_limit_s: float = 5.0,
-    mip_rel_gap: float = 1e-4,
+    mip_rel_gap: float = 1e-3,
 ) -> MilpResult | None:
     """Pick exactly one option per group with total GPUs <= budget at least total cost.
 

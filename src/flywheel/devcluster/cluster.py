@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ class DevOptions:
     gpus_per_node: int = 8
     inject: list[str] = field(default_factory=lambda: ["auto"])
     report: Path | None = None
-    max_rps: float = 20.0  # wall-clock request rate the replay is sampled down to
+    max_rps: float = 10.0  # wall-clock request rate the replay is sampled down to
     load_seconds: float = 60.0  # virtual seconds an engine takes to load its weights (cold start)
     live: bool | None = None  # None: when stdout is a terminal
     namespace: str = "default"
@@ -185,7 +186,7 @@ class DevCluster:
             load_window_s=max(5.0, 600.0 / o.speed),
             request_timeout_s=120.0,
         )
-        self.router_server = RouterServer(self.router, refresh_period_s=0.5)
+        self.router_server = RouterServer(self.router, refresh_period_s=1.0)
         await self.router_server.start()
         self._say(f"router at {self.router_server.url}")
         self.sync = RouterSync(
@@ -238,7 +239,13 @@ class DevCluster:
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         handle = log_path.open("wb")
-        self.operator = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        self.operator = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_death_signal(),  # noqa: PLW1509 - calls only prctl(2), resolved before the fork
+        )
         handle.close()
         self._say(f"operator (pid {self.operator.pid}), log {log_path}")
 
@@ -260,7 +267,9 @@ class DevCluster:
         if running is None:
             return EngineReading(None, None, False, error="engine gone")
         stats = running.engine.stats
-        return EngineReading(float(stats.running), float(stats.generation_tokens_total), running.engine.healthy)
+        return EngineReading(
+            float(stats.running), float(stats.generation_tokens_total), running.engine.healthy
+        )
 
     def _clock_policies(self) -> dict[str, ClockPolicyView]:
         views: dict[str, ClockPolicyView] = {}
@@ -397,7 +406,8 @@ class DevCluster:
             return "-" if value is None else f"{value:.1f}s"
 
         return (
-            f"{summary['fault']}@{summary['at_s']:g}s on {summary['instance'] or '?'} ({summary['gpu'][:12]}) "
+            f"{summary['fault']}@{summary['at_s']:g}s on {summary['instance'] or '?'} "
+            f"({summary['gpu'][:12]}) "
             f"detected {fmt(summary['detected_after_s'])} isolated {fmt(summary['isolated_after_s'])} "
             f"recovered {fmt(summary['recovered_after_s'])} {summary['note']}"
         )
@@ -428,12 +438,15 @@ class DevCluster:
         assert self.router_server is not None and self.injector is not None
         self.snapshot.phase = "replaying"
 
+        replay_running = asyncio.Event()
+
         def started(t0: float) -> None:
             self.replay_started = t0
+            replay_running.set()
 
         async def inject_all() -> None:
-            while self.replay_started is None:
-                await asyncio.sleep(0.05)
+            await replay_running.wait()
+            assert self.replay_started is not None
             for spec in sorted(self.faults, key=lambda f: f.at_s):
                 delay = self.replay_started + spec.at_s - time.monotonic()
                 if delay > 0:
@@ -453,7 +466,7 @@ class DevCluster:
             )
             # Let recovery finish after the last request (bounded).
             deadline = time.monotonic() + self.options.drain_timeout_s
-            while time.monotonic() < deadline and any(
+            while time.monotonic() < deadline and any(  # noqa: ASYNC110 - the observer task updates it
                 r.injected_at is not None and r.recovered_at is None for r in self.injector.records
             ):
                 await asyncio.sleep(0.25)
@@ -516,7 +529,11 @@ class DevCluster:
                 # Engines that fall behind the wall clock catch up; their virtual latencies stay exact,
                 # but a large lag means this machine could not keep the pace of --speed.
                 "max_engine_lag_s": round(
-                    max((e.engine.stats.max_lag_s for e in (self.kubelet.started if self.kubelet else [])), default=0.0), 3
+                    max(
+                        (e.engine.stats.max_lag_s for e in (self.kubelet.started if self.kubelet else [])),
+                        default=0.0,
+                    ),
+                    3,
                 ),
             },
             "operator_log": str(self.operator_log) if self.operator_log else None,
@@ -527,24 +544,25 @@ class DevCluster:
             return 0.0
         return float(self.router.registry.get_sample_value(name) or 0.0)
 
-    @staticmethod
-    def _incident(obj: dict[str, Any]) -> dict[str, Any]:
+    def _incident(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """One Incident as the operator recorded it; MTTD and MTTR are measured from the injection of
+        the fault it answers (same node, injected before it was detected)."""
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        times = {
-            k: status.get(k) for k in ("injectedAt", "detectedAt", "isolatedAt", "replacedAt", "recoveredAt")
-        }
+        keys = ("detectedAt", "isolatedAt", "replacedAt", "recoveredAt")
+        times = {k: _parse_time(status.get(k)) for k in keys}
+        injected: datetime | None = None
+        for record in self.injector.records if self.injector else []:
+            detected = times["detectedAt"]
+            if (
+                record.injected_utc is not None
+                and record.node == spec.get("nodeName")
+                and (detected is None or record.injected_utc <= detected)
+            ):
+                injected = record.injected_utc
 
-        def seconds(a: str | None, b: str | None) -> float | None:
-            from datetime import datetime
+        def since(at: datetime | None) -> float | None:
+            return None if at is None or injected is None else round((at - injected).total_seconds(), 3)
 
-            if not a or not b:
-                return None
-            return (
-                datetime.fromisoformat(b.replace("Z", "+00:00"))
-                - datetime.fromisoformat(a.replace("Z", "+00:00"))
-            ).total_seconds()
-
-        start = times["injectedAt"] or obj["metadata"].get("creationTimestamp")
         return {
             "name": obj["metadata"]["name"],
             "signal": (spec.get("signal") or {}).get("type"),
@@ -552,9 +570,9 @@ class DevCluster:
             "node": spec.get("nodeName"),
             "affected": [ref.get("name") for ref in spec.get("affected") or []],
             "actions": [a.get("action") for a in status.get("actions") or []],
-            **times,
-            "mttd_s": seconds(times["injectedAt"], times["detectedAt"]),
-            "mttr_s": seconds(start, times["recoveredAt"] or times["replacedAt"]),
+            **{k: status.get(k) for k in keys},
+            "mttd_s": since(times["detectedAt"]),
+            "mttr_s": since(times["recoveredAt"] or times["replacedAt"]),
         }
 
     # -- stop -----------------------------------------------------------------------------------------
@@ -583,6 +601,33 @@ class DevCluster:
         self.api.stop()
 
 
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _death_signal() -> Callable[[], None] | None:
+    """Linux: a pre-exec hook making the child get SIGTERM when this process dies (no orphaned
+    operator if ``flywheel dev`` is killed). Resolved here, in the parent: the child only calls it."""
+    try:
+        import ctypes
+        import signal
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
 async def run_dev(options: DevOptions, console: Console | None = None) -> dict[str, Any]:
     """Run one dev-cluster scenario end to end and return its report (also written to ``--report``)."""
     console = console or Console()
@@ -594,7 +639,7 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
     sample = min(1.0, options.max_rps / wall_rps) if wall_rps > 0 else 1.0
     cluster = DevCluster(options)
     if options.progress is None and not live_view:
-        options.progress = lambda message: console.print(message)
+        options.progress = console.print
     try:
         await cluster.start()
         capacity = 0
@@ -614,9 +659,10 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
             seed=options.seed,
         )
         ready = await cluster.wait_ready()
+        state = "instances serving" if ready else "instances NOT all serving (timeout)"
         cluster._say(
-            f"{'instances serving' if ready else 'instances NOT all serving (timeout)'}; replaying {len(replay_plan)} "
-            f"requests of {options.trace} (sample {sample:.3f}) at x{options.speed:g} for {options.duration_s:g}s"
+            f"{state}; replaying {len(replay_plan)} requests of {options.trace} (sample {sample:.3f}) "
+            f"at x{options.speed:g} for {options.duration_s:g}s"
         )
         if live_view:
             with Live(

@@ -23,9 +23,11 @@ No pytest imports: the module can serve a local dev cluster as well as tests.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import copy
 import datetime
+import functools
 import json
 import random
 import re
@@ -203,6 +205,22 @@ def _split_terms(selector: str) -> list[str]:
     return terms
 
 
+def _label_absent(key: str, labels: Mapping[str, str]) -> bool:
+    return key not in labels
+
+
+def _label_present(key: str, labels: Mapping[str, str]) -> bool:
+    return key in labels
+
+
+def _label_equals(key: str, value: str, negate: bool, labels: Mapping[str, str]) -> bool:
+    return (labels.get(key) != value) if negate else (labels.get(key) == value)
+
+
+def _label_in(key: str, values: frozenset[str], negate: bool, labels: Mapping[str, str]) -> bool:
+    return (labels.get(key) not in values) if negate else (labels.get(key) in values)
+
+
 def parse_label_selector(selector: str) -> Predicate:
     checks: list[Callable[[Mapping[str, str]], bool]] = []
     for term in _split_terms(selector):
@@ -210,24 +228,15 @@ def parse_label_selector(selector: str) -> Predicate:
         if match is None:
             raise ApiError(400, "BadRequest", f"unable to parse label selector term {term!r}")
         if match["nkey"]:
-            key = match["nkey"]
-            checks.append(lambda labels, k=key: k not in labels)
+            checks.append(functools.partial(_label_absent, match["nkey"]))
         elif match["op"]:
             key, value = match["key"], match["value"]
-            if match["op"] == "!=":
-                checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            checks.append(functools.partial(_label_equals, key, value, match["op"] == "!="))
         elif match["setop"]:
-            key = match["key"]
-            values = {v.strip() for v in match["values"].split(",") if v.strip()}
-            if match["setop"] == "in":
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            values = frozenset(v.strip() for v in match["values"].split(",") if v.strip())
+            checks.append(functools.partial(_label_in, match["key"], values, match["setop"] == "notin"))
         else:
-            key = match["key"]
-            checks.append(lambda labels, k=key: k in labels)
+            checks.append(functools.partial(_label_present, match["key"]))
 
     def predicate(obj: Obj) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
@@ -684,18 +693,18 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         refs = obj.get("metadata", {}).get("ownerReferences") or []
         return bool(refs) and all(ref.get("uid") not in self._uids for ref in refs)
 
-    def _schedule_gc(self, uids: list[str], self_uid: bool = False) -> None:
+    def _schedule_gc(self, uids: builtins.list[str], self_uid: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(self._collect(uids, self_uid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _collect(self, uids: list[str], self_uid: bool) -> None:
+    async def _collect(self, uids: builtins.list[str], self_uid: bool) -> None:
         """Background GC: delete dependents all of whose owners are gone (as kube-controller-manager)."""
         if self.gc_delay:
             await asyncio.sleep(self.gc_delay)
         else:
             await asyncio.sleep(0)
-        candidates: list[tuple[ResKey, ObjKey]] = []
+        candidates: builtins.list[tuple[ResKey, ObjKey]] = []
         for uid in uids:
             if self_uid:
                 if uid in self._uids:
@@ -733,7 +742,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         bookmarks = query.get("allowWatchBookmarks") == "true"
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         since_text = query.get("resourceVersion", "")
-        initial: list[Obj] = []
+        initial: builtins.list[Obj] = []
         if since_text in ("", "0") or query.get("sendInitialEvents") == "true":
             since = self._rv
             initial = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
@@ -54,6 +55,7 @@ class FaultRecord:
     node: str = ""
     gpu_uuid: str = ""
     injected_at: float | None = None  # wall monotonic
+    injected_utc: datetime | None = None
     detected_at: float | None = None
     isolated_at: float | None = None
     recovered_at: float | None = None
@@ -74,6 +76,7 @@ class FaultRecord:
             "node": self.node,
             "gpu": self.gpu_uuid,
             "injected": self.injected_at is not None,
+            "injected_at": self.injected_utc.isoformat() if self.injected_utc else None,
             "detected_after_s": self.elapsed(self.detected_at),
             "isolated_after_s": self.elapsed(self.isolated_at),
             "recovered_after_s": self.elapsed(self.recovered_at),
@@ -120,6 +123,7 @@ class FaultInjector:
         elif spec.kind == "crash":
             victim.engine.fail("engine process exited")
         record.injected_at = time.monotonic()
+        record.injected_utc = datetime.now(UTC)
         return record
 
     def observe(

@@ -102,7 +102,12 @@ def start_agent(
         dump_stacks_on_hang=False,
     )
     agent = Agent(
-        config, node.nvml, sink=sink, engines=engines, engine_reader=engine_reader, clock_decider=clock_decider
+        config,
+        node.nvml,
+        sink=sink,
+        engines=engines,
+        engine_reader=engine_reader,
+        clock_decider=clock_decider,
     )
     agent.start(background=True)
     node.agent = agent

@@ -55,9 +55,8 @@ class Snapshot:
 def render(s: Snapshot) -> RenderableType:
     head = Text()
     head.append(f"{s.phase}  ", style="bold")
-    head.append(
-        f"t={s.elapsed_s:5.1f}/{s.duration_s:.0f}s wall  (trace x{s.speed:g}: {s.elapsed_s * s.speed:6.0f}s)  "
-    )
+    trace_s = s.elapsed_s * s.speed
+    head.append(f"t={s.elapsed_s:5.1f}/{s.duration_s:.0f}s wall  (trace x{s.speed:g}: {trace_s:6.0f}s)  ")
     head.append(f"requests {s.served}/{s.sent} served, {s.failed} failed  ")
     slo = "-" if s.attainment is None else f"{100 * s.attainment:.1f}%"
     head.append(f"SLO {slo}  ", style="green" if (s.attainment or 0) >= 0.99 else "yellow")

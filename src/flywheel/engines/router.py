@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # The router's output-length prediction, handed to the engine for the instance controller.
 PREDICTED_HEADER = "x-flywheel-predicted-output-tokens"
 
+# httpcore scans every pooled connection (and, for each idle one, all of them again) whenever a
+# request starts or ends: a small idle pool keeps that cheap; loopback connects are cheaper.
+KEEPALIVE = 8
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "upgrade", "te"}
 )
@@ -193,7 +196,7 @@ class Router:
         self._own_client = client is None
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(request_timeout_s, connect=2.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=KEEPALIVE),
         )
         self.time_scale = time_scale
         self.failure_cooldown_s = failure_cooldown_s

@@ -36,6 +36,7 @@ class OperatorConfig:
     standalone: bool = False
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     priority: int | None = None
+    peering_lifetime_seconds: int = 60  # a crashed leader is trusted this long before others take over
     # Controller rounds (kopf timers) and resync.
     pool_period_seconds: float = 300.0
     cluster_period_seconds: float = 1800.0

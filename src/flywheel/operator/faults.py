@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ from flywheel.controllers.fault import (
     FaultSignal,
     FleetView,
     InstanceView,
+    RankTrace,
     build_incident,
     incident_name,
     instance_target,
@@ -69,6 +70,7 @@ from flywheel.controllers.fault import diagnostics as diag
 from flywheel.controllers.fault.incident import to_datetime
 from flywheel.controllers.standby import Member, Role, promote_for_failures
 from flywheel.operator.kube import (
+    EVENTS,
     GPU_NODES,
     MODEL_DEPLOYMENTS,
     MODEL_INSTANCES,
@@ -82,6 +84,7 @@ log = logging.getLogger(__name__)
 INCIDENTS = Kind(GROUP, VERSION, "incidents", "Incident", namespaced=False)
 RESET_BREAKER_ANNOTATION = "flywheel.dev/reset-circuit-breaker"
 ROUTING_WEIGHT_ANNOTATION = "flywheel.dev/routing-weight"
+EVENT_NAMESPACE = "default"  # where the node agent posts Events about (cluster-scoped) GPUNodes
 NETWORK_HEALTHY = "NetworkHealthy"
 ENGINES_HEALTHY = "EnginesHealthy"
 GPUS_HEALTHY = "GPUsHealthy"
@@ -378,14 +381,13 @@ class FaultHandler:
             return incidents
 
     def _signal(self, obs: Observation) -> FaultSignal:
-        instance = obs.subject if obs.subject and "/" in obs.subject else None
         return FaultSignal(
             obs.signal_type,
             obs.node,
             at=self.clock(),
             gpu_uuids=(obs.gpu_uuid,) if obs.gpu_uuid else (),
             xid=obs.xid,
-            instance=instance,
+            instance=obs.subject,
             detail=obs.message[:4096],
             observed_at=obs.since.timestamp(),
         )
@@ -400,8 +402,13 @@ class FaultHandler:
         ``existing`` is the Incident such a re-check adds to.
         """
         fleet, instances = await self.fleet()
-        decision = self.controller.handle(signal, fleet)
         name = existing.metadata.name if existing is not None else incident_name(signal)
+        signal = self._resolve_instance(signal, fleet)
+        if signal.type is SignalType.ENGINE_HANG:
+            traces = await self._hang_traces(signal, fleet)
+            decision = self.controller.handle_hang(signal, traces, fleet)
+        else:
+            decision = self.controller.handle(signal, fleet)
         if existing is None and await self.client.get(INCIDENTS, None, name or "") is not None:
             return None  # handled before a restart
         log.info("fault %s on %s: %s", signal.type.value, signal.node, decision.reason)
@@ -413,7 +420,7 @@ class FaultHandler:
         if watching and existing is None and not decision.routing_weights:
             return None  # e.g. the first of two NIC alerts: nothing done, nothing to record yet
         if existing is None:
-            incident = build_incident(decision, fleet)
+            incident = build_incident(decision, fleet, name=name)
         else:
             incident = existing
             for step in decision.steps:
@@ -435,6 +442,44 @@ class FaultHandler:
                 self._observe(signal, incident)
         await self._events(decision, incident, instances)
         return incident
+
+    @staticmethod
+    def _resolve_instance(signal: FaultSignal, fleet: FleetView) -> FaultSignal:
+        """Engine findings name the instance without its namespace: find it on the node."""
+        if signal.instance is None or "/" in signal.instance:
+            return signal
+        found = [
+            i.name
+            for i in fleet.instances
+            if i.node == signal.node and i.name.endswith(f"/{signal.instance}")
+        ]
+        return replace(signal, instance=found[0] if len(found) == 1 else None)
+
+    async def _hang_traces(self, signal: FaultSignal, fleet: FleetView) -> tuple[RankTrace, ...]:
+        """The agent's stack signatures of the hung engine (its ``EngineStacks`` Event: ``pid=signature``
+        per rank, in rank order), as rank traces; empty when not (yet) there."""
+        inst = fleet.instance(signal.instance) if signal.instance else None
+        if inst is None:
+            return ()
+        short = inst.name.split("/", 1)[1]
+        events = [
+            e
+            for e in await self.client.list(EVENTS, EVENT_NAMESPACE)
+            if e.get("reason") == "EngineStacks"
+            and (e.get("involvedObject") or {}).get("name") == signal.node
+            and str(e.get("message", "")).startswith(f"{short}:")
+        ]
+        if not events:
+            return ()
+        latest = max(events, key=lambda e: str(e.get("lastTimestamp") or ""))
+        pairs = [p.strip().split("=", 1) for p in str(latest["message"]).split(":", 1)[1].split(",")]
+        signatures = [p[1] for p in pairs if len(p) == 2]
+        if len(signatures) != len(inst.gpu_uuids):
+            return ()
+        return tuple(
+            RankTrace(inst.name, inst.node, gpu, rank, (f"signature {sig}",))
+            for rank, (gpu, sig) in enumerate(zip(inst.gpu_uuids, signatures, strict=True))
+        )
 
     def _recheck(self, signal: FaultSignal, identity: str, after: float, existing: Incident | None) -> None:
         """Ask again after ``after`` seconds if the same observation is still reported."""

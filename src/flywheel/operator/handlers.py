@@ -76,6 +76,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="flywheel.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="flywheel.dev")
         settings.posting.level = logging.WARNING
+        settings.peering.lifetime = config.peering_lifetime_seconds
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_client_timeout
         if config.metrics_port is not None:

@@ -179,7 +179,7 @@ class Reconfiguration:
         plan: InstancePlan,
     ) -> InstancePlan:
         """Run a TP change as a reshard plan; return what ``plan_instances`` may still do."""
-        namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+        namespace = pool["metadata"]["namespace"]
         annotations = pool["metadata"].get("annotations") or {}
         stored = self._load(annotations.get(PLAN_ANNOTATION))
         live = [i for i in observed if not i.deleting]
@@ -189,7 +189,7 @@ class Reconfiguration:
         if not old and not current:
             if stored is not None:
                 await self._finish(pool, tp)
-            return plan
+            return await self._drain_before_delete(pool, spec, raw, live, plan)
         if not current:
             stored = await self._plan(pool, spec, md_spec, raw, live)
             if stored is None:
@@ -238,7 +238,7 @@ class Reconfiguration:
                 )
         if rollout.done and not old:
             await self._finish(pool, tp)
-            return plan
+            return await self._drain_before_delete(pool, spec, raw, live, plan)
         waiting = rollout.waiting_for or "the last old instances to go"
         await self._progressing(
             pool, "True", reasons.RESHARDING, f"resharding to TP{tp}: waiting for {waiting}"
@@ -250,6 +250,54 @@ class Reconfiguration:
             if not any(i.name == n and i.spec.role is InstanceRole.ACTIVE for i in live)
         ]
         return InstancePlan(create={}, update=plan.update, delete=keep_delete)
+
+    async def _drain_before_delete(
+        self,
+        pool: Obj,
+        spec: InferencePoolSpec,
+        raw: list[Obj],
+        live: list[ObservedInstance],
+        plan: InstancePlan,
+    ) -> InstancePlan:
+        """Scale-down order: retire Actives still starting before serving ones, and drain a serving
+        Active (router stops sending, in-flight requests finish) before deleting it."""
+        by_name = {o["metadata"]["name"]: o for o in raw}
+        state = {i.name: instance_state(by_name.get(i.name)) for i in live}
+        actives = {i.name for i in live if i.spec.role is InstanceRole.ACTIVE}
+        delete = list(plan.delete)
+        update = dict(plan.update)
+        starting_kept = sorted(
+            i.name
+            for i in live
+            if i.name in actives
+            and i.name not in delete
+            and i.spec.tensor_parallel == spec.tensor_parallel
+            and state[i.name] is InstanceState.STARTING
+        )
+        for name in sorted(delete):
+            if name in actives and state.get(name) is InstanceState.SERVING and starting_kept:
+                swap = starting_kept.pop(0)
+                delete[delete.index(name)] = swap
+                update.pop(swap, None)
+        namespace = pool["metadata"]["namespace"]
+        final = []
+        for name in delete:
+            if name not in actives or state.get(name) in (
+                InstanceState.DRAINED,
+                InstanceState.STARTING,
+                None,
+            ):
+                final.append(name)
+            elif state.get(name) is InstanceState.SERVING:
+                await self.op.kube.patch(MODEL_INSTANCES, namespace, name, {"spec": {"drain": True}})
+                await self.op._decided(
+                    "ModelInstance",
+                    "drain",
+                    pool,
+                    reasons.DRAINING,
+                    f"{name}: scale down, finishing its requests",
+                )
+        return InstancePlan(create=plan.create, update=update, delete=sorted(final))
 
     async def _plan(
         self,

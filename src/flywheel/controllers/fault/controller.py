@@ -258,7 +258,7 @@ class FaultController:
             reason,
             routing_weights=weights,
             evidence=evidence,
-            recheck_after_s=max(self.config.straggler_persist_s - longest, 0.0),
+            recheck_after_s=max(self.config.straggler_persist_s - longest, 1e-3),
         )
 
     def _finish(

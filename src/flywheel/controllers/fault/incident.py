@@ -55,15 +55,16 @@ def _split(name: str) -> tuple[str | None, str]:
     return (namespace or None), short
 
 
-def build_incident(decision: FaultDecision, fleet: FleetView) -> Incident:
-    """The Incident for a decision, stamped as detected at the signal's time."""
+def build_incident(decision: FaultDecision, fleet: FleetView, name: str | None = None) -> Incident:
+    """The Incident for a decision, stamped as detected at the signal's time (``name``: default
+    ``incident_name(decision.signal)``)."""
     signal = decision.signal
     affected: list[ObjectRef] = []
     deployment: ObjectRef | None = None
-    for name in decision.evict:
-        namespace, short = _split(name)
+    for evicted in decision.evict:
+        namespace, short = _split(evicted)
         affected.append(ObjectRef(kind=MODEL_INSTANCE, name=short, namespace=namespace))
-        inst = fleet.instance(name)
+        inst = fleet.instance(evicted)
         if deployment is None and inst is not None and inst.model_deployment:
             deployment = ObjectRef(kind=MODEL_DEPLOYMENT, name=inst.model_deployment, namespace=namespace)
     if signal.instance and signal.instance not in decision.evict:
@@ -93,7 +94,7 @@ def build_incident(decision: FaultDecision, fleet: FleetView) -> Incident:
     )
     return Incident(
         metadata=ObjectMeta(
-            name=incident_name(signal),
+            name=name or incident_name(signal),
             labels={LABEL_NODE: signal.node[:63], LABEL_SIGNAL: signal.type.value},
         ),
         spec=IncidentSpec(

@@ -56,7 +56,7 @@ class StragglerTracker:
         return at - since
 
     def persistent(self, duration: float) -> bool:
-        return duration >= self.persist_s
+        return duration >= self.persist_s - 1e-6  # times are floats: a re-check lands on the boundary
 
     def clear(self, gpu: str) -> bool:
         """The GPU is no longer throttled; return whether it was tracked."""
