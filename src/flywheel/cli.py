@@ -134,6 +134,9 @@ def simulate(
     duration: float | None = typer.Option(None, "--duration", help="Only the first N seconds of the trace."),
     fault: list[str] = typer.Option([], "--fault", help="Inject a fault: TIME_S:NODE or TIME_S:NODE:GPU."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    cluster_period: float | None = typer.Option(None, "--cluster-period", help="Override: cluster period s."),
+    pool_period: float | None = typer.Option(None, "--pool-period", help="Override: pool period s."),
+    instance_period: float | None = typer.Option(None, "--instance-period", help="Override: instance s."),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -142,7 +145,7 @@ def simulate(
     try:
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
-            rate_scale, compress, duration, fault, plots,
+            rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
         )  # fmt: skip
     except (sim_cli.UsageError, TraceError) as exc:
         typer.echo(f"error: {exc}", err=True)

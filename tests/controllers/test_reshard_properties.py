@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 from flywheel.controllers.reshard import (
     GPU,
     Instance,
+    InstanceState,
     Placement,
     ReshardInfeasible,
+    RolloutVerb,
     max_reuse_assignment,
     plan_reshard,
     reused_bytes,
+    rollout_actions,
     validate_plan,
 )
 
@@ -137,3 +140,46 @@ def test_assignment_reuses_at_least_as_much_as_any_valid_assignment(s: Scenario,
     plan = plan_reshard(s.placement, s.tp, s.count, s.capacity, 0.0)
     if plan.strategy == "max-reuse" and all(t.kept_from or t.reused_bytes for t in plan.targets):
         assert plan.reused_bytes <= best_reuse
+
+
+@PROPS
+@given(scenarios(), st.integers(0, 2), st.integers(0, 2))
+def test_rollout_converges_and_keeps_capacity(s: Scenario, start_rounds: int, drain_rounds: int) -> None:
+    """Drive ``rollout_actions`` against a world where starts and drains take a few rounds."""
+    try:
+        plan = plan_reshard(s.placement, s.tp, s.count, s.capacity, s.need)
+    except ReshardInfeasible:
+        return
+    tp_of = {i.name: i.tp for i in s.placement.instances} | {t.name: t.tp for t in plan.targets}
+    state = {i.name: InstanceState.SERVING for i in s.placement.instances}
+    clock: dict[str, int] = {}
+    created: list[str] = []
+    for _ in range(4 * len(plan.steps) * (max(start_rounds, drain_rounds) + 2) + 4):
+        rollout = rollout_actions(plan.steps, state)
+        for action in rollout.actions:
+            if action.verb is RolloutVerb.CREATE:
+                created.append(action.instance)
+                state[action.instance], clock[action.instance] = InstanceState.STARTING, start_rounds
+            elif action.verb is RolloutVerb.DRAIN:
+                state[action.instance], clock[action.instance] = InstanceState.DRAINING, drain_rounds
+            else:
+                state[action.instance], clock[action.instance] = InstanceState.DELETING, 0
+        serving = sum(s.capacity[tp_of[n]] for n, st_ in state.items() if st_ is InstanceState.SERVING)
+        assert serving >= s.need - 1e-9
+        if rollout.done:
+            break
+        for name, left in list(clock.items()):  # time passes
+            if left > 0:
+                clock[name] = left - 1
+                continue
+            del clock[name]
+            state[name] = {
+                InstanceState.STARTING: InstanceState.SERVING,
+                InstanceState.DRAINING: InstanceState.DRAINED,
+                InstanceState.DELETING: InstanceState.ABSENT,
+            }[state[name]]
+    else:
+        raise AssertionError("rollout did not converge")
+    assert len(created) == len(set(created))  # nothing created twice
+    live = sorted(n for n, st_ in state.items() if st_ is InstanceState.SERVING)
+    assert live == sorted(t.name for t in plan.targets)

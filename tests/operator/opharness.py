@@ -66,12 +66,16 @@ class OperatorThread:
         except BaseException as exc:  # surfaced by the tests through .error
             self.error = exc
         finally:
-            pending = asyncio.all_tasks(self._loop)
-            for task in pending:
-                task.cancel()
-            if pending:  # let cancellations unwind for a moment; whatever hangs is abandoned, as in a crash
+            for _ in range(3):  # let cancellations unwind; whatever still hangs is abandoned, as in a crash
+                pending = asyncio.all_tasks(self._loop)
+                if not pending:
+                    break
+                for task in pending:
+                    task.cancel()
                 with contextlib.suppress(BaseException):
-                    self._loop.run_until_complete(asyncio.wait(pending, timeout=3))
+                    self._loop.run_until_complete(asyncio.wait(pending, timeout=1))
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     def start(self) -> OperatorThread:

@@ -204,3 +204,13 @@ def test_arrival_joins_at_the_next_iteration_boundary() -> None:
     mixed = max(prefill_ms(m, h, 8, 400 + 1, 1980), decode_step_ms(m, h, 8, 1, ctx, 1980)) / 1000.0
     assert result.first_token_s[1] == pytest.approx(t + mixed, rel=1e-9)
     assert result.first_token_s[1] - 5.0 < 0.2
+
+
+def test_a100_cluster_is_slower_and_lower_power_than_h100() -> None:
+    from flywheel.controllers.gpumodel import A100_SXM
+
+    load = diurnal(300.0, mean_rps=1.0, period_s=300.0, seed=6)
+    h100 = Simulator(load, FixedPolicy(tp=8, count=1, clock=1410), SimConfig(nodes=1)).run()
+    a100 = Simulator(load, FixedPolicy(tp=8, count=1, clock=1410), SimConfig(nodes=1, sku=A100_SXM)).run()
+    assert np.nanmean(a100.finish_s - a100.arrival_s) > np.nanmean(h100.finish_s - h100.arrival_s)
+    assert a100.energy_j / a100.end_s < h100.energy_j / h100.end_s

@@ -80,3 +80,21 @@ def test_calibrate_command_reports_mape_and_passes() -> None:
     result = CliRunner().invoke(app, ["sim", "calibrate"])
     assert result.exit_code == 0, result.output
     assert "decode (h100-80gb)" in result.output and "pass" in result.output
+
+
+def test_control_periods_can_be_overridden(tmp_path: Path) -> None:
+    runs = {}
+    for period in ("1", "20"):
+        report = tmp_path / f"p{period}.json"
+        result = CliRunner().invoke(
+            app,
+            ["simulate", "--policy", "throttllem", "--duration", "300", "--instance-period", period,
+             "--report", str(report), "--no-plots", "--nodes", "4"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs[period] = json.loads(report.read_text())["policies"]["throttllem"]
+    assert runs["20"]["clock_changes"] < runs["1"]["clock_changes"]
+    bad = CliRunner().invoke(
+        app, ["simulate", "--policy", "static", "--pool-period", "0", "--duration", "10"]
+    )
+    assert bad.exit_code == 2

@@ -27,7 +27,7 @@ TUNINGS: dict[EnergyPolicy, EnergyTuning] = {
         EnergyPolicy.PERFORMANCE, throttle=False, slo_headroom=0.2, load_headroom=0.3, pool_slo_headroom=0.2
     ),
     EnergyPolicy.BALANCED: EnergyTuning(
-        EnergyPolicy.BALANCED, throttle=True, slo_headroom=0.15, load_headroom=0.1, pool_slo_headroom=0.05
+        EnergyPolicy.BALANCED, throttle=True, slo_headroom=0.25, load_headroom=0.1, pool_slo_headroom=0.05
     ),
     EnergyPolicy.EFFICIENT: EnergyTuning(
         EnergyPolicy.EFFICIENT, throttle=True, slo_headroom=0.05, load_headroom=0.05, pool_slo_headroom=0.0

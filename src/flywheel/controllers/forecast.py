@@ -138,4 +138,7 @@ class LoadForecaster:
         n_in = sum(c for c, _ in ins)
         mean_in = sum(c * m for c, m in ins) / n_in if n_in else 0.0
         mean_out = sum(c * m for c, m in outs) / n_in if n_in else 0.0
-        return ClassLoad(rps, mean_in, mean_out, max(p99s, default=0.0))
+        # P99 prompt: request-weighted mean of the windows' P99s (the max of per-window P99s would
+        # chase the few longest prompts of any one window).
+        p99 = sum(c * q for (c, _), q in zip(ins, p99s, strict=True)) / n_in if n_in else 0.0
+        return ClassLoad(rps, mean_in, mean_out, p99)

@@ -254,6 +254,15 @@ class _Pending:
     pools: dict[tuple[str, str], int] = field(default_factory=dict)  # (ns, pool) -> actives to reach
 
 
+@dataclass(frozen=True)
+class _PoolReplacement:
+    namespace: str
+    pool: str
+    promoted: tuple[str, ...]
+    missing: int  # evicted actives with no ready standby: cold-started by the pool reconcile
+    actives: int  # the pool's actives before the fault
+
+
 def _instance_view(obj: Obj, over_eviction: OverEviction) -> InstanceView | None:
     spec = obj.get("spec") or {}
     meta = obj.get("metadata") or {}
@@ -430,8 +439,9 @@ class FaultHandler:
         if decision.breaker_tripped:
             await self._breaker_opened(decision)
         incident = await self._route(decision, incident, instances)
+        replacements = self._plan_replacements(decision, instances, fleet)
         incident = await self._isolate(decision, incident, instances, fleet)
-        incident = await self._replace(decision, incident, instances, fleet)
+        incident = await self._replace(decision, incident, replacements)
         incident = await self._start_diagnostics(decision, incident)
         if existing is None:
             await self._write(incident)
@@ -604,65 +614,73 @@ class FaultHandler:
         return names
 
     # ------------------------------------------------------------------ replacement
-    async def _replace(
-        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj], fleet: FleetView
-    ) -> Incident:
-        """Promote a ready warm standby of the same pool for each evicted active instance."""
+    def _plan_replacements(
+        self, decision: FaultDecision, instances: dict[str, Obj], fleet: FleetView
+    ) -> list[_PoolReplacement]:
+        """Which warm standby of its pool replaces each evicted active instance (decided before the
+        eviction, so that deleting and promoting follow each other with no pool reconcile between)."""
         failed = [
             n for n in decision.evict if n in instances and instances[n]["spec"].get("role") != "Standby"
         ]
-        if not failed:
-            return incident
-        pending = _Pending(incident, decision.signal)
         by_pool: dict[tuple[str, str], list[str]] = {}
         for inst in failed:
             meta, spec = instances[inst]["metadata"], instances[inst]["spec"]
             by_pool.setdefault((meta["namespace"], str(spec.get("pool", ""))), []).append(meta["name"])
         quarantined = fleet.quarantined_gpus | decision.quarantine_gpus
-        replaced = True
+        plans: list[_PoolReplacement] = []
         for (namespace, pool), victims in sorted(by_pool.items()):
-            objs = [
-                o for o in await self.client.list(MODEL_INSTANCES, namespace) if o["spec"].get("pool") == pool
-            ]
             usable = [
                 o
-                for o in objs
-                if o["metadata"]["name"] in victims
-                or (
-                    not set(o["spec"].get("gpuUUIDs") or ()) & quarantined
-                    and o["spec"].get("nodeName") not in decision.quarantine_nodes
+                for o in instances.values()
+                if o["metadata"]["namespace"] == namespace
+                and o["spec"].get("pool") == pool
+                and (
+                    o["metadata"]["name"] in victims
+                    or (
+                        not set(o["spec"].get("gpuUUIDs") or ()) & quarantined
+                        and o["spec"].get("nodeName") not in decision.quarantine_nodes
+                        and f"{namespace}/{o['metadata']['name']}" not in decision.evict
+                    )
                 )
             ]
             members = [_member(o) for o in usable]
-            known = {m.name for m in members}
             tp = int(instances[f"{namespace}/{victims[0]}"]["spec"].get("tensorParallel", 8))
-            members += [
-                Member(v, Role.ACTIVE, tp, ready=True, healthy=False) for v in victims if v not in known
-            ]
             actives = sum(1 for m in members if m.role is Role.ACTIVE and not m.draining)
             standbys = sum(1 for m in members if m.role is Role.STANDBY and not m.draining)
             plan = promote_for_failures(members, victims, actives, standbys, tp)
+            promoted = tuple(plan.promoted)
+            plans.append(_PoolReplacement(namespace, pool, promoted, len(victims) - len(promoted), actives))
+        return plans
+
+    async def _replace(
+        self, decision: FaultDecision, incident: Incident, plans: list[_PoolReplacement]
+    ) -> Incident:
+        """Promote the chosen warm standbys; a pool without one is refilled cold by its reconcile."""
+        if not plans:
+            return incident
+        pending = _Pending(incident, decision.signal)
+        for plan in plans:
             for promoted in plan.promoted:
-                await self.client.patch(MODEL_INSTANCES, namespace, promoted, {"spec": {"role": "Active"}})
+                await self.client.patch(
+                    MODEL_INSTANCES, plan.namespace, promoted, {"spec": {"role": "Active"}}
+                )
                 incident = record_action(
                     incident,
                     Action.REPLACE_FROM_STANDBY,
-                    instance_target(f"{namespace}/{promoted}"),
+                    instance_target(f"{plan.namespace}/{promoted}"),
                     self.clock(),
-                    f"promoted warm standby {namespace}/{promoted}",
+                    f"promoted warm standby {plan.namespace}/{promoted}",
                 )
-            missing = len(victims) - len(plan.promoted)
-            if missing > 0:
-                replaced = False
-                pending.pools[(namespace, pool)] = actives
+            if plan.missing > 0:
+                pending.pools[(plan.namespace, plan.pool)] = plan.actives
                 incident = record_action(
                     incident,
                     Action.REPLACE_FROM_STANDBY,
-                    f"pool/{namespace}/{pool}",
+                    f"pool/{plan.namespace}/{plan.pool}",
                     self.clock(),
-                    f"no ready standby for {missing} instance(s): the pool reconcile starts them cold",
+                    f"no ready standby for {plan.missing} instance(s): the pool reconcile starts them cold",
                 )
-        if replaced:
+        if not pending.pools:
             now = self.clock()
             incident = resolve(stamp(incident, replaced=now), now, "capacity restored from warm standby")
         else:

@@ -58,11 +58,14 @@ def simulate(
     duration_s: float | None,
     faults: list[str],
     plots: bool,
+    periods: tuple[float | None, float | None, float | None] = (None, None, None),
 ) -> None:
     console = _console()
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise UsageError("--policy needs at least one name")
+    if any(p is not None and p <= 0 for p in periods):
+        raise UsageError("control periods must be positive seconds")
     known = available_policies()
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -80,6 +83,7 @@ def simulate(
         compress=compress,
         duration_s=duration_s,
         faults=parse_faults(faults),
+        periods=periods,
     )
     built = simulate_to_report(spec, report_path, plots=plots, console=console)
     console.print(comparison_table([built]))

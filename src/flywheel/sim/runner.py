@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.policy import SLO, ControlPeriods
 from flywheel.sim import report
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
@@ -37,6 +37,8 @@ class RunSpec:
     compress: float = 1.0
     duration_s: float | None = None
     faults: list[FaultEvent] = field(default_factory=list)
+    # Override every policy's control periods (cluster_s, pool_s, instance_s); None keeps its own.
+    periods: tuple[float | None, float | None, float | None] = (None, None, None)
 
 
 def default_slo(trace: str) -> SLO:
@@ -59,6 +61,14 @@ def run_policies(
 ) -> tuple[Workload, SimConfig, list[SimResult]]:
     """Simulate every named policy on the same workload; unknown names raise ``KeyError`` first."""
     policies = [make_policy(name) for name in spec.policies]
+    cluster_s, pool_s, instance_s = spec.periods
+    for policy in policies:
+        own = policy.info.periods
+        policy.info.periods = ControlPeriods(
+            cluster_s=cluster_s or own.cluster_s,
+            pool_s=pool_s or own.pool_s,
+            instance_s=instance_s or own.instance_s,
+        )
     workload = build_workload(spec)
     config = SimConfig(
         nodes=spec.nodes,

@@ -106,7 +106,10 @@ class Instance:
     started_s: float
     state: str = "starting"  # starting | ready | draining | stopped
     running: list[int] = field(default_factory=list)
+    # Decode step (of ``steps``) at which each running request emits its last token, so a block of k
+    # iterations that retires nobody costs O(1) instead of O(batch).
     left: list[int] = field(default_factory=list)
+    steps: int = 0
     prefilling: list[int] = field(default_factory=list)  # admitted, prompt not fully processed
     ctx: int = 0  # KV tokens held
     reserved: int = 0  # KV tokens reserved (prompt + full output) by admitted requests
@@ -339,7 +342,7 @@ class Simulator:
             inst.fixed_ms, inst.per_token_ms = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
             inst.ctx0 = inst.ctx
             inst.t0 = self.now
-            inst.k = min(inst.left)
+            inst.k = min(inst.left) - inst.steps
             inst.power_w = instance_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock, b)
             self._push(self.now + inst.block_ms(inst.k) / 1000.0, _INSTANCE, (inst, inst.version))
             return
@@ -383,18 +386,22 @@ class Simulator:
     def _advance_decode(self, inst: Instance, k: int) -> None:
         """Every running request generated ``k`` more tokens; retire the finished ones."""
         inst.ctx += k * len(inst.running)
+        inst.steps += k
+        steps = inst.steps
+        if not inst.left or min(inst.left) > steps:
+            return
         running: list[int] = []
-        lefts: list[int] = []
-        for rid, left in zip(inst.running, inst.left, strict=True):
-            self.generated[rid] += k
-            if left <= k:
+        ends: list[int] = []
+        for rid, end in zip(inst.running, inst.left, strict=True):
+            if end <= steps:
+                self.generated[rid] = self.output[rid]
                 inst.ctx -= self.prompt[rid] + self.output[rid]
                 inst.reserved -= self.prompt[rid] + self.output[rid]
                 self._finish(rid)
             else:
                 running.append(rid)
-                lefts.append(left - k)
-        inst.running, inst.left = running, lefts
+                ends.append(end)
+        inst.running, inst.left = running, ends
 
     def _on_instance(self, inst: Instance) -> None:
         if inst.phase == "mixed":
@@ -418,7 +425,7 @@ class Simulator:
                     self._finish(rid)
                     continue
                 inst.running.append(rid)
-                inst.left.append(left)
+                inst.left.append(inst.steps + left)
                 inst.ctx += self.prompt[rid] + 1
             inst.prefilling = still
         elif inst.phase == "decode":
@@ -569,8 +576,9 @@ class Simulator:
             )
         return ClusterObservation(self.now, tuple(states), self.cluster.free_gpus, self.cluster.total_gpus)
 
-    def _view(self, rid: int) -> RequestView:
-        return RequestView(self.arrival[rid], self.prompt[rid], self.generated[rid], self.predicted[rid])
+    def _view(self, rid: int, generated: int | None = None) -> RequestView:
+        done = self.generated[rid] if generated is None else generated
+        return RequestView(self.arrival[rid], self.prompt[rid], done, self.predicted[rid])
 
     def _instance_tick(self) -> None:
         period = self.policy.info.periods.instance_s
@@ -587,7 +595,10 @@ class Simulator:
                     pool=inst.pool,
                     tp=inst.tp,
                     clock_mhz=inst.clock,
-                    running=tuple(self._view(r) for r in inst.running),
+                    running=tuple(
+                        self._view(r, self.output[r] - (end - inst.steps))
+                        for r, end in zip(inst.running, inst.left, strict=True)
+                    ),
                     waiting=waiting,
                     kv_capacity_tokens=inst.kv_capacity,
                     kv_used_tokens=inst.ctx,
