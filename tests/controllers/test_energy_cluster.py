@@ -69,3 +69,15 @@ def test_merge_loads_weights_means_by_rate() -> None:
     assert m.mean_input_tokens == 400.0
     assert m.mean_output_tokens == 40.0
     assert m.p99_input_tokens == 900
+
+
+def test_a_class_that_cannot_meet_the_slo_alone_is_merged() -> None:
+    loads = {"ll": ClassLoad(2.0, 4000, 500, 8000), "ml": ClassLoad(3.0, 1000, 500, 2000)}
+
+    def power(load: ClassLoad) -> float:  # 'll' alone is infeasible; mixed with 'ml' it is servable
+        return float("inf") if load.mean_input_tokens >= 4000 else 1000.0 * load.requests_per_s
+
+    plan = ClusterController(cap, pool_power=power).plan(loads, gpu_budget=64)
+    assert len(plan.pools) == 1
+    assert plan.routes["ll"] == plan.routes["ml"]
+    assert "cannot meet the SLO alone" in plan.pools[0].reason

@@ -87,3 +87,35 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 99) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_live_view_shows_pools_instances_and_faults() -> None:
+    from rich.console import Console
+
+    from flywheel.devcluster.view import InstanceRow, PoolRow, Snapshot, one_line, render
+
+    snapshot = Snapshot(
+        elapsed_s=12,
+        duration_s=120,
+        speed=20,
+        sent=100,
+        served=99,
+        failed=1,
+        attainment=0.99,
+        power_watts=3000,
+        clock_changes=5,
+        phase="replaying",
+        pools=[PoolRow("llama-short", "short", 4, 1, 1, 1, 0.5)],
+        instances=[
+            InstanceRow(
+                "llama-short-tp4-0", "llama-short", "Active", "gpu-node-0", "Serving", 1050, 1081, 3, 0
+            )
+        ],
+        faults=["xid79@40s on llama-short-tp4-0 detected 0.7s"],
+    )
+    console = Console(width=120, record=True)
+    console.print(render(snapshot))
+    text = console.export_text()
+    for expected in ("llama-short-tp4-0", "gpu-node-0", "1050", "SLO 99.0%", "xid79@40s", "1/1"):
+        assert expected in text
+    assert "clocks=[1050]" in one_line(snapshot)

@@ -129,3 +129,25 @@ def test_unknown_engine_kind_and_weight_scheme_are_clear_errors() -> None:
         adapter_for("tgi")
     with pytest.raises(ValueError, match="not supported"):
         model_location("ftp://host/model")
+
+
+def test_instance_pod_is_what_the_operator_and_the_dev_kubelet_need() -> None:
+    from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
+    from flywheel.engines.adapters import SPEC_HASH, instance_pod
+
+    deployment, instance = _objects("simulated")
+    owner = {"kind": "ModelInstance", "name": "llama-mm-0", "uid": "u1"}
+    pod = instance_pod("llama-mm-0", "serving", instance.spec, deployment.spec.model, "flywheel:dev", owner)
+    labels = pod["metadata"]["labels"]
+    assert labels[LABEL_INSTANCE] == "llama-mm-0"
+    assert labels[LABEL_DEPLOYMENT] == "llama"
+    assert labels[LABEL_MANAGED_BY] == MANAGER
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "flywheel:dev"  # the operator's default for the kind
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FLYWHEEL_GPU_UUIDS"] == env["NVIDIA_VISIBLE_DEVICES"] == "GPU-a,GPU-b,GPU-c,GPU-d"
+    moved = instance.spec.model_copy(update={"node_name": "gpu-node-2"})
+    again = instance_pod("llama-mm-0", "serving", instance.spec, deployment.spec.model, "flywheel:dev", owner)
+    other = instance_pod("llama-mm-0", "serving", moved, deployment.spec.model, "flywheel:dev", owner)
+    assert pod["metadata"]["annotations"][SPEC_HASH] == again["metadata"]["annotations"][SPEC_HASH]
+    assert pod["metadata"]["annotations"][SPEC_HASH] != other["metadata"]["annotations"][SPEC_HASH]

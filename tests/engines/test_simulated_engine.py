@@ -185,3 +185,15 @@ async def test_stopped_engine_refuses_work() -> None:
     await engine.stop()
     with pytest.raises(EngineUnavailable):
         engine.submit(10, 3)
+
+
+async def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(engine_server: EngineFactory) -> None:
+    first = await engine_server()
+    engine = SimulatedEngine(LinearTiming(), Clock())
+    from flywheel.engines.simulated import SimulatedEngineServer
+
+    second = SimulatedEngineServer(engine, MODEL)
+    with pytest.raises(OSError):
+        await second.start("127.0.0.1", first.port)
+    await second.stop()  # nothing left to clean up, and stopping twice is harmless
+    await second.stop()

@@ -61,6 +61,7 @@ class FaultRecord:
     recovered_at: float | None = None
     note: str = ""
     wanted: int = 0
+    pod_uid: str = ""  # the faulty engine's Pod: a restart in place gives the instance a new one
 
     def elapsed(self, at: float | None) -> float | None:
         if at is None or self.injected_at is None:
@@ -108,6 +109,7 @@ class FaultInjector:
             record.note = "no serving instance to fault"
             return record
         record.instance, record.pool, record.node = victim.instance, victim.pool, victim.node.name
+        record.pod_uid = victim.pod_uid
         record.gpu_uuid = victim.gpu_uuids[0]
         record.wanted = wanted.get(victim.pool, 1)
         index = victim.node.index_of(record.gpu_uuid)
@@ -126,6 +128,11 @@ class FaultInjector:
         record.injected_utc = datetime.now(UTC)
         return record
 
+    def _restarted(self, record: FaultRecord) -> bool:
+        """The faulty instance runs a fresh, healthy engine (its Pod was replaced in place)."""
+        running = self.kubelet.by_instance().get(record.instance)
+        return running is not None and running.pod_uid != record.pod_uid and running.ready
+
     def observe(
         self, gpunodes: list[Obj], pools: list[Obj], instances: list[Obj], incidents: list[Obj]
     ) -> None:
@@ -143,7 +150,8 @@ class FaultInjector:
                 or (not _serving(instances, record.instance) and record.detected_at is not None)
             ):
                 record.isolated_at = now
-            if record.detected_at is not None and _recovered(pools, instances, record):
+            restarted = self._restarted(record)
+            if record.detected_at is not None and _recovered(pools, instances, record, restarted):
                 record.recovered_at = now
                 record.isolated_at = record.isolated_at or now
 
@@ -192,7 +200,7 @@ def _serving(instances: list[Obj], name: str) -> bool:
     return False
 
 
-def _recovered(pools: list[Obj], instances: list[Obj], record: FaultRecord) -> bool:
+def _recovered(pools: list[Obj], instances: list[Obj], record: FaultRecord, restarted: bool) -> bool:
     pool = next((p for p in pools if p["metadata"]["name"] == record.pool), None)
     wanted = int(((pool or {}).get("spec") or {}).get("instances", record.wanted))
     serving = [
@@ -200,4 +208,4 @@ def _recovered(pools: list[Obj], instances: list[Obj], record: FaultRecord) -> b
         for i in instances
         if (i.get("spec") or {}).get("pool") == record.pool and _serving(instances, i["metadata"]["name"])
     ]
-    return record.instance not in serving and len(serving) >= max(wanted, 1)
+    return (record.instance not in serving or restarted) and len(serving) >= max(wanted, 1)

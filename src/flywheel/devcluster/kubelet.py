@@ -188,16 +188,18 @@ class EngineKubelet:
         return profile
 
     async def _bind(self, server: SimulatedEngineServer, port: int) -> str:
+        """Its own loopback address on the Pod's port; another dev cluster may hold some addresses, and
+        only Linux routes all of 127.0.0.0/8 — else an ephemeral port on 127.0.0.1."""
         if self._loopback_ok is not False:
-            ip = next(self._ips)
-            try:
-                await server.start(ip, port)
+            for _ in range(64):
+                ip = next(self._ips)
+                try:
+                    await server.start(ip, port)
+                except OSError:
+                    continue  # taken by another dev cluster, or not a local address here
                 self._loopback_ok = True
                 return ip
-            except OSError:
-                if self._loopback_ok:
-                    raise
-                self._loopback_ok = False  # no 127.0.0.0/8 beyond .1 here (macOS): ephemeral ports
+            self._loopback_ok = False
         await server.start("127.0.0.1", 0)
         return "127.0.0.1"
 

@@ -78,13 +78,13 @@ def render(s: Snapshot) -> RenderableType:
         )
 
     instances = Table(title="Instances", expand=True, title_justify="left")
-    for column in ("instance", "pool", "role", "node", "state", "clock MHz", "power W", "running", "waiting"):
-        instances.add_column(column)
+    instances.add_column("instance", no_wrap=True)
+    for column in ("role", "node", "state", "MHz", "W", "run", "wait"):
+        instances.add_column(column, no_wrap=True)
     for i in s.instances:
         state_style = {"Serving": "green", "Standby": "cyan", "Loading": "yellow"}.get(i.state, "red")
         instances.add_row(
             i.name,
-            i.pool,
             i.role,
             i.node,
             Text(i.state, style=state_style),

@@ -123,13 +123,16 @@ class Reconfiguration:
         for i in live:
             obj = by_name.get(i.name, {})
             healthy = _condition(obj, reasons.HEALTHY)
+            active = i.spec.role is InstanceRole.ACTIVE
             members.append(
                 Member(
                     i.name,
-                    Role.ACTIVE if i.spec.role is InstanceRole.ACTIVE else Role.STANDBY,
+                    Role.ACTIVE if active else Role.STANDBY,
                     i.spec.tensor_parallel,
                     ready=_true(obj, reasons.LOADED),
-                    healthy=healthy is None or healthy.get("status") != "False",
+                    # An unhealthy Active is the fault controller's to evict (it promotes for it);
+                    # here only a missing Active is replaced. An unhealthy Standby is never promoted.
+                    healthy=active or healthy is None or healthy.get("status") != "False",
                     node=i.spec.node_name,
                     draining=i.spec.drain,
                 )

@@ -65,6 +65,8 @@ class ReconfigStats:
     reshard_loaded_bytes: int = 0
     reshard_naive_bytes: int = 0
     reshard_full_reload_bytes: int = 0
+    standby_energy_j: float = 0.0  # while parked (promoted or retired standbys; see standby_energy_j())
+    standby_gpu_seconds: float = 0.0
     events: list[tuple[float, str, str]] = field(default_factory=list)
 
 
@@ -94,6 +96,8 @@ class Reconfigurator:
         self.standby_ids: set[str] = set()
         self.executions: dict[str, _Execution] = {}
         self._busy: set[str] = set()
+        self._refused: dict[str, tuple[int, int]] = {}
+        self._parked_at: dict[str, float] = {}
         self._again: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -129,11 +133,26 @@ class Reconfigurator:
         inst.state = "standby"
         inst.clock = sku.sm_clock_min_mhz
         inst.power_w = instance_power_watts(self.sim.cfg.model, sku, inst.tp, inst.clock, 0)
+        self._parked_at[inst.id] = self.sim.now
+
+    def _unpark(self, inst: Instance) -> None:
+        since = self._parked_at.pop(inst.id, None)
+        if since is not None:
+            self.stats.standby_energy_j += inst.power_w * (self.sim.now - since)
+            self.stats.standby_gpu_seconds += inst.tp * (self.sim.now - since)
+
+    def standby_energy_j(self, end_s: float) -> float:
+        """Energy drawn by parked standbys so far, including those still parked at ``end_s``."""
+        parked = {i.id: i for i in self.sim.instances if i.id in self._parked_at}
+        return self.stats.standby_energy_j + sum(
+            parked[k].power_w * (end_s - t) for k, t in self._parked_at.items() if k in parked
+        )
 
     def _promote(self, inst: Instance, clock_mhz: int) -> None:
         from flywheel.sim.simulator import _READY
 
         self.standby_ids.discard(inst.id)
+        self._unpark(inst)
         inst.flush(self.sim.now)
         inst.clock = clock_mhz
         inst.state = "starting"
@@ -226,6 +245,7 @@ class Reconfigurator:
             elif action.kind in (ActionKind.RETIRE, ActionKind.DEMOTE) and subject is not None:
                 # Demotion is modelled as a retirement; the standby pool is replenished next round.
                 self.standby_ids.discard(subject.id)
+                self._unpark(subject)
                 self.stats.retirements += 1
                 self.sim.reconfigurations += 1
                 self.sim._drain(subject)
@@ -259,9 +279,13 @@ class Reconfigurator:
                 name_prefix=pool.name,
             )
         except ReshardInfeasible as exc:
-            self.stats.plans_refused += 1
-            self._log(pool.name, f"reshard to TP{target.tp}x{target.instances} refused: {exc}")
-            return False
+            # Safe default: keep serving as is and try again at the next reconcile (load may drop).
+            if self._refused.get(pool.name) != (target.tp, target.instances):
+                self.stats.plans_refused += 1
+                self._log(pool.name, f"reshard to TP{target.tp}x{target.instances} deferred: {exc}")
+            self._refused[pool.name] = (target.tp, target.instances)
+            return True
+        self._refused.pop(pool.name, None)
         self.stats.plans += 1
         self.stats.reshard_loaded_bytes += plan.loaded_bytes
         self.stats.reshard_naive_bytes += plan.naive_loaded_bytes

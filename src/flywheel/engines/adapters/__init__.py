@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from flywheel.api.v1alpha1 import EngineKind
+import dataclasses
+from typing import Any
+
+from flywheel.api.v1alpha1 import EngineKind, ModelInstanceSpec, ModelSpec
 from flywheel.engines.adapters.base import (
     GPU_RESOURCE,
+    SPEC_HASH,
     DrainResult,
     EngineAdapter,
     EngineLaunch,
@@ -22,6 +26,24 @@ ADAPTERS: dict[EngineKind, EngineAdapter] = {
 }
 
 
+def instance_pod(
+    name: str,
+    namespace: str,
+    spec: ModelInstanceSpec,
+    model: ModelSpec,
+    image: str | None,
+    owner: dict[str, Any],
+) -> dict[str, Any]:
+    """The engine Pod of a placed ModelInstance, by its engine kind (the operator's Pod builder).
+
+    ``image``: the operator's default for the kind; ``spec.engine.image`` wins over it.
+    """
+    launch = EngineLaunch.from_spec(name, namespace, spec, model)
+    if launch.image is None and image is not None:
+        launch = dataclasses.replace(launch, image=image)
+    return adapter_for(spec.engine.kind).pod(launch, owner)
+
+
 def adapter_for(kind: EngineKind | str) -> EngineAdapter:
     """The adapter of an engine kind (``vllm``, ``sglang``, ``simulated``)."""
     try:
@@ -33,6 +55,7 @@ def adapter_for(kind: EngineKind | str) -> EngineAdapter:
 __all__ = [
     "ADAPTERS",
     "GPU_RESOURCE",
+    "SPEC_HASH",
     "DrainResult",
     "EngineAdapter",
     "EngineLaunch",
@@ -41,5 +64,6 @@ __all__ = [
     "SimulatedAdapter",
     "VLLMAdapter",
     "adapter_for",
+    "instance_pod",
     "model_location",
 ]

@@ -7,6 +7,8 @@ returned dicts into API calls; the node agent and the router call :meth:`EngineA
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -14,10 +16,26 @@ from typing import Any
 
 import httpx
 
-from flywheel.api.v1alpha1 import DType, EngineKind, ModelDeployment, ModelInstance
+from flywheel.api.v1alpha1 import (
+    DType,
+    EngineKind,
+    ModelDeployment,
+    ModelInstance,
+    ModelInstanceSpec,
+    ModelSpec,
+)
+from flywheel.controllers.desired import (
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_POOL,
+    LABEL_ROLE,
+    MANAGER,
+)
 from flywheel.engines.metrics import EngineMetrics, ExpositionError
 
 GPU_RESOURCE = "flywheel.dev/gpu"
+SPEC_HASH = "flywheel.dev/pod-spec-hash"
 MODEL_MOUNT = "/models"
 SHM_MOUNT = "/dev/shm"
 # NCCL keeps its intra-node buffers in /dev/shm; the container default of 64 MiB breaks TP > 1.
@@ -49,27 +67,41 @@ class EngineLaunch:
 
     @classmethod
     def for_instance(cls, deployment: ModelDeployment, instance: ModelInstance) -> EngineLaunch:
-        meta = instance.metadata
         spec = instance.spec
+        engine = spec.engine.model_copy(
+            update={
+                "image": spec.engine.image or deployment.spec.engine.image,
+                "args": spec.engine.args or deployment.spec.engine.extra_args,
+            }
+        )
+        return cls.from_spec(
+            instance.metadata.name or "engine",
+            instance.metadata.namespace or "default",
+            spec.model_copy(update={"engine": engine}),
+            deployment.spec.model,
+        )
+
+    @classmethod
+    def from_spec(cls, name: str, namespace: str, spec: ModelInstanceSpec, model: ModelSpec) -> EngineLaunch:
+        """From a ModelInstance's spec and its deployment's model (what the operator has at hand)."""
         return cls(
-            instance_name=meta.name or "engine",
-            namespace=meta.namespace or "default",
-            served_model_name=deployment.spec.model.name,
-            weight_source=deployment.spec.model.weight_source,
+            instance_name=name,
+            namespace=namespace,
+            served_model_name=model.name,
+            weight_source=model.weight_source,
             tensor_parallel=spec.tensor_parallel,
             port=spec.engine.port,
-            dtype=deployment.spec.model.dtype,
-            image=spec.engine.image or deployment.spec.engine.image,
-            extra_args=tuple(spec.engine.args or deployment.spec.engine.extra_args),
+            dtype=model.dtype,
+            image=spec.engine.image,
+            extra_args=tuple(spec.engine.args),
             node_name=spec.node_name,
             gpu_uuids=tuple(spec.gpu_uuids),
             labels={
-                "app.kubernetes.io/name": "flywheel-engine",
-                "app.kubernetes.io/managed-by": "flywheel",
-                "flywheel.dev/model-deployment": spec.model_deployment,
-                "flywheel.dev/pool": spec.pool,
-                "flywheel.dev/instance": meta.name or "engine",
-                "flywheel.dev/role": spec.role.value,
+                LABEL_INSTANCE: name,
+                LABEL_POOL: spec.pool,
+                LABEL_DEPLOYMENT: spec.model_deployment,
+                LABEL_ROLE: spec.role.value,
+                LABEL_MANAGED_BY: MANAGER,
             },
         )
 
@@ -147,7 +179,21 @@ class EngineAdapter(ABC):
         """Container ``command`` and ``args``."""
 
     def env(self, launch: EngineLaunch) -> list[dict[str, Any]]:
+        """Engine-specific environment."""
         return []
+
+    @staticmethod
+    def _identity_env(launch: EngineLaunch) -> list[dict[str, Any]]:
+        """Which instance and GPUs this is (the node agent and the dev cluster's kubelet read them)."""
+        env: list[dict[str, Any]] = [{"name": "FLYWHEEL_INSTANCE", "value": launch.instance_name}]
+        if launch.gpu_uuids:
+            uuids = ",".join(launch.gpu_uuids)
+            env += [
+                {"name": "FLYWHEEL_GPU_UUIDS", "value": uuids},
+                {"name": "NVIDIA_VISIBLE_DEVICES", "value": uuids},
+            ]
+        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        return env
 
     def container(self, launch: EngineLaunch) -> dict[str, Any]:
         """The engine container: image, args with the TP degree, port, probes, mounts, GPU request."""
@@ -171,7 +217,7 @@ class EngineAdapter(ABC):
             "command": command,
             "args": args,
             "ports": [{"name": "http", "containerPort": launch.port, "protocol": "TCP"}],
-            "env": [*location.env, *self.env(launch)],
+            "env": [*self._identity_env(launch), *location.env, *self.env(launch)],
             "resources": {
                 "limits": {GPU_RESOURCE: str(launch.tensor_parallel)},
                 "requests": {GPU_RESOURCE: str(launch.tensor_parallel)},
@@ -213,6 +259,10 @@ class EngineAdapter(ABC):
         }
         if launch.node_name is not None:
             spec["nodeName"] = launch.node_name
+        # Pods are immutable: a changed spec means a new Pod; the hash tells the operator which.
+        metadata["annotations"][SPEC_HASH] = hashlib.sha256(
+            json.dumps(spec, sort_keys=True).encode()
+        ).hexdigest()[:16]
         return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
     # -- observe -----------------------------------------------------------------------------------

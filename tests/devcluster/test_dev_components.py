@@ -1,0 +1,196 @@
+"""The dev cluster's kubelet, router sync and clock hook against the API emulator (no operator)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from flywheel.agents.agent import AgentSnapshot
+from flywheel.controllers.desired import (
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_POOL,
+    MANAGER,
+)
+from flywheel.controllers.gpumodel import H100_SXM
+from flywheel.devcluster.apiserver import ApiServer
+from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
+from flywheel.devcluster.control import RouterSync
+from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+from flywheel.devcluster.nodes import SimNode, make_node
+from flywheel.engines.openai import prompt_of_length
+from flywheel.engines.router import Router
+from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
+from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
+
+NS = "default"
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeClient]:
+    api = ApiServer(namespaces=(NS,))
+    url = await asyncio.to_thread(api.start)
+    client = KubeClient(url, insecure=True)
+    await client.__aenter__()
+    yield client
+    await client.__aexit__(None, None, None)
+    await asyncio.to_thread(api.stop)
+
+
+def _pod(name: str, node: SimNode, gpus: list[int], pool: str = "p") -> dict[str, Any]:
+    uuids = ",".join(node.uuids[i] for i in gpus)
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                LABEL_INSTANCE: name,
+                LABEL_POOL: pool,
+                LABEL_DEPLOYMENT: "md",
+                LABEL_MANAGED_BY: MANAGER,
+            },
+        },
+        "spec": {
+            "nodeName": node.name,
+            "containers": [
+                {
+                    "name": "engine",
+                    "args": ["--model", "served-name"],
+                    "ports": [{"containerPort": 8000}],
+                    "env": [{"name": "FLYWHEEL_GPU_UUIDS", "value": uuids}],
+                }
+            ],
+        },
+    }
+
+
+def _ready(pod: dict[str, Any] | None) -> str | None:
+    for condition in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Ready":
+            return str(condition["status"])
+    return None
+
+
+async def _until(predicate: Any, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: KubeClient) -> None:
+    node = make_node("gpu-node-0", 8, H100_SXM, time.monotonic)
+    kubelet = EngineKubelet(kube, {node.name: node}, time_scale=100.0, load_seconds=20.0, period_s=0.05)
+    task = asyncio.create_task(kubelet.run())
+    try:
+        await kube.create(PODS, NS, _pod("inst-0", node, [0, 1, 2, 3]))
+        await kube.create(PODS, NS, _pod("elsewhere", node, [4, 5, 6, 7]) | {"spec": {"nodeName": "other"}})
+
+        async def loaded() -> bool:
+            return _ready(await kube.get(PODS, NS, "inst-0")) == "True"
+
+        await _until(loaded)
+        pod = await kube.get(PODS, NS, "inst-0")
+        assert pod is not None and pod["status"]["phase"] == "Running"
+        running = kubelet.by_instance()["inst-0"]
+        assert running.tensor_parallel == 4
+        assert pod["status"]["podIP"] == running.ip
+        assert "elsewhere" not in kubelet.by_instance()  # not on a simulated node: not ours
+        async with httpx.AsyncClient() as client:
+            body = {"model": "served-name", "prompt": prompt_of_length(100), "max_tokens": 5}
+            response = await client.post(f"{running.url}/v1/completions", json=body)
+        assert response.status_code == 200
+        assert response.json()["usage"]["completion_tokens"] == 5
+
+        # The GPU falls off the bus: the engine fails and the Pod stops being Ready.
+        node.nvml.inject_gpu_lost(0)
+        async with httpx.AsyncClient() as client:
+            await client.post(f"{running.url}/v1/completions", json=body)
+
+        async def not_ready() -> bool:
+            return _ready(await kube.get(PODS, NS, "inst-0")) == "False"
+
+        await _until(not_ready)
+        assert running.engine.failure == "GPU unavailable"
+
+        await kube.delete(PODS, NS, "inst-0")
+
+        async def stopped() -> bool:
+            return "inst-0" not in kubelet.by_instance()
+
+        await _until(stopped)
+    finally:
+        task.cancel()
+        await kubelet.close()
+
+
+async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient) -> None:
+    await kube.create(
+        INFERENCE_POOLS,
+        NS,
+        {
+            "metadata": {"name": "md-short"},
+            "spec": {"modelDeployment": "md", "requestClass": {"name": "short", "mergedClasses": ["mid"]}},
+        },
+    )
+    for name, role, serving in (("a", "Active", "True"), ("b", "Standby", "False"), ("c", "Active", "False")):
+        await kube.create(
+            MODEL_INSTANCES,
+            NS,
+            {
+                "metadata": {"name": name, "labels": {LABEL_DEPLOYMENT: "md"}},
+                "spec": {"pool": "md-short", "role": role},
+            },
+        )
+        status = {"conditions": [{"type": "Serving", "status": serving}]}
+        await kube.patch(MODEL_INSTANCES, NS, name, {"status": status}, "status")
+    router = Router("m", CollectorRegistry())
+    urls = {"a": "http://127.0.0.2:8000", "b": "http://127.0.0.3:8000", "c": "http://127.0.0.4:8000"}
+    sync = RouterSync(kube, router, NS, "md", lambda: urls, load_period_s=0.0)
+    await sync.sync()
+    (pool,) = router.pools.values()
+    assert pool.classes == frozenset({"short", "mid"})
+    assert {b.name: b.routable for b in pool.backends} == {"a": True, "b": False, "c": False}
+    written = await kube.get(INFERENCE_POOLS, NS, "md-short")
+    assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
+
+
+def test_clock_hook_idles_standbys_and_keeps_active_instances_in_their_policy() -> None:
+    node = make_node("gpu-node-0", 8, H100_SXM, time.monotonic)
+
+    async def scenario() -> dict[str, int]:
+        kubelet = EngineKubelet(None, {node.name: node}, time_scale=10.0, load_seconds=0.0)  # type: ignore[arg-type]
+        for name, gpus in (("active", [0, 1, 2, 3]), ("standby", [4, 5, 6, 7])):
+            engine = SimulatedEngine(PerfModelTiming.named("llama3-70b", tensor_parallel=4), lambda: 1980.0)
+            server = SimulatedEngineServer(engine, "m")
+            uuids = tuple(node.uuids[i] for i in gpus)
+            kubelet.engines[(NS, name)] = RunningEngine(
+                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name
+            )  # fmt: skip
+        policies = {
+            "active": ClockPolicyView(min_mhz=1200, max_mhz=1500, ttft_ms=2000, tbt_ms=100),
+            "standby": ClockPolicyView(min_mhz=900, max_mhz=1980, ttft_ms=2000, tbt_ms=100, role="Standby"),
+        }
+        clocks = InstanceClocks(
+            kubelet,
+            H100_SXM,
+            profile="llama3-70b",
+            period_s=10.0,
+            policies=lambda: policies,
+            arrivals_rps=lambda p: 0.0,
+        )
+        return dict(clocks.decider(node.name)(AgentSnapshot([], {}, [], {})))
+
+    targets = asyncio.run(scenario())
+    assert set(targets) == set(node.uuids)
+    standby = {targets[u] for u in node.uuids[4:]}
+    active = {targets[u] for u in node.uuids[:4]}
+    assert standby == {900}  # a standby idles at its lowest allowed clock
+    (clock,) = active
+    assert 1200 <= clock <= 1500  # an idle active instance goes low, but never below its policy
