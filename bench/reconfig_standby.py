@@ -1,22 +1,25 @@
 """Load-step benchmark: time to restore the SLO after a 2x load step, warm standbys vs cold starts,
-and zero dropped requests across every reconfiguration (scale-up, scale-down, TP 4 -> 8 -> 2).
+zero dropped requests across every reconfiguration (scale-up, scale-down, TP 4 -> 8 -> 2), and
+capacity restored after a GPU fault.
 
 Usage: .venv/bin/python bench/reconfig_standby.py [--step-at 600] [--after 600] [--json out.json]
 
 Workload: the Azure LLM 2023 conv trace (bundled copy); from ``--step-at`` on, arrivals are twice as
 dense (the trace's next 2x``--after`` seconds squeezed into ``--after``). Llama-2-70B on H100 TP4,
-SLO P99 TTFT 1 s / TBT 100 ms (the simulator's defaults). The same reactive pool policy runs in
-every variant (5 s pool period, instances = load x 1.2 / instance capacity); only how a new instance
-starts differs:
+6 nodes x 8 GPUs, SLO P99 TTFT 1 s / TBT 100 ms (the simulator's defaults). The same reactive pool
+policy runs in every variant (2 s pool period; instances = 110% of the observed rate plus the
+backlog over 10 s, over the per-instance rate profiled by ``calibrate``); only how capacity arrives
+differs:
 
 - cold: weights from storage, ``ReconfigCosts.cold_start_s`` (30 s engine init + 138 GB at 2 GB/s);
 - standby (rule): warm standbys sized by ``size_standbys`` from the pre-step load (P99 rise within
   one cold start) and no failures, promotion in ``promotion_s``; replenished by cold starts;
-- standby (step-sized): as many standbys as the step needs.
+- standby (step-sized): as many standbys as the cold run's controller asked for after the step.
 
-Time to restore the SLO: from the step to the end of the last 10 s window (by arrival) whose P99
-TTFT or P99 TBT misses the SLO (0 when none does). Time to restore capacity: from the step to the
-first pool tick where the ready instances reach what the policy asked for after the step.
+SLO restore: from the step to the first 10 s window (by arrival) from which P99 TTFT and TBT hold
+for a minute (0 when they never miss). Capacity restore: from the step to the first pool tick where
+the ready instances serve the doubled load. Fault: a fixed pool of 3 instances loses a GPU of an
+Active instance; time until 3 instances serve again (0.5 s observation ticks).
 """
 
 from __future__ import annotations

@@ -150,13 +150,15 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
         )
         status = {"conditions": [{"type": "Serving", "status": serving}]}
         await kube.patch(MODEL_INSTANCES, NS, name, {"status": status}, "status")
+    await kube.patch(MODEL_INSTANCES, NS, "c", {"status": {"endpoint": "10.0.0.7:8000"}}, "status")
     router = Router("m", CollectorRegistry())
-    urls = {"a": "http://127.0.0.2:8000", "b": "http://127.0.0.3:8000", "c": "http://127.0.0.4:8000"}
+    urls = {"a": "http://127.0.0.2:8000", "b": "http://127.0.0.3:8000"}  # c: only its status.endpoint
     sync = RouterSync(kube, router, NS, "md", lambda: urls, load_period_s=0.0)
     await sync.sync()
     (pool,) = router.pools.values()
     assert pool.classes == frozenset({"short", "mid"})
     assert {b.name: b.routable for b in pool.backends} == {"a": True, "b": False, "c": False}
+    assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
     written = await kube.get(INFERENCE_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
 

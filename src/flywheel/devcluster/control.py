@@ -81,12 +81,15 @@ class RouterSync:
             for instance in self.instances:
                 spec = instance.get("spec") or {}
                 iname = instance["metadata"]["name"]
-                if spec.get("pool") != name or iname not in urls:
+                # The kubelet knows where it runs each engine; else the operator's status.endpoint.
+                endpoint = (instance.get("status") or {}).get("endpoint")
+                url = urls.get(iname) or (f"http://{endpoint}" if endpoint else None)
+                if spec.get("pool") != name or url is None:
                     continue
                 backends.append(
                     Backend(
                         name=iname,
-                        url=urls[iname],
+                        url=url,
                         pool=name,
                         ready=_serving(instance) and spec.get("role", "Active") == "Active",
                         draining=bool(spec.get("drain")),
