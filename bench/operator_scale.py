@@ -46,12 +46,16 @@ def rss_mib() -> float:
 def seed_nodes(http: httpx.Client, nodes: int) -> None:
     for n in range(nodes):
         name = f"gpu-{n:04d}"
-        http.post(f"{FW}/gpunodes", json={"metadata": {"name": name}, "spec": {"nodeName": name}}).raise_for_status()
+        http.post(
+            f"{FW}/gpunodes", json={"metadata": {"name": name}, "spec": {"nodeName": name}}
+        ).raise_for_status()
         gpus = [
             {"uuid": f"GPU-{n:04d}-{i}", "index": i, "product": "H100-80GB-SXM", "memoryMiB": 81559}
             for i in range(8)
         ]
-        http.patch(f"{FW}/gpunodes/{name}/status", json={"status": {"gpus": gpus, "gpuCount": 8}}, headers=MERGE)
+        http.patch(
+            f"{FW}/gpunodes/{name}/status", json={"status": {"gpus": gpus, "gpuCount": 8}}, headers=MERGE
+        )
 
 
 def deployment(pools: int, active: int) -> dict[str, Any]:
@@ -60,12 +64,19 @@ def deployment(pools: int, active: int) -> dict[str, Any]:
         "kind": "ModelDeployment",
         "metadata": {"name": "scale"},
         "spec": {
-            "model": {"name": "llama-7b", "parametersMillions": 7000, "weightSource": "hf://meta-llama/Llama-2-7b-hf"},
+            "model": {
+                "name": "llama-7b",
+                "parametersMillions": 7000,
+                "weightSource": "hf://meta-llama/Llama-2-7b-hf",
+            },
             "gpu": {"allowedTensorParallel": [1]},
             "scaling": {"minInstances": active, "maxInstances": active, "warmStandbys": 1},
             "requestClasses": {
                 "mode": "Explicit",
-                "classes": [{"name": f"c{i}", "maxInputTokens": 100 * (i + 1), "maxOutputTokens": 100} for i in range(pools)],
+                "classes": [
+                    {"name": f"c{i}", "maxInputTokens": 100 * (i + 1), "maxOutputTokens": 100}
+                    for i in range(pools)
+                ],
             },
         },
     }
@@ -97,14 +108,18 @@ def main() -> None:
     import asyncio
 
     thread = threading.Thread(
-        target=lambda: asyncio.run(operate(config, stop_flag=stop_flag, ready_flag=ready_flag, registry=registry)),
+        target=lambda: asyncio.run(
+            operate(config, stop_flag=stop_flag, ready_flag=ready_flag, registry=registry)
+        ),
         daemon=True,
     )
     thread.start()
     ready_flag.wait(60)
     rss_before = rss_mib()
     started = time.monotonic()
-    http.post(f"{FW}/namespaces/default/modeldeployments", json=deployment(args.pools, args.active)).raise_for_status()
+    http.post(
+        f"{FW}/namespaces/default/modeldeployments", json=deployment(args.pools, args.active)
+    ).raise_for_status()
     sel = {"labelSelector": "flywheel.dev/deployment=scale"}
     peak = rss_before
     done_at = None
@@ -116,14 +131,18 @@ def main() -> None:
             instances = http.get(f"{FW}/namespaces/default/modelinstances", params=sel).json()["items"]
             placed = sum(1 for i in instances if i["spec"].get("nodeName"))
             scheduled = sum(
-                1 for i in instances
-                if any(c["type"] == "Scheduled" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", []))
-            )  # fmt: skip
+                1
+                for i in instances
+                for c in (i.get("status") or {}).get("conditions", [])
+                if c["type"] == "Scheduled" and c["status"] == "True"
+            )
             if placed == total and scheduled == total:
                 done_at = time.monotonic()
                 break
     elapsed = (done_at or time.monotonic()) - started
-    reconciles = sum(s.value for m in op.metrics.reconciles.collect() for s in m.samples if s.name.endswith("_total"))
+    reconciles = sum(
+        s.value for m in op.metrics.reconciles.collect() for s in m.samples if s.name.endswith("_total")
+    )
     errors = sum(s.value for m in op.metrics.errors.collect() for s in m.samples if s.name.endswith("_total"))
     time.sleep(2.0)
     peak = max(peak, rss_mib())

@@ -37,12 +37,18 @@ def crds(
 def operator(
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Serve only these namespaces."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Serve every namespace."),
-    peering: str | None = typer.Option(None, "--peering", help="kopf peering name (HA: only one replica acts)."),
+    peering: str | None = typer.Option(
+        None, "--peering", help="kopf peering name (HA: only one replica acts)."
+    ),
     standalone: bool = typer.Option(False, "--standalone", help="No peering (single replica)."),
-    priority: int | None = typer.Option(None, "--priority", help="Peering priority; default from the pod name."),
+    priority: int | None = typer.Option(
+        None, "--priority", help="Peering priority; default from the pod name."
+    ),
     liveness: str | None = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics here."),
-    server: str | None = typer.Option(None, "--server", help="API server URL (default: in-cluster/kubeconfig)."),
+    server: str | None = typer.Option(
+        None, "--server", help="API server URL (default: in-cluster/kubeconfig)."
+    ),
     insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
     pool_period: float = typer.Option(300.0, "--pool-period", help="Seconds between pool controller rounds."),
     cluster_period: float = typer.Option(1800.0, "--cluster-period", help="Seconds between cluster rounds."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -73,10 +74,8 @@ class EmulatorThread:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._served is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._served.result(timeout=30)
-            except Exception:  # noqa: S110 - shutting down; the test result matters, not teardown noise
-                pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()

@@ -32,7 +32,12 @@ def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
 
 
 def md(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def test_create_sets_server_fields_and_returns_201(http: httpx.Client) -> None:
@@ -54,9 +59,13 @@ def test_generate_name(http: httpx.Client) -> None:
 def test_stale_resource_version_conflicts(http: httpx.Client) -> None:
     created = http.post(MD, json=md("occ", x=1)).json()
     rv = created["metadata"]["resourceVersion"]
-    first = http.patch(f"{MD}/occ", json={"metadata": {"resourceVersion": rv}, "spec": {"x": 2}}, headers=MERGE)
+    first = http.patch(
+        f"{MD}/occ", json={"metadata": {"resourceVersion": rv}, "spec": {"x": 2}}, headers=MERGE
+    )
     assert first.status_code == 200
-    stale = http.patch(f"{MD}/occ", json={"metadata": {"resourceVersion": rv}, "spec": {"x": 3}}, headers=MERGE)
+    stale = http.patch(
+        f"{MD}/occ", json={"metadata": {"resourceVersion": rv}, "spec": {"x": 3}}, headers=MERGE
+    )
     assert stale.status_code == 409 and stale.json()["reason"] == "Conflict"
     put = http.put(f"{MD}/occ", json=created)
     assert put.status_code == 409
@@ -117,7 +126,9 @@ def test_selectors_parse() -> None:
 def test_list_with_label_selector(http: httpx.Client) -> None:
     for i, color in enumerate(["red", "blue", "red"]):
         http.post(PODS, json={"metadata": {"name": f"sel-{i}", "labels": {"color": color}}, "spec": {}})
-    names = {p["metadata"]["name"] for p in http.get(PODS, params={"labelSelector": "color=red"}).json()["items"]}
+    names = {
+        p["metadata"]["name"] for p in http.get(PODS, params={"labelSelector": "color=red"}).json()["items"]
+    }
     assert names == {"sel-0", "sel-2"}
 
 
@@ -132,9 +143,17 @@ def test_watch_resumes_from_resource_version_with_selector(http: httpx.Client) -
     http.patch(f"{PODS}/w1", json={"metadata": {"labels": {"watch": "no"}}}, headers=MERGE)
     http.post(PODS, json={"metadata": {"name": "w2"}, "spec": {}})
     events = _watch(
-        http, PODS, resourceVersion=start, labelSelector="watch=yes", timeoutSeconds="0.2", allowWatchBookmarks="true"
+        http,
+        PODS,
+        resourceVersion=start,
+        labelSelector="watch=yes",
+        timeoutSeconds="0.2",
+        allowWatchBookmarks="true",
     )
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events[:-1]] == [("ADDED", "w1"), ("DELETED", "w1")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events[:-1]] == [
+        ("ADDED", "w1"),
+        ("DELETED", "w1"),
+    ]
     assert events[-1]["type"] == "BOOKMARK"
 
 
@@ -157,7 +176,12 @@ def test_finalizers_block_deletion(http: httpx.Client, cluster: EmulatorThread) 
 
 def test_owner_garbage_collection(http: httpx.Client, cluster: EmulatorThread) -> None:
     owner = http.post(MD, json=md("owner")).json()
-    ref = {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "name": "owner", "uid": owner["metadata"]["uid"]}
+    ref = {
+        "apiVersion": "flywheel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+    }
     http.post(PODS, json={"metadata": {"name": "child", "ownerReferences": [ref]}, "spec": {}})
     http.post(PODS, json={"metadata": {"name": "kept"}, "spec": {}})
     http.delete(f"{MD}/owner")

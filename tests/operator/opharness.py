@@ -75,6 +75,8 @@ class OperatorThread:
                 with contextlib.suppress(BaseException):
                     self._loop.run_until_complete(asyncio.wait(pending, timeout=1))
             with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(self.operator.close())  # the API client's connections
+            with contextlib.suppress(BaseException):
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
@@ -134,7 +136,11 @@ def model_deployment(name: str, classes: tuple[str, ...] = ("short",), **spec: A
         "kind": "ModelDeployment",
         "metadata": {"name": name},
         "spec": {
-            "model": {"name": "meta-llama/Llama-2-7b-hf", "parametersMillions": 7000, "weightSource": "hf://meta-llama/Llama-2-7b-hf"},
+            "model": {
+                "name": "meta-llama/Llama-2-7b-hf",
+                "parametersMillions": 7000,
+                "weightSource": "hf://meta-llama/Llama-2-7b-hf",
+            },
             "engine": {"kind": "vllm"},
             "gpu": {"allowedTensorParallel": [1, 2]},
             "scaling": {"minInstances": 1, "maxInstances": 4, "warmStandbys": 1},
@@ -153,7 +159,9 @@ def model_deployment(name: str, classes: tuple[str, ...] = ("short",), **spec: A
 
 def add_gpu_node(http: httpx.Client, name: str, gpus: int = 8, domains: int = 1) -> None:
     """A GPU Node and its GPUNode with the status a node agent would report."""
-    http.post("/api/v1/nodes", json={"metadata": {"name": name, "labels": {"flywheel.dev/gpu": "true"}}, "spec": {}})
+    http.post(
+        "/api/v1/nodes", json={"metadata": {"name": name, "labels": {"flywheel.dev/gpu": "true"}}, "spec": {}}
+    )
     http.post(f"{FW}/gpunodes", json={"metadata": {"name": name}, "spec": {"nodeName": name}})
     per_domain = gpus // domains
     status = {
@@ -188,8 +196,16 @@ def mark_pods_ready(http: httpx.Client, namespace: str, labels: str) -> int:
         conditions = (pod.get("status") or {}).get("conditions") or []
         if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
             continue
-        status = {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
-        http.patch(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status", json={"status": status}, headers=MERGE)
+        status = {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        http.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status",
+            json={"status": status},
+            headers=MERGE,
+        )
         count += 1
     return count
 
@@ -201,4 +217,13 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["Operator", "OperatorThread", "add_gpu_node", "condition", "items", "model_deployment", "operator_config", "wait_for"]
+__all__ = [
+    "Operator",
+    "OperatorThread",
+    "add_gpu_node",
+    "condition",
+    "items",
+    "model_deployment",
+    "operator_config",
+    "wait_for",
+]

@@ -281,7 +281,7 @@ async def test_false_alarm_storm_is_capped_by_the_breaker(
 
 def test_real_operator_replaces_an_instance_after_xid79(cluster: EmulatorThread, http: httpx.Client) -> None:
     """End to end: kopf operator + two node agents; XID 79 on the active instance's GPU."""
-    from opharness import OperatorThread, mark_pods_ready, model_deployment, operator_config, wait_for
+    from opharness import OperatorThread, operator_config
 
     agents: list[tuple[Agent, SimulatedNvml]] = []
     for node in ("node-0", "node-1"):
@@ -293,72 +293,78 @@ def test_real_operator_replaces_an_instance_after_xid79(cluster: EmulatorThread,
     try:
         with OperatorThread(operator_config(cluster.url)) as operator:
             assert operator.alive
-            http.post(
-                f"{FW}/namespaces/default/modeldeployments", json=model_deployment("llama")
-            ).raise_for_status()
-
-            def placed() -> dict[str, dict[str, Any]] | None:
-                now = instances(http)
-                ok = len(now) == 2 and all(i["spec"].get("nodeName") for i in now.values())
-                return now if ok else None
-
-            wait_for(placed, what="one active and one standby placed")
-
-            def loaded() -> dict[str, dict[str, Any]] | None:
-                mark_pods_ready(http, "default", "flywheel.dev/deployment=llama")  # the kubelet's part
-                now = instances(http)
-                ready = [
-                    i
-                    for i in now.values()
-                    for c in (i.get("status") or {}).get("conditions") or []
-                    if c["type"] == "Loaded" and c["status"] == "True"
-                ]
-                return now if len(ready) == 2 else None
-
-            before = wait_for(loaded, what="both instances loaded")
-            active = next(i for i in before.values() if i["spec"]["role"] == "Active")
-            standby = next(i for i in before.values() if i["spec"]["role"] == "Standby")
-            bad_gpu = active["spec"]["gpuUUIDs"][0]
-            agent, nvml = next((a, n) for a, n in agents if a.config.node_name == active["spec"]["nodeName"])
-            nvml.inject_xid(uuids(agent).index(bad_gpu), 79)
-            report_until(agent, "XID79")
-
-            def resolved() -> Incident | None:
-                for raw in items(http, f"{FW}/incidents"):
-                    incident = Incident.model_validate(raw)
-                    if incident.status and incident.status.recovered_at is not None:
-                        return incident
-                return None
-
-            incident = wait_for(resolved, what="a resolved Incident")
-            assert incident.spec.signal.xid == 79 and incident.spec.gpu_uuids == [bad_gpu]
-            assert is_complete(incident)
-            node = gpunode(http, active["spec"]["nodeName"])
-            assert [q["uuid"] for q in node["spec"]["quarantinedGPUs"]] == [bad_gpu]
-            now = instances(http)
-            # the failed instance is gone (a new one may reuse its name), the standby serves
-            assert active["metadata"]["uid"] not in {i["metadata"]["uid"] for i in now.values()}
-            assert now[standby["metadata"]["name"]]["spec"]["role"] == "Active"
-
-            # the operator replenishes the standby, never on the quarantined GPU
-            def replenished() -> dict[str, Any] | None:
-                spare = [
-                    i
-                    for i in instances(http).values()
-                    if i["spec"]["role"] == "Standby" and i["spec"].get("nodeName")
-                ]
-                return spare[0] if spare else None
-
-            spare = wait_for(replenished, what="a new standby placed")
-            assert bad_gpu not in spare["spec"]["gpuUUIDs"]
-            events = items(http, "/api/v1/namespaces/default/events")
-            assert any(
-                e["involvedObject"]["name"] == "llama" and e["reason"] == reasons.FAULT_DETECTED
-                for e in events
-            )
+            try:
+                xid79_scenario(http, agents)
+            finally:
+                operator.stop()  # graceful: a kill leaves kopf's stop-flag waiter behind at exit
     finally:
         for agent, _ in agents:
             agent.stop()
+
+
+def xid79_scenario(http: httpx.Client, agents: list[tuple[Agent, SimulatedNvml]]) -> None:
+    from opharness import mark_pods_ready, model_deployment, wait_for
+
+    http.post(f"{FW}/namespaces/default/modeldeployments", json=model_deployment("llama")).raise_for_status()
+
+    def placed() -> dict[str, dict[str, Any]] | None:
+        now = instances(http)
+        ok = len(now) == 2 and all(i["spec"].get("nodeName") for i in now.values())
+        return now if ok else None
+
+    wait_for(placed, what="one active and one standby placed")
+
+    def loaded() -> dict[str, dict[str, Any]] | None:
+        mark_pods_ready(http, "default", "flywheel.dev/deployment=llama")  # the kubelet's part
+        now = instances(http)
+        ready = [
+            i
+            for i in now.values()
+            for c in (i.get("status") or {}).get("conditions") or []
+            if c["type"] == "Loaded" and c["status"] == "True"
+        ]
+        return now if len(ready) == 2 else None
+
+    before = wait_for(loaded, what="both instances loaded")
+    active = next(i for i in before.values() if i["spec"]["role"] == "Active")
+    standby = next(i for i in before.values() if i["spec"]["role"] == "Standby")
+    bad_gpu = active["spec"]["gpuUUIDs"][0]
+    agent, nvml = next((a, n) for a, n in agents if a.config.node_name == active["spec"]["nodeName"])
+    nvml.inject_xid(uuids(agent).index(bad_gpu), 79)
+    report_until(agent, "XID79")
+
+    def resolved() -> Incident | None:
+        for raw in items(http, f"{FW}/incidents"):
+            incident = Incident.model_validate(raw)
+            if incident.status and incident.status.recovered_at is not None:
+                return incident
+        return None
+
+    incident = wait_for(resolved, what="a resolved Incident")
+    assert incident.spec.signal.xid == 79 and incident.spec.gpu_uuids == [bad_gpu]
+    assert is_complete(incident)
+    node = gpunode(http, active["spec"]["nodeName"])
+    assert [q["uuid"] for q in node["spec"]["quarantinedGPUs"]] == [bad_gpu]
+    now = instances(http)
+    # the failed instance is gone (a new one may reuse its name), the standby serves
+    assert active["metadata"]["uid"] not in {i["metadata"]["uid"] for i in now.values()}
+    assert now[standby["metadata"]["name"]]["spec"]["role"] == "Active"
+
+    # the operator replenishes the standby, never on the quarantined GPU
+    def replenished() -> dict[str, Any] | None:
+        spare = [
+            i
+            for i in instances(http).values()
+            if i["spec"]["role"] == "Standby" and i["spec"].get("nodeName")
+        ]
+        return spare[0] if spare else None
+
+    spare = wait_for(replenished, what="a new standby placed")
+    assert bad_gpu not in spare["spec"]["gpuUUIDs"]
+    events = items(http, "/api/v1/namespaces/default/events")
+    assert any(
+        e["involvedObject"]["name"] == "llama" and e["reason"] == reasons.FAULT_DETECTED for e in events
+    )
 
 
 def set_nic(sysfs: Path, state: str) -> None:

@@ -17,13 +17,17 @@ def served(http: httpx.Client, name: str) -> bool:
 
 def writers(cluster: EmulatorThread) -> set[str]:
     records = cluster.call(lambda emu: list(emu.records))
-    return {r.user_agent for r in records if r.method != "GET" and r.user_agent.startswith("flywheel-operator/")}
+    return {
+        r.user_agent for r in records if r.method != "GET" and r.user_agent.startswith("flywheel-operator/")
+    }
 
 
 def test_only_the_leader_acts_and_the_standby_takes_over() -> None:
     with EmulatorThread() as cluster, httpx.Client(base_url=cluster.url, timeout=10) as http:
         add_gpu_node(http, "n0")
-        http.post("/apis/kopf.dev/v1/clusterkopfpeerings", json={"metadata": {"name": "flywheel"}}).raise_for_status()
+        http.post(
+            "/apis/kopf.dev/v1/clusterkopfpeerings", json={"metadata": {"name": "flywheel"}}
+        ).raise_for_status()
         spec = {"gpu": {"allowedTensorParallel": [1]}}
 
         def config(identity: str, priority: int) -> object:
@@ -40,7 +44,10 @@ def test_only_the_leader_acts_and_the_standby_takes_over() -> None:
             http.post(MDS, json=model_deployment("ha-2", **spec)).raise_for_status()
             wait_for(lambda: served(http, "ha-2"), what="served while both run")
             assert writers(cluster) == {"flywheel-operator/leader"}
-            assert sum(m.samples[0].value for m in standby.operator.metrics.reconciles.collect() if m.samples) == 0
+            assert (
+                sum(m.samples[0].value for m in standby.operator.metrics.reconciles.collect() if m.samples)
+                == 0
+            )
             leader.kill()  # a crash: its peering entry expires after its lifetime
             http.post(MDS, json=model_deployment("ha-3", **spec)).raise_for_status()
             wait_for(lambda: served(http, "ha-3"), timeout=30, what="the standby took over")

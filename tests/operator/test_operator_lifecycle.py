@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,6 +22,8 @@ from opharness import (
     wait_for,
 )
 
+from flywheel.controllers.desired import ClusterObservation, NoMerging
+
 NS = "default"
 MDS = f"{FW}/namespaces/{NS}/modeldeployments"
 POOLS = f"{FW}/namespaces/{NS}/inferencepools"
@@ -37,9 +40,21 @@ def cluster() -> Iterator[EmulatorThread]:
         yield emu
 
 
+@dataclass(frozen=True)
+class MergeSecondIntoFirst:
+    """A cluster policy for the test: deployments named merge-* serve class b from pool <name>-a."""
+
+    name: str = "merge-test"
+
+    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]:
+        if not cluster.deployment.startswith("merge-"):
+            return NoMerging().merges(cluster)
+        return {f"{cluster.deployment}-a": ["b"]}
+
+
 @pytest.fixture(scope="module")
 def operator(cluster: EmulatorThread) -> Iterator[OperatorThread]:
-    with OperatorThread(operator_config(cluster.url)) as op:
+    with OperatorThread(operator_config(cluster.url, cluster_policy=MergeSecondIntoFirst())) as op:
         yield op
 
 
@@ -53,7 +68,9 @@ def owners(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return [(r["kind"], r["name"]) for r in obj["metadata"].get("ownerReferences") or []]
 
 
-def children(http: httpx.Client, md: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def children(
+    http: httpx.Client, md: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     sel = f"flywheel.dev/deployment={md}"
     return items(http, POOLS, sel), items(http, INSTANCES, sel), items(http, PODS, sel)
 
@@ -122,7 +139,9 @@ def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None
 def test_scale_by_spec_change(http: httpx.Client) -> None:
     http.post(MDS, json=model_deployment("beta")).raise_for_status()
     wait_for(lambda: settled(http, "beta", pools=1, instances=2), what="1 + 1 standby")
-    http.patch(f"{MDS}/beta", json={"spec": {"scaling": {"minInstances": 3}}}, headers=MERGE).raise_for_status()
+    http.patch(
+        f"{MDS}/beta", json={"spec": {"scaling": {"minInstances": 3}}}, headers=MERGE
+    ).raise_for_status()
     wait_for(lambda: settled(http, "beta", pools=1, instances=4), what="3 + 1 standby")
     http.patch(
         f"{MDS}/beta", json={"spec": {"scaling": {"minInstances": 1, "warmStandbys": 0}}}, headers=MERGE
@@ -141,7 +160,9 @@ def test_scale_by_spec_change(http: httpx.Client) -> None:
 
 
 def test_pod_deleted_behind_the_back_is_recreated(http: httpx.Client) -> None:
-    http.post(MDS, json=model_deployment("gamma", scaling={"minInstances": 1, "maxInstances": 2, "warmStandbys": 0}))
+    http.post(
+        MDS, json=model_deployment("gamma", scaling={"minInstances": 1, "maxInstances": 2, "warmStandbys": 0})
+    )
     wait_for(lambda: settled(http, "gamma", pools=1, instances=1), what="one pod")
     _, _, pods = children(http, "gamma")
     old = pods[0]
@@ -156,13 +177,18 @@ def test_pod_deleted_behind_the_back_is_recreated(http: httpx.Client) -> None:
     _, instances, _ = children(http, "gamma")
     http.delete(f"{INSTANCES}/{instances[0]['metadata']['name']}")
     wait_for(
-        lambda: settled(http, "gamma", 1, 1) and children(http, "gamma")[1][0]["metadata"]["uid"] != instances[0]["metadata"]["uid"],
+        lambda: (
+            settled(http, "gamma", 1, 1)
+            and children(http, "gamma")[1][0]["metadata"]["uid"] != instances[0]["metadata"]["uid"]
+        ),
         what="a new instance",
     )
 
 
 def test_stale_write_conflict_is_retried(http: httpx.Client, cluster: EmulatorThread) -> None:
-    http.post(MDS, json=model_deployment("delta", scaling={"minInstances": 1, "maxInstances": 2, "warmStandbys": 0}))
+    http.post(
+        MDS, json=model_deployment("delta", scaling={"minInstances": 1, "maxInstances": 2, "warmStandbys": 0})
+    )
     wait_for(lambda: settled(http, "delta", 1, 1), what="one instance")
     before = sum(1 for r in cluster.call(lambda e: list(e.records)) if r.status == 409)
     cluster.call(lambda emu: emu.inject_conflicts("modeldeployments", "delta", 3))
@@ -195,7 +221,9 @@ def test_invalid_object_is_degraded_not_a_crash(http: httpx.Client, operator: Op
     assert any(e["involvedObject"]["name"] == "broken" and e["reason"] == "InvalidSpec" for e in warnings)
     assert operator.alive
     # Fixing the spec recovers it.
-    http.patch(f"{MDS}/broken", json={"spec": {"scaling": {"minInstances": 1, "warmStandbys": 0}}}, headers=MERGE)
+    http.patch(
+        f"{MDS}/broken", json={"spec": {"scaling": {"minInstances": 1, "warmStandbys": 0}}}, headers=MERGE
+    )
     wait_for(lambda: settled(http, "broken", 1, 1), what="recovered")
     wait_for(lambda: (condition(http.get(f"{MDS}/broken").json(), "Degraded") or {}).get("status") == "False")
 
@@ -209,7 +237,11 @@ def test_delete_cleans_everything(http: httpx.Client) -> None:
 
 
 def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
-    huge = model_deployment("zeta", gpu={"allowedTensorParallel": [8]}, scaling={"minInstances": 6, "maxInstances": 6, "warmStandbys": 0})
+    huge = model_deployment(
+        "zeta",
+        gpu={"allowedTensorParallel": [8]},
+        scaling={"minInstances": 6, "maxInstances": 6, "warmStandbys": 0},
+    )
     http.post(MDS, json=huge)
 
     def degraded() -> dict[str, Any] | None:
@@ -217,6 +249,7 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
         return c if c and c["status"] == "True" and c["reason"] == "InsufficientGPUs" else None
 
     wait_for(degraded, what="InsufficientGPUs")
+
     def six() -> list[dict[str, Any]] | None:
         found = children(http, "zeta")[1]
         return found if len(found) == 6 else None
@@ -224,7 +257,9 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
     instances = wait_for(six, what="6 instances")
     unplaced = [i for i in instances if not i["spec"].get("nodeName")]
     assert len(unplaced) == 6  # the first nodes have free GPUs, but no 8-GPU NVLink domain (two of 4 each)
-    assert all(condition(i, "Scheduled")["reason"] == "Unschedulable" for i in unplaced if condition(i, "Scheduled"))
+    assert all(
+        condition(i, "Scheduled")["reason"] == "Unschedulable" for i in unplaced if condition(i, "Scheduled")
+    )
     for n in range(4, 10):
         add_gpu_node(http, f"gpu-{n}", gpus=8, domains=1)
     wait_for(lambda: settled(http, "zeta", 1, 6), timeout=30, what="all placed")
@@ -233,35 +268,69 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
 
 
 def test_gpu_nodes_and_quarantine(http: httpx.Client) -> None:
-    http.post("/api/v1/nodes", json={"metadata": {"name": "fresh", "labels": {"flywheel.dev/gpu": "true"}}, "spec": {}})
+    http.post(
+        "/api/v1/nodes",
+        json={"metadata": {"name": "fresh", "labels": {"flywheel.dev/gpu": "true"}}, "spec": {}},
+    )
     http.post("/api/v1/nodes", json={"metadata": {"name": "cpu-only"}, "spec": {}})
     wait_for(lambda: http.get(f"{FW}/gpunodes/fresh").status_code == 200, what="GPUNode for a GPU node")
     gn = http.get(f"{FW}/gpunodes/fresh").json()
     assert gn["spec"]["nodeName"] == "fresh" and owners(gn) == [("Node", "fresh")]
     assert http.get(f"{FW}/gpunodes/cpu-only").status_code == 404
-    http.patch(f"{FW}/gpunodes/fresh", json={"spec": {"quarantineNode": True, "quarantineReason": "XID 79"}}, headers=MERGE)
+    http.patch(
+        f"{FW}/gpunodes/fresh",
+        json={"spec": {"quarantineNode": True, "quarantineReason": "XID 79"}},
+        headers=MERGE,
+    )
 
     def cordoned() -> dict[str, Any] | None:
         node = http.get("/api/v1/nodes/fresh").json()
         return node if node["spec"].get("unschedulable") else None
 
     node = wait_for(cordoned, what="cordon")
-    assert {"key": "flywheel.dev/quarantined", "value": "true", "effect": "NoSchedule"} in node["spec"]["taints"]
-    http.patch(f"{FW}/gpunodes/fresh", json={"spec": {"quarantineNode": False, "quarantineReason": None}}, headers=MERGE)
+    assert {"key": "flywheel.dev/quarantined", "value": "true", "effect": "NoSchedule"} in node["spec"][
+        "taints"
+    ]
+    http.patch(
+        f"{FW}/gpunodes/fresh",
+        json={"spec": {"quarantineNode": False, "quarantineReason": None}},
+        headers=MERGE,
+    )
     wait_for(lambda: not http.get("/api/v1/nodes/fresh").json()["spec"].get("unschedulable"), what="uncordon")
     assert not http.get("/api/v1/nodes/fresh").json()["spec"].get("taints")
 
 
 def test_metrics_and_fleet_power(http: httpx.Client, operator: OperatorThread) -> None:
-    http.post(MDS, json=model_deployment("eta", scaling={"minInstances": 2, "maxInstances": 2, "warmStandbys": 0}))
+    http.post(
+        MDS, json=model_deployment("eta", scaling={"minInstances": 2, "maxInstances": 2, "warmStandbys": 0})
+    )
     wait_for(lambda: settled(http, "eta", 1, 2), what="two instances")
     _, instances, _ = children(http, "eta")
     for n, i in enumerate(instances):
         status = {"status": {"powerWatts": 500 + n, "energyJoules": 1000}}
-        http.patch(f"{INSTANCES}/{i['metadata']['name']}/status", json=status, headers=MERGE).raise_for_status()
-    wait_for(lambda: http.get(f"{MDS}/eta").json().get("status", {}).get("powerWatts") == 1001, what="power sum")
+        http.patch(
+            f"{INSTANCES}/{i['metadata']['name']}/status", json=status, headers=MERGE
+        ).raise_for_status()
+    wait_for(
+        lambda: http.get(f"{MDS}/eta").json().get("status", {}).get("powerWatts") == 1001, what="power sum"
+    )
     assert http.get(f"{MDS}/eta").json()["status"]["energyJoules"] == 2000
     text = operator.operator.metrics.render().decode()
     assert 'flywheel_operator_reconciles_total{kind="ModelDeployment"}' in text
     assert 'flywheel_operator_decisions_total{action="create",kind="Pod"}' in text
     assert operator.operator.metrics.fleet_power._value.get() >= 1001
+
+
+def test_cluster_round_merges_pools(http: httpx.Client) -> None:
+    http.post(MDS, json=model_deployment("merge-x", classes=("a", "b"))).raise_for_status()
+
+    def merged() -> bool:
+        pools = {p["metadata"]["name"]: p for p in children(http, "merge-x")[0]}
+        return list(pools) == ["merge-x-a"] and pools["merge-x-a"]["spec"]["requestClass"].get(
+            "mergedClasses"
+        ) == ["b"]
+
+    wait_for(merged, what="class b served by pool a")
+    wait_for(lambda: settled(http, "merge-x", 1, 2), what="only pool a's instances remain")
+    reasons = {e["reason"] for e in items(http, f"/api/v1/namespaces/{NS}/events")}
+    assert "ClusterDecision" in reasons

@@ -32,7 +32,9 @@ def converged(http: httpx.Client, md: str) -> bool:
     pods = items(http, f"/api/v1/namespaces/{NS}/pods", sel)
     roles = sorted(i["spec"]["role"] for i in instances)
     placed = all(i["spec"].get("nodeName") for i in instances)
-    pods_match = sorted(p["metadata"]["name"] for p in pods) == sorted(i["metadata"]["name"] for i in instances)
+    pods_match = sorted(p["metadata"]["name"] for p in pods) == sorted(
+        i["metadata"]["name"] for i in instances
+    )
     return len(pools) == 1 and roles == ["Active", "Standby"] and placed and pods_match
 
 
@@ -53,19 +55,26 @@ def test_killed_mid_reconcile_converges_without_duplicates(cluster: EmulatorThre
             holder["op"].hard_stop()  # the process dies here...
             raise asyncio.CancelledError  # ...before this write reaches the API server
 
-    spec = {"gpu": {"allowedTensorParallel": [1]}, "scaling": {"minInstances": 1, "maxInstances": 1, "warmStandbys": 1}}
+    spec = {
+        "gpu": {"allowedTensorParallel": [1]},
+        "scaling": {"minInstances": 1, "maxInstances": 1, "warmStandbys": 1},
+    }
     first = OperatorThread(operator_config(cluster.url, identity=f"crashy-{seed}", before_write=chaos))
     holder["op"] = first
     with httpx.Client(base_url=cluster.url, timeout=10) as http:
         first.start()
-        http.post(f"{FW}/namespaces/{NS}/modeldeployments", json=model_deployment(name, **spec)).raise_for_status()
+        http.post(
+            f"{FW}/namespaces/{NS}/modeldeployments", json=model_deployment(name, **spec)
+        ).raise_for_status()
         wait_for(lambda: not first.alive or converged(http, name), what="the kill or convergence")
         holder["killed"] = first
         first.kill()
         assert len(writes) >= min(kill_at, 1)
         second = OperatorThread(operator_config(cluster.url, identity=f"restarted-{seed}")).start()
         try:
-            wait_for(lambda: converged(http, name), timeout=30, what=f"convergence after a kill at write {kill_at}")
+            wait_for(
+                lambda: converged(http, name), timeout=30, what=f"convergence after a kill at write {kill_at}"
+            )
         finally:
             second.kill()
         # No duplicates anywhere in the cluster: names are unique by construction, so count roles per pool

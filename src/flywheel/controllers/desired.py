@@ -116,6 +116,35 @@ class ScalingSpecPolicy:
         )
 
 
+@dataclass(frozen=True)
+class ClusterObservation:
+    """What a cluster policy sees of one deployment: its spec and its pools."""
+
+    deployment: str
+    spec: ModelDeploymentSpec
+    pools: Mapping[str, InferencePoolSpec]
+    statuses: Mapping[str, InferencePoolStatus | None]
+
+
+class ClusterPolicy(Protocol):
+    """Which request classes each pool also serves (low-load pools merged into another)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]: ...
+
+
+@dataclass(frozen=True)
+class NoMerging:
+    """Default without load data: every class keeps its own pool (merges already made are kept)."""
+
+    name: str = "no-merging"
+
+    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]:
+        return {name: list(pool.request_class.merged_classes) for name, pool in cluster.pools.items()}
+
+
 def allowed(decision: PoolDecision, spec: ModelDeploymentSpec) -> tuple[int, int]:
     """(TP, instances) of a decision clamped into what the deployment allows."""
     tps = sorted(spec.gpu.allowed_tensor_parallel)
@@ -136,7 +165,8 @@ def desired_pools(
         if pool.model_deployment == deployment:
             merged.update(c for c in pool.request_class.merged_classes if pool_name(deployment, c) != name)
     result: dict[str, InferencePoolSpec] = {}
-    for rc in request_classes(spec):
+    for declared in request_classes(spec):
+        rc = declared
         if rc.name in merged:
             continue
         name = pool_name(deployment, rc.name)

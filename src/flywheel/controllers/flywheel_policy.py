@@ -14,6 +14,7 @@ The simulator finds this module through its registry (``make_policy``).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +46,10 @@ RATE_ALPHA = 0.2  # per instance tick
 REPARTITION_GAIN = 0.25  # a new pool partition must save 25% predicted power
 _EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
+# Sub-minute bursts: the pool's arrival rate smoothed over ~BURST_SMOOTHING_S (a burst must last that
+# long to matter for a P99), remembered for BURST_MEMORY_S; the pool must hold BURST_SHARE of it.
+BURST_SMOOTHING_S = 10.0
+BURST_MEMORY_S = 900.0
 
 
 @dataclass
@@ -67,6 +72,7 @@ class FlywheelPolicy:
         merge_below: float = 0.5,
         peak_windows: int = 5,
         bursty_peak_windows: int = 15,
+        burst_share: float = 0.8,
         allowed_tp: tuple[int, ...] = (2, 4, 8),
         clock_bounds_mhz: tuple[int, int] | None = None,
     ) -> None:
@@ -79,9 +85,11 @@ class FlywheelPolicy:
         self.thresholds = thresholds or ClassThresholds()
         self.class_pools = class_pools
         self.merge_below = merge_below
+        self.burst_share = burst_share
         self.allowed_tp = allowed_tp
         self.clock_bounds_mhz = clock_bounds_mhz
         self._ctx: PolicyContext | None = None
+        self.hint_bursty = False
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
         self._routes: dict[str, str] = dict.fromkeys(AUTO_CLASS_NAMES, INITIAL_POOL)
@@ -91,6 +99,8 @@ class FlywheelPolicy:
         self._ticks: dict[str, tuple[float, set[str], int]] = {}
         self._rates: dict[str, float] = {}
         self._probe_prompt: dict[str, int] = {}  # pool -> P99 prompt tokens of its recent load
+        self._burst_rate: dict[str, float] = {}  # pool -> arrival rate smoothed over ~10 s
+        self._bursts: dict[str, deque[tuple[float, float]]] = {}  # pool -> (time, smoothed rate)
         self.pool_forecaster = LoadForecaster(
             window_s=self.info.periods.pool_s,
             alpha=0.5,
@@ -142,6 +152,7 @@ class FlywheelPolicy:
             ),
         )
         h = context.hints
+        self.hint_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
         # Before any traffic: one pool for the trace's mean rate that absorbs its peak minute at max clock.
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
@@ -295,12 +306,21 @@ class FlywheelPolicy:
                 )
         # The workload's known peak minute (the offline hint the initial plan and Static are sized
         # with) counts as a window observed at the start: it stays in the peak memory for the first
-        # ``peak_windows`` windows, so one quiet first minute does not shrink the pool.
+        # ``peak_windows`` windows (``bursty_peak_windows`` when the peak minute is over twice the mean
+        # rate: bursts recur), so one quiet first minute does not shrink the pool.
         h = self._context().hints
-        if len(pool_peaks) == 1 and obs.time_s <= self.forecaster.peak_windows * self.info.periods.pool_s:
+        hold = self.forecaster.bursty_peak_windows if self.hint_bursty else self.forecaster.peak_windows
+        if len(pool_peaks) == 1 and obs.time_s <= hold * self.info.periods.pool_s:
             name, pk = next(iter(pool_peaks.items()))
             if h.peak_minute_rps > pk.requests_per_s:
                 pool_peaks[name] = replace(pk, requests_per_s=h.peak_minute_rps)
+        # Sub-minute bursts (code: tens of req/s for seconds after quiet spells) are invisible in
+        # minute rates; the pool keeps capacity for a share of the recent burst peak, held at max
+        # clock. Idle instances at low clock cost ~idle power, far less than a missed burst.
+        for name, pk in pool_peaks.items():
+            burst = self.burst_share * self.burst_peak(name, obs.time_s)
+            if burst > pk.requests_per_s:
+                pool_peaks[name] = replace(pk, requests_per_s=burst)
         self._probe_prompt = {name: int(load.p99_input_tokens) for name, load in pool_loads.items()}
         return self._plan_pools(pool_loads, current, obs.total_gpus, peaks=pool_peaks)
 
@@ -347,6 +367,25 @@ class FlywheelPolicy:
             if p.changed or p.name in force
         ]
 
+    # ------------------------------------------------------------------ bursts
+    def _observe_burst(self, pool: str, now: float, pool_rps: float) -> None:
+        """One instance tick's pool arrival rate: smooth it and remember the smoothed maxima."""
+        alpha = 1.0 - float(np.exp(-self.info.periods.instance_s / BURST_SMOOTHING_S))
+        prev = self._burst_rate.get(pool, pool_rps)
+        rate = prev + alpha * (pool_rps - prev)
+        self._burst_rate[pool] = rate
+        memory = self._bursts.setdefault(pool, deque())
+        while memory and (memory[-1][1] <= rate or memory[0][0] < now - BURST_MEMORY_S):
+            if memory[-1][1] <= rate:
+                memory.pop()
+            else:
+                memory.popleft()
+        memory.append((now, rate))
+
+    def burst_peak(self, pool: str, now: float) -> float:
+        """Highest ~10 s pool arrival rate over the last ``BURST_MEMORY_S`` (0 if none seen)."""
+        return max((r for t, r in self._bursts.get(pool, ()) if t >= now - BURST_MEMORY_S), default=0.0)
+
     # ------------------------------------------------------------------ instances
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         # Instances of a pool are asked one after another at the same tick; the count seen at the
@@ -356,6 +395,8 @@ class FlywheelPolicy:
             previous = len(tick[1]) if tick is not None else 1
             tick = self._ticks[obs.pool] = (obs.time_s, set(), previous)
         tick[1].add(obs.instance_id)
+        if len(tick[1]) == 1:
+            self._observe_burst(obs.pool, obs.time_s, obs.arrivals_rps * tick[2])
         # A request's TBT is a mean over its ~10 s of decoding: project with a smoothed arrival rate
         # (EWMA, ~10 s) rather than the last tick's count.
         prev = self._rates.get(obs.instance_id)

@@ -145,7 +145,9 @@ class PoolController:
         peak_rate = np.asarray(
             [p.peak_load.requests_per_s if p.peak_load is not None else 0.0 for p in pools]
         )
-        n_lo = self._lower_bounds(rate, p_in, p_out)
+        # Candidate counts start from what both the forecast and the recent peak (at max clock) need
+        # by throughput: a peak far above the forecast (bursts) would otherwise leave no candidate.
+        n_lo = np.maximum(self._lower_bounds(rate, p_in, p_out), self._lower_bounds(peak_rate, p_in, p_out))
         triples: list[tuple[int, int, int]] = []  # (pool, tp index, instances)
         for p, pool in enumerate(pools):
             for tp in pool.allowed_tp:

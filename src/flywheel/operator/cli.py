@@ -25,7 +25,8 @@ def main(
     verbose: bool,
 ) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = OperatorConfig.from_env()
     config.namespaces = () if all_namespaces else tuple(namespaces)

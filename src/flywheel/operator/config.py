@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
-from flywheel.controllers.desired import PoolPolicy, ScalingSpecPolicy
+from flywheel.controllers.desired import ClusterPolicy, NoMerging, PoolPolicy, ScalingSpecPolicy
 
 DEFAULT_IMAGES: dict[EngineKind, str] = {
     EngineKind.VLLM: "vllm/vllm-openai:v0.11.0",
@@ -52,6 +52,7 @@ class OperatorConfig:
     images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     # Decisions and test hooks.
     pool_policy: PoolPolicy = field(default_factory=ScalingSpecPolicy)
+    cluster_policy: ClusterPolicy = field(default_factory=NoMerging)
     before_write: Callable[[str, str], None] | None = None
     # kopf tuning (tests shorten these).
     watch_server_timeout: float = 300.0

@@ -103,13 +103,17 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
     @kopf.timer(GROUP, VERSION, "modeldeployments", interval=config.resync_seconds, registry=registry)
     async def _deployment_round(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
+        if op.due(("cluster-round", namespace, name), config.cluster_period_seconds):
+            await op.safely("ClusterRound", lambda: op.cluster_round(namespace, name))
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
 
     # InferencePool: reconcile its instances on every event; the timer runs the pool controller round.
     @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
     async def _pool(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
-        if kwargs["type"] == "DELETED":  # deleted behind our back, or by its deployment: let the deployment decide
+        if (
+            kwargs["type"] == "DELETED"
+        ):  # deleted behind our back, or by its deployment: let the deployment decide
             owner = (kwargs["body"].get("spec") or {}).get("modelDeployment")
             if owner:
                 op.deployment_refresh(namespace, owner)

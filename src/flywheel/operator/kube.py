@@ -9,6 +9,7 @@ login handler returns, so there is one source of credentials. Writes that depend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import ssl
@@ -55,7 +56,9 @@ class Kind:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace is not None:
             base += f"/namespaces/{quote(namespace)}"
@@ -108,7 +111,9 @@ class KubeClient:
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._ssl: ssl.SSLContext | bool = False if insecure else (ssl_context or ssl.create_default_context())
+        self._ssl: ssl.SSLContext | bool = (
+            False if insecure else (ssl_context or ssl.create_default_context())
+        )
         self._session: aiohttp.ClientSession | None = None
         self.before_write = before_write
         self.conflict_retries = conflict_retries
@@ -128,7 +133,12 @@ class KubeClient:
             self._session = None
 
     async def _request(
-        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None, mime: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        mime: str | None = None,
     ) -> Obj:
         if self._session is None:
             raise RuntimeError("KubeClient used outside 'async with'")
@@ -232,7 +242,12 @@ class KubeClient:
         raise KubeError(409, "Conflict", f"{kind.plural}/{name}: still conflicting after retries")
 
     async def event(
-        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, component: str = "flywheel-operator"
+        self,
+        obj: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        component: str = "flywheel-operator",
     ) -> None:
         """Post a core/v1 Event about ``obj`` (``kubectl describe`` shows it)."""
         meta = obj.get("metadata", {})
@@ -257,7 +272,5 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        try:
+        with contextlib.suppress(KubeError):  # an Event is best effort; never fail a reconcile over it
             await self.create(EVENTS, namespace, body)
-        except KubeError:
-            pass  # an Event is best effort; never fail a reconcile over it

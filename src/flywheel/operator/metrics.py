@@ -12,7 +12,10 @@ class OperatorMetrics:
             "flywheel_operator_reconciles", "Reconcile rounds run.", ["kind"], registry=self.registry
         )
         self.errors = Counter(
-            "flywheel_operator_reconcile_errors", "Reconcile rounds that failed.", ["kind"], registry=self.registry
+            "flywheel_operator_reconcile_errors",
+            "Reconcile rounds that failed.",
+            ["kind"],
+            registry=self.registry,
         )
         self.decisions = Counter(
             "flywheel_operator_decisions",
@@ -24,7 +27,9 @@ class OperatorMetrics:
             "flywheel_operator_conflicts", "Writes retried after a 409 Conflict.", registry=self.registry
         )
         self.fleet_power = Gauge(
-            "flywheel_fleet_power_watts", "Power of all ModelInstances, from their status.", registry=self.registry
+            "flywheel_fleet_power_watts",
+            "Power of all ModelInstances, from their status.",
+            registry=self.registry,
         )
         self.fleet_energy = Gauge(
             "flywheel_fleet_energy_joules", "Energy of all ModelInstances so far.", registry=self.registry
@@ -46,7 +51,7 @@ class OperatorMetrics:
         self.fleet_power.set(sum(p for p, _ in self._power.values()))
         self.fleet_energy.set(sum(e for _, e in self._power.values()))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - metrics are scraped in-cluster
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
 
     def render(self) -> bytes:

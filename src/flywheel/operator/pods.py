@@ -39,7 +39,9 @@ def model_argument(model: ModelSpec) -> tuple[str, list[dict[str, Any]], list[di
     return source, [], []  # s3://, gs://, oci://: engines with a loader for the scheme fetch it themselves
 
 
-def engine_command(kind: EngineKind, model: str, served_name: str, spec: ModelInstanceSpec, dtype: str) -> list[str]:
+def engine_command(
+    kind: EngineKind, model: str, served_name: str, spec: ModelInstanceSpec, dtype: str
+) -> list[str]:
     tp, port = spec.tensor_parallel, spec.engine.port
     if kind == EngineKind.VLLM:
         return [

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,6 +33,7 @@ from flywheel.controllers.desired import (
     LABEL_POOL,
     LABEL_ROLE,
     MANAGER,
+    ClusterObservation,
     ObservedInstance,
     PoolObservation,
     allowed,
@@ -87,7 +87,9 @@ def _wire_conditions(conditions: list[Condition]) -> list[Obj]:
 
 
 def _is_true(status: Obj | None, type_: str) -> bool:
-    return any(c.get("type") == type_ and c.get("status") == "True" for c in (status or {}).get("conditions") or [])
+    return any(
+        c.get("type") == type_ and c.get("status") == "True" for c in (status or {}).get("conditions") or []
+    )
 
 
 def _deleting(obj: Obj) -> bool:
@@ -175,7 +177,9 @@ class Operator:
         self._last_round[key] = now
         return True
 
-    async def _decided(self, kind: str, action: str, obj: Obj, reason: str, message: str, warning: bool = False) -> None:
+    async def _decided(
+        self, kind: str, action: str, obj: Obj, reason: str, message: str, warning: bool = False
+    ) -> None:
         self.metrics.decisions.labels(kind, action).inc()
         await self.kube.event(obj, "Warning" if warning else "Normal", reason, message)
 
@@ -196,7 +200,9 @@ class Operator:
             observed: dict[str, InferencePoolSpec] = {}
             for pool in pools:
                 try:
-                    observed[pool["metadata"]["name"]] = InferencePoolSpec.model_validate(pool.get("spec") or {})
+                    observed[pool["metadata"]["name"]] = InferencePoolSpec.model_validate(
+                        pool.get("spec") or {}
+                    )
                 except ValidationError:
                     continue  # overwritten with the desired spec below
             desired = desired_pools(name, spec, observed, self.config.pool_policy)
@@ -220,20 +226,27 @@ class Operator:
                             md,
                             "CreatedPool",
                             f"pool {pool_name} for class {pool_spec.request_class.name}: "
-                            f"{pool_spec.instances} x TP{pool_spec.tensor_parallel} + {pool_spec.standbys} standby",
+                            f"{pool_spec.instances} x TP{pool_spec.tensor_parallel} + "
+                            f"{pool_spec.standbys} standby",
                         )
                     continue
                 patch = pool_spec_patch(current, pool_spec) if current is not None else pool_spec.wire()
                 if patch:
                     await self.kube.patch(INFERENCE_POOLS, namespace, pool_name, {"spec": patch})
                     await self._decided(
-                        "InferencePool", "update", md, "UpdatedPool", f"pool {pool_name}: {sorted(patch)} changed"
+                        "InferencePool",
+                        "update",
+                        md,
+                        "UpdatedPool",
+                        f"pool {pool_name}: {sorted(patch)} changed",
                     )
             for pool in pools:
                 pool_name = pool["metadata"]["name"]
                 if pool_name not in desired and not _deleting(pool):
                     await self.kube.delete(INFERENCE_POOLS, namespace, pool_name, pool["metadata"]["uid"])
-                    await self._decided("InferencePool", "delete", md, "DeletedPool", f"pool {pool_name} not needed")
+                    await self._decided(
+                        "InferencePool", "delete", md, "DeletedPool", f"pool {pool_name} not needed"
+                    )
         await self.refresh_deployment_status(namespace, name)
 
     async def _invalid_deployment(self, md: Obj, message: str) -> None:
@@ -249,7 +262,12 @@ class Operator:
                 conditions, reasons.READY, "False", reasons.INVALID_SPEC, "the spec is invalid", generation
             )
             conditions = set_condition(
-                conditions, reasons.PROGRESSING, "False", reasons.INVALID_SPEC, "waiting for a valid spec", generation
+                conditions,
+                reasons.PROGRESSING,
+                "False",
+                reasons.INVALID_SPEC,
+                "waiting for a valid spec",
+                generation,
             )
             status = {"observedGeneration": generation, "conditions": _wire_conditions(conditions)}
             announce[:] = [before is None or before.status != "True" or before.message != message]
@@ -261,7 +279,9 @@ class Operator:
             MODEL_DEPLOYMENTS, md["metadata"]["namespace"], md["metadata"]["name"], compute, "status"
         )
         if announce[0]:
-            await self._decided("ModelDeployment", "degraded", md, reasons.INVALID_SPEC, message, warning=True)
+            await self._decided(
+                "ModelDeployment", "degraded", md, reasons.INVALID_SPEC, message, warning=True
+            )
 
     async def refresh_deployment_status(self, namespace: str, name: str) -> None:
         pools = await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
@@ -332,7 +352,9 @@ class Operator:
                     f"{unscheduled} instances wait for free healthy GPUs in one NVLink domain", generation,
                 )  # fmt: skip
             else:
-                conditions = set_condition(conditions, reasons.DEGRADED, "False", reasons.AS_EXPECTED, "", generation)
+                conditions = set_condition(
+                    conditions, reasons.DEGRADED, "False", reasons.AS_EXPECTED, "", generation
+                )
             status: Obj = {
                 "observedGeneration": generation,
                 "conditions": _wire_conditions(conditions),
@@ -351,6 +373,39 @@ class Operator:
 
         await self.kube.update(MODEL_DEPLOYMENTS, namespace, name, compute, "status")
 
+    async def cluster_round(self, namespace: str, name: str) -> None:
+        """The cluster controller's periodic decision: which classes share a pool (applied to pool specs)."""
+        md = await self.kube.get(MODEL_DEPLOYMENTS, namespace, name)
+        if md is None or _deleting(md):
+            return
+        try:
+            spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+        except ValidationError:
+            return
+        pools: dict[str, InferencePoolSpec] = {}
+        statuses: dict[str, InferencePoolStatus | None] = {}
+        for pool in await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
+            try:
+                pools[pool["metadata"]["name"]] = InferencePoolSpec.model_validate(pool.get("spec") or {})
+                statuses[pool["metadata"]["name"]] = (
+                    InferencePoolStatus.model_validate(pool["status"]) if pool.get("status") else None
+                )
+            except ValidationError:
+                continue
+        merges = self.config.cluster_policy.merges(ClusterObservation(name, spec, pools, statuses))
+        for pool_name, classes in sorted(merges.items()):
+            if pool_name not in pools or sorted(pools[pool_name].request_class.merged_classes) == sorted(
+                classes
+            ):
+                continue
+            patch = {"spec": {"requestClass": {"mergedClasses": sorted(classes)}}}
+            await self.kube.patch(INFERENCE_POOLS, namespace, pool_name, patch)
+            await self._decided(
+                "InferencePool", "merge", md, "ClusterDecision",
+                f"{self.config.cluster_policy.name}: {pool_name} also serves {sorted(classes) or 'nothing'}",
+            )  # fmt: skip
+        await self.reconcile_deployment(namespace, name)
+
     # -- InferencePool -------------------------------------------------------------------------------
 
     async def pool_round(self, namespace: str, name: str) -> None:
@@ -358,7 +413,9 @@ class Operator:
         pool = await self.kube.get(INFERENCE_POOLS, namespace, name)
         if pool is None or _deleting(pool):
             return
-        md = await self.kube.get(MODEL_DEPLOYMENTS, namespace, (pool.get("spec") or {}).get("modelDeployment", ""))
+        md = await self.kube.get(
+            MODEL_DEPLOYMENTS, namespace, (pool.get("spec") or {}).get("modelDeployment", "")
+        )
         if md is None:
             return
         try:
@@ -427,7 +484,9 @@ class Operator:
                 try:
                     instance_spec = ModelInstanceSpec.model_validate(item.get("spec") or {})
                 except ValidationError:
-                    await self.kube.delete(MODEL_INSTANCES, namespace, item["metadata"]["name"], item["metadata"]["uid"])
+                    await self.kube.delete(
+                        MODEL_INSTANCES, namespace, item["metadata"]["name"], item["metadata"]["uid"]
+                    )
                     continue
                 observed.append(ObservedInstance(item["metadata"]["name"], instance_spec, _deleting(item)))
             observed = await self.reconfiguration.promote(pool, spec, raw, observed)
@@ -436,12 +495,18 @@ class Operator:
             uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in raw}
             for instance_name in plan.delete:
                 if await self.kube.delete(MODEL_INSTANCES, namespace, instance_name, uids.get(instance_name)):
-                    await self._decided("ModelInstance", "delete", pool, "DeletedInstance", f"{instance_name} not needed")
+                    await self._decided(
+                        "ModelInstance", "delete", pool, "DeletedInstance", f"{instance_name} not needed"
+                    )
             for instance_name, patch in plan.update.items():
                 await self.kube.patch(MODEL_INSTANCES, namespace, instance_name, {"spec": patch})
-                await self._decided("ModelInstance", "update", pool, "UpdatedInstance", f"{instance_name}: {sorted(patch)}")
+                await self._decided(
+                    "ModelInstance", "update", pool, "UpdatedInstance", f"{instance_name}: {sorted(patch)}"
+                )
             unplaced = {
-                i.name: i.spec for i in observed if not i.deleting and not i.spec.node_name and i.name not in plan.delete
+                i.name: i.spec
+                for i in observed
+                if not i.deleting and not i.spec.node_name and i.name not in plan.delete
             }
             if plan.create or unplaced:
                 await self._place_and_create(pool, plan.create, unplaced)
@@ -470,10 +535,11 @@ class Operator:
             placements = place(
                 [PlacementRequest(n, s.tensor_parallel) for n, s in wanted.items()], nodes, used
             )
-            for instance_name, spec in create.items():
+            for instance_name, template in create.items():
                 placement = placements.get(instance_name)
+                spec = template
                 if placement is not None:
-                    spec = spec.model_copy(
+                    spec = template.model_copy(
                         update={"node_name": placement.node_name, "gpu_uuids": list(placement.gpu_uuids)}
                     )
                 body = {
@@ -490,7 +556,11 @@ class Operator:
                     "spec": spec.wire(),
                 }
                 if await self.kube.create(MODEL_INSTANCES, namespace, body) is not None:
-                    where = f"on {placement.node_name} GPUs {','.join(placement.gpu_uuids)}" if placement else "unplaced: no free GPUs"
+                    where = (
+                        f"on {placement.node_name} GPUs {','.join(placement.gpu_uuids)}"
+                        if placement
+                        else "unplaced: no free GPUs"
+                    )
                     await self._decided(
                         "ModelInstance", "create", pool, "CreatedInstance",
                         f"{instance_name} ({spec.role.value}, TP{spec.tensor_parallel}) {where}",
@@ -503,7 +573,11 @@ class Operator:
                 patch = {"spec": {"nodeName": placement.node_name, "gpuUUIDs": list(placement.gpu_uuids)}}
                 await self.kube.patch(MODEL_INSTANCES, namespace, instance_name, patch)
                 await self._decided(
-                    "ModelInstance", "place", pool, "PlacedInstance", f"{instance_name} on {placement.node_name}"
+                    "ModelInstance",
+                    "place",
+                    pool,
+                    "PlacedInstance",
+                    f"{instance_name} on {placement.node_name}",
                 )
 
     async def _pool_status(self, pool: Obj, instances: list[Obj], invalid: str | None = None) -> None:
@@ -519,8 +593,12 @@ class Operator:
             generation = current["metadata"].get("generation")
             conditions = _conditions(current.get("status"))
             if invalid is not None:
-                conditions = set_condition(conditions, reasons.DEGRADED, "True", reasons.INVALID_SPEC, invalid, generation)
-                conditions = set_condition(conditions, reasons.READY, "False", reasons.INVALID_SPEC, "", generation)
+                conditions = set_condition(
+                    conditions, reasons.DEGRADED, "True", reasons.INVALID_SPEC, invalid, generation
+                )
+                conditions = set_condition(
+                    conditions, reasons.READY, "False", reasons.INVALID_SPEC, "", generation
+                )
             else:
                 ok = ready >= want
                 conditions = set_condition(
@@ -571,7 +649,8 @@ class Operator:
                 image = self.config.images[spec.engine.kind]
                 desired = engine_pod(name, namespace, spec, model, image, owner_reference(instance))
                 owned = pod is not None and any(
-                    ref.get("uid") == instance["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences") or []
+                    ref.get("uid") == instance["metadata"]["uid"]
+                    for ref in pod["metadata"].get("ownerReferences") or []
                 )
                 if pod is None:
                     if await self.kube.create(PODS, namespace, desired) is not None:
@@ -579,12 +658,17 @@ class Operator:
                             "Pod", "create", instance, "CreatedPod", f"engine Pod {name} on {spec.node_name}"
                         )
                 elif not _deleting(pod) and (
-                    not owned or pod["metadata"].get("annotations", {}).get(SPEC_HASH)
+                    not owned
+                    or pod["metadata"].get("annotations", {}).get(SPEC_HASH)
                     != desired["metadata"]["annotations"][SPEC_HASH]
                 ):
                     await self.kube.delete(PODS, namespace, name, pod["metadata"]["uid"])
                     await self._decided(
-                        "Pod", "delete", instance, "RecreatingPod", f"engine Pod {name} is out of date; replacing it"
+                        "Pod",
+                        "delete",
+                        instance,
+                        "RecreatingPod",
+                        f"engine Pod {name} is out of date; replacing it",
                     )
                     pod = None
             await self._instance_status(instance, pod, None)
@@ -613,12 +697,14 @@ class Operator:
                 )  # fmt: skip
             role = spec.get("role", "Active")
             if pod_ready:
-                conditions = set_condition(conditions, reasons.LOADED, "True", reasons.WEIGHTS_LOADED, "", generation)
+                conditions = set_condition(
+                    conditions, reasons.LOADED, "True", reasons.WEIGHTS_LOADED, "", generation
+                )
                 serving = role == "Active" and not spec.get("drain")
+                idle = reasons.STANDBY if role == "Standby" else reasons.DRAINING
                 conditions = set_condition(
                     conditions, reasons.SERVING, "True" if serving else "False",
-                    reasons.AS_EXPECTED if serving else (reasons.STANDBY if role == "Standby" else reasons.DRAINING),
-                    "", generation,
+                    reasons.AS_EXPECTED if serving else idle, "", generation,
                 )  # fmt: skip
             else:
                 why = reasons.ENGINE_STARTING if pod is not None else reasons.UNSCHEDULABLE
@@ -626,7 +712,9 @@ class Operator:
                 conditions = set_condition(conditions, reasons.SERVING, "False", why, "", generation)
             status: Obj = {"observedGeneration": generation, "conditions": _wire_conditions(conditions)}
             status["podName"] = pod["metadata"]["name"] if pod is not None else None
-            status["endpoint"] = f"{pod_ip}:{(spec.get('engine') or {}).get('port', 8000)}" if pod_ip else None
+            status["endpoint"] = (
+                f"{pod_ip}:{(spec.get('engine') or {}).get('port', 8000)}" if pod_ip else None
+            )
             have = current.get("status") or {}
             return {"status": patch} if (patch := merge_diff(have, {**have, **status})) else None
 
@@ -643,13 +731,17 @@ class Operator:
             "metadata": {
                 "name": name,
                 "labels": {LABEL_MANAGED_BY: MANAGER},
-                "ownerReferences": [owner_reference({**node, "apiVersion": "v1", "kind": "Node"}, controller=False)],
+                "ownerReferences": [
+                    owner_reference({**node, "apiVersion": "v1", "kind": "Node"}, controller=False)
+                ],
             },
             "spec": {"nodeName": name},
         }
         created = await self.kube.create(GPU_NODES, None, body)
         if created is not None:
-            await self._decided("GPUNode", "create", created, "Discovered", f"GPU node {name} joined the fleet")
+            await self._decided(
+                "GPUNode", "create", created, "Discovered", f"GPU node {name} joined the fleet"
+            )
 
     async def reconcile_gpunode(self, name: str) -> None:
         async with self._lock(("gpunode", name)):
@@ -672,7 +764,9 @@ class Operator:
                 changed.clear()
                 meta = node["metadata"]
                 ours = (meta.get("annotations") or {}).get(QUARANTINE_ANNOTATION) == "true"
-                taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != taint_key]
+                taints = [
+                    t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != taint_key
+                ]
                 if quarantine:
                     taint = {"key": taint_key, "value": "true", "effect": "NoSchedule"}
                     want_taints = [*taints, taint]
@@ -696,7 +790,9 @@ class Operator:
 
             node = await self.kube.update(NODES, None, gpunode.spec.node_name, compute)
             if node is not None and "quarantine" in changed:
-                await self._decided("Node", "cordon", raw, "NodeQuarantined", f"cordoned and tainted: {reason}", True)
+                await self._decided(
+                    "Node", "cordon", raw, "NodeQuarantined", f"cordoned and tainted: {reason}", True
+                )
             elif node is not None and "release" in changed:
                 await self._decided("Node", "uncordon", raw, "NodeReleased", "quarantine lifted: uncordoned")
         self.request(("replace",), self.place_unscheduled, self.config.status_delay_seconds)
@@ -724,6 +820,6 @@ class Operator:
         self.request(("pool", namespace, pool), lambda: self.reconcile_pool(namespace, pool), 0.0)
 
     def deployment_refresh(self, namespace: str, deployment: str) -> None:
-        self.request(("md", namespace, deployment), lambda: self.reconcile_deployment(namespace, deployment), 0.0)
-
-
+        self.request(
+            ("md", namespace, deployment), lambda: self.reconcile_deployment(namespace, deployment), 0.0
+        )

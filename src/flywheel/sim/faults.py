@@ -424,18 +424,18 @@ class SuiteSpec:
     slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
 
 
-def _attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int]:
-    """SLO attainment of requests in flight or arriving within [start, end]."""
+def _attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int, int]:
+    """SLO attainment, request count and SLO misses of requests in flight or arriving in [start, end]."""
     arrival = result.arrival_s
     finish = np.where(np.isnan(result.finish_s), np.inf, result.finish_s)
     window = (arrival <= end) & (finish >= start)
     if not window.any():
-        return math.nan, 0
+        return math.nan, 0, 0
     ttft = (result.first_token_s - arrival) * 1000.0
     tokens = np.maximum(result.output_tokens - 1, 1)
     tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
     ok = ~result.dropped & (ttft <= slo.ttft_ms) & (tbt <= slo.tbt_ms)
-    return float(ok[window].mean()), int(window.sum())
+    return float(ok[window].mean()), int(window.sum()), int((~ok[window]).sum())
 
 
 def _config(spec: SuiteSpec, standbys: int) -> SimConfig:
@@ -468,8 +468,8 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                 for record in sim.records:
                     end = record.restored_s if record.restored_s is not None else result.end_s
                     end = max(end, record.injected_s + 1.0)
-                    attained, count = _attainment(result, record.injected_s, end, spec.slo)
-                    base, _ = _attainment(baseline, record.injected_s, end, spec.slo)
+                    attained, count, missed = _attainment(result, record.injected_s, end, spec.slo)
+                    base, _, base_missed = _attainment(baseline, record.injected_s, end, spec.slo)
                     rows.append(
                         {
                             "kind": kind.value,
@@ -486,6 +486,8 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                             "slo_attainment": attained,
                             "slo_attainment_no_fault": base,
                             "requests_in_window": count,
+                            "slo_misses": missed,
+                            "slo_misses_no_fault": base_missed,
                             "evicted": list(record.evicted),
                             "quarantined_gpus": record.quarantined_gpus,
                             "quarantined_nodes": record.quarantined_nodes,
@@ -549,6 +551,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "replacement_mean_s": _stat([r["replacement_s"] for r in sel], "mean"),
                 "slo_attainment_mean": _stat([r["slo_attainment"] for r in sel], "mean"),
                 "slo_attainment_no_fault_mean": _stat([r["slo_attainment_no_fault"] for r in sel], "mean"),
+                "slo_misses_mean": _stat([float(r["slo_misses"]) for r in sel], "mean"),
+                "slo_misses_no_fault_mean": _stat([float(r["slo_misses_no_fault"]) for r in sel], "mean"),
                 "restored": sum(r["restore_s"] is not None for r in sel),
             }
             restore[standbys] = entry["restore_mean_s"]
@@ -597,6 +601,8 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("restored max s", "restore_max_s", 2),
     ("SLO attain. in fault", "slo_attainment_mean", 3),
     ("same window, no fault", "slo_attainment_no_fault_mean", 3),
+    ("SLO misses", "slo_misses_mean", 1),
+    ("misses, no fault", "slo_misses_no_fault_mean", 1),
     ("replacement speed-up", "replacement_speedup", 1),
 )
 

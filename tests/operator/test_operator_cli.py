@@ -1,0 +1,38 @@
+"""Both entry points run the same operator: ``kopf run -m flywheel.operator`` and ``flywheel operator``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from emulator_thread import EmulatorThread
+from opharness import FW, add_gpu_node, items, model_deployment, wait_for
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(BIN / "kopf"), "run", "-m", "flywheel.operator", "-A", "--standalone"],
+        [str(BIN / "flywheel"), "operator", "-A", "--standalone", "--resync=1", "--insecure"],
+    ],
+    ids=["kopf-run-m", "flywheel-operator"],
+)
+def test_entry_point_reconciles(command: list[str]) -> None:
+    with EmulatorThread() as emu, httpx.Client(base_url=emu.url, timeout=10) as http:
+        add_gpu_node(http, "n0")
+        env = dict(os.environ, FLYWHEEL_KUBE_SERVER=emu.url, FLYWHEEL_KUBE_INSECURE="1")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            body = model_deployment("cli", gpu={"allowedTensorParallel": [1]})
+            http.post(f"{FW}/namespaces/default/modeldeployments", json=body).raise_for_status()
+            sel = "flywheel.dev/deployment=cli"
+            wait_for(lambda: len(items(http, "/api/v1/namespaces/default/pods", sel)) == 2, timeout=30)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
