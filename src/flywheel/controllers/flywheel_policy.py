@@ -50,6 +50,7 @@ PLANNING_CLOCKS = 9
 # long to matter for a P99), remembered for BURST_MEMORY_S; the pool must hold BURST_SHARE of it.
 BURST_SMOOTHING_S = 10.0
 BURST_MEMORY_S = 900.0
+BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
 
 
 @dataclass
@@ -386,6 +387,9 @@ class FlywheelPolicy:
         """Highest ~10 s pool arrival rate over the last ``BURST_MEMORY_S`` (0 if none seen)."""
         return max((r for t, r in self._bursts.get(pool, ()) if t >= now - BURST_MEMORY_S), default=0.0)
 
+    def _mean_rate(self, pool: str) -> float:
+        return self.pool_forecaster.expected(pool).requests_per_s if pool in self.pool_forecaster.classes() else 0.0
+
     # ------------------------------------------------------------------ instances
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         # Instances of a pool are asked one after another at the same tick; the count seen at the
@@ -402,11 +406,16 @@ class FlywheelPolicy:
         prev = self._rates.get(obs.instance_id)
         rate = obs.arrivals_rps if prev is None else prev + RATE_ALPHA * (obs.arrivals_rps - prev)
         self._rates[obs.instance_id] = rate
+        # A burst lands between two ticks and short requests finish before the next one: in a bursty
+        # pool the clock must already suit a burst. A high clock costs nothing while idle (power =
+        # idle + utilisation x clock-dependent dynamic power), so this is cheap between bursts.
+        sharing = max(tick[2], len(tick[1]))
+        burst = self.burst_share * self.burst_peak(obs.pool, obs.time_s)
+        if burst > BURSTY_RATIO * self._burst_rate.get(obs.pool, 0.0) and burst > BURSTY_RATIO * self._mean_rate(obs.pool):
+            rate = max(rate, burst / sharing)
         smoothed = replace(obs, arrivals_rps=rate)
         probe = self._probe_prompt.get(obs.pool, 0)
-        return self.instance_controller.decide(
-            smoothed, sharing=max(tick[2], len(tick[1])), probe_prompt=probe
-        )
+        return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe)
 
 
 def policy_for_deployment(spec: ModelDeploymentSpec, **overrides: Any) -> FlywheelPolicy:
