@@ -92,11 +92,11 @@ async def trial(rng: random.Random) -> dict[str, float | bool]:
     server = ApiServer()
     url = server.start()
     agents: dict[str, Agent] = {}
+    http = httpx.Client(base_url=url, timeout=10)  # the agents' status sink, open for the whole trial
     try:
-        with httpx.Client(base_url=url, timeout=10) as http:
-            agents, nvml = start_agents(http)
-            await asyncio.sleep(1.5)  # a couple of healthy rounds
-            seed(http, agents)
+        agents, nvml = start_agents(http)
+        await asyncio.sleep(1.5)  # a couple of healthy rounds
+        seed(http, agents)
         async with httpx.AsyncClient(base_url=url, timeout=10) as api, KubeClient(url, insecure=True) as kube:
             handler = FaultHandler(kube, FaultMetrics(CollectorRegistry()))
             await asyncio.sleep(rng.uniform(0.0, 1.0))  # a random phase of the agent's cycle
@@ -124,6 +124,7 @@ async def trial(rng: random.Random) -> dict[str, float | bool]:
     finally:
         for agent in agents.values():
             agent.stop()
+        http.close()  # noqa: ASYNC212 - the agents are stopped, nothing else uses it
         server.stop()
 
 

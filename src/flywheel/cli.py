@@ -53,6 +53,9 @@ def operator(
     pool_period: float = typer.Option(300.0, "--pool-period", help="Seconds between pool controller rounds."),
     cluster_period: float = typer.Option(1800.0, "--cluster-period", help="Seconds between cluster rounds."),
     resync: float = typer.Option(60.0, "--resync", help="Seconds between full resyncs of each object."),
+    pool_policy: str = typer.Option(
+        "energy", "--pool-policy", help="Pool controller: energy (least energy under the SLOs) or scaling."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the Flywheel operator (kopf): deployments -> pools -> instances -> engine Pods."""
@@ -72,6 +75,7 @@ def operator(
         cluster_period=cluster_period,
         resync=resync,
         verbose=verbose,
+        pool_policy=pool_policy,
     )
 
 

@@ -110,3 +110,12 @@ def test_higher_arrival_rate_never_picks_a_lower_safe_clock(rate: float, extra: 
     low = controller(hysteresis_mhz=0).decide(obs(running=20, rate=rate))
     high = controller(hysteresis_mhz=0).decide(obs(running=20, rate=rate + extra))
     assert high.clock_mhz >= low.clock_mhz
+
+
+def test_clock_floor_is_respected_and_explained() -> None:
+    free = controller().decide(obs())
+    floored = controller().decide(obs(), floor_mhz=1500)
+    assert free.clock_mhz == BOTTOM
+    assert 1500 <= floored.clock_mhz < 1500 + 15
+    above_all = controller().decide(obs(), floor_mhz=5000)
+    assert above_all.clock_mhz == TOP

@@ -143,3 +143,14 @@ def test_efficient_never_uses_more_power_than_balanced(controller: PoolControlle
     b = controller.decide([pool(3.0, policy=EnergyPolicy.BALANCED)], 64).plans[0]
     e = controller.decide([pool(3.0, policy=EnergyPolicy.EFFICIENT)], 64).plans[0]
     assert e.predicted_power_watts <= b.predicted_power_watts
+
+
+def test_a_peak_far_above_the_forecast_still_gets_an_slo_meeting_plan(controller: PoolController) -> None:
+    # Bursty load: the forecast is low but the recent peak (held at max clock) is 10x higher. The
+    # candidate instance counts must cover the peak, not fall back to an unsafe configuration.
+    quiet = controller.decide([pool(1.0)], 64).plans[0]
+    bursty = controller.decide([pool(1.0, peak_load=ClassLoad(10.0, 1000.0, 200.0, 3000.0))], 64).plans[0]
+    assert bursty.meets_slo
+    assert bursty.gpus > quiet.gpus
+    alone = controller.decide([pool(10.0)], 64).plans[0]
+    assert bursty.gpus >= alone.gpus * 0.5  # sized for the peak's throughput

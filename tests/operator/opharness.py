@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from flywheel.controllers.desired import ScalingSpecPolicy
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.reconcile import Operator
 from flywheel.operator.runner import build, operate
@@ -35,6 +36,7 @@ def operator_config(url: str, **overrides: Any) -> OperatorConfig:
         status_delay_seconds=0.05,
         watch_server_timeout=20,
         watch_client_timeout=30,
+        pool_policy=ScalingSpecPolicy(),  # these tests steer pools by spec; test_energy_pool_policy opts in
     )
     for key, value in overrides.items():
         setattr(config, key, value)

@@ -105,7 +105,10 @@ def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None
         name = pod["metadata"]["name"]
         assert pod["metadata"]["ownerReferences"][0]["uid"] == uid_of[name]
         container = pod["spec"]["containers"][0]
-        assert "--tensor-parallel-size=2" in container["command"]
+        assert container["command"] == ["vllm", "serve"]
+        args = container["args"]
+        assert args[args.index("--tensor-parallel-size") + 1] == "2"
+        assert args[args.index("--served-model-name") + 1] == md["spec"]["model"]["name"]
         assert container["resources"]["limits"]["flywheel.dev/gpu"] == "2"
         assert pod["spec"]["nodeName"] == spec_of[name]["nodeName"]
         assert pod["metadata"]["labels"]["flywheel.dev/pool"] == spec_of[name]["pool"]

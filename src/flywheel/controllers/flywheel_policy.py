@@ -8,6 +8,11 @@
   (``pool.PoolController``).
 * Instance (every ``instance_s``): predictive throttling to the lowest safe, least-energy clock
   (``instance.InstanceController``).
+* Bursts (sub-minute peaks far above the mean, e.g. the code trace): the pool's ~10 s arrival rate
+  is tracked at every instance tick and its peak (at least the workload's known 10 s peak) is
+  remembered for 15 min; pools keep ``burst_share`` of it servable at max clock, and instances of
+  a bursty pool never drop below the clock at which a full prefill-chunk iteration fits the TBT SLO
+  (a burst lands between ticks; a high clock costs no power while idle).
 
 The simulator finds this module through its registry (``make_policy``).
 """
@@ -29,6 +34,7 @@ from flywheel.controllers.energy import tuning_for
 from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile
 from flywheel.controllers.forecast import ClassLoad, LoadForecaster
 from flywheel.controllers.instance import InstanceController, InstanceSettings
+from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
 from flywheel.controllers.policy import (
     ClockDecision,
     ClusterObservation,
@@ -73,7 +79,7 @@ class FlywheelPolicy:
         merge_below: float = 0.5,
         peak_windows: int = 5,
         bursty_peak_windows: int = 15,
-        burst_share: float = 0.8,
+        burst_share: float = 0.6,
         allowed_tp: tuple[int, ...] = (2, 4, 8),
         clock_bounds_mhz: tuple[int, int] | None = None,
     ) -> None:
@@ -91,6 +97,8 @@ class FlywheelPolicy:
         self.clock_bounds_mhz = clock_bounds_mhz
         self._ctx: PolicyContext | None = None
         self.hint_bursty = False
+        self._known_burst_rps = 0.0
+        self._chunks: dict[int, int] = {}  # TP -> the engine's chunked-prefill token budget
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
         self._routes: dict[str, str] = dict.fromkeys(AUTO_CLASS_NAMES, INITIAL_POOL)
@@ -154,12 +162,18 @@ class FlywheelPolicy:
         )
         h = context.hints
         self.hint_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
+        # The offline profile's sub-minute peak counts when the workload is bursty (code); a smooth
+        # workload's 10 s peak is Poisson noise the clock absorbs.
+        bursty = h.peak_burst_rps > BURSTY_RATIO * h.mean_rps
+        self._known_burst_rps = h.peak_burst_rps if bursty else 0.0
         # Before any traffic: one pool for the trace's mean rate that absorbs its peak minute at max clock.
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
         )
-        plan = self._plan_pools({INITIAL_POOL: load}, {}, context.total_gpus)
-        return plan
+        peaks = {}
+        if self._known_burst_rps > 0:
+            peaks[INITIAL_POOL] = replace(load, requests_per_s=self.burst_share * self._known_burst_rps)
+        return self._plan_pools({INITIAL_POOL: load}, {}, context.total_gpus, peaks=peaks)
 
     # ------------------------------------------------------------------ routing
     def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
@@ -384,11 +398,45 @@ class FlywheelPolicy:
         memory.append((now, rate))
 
     def burst_peak(self, pool: str, now: float) -> float:
-        """Highest ~10 s pool arrival rate over the last ``BURST_MEMORY_S`` (0 if none seen)."""
-        return max((r for t, r in self._bursts.get(pool, ()) if t >= now - BURST_MEMORY_S), default=0.0)
+        """Highest ~10 s pool arrival rate over the last ``BURST_MEMORY_S`` (0 if none seen); for
+        the only pool of a workload known to be bursty, at least its historical 10 s peak."""
+        seen = max((r for t, r in self._bursts.get(pool, ()) if t >= now - BURST_MEMORY_S), default=0.0)
+        if self._known_burst_rps > 0 and len(self._pool_classes) == 1:
+            seen = max(seen, self._known_burst_rps)
+        return seen
 
-    def _mean_rate(self, pool: str) -> float:
-        return self.pool_forecaster.expected(pool).requests_per_s if pool in self.pool_forecaster.classes() else 0.0
+    def _bursty(self, pool: str, now: float) -> bool:
+        """Bursts (10 s peaks) over ``BURSTY_RATIO`` x the pool's mean rate: code, not conv."""
+        if pool in self.pool_forecaster.classes():
+            mean = self.pool_forecaster.expected(pool).requests_per_s
+        else:
+            mean = self._context().hints.mean_rps
+        return self.burst_peak(pool, now) > BURSTY_RATIO * max(mean, 1e-9)
+
+    def _burst_floor(self, obs: InstanceObservation) -> int:
+        """Lowest clock at which an iteration carrying a full prefill chunk (what every iteration
+        is during a burst) plus the current decode batch fits the TBT SLO. A burst lands between
+        two ticks and its short requests finish before the next one, so a bursty pool's clock must
+        already suit it; between bursts a high clock costs nothing (idle power does not depend on
+        the clock)."""
+        ctx = self._context()
+        chunk = self._chunks.get(obs.tp)
+        if chunk is None:
+            chunk = min(
+                DEFAULT_PREFILL_CHUNK_TOKENS,
+                prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms),
+            )
+            self._chunks[obs.tp] = chunk
+        engine = self.instance_controller.engine
+        batch = max(1, len(obs.running))
+        clocks = self.instance_controller.settings.clocks
+        for clock in clocks:
+            step = engine.prefill_ms(obs.tp, chunk, clock) + engine.decode_step_ms(
+                obs.tp, batch, obs.kv_used_tokens, clock
+            )
+            if step <= ctx.slo.tbt_ms:
+                return clock
+        return clocks[-1]
 
     # ------------------------------------------------------------------ instances
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
@@ -406,16 +454,11 @@ class FlywheelPolicy:
         prev = self._rates.get(obs.instance_id)
         rate = obs.arrivals_rps if prev is None else prev + RATE_ALPHA * (obs.arrivals_rps - prev)
         self._rates[obs.instance_id] = rate
-        # A burst lands between two ticks and short requests finish before the next one: in a bursty
-        # pool the clock must already suit a burst. A high clock costs nothing while idle (power =
-        # idle + utilisation x clock-dependent dynamic power), so this is cheap between bursts.
         sharing = max(tick[2], len(tick[1]))
-        burst = self.burst_share * self.burst_peak(obs.pool, obs.time_s)
-        if burst > BURSTY_RATIO * self._burst_rate.get(obs.pool, 0.0) and burst > BURSTY_RATIO * self._mean_rate(obs.pool):
-            rate = max(rate, burst / sharing)
         smoothed = replace(obs, arrivals_rps=rate)
         probe = self._probe_prompt.get(obs.pool, 0)
-        return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe)
+        floor = self._burst_floor(obs) if self._bursty(obs.pool, obs.time_s) else 0
+        return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe, floor_mhz=floor)
 
 
 def policy_for_deployment(spec: ModelDeploymentSpec, **overrides: Any) -> FlywheelPolicy:

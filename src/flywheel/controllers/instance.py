@@ -180,11 +180,14 @@ class InstanceController:
         step = self.engine.decode_step_ms(obs.tp, batch, kv, clock)
         return self.engine.power_watts(obs.tp, clock, batch) * step / batch
 
-    def decide(self, obs: InstanceObservation, sharing: int = 1, probe_prompt: int = 0) -> ClockDecision:
+    def decide(
+        self, obs: InstanceObservation, sharing: int = 1, probe_prompt: int = 0, floor_mhz: int = 0
+    ) -> ClockDecision:
         """The clock for one instance; ``sharing`` instances pull from ``obs.waiting``;
-        ``probe_prompt``: a long prompt (e.g. the pool's P99) that may arrive before the next decision."""
+        ``probe_prompt``: a long prompt (e.g. the pool's P99) that may arrive before the next decision;
+        ``floor_mhz``: no clock below this (e.g. a bursty pool's burst floor)."""
         s = self.settings
-        clocks = s.clocks
+        clocks = tuple(c for c in s.clocks if c >= floor_mhz) or s.clocks[-1:]
         top = clocks[-1]
         mem = self._memory.get(obs.instance_id)
         if mem is None:

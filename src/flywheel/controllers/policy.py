@@ -55,6 +55,8 @@ class WorkloadHints:
     duration_s: float
     # An evenly spaced sample of (prompt, output) token pairs: the request mix known from history.
     length_sample: tuple[tuple[int, int], ...] = ()
+    # Highest rate over any 10 s window (sub-minute bursts); 0 when unknown.
+    peak_burst_rps: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flywheel.operator.config import OperatorConfig
+from flywheel.operator.config import DEFAULT_POOL_POLICY, OperatorConfig, pool_policy_named
 from flywheel.operator.runner import run
 
 
@@ -23,6 +23,7 @@ def main(
     cluster_period: float,
     resync: float,
     verbose: bool,
+    pool_policy: str = DEFAULT_POOL_POLICY,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -40,4 +41,8 @@ def main(
     config.pool_period_seconds = pool_period
     config.cluster_period_seconds = cluster_period
     config.resync_seconds = resync
+    try:
+        config.pool_policy = pool_policy_named(pool_policy)
+    except ValueError as error:
+        raise SystemExit(f"flywheel operator: {error}") from None
     run(config)

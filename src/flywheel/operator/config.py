@@ -10,12 +10,28 @@ from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
 from flywheel.controllers.desired import ClusterPolicy, NoMerging, PoolPolicy, ScalingSpecPolicy
+from flywheel.controllers.pool_policy import EnergyPoolPolicy
+from flywheel.engines.adapters import ADAPTERS
 
-DEFAULT_IMAGES: dict[EngineKind, str] = {
-    EngineKind.VLLM: "vllm/vllm-openai:v0.11.0",
-    EngineKind.SGLANG: "lmsysorg/sglang:v0.5.3-cu126",
-    EngineKind.SIMULATED: "ghcr.io/flywheel-dev/flywheel:0.1.0",
+# The engine adapters own their images; the operator's config may override them per kind.
+DEFAULT_IMAGES: dict[EngineKind, str] = {kind: adapter.default_image for kind, adapter in ADAPTERS.items()}
+
+
+# ``--pool-policy``: the energy pool controller (the product default) or the load-blind minInstances policy.
+POOL_POLICIES: dict[str, Callable[[], PoolPolicy]] = {
+    "energy": EnergyPoolPolicy,
+    "scaling": ScalingSpecPolicy,
 }
+DEFAULT_POOL_POLICY = "energy"
+
+
+def pool_policy_named(name: str) -> PoolPolicy:
+    """The pool policy called ``name`` (``energy`` or ``scaling``); a clear error for anything else."""
+    try:
+        return POOL_POLICIES[name]()
+    except KeyError:
+        known = ", ".join(POOL_POLICIES)
+        raise ValueError(f"unknown pool policy {name!r}; expected one of {known}") from None
 
 
 def default_priority(identity: str) -> int:
@@ -51,7 +67,7 @@ class OperatorConfig:
     quarantine_taint: str = "flywheel.dev/quarantined"
     images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     # Decisions and test hooks.
-    pool_policy: PoolPolicy = field(default_factory=ScalingSpecPolicy)
+    pool_policy: PoolPolicy = field(default_factory=lambda: pool_policy_named(DEFAULT_POOL_POLICY))
     cluster_policy: ClusterPolicy = field(default_factory=NoMerging)
     before_write: Callable[[str, str], None] | None = None
     # kopf tuning (tests shorten these).
@@ -76,4 +92,6 @@ class OperatorConfig:
             config.cluster_period_seconds = float(env["FLYWHEEL_CLUSTER_PERIOD_SECONDS"])
         if env.get("FLYWHEEL_RESYNC_SECONDS"):
             config.resync_seconds = float(env["FLYWHEEL_RESYNC_SECONDS"])
+        if env.get("FLYWHEEL_POOL_POLICY"):
+            config.pool_policy = pool_policy_named(env["FLYWHEEL_POOL_POLICY"])
         return config

@@ -43,6 +43,7 @@ from flywheel.controllers.desired import (
     pool_spec_patch,
 )
 from flywheel.controllers.placement import PlacementRequest, place
+from flywheel.engines.adapters import SPEC_HASH, instance_pod
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.kube import (
     GPU_NODES,
@@ -56,7 +57,6 @@ from flywheel.operator.kube import (
     owner_reference,
 )
 from flywheel.operator.metrics import OperatorMetrics
-from flywheel.operator.pods import SPEC_HASH, engine_pod
 from flywheel.operator.reconfig import Reconfiguration
 
 logger = logging.getLogger("flywheel.operator")
@@ -647,7 +647,7 @@ class Operator:
                 except ValidationError:
                     return
                 image = self.config.images[spec.engine.kind]
-                desired = engine_pod(name, namespace, spec, model, image, owner_reference(instance))
+                desired = instance_pod(name, namespace, spec, model, image, owner_reference(instance))
                 owned = pod is not None and any(
                     ref.get("uid") == instance["metadata"]["uid"]
                     for ref in pod["metadata"].get("ownerReferences") or []

@@ -670,6 +670,7 @@ class Simulator:
         return WorkloadHints(
             mean_rps=w.mean_rps(),
             peak_minute_rps=w.peak_rps(60.0),
+            peak_burst_rps=w.peak_rps(10.0),
             mean_prompt_tokens=float(w.prompt_tokens.mean()) if len(w) else 0.0,
             mean_output_tokens=float(w.output_tokens.mean()) if len(w) else 0.0,
             duration_s=w.duration_s,
