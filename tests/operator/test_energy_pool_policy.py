@@ -8,7 +8,16 @@ from typing import Any
 import httpx
 import pytest
 from emulator_thread import EmulatorThread
-from opharness import FW, MERGE, OperatorThread, add_gpu_node, items, model_deployment, operator_config, wait_for
+from opharness import (
+    FW,
+    MERGE,
+    OperatorThread,
+    add_gpu_node,
+    items,
+    model_deployment,
+    operator_config,
+    wait_for,
+)
 
 from flywheel.api.v1alpha1 import InferencePoolSpec, InferencePoolStatus, ModelDeploymentSpec
 from flywheel.controllers.desired import PoolObservation
@@ -38,17 +47,26 @@ def test_energy_is_the_product_default() -> None:
     assert OperatorConfig().pool_policy.name == "energy"
 
 
-def decided(http: httpx.Client, name: str, rps: float) -> dict[str, Any] | None:
+def settled(http: httpx.Client, name: str, rps: float) -> dict[str, Any] | None:
+    """The pool once its status decision is the energy controller's for the load it shows, and applied."""
     pool = http.get(f"{POOLS}/{name}").json()
     status = pool.get("status") or {}
-    load = status.get("load") or {}
     decision = status.get("decision")
-    if decision is None or load.get("requestsPerSecond") != rps:
+    if decision is None or (status.get("load") or {}).get("requestsPerSecond") != rps:
         return None
+    deployment = ModelDeploymentSpec.model_validate(http.get(f"{MDS}/energy").json()["spec"])
+    observed = PoolObservation(
+        name,
+        InferencePoolSpec.model_validate(pool["spec"]),
+        InferencePoolStatus.model_validate(status),
+        deployment,
+    )
+    expected = EnergyPoolPolicy().decide(observed)
     spec = pool["spec"]
     applied = (spec["tensorParallel"], spec["instances"], spec["clockMaxMHz"])
-    wanted = (decision["tensorParallel"], decision["instances"], decision.get("clockCapMHz"))
-    return pool if applied == wanted else None
+    stored = (decision["tensorParallel"], decision["instances"], decision.get("clockCapMHz"))
+    wanted = (expected.tensor_parallel, expected.instances, expected.clock_cap_mhz)
+    return pool if applied == stored == wanted else None
 
 
 def test_energy_decision_and_reason_land_in_the_pool(http: httpx.Client) -> None:
@@ -63,21 +81,22 @@ def test_energy_decision_and_reason_land_in_the_pool(http: httpx.Client) -> None
     wait_for(lambda: items(http, POOLS, "flywheel.dev/deployment=energy"), what="the pool")
     gpus = []
     for rps in (0.5, 8.0):
-        load = {"requestsPerSecond": rps, "inputTokensPerSecond": rps * 800, "outputTokensPerSecond": rps * 200}
-        http.patch(f"{POOLS}/{name}/status", json={"status": {"load": load}}, headers=MERGE).raise_for_status()
-        pool = wait_for(lambda r=rps: decided(http, name, r), what=f"the energy decision at {rps} req/s")
+        load = {
+            "requestsPerSecond": rps,
+            "inputTokensPerSecond": rps * 800,
+            "outputTokensPerSecond": rps * 200,
+        }
+        http.patch(
+            f"{POOLS}/{name}/status", json={"status": {"load": load}}, headers=MERGE
+        ).raise_for_status()
+        pool = wait_for(lambda r=rps: settled(http, name, r), what=f"the energy decision at {rps} req/s")
         decision = pool["status"]["decision"]
         assert decision["controller"] == "pool" and decision["reason"]
         assert 800 <= decision["clockCapMHz"] <= 1980
         assert decision["predictedPowerWatts"] > 0  # the plan meets the SLOs
-        # The same decision the energy controller makes for what the pool shows now.
-        md_spec = ModelDeploymentSpec.model_validate(http.get(f"{MDS}/energy").json()["spec"])
-        spec = InferencePoolSpec.model_validate(pool["spec"])
-        again = EnergyPoolPolicy().decide(
-            PoolObservation(name, spec, InferencePoolStatus.model_validate(pool["status"]), md_spec)
-        )
-        assert (again.tensor_parallel, again.instances) == (decision["tensorParallel"], decision["instances"])
         gpus.append(decision["tensorParallel"] * decision["instances"])
-    assert gpus[1] > gpus[0]  # sixteen times the load gets more GPUs
+    # Sixteen times the load: more GPUs, and the reason names the load it was decided for.
+    assert gpus[1] > gpus[0]
+    assert "would miss the SLO at 8.00 req/s" in decision["reason"]
     events = items(http, f"/api/v1/namespaces/{NS}/events")
     assert any(e["reason"] == "PoolDecision" and e["message"].startswith("energy: TP") for e in events)

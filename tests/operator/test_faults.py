@@ -422,3 +422,61 @@ async def test_nic_down_needs_a_second_alert_and_a_blip_is_ignored(
     finally:
         for agent in agents.values():
             agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("inject", "reason", "passes"), [("xid13", "XID13", True), ("ecc", "ECCDoubleBit", False)]
+)
+async def test_stop_time_diagnostics_release_or_escalate(
+    cluster: EmulatorThread, http: httpx.Client, inject: str, reason: str, passes: bool
+) -> None:
+    """After the fault, the held GPUs go through NVML -> Compute -> Engine checks run by the agent."""
+    from flywheel.agents.diagnostics import DiagnosticsRunner
+    from flywheel.api.v1alpha1 import GPUNodeSpec
+
+    agent, nvml = start_agent(http, "node-0")
+    other, _ = start_agent(http, "node-1")
+    agent.diagnostics = DiagnosticsRunner(
+        nvml, compute_test=lambda g: (True, ""), engine_test=lambda g: (True, "")
+    )
+    agent.spec_source = lambda: GPUNodeSpec.model_validate(gpunode(http, "node-0")["spec"])
+    try:
+        g0 = uuids(agent)
+        create_deployment(http)
+        create_instance(http, "llama-mm-tp4-0", "node-0", g0[:4], "Active")
+        async with KubeClient(cluster.url, insecure=True) as kube:
+            handler = FaultHandler(kube, FaultMetrics(CollectorRegistry()))
+            if inject == "xid13":
+                nvml.inject_xid(1, 13)
+            else:
+                nvml.inject_ecc_dbe(1)
+            report_until(agent, reason)
+            (incident,) = await handler.on_gpunode(gpunode(http, "node-0"))
+            held = {q["uuid"] for q in gpunode(http, "node-0")["spec"]["quarantinedGPUs"]}
+            assert g0[1] in held
+            levels = []
+            for _ in range(3):
+                request = gpunode(http, "node-0")["spec"].get("diagnostics")
+                if request is None:
+                    break
+                levels.append(request["level"])
+                agent.poll_spec()  # the agent answers the request in its status
+                agent.run_once()
+                await handler.on_gpunode(gpunode(http, "node-0"))
+            final = Incident.model_validate(get(http, f"{FW}/incidents/{incident.metadata.name}"))
+            assert final.status is not None
+            results = [a.result for a in final.status.actions if a.action is Action.RUN_DIAGNOSTICS]
+            left = {q["uuid"] for q in gpunode(http, "node-0")["spec"].get("quarantinedGPUs") or []}
+            assert gpunode(http, "node-0")["spec"].get("diagnostics") is None  # the run is over
+            if passes:
+                assert levels == ["NVML", "Compute", "Engine"]
+                assert left == set()  # back in service
+                assert any("back in service" in r for r in results)
+            else:
+                assert levels == ["NVML"]  # stops at the first failing level
+                assert g0[1] in left
+                escalated = final.status.actions[-1]
+                assert escalated.action is Action.DRAIN_NODE and "escalate" in escalated.result
+    finally:
+        agent.stop()
+        other.stop()
