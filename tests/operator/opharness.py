@@ -105,6 +105,8 @@ class OperatorThread:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self.hard_stop)
         self._thread.join(timeout=30)
+        # kopf waits for the stop flag in an executor thread; release it, or the process hangs at exit.
+        self._stop.set()
         assert not self._thread.is_alive(), "the operator thread survived a kill"
 
     @property

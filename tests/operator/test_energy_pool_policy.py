@@ -20,9 +20,9 @@ from opharness import (
 )
 
 from flywheel.api.v1alpha1 import InferencePoolSpec, InferencePoolStatus, ModelDeploymentSpec
-from flywheel.controllers.desired import PoolObservation
+from flywheel.controllers.desired import PoolObservation, ScalingSpecPolicy
 from flywheel.controllers.pool_policy import EnergyPoolPolicy
-from flywheel.operator.config import OperatorConfig
+from flywheel.operator.config import OperatorConfig, pool_policy_named
 
 NS = "default"
 MDS = f"{FW}/namespaces/{NS}/modeldeployments"
@@ -43,8 +43,13 @@ def http() -> Iterator[httpx.Client]:
             yield client
 
 
-def test_energy_is_the_product_default() -> None:
+def test_energy_is_the_product_default_and_scaling_is_a_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert OperatorConfig().pool_policy.name == "energy"
+    assert isinstance(pool_policy_named("scaling"), ScalingSpecPolicy)
+    monkeypatch.setenv("FLYWHEEL_POOL_POLICY", "scaling")
+    assert isinstance(OperatorConfig.from_env().pool_policy, ScalingSpecPolicy)
+    with pytest.raises(ValueError, match="unknown pool policy 'greedy'; expected one of energy, scaling"):
+        pool_policy_named("greedy")
 
 
 def settled(http: httpx.Client, name: str, rps: float) -> dict[str, Any] | None:
