@@ -30,6 +30,16 @@ def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
+def cel_config(*rules: dict[str, str]) -> ConfigDict:
+    """Model config of a Flywheel model whose CEL rules go into its CRD schema."""
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=cel_rules(*rules),
+    )
+
+
 class FlywheelModel(BaseModel):
     """Base of every spec/status model: camelCase on the wire, unknown fields rejected."""
 

@@ -6,8 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -16,7 +15,7 @@ from flywheel.api.v1alpha1.common import (
     Resource,
     age_column,
     cel,
-    cel_rules,
+    cel_config,
     condition_column,
 )
 
@@ -43,16 +42,11 @@ class DiagnosticsRequest(FlywheelModel):
 
 
 class GPUNodeSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "!self.quarantineNode || has(self.quarantineReason)",
-                "quarantineReason must explain why the node is quarantined",
-                ".quarantineReason",
-            ),
+    model_config = cel_config(
+        cel(
+            "!self.quarantineNode || has(self.quarantineReason)",
+            "quarantineReason must explain why the node is quarantined",
+            ".quarantineReason",
         ),
     )
 

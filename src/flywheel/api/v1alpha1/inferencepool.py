@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -15,7 +14,7 @@ from flywheel.api.v1alpha1.common import (
     Resource,
     age_column,
     cel,
-    cel_rules,
+    cel_config,
     condition_column,
 )
 from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, TensorParallelDegree
@@ -31,16 +30,11 @@ class PoolRequestClass(FlywheelModel):
 
 
 class InferencePoolSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.clockMinMHz <= self.clockMaxMHz",
-                "clockMinMHz must be less than or equal to clockMaxMHz",
-                ".clockMinMHz",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.clockMinMHz <= self.clockMaxMHz",
+            "clockMinMHz must be less than or equal to clockMaxMHz",
+            ".clockMinMHz",
         ),
     )
 

@@ -6,8 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BeforeValidator, Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -16,7 +15,7 @@ from flywheel.api.v1alpha1.common import (
     Resource,
     age_column,
     cel,
-    cel_rules,
+    cel_config,
     condition_column,
 )
 
@@ -95,16 +94,11 @@ class EngineSpec(FlywheelModel):
 
 
 class GPUSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.clockMinMHz <= self.clockMaxMHz",
-                "gpu.clockMinMHz must be less than or equal to gpu.clockMaxMHz",
-                ".clockMinMHz",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.clockMinMHz <= self.clockMaxMHz",
+            "gpu.clockMinMHz must be less than or equal to gpu.clockMaxMHz",
+            ".clockMinMHz",
         ),
     )
 
@@ -149,16 +143,11 @@ class SLOSpec(FlywheelModel):
 
 
 class ScalingSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.minInstances <= self.maxInstances",
-                "scaling.minInstances must be less than or equal to scaling.maxInstances",
-                ".minInstances",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.minInstances <= self.maxInstances",
+            "scaling.minInstances must be less than or equal to scaling.maxInstances",
+            ".minInstances",
         ),
     )
 
@@ -180,31 +169,26 @@ class RequestClass(FlywheelModel):
 
 
 class RequestClassesSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.inputThresholdsTokens[0] < self.inputThresholdsTokens[1]",
-                "requestClasses.inputThresholdsTokens must be strictly increasing",
-                ".inputThresholdsTokens",
-            ),
-            cel(
-                "self.outputThresholdsTokens[0] < self.outputThresholdsTokens[1]",
-                "requestClasses.outputThresholdsTokens must be strictly increasing",
-                ".outputThresholdsTokens",
-            ),
-            cel(
-                "self.mode != 'Explicit' || size(self.classes) > 0",
-                "requestClasses.classes must list at least one class when mode is Explicit",
-                ".classes",
-            ),
-            cel(
-                "self.mode != 'Auto' || size(self.classes) == 0",
-                "requestClasses.classes must be empty when mode is Auto (use inputThresholdsTokens)",
-                ".classes",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.inputThresholdsTokens[0] < self.inputThresholdsTokens[1]",
+            "requestClasses.inputThresholdsTokens must be strictly increasing",
+            ".inputThresholdsTokens",
+        ),
+        cel(
+            "self.outputThresholdsTokens[0] < self.outputThresholdsTokens[1]",
+            "requestClasses.outputThresholdsTokens must be strictly increasing",
+            ".outputThresholdsTokens",
+        ),
+        cel(
+            "self.mode != 'Explicit' || size(self.classes) > 0",
+            "requestClasses.classes must list at least one class when mode is Explicit",
+            ".classes",
+        ),
+        cel(
+            "self.mode != 'Auto' || size(self.classes) == 0",
+            "requestClasses.classes must be empty when mode is Auto (use inputThresholdsTokens)",
+            ".classes",
         ),
     )
 
@@ -258,32 +242,25 @@ class FaultToleranceSpec(FlywheelModel):
 
 
 class ModelDeploymentSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.model.name == oldSelf.model.name",
-                "model.name is immutable; create a new ModelDeployment to serve another model",
-                ".model.name",
-            ),
-            cel(
-                "self.requestClasses.mode != 'Auto' || self.slo.perClass.all(k, k in "
-                + "["
-                + ", ".join(f"'{n}'" for n in AUTO_CLASS_NAMES)
-                + "])",
-                "slo.perClass keys must be request class names (Auto mode: "
-                + ", ".join(AUTO_CLASS_NAMES)
-                + ")",
-                ".slo.perClass",
-            ),
-            cel(
-                "self.requestClasses.mode != 'Explicit' || "
-                "self.slo.perClass.all(k, self.requestClasses.classes.exists(c, c.name == k))",
-                "slo.perClass keys must name a class listed in requestClasses.classes",
-                ".slo.perClass",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.model.name == oldSelf.model.name",
+            "model.name is immutable; create a new ModelDeployment to serve another model",
+            ".model.name",
+        ),
+        cel(
+            "self.requestClasses.mode != 'Auto' || self.slo.perClass.all(k, k in "
+            + "["
+            + ", ".join(f"'{n}'" for n in AUTO_CLASS_NAMES)
+            + "])",
+            "slo.perClass keys must be request class names (Auto mode: " + ", ".join(AUTO_CLASS_NAMES) + ")",
+            ".slo.perClass",
+        ),
+        cel(
+            "self.requestClasses.mode != 'Explicit' || "
+            "self.slo.perClass.all(k, self.requestClasses.classes.exists(c, c.name == k))",
+            "slo.perClass keys must name a class listed in requestClasses.classes",
+            ".slo.perClass",
         ),
     )
 

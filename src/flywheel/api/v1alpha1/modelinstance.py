@@ -6,8 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -16,7 +15,7 @@ from flywheel.api.v1alpha1.common import (
     Resource,
     age_column,
     cel,
-    cel_rules,
+    cel_config,
     condition_column,
 )
 from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, EngineKind, TensorParallelDegree
@@ -30,16 +29,11 @@ class InstanceRole(StrEnum):
 class ClockPolicy(FlywheelModel):
     """What the node agent's instance controller may do with this instance's GPU clocks."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "self.minMHz <= self.maxMHz",
-                "clockPolicy.minMHz must be less than or equal to clockPolicy.maxMHz",
-                ".minMHz",
-            ),
+    model_config = cel_config(
+        cel(
+            "self.minMHz <= self.maxMHz",
+            "clockPolicy.minMHz must be less than or equal to clockPolicy.maxMHz",
+            ".minMHz",
         ),
     )
 
@@ -64,21 +58,16 @@ class InstanceEngine(FlywheelModel):
 
 
 class ModelInstanceSpec(FlywheelModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=cel_rules(
-            cel(
-                "size(self.gpuUUIDs) == 0 || size(self.gpuUUIDs) == self.tensorParallel",
-                "gpuUUIDs must list exactly tensorParallel GPUs once placed",
-                ".gpuUUIDs",
-            ),
-            cel(
-                "size(self.gpuUUIDs) == 0 || has(self.nodeName)",
-                "nodeName must be set when gpuUUIDs are assigned",
-                ".nodeName",
-            ),
+    model_config = cel_config(
+        cel(
+            "size(self.gpuUUIDs) == 0 || size(self.gpuUUIDs) == self.tensorParallel",
+            "gpuUUIDs must list exactly tensorParallel GPUs once placed",
+            ".gpuUUIDs",
+        ),
+        cel(
+            "size(self.gpuUUIDs) == 0 || has(self.nodeName)",
+            "nodeName must be set when gpuUUIDs are assigned",
+            ".nodeName",
         ),
     )
 
