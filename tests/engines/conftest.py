@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import pytest
+from engine_fakes import MODEL, Clock, EngineFactory, LinearTiming
 
 from flywheel.engines.simulated import SimulatedEngine, SimulatedEngineServer
-
-MODEL = "test-model"
-
-
-@dataclass
-class LinearTiming:
-    """Prefill: 0.02 ms per prompt token + 10 ms; decode: 20 ms + 1 ms per sequence, x (2000 / clock)."""
-
-    capacity: int = 100_000
-
-    @property
-    def kv_capacity_tokens(self) -> int:
-        return self.capacity
-
-    def prefill_ms(self, prompt_tokens: int, clock_mhz: float) -> float:
-        return (10.0 + 0.02 * prompt_tokens) * 2000.0 / clock_mhz
-
-    def decode_step_ms(self, batch: int, context_tokens: int, clock_mhz: float) -> float:
-        return (20.0 + 1.0 * batch) * 2000.0 / clock_mhz
-
-
-class Clock:
-    def __init__(self, mhz: float | None = 2000.0) -> None:
-        self.mhz = mhz
-
-    def __call__(self) -> float | None:
-        return self.mhz
-
-
-EngineFactory = Callable[..., Awaitable[SimulatedEngineServer]]
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from engine_fakes import Clock, EngineFactory
 
-from conftest import Clock, EngineFactory
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.openai import prompt_of_length
 

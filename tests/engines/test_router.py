@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from engine_fakes import MODEL, EngineFactory
 from prometheus_client import CollectorRegistry
 
-from conftest import MODEL, EngineFactory
 from flywheel.controllers.classify import ClassThresholds
 from flywheel.controllers.predictor import OutputLengthPredictor
 from flywheel.engines.openai import CompletionRequest, prompt_of_length

@@ -8,8 +8,8 @@ import json
 
 import httpx
 import pytest
+from engine_fakes import MODEL, Clock, EngineFactory, LinearTiming
 
-from conftest import MODEL, Clock, EngineFactory, LinearTiming
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.simulated import EngineUnavailable, SimulatedEngine
