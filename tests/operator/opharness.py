@@ -19,6 +19,11 @@ from flywheel.operator.runner import build, operate
 
 T = TypeVar("T")
 FW = "/apis/flywheel.dev/v1alpha1"
+NS = "default"
+MDS = f"{FW}/namespaces/{NS}/modeldeployments"
+POOLS = f"{FW}/namespaces/{NS}/inferencepools"
+INSTANCES = f"{FW}/namespaces/{NS}/modelinstances"
+PODS = f"/api/v1/namespaces/{NS}/pods"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
 

@@ -9,8 +9,10 @@ import httpx
 import pytest
 from emulator_thread import EmulatorThread
 from opharness import (
-    FW,
+    MDS,
     MERGE,
+    NS,
+    POOLS,
     OperatorThread,
     add_gpu_node,
     items,
@@ -24,9 +26,6 @@ from flywheel.controllers.desired import PoolObservation, ScalingSpecPolicy
 from flywheel.controllers.pool_policy import EnergyPoolPolicy
 from flywheel.operator.config import OperatorConfig, pool_policy_named
 
-NS = "default"
-MDS = f"{FW}/namespaces/{NS}/modeldeployments"
-POOLS = f"{FW}/namespaces/{NS}/inferencepools"
 LLAMA_70B = {
     "name": "meta-llama/Llama-2-70b-hf",
     "parametersMillions": 70000,

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import httpx
 from emulator_thread import EmulatorThread
-from opharness import FW, OperatorThread, add_gpu_node, items, model_deployment, operator_config, wait_for
-
-NS = "default"
-MDS = f"{FW}/namespaces/{NS}/modeldeployments"
+from opharness import (
+    MDS,
+    NS,
+    OperatorThread,
+    add_gpu_node,
+    items,
+    model_deployment,
+    operator_config,
+    wait_for,
+)
 
 
 def served(http: httpx.Client, name: str) -> bool:

@@ -11,7 +11,12 @@ import pytest
 from emulator_thread import EmulatorThread
 from opharness import (
     FW,
+    INSTANCES,
+    MDS,
     MERGE,
+    NS,
+    PODS,
+    POOLS,
     OperatorThread,
     add_gpu_node,
     condition,
@@ -23,12 +28,6 @@ from opharness import (
 )
 
 from flywheel.controllers.desired import ClusterObservation, NoMerging
-
-NS = "default"
-MDS = f"{FW}/namespaces/{NS}/modeldeployments"
-POOLS = f"{FW}/namespaces/{NS}/inferencepools"
-INSTANCES = f"{FW}/namespaces/{NS}/modelinstances"
-PODS = f"/api/v1/namespaces/{NS}/pods"
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,12 @@ import httpx
 import pytest
 from emulator_thread import EmulatorThread
 from opharness import (
-    FW,
+    INSTANCES,
+    MDS,
     MERGE,
+    NS,
+    PODS,
+    POOLS,
     OperatorThread,
     add_gpu_node,
     condition,
@@ -24,11 +28,6 @@ from opharness import (
     wait_for,
 )
 
-NS = "default"
-MDS = f"{FW}/namespaces/{NS}/modeldeployments"
-POOLS = f"{FW}/namespaces/{NS}/inferencepools"
-INSTANCES = f"{FW}/namespaces/{NS}/modelinstances"
-PODS = f"/api/v1/namespaces/{NS}/pods"
 SEL = "flywheel.dev/deployment=rs"
 POOL = "rs-short"
 PLAN = "flywheel.dev/reshard-plan"
