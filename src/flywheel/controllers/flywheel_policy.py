@@ -19,6 +19,7 @@ The simulator finds this module through its registry (``make_policy``).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, EnergyPolicy, ModelDeploymentSpec
+from flywheel.controllers.admission import late_after_s
 from flywheel.controllers.capacity import SchedulerShape, steady_state
 from flywheel.controllers.classify import ClassThresholds, classify
 from flywheel.controllers.cluster import ClusterController, ClusterPlan, merge_loads
@@ -46,6 +48,7 @@ from flywheel.controllers.policy import (
     PoolTarget,
 )
 from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
+from flywheel.controllers.predictor import OutputLengthPredictor
 
 INITIAL_POOL = "all"
 RATE_ALPHA = 0.2  # per instance tick
@@ -53,9 +56,15 @@ REPARTITION_GAIN = 0.25  # a new pool partition must save 25% predicted power
 _EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
 # Sub-minute bursts: the pool's arrival rate smoothed over ~BURST_SMOOTHING_S (a burst must last that
-# long to matter for a P99), remembered for BURST_MEMORY_S; the pool must hold BURST_SHARE of it.
+# long to matter for a P99), remembered for ``burst_memory_s``; the pool must hold ``burst_share`` of it.
 BURST_SMOOTHING_S = 10.0
-BURST_MEMORY_S = 900.0
+# Burst scale-out (``react``): a backlog of this many queued requests per instance is a burst; the
+# added instances serve the arrival rate plus the backlog within BACKLOG_DRAIN_S.
+BACKLOG_MIN_PER_INSTANCE = 2
+BACKLOG_DRAIN_S = 5.0
+SURGE_FACTOR = 1.0  # or arrivals over one instance tick above this x what the instances sustain
+SURGE_MIN_REQUESTS = 8  # (and at least this many arrivals: a few long prompts are not a surge)
+BURST_RELEASE_S = 10.0  # calm (no backlog, rate within the planned pool) this long ends a burst
 BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
 
 
@@ -80,8 +89,11 @@ class FlywheelPolicy:
         peak_windows: int = 5,
         bursty_peak_windows: int = 15,
         burst_share: float = 0.6,
+        burst_memory_s: float = 1800.0,
+        burst_scale_out: bool = True,
         allowed_tp: tuple[int, ...] = (2, 4, 8),
         clock_bounds_mhz: tuple[int, int] | None = None,
+        deadline_admission: bool = True,
     ) -> None:
         self.info = PolicyInfo(
             periods=periods or ControlPeriods(cluster_s=300.0, pool_s=60.0, instance_s=2.0),
@@ -93,11 +105,18 @@ class FlywheelPolicy:
         self.class_pools = class_pools
         self.merge_below = merge_below
         self.burst_share = burst_share
+        self.burst_memory_s = burst_memory_s
+        self.burst_scale_out = burst_scale_out
+        self.predictor = OutputLengthPredictor(self.thresholds)
+        self._instance_rps: dict[tuple[int, int, int, int], float] = {}
+        self._planned: dict[str, PoolConfig] = {}  # pool -> configuration of its last pool round
+        self._burst_grown: set[str] = set()  # pools grown by ``react`` since their last pool round
+        self._quiet_since: dict[str, float] = {}  # burst-grown pool -> since when it has been calm
         self.allowed_tp = allowed_tp
         self.clock_bounds_mhz = clock_bounds_mhz
+        self.deadline_admission = deadline_admission
         self._ctx: PolicyContext | None = None
         self.hint_bursty = False
-        self._known_burst_rps = 0.0
         self._chunks: dict[int, int] = {}  # TP -> the engine's chunked-prefill token budget
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
@@ -132,6 +151,8 @@ class FlywheelPolicy:
     def start(self, context: PolicyContext) -> list[PoolTarget]:
         self._ctx = context
         sku = context.sku
+        if self.deadline_admission:
+            self.info.late_after_s = late_after_s(context.slo.ttft_ms)
         self._tps = tuple(
             t
             for t in sorted(self.allowed_tp)
@@ -159,21 +180,28 @@ class FlywheelPolicy:
                 tuning=self.tuning,
                 period_s=self.info.periods.instance_s,
             ),
+            remaining=self._remaining,
         )
         h = context.hints
         self.hint_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
-        # The offline profile's sub-minute peak counts when the workload is bursty (code); a smooth
-        # workload's 10 s peak is Poisson noise the clock absorbs.
-        bursty = h.peak_burst_rps > BURSTY_RATIO * h.mean_rps
-        self._known_burst_rps = h.peak_burst_rps if bursty else 0.0
-        # Before any traffic: one pool for the trace's mean rate that absorbs its peak minute at max clock.
+        # Before any traffic: one pool for the trace's peak minute (the offline profile Static is
+        # sized with too). Sub-minute bursts are learned online (``burst_peak``).
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
         )
-        peaks = {}
-        if self._known_burst_rps > 0:
-            peaks[INITIAL_POOL] = replace(load, requests_per_s=self.burst_share * self._known_burst_rps)
-        return self._plan_pools({INITIAL_POOL: load}, {}, context.total_gpus, peaks=peaks)
+        return self._plan_pools({INITIAL_POOL: load}, {}, context.total_gpus)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_output_tokens(self, prompt_tokens: int) -> int:
+        return self.predictor.predict(prompt_tokens)
+
+    def observe_completion(self, prompt_tokens: int, output_tokens: int) -> None:
+        self.predictor.observe(prompt_tokens, output_tokens)
+
+    def _remaining(self, prompt_tokens: int, generated: int, predicted_total: int) -> int:
+        """Tokens still to come, from the online predictor conditioned on what was generated."""
+        del predicted_total
+        return self.predictor.remaining(prompt_tokens, generated)
 
     # ------------------------------------------------------------------ routing
     def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
@@ -360,13 +388,18 @@ class FlywheelPolicy:
             cur = None
             if ps is not None:
                 cur = PoolConfig(ps.tp, ps.instances_ready + ps.instances_starting, ps.clock_mhz)
+                # Instances added for a burst are not the pool's configuration: judge a change
+                # against the planned one (a burst must not make a reshard look cheap).
+                if name in self._burst_grown and name in self._planned:
+                    cur = self._planned[name]
             inputs.append(
                 PoolInput(
                     name=name,
                     load=load,
                     ttft_slo_ms=ctx.slo.ttft_ms,
                     tbt_slo_ms=ctx.slo.tbt_ms,
-                    allowed_tp=self._tps,
+                    # A reshard waits until a burst has passed (it would drain instances serving it).
+                    allowed_tp=(ps.tp,) if ps is not None and name in self._burst_grown else self._tps,
                     min_instances=1,
                     current=cur,
                     policy=self.energy_policy,
@@ -376,13 +409,115 @@ class FlywheelPolicy:
             )
         result = self.pool_controller.decide(inputs, total_gpus)
         force = force or set()
-        return [
-            PoolTarget(p.name, p.config.tensor_parallel, p.config.instances, p.config.clock_mhz, p.reason)
-            for p in result.plans
-            if p.changed or p.name in force
-        ]
+        targets = []
+        for p in result.plans:
+            self._planned[p.name] = p.config
+            ps = current.get(p.name)
+            if ps is not None and p.name in self._burst_grown:
+                # Burst instances stay until the burst is over (``react`` then returns to this plan).
+                if p.config.instances <= ps.instances_ready + ps.instances_starting:
+                    continue
+            elif not (p.changed or p.name in force):
+                continue
+            targets.append(
+                PoolTarget(p.name, p.config.tensor_parallel, p.config.instances, p.config.clock_mhz, p.reason)
+            )
+        return targets
 
     # ------------------------------------------------------------------ bursts
+    def instance_capacity_rps(self, tp: int, mean_in: float, mean_out: float, p99_in: float) -> float:
+        """Requests/s one TP-``tp`` instance sustains within the SLO at max clock for this request
+        mix (steady-state model, 2% resolution; cached per 64-token bucket)."""
+        key = (tp, int(mean_in) // 64, int(mean_out) // 64, int(p99_in) // 256)
+        cached = self._instance_rps.get(key)
+        if cached is not None:
+            return cached
+        slo = self._context().slo
+        rates = np.geomspace(0.02, 256.0, 480)
+        n = len(rates)
+        st = steady_state(
+            self.profile,
+            np.full(n, self.profile.tp_index(tp)),
+            np.full(n, len(self.profile.clocks) - 1),
+            rates,
+            np.full(n, max(mean_in, 1.0)),
+            np.full(n, max(mean_out, 1.0)),
+            np.full(n, max(p99_in, mean_in, 1.0)),
+            self.shape,
+        )
+        ok = st.feasible & (st.ttft_p99_ms <= slo.ttft_ms) & (st.tbt_p99_ms <= slo.tbt_ms)
+        capacity = float(rates[ok].max()) if ok.any() else float(rates[0])
+        self._instance_rps[key] = capacity
+        return capacity
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]:
+        """Burst scale-out between pool rounds (every instance tick). When a bursty pool's arrivals
+        outrun what its instances sustain at max clock, or a backlog builds, start enough instances
+        (warm) to serve the arrival rate plus the backlog within ``BACKLOG_DRAIN_S``; once the
+        burst has been over for ``BURST_RELEASE_S``, go back to the pool round's configuration."""
+        if not self.burst_scale_out:
+            return []
+        free = obs.free_gpus
+        targets = []
+        for ps in obs.pools:
+            target = self._react_pool(ps, obs.time_s, free)
+            if target is not None:
+                free -= (target.instances - ps.instances_ready - ps.instances_starting) * ps.tp
+                targets.append(target)
+        return targets
+
+    def _react_pool(self, ps: PoolState, now: float, free_gpus: int) -> PoolTarget | None:
+        have = ps.instances_ready + ps.instances_starting
+        if have == 0:
+            return None
+        h = self._context().hints
+        mean_in = ps.load.mean_prompt_tokens or h.mean_prompt_tokens
+        mean_out = ps.load.mean_output_tokens or h.mean_output_tokens
+        p99_in = float(self._probe_prompt.get(ps.name, 0)) or 3.0 * mean_in
+        per_instance = self.instance_capacity_rps(ps.tp, mean_in, mean_out, p99_in)
+        planned = self._planned.get(ps.name)
+        if ps.name in self._burst_grown and planned is not None and planned.tensor_parallel == ps.tp:
+            calm = ps.load.queued == 0 and ps.load.arrivals_rps <= planned.instances * per_instance
+            quiet_since = self._quiet_since.setdefault(ps.name, now) if calm else None
+            if not calm:
+                self._quiet_since.pop(ps.name, None)
+            elif (
+                quiet_since is not None and now - quiet_since >= BURST_RELEASE_S and have > planned.instances
+            ):
+                self._burst_grown.discard(ps.name)
+                self._quiet_since.pop(ps.name, None)
+                return PoolTarget(
+                    ps.name,
+                    ps.tp,
+                    planned.instances,
+                    ps.clock_mhz,
+                    f"burst over for {BURST_RELEASE_S:.0f} s: back to the planned TP{ps.tp} x{planned.instances}",
+                )
+        # Only for bursts (rates far above the pool's mean): on smooth load a backlog is the clock's
+        # and the pool round's business.
+        if ps.load.arrivals_rps <= BURSTY_RATIO * self._pool_mean_rps(ps.name) and not self._bursty(
+            ps.name, now
+        ):
+            return None
+        arrived = ps.load.arrivals_rps * ps.load.window_s
+        surge = arrived >= SURGE_MIN_REQUESTS and ps.load.arrivals_rps > SURGE_FACTOR * have * per_instance
+        if not surge and ps.load.queued < BACKLOG_MIN_PER_INSTANCE * have:
+            return None
+        demand = ps.load.arrivals_rps + ps.load.queued / BACKLOG_DRAIN_S
+        extra = min(math.ceil(demand / per_instance) - have, free_gpus // ps.tp)
+        if extra <= 0:
+            return None
+        self._burst_grown.add(ps.name)
+        self._quiet_since.pop(ps.name, None)
+        return PoolTarget(
+            ps.name,
+            ps.tp,
+            have + extra,
+            ps.clock_mhz,
+            f"burst: {ps.load.arrivals_rps:.1f} req/s and {ps.load.queued} queued outrun "
+            f"{have} x TP{ps.tp} ({per_instance:.2f} req/s each at max clock); +{extra} instances",
+        )
+
     def _observe_burst(self, pool: str, now: float, pool_rps: float) -> None:
         """One instance tick's pool arrival rate: smooth it and remember the smoothed maxima."""
         alpha = 1.0 - float(np.exp(-self.info.periods.instance_s / BURST_SMOOTHING_S))
@@ -390,7 +525,7 @@ class FlywheelPolicy:
         rate = prev + alpha * (pool_rps - prev)
         self._burst_rate[pool] = rate
         memory = self._bursts.setdefault(pool, deque())
-        while memory and (memory[-1][1] <= rate or memory[0][0] < now - BURST_MEMORY_S):
+        while memory and (memory[-1][1] <= rate or memory[0][0] < now - self.burst_memory_s):
             if memory[-1][1] <= rate:
                 memory.pop()
             else:
@@ -398,20 +533,18 @@ class FlywheelPolicy:
         memory.append((now, rate))
 
     def burst_peak(self, pool: str, now: float) -> float:
-        """Highest ~10 s pool arrival rate over the last ``BURST_MEMORY_S`` (0 if none seen); for
-        the only pool of a workload known to be bursty, at least its historical 10 s peak."""
-        seen = max((r for t, r in self._bursts.get(pool, ()) if t >= now - BURST_MEMORY_S), default=0.0)
-        if self._known_burst_rps > 0 and len(self._pool_classes) == 1:
-            seen = max(seen, self._known_burst_rps)
-        return seen
+        """Highest ~10 s pool arrival rate seen over the last ``burst_memory_s`` (0 if none)."""
+        since = now - self.burst_memory_s
+        return max((r for t, r in self._bursts.get(pool, ()) if t >= since), default=0.0)
+
+    def _pool_mean_rps(self, pool: str) -> float:
+        if pool in self.pool_forecaster.classes():
+            return self.pool_forecaster.expected(pool).requests_per_s
+        return self._context().hints.mean_rps
 
     def _bursty(self, pool: str, now: float) -> bool:
         """Bursts (10 s peaks) over ``BURSTY_RATIO`` x the pool's mean rate: code, not conv."""
-        if pool in self.pool_forecaster.classes():
-            mean = self.pool_forecaster.expected(pool).requests_per_s
-        else:
-            mean = self._context().hints.mean_rps
-        return self.burst_peak(pool, now) > BURSTY_RATIO * max(mean, 1e-9)
+        return self.burst_peak(pool, now) > BURSTY_RATIO * max(self._pool_mean_rps(pool), 1e-9)
 
     def _burst_floor(self, obs: InstanceObservation) -> int:
         """Lowest clock at which an iteration carrying a full prefill chunk (what every iteration

@@ -55,8 +55,6 @@ class WorkloadHints:
     duration_s: float
     # An evenly spaced sample of (prompt, output) token pairs: the request mix known from history.
     length_sample: tuple[tuple[int, int], ...] = ()
-    # Highest rate over any 10 s window (sub-minute bursts); 0 when unknown.
-    peak_burst_rps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +145,9 @@ class PolicyInfo:
     periods: ControlPeriods = field(default_factory=ControlPeriods)
     # "warm": weights cached in host memory / pre-warmed engines (DynamoLLM); "cold": from storage.
     start_mode: StartMode = "cold"
+    # Requests waiting longer than this for an instance are served after on-time ones
+    # (``admission.AdmissionQueue``); None: first come, first served.
+    late_after_s: float | None = None
 
 
 @runtime_checkable
@@ -163,3 +164,21 @@ class Policy(Protocol):
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]: ...
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision: ...
+
+
+@runtime_checkable
+class BurstReactive(Protocol):
+    """A policy that may also add instances between pool rounds, at every instance tick (a burst
+    must not wait for the next pool round)."""
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+
+@runtime_checkable
+class OutputLengthLearner(Protocol):
+    """A policy with its own output-length predictor, learned from completed requests (the router's
+    role): it predicts every arriving request's output length instead of being handed one."""
+
+    def predict_output_tokens(self, prompt_tokens: int) -> int: ...
+
+    def observe_completion(self, prompt_tokens: int, output_tokens: int) -> None: ...

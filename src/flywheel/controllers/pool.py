@@ -319,6 +319,12 @@ class PoolController:
             return [c.cost for c in cands]
         cc = self.change_cost
         cur_power = next((c.power_watts for c in cands if c.config.shape == cur.shape and c.meets_slo), None)
+        # When the current shape misses the SLO, growing within its TP is the change of reference:
+        # a reshard must still beat it by the reshard margin (no TP flip-flop on every load change).
+        same_tp = min(
+            (c.power_watts for c in cands if c.config.tensor_parallel == cur.tensor_parallel and c.meets_slo),
+            default=0.0,
+        )
         costs = []
         for c in cands:
             if c.config.shape == cur.shape:
@@ -328,7 +334,10 @@ class PoolController:
             added = max(0, c.config.instances - (0 if reshard else cur.instances))
             per_instance = c.power_watts / max(1, c.config.instances)
             transition = added * per_instance * cc.instance_start_s / cc.period_s
-            margin = (cc.min_gain_reshard if reshard else cc.min_gain_scale) * (cur_power or 0.0)
+            if reshard:
+                margin = cc.min_gain_reshard * (same_tp if cur_power is None else cur_power)
+            else:
+                margin = cc.min_gain_scale * (cur_power or 0.0)
             costs.append(c.cost + transition + margin)
         return costs
 

@@ -11,10 +11,13 @@ For each ``/v1/completions`` request it:
 3. picks the pool's instance with the shallowest queue — the larger of the router's own requests in
    flight to it and the engine's reported running + waiting requests — skipping draining, failed and
    unready instances;
-4. forwards the request, streaming the response through chunk by chunk; on an instance failure
+4. with ``max_in_flight_per_instance`` set, holds the request in the pool's admission queue
+   (``flywheel.controllers.admission``) while every instance has that many router requests in flight:
+   a freed slot goes to the oldest request that can still meet its TTFT deadline, then to late ones;
+5. forwards the request, streaming the response through chunk by chunk; on an instance failure
    (connection error or 5xx before any byte reached the client) it retries once on another instance
    of the pool, or of the nearest pool when the pool has no other;
-5. counts requests and input/output tokens per class (Prometheus counters on a passed-in registry,
+6. counts requests and input/output tokens per class (Prometheus counters on a passed-in registry,
    and :meth:`Router.class_load` rates for the cluster controller).
 """
 
@@ -36,6 +39,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, ModelDeploymentSpec, PoolRequestClass, RequestClassMode
+from flywheel.controllers.admission import AdmissionQueue
+from flywheel.controllers.admission import late_after_s as _late_after_s
 from flywheel.controllers.classify import ClassThresholds, classify, neighbours
 from flywheel.controllers.desired import request_classes
 from flywheel.controllers.predictor import OutputLengthPredictor
@@ -170,6 +175,26 @@ class _UpstreamFailed(RuntimeError):
     """The instance failed before any byte reached the client: the request may be retried."""
 
 
+class _ClientGone(RuntimeError):
+    """The client went away while its request waited in the admission queue."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting in a pool's admission queue. Its future gets the instance whose slot was
+    reserved for it, or None when it must be routed again (its pool lost every usable instance)."""
+
+    future: asyncio.Future[Backend | None]
+    exclude: tuple[Backend, ...]
+    http: web.Request
+
+    @property
+    def gone(self) -> bool:
+        """Cancelled, or the client closed its connection."""
+        transport = self.http.transport
+        return self.future.cancelled() or transport is None or transport.is_closing()
+
+
 class Router:
     """Routes completions for one model deployment across its pools."""
 
@@ -187,7 +212,31 @@ class Router:
         load_window_s: float = 30.0,
         failure_cooldown_s: float = 5.0,
         request_timeout_s: float = 600.0,
+        max_in_flight_per_instance: int | None = None,
+        ttft_slo_ms: float | None = None,
+        late_after_s: float | None = None,
     ) -> None:
+        """``max_in_flight_per_instance``: requests this router sends to one instance at a time; the
+        rest wait in their pool's admission queue (None: no router queue, forward at once).
+        ``ttft_slo_ms`` (virtual ms, as in the deployment's SLO) sets the wait after which a queued
+        request is demoted as late, ``admission.late_after_s(ttft_slo_ms) / time_scale`` wall seconds;
+        ``late_after_s`` gives that wait in wall seconds directly. Neither: the queue is FIFO."""
+        if max_in_flight_per_instance is not None and max_in_flight_per_instance < 1:
+            raise ValueError(
+                f"max_in_flight_per_instance must be at least 1, got {max_in_flight_per_instance}"
+            )
+        if ttft_slo_ms is not None and late_after_s is not None:
+            raise ValueError("give ttft_slo_ms or late_after_s, not both")
+        if ttft_slo_ms is not None:
+            late_after_s = _late_after_s(ttft_slo_ms) / time_scale
+        if late_after_s is not None and late_after_s < 0:
+            raise ValueError(f"late_after_s must not be negative, got {late_after_s}")
+        self.max_in_flight_per_instance = max_in_flight_per_instance
+        self.late_after_s = late_after_s
+        # How often a queued request checks that its client is still connected (wall seconds).
+        self.disconnect_poll_s = 0.25
+        self._queues: dict[str, AdmissionQueue[_Waiter]] = {}
+        self._demoted_seen: dict[str, int] = {}
         self.model_name = model_name
         self.thresholds = thresholds or ClassThresholds()
         self.classifier = classifier or AutoClassifier(self.thresholds)
@@ -236,6 +285,18 @@ class Router:
             labels,
             registry=registry,
         )
+        self.m_waiting = Gauge(
+            "flywheel_router_admission_waiting",
+            "Requests waiting in the router's admission queue, by pool.",
+            ["pool"],
+            registry=registry,
+        )
+        self.m_demoted = Counter(
+            "flywheel_router_admission_demoted",
+            "Queued requests demoted as late (waited past their TTFT deadline), by pool.",
+            ["pool"],
+            registry=registry,
+        )
         self.registry = registry
 
     # -- topology -----------------------------------------------------------------------------------
@@ -254,6 +315,7 @@ class Router:
                     merged.append(backend)
             table[pool.name] = Pool(pool.name, pool.classes, merged)
         self.pools = table
+        self._dispatch_all()
 
     def backends(self) -> list[Backend]:
         return [b for pool in self.pools.values() for b in pool.backends]
@@ -296,13 +358,24 @@ class Router:
 
     def pick(self, pool: Pool, exclude: Sequence[Backend] = ()) -> Backend:
         """The routable instance with the shallowest queue (round robin among equals)."""
+        options = self._options(pool, exclude)
+        if not options:
+            raise NoBackend(f"no ready instance in pool {pool.name!r}")
+        return self._shallowest(options)
+
+    def _options(self, pool: Pool, exclude: Sequence[Backend] = ()) -> list[Backend]:
+        """Routable instances of the pool outside ``exclude`` (failed ones return after the cooldown)."""
         now = time.monotonic()
         for backend in pool.backends:
             if backend.failed_at is not None and now - backend.failed_at >= self.failure_cooldown_s:
                 backend.failed_at = None
-        options = [b for b in pool.backends if b.routable and b not in exclude]
-        if not options:
-            raise NoBackend(f"no ready instance in pool {pool.name!r}")
+        return [b for b in pool.backends if b.routable and b not in exclude]
+
+    def _below_cap(self, options: Sequence[Backend]) -> list[Backend]:
+        cap = self.max_in_flight_per_instance
+        return list(options) if cap is None else [b for b in options if b.in_flight < cap]
+
+    def _shallowest(self, options: Sequence[Backend]) -> Backend:
         lowest = min(b.load for b in options)
         tied = [b for b in options if b.load == lowest]
         return tied[next(self._rr) % len(tied)]
@@ -328,6 +401,7 @@ class Router:
                 backend.failed_at = time.monotonic()
 
         await asyncio.gather(*(one(b) for b in self.backends()))
+        self._dispatch_all()  # instances may be back (or gone): queued requests move on
 
     async def refresh_forever(self, period_s: float = 1.0) -> None:
         while True:
@@ -354,10 +428,13 @@ class Router:
                 if attempt:
                     # Another instance of the same pool if there is one, else the nearest pool's.
                     pool = self.pool_for(request_class, exclude=tried)
-                backend = self.pick(pool, exclude=tried)
+                pool, backend = await self._acquire(pool, request_class, tried, started, http, attempt > 0)
             except NoBackend as error:
                 self.m_requests.labels(request_class, pool.name, "unavailable").inc()
                 return web.json_response(error_body(str(error), "ServiceUnavailable", 503), status=503)
+            except _ClientGone:
+                self.m_requests.labels(request_class, pool.name, "abandoned").inc()
+                return web.json_response(error_body("client went away", "ClientClosed", 499), status=499)
             tried.append(backend)
             if attempt:
                 self.m_retries.inc()
@@ -371,6 +448,8 @@ class Router:
                     "retrying" if not attempt else "giving up",
                 )
                 backend.failed_at = time.monotonic()
+            finally:
+                self._release(backend)
         self.m_requests.labels(request_class, pool.name, "failed").inc()
         return web.json_response(error_body("instances failed", "BadGateway", 502), status=502)
 
@@ -384,7 +463,7 @@ class Router:
         backend: Backend,
         started: float,
     ) -> web.StreamResponse:
-        backend.in_flight += 1
+        # The instance's slot (``backend.in_flight``) was taken by :meth:`_acquire`.
         gauge = self.m_in_flight.labels(backend.pool)
         gauge.inc()
         try:
@@ -418,8 +497,129 @@ class Router:
             finally:
                 await upstream.aclose()
         finally:
-            backend.in_flight -= 1
             gauge.dec()
+
+    # -- admission ----------------------------------------------------------------------------------
+    async def _acquire(
+        self,
+        pool: Pool,
+        request_class: str,
+        exclude: Sequence[Backend],
+        arrival: float,
+        http: web.Request,
+        retry: bool,
+    ) -> tuple[Pool, Backend]:
+        """An instance for the request, its slot taken (``in_flight`` counted): at once without a cap;
+        with one, after waiting in the pool's admission queue while no instance is below it. A retry
+        goes back to the front of the queue with its first arrival time. Raises :class:`NoBackend` when
+        no instance outside ``exclude`` can take the request, :class:`_ClientGone` when its client left."""
+        while True:
+            options = self._options(pool, exclude)
+            if not options:
+                raise NoBackend(f"no ready instance in pool {pool.name!r}")
+            free = self._below_cap(options)
+            queue = self._queues.get(pool.name)
+            if free and not queue:
+                backend = self._shallowest(free)
+                backend.in_flight += 1
+                return pool, backend
+            if queue is None:
+                queue = self._queues[pool.name] = AdmissionQueue(self.late_after_s)
+            waiter = _Waiter(asyncio.get_running_loop().create_future(), tuple(exclude), http)
+            if retry:
+                queue.appendleft(waiter, arrival)
+            else:
+                queue.append(waiter, arrival)
+            waiting = self.m_waiting.labels(pool.name)
+            waiting.inc()
+            try:
+                self._dispatch(pool.name)
+                chosen = await self._wait(waiter)
+            finally:
+                waiting.dec()
+            if chosen is not None:
+                if waiter.gone:  # the client left just as its turn came
+                    self._release(chosen)
+                    raise _ClientGone
+                return self.pools.get(chosen.pool, pool), chosen
+            # The pool lost its instances while the request waited: route it again.
+            pool = self.pool_for(request_class, exclude=exclude)
+
+    async def _wait(self, waiter: _Waiter) -> Backend | None:
+        future = waiter.future
+        try:
+            while not future.done():
+                await asyncio.wait((future,), timeout=self.disconnect_poll_s)
+                if not future.done() and waiter.gone:
+                    future.cancel()
+            if future.cancelled():
+                raise _ClientGone
+            return future.result()
+        except asyncio.CancelledError:
+            # The handler was cancelled (the client went away): give back a slot already reserved.
+            if future.done() and not future.cancelled():
+                backend = future.result()
+                if backend is not None:
+                    self._release(backend)
+            else:
+                future.cancel()
+            raise
+
+    def _release(self, backend: Backend) -> None:
+        """A request left the instance: its slot goes to the next queued request of the pool."""
+        backend.in_flight -= 1
+        if self._queues:
+            self._dispatch(backend.pool)
+
+    def _dispatch_all(self) -> None:
+        for name in list(self._queues):
+            self._dispatch(name)
+
+    def _dispatch(self, pool_name: str) -> None:
+        """Hand free slots of the pool to its queued requests: on-time ones first (oldest first), then
+        late ones. Requests whose client left are dropped; a retry that may only use an instance it
+        already tried stays queued, in its place."""
+        queue = self._queues.get(pool_name)
+        if queue is None:
+            return
+        now = time.monotonic()
+        pool = self.pools.get(pool_name)
+        options = self._options(pool) if pool is not None else []
+        skipped: list[tuple[_Waiter, float]] = []
+        while queue and (not options or self._below_cap(options)):
+            entry = queue.pop(now)
+            if entry is None:
+                break
+            waiter = entry[0]
+            if waiter.future.done():
+                continue
+            if waiter.gone:
+                waiter.future.cancel()
+                continue
+            own = [b for b in options if b not in waiter.exclude]
+            if not own:
+                waiter.future.set_result(None)  # no usable instance left here: route again
+                continue
+            free = self._below_cap(own)
+            if not free:
+                skipped.append(entry)
+                continue
+            backend = self._shallowest(free)
+            backend.in_flight += 1
+            waiter.future.set_result(backend)
+        # Back in their places: oldest at the front. Late ones are demoted again on the next pop,
+        # which must not count them twice.
+        for waiter, arrival in sorted(skipped, key=lambda entry: entry[1], reverse=True):
+            queue.appendleft(waiter, arrival)
+        late_after = queue.late_after_s
+        recount = 0 if late_after is None else sum(1 for _, arrival in skipped if arrival < now - late_after)
+        seen = self._demoted_seen.get(pool_name, 0)
+        if queue.demoted > seen:
+            self.m_demoted.labels(pool_name).inc(queue.demoted - seen)
+        self._demoted_seen[pool_name] = queue.demoted + recount
+        if not queue and pool is None:
+            del self._queues[pool_name]
+            self._demoted_seen.pop(pool_name, None)
 
     async def _relay_stream(
         self,

@@ -398,7 +398,7 @@ class FaultSimulator(Simulator):
             for rid in reversed(lost):
                 self.generated[rid] = 0
                 if pool is not None:
-                    pool.queue.appendleft(rid)
+                    pool.queue.appendleft(rid, self.arrival[rid])
                 else:
                     self._drop(rid)
         record.isolated_s = self.now

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from flywheel.controllers.admission import AdmissionQueue
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -41,8 +41,10 @@ from flywheel.controllers.perfmodel import (
 )
 from flywheel.controllers.policy import (
     SLO,
+    BurstReactive,
     ClusterObservation,
     InstanceObservation,
+    OutputLengthLearner,
     Policy,
     PolicyContext,
     PoolLoad,
@@ -141,7 +143,7 @@ class Instance:
 class Pool:
     name: str
     target: PoolTarget
-    queue: deque[int] = field(default_factory=deque)
+    queue: AdmissionQueue[int] = field(default_factory=AdmissionQueue)
     instances: list[Instance] = field(default_factory=list)
     arrivals: list[int] = field(default_factory=list)  # request ids, for load windows
 
@@ -217,6 +219,9 @@ class Simulator:
         self._last_sample = (0.0, 0.0)
         self._chunks: dict[int, int] = {}
         self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
+        # A policy with its own predictor predicts each arrival's output length and learns from
+        # completions; others get the noisy oracle above (``output_prediction_sigma``).
+        self._learner = policy if isinstance(policy, OutputLengthLearner) else None
 
     # ----------------------------------------------------------------- events
     def _push(self, time: float, kind: int, payload: object = None) -> None:
@@ -281,21 +286,24 @@ class Simulator:
             self.cfg.max_num_seqs if inst.max_batch is None else min(inst.max_batch, self.cfg.max_num_seqs)
         )
         while queue and len(inst.running) + len(inst.prefilling) < max(limit, 1):
-            rid = queue[0]
+            head = queue.peek(self.now)
+            if head is None:
+                break
+            rid = head[0]
             if self.now - self.arrival[rid] > self.cfg.queue_timeout_s:
-                queue.popleft()
+                queue.pop(self.now)
                 self._drop(rid)
                 continue
             need = self.prompt[rid] + self.output[rid]
             if inst.reserved + need > inst.kv_capacity:
                 if not inst.running and not inst.prefilling:  # can never fit on this instance
-                    queue.popleft()
+                    queue.pop(self.now)
                     self._drop(rid)
                     continue
                 break
             if sum(self.prefill_left[r] for r in inst.prefilling) >= self._chunk(inst.tp):
                 break
-            queue.popleft()
+            queue.pop(self.now)
             self.prefill_left[rid] = self.prompt[rid]
             inst.prefilling.append(rid)
             inst.reserved += need
@@ -378,6 +386,8 @@ class Simulator:
     def _finish(self, rid: int) -> None:
         self.finish[rid] = self.now
         self.outstanding -= 1
+        if self._learner is not None:
+            self._learner.observe_completion(int(self.prompt[rid]), int(self.output[rid]))
 
     def _drop(self, rid: int) -> None:
         self.dropped[rid] = True
@@ -434,13 +444,15 @@ class Simulator:
 
     # ------------------------------------------------------------- routing
     def _arrive(self, rid: int) -> None:
+        if self._learner is not None:
+            self.predicted[rid] = self._learner.predict_output_tokens(self.prompt[rid])
         name = self.policy.route(self.prompt[rid], self.predicted[rid])
         pool = self.pools.get(name)
         if pool is None:
             raise RuntimeError(f"policy {self.policy.name} routed a request to unknown pool {name!r}")
         self.pool_of[rid] = name
         pool.arrivals.append(rid)
-        pool.queue.append(rid)
+        pool.queue.append(rid, self.arrival[rid])
         self._kick(pool)
 
     def _kick(self, pool: Pool) -> None:
@@ -460,7 +472,7 @@ class Simulator:
     def _apply(self, target: PoolTarget, initial: bool = False) -> None:
         pool = self.pools.get(target.pool)
         if pool is None:
-            pool = Pool(target.pool, target)
+            pool = Pool(target.pool, target, AdmissionQueue(self.policy.info.late_after_s))
             self.pools[target.pool] = pool
         pool.target = target
         if target.reason:
@@ -520,7 +532,7 @@ class Simulator:
             self._drop(rid)
             return
         self.pool_of[rid] = name
-        target.queue.append(rid)
+        target.queue.append(rid, self.arrival[rid])
         self._kick(target)
 
     def _on_ready(self, inst: Instance) -> None:
@@ -582,6 +594,9 @@ class Simulator:
 
     def _instance_tick(self) -> None:
         period = self.policy.info.periods.instance_s
+        if isinstance(self.policy, BurstReactive):
+            for target in self.policy.react(self._observe(period)):
+                self._apply(target)
         for pool in self.pools.values():
             ready = [i for i in pool.instances if i.state == "ready"]
             if not ready:
@@ -634,7 +649,7 @@ class Simulator:
             for rid in reversed(lost):
                 self.generated[rid] = 0
                 if pool is not None:
-                    pool.queue.appendleft(rid)
+                    pool.queue.appendleft(rid, self.arrival[rid])
                 else:
                     self._drop(rid)
         for hook in self.fault_hooks:
@@ -670,7 +685,6 @@ class Simulator:
         return WorkloadHints(
             mean_rps=w.mean_rps(),
             peak_minute_rps=w.peak_rps(60.0),
-            peak_burst_rps=w.peak_rps(10.0),
             mean_prompt_tokens=float(w.prompt_tokens.mean()) if len(w) else 0.0,
             mean_output_tokens=float(w.output_tokens.mean()) if len(w) else 0.0,
             duration_s=w.duration_s,
