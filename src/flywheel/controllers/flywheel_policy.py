@@ -64,7 +64,8 @@ BACKLOG_MIN_PER_INSTANCE = 2
 BACKLOG_DRAIN_S = 5.0
 SURGE_FACTOR = 1.0  # or arrivals over one instance tick above this x what the instances sustain
 SURGE_MIN_REQUESTS = 8  # (and at least this many arrivals: a few long prompts are not a surge)
-BURST_RELEASE_S = 10.0  # calm (no backlog, rate within the planned pool) this long ends a burst
+BURST_RELEASE_S = 10.0  # this long without a surge, and calm (rate within the planned pool), ends a burst
+BURST_HOLD_S = 60.0  # this long without a surge ends it in any case
 BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
 
 
@@ -88,7 +89,7 @@ class FlywheelPolicy:
         merge_below: float = 0.5,
         peak_windows: int = 5,
         bursty_peak_windows: int = 15,
-        burst_share: float = 0.6,
+        burst_share: float = 0.4,
         burst_memory_s: float = 1800.0,
         burst_scale_out: bool = True,
         allowed_tp: tuple[int, ...] = (2, 4, 8),
@@ -111,7 +112,7 @@ class FlywheelPolicy:
         self._instance_rps: dict[tuple[int, int, int, int], float] = {}
         self._planned: dict[str, PoolConfig] = {}  # pool -> configuration of its last pool round
         self._burst_grown: set[str] = set()  # pools grown by ``react`` since their last pool round
-        self._quiet_since: dict[str, float] = {}  # burst-grown pool -> since when it has been calm
+        self._last_burst: dict[str, float] = {}  # pool -> when ``react`` last saw a surge or backlog
         self.allowed_tp = allowed_tp
         self.clock_bounds_mhz = clock_bounds_mhz
         self.deadline_admission = deadline_admission
@@ -211,7 +212,8 @@ class FlywheelPolicy:
             w = self._windows[cls] = _ClassWindow()
         w.count += 1
         w.prompt_sum += prompt_tokens
-        w.output_sum += predicted_output_tokens
+        # Planning needs the mean output length, not the conservative prediction used to classify.
+        w.output_sum += self.predictor.mean(prompt_tokens)
         if len(w.prompts) < 4096:
             w.prompts.append(prompt_tokens)
         return self._routes.get(cls, INITIAL_POOL)
@@ -475,40 +477,29 @@ class FlywheelPolicy:
         mean_out = ps.load.mean_output_tokens or h.mean_output_tokens
         p99_in = float(self._probe_prompt.get(ps.name, 0)) or 3.0 * mean_in
         per_instance = self.instance_capacity_rps(ps.tp, mean_in, mean_out, p99_in)
-        planned = self._planned.get(ps.name)
-        if ps.name in self._burst_grown and planned is not None and planned.tensor_parallel == ps.tp:
-            calm = ps.load.queued == 0 and ps.load.arrivals_rps <= planned.instances * per_instance
-            quiet_since = self._quiet_since.setdefault(ps.name, now) if calm else None
-            if not calm:
-                self._quiet_since.pop(ps.name, None)
-            elif (
-                quiet_since is not None and now - quiet_since >= BURST_RELEASE_S and have > planned.instances
-            ):
-                self._burst_grown.discard(ps.name)
-                self._quiet_since.pop(ps.name, None)
-                return PoolTarget(
-                    ps.name,
-                    ps.tp,
-                    planned.instances,
-                    ps.clock_mhz,
-                    f"burst over for {BURST_RELEASE_S:.0f} s: back to the planned TP{ps.tp} x{planned.instances}",
-                )
-        # Only for bursts (rates far above the pool's mean): on smooth load a backlog is the clock's
-        # and the pool round's business.
-        if ps.load.arrivals_rps <= BURSTY_RATIO * self._pool_mean_rps(ps.name) and not self._bursty(
-            ps.name, now
-        ):
-            return None
+        release = self._release(ps, now, per_instance)
+        if release is not None:
+            return release
+        # A surge: more arrivals in the window than the instances sustain, far above the pool's mean
+        # and more than Poisson noise around it explains (~1e-3 per window). Or, in a pool known to
+        # be bursty, a backlog. On smooth load a backlog is the clock's and the pool round's business.
+        mean = self._pool_mean_rps(ps.name)
         arrived = ps.load.arrivals_rps * ps.load.window_s
-        surge = arrived >= SURGE_MIN_REQUESTS and ps.load.arrivals_rps > SURGE_FACTOR * have * per_instance
-        if not surge and ps.load.queued < BACKLOG_MIN_PER_INSTANCE * have:
+        expected = mean * ps.load.window_s
+        surge = (
+            arrived
+            >= max(SURGE_MIN_REQUESTS, BURSTY_RATIO * expected, expected + 3.0 * math.sqrt(expected) + 1.0)
+            and ps.load.arrivals_rps > SURGE_FACTOR * have * per_instance
+        )
+        backlog = ps.load.queued >= BACKLOG_MIN_PER_INSTANCE * have and self._bursty(ps.name, now)
+        if not (surge or backlog):
             return None
+        self._last_burst[ps.name] = now
         demand = ps.load.arrivals_rps + ps.load.queued / BACKLOG_DRAIN_S
         extra = min(math.ceil(demand / per_instance) - have, free_gpus // ps.tp)
         if extra <= 0:
             return None
         self._burst_grown.add(ps.name)
-        self._quiet_since.pop(ps.name, None)
         return PoolTarget(
             ps.name,
             ps.tp,
@@ -516,6 +507,32 @@ class FlywheelPolicy:
             ps.clock_mhz,
             f"burst: {ps.load.arrivals_rps:.1f} req/s and {ps.load.queued} queued outrun "
             f"{have} x TP{ps.tp} ({per_instance:.2f} req/s each at max clock); +{extra} instances",
+        )
+
+    def _release(self, ps: PoolState, now: float, per_instance: float) -> PoolTarget | None:
+        """Back to the pool round's configuration once the burst is over: no surge or backlog for
+        ``BURST_RELEASE_S`` and the planned instances hold the ~10 s rate, or in any case after
+        ``BURST_HOLD_S`` without one (the pool round has sized for the remembered burst peak)."""
+        planned = self._planned.get(ps.name)
+        have = ps.instances_ready + ps.instances_starting
+        if ps.name not in self._burst_grown or planned is None or planned.tensor_parallel != ps.tp:
+            return None
+        quiet = now - self._last_burst.get(ps.name, now)
+        calm = (
+            ps.load.queued < BACKLOG_MIN_PER_INSTANCE * planned.instances
+            and self._burst_rate.get(ps.name, 0.0) <= planned.instances * per_instance
+        )
+        if not (quiet >= BURST_HOLD_S or (calm and quiet >= BURST_RELEASE_S)):
+            return None
+        self._burst_grown.discard(ps.name)
+        if have <= planned.instances:
+            return None
+        return PoolTarget(
+            ps.name,
+            ps.tp,
+            planned.instances,
+            ps.clock_mhz,
+            f"burst over ({quiet:.0f} s without one): back to the planned TP{ps.tp} x{planned.instances}",
         )
 
     def _observe_burst(self, pool: str, now: float, pool_rps: float) -> None:

@@ -148,6 +148,8 @@ class PolicyInfo:
     # Requests waiting longer than this for an instance are served after on-time ones
     # (``admission.AdmissionQueue``); None: first come, first served.
     late_after_s: float | None = None
+    # How often a ``BurstReactive`` policy's ``react`` runs; it sees the arrivals of that window (s).
+    react_s: float = 1.0
 
 
 @runtime_checkable

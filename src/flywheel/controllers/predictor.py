@@ -21,12 +21,15 @@ class _Window:
     size: int
     values: deque[int] = field(default_factory=deque)
     ordered: list[int] = field(default_factory=list)
+    total: int = 0
 
     def add(self, value: int) -> None:
         self.values.append(value)
+        self.total += value
         insort(self.ordered, value)
         if len(self.values) > self.size:
             old = self.values.popleft()
+            self.total -= old
             del self.ordered[bisect_right(self.ordered, old) - 1]
 
     def quantile_above(self, floor: int, q: float) -> int | None:
@@ -84,6 +87,14 @@ class OutputLengthPredictor:
             return self.prior_tokens
         value = w.quantile_above(0, self.quantile)
         return self.prior_tokens if value is None else value
+
+    def mean(self, input_tokens: int) -> float:
+        """Mean output tokens of recent completions at this input level (for load planning, where
+        a conservative quantile would over-provision)."""
+        w = self._window_for(input_tokens)
+        if w is None:
+            return float(self.prior_tokens)
+        return w.total / len(w.values)
 
     def remaining(self, input_tokens: int, generated: int) -> int:
         """Predicted tokens still to generate for a request that has produced ``generated`` tokens."""

@@ -58,7 +58,7 @@ from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
 from flywheel.sim.workloads import Workload
 
 # Event kinds, in tie-break order at equal times.
-_FAULT, _READY, _CLOCK, _INSTANCE, _CLUSTER_TICK, _POOL_TICK, _INSTANCE_TICK, _SAMPLE = range(8)
+_FAULT, _READY, _CLOCK, _INSTANCE, _CLUSTER_TICK, _POOL_TICK, _INSTANCE_TICK, _REACT_TICK, _SAMPLE = range(9)
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ class Simulator:
         # A policy with its own predictor predicts each arrival's output length and learns from
         # completions; others get the noisy oracle above (``output_prediction_sigma``).
         self._learner = policy if isinstance(policy, OutputLengthLearner) else None
+        self._reactive = policy if isinstance(policy, BurstReactive) else None
 
     # ----------------------------------------------------------------- events
     def _push(self, time: float, kind: int, payload: object = None) -> None:
@@ -594,9 +595,6 @@ class Simulator:
 
     def _instance_tick(self) -> None:
         period = self.policy.info.periods.instance_s
-        if isinstance(self.policy, BurstReactive):
-            for target in self.policy.react(self._observe(period)):
-                self._apply(target)
         for pool in self.pools.values():
             ready = [i for i in pool.instances if i.state == "ready"]
             if not ready:
@@ -712,6 +710,8 @@ class Simulator:
         self._push(periods.cluster_s, _CLUSTER_TICK)
         self._push(periods.pool_s, _POOL_TICK)
         self._push(periods.instance_s, _INSTANCE_TICK)
+        if self._reactive is not None:
+            self._push(self.policy.info.react_s, _REACT_TICK)
         self._push(0.0, _SAMPLE)
         for fault in cfg.faults:
             self._push(fault.time_s, _FAULT, fault)
@@ -786,6 +786,12 @@ class Simulator:
         elif kind == _CLOCK:
             assert isinstance(payload, tuple)
             self._on_clock(payload[0], payload[1])
+        elif kind == _REACT_TICK:
+            assert self._reactive is not None
+            react_s = self.policy.info.react_s
+            for target in self._reactive.react(self._observe(react_s)):
+                self._apply(target)
+            self._push(self.now + react_s, _REACT_TICK)
         elif kind == _INSTANCE_TICK:
             self._instance_tick()
             self._push(self.now + periods.instance_s, _INSTANCE_TICK)
