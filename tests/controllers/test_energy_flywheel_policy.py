@@ -6,7 +6,7 @@ from flywheel.api.v1alpha1 import EnergyPolicy, ModelDeploymentSpec
 from flywheel.controllers.flywheel_policy import FlywheelPolicy, policy_for_deployment
 from flywheel.controllers.policy import SLO, Policy
 from flywheel.sim.registry import make_policy
-from flywheel.sim.simulator import SimConfig, Simulator
+from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
 
 
@@ -77,26 +77,31 @@ def bursty_workload(seed: int = 2) -> Workload:
     return Workload("bursty", arrivals, prompts, outputs)
 
 
-def test_bursty_load_keeps_burst_capacity_and_a_burst_clock() -> None:
+def attainment(result: SimResult, ttft_ms: float, since_s: float = 0.0, until_s: float = np.inf) -> float:
+    ttft = (result.first_token_s - result.arrival_s) * 1000.0
+    gaps = np.maximum(result.output_tokens - 1, 1)
+    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / gaps, 0.0)
+    ok = ~result.dropped & (ttft <= ttft_ms) & (tbt <= 100.0)
+    return float(ok[(result.arrival_s >= since_s) & (result.arrival_s < until_s)].mean())
+
+
+def test_bursts_are_learned_online_and_met_by_scale_out() -> None:
     wl = bursty_workload()
     config = SimConfig(slo=SLO(2000.0, 100.0), nodes=8)
     policy = FlywheelPolicy()
     result = Simulator(wl, policy, config).run()
-    # The known 10 s peak marks the workload bursty: the pool is sized for a share of it ...
-    assert policy.burst_peak("all", 0.0) >= wl.peak_rps(10.0) * 0.99
-    gpus = [s.gpus for s in result.samples if 0 < s.time_s < 600.0]
-    assert min(gpus) >= 8  # more than the trickle's one instance, all the time
-    # ... and between bursts the clock stays high (idle costs no clock-dependent power).
-    quiet = [s.mean_clock_mhz for s in result.samples if 200.0 < s.time_s < 290.0 and s.mean_clock_mhz > 0]
-    assert quiet and min(quiet) >= 1500
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    gaps = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / gaps, 0.0)
-    ok = ~result.dropped & (ttft <= 2000.0) & (tbt <= 100.0)
-    assert ok.mean() >= 0.99
-    # Without the burst hint and memory (burst_share 0) the same bursts are missed.
-    blind = Simulator(wl, FlywheelPolicy(burst_share=0.0), config).run()
-    ttft_b = (blind.first_token_s - blind.arrival_s) * 1000.0
-    tbt_b = np.where(blind.output_tokens > 1, (blind.finish_s - blind.first_token_s) * 1000.0 / gaps, 0.0)
-    ok_b = ~blind.dropped & (ttft_b <= 2000.0) & (tbt_b <= 100.0)
-    assert ok_b.mean() < ok.mean()
+    # Nothing about the bursts is known up front: the first one (at 120 s) is seen, not hinted ...
+    assert attainment(result, 2000.0, since_s=120.0, until_s=130.0) < 0.9
+    assert policy.burst_peak("all", 600.0) >= 0.9 * wl.peak_rps(10.0)
+    reasons = [reason for _, _, reason in result.decisions]
+    assert any(r.startswith("burst:") for r in reasons)  # scale-out inside a burst
+    assert any(r.startswith("burst over") for r in reasons)  # and back afterwards
+    # ... and remembered: between bursts the pool holds a share of the peak, more than the
+    # trickle's single instance, so the later bursts are served.
+    gpus = [s.gpus for s in result.samples if 200.0 < s.time_s < 290.0]
+    assert min(gpus) >= 8
+    assert attainment(result, 2000.0, since_s=200.0) >= 0.99
+    # Without burst memory, scale-out and deadline-aware admission the same bursts are missed more.
+    blind_policy = FlywheelPolicy(burst_share=0.0, burst_scale_out=False, deadline_admission=False)
+    blind = Simulator(wl, blind_policy, config).run()
+    assert attainment(blind, 2000.0, since_s=200.0) < 0.9

@@ -154,3 +154,21 @@ def test_a_peak_far_above_the_forecast_still_gets_an_slo_meeting_plan(controller
     assert bursty.gpus > quiet.gpus
     alone = controller.decide([pool(10.0)], 64).plans[0]
     assert bursty.gpus >= alone.gpus * 0.5  # sized for the peak's throughput
+
+
+def test_a_current_config_that_misses_grows_in_its_tp_unless_a_reshard_clearly_wins(
+    controller: PoolController,
+) -> None:
+    # The current TP4 x1 cannot hold 6 req/s: growing within TP4 is the reference; TP8 would use a
+    # little less power (less than the reshard margin), so the pool grows instead of resharding.
+    p = pool(6.0, current=PoolConfig(4, 1, 1980))
+    cands = [c for c in controller.candidates([p])[0] if c.meets_slo]
+    best_same = min(c.power_watts for c in cands if c.config.tensor_parallel == 4)
+    best_other = min(c.power_watts for c in cands if c.config.tensor_parallel != 4)
+    assert best_same * (1.0 - ChangeCost().min_gain_reshard) < best_other < best_same
+    plan = controller.decide([p], 64).plans[0]
+    assert plan.meets_slo and plan.changed
+    assert plan.config.tensor_parallel == 4 and plan.config.instances > 1
+    # With no reshard margin the cheaper TP wins.
+    free = PoolController(controller.profile, controller.shape, ChangeCost(min_gain_reshard=0.0))
+    assert free.decide([p], 64).plans[0].config.tensor_parallel != 4

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from flywheel.controllers.predictor import OutputLengthPredictor
 
 
@@ -40,3 +42,13 @@ def test_sliding_window_forgets_old_samples() -> None:
         p.observe(100, 10)
     assert p.predict(100) == 10
     assert p.samples() == 50
+
+
+def test_mean_is_the_plain_average_for_planning() -> None:
+    p = OutputLengthPredictor(min_samples=3, window=4)
+    assert p.mean(100) == p.prior_tokens
+    for out in (10, 20, 30, 1000):
+        p.observe(100, out)
+    assert p.mean(100) == pytest.approx(265.0)
+    p.observe(100, 40)  # the window drops the oldest (10)
+    assert p.mean(100) == pytest.approx((20 + 30 + 1000 + 40) / 4)

@@ -65,6 +65,7 @@ BACKLOG_DRAIN_S = 5.0
 SURGE_FACTOR = 1.0  # or arrivals over one instance tick above this x what the instances sustain
 SURGE_MIN_REQUESTS = 8  # (and at least this many arrivals: a few long prompts are not a surge)
 BURST_RELEASE_S = 10.0  # this long without a surge, and calm (rate within the planned pool), ends a burst
+BURST_WINDOW_S = 5.0  # the burst peak held for is the arrival rate over this window (a warm start)
 BURST_HOLD_S = 60.0  # this long without a surge ends it in any case
 BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
 
@@ -112,6 +113,7 @@ class FlywheelPolicy:
         self._instance_rps: dict[tuple[int, int, int, int], float] = {}
         self._planned: dict[str, PoolConfig] = {}  # pool -> configuration of its last pool round
         self._burst_grown: set[str] = set()  # pools grown by ``react`` since their last pool round
+        self._recent: dict[str, deque[tuple[float, float]]] = {}  # pool -> (time, arrivals) per react
         self._last_burst: dict[str, float] = {}  # pool -> when ``react`` last saw a surge or backlog
         self.allowed_tp = allowed_tp
         self.clock_bounds_mhz = clock_bounds_mhz
@@ -462,6 +464,13 @@ class FlywheelPolicy:
         free = obs.free_gpus
         targets = []
         for ps in obs.pools:
+            # The burst peak remembered for sizing: arrivals over the last BURST_WINDOW_S (about a
+            # warm start: what a pool must absorb before scale-out helps).
+            window = self._recent.setdefault(ps.name, deque())
+            window.append((obs.time_s, ps.load.arrivals_rps * ps.load.window_s))
+            while window and window[0][0] <= obs.time_s - BURST_WINDOW_S:
+                window.popleft()
+            self._remember_burst(ps.name, obs.time_s, sum(n for _, n in window) / BURST_WINDOW_S)
             target = self._react_pool(ps, obs.time_s, free)
             if target is not None:
                 free -= (target.instances - ps.instances_ready - ps.instances_starting) * ps.tp
@@ -541,6 +550,10 @@ class FlywheelPolicy:
         prev = self._burst_rate.get(pool, pool_rps)
         rate = prev + alpha * (pool_rps - prev)
         self._burst_rate[pool] = rate
+        self._remember_burst(pool, now, rate)
+
+    def _remember_burst(self, pool: str, now: float, rate: float) -> None:
+        """Keep the decreasing maxima of a pool's burst rates over ``burst_memory_s``."""
         memory = self._bursts.setdefault(pool, deque())
         while memory and (memory[-1][1] <= rate or memory[0][0] < now - self.burst_memory_s):
             if memory[-1][1] <= rate:
