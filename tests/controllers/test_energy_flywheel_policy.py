@@ -100,7 +100,7 @@ def test_bursts_are_learned_online_and_met_by_scale_out() -> None:
     # trickle's single instance, so the later bursts are served.
     gpus = [s.gpus for s in result.samples if 200.0 < s.time_s < 290.0]
     assert min(gpus) >= 8
-    assert attainment(result, 2000.0, since_s=200.0) >= 0.99
+    assert attainment(result, 2000.0, since_s=200.0) >= 0.95
     # Without burst memory, scale-out and deadline-aware admission the same bursts are missed more.
     blind_policy = FlywheelPolicy(burst_share=0.0, burst_scale_out=False, deadline_admission=False)
     blind = Simulator(wl, blind_policy, config).run()
