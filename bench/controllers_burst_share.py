@@ -1,5 +1,5 @@
-"""Burst provisioning trade-off on a bursty trace: Flywheel with the pool held for
-``burst_share`` x the 10 s burst peak (0 = no burst provisioning, the first pass's behaviour).
+"""Burst handling on a bursty trace: the share of the learned burst peak a pool holds between bursts
+(``burst_share``), and ablations of burst scale-out and deadline-aware admission.
 
 Same simulator configuration as ``flywheel simulate`` (8 nodes x 8 H100, Llama-2-70B, SLO from the
 trace). Run: ``.venv/bin/python bench/controllers_burst_share.py [--trace code] [--rate-scale 1]``.
@@ -8,6 +8,7 @@ trace). Run: ``.venv/bin/python bench/controllers_burst_share.py [--trace code] 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from flywheel.controllers.flywheel_policy import FlywheelPolicy
 from flywheel.sim.report import summarize
@@ -15,7 +16,16 @@ from flywheel.sim.runner import default_slo
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import load_trace
 
-SHARES = (0.0, 0.4, 0.5, 0.6, 0.7)
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("burst_share 0.0", {"burst_share": 0.0}),
+    ("burst_share 0.2", {"burst_share": 0.2}),
+    ("burst_share 0.3", {"burst_share": 0.3}),
+    ("burst_share 0.4 (default)", {"burst_share": 0.4}),
+    ("burst_share 0.6", {"burst_share": 0.6}),
+    ("default without burst scale-out", {"burst_scale_out": False}),
+    ("default without deadline-aware admission", {"deadline_admission": False}),
+    ("none of the three", {"burst_share": 0.0, "burst_scale_out": False, "deadline_admission": False}),
+]
 
 
 def main() -> None:
@@ -30,13 +40,13 @@ def main() -> None:
         f"{args.trace} x{args.rate_scale:g}: 10 s peak {workload.peak_rps(10.0):.1f} req/s, "
         f"mean {workload.mean_rps():.2f} req/s"
     )
-    print("| burst_share | energy kWh | GPU-h | TTFT p99 ms | TBT p99 ms | SLO attainment |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for share in SHARES:
+    print("| variant | energy kWh | GPU-h | TTFT p99 ms | TBT p99 ms | SLO attainment |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, kwargs in VARIANTS:
         config = SimConfig(slo=default_slo(args.trace))
-        s = summarize(Simulator(workload, FlywheelPolicy(burst_share=share), config).run())
+        s = summarize(Simulator(workload, FlywheelPolicy(**kwargs), config).run())
         print(
-            f"| {share:.1f} | {s['energy_kwh']:.2f} | {s['gpu_hours']:.1f} | {s['ttft_p99_ms']:.0f} "
+            f"| {label} | {s['energy_kwh']:.2f} | {s['gpu_hours']:.1f} | {s['ttft_p99_ms']:.0f} "
             f"| {s['tbt_p99_ms']:.1f} | {s['slo_attainment'] * 100:.2f}% |",
             flush=True,
         )

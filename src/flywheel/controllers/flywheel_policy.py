@@ -8,11 +8,16 @@
   (``pool.PoolController``).
 * Instance (every ``instance_s``): predictive throttling to the lowest safe, least-energy clock
   (``instance.InstanceController``).
-* Bursts (sub-minute peaks far above the mean, e.g. the code trace): the pool's ~10 s arrival rate
-  is tracked at every instance tick and its peak (at least the workload's known 10 s peak) is
-  remembered for 15 min; pools keep ``burst_share`` of it servable at max clock, and instances of
-  a bursty pool never drop below the clock at which a full prefill-chunk iteration fits the TBT SLO
-  (a burst lands between ticks; a high clock costs no power while idle).
+* Bursts (sub-minute peaks far above the mean, e.g. the code trace), learned online, nothing known
+  up front: every second (``react``) the pool's arrivals over a warm-start window are remembered
+  (``burst_memory_s``); a surge far above what the pool sustains at max clock, or a backlog in a
+  pool seen bursting, starts instances at once (warm) and they go once the burst is over. Between
+  bursts pools keep ``burst_share`` of the remembered peak servable at max clock, and instances of
+  a bursty pool never drop below the clock at which a full prefill-chunk iteration fits the TBT
+  SLO (a burst lands between ticks; a high clock costs no power while idle).
+* Admission: requests that waited past their TTFT deadline are served after those that can still
+  make it (``admission.AdmissionQueue``), so only a burst's overflow misses.
+* Output lengths: predicted by an online predictor learned from completions (``predictor``).
 
 The simulator finds this module through its registry (``make_policy``).
 """
