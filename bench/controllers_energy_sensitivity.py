@@ -54,6 +54,10 @@ class NominalModel:
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         return self.inner.decide_clock(obs)
 
+    def __getattr__(self, name: str) -> Any:
+        """The inner policy's optional capabilities (burst ``react``, output-length learning)."""
+        return getattr(self.inner, name)
+
 
 def attainment(result: Any, slo: Any) -> float:
     ttft = (result.first_token_s - result.arrival_s) * 1000.0

@@ -60,6 +60,7 @@ RATE_ALPHA = 0.2  # per instance tick
 REPARTITION_GAIN = 0.25  # a new pool partition must save 25% predicted power
 _EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
+PLANNING_MIN_COMPLETIONS = 1000  # completions before the learned mean output length is trusted
 # Sub-minute bursts: the pool's arrival rate smoothed over ~BURST_SMOOTHING_S (a burst must last that
 # long to matter for a P99), remembered for ``burst_memory_s``; the pool must hold ``burst_share`` of it.
 BURST_SMOOTHING_S = 10.0
@@ -219,8 +220,13 @@ class FlywheelPolicy:
             w = self._windows[cls] = _ClassWindow()
         w.count += 1
         w.prompt_sum += prompt_tokens
-        # Planning needs the mean output length, not the conservative prediction used to classify.
-        w.output_sum += self.predictor.mean(prompt_tokens)
+        # Planning needs the mean output length, not the conservative prediction used to classify;
+        # the first completions are the short ones, so the profile's mean stands in until enough
+        # have been seen.
+        if self.predictor.samples() >= PLANNING_MIN_COMPLETIONS:
+            w.output_sum += self.predictor.mean(prompt_tokens)
+        else:
+            w.output_sum += self._context().hints.mean_output_tokens
         if len(w.prompts) < 4096:
             w.prompts.append(prompt_tokens)
         return self._routes.get(cls, INITIAL_POOL)
