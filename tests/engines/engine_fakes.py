@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from flywheel.engines.router import RouterServer
 from flywheel.engines.simulated import SimulatedEngineServer
 
 MODEL = "test-model"
@@ -36,3 +37,4 @@ class Clock:
 
 
 EngineFactory = Callable[..., Awaitable[SimulatedEngineServer]]
+RouterFactory = Callable[..., Awaitable[RouterServer]]

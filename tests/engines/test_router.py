@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
-from engine_fakes import MODEL, EngineFactory
+from engine_fakes import MODEL, EngineFactory, RouterFactory
 from prometheus_client import CollectorRegistry
 
 from flywheel.controllers.classify import ClassThresholds
 from flywheel.controllers.predictor import OutputLengthPredictor
 from flywheel.engines.openai import CompletionRequest, prompt_of_length
-from flywheel.engines.router import Backend, NoBackend, Pool, Router, RouterServer
+from flywheel.engines.router import Backend, NoBackend, Pool, Router
 from flywheel.engines.simulated import SimulatedEngineServer
-
-RouterFactory = Callable[..., Awaitable[RouterServer]]
-
-
-@pytest.fixture
-async def router_server() -> AsyncIterator[RouterFactory]:
-    servers: list[RouterServer] = []
-
-    async def make(pools: list[Pool], refresh_s: float = 0.05, **kwargs: object) -> RouterServer:
-        router = Router(MODEL, CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
-        router.set_pools(pools)
-        server = RouterServer(router, refresh_period_s=refresh_s)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        await server.stop()
 
 
 def _backend(server: SimulatedEngineServer, pool: str, name: str) -> Backend:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
 from aiohttp import web
-from engine_fakes import MODEL, EngineFactory
+from engine_fakes import MODEL, EngineFactory, RouterFactory
 from prometheus_client import CollectorRegistry
 
 from flywheel.controllers.admission import late_after_s
@@ -21,26 +21,17 @@ from flywheel.engines.simulated import SimulatedEngineServer
 
 pytestmark = pytest.mark.timeout(60)
 
-RouterFactory = Callable[..., Awaitable[RouterServer]]
 ALL = frozenset({"ss", "sm", "sl", "ms", "mm", "ml", "ls", "lm", "ll"})
 
 
 @pytest.fixture
-async def admission_router() -> AsyncIterator[RouterFactory]:
-    servers: list[RouterServer] = []
+def admission_router(router_server: RouterFactory) -> RouterFactory:
+    """Routers without a background refresh: the engines' reported queues stay out of these tests."""
 
     async def make(pools: list[Pool], **kwargs: object) -> RouterServer:
-        router = Router(MODEL, CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
-        router.set_pools(pools)
-        # No background refresh: the engines' reported queues stay out of these tests.
-        server = RouterServer(router, refresh_period_s=3600)
-        await server.start()
-        servers.append(server)
-        return server
+        return await router_server(pools, refresh_s=3600, **kwargs)
 
-    yield make
-    for server in servers:
-        await server.stop()
+    return make
 
 
 class Arrivals:

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
-from flywheel.controllers.policy import (
-    ClockDecision,
-    ClusterObservation,
-    ControlPeriods,
-    InstanceObservation,
-    PolicyContext,
-    PolicyInfo,
-    PoolTarget,
-)
+import numpy as np
+from sim_policies import FixedPolicy
+
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
 
 
-class OnePool:
-    """One TP8 instance at max clock; optionally a deadline-aware queue and its own predictor."""
-
-    name = "one-pool"
-
-    def __init__(self, late_after_s: float | None = None) -> None:
-        self.info = PolicyInfo(periods=ControlPeriods(), start_mode="warm", late_after_s=late_after_s)
-
-    def start(self, context: PolicyContext) -> list[PoolTarget]:
-        return [PoolTarget("p", 8, 1, 1980)]
-
-    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
-        return "p"
-
-    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
-        return []
-
-    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
-        return []
-
-    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
-        return ClockDecision(1980)
+def one_pool(late_after_s: float | None = None) -> FixedPolicy:
+    """One TP8 instance at max clock; a deadline-aware queue when ``late_after_s`` is given."""
+    policy = FixedPolicy()
+    policy.info = replace(policy.info, late_after_s=late_after_s)
+    return policy
 
 
-class Learning(OnePool):
+class Learning(FixedPolicy):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[int, int]] = []
@@ -55,14 +32,14 @@ class Learning(OnePool):
 
     def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
         self.routed.append(predicted_output_tokens)
-        return "p"
+        return super().route(prompt_tokens, predicted_output_tokens)
 
 
 # A long request holds the only batch slot; B arrives right after it, C three seconds later.
 ARRIVALS = [0.0, 0.01, 3.0]
 
 
-def run(policy: OnePool) -> SimResult:
+def run(policy: FixedPolicy) -> SimResult:
     wl = Workload(
         "t",
         np.asarray(ARRIVALS),
@@ -73,20 +50,20 @@ def run(policy: OnePool) -> SimResult:
 
 
 def test_fifo_serves_in_arrival_order() -> None:
-    r = run(OnePool())
+    r = run(one_pool())
     assert r.first_token_s[1] < r.first_token_s[2]
 
 
 def test_deadline_queue_serves_the_request_that_can_still_make_it_first() -> None:
-    free_at = run(OnePool()).finish_s[0]  # when the long request releases the slot
+    free_at = run(one_pool()).finish_s[0]  # when the long request releases the slot
     assert free_at > ARRIVALS[2] + 1.0
     # B has waited longer than the deadline when the slot frees, C has not: C goes first.
     late_after = (free_at - ARRIVALS[2] + free_at - ARRIVALS[1]) / 2.0
-    r = run(OnePool(late_after_s=late_after))
+    r = run(one_pool(late_after_s=late_after))
     assert r.first_token_s[2] < r.first_token_s[1]
     assert not r.dropped.any()  # the late request is still served
     # The same deadline with both requests still on time keeps arrival order.
-    r_ok = run(OnePool(late_after_s=free_at + 10.0))
+    r_ok = run(one_pool(late_after_s=free_at + 10.0))
     assert r_ok.first_token_s[1] < r_ok.first_token_s[2]
 
 

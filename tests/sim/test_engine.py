@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from sim_policies import FixedPolicy
 
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.controllers.perfmodel import (
@@ -16,47 +17,9 @@ from flywheel.controllers.perfmodel import (
     prefill_ms,
     prefill_power_watts,
 )
-from flywheel.controllers.policy import (
-    SLO,
-    ClockDecision,
-    ClusterObservation,
-    ControlPeriods,
-    InstanceObservation,
-    PolicyContext,
-    PolicyInfo,
-    PoolTarget,
-)
+from flywheel.controllers.policy import SLO, ControlPeriods
 from flywheel.sim.simulator import FaultEvent, SimConfig, Simulator
 from flywheel.sim.workloads import Workload, diurnal
-
-
-class FixedPolicy:
-    """One pool of ``count`` TP``tp`` instances at a fixed clock; records every call's time."""
-
-    name = "fixed"
-
-    def __init__(self, tp: int = 8, count: int = 1, clock: int = 1980, periods: ControlPeriods | None = None):
-        self.info = PolicyInfo(periods=periods or ControlPeriods(), start_mode="warm")
-        self.tp, self.count, self.clock = tp, count, clock
-        self.calls: list[tuple[str, float]] = []
-
-    def start(self, context: PolicyContext) -> list[PoolTarget]:
-        return [PoolTarget("p", self.tp, self.count, self.clock)]
-
-    def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
-        return "p"
-
-    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
-        self.calls.append(("cluster", obs.time_s))
-        return []
-
-    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
-        self.calls.append(("pool", obs.time_s))
-        return []
-
-    def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
-        self.calls.append(("instance", obs.time_s))
-        return ClockDecision(self.clock)
 
 
 def workload(arrivals: list[float], prompts: list[int], outputs: list[int]) -> Workload:

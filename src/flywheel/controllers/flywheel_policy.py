@@ -466,12 +466,11 @@ class FlywheelPolicy:
         return capacity
 
     def react(self, obs: ClusterObservation) -> list[PoolTarget]:
-        """Burst scale-out between pool rounds (every instance tick). When a bursty pool's arrivals
-        outrun what its instances sustain at max clock, or a backlog builds, start enough instances
-        (warm) to serve the arrival rate plus the backlog within ``BACKLOG_DRAIN_S``; once the
-        burst has been over for ``BURST_RELEASE_S``, go back to the pool round's configuration."""
-        if not self.burst_scale_out:
-            return []
+        """Every ``info.react_s``: remember the pools' burst rates and, between pool rounds, scale
+        out for bursts. When a bursty pool's arrivals outrun what its instances sustain at max clock,
+        or a backlog builds, start enough instances (warm) to serve the arrival rate plus the
+        backlog within ``BACKLOG_DRAIN_S``; once the burst is over, go back to the pool round's
+        configuration."""
         free = obs.free_gpus
         targets = []
         for ps in obs.pools:
@@ -482,6 +481,8 @@ class FlywheelPolicy:
             while window and window[0][0] <= obs.time_s - BURST_WINDOW_S:
                 window.popleft()
             self._remember_burst(ps.name, obs.time_s, sum(n for _, n in window) / BURST_WINDOW_S)
+            if not self.burst_scale_out:
+                continue
             target = self._react_pool(ps, obs.time_s, free)
             if target is not None:
                 free -= (target.instances - ps.instances_ready - ps.instances_starting) * ps.tp
