@@ -122,3 +122,17 @@ def test_late_after_s_from_the_ttft_slo() -> None:
     for bad in (0.0, -0.1, 1.01):
         with pytest.raises(ValueError, match="wait_share"):
             late_after_s(1000.0, bad)
+
+
+def test_put_back_returns_a_popped_request_to_its_place_without_counting_it_again() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(late_after_s=1.0)
+    queue.append("old", 0.0)
+    queue.append("new", 4.5)
+    assert queue.pop(5.0) == ("new", 4.5)
+    assert queue.pop(5.0) == ("old", 0.0)
+    assert queue.demoted == 1
+    queue.put_back("old", 0.0, 5.0)  # late when taken: back to the late queue
+    queue.put_back("new", 4.5, 5.0)  # on time: back to the front
+    assert list(queue) == ["new", "old"]
+    assert _drain(queue, 5.0) == ["new", "old"]
+    assert queue.demoted == 1

@@ -63,6 +63,25 @@ class AdmissionQueue(Generic[T]):
         self._on_time.clear()
         self._late.clear()
 
+    def put_back(self, item: T, arrival_s: float, now_s: float) -> None:
+        """Return a request taken with ``pop(now_s)`` but not served, to where it was: a late one to
+        the late queue (not counted again), an on-time one to the front."""
+        if self.late_after_s is not None and arrival_s < now_s - self.late_after_s:
+            self._insert_late((arrival_s, item))
+        else:
+            self._on_time.appendleft((arrival_s, item))
+
+    def _insert_late(self, entry: tuple[float, T]) -> None:
+        """Into the late queue, keeping it in arrival order."""
+        late = self._late
+        if late and late[-1][0] > entry[0]:
+            index = len(late)
+            while index > 0 and late[index - 1][0] > entry[0]:
+                index -= 1
+            late.insert(index, entry)
+        else:
+            late.append(entry)
+
     def _demote(self, now_s: float) -> None:
         if self.late_after_s is None:
             return
@@ -71,15 +90,7 @@ class AdmissionQueue(Generic[T]):
         # Arrivals are appended in time order, so expired requests sit at the front (a request put
         # back with appendleft is older still).
         while on_time and on_time[0][0] < deadline:
-            entry = on_time.popleft()
-            late = self._late
-            if late and late[-1][0] > entry[0]:  # keep the late queue in arrival order
-                index = len(late)
-                while index > 0 and late[index - 1][0] > entry[0]:
-                    index -= 1
-                late.insert(index, entry)
-            else:
-                late.append(entry)
+            self._insert_late(on_time.popleft())
             self.demoted += 1
 
     def peek(self, now_s: float) -> tuple[T, float] | None:

@@ -38,7 +38,7 @@ from flywheel.controllers.capacity import SchedulerShape, steady_state
 from flywheel.controllers.classify import ClassThresholds, classify
 from flywheel.controllers.cluster import ClusterController, ClusterPlan, merge_loads
 from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile
+from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile, FloatArray
 from flywheel.controllers.forecast import ClassLoad, LoadForecaster
 from flywheel.controllers.instance import InstanceController, InstanceSettings
 from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
@@ -60,6 +60,10 @@ RATE_ALPHA = 0.2  # per instance tick
 REPARTITION_GAIN = 0.25  # a new pool partition must save 25% predicted power
 _EMPTY = ClassLoad(0.0, 0.0, 0.0, 0.0)
 PLANNING_CLOCKS = 9
+# Request rates probed for one instance's capacity: coarse for the cluster controller's merging,
+# fine (2% steps) for burst scale-out.
+CLUSTER_PROBE_RATES = np.asarray([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+BURST_PROBE_RATES = np.geomspace(0.02, 256.0, 480)
 PLANNING_MIN_COMPLETIONS = 1000  # completions before the learned mean output length is trusted
 # Sub-minute bursts: the pool's arrival rate smoothed over ~BURST_SMOOTHING_S (a burst must last that
 # long to matter for a P99), remembered for ``burst_memory_s``; the pool must hold ``burst_share`` of it.
@@ -249,27 +253,37 @@ class FlywheelPolicy:
 
     def _capacity_rps(self, load: ClassLoad) -> float:
         """Requests/s one instance of the smallest TP that fits sustains within the SLO at max clock."""
-        slo = self._context().slo
         for tp in self._tps:
-            a = self.profile.tp_index(tp)
-            f = len(self.profile.clocks) - 1
-            best = 0.0
-            for rate in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0):
-                st = steady_state(
-                    self.profile,
-                    np.asarray([a]),
-                    np.asarray([f]),
-                    np.asarray([rate]),
-                    np.asarray([max(load.mean_input_tokens, 1.0)]),
-                    np.asarray([max(load.mean_output_tokens, 1.0)]),
-                    np.asarray([max(load.p99_input_tokens, 1.0)]),
-                    self.shape,
-                )
-                if st.feasible[0] and st.ttft_p99_ms[0] <= slo.ttft_ms and st.tbt_p99_ms[0] <= slo.tbt_ms:
-                    best = rate
+            best = self._sustainable_rps(
+                tp,
+                max(load.mean_input_tokens, 1.0),
+                max(load.mean_output_tokens, 1.0),
+                max(load.p99_input_tokens, 1.0),
+                CLUSTER_PROBE_RATES,
+            )
             if best > 0:
                 return best
         return 0.0
+
+    def _sustainable_rps(
+        self, tp: int, mean_in: float, mean_out: float, p99_in: float, rates: FloatArray
+    ) -> float:
+        """Highest of ``rates`` at which one TP-``tp`` instance meets the SLO at max clock in the
+        steady-state model (0 if none does)."""
+        slo = self._context().slo
+        n = len(rates)
+        st = steady_state(
+            self.profile,
+            np.full(n, self.profile.tp_index(tp)),
+            np.full(n, len(self.profile.clocks) - 1),
+            rates,
+            np.full(n, mean_in),
+            np.full(n, mean_out),
+            np.full(n, p99_in),
+            self.shape,
+        )
+        ok = st.feasible & (st.ttft_p99_ms <= slo.ttft_ms) & (st.tbt_p99_ms <= slo.tbt_ms)
+        return float(rates[ok].max()) if ok.any() else 0.0
 
     def _pool_power(self, load: ClassLoad) -> float:
         """Least predicted power of one pool serving ``load`` within the SLO (inf if none can)."""
@@ -447,21 +461,9 @@ class FlywheelPolicy:
         cached = self._instance_rps.get(key)
         if cached is not None:
             return cached
-        slo = self._context().slo
-        rates = np.geomspace(0.02, 256.0, 480)
-        n = len(rates)
-        st = steady_state(
-            self.profile,
-            np.full(n, self.profile.tp_index(tp)),
-            np.full(n, len(self.profile.clocks) - 1),
-            rates,
-            np.full(n, max(mean_in, 1.0)),
-            np.full(n, max(mean_out, 1.0)),
-            np.full(n, max(p99_in, mean_in, 1.0)),
-            self.shape,
-        )
-        ok = st.feasible & (st.ttft_p99_ms <= slo.ttft_ms) & (st.tbt_p99_ms <= slo.tbt_ms)
-        capacity = float(rates[ok].max()) if ok.any() else float(rates[0])
+        m_in = max(mean_in, 1.0)
+        rate = self._sustainable_rps(tp, m_in, max(mean_out, 1.0), max(p99_in, m_in), BURST_PROBE_RATES)
+        capacity = rate or float(BURST_PROBE_RATES[0])
         self._instance_rps[key] = capacity
         return capacity
 

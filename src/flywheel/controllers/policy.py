@@ -170,8 +170,8 @@ class Policy(Protocol):
 
 @runtime_checkable
 class BurstReactive(Protocol):
-    """A policy that may also add instances between pool rounds, at every instance tick (a burst
-    must not wait for the next pool round)."""
+    """A policy that may also add instances between pool rounds, every ``PolicyInfo.react_s`` (a
+    burst must not wait for the next pool round)."""
 
     def react(self, obs: ClusterObservation) -> list[PoolTarget]: ...
 

@@ -607,16 +607,13 @@ class Router:
             backend = self._shallowest(free)
             backend.in_flight += 1
             waiter.future.set_result(backend)
-        # Back in their places: oldest at the front. Late ones are demoted again on the next pop,
-        # which must not count them twice.
+        # Back in their places, oldest at the front.
         for waiter, arrival in sorted(skipped, key=lambda entry: entry[1], reverse=True):
-            queue.appendleft(waiter, arrival)
-        late_after = queue.late_after_s
-        recount = 0 if late_after is None else sum(1 for _, arrival in skipped if arrival < now - late_after)
+            queue.put_back(waiter, arrival, now)
         seen = self._demoted_seen.get(pool_name, 0)
         if queue.demoted > seen:
             self.m_demoted.labels(pool_name).inc(queue.demoted - seen)
-        self._demoted_seen[pool_name] = queue.demoted + recount
+        self._demoted_seen[pool_name] = queue.demoted
         if not queue and pool is None:
             del self._queues[pool_name]
             self._demoted_seen.pop(pool_name, None)

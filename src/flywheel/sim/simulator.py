@@ -388,7 +388,7 @@ class Simulator:
         self.finish[rid] = self.now
         self.outstanding -= 1
         if self._learner is not None:
-            self._learner.observe_completion(int(self.prompt[rid]), int(self.output[rid]))
+            self._learner.observe_completion(self.prompt[rid], self.output[rid])
 
     def _drop(self, rid: int) -> None:
         self.dropped[rid] = True
