@@ -23,7 +23,7 @@ from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync
-from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine, GpuGroupClock
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
@@ -173,7 +173,8 @@ def test_clock_hook_idles_standbys_and_keeps_active_instances_in_their_policy() 
             server = SimulatedEngineServer(engine, "m")
             uuids = tuple(node.uuids[i] for i in gpus)
             kubelet.engines[(NS, name)] = RunningEngine(
-                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name
+                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name,
+                GpuGroupClock(node, list(gpus)),
             )  # fmt: skip
         policies = {
             "active": ClockPolicyView(min_mhz=1200, max_mhz=1500, ttft_ms=2000, tbt_ms=100),
