@@ -23,7 +23,7 @@ from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync
-from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine, GpuGroupClock
+from flywheel.devcluster.kubelet import EngineKubelet, GpuGroupClock, RunningEngine
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
