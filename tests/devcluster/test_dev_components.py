@@ -29,6 +29,7 @@ from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
 from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
+from waiting import eventually_async
 
 NS = "default"
 
@@ -77,11 +78,8 @@ def _ready(pod: dict[str, Any] | None) -> str | None:
     return None
 
 
-async def _until(predicate: Any, limit_s: float = 10.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+async def _until(predicate: Any) -> None:
+    await eventually_async(predicate, what="the condition", interval=0.05)
 
 
 async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: KubeClient) -> None:

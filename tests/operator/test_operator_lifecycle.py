@@ -264,7 +264,7 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
     )
     for n in range(4, 10):
         add_gpu_node(http, f"gpu-{n}", gpus=8, domains=1)
-    wait_for(lambda: settled(http, "zeta", 1, 6), timeout=30, what="all placed")
+    wait_for(lambda: settled(http, "zeta", 1, 6), what="all placed")
     http.delete(f"{MDS}/zeta")
     wait_for(lambda: children(http, "zeta") == ([], [], []), what="zeta cleaned")
 
