@@ -20,8 +20,9 @@ import numpy as np
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.policy import ClockDecision, InstanceObservation, Policy, PolicyContext, PoolTarget
+from flywheel.sim.profile import split_profile
 from flywheel.sim.registry import make_policy
-from flywheel.sim.runner import default_slo
+from flywheel.sim.runner import PROFILE_WINDOW_S, default_slo
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.sizing import static_instances
 from flywheel.sim.workloads import load_trace
@@ -73,7 +74,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=1200.0)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
-    workload = load_trace(args.trace).head(args.duration)
+    profile, served = split_profile(load_trace(args.trace), PROFILE_WINDOW_S)
+    workload = served.head(args.duration)
     slo = default_slo(args.trace)
     cases: list[tuple[str, GPUSku]] = [("nominal", H100_SXM)]
     for param in PARAMETERS:
@@ -91,7 +93,7 @@ def main() -> None:
             inner = make_policy(name)
             if isinstance(inner, StaticPolicy):
                 inner.instances = static_count
-            result = Simulator(workload, NominalModel(inner, H100_SXM), cfg).run()
+            result = Simulator(workload, NominalModel(inner, H100_SXM), cfg, profile).run()
             energy[name] = result.energy_j / 3.6e6
             slo_ok[name] = attainment(result, slo)
         best = min(energy["throttllem"], energy["dynamollm"])

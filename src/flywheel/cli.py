@@ -141,7 +141,15 @@ def simulate(
     seed: int = typer.Option(0, "--seed"),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the request rate."),
     compress: float = typer.Option(1.0, "--compress", help="Replay the trace's pattern in 1/N of the time."),
-    duration: float | None = typer.Option(None, "--duration", help="Only the first N seconds of the trace."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Replay only the first N seconds after the profile window."
+    ),
+    profile_window: float = typer.Option(
+        600.0,
+        "--profile-window",
+        help="The trace's first N seconds are history: every policy's offline profile is measured "
+        "there, and only the rest is replayed.",
+    ),
     fault: list[str] = typer.Option([], "--fault", help="Inject a fault: TIME_S:NODE or TIME_S:NODE:GPU."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
     cluster_period: float | None = typer.Option(None, "--cluster-period", help="Override: cluster period s."),
@@ -156,8 +164,9 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
+            profile_window,
         )  # fmt: skip
-    except (sim_cli.UsageError, TraceError) as exc:
+    except (sim_cli.UsageError, TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -59,12 +59,16 @@ def test_simulate_replays_a_user_trace(tmp_path: Path) -> None:
     lines += [f"2024-05-01 10:00:{i:02d}.000000,{300 + 10 * i},{20 + i}" for i in range(40)]
     trace.write_text("\n".join(lines) + "\n")
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(
-        app, ["simulate", "--trace", str(trace), "--policy", "static", "--report", str(report), "--no-plots"]
-    )
+    args = ["simulate", "--trace", str(trace), "--policy", "static", "--report", str(report), "--no-plots"]
+    too_long = CliRunner().invoke(app, args)
+    assert too_long.exit_code == 2 and "profile window leaves nothing to replay" in too_long.output
+    result = CliRunner().invoke(app, [*args, "--profile-window", "10"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(report.read_text())["policies"]["static"]
-    assert metrics["requests"] == 40 and metrics["dropped_requests"] == 0
+    built = json.loads(report.read_text())
+    metrics = built["policies"]["static"]
+    # The first 10 s are history (the profile); the 30 requests after them are replayed.
+    assert metrics["requests"] == 30 and metrics["dropped_requests"] == 0
+    assert built["config"]["profile"]["source"].startswith("measured on mine [0, 10) s")
 
 
 def test_simulate_rejects_unknown_policy_and_trace() -> None:

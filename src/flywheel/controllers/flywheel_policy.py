@@ -129,7 +129,7 @@ class FlywheelPolicy:
         self.clock_bounds_mhz = clock_bounds_mhz
         self.deadline_admission = deadline_admission
         self._ctx: PolicyContext | None = None
-        self.hint_bursty = False
+        self.profile_bursty = False
         self._chunks: dict[int, int] = {}  # TP -> the engine's chunked-prefill token budget
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
@@ -195,10 +195,10 @@ class FlywheelPolicy:
             ),
             remaining=self._remaining,
         )
-        h = context.hints
-        self.hint_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
-        # Before any traffic: one pool for the trace's peak minute (the offline profile Static is
-        # sized with too). Sub-minute bursts are learned online (``burst_peak``).
+        h = context.profile
+        self.profile_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
+        # Before any traffic: one pool for the offline profile's peak minute (declared, or measured on
+        # history disjoint from what is served). Sub-minute bursts are learned online (``burst_peak``).
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
         )
@@ -230,7 +230,7 @@ class FlywheelPolicy:
         if self.predictor.samples() >= PLANNING_MIN_COMPLETIONS:
             w.output_sum += self.predictor.mean(prompt_tokens)
         else:
-            w.output_sum += self._context().hints.mean_output_tokens
+            w.output_sum += self._context().profile.mean_output_tokens
         if len(w.prompts) < 4096:
             w.prompts.append(prompt_tokens)
         return self._routes.get(cls, INITIAL_POOL)
@@ -376,12 +376,13 @@ class FlywheelPolicy:
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
                 )
-        # The workload's known peak minute (the offline hint the initial plan and Static are sized
-        # with) counts as a window observed at the start: it stays in the peak memory for the first
-        # ``peak_windows`` windows (``bursty_peak_windows`` when the peak minute is over twice the mean
-        # rate: bursts recur), so one quiet first minute does not shrink the pool.
-        h = self._context().hints
-        hold = self.forecaster.bursty_peak_windows if self.hint_bursty else self.forecaster.peak_windows
+        # The offline profile's peak minute (declared by the user, or measured on history disjoint
+        # from what is served; the initial plan is sized with it) counts as a window observed at the
+        # start: it stays in the peak memory for the first ``peak_windows`` windows
+        # (``bursty_peak_windows`` when the peak minute is over twice the mean rate: bursts recur),
+        # so one quiet first minute does not shrink the pool.
+        h = self._context().profile
+        hold = self.forecaster.bursty_peak_windows if self.profile_bursty else self.forecaster.peak_windows
         if len(pool_peaks) == 1 and obs.time_s <= hold * self.info.periods.pool_s:
             name, pk = next(iter(pool_peaks.items()))
             if h.peak_minute_rps > pk.requests_per_s:
@@ -405,7 +406,7 @@ class FlywheelPolicy:
         peaks: Mapping[str, ClassLoad] | None = None,
     ) -> list[PoolTarget]:
         ctx = self._context()
-        h = ctx.hints
+        h = ctx.profile
         inputs = []
         for name, observed in loads.items():
             load = observed
@@ -495,7 +496,7 @@ class FlywheelPolicy:
         have = ps.instances_ready + ps.instances_starting
         if have == 0:
             return None
-        h = self._context().hints
+        h = self._context().profile
         mean_in = ps.load.mean_prompt_tokens or h.mean_prompt_tokens
         mean_out = ps.load.mean_output_tokens or h.mean_output_tokens
         p99_in = float(self._probe_prompt.get(ps.name, 0)) or 3.0 * mean_in
@@ -584,7 +585,7 @@ class FlywheelPolicy:
     def _pool_mean_rps(self, pool: str) -> float:
         if pool in self.pool_forecaster.classes():
             return self.pool_forecaster.expected(pool).requests_per_s
-        return self._context().hints.mean_rps
+        return self._context().profile.mean_rps
 
     def _bursty(self, pool: str, now: float) -> bool:
         """Bursts (10 s peaks) over ``BURSTY_RATIO`` x the pool's mean rate: code, not conv."""

@@ -45,16 +45,22 @@ class ControlPeriods:
 
 
 @dataclass(frozen=True)
-class WorkloadHints:
-    """What is known about the workload before it starts (offline profile of the trace)."""
+class OfflineProfile:
+    """What a user can know about a workload before it runs, and all any policy is told up front.
+
+    Either declared by the user (a ModelDeployment's expected load) or measured on a window of
+    history disjoint from the one being served or evaluated; ``source`` says which. Every policy
+    of a run gets the same profile; nothing about the requests still to come is in it.
+    """
 
     mean_rps: float
     peak_minute_rps: float
     mean_prompt_tokens: float
     mean_output_tokens: float
-    duration_s: float
+    duration_s: float  # length of the window the profile describes
     # An evenly spaced sample of (prompt, output) token pairs: the request mix known from history.
     length_sample: tuple[tuple[int, int], ...] = ()
+    source: str = "declared"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class PolicyContext:
     slo: SLO
     total_gpus: int
     gpus_per_node: int
-    hints: WorkloadHints
+    profile: OfflineProfile
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ from rich.table import Table
 from flywheel.controllers.policy import SLO
 from flywheel.sim.calibrate import TARGET_MAPE, all_targets, fit_constants
 from flywheel.sim.registry import BASELINES, available_policies
-from flywheel.sim.runner import RunSpec, comparison_table, default_slo, simulate_to_report
+from flywheel.sim.runner import (
+    PROFILE_WINDOW_S,
+    RunSpec,
+    comparison_table,
+    default_slo,
+    simulate_to_report,
+)
 from flywheel.sim.simulator import FaultEvent
 from flywheel.sim.workloads import BUNDLED_TRACES
 
@@ -59,6 +65,7 @@ def simulate(
     faults: list[str],
     plots: bool,
     periods: tuple[float | None, float | None, float | None] = (None, None, None),
+    profile_window_s: float = PROFILE_WINDOW_S,
 ) -> None:
     console = _console()
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -84,6 +91,7 @@ def simulate(
         duration_s=duration_s,
         faults=parse_faults(faults),
         periods=periods,
+        profile_window_s=profile_window_s,
     )
     built = simulate_to_report(spec, report_path, plots=plots, console=console)
     console.print(comparison_table([built]))

@@ -111,15 +111,15 @@ class Reconfigurator:
         )
 
     def _capacity(self) -> dict[int, float]:
-        hints, cfg = self.sim.hints(), self.sim.cfg
+        profile, cfg = self.sim.profile, self.sim.cfg
         return {
             tp: instance_capacity_rps(
                 cfg.model,
                 cfg.sku,
                 tp,
                 cfg.sku.sm_clock_max_mhz,
-                hints.mean_prompt_tokens,
-                hints.mean_output_tokens,
+                profile.mean_prompt_tokens,
+                profile.mean_output_tokens,
                 cfg.slo.tbt_ms,
             )
             for tp in cfg.model.supported_tp

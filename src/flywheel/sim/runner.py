@@ -14,8 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
-from flywheel.controllers.policy import SLO, ControlPeriods
+from flywheel.controllers.policy import SLO, ControlPeriods, OfflineProfile
 from flywheel.sim import report
+from flywheel.sim.profile import split_profile
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
 from flywheel.sim.sizing import static_instances
@@ -23,6 +24,7 @@ from flywheel.sim.workloads import Workload, load_trace
 
 DEFAULT_TTFT_MS = {"conv": 1000.0, "code": 2000.0}
 DEFAULT_TBT_MS = 100.0
+PROFILE_WINDOW_S = 600.0
 
 
 @dataclass
@@ -39,26 +41,31 @@ class RunSpec:
     faults: list[FaultEvent] = field(default_factory=list)
     # Override every policy's control periods (cluster_s, pool_s, instance_s); None keeps its own.
     periods: tuple[float | None, float | None, float | None] = (None, None, None)
+    # The first seconds of the (scaled) trace are history: every policy's offline profile is
+    # measured there and the run replays only what follows (``profile.split_profile``).
+    profile_window_s: float = PROFILE_WINDOW_S
 
 
 def default_slo(trace: str) -> SLO:
     return SLO(ttft_ms=DEFAULT_TTFT_MS.get(trace, 1000.0), tbt_ms=DEFAULT_TBT_MS)
 
 
-def build_workload(spec: RunSpec) -> Workload:
+def build_workload(spec: RunSpec) -> tuple[OfflineProfile, Workload]:
+    """The offline profile every policy gets, and the workload the run replays (disjoint from it)."""
     workload = load_trace(spec.trace)
-    if spec.duration_s is not None:
-        workload = workload.head(spec.duration_s)
     if spec.compress != 1.0:
         workload = workload.compressed(spec.compress, seed=spec.seed)
     if spec.rate_scale != 1.0:
         workload = workload.scaled(spec.rate_scale)
-    return workload
+    profile, served = split_profile(workload, spec.profile_window_s)
+    if spec.duration_s is not None:
+        served = served.head(spec.duration_s)
+    return profile, served
 
 
 def run_policies(
     spec: RunSpec, console: Console | None = None, show_progress: bool = True
-) -> tuple[Workload, SimConfig, list[SimResult]]:
+) -> tuple[Workload, SimConfig, list[SimResult], OfflineProfile]:
     """Simulate every named policy on the same workload; unknown names raise ``KeyError`` first."""
     policies = [make_policy(name) for name in spec.policies]
     cluster_s, pool_s, instance_s = spec.periods
@@ -69,7 +76,7 @@ def run_policies(
             pool_s=pool_s or own.pool_s,
             instance_s=instance_s or own.instance_s,
         )
-    workload = build_workload(spec)
+    profile, workload = build_workload(spec)
     config = SimConfig(
         nodes=spec.nodes,
         gpus_per_node=spec.gpus_per_node,
@@ -89,6 +96,8 @@ def run_policies(
     ) as progress:
         for policy in policies:
             task = progress.add_task(f"{workload.name}: {policy.name}", total=1.0)
+            # Static alone is sized on the replayed trace's own peak minute: the provisioned-for-peak
+            # reference, by definition not a causal policy.
             if isinstance(policy, StaticPolicy) and policy.instances is None:
                 progress.update(task, description=f"{workload.name}: {policy.name} (sizing)")
                 policy.instances = static_instances(workload, replace(config, faults=()))
@@ -97,12 +106,21 @@ def run_policies(
             def update(fraction: float, task_id: Any = task) -> None:
                 progress.update(task_id, completed=fraction)
 
-            results.append(Simulator(workload, policy, config).run(update))
-    return workload, config, results
+            results.append(Simulator(workload, policy, config, profile).run(update))
+    return workload, config, results, profile
 
 
-def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
+def config_dict(config: SimConfig, spec: RunSpec, profile: OfflineProfile) -> dict[str, Any]:
     return {
+        "profile": {
+            "source": profile.source,
+            "mean_rps": round(profile.mean_rps, 4),
+            "peak_minute_rps": round(profile.peak_minute_rps, 4),
+            "mean_prompt_tokens": round(profile.mean_prompt_tokens, 1),
+            "mean_output_tokens": round(profile.mean_output_tokens, 1),
+            "length_sample_size": len(profile.length_sample),
+            "static_sizing": "Static alone is sized on the replayed trace's peak minute (not causal)",
+        },
         "model": config.model.name,
         "gpu": config.sku.name,
         "nodes": config.nodes,
@@ -127,11 +145,11 @@ def simulate_to_report(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    workload, config, results = run_policies(spec, console, show_progress)
+    workload, config, results, profile = run_policies(spec, console, show_progress)
     plot_paths: dict[str, str] = {}
     if plots and report_path is not None:
         plot_paths = report.write_plots(results, report_path.parent, report_path.stem)
-    built = report.build_report(workload.name, config_dict(config, spec), results, plot_paths)
+    built = report.build_report(workload.name, config_dict(config, spec, profile), results, plot_paths)
     if report_path is not None:
         report.write_report(built, report_path)
     return built

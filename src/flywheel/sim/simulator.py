@@ -44,6 +44,7 @@ from flywheel.controllers.policy import (
     BurstReactive,
     ClusterObservation,
     InstanceObservation,
+    OfflineProfile,
     OutputLengthLearner,
     Policy,
     PolicyContext,
@@ -51,9 +52,10 @@ from flywheel.controllers.policy import (
     PoolState,
     PoolTarget,
     RequestView,
-    WorkloadHints,
 )
+from flywheel.controllers.predictor import OutputLengthPredictor
 from flywheel.sim.cluster import Cluster, GpuRef
+from flywheel.sim.profile import hindsight_profile
 from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
 from flywheel.sim.workloads import Workload
 
@@ -90,7 +92,6 @@ class SimConfig:
     queue_timeout_s: float = 120.0  # a request queued longer is dropped
     drain_s: float = 900.0  # after the last arrival, stop at the latest this much later
     sample_s: float = 10.0
-    output_prediction_sigma: float = 0.2  # log-normal error of the per-request output predictor
     seed: int = 0
     faults: tuple[FaultEvent, ...] = ()
     # Warm standbys, bandwidth-based start costs and planned TP resharding (flywheel.sim.reconfig).
@@ -183,19 +184,39 @@ ProgressFn = Callable[[float], None]
 FaultHook = Callable[["Simulator", FaultEvent, list[Instance]], None]
 
 
+@dataclass
+class _RouterPredictor:
+    """The router's output-length predictor, for policies without their own."""
+
+    predictor: OutputLengthPredictor
+
+    def predict_output_tokens(self, prompt_tokens: int) -> int:
+        return self.predictor.predict(prompt_tokens)
+
+    def observe_completion(self, prompt_tokens: int, output_tokens: int) -> None:
+        self.predictor.observe(prompt_tokens, output_tokens)
+
+
 class Simulator:
-    def __init__(self, workload: Workload, policy: Policy, config: SimConfig | None = None) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        config: SimConfig | None = None,
+        profile: OfflineProfile | None = None,
+    ) -> None:
         self.cfg = config or SimConfig()
         self.workload = workload
         self.policy = policy
+        # All the policy is told up front. Benchmarks pass one measured on a disjoint window
+        # (``profile.split_profile``); without one, unit tests get the replayed trace's own.
+        self.profile = profile or hindsight_profile(workload)
         self.cluster = Cluster(self.cfg.nodes, self.cfg.gpus_per_node)
         n = len(workload)
         self.arrival = workload.arrival_s.tolist()
         self.prompt = workload.prompt_tokens.tolist()
         self.output = workload.output_tokens.tolist()
-        rng = np.random.default_rng(self.cfg.seed)
-        noise = rng.lognormal(0.0, self.cfg.output_prediction_sigma, n) if n else np.zeros(0)
-        self.predicted = np.maximum(np.rint(workload.output_tokens * noise), 1).astype(np.int64).tolist()
+        self.predicted = [0] * n  # output length predicted at arrival (the router's role)
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
@@ -213,15 +234,19 @@ class Simulator:
         self.failed_starts = 0
         self.samples: list[Sample] = []
         self.decisions: list[tuple[float, str, str]] = []
+        self.clock_decisions: list[tuple[float, str, int]] = []  # (time, instance, clock) every tick
         self.fault_hooks: list[FaultHook] = []
         self._instance_counter = 0
         self._started = False
         self._last_sample = (0.0, 0.0)
         self._chunks: dict[int, int] = {}
         self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
-        # A policy with its own predictor predicts each arrival's output length and learns from
-        # completions; others get the noisy oracle above (``output_prediction_sigma``).
-        self._learner = policy if isinstance(policy, OutputLengthLearner) else None
+        # Output lengths are predicted, never known: a policy with its own predictor predicts each
+        # arrival and learns from completions; the others get the router's predictor (the same
+        # estimator, learning from the same completions). Both start from the profile's sample.
+        self._learner: OutputLengthLearner = (
+            policy if isinstance(policy, OutputLengthLearner) else _RouterPredictor(OutputLengthPredictor())
+        )
         self._reactive = policy if isinstance(policy, BurstReactive) else None
 
     # ----------------------------------------------------------------- events
@@ -387,8 +412,7 @@ class Simulator:
     def _finish(self, rid: int) -> None:
         self.finish[rid] = self.now
         self.outstanding -= 1
-        if self._learner is not None:
-            self._learner.observe_completion(self.prompt[rid], self.output[rid])
+        self._learner.observe_completion(self.prompt[rid], self.output[rid])
 
     def _drop(self, rid: int) -> None:
         self.dropped[rid] = True
@@ -445,8 +469,7 @@ class Simulator:
 
     # ------------------------------------------------------------- routing
     def _arrive(self, rid: int) -> None:
-        if self._learner is not None:
-            self.predicted[rid] = self._learner.predict_output_tokens(self.prompt[rid])
+        self.predicted[rid] = self._learner.predict_output_tokens(self.prompt[rid])
         name = self.policy.route(self.prompt[rid], self.predicted[rid])
         pool = self.pools.get(name)
         if pool is None:
@@ -620,6 +643,7 @@ class Simulator:
                 decision = self.policy.decide_clock(obs)
                 inst.max_batch = decision.max_batch
                 clock = self.cfg.sku.clamp_clock(decision.clock_mhz)
+                self.clock_decisions.append((self.now, inst.id, clock))
                 if clock != inst.clock:
                     self.clock_changes += 1
                     self._push(self.now + self.cfg.clock_change_s, _CLOCK, (inst, clock))
@@ -678,30 +702,16 @@ class Simulator:
         )
 
     # ------------------------------------------------------------- main loop
-    def hints(self) -> WorkloadHints:
-        w = self.workload
-        return WorkloadHints(
-            mean_rps=w.mean_rps(),
-            peak_minute_rps=w.peak_rps(60.0),
-            mean_prompt_tokens=float(w.prompt_tokens.mean()) if len(w) else 0.0,
-            mean_output_tokens=float(w.output_tokens.mean()) if len(w) else 0.0,
-            duration_s=w.duration_s,
-            length_sample=tuple(
-                (int(w.prompt_tokens[i]), int(w.output_tokens[i]))
-                for i in np.linspace(0, len(w) - 1, min(len(w), 2000)).astype(int)
-            )
-            if len(w)
-            else (),
-        )
-
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         if self._started:
             raise RuntimeError("a Simulator runs once; build a new one")
         self._started = True
         cfg = self.cfg
         context = PolicyContext(
-            cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.hints()
+            cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.profile
         )
+        for prompt, output in self.profile.length_sample:
+            self._learner.observe_completion(prompt, output)
         for target in self.policy.start(context):
             self._apply(target, initial=True)
         if not self.pools:

@@ -27,17 +27,6 @@ def peak_minute_start(workload: Workload, by_tokens: bool = False) -> float:
     return float(arrivals[int(np.argmax(load))])
 
 
-def _window(workload: Workload, start: float, end: float) -> Workload:
-    lo = int(np.searchsorted(workload.arrival_s, start, side="left"))
-    hi = int(np.searchsorted(workload.arrival_s, end, side="left"))
-    return Workload(
-        workload.name,
-        workload.arrival_s[lo:hi] - start,
-        workload.prompt_tokens[lo:hi],
-        workload.output_tokens[lo:hi],
-    )
-
-
 def _meets_slo(window: Workload, warmup: float, count: int, config: SimConfig) -> bool:
     result = Simulator(window, StaticPolicy(count), config).run()
     in_peak = result.arrival_s >= warmup
@@ -59,7 +48,7 @@ def static_instances(workload: Workload, config: SimConfig) -> int:
     for by_tokens in (False, True):
         peak = peak_minute_start(workload, by_tokens)
         warmup = min(60.0, peak)
-        window = _window(workload, peak - warmup, peak + 60.0)
+        window = workload.window(peak - warmup, peak + 60.0)
         while count < limit and not _meets_slo(window, warmup, count, config):
             count += 1
     return count

@@ -88,6 +88,14 @@ class Workload:
             f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick]
         )
 
+    def window(self, start_s: float, end_s: float) -> Workload:
+        """Requests arriving in [start_s, end_s), with times measured from ``start_s``."""
+        lo = int(np.searchsorted(self.arrival_s, start_s, side="left"))
+        hi = int(np.searchsorted(self.arrival_s, end_s, side="left"))
+        return Workload(
+            self.name, self.arrival_s[lo:hi] - start_s, self.prompt_tokens[lo:hi], self.output_tokens[lo:hi]
+        )
+
     def head(self, seconds: float) -> Workload:
         """Requests arriving in the first ``seconds``."""
         end = int(np.searchsorted(self.arrival_s, seconds, side="left"))

@@ -92,16 +92,18 @@ class DynamoLLMPolicy:
         self._ctx = context
         self._clocks = serving_clocks(context.sku)
         self._class_pool = {(i, o): INPUT_NAMES[i] for i in range(3) for o in range(3)}
-        hints = context.hints
+        profile = context.profile
         # Split the mean load across the three input pools by the historical request mix.
-        sample = hints.length_sample or ((int(hints.mean_prompt_tokens), int(hints.mean_output_tokens)),)
+        sample = profile.length_sample or (
+            (int(profile.mean_prompt_tokens), int(profile.mean_output_tokens)),
+        )
         targets = []
         for index, name in enumerate(INPUT_NAMES):
             members = [(p, o) for p, o in sample if _bucket(p, INPUT_BOUNDS) == index]
             share = len(members) / len(sample)
-            prompt = sum(p for p, _ in members) / len(members) if members else hints.mean_prompt_tokens
-            output = sum(o for _, o in members) / len(members) if members else hints.mean_output_tokens
-            tp, count, clock, _ = self._size(hints.mean_rps * share, prompt, output)
+            prompt = sum(p for p, _ in members) / len(members) if members else profile.mean_prompt_tokens
+            output = sum(o for _, o in members) / len(members) if members else profile.mean_output_tokens
+            tp, count, clock, _ = self._size(profile.mean_rps * share, prompt, output)
             self._pools[name] = (tp, count, clock)
             reason = f"initial: {share:.0%} of the mean load (historical mix)"
             targets.append(PoolTarget(name, tp, count, clock, reason))
@@ -136,11 +138,11 @@ class DynamoLLMPolicy:
         self._class_pool = mapping
         targets: list[PoolTarget] = []
         wanted = set(mapping.values())
-        hints = self._context().hints
+        profile = self._context().profile
         for name in sorted(wanted - set(self._pools)):
             count_seen, prompt_sum, output_sum = load[name]
-            mean_prompt = prompt_sum / count_seen if count_seen else hints.mean_prompt_tokens
-            mean_output = output_sum / count_seen if count_seen else hints.mean_output_tokens
+            mean_prompt = prompt_sum / count_seen if count_seen else profile.mean_prompt_tokens
+            mean_output = output_sum / count_seen if count_seen else profile.mean_output_tokens
             tp, count, clock, _ = self._size(count_seen / window, mean_prompt, mean_output)
             self._pools[name] = (tp, count, clock)
             self._born[name] = obs.time_s
@@ -156,10 +158,10 @@ class DynamoLLMPolicy:
         if pool.name not in self._pools or obs_time - self._born.get(pool.name, -1e18) < load.window_s:
             return None  # unknown, or too young for a full load window
         prompt = (
-            load.mean_prompt_tokens if load.arrivals_rps > 0 else self._context().hints.mean_prompt_tokens
+            load.mean_prompt_tokens if load.arrivals_rps > 0 else self._context().profile.mean_prompt_tokens
         )
         output = (
-            load.mean_output_tokens if load.arrivals_rps > 0 else self._context().hints.mean_output_tokens
+            load.mean_output_tokens if load.arrivals_rps > 0 else self._context().profile.mean_output_tokens
         )
         tp, count, clock, watts = self._size(rate, prompt, output)
         if (tp, count, clock) == self._pools[pool.name]:

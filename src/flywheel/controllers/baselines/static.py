@@ -27,22 +27,22 @@ class StaticPolicy:
         self._max_clock = 0
 
     def start(self, context: PolicyContext) -> list[PoolTarget]:
-        hints = context.hints
+        profile = context.profile
         self._max_clock = context.sku.sm_clock_max_mhz
         needed = instances_needed(
             context.model,
             context.sku,
             TP,
             self._max_clock,
-            hints.peak_minute_rps,
-            hints.mean_prompt_tokens,
-            hints.mean_output_tokens,
+            profile.peak_minute_rps,
+            profile.mean_prompt_tokens,
+            profile.mean_output_tokens,
             context.slo.tbt_ms,
         )
         limit = max(context.total_gpus // TP, 1)
         count = min(self.instances or needed or limit, limit)
         reason = (
-            f"peak minute {hints.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
+            f"peak minute {profile.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
         )
         return [PoolTarget(POOL, TP, count, self._max_clock, reason)]
 

@@ -79,9 +79,9 @@ class ThrottLLeMPolicy:
     def start(self, context: PolicyContext) -> list[PoolTarget]:
         self._ctx = context
         self._clocks = serving_clocks(context.sku)
-        self._mean_prompt = context.hints.mean_prompt_tokens
-        self._mean_output = context.hints.mean_output_tokens
-        self._current = self._choose(context.hints.mean_rps)
+        self._mean_prompt = context.profile.mean_prompt_tokens
+        self._mean_output = context.profile.mean_output_tokens
+        self._current = self._choose(context.profile.mean_rps)
         tp, count = self._current
         return [PoolTarget(POOL, tp, count, context.sku.sm_clock_max_mhz, "initial size for mean rate")]
 
