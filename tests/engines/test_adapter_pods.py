@@ -106,7 +106,6 @@ def test_fp8_maps_to_quantization_flag() -> None:
     ("source", "model_arg", "volume_key"),
     [
         ("pvc://weights-claim/llama/70b", "/models/llama/70b", "persistentVolumeClaim"),
-        ("file:///mnt/models/llama", "/models/model", "hostPath"),
         ("oci://registry.example/models/llama:70b", "/models/model", "image"),
         ("hf://meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B", "emptyDir"),
     ],
