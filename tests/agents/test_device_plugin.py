@@ -143,7 +143,7 @@ def test_allocate_names_cdi_devices_by_uuid(plugin: DevicePlugin) -> None:
         (container,) = resp.container_responses
         assert [d.name for d in container.cdi_devices] == ["nvidia.com/gpu=GPU-1", "nvidia.com/gpu=GPU-0"]
         assert "NVIDIA_VISIBLE_DEVICES" not in container.envs
-        assert container.envs["FLYWHEEL_GPU_UUIDS"] == "GPU-1,GPU-0"
+        assert container.envs["FLYWHEEL_ALLOCATED_GPUS"] == "GPU-1,GPU-0"
         with pytest.raises(grpc.RpcError) as err:
             stub.Allocate(
                 pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=["GPU-99"])]),

@@ -17,7 +17,7 @@ from crdschema import load_crds, validate
 from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import ModelDeployment, ModelInstance
-from flywheel.engines.adapters import EngineLaunch, adapter_for
+from flywheel.engines.adapters import EngineLaunch, adapter_for, instance_pod
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE: dict[str, Any] = yaml.safe_load((REPO / "manifests" / "samples" / "modeldeployment.yaml").read_text())
@@ -153,6 +153,17 @@ def test_the_flywheel_image_engine_gets_the_restricted_profile() -> None:
     pod = adapter_for("simulated").pod(EngineLaunch.for_instance(deployment, _instance("simulated")))
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
+    # As the operator builds it: its default image for the kind (its own image), or the user's.
+    instance = _instance("simulated")
+    model = deployment.spec.model
+    own = instance_pod("i", "team-a", instance.spec, model, "ghcr.io/flywheel-dev/flywheel:0.1.0", {})
+    assert own["spec"]["securityContext"]["runAsNonRoot"] is True
+    theirs = instance.spec.model_copy(
+        update={"engine": instance.spec.engine.model_copy(update={"image": "x:1"})}
+    )
+    assert (
+        "runAsNonRoot" not in instance_pod("i", "team-a", theirs, model, None, {})["spec"]["securityContext"]
+    )
     vllm = adapter_for("vllm").pod(
         EngineLaunch.for_instance(ModelDeployment.model_validate(SAMPLE), _instance("vllm"))
     )

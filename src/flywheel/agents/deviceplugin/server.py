@@ -225,7 +225,7 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
             unknown = [u for u in uuids if u not in self.gpus]
             if unknown:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown devices: {', '.join(unknown)}")
-            envs = {"FLYWHEEL_GPU_UUIDS": ",".join(uuids)}
+            envs = {"FLYWHEEL_ALLOCATED_GPUS": ",".join(uuids)}
             cdi: list[pb.CDIDevice] = []
             if self.allocation is Allocation.CDI:
                 cdi = [pb.CDIDevice(name=f"{self.cdi_kind}={uuid}") for uuid in uuids]

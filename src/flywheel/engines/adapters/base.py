@@ -60,6 +60,7 @@ class EngineLaunch:
     port: int
     dtype: DType = DType.BFLOAT16
     image: str | None = None
+    image_is_default: bool = False  # ``image`` is the operator's default for the kind, not the user's
     extra_args: tuple[str, ...] = ()
     node_name: str | None = None
     gpu_uuids: tuple[str, ...] = ()
@@ -185,10 +186,11 @@ class EngineAdapter(ABC):
         env: list[dict[str, Any]] = [{"name": "FLYWHEEL_INSTANCE", "value": launch.instance_name}]
         if launch.gpu_uuids:
             uuids = ",".join(launch.gpu_uuids)
-            env += [
-                {"name": "FLYWHEEL_GPU_UUIDS", "value": uuids},
-                {"name": "NVIDIA_VISIBLE_DEVICES", "value": uuids},
-            ]
+            # The operator's placement plan only. Which GPUs the container sees is the device plugin's
+            # answer to the kubelet (CDI devices, or NVIDIA_VISIBLE_DEVICES in legacy mode): setting
+            # NVIDIA_VISIBLE_DEVICES here would make the NVIDIA runtime inject GPUs the kubelet gave
+            # to another Pod (docs/install.md, "GPU ownership").
+            env.append({"name": "FLYWHEEL_GPU_UUIDS", "value": uuids})
         env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
         return env
 
@@ -253,7 +255,7 @@ class EngineAdapter(ABC):
         if owner is not None:
             metadata["ownerReferences"] = [owner]
         security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
-        if self.runs_as_non_root and launch.image is None:
+        if self.runs_as_non_root and (launch.image is None or launch.image_is_default):
             security |= {"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID}
         spec: dict[str, Any] = {
             "containers": [self.container(launch)],
