@@ -98,9 +98,11 @@ def _plural(kind: str) -> str:
 
 
 def identity(user_agent: str) -> str | None:
-    """Which ServiceAccount a client runs as: the operator (its client and kopf) or the agent."""
+    """Which ServiceAccount a client runs as: the operator (its client and kopf), the router, the agent."""
     if user_agent.startswith(("flywheel-operator", "kopf/")):
         return "flywheel-operator"
+    if user_agent.startswith("flywheel-router"):
+        return "flywheel-router"
     if user_agent.startswith("OpenAPI-Generator/"):  # the kubernetes client of the agent's sink
         return "flywheel-agent"
     return None  # the tests' own clients (python-httpx) seed and inspect the cluster
@@ -117,7 +119,11 @@ def granted(role: dict[str, Any]) -> set[Permission]:
 
 
 def needed(calls: Iterable[dict[str, Any]]) -> dict[str, set[Permission]]:
-    by_identity: dict[str, set[Permission]] = {"flywheel-operator": set(), "flywheel-agent": set()}
+    by_identity: dict[str, set[Permission]] = {
+        "flywheel-operator": set(),
+        "flywheel-agent": set(),
+        "flywheel-router": set(),
+    }
     for call in calls:
         who = identity(call["user_agent"])
         if who is not None:
@@ -181,6 +187,13 @@ def test_roles_grant_nothing_unused_beyond_the_allow_list(
     assert extra == set(), f"{role} grants {sorted(extra)} that no recorded call needs"
     stale = set(ALLOWED_EXTRA[role]) & recorded[role]
     assert stale == set(), f"allow-listed but now recorded (remove from the allow-list): {sorted(stale)}"
+
+
+def test_every_client_that_calls_the_api_has_a_role(recorded: dict[str, set[Permission]]) -> None:
+    """The router makes no API calls today; once it does (pool discovery), it needs its own role."""
+    roles = _roles()
+    unroled = {who: sorted(calls) for who, calls in recorded.items() if calls and who not in roles}
+    assert unroled == {}
 
 
 def test_call_to_permission_mapping() -> None:
