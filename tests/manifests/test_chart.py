@@ -142,3 +142,39 @@ def test_kustomize_base_has_no_prometheus_operator_kinds_and_overlays_render() -
         assert manifest_errors(obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == NAMESPACE
+
+
+def _cli_accepts(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse a container's args with the real ``flywheel`` CLI (options checked, nothing run)."""
+    import typer.main
+
+    from flywheel.cli import app
+
+    monkeypatch.setenv("NODE_NAME", "gpu-node-1")  # the DaemonSet's downward-API variable
+    group = typer.main.get_command(app)
+    name, *rest = args
+    parent = group.make_context("flywheel", [name])
+    command = group.get_command(parent, name)  # type: ignore[attr-defined]
+    assert command is not None, name
+    command.make_context(name, list(rest), parent=parent)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_args_are_accepted_by_the_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    workloads = [o for o in helm_template(VALUE_SETS[name]) if o["kind"] in ("Deployment", "DaemonSet")]
+    assert workloads
+    for workload in workloads:
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            _cli_accepts(container["args"], monkeypatch)
+
+
+def test_cli_arg_check_can_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(Exception, match="gpu-alocation"):
+        _cli_accepts(["agent", "--gpu-alocation=cdi"], monkeypatch)
+
+
+def test_kustomize_args_are_accepted_by_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    for overlay in (BASE, OVERLAYS / "nvidia-coexist"):
+        for workload in [o for o in kustomize(overlay) if o["kind"] in ("Deployment", "DaemonSet")]:
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                _cli_accepts(container["args"], monkeypatch)
