@@ -161,7 +161,10 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[Permissi
         timeout=SUITE_TIMEOUT_S,
         check=False,
     )
-    assert suite.returncode == 0, suite.stdout[-4000:] + suite.stderr[-2000:]
+    # 0: all passed; 1: some test failed (timing under load): its calls up to then still count, and
+    # a call it did not reach shows up below as an unused grant. Anything else: the suite did not run.
+    assert suite.returncode in (0, 1), suite.stdout[-4000:] + suite.stderr[-2000:]
+    assert re.search(r"\b\d+ passed", suite.stdout), suite.stdout[-4000:]
     with pytest.MonkeyPatch.context() as monkeypatch:
         drive_agent_sink(log_dir, monkeypatch)
     return needed(_read(log_dir))
