@@ -88,6 +88,10 @@ def agent(
     device_plugin_dir: Path = typer.Option(Path("/var/lib/kubelet/device-plugins"), "--device-plugin-dir"),
     device_plugin: bool = typer.Option(True, "--device-plugin/--no-device-plugin"),
     gpu_replicas: int = typer.Option(1, "--gpu-replicas", min=1, help="Share each GPU N ways."),
+    gpu_allocation: str = typer.Option(
+        "cdi", "--gpu-allocation", help="Allocate: cdi (CDI device names) or legacy (NVIDIA_VISIBLE_DEVICES)."
+    ),
+    cdi_kind: str = typer.Option("nvidia.com/gpu", "--cdi-kind", help="CDI kind of the GPU devices."),
     metrics_port: int = typer.Option(9400, "--metrics-port"),
     interval: float = typer.Option(1.0, "--interval", min=0.05, max=1.0, help="Health-check period (s)."),
     hang_after: float = typer.Option(10.0, "--hang-after", help="Engine hang: tokens flat this long (s)."),
@@ -107,6 +111,8 @@ def agent(
         device_plugin_dir=device_plugin_dir,
         device_plugin=device_plugin,
         gpu_replicas=gpu_replicas,
+        gpu_allocation=gpu_allocation,
+        cdi_kind=cdi_kind,
         metrics_port=metrics_port,
         interval_s=interval,
         hang_after_s=hang_after,

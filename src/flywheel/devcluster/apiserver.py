@@ -16,6 +16,8 @@ from flywheel.devcluster.emulator import FlywheelEmulator
 class ApiServer:
     """``start()`` returns the URL; ``stop()`` ends the server and its thread."""
 
+    emulator_class: type[FlywheelEmulator] = FlywheelEmulator  # tests substitute a recording subclass
+
     def __init__(self, namespaces: tuple[str, ...] = ("default",), **options: Any) -> None:
         self._options = options
         self._namespaces = namespaces
@@ -35,7 +37,7 @@ class ApiServer:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stop = asyncio.Event()
-        emulator = FlywheelEmulator(**self._options)
+        emulator = self.emulator_class(**self._options)
         self.emulator = emulator
         for namespace in self._namespaces:
             emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})
