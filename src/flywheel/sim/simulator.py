@@ -53,6 +53,7 @@ from flywheel.controllers.policy import (
     RequestView,
     WorkloadHints,
 )
+from flywheel.sim import invariants
 from flywheel.sim.cluster import Cluster, GpuRef
 from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
 from flywheel.sim.workloads import Workload
@@ -95,6 +96,8 @@ class SimConfig:
     faults: tuple[FaultEvent, ...] = ()
     # Warm standbys, bandwidth-based start costs and planned TP resharding (flywheel.sim.reconfig).
     reconfig: ReconfigOptions | None = None
+    # Check ``flywheel.sim.invariants`` after every event (None: env FLYWHEEL_SIM_INVARIANTS).
+    check_invariants: bool | None = None
 
 
 @dataclass
@@ -208,6 +211,8 @@ class Simulator:
         self.seq = 0
         self.now = 0.0
         self.outstanding = 0
+        self.finished_count = 0
+        self.dropped_count = 0
         self.reconfigurations = 0
         self.clock_changes = 0
         self.failed_starts = 0
@@ -218,6 +223,10 @@ class Simulator:
         self._started = False
         self._last_sample = (0.0, 0.0)
         self._chunks: dict[int, int] = {}
+        self._reconciling = False
+        self._reconcile_again = False
+        self._checks = invariants.enabled(self.cfg.check_invariants)
+        self._ledger = invariants.EnergyLedger()
         self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
         # A policy with its own predictor predicts each arrival's output length and learns from
         # completions; others get the noisy oracle above (``output_prediction_sigma``).
@@ -261,6 +270,8 @@ class Simulator:
         return inst
 
     def _stop(self, inst: Instance) -> None:
+        if inst.state == "stopped":
+            return
         inst.flush(self.now)
         inst.power_w = 0.0
         inst.state = "stopped"
@@ -273,6 +284,8 @@ class Simulator:
         self._reconcile_all()
 
     def _drain(self, inst: Instance) -> None:
+        if inst.state in ("draining", "stopped"):
+            return  # already on its way out: its GPUs are freed exactly once, by its own stop
         if inst.state == "starting":
             self._stop(inst)
             return
@@ -385,14 +398,20 @@ class Simulator:
         self._push(inst.t0 + inst.block_ms(j) / 1000.0, _INSTANCE, (inst, inst.version))
 
     def _finish(self, rid: int) -> None:
+        if self._checks and (not math.isnan(self.finish[rid]) or self.dropped[rid]):
+            raise invariants.InvariantViolation(f"request {rid} completed twice")
         self.finish[rid] = self.now
         self.outstanding -= 1
+        self.finished_count += 1
         if self._learner is not None:
             self._learner.observe_completion(self.prompt[rid], self.output[rid])
 
     def _drop(self, rid: int) -> None:
+        if self._checks and (not math.isnan(self.finish[rid]) or self.dropped[rid]):
+            raise invariants.InvariantViolation(f"request {rid} completed twice")
         self.dropped[rid] = True
         self.outstanding -= 1
+        self.dropped_count += 1
 
     def _advance_decode(self, inst: Instance, k: int) -> None:
         """Every running request generated ``k`` more tokens; retire the finished ones."""
@@ -485,6 +504,28 @@ class Simulator:
             self._reconcile(pool, False)
 
     def _reconcile(self, pool: Pool, initial: bool) -> None:
+        """Reconcile ``pool`` to its target. Not re-entrant: an instance stopping while a reconcile
+        runs (a drained idle instance stops at once) asks for another round of every pool after it,
+        instead of a nested reconcile acting on lists the outer one is still iterating."""
+        if self._reconciling:
+            self._reconcile_again = True
+            return
+        self._reconciling = True
+        try:
+            self._reconcile_pool(pool, initial)
+            rounds = 0
+            while self._reconcile_again:
+                self._reconcile_again = False
+                rounds += 1
+                if rounds > 64:
+                    raise RuntimeError("reconcile does not settle")
+                for other in list(self.pools.values()):
+                    self._reconcile_pool(other, False)
+        finally:
+            self._reconciling = False
+            self._reconcile_again = False
+
+    def _reconcile_pool(self, pool: Pool, initial: bool) -> None:
         if self.reconfig is not None and self.reconfig.reconcile(pool, initial):
             return
         target = pool.target
@@ -495,8 +536,7 @@ class Simulator:
         if len(same) > target.instances:
             extra = sorted(same, key=lambda i: (i.state != "starting", len(i.running)))
             for inst in extra[: len(same) - target.instances]:
-                self._drain(inst)
-                self.reconfigurations += 1
+                self._retire(inst)
             same = [i for i in pool.instances if i.state in ("starting", "ready") and i.tp == target.tp]
         missing = target.instances - len(same)
         start_s = self.cfg.warm_start_s if self.policy.info.start_mode == "warm" else self.cfg.cold_start_s
@@ -510,14 +550,12 @@ class Simulator:
         if missing > 0 and other:
             # Break before make: free the old shape's GPUs, the new instances start on release.
             for inst in other:
-                self._drain(inst)
-                self.reconfigurations += 1
+                self._retire(inst)
             return
         ready_same = sum(1 for i in same if i.state == "ready")
         if other and ready_same + (0 if missing <= 0 else -missing) >= target.instances:
             for inst in other:
-                self._drain(inst)
-                self.reconfigurations += 1
+                self._retire(inst)
         if missing > 0 and not initial:
             self.failed_starts += 1
         if pool.target.instances == 0 and not pool.instances:
@@ -525,6 +563,11 @@ class Simulator:
                 self._arrive_reroute(rid)
             pool.queue.clear()
             del self.pools[pool.name]
+
+    def _retire(self, inst: Instance) -> None:
+        if inst.state in ("starting", "ready"):
+            self._drain(inst)
+            self.reconfigurations += 1
 
     def _arrive_reroute(self, rid: int) -> None:
         name = self.policy.route(self.prompt[rid], self.predicted[rid])
@@ -721,6 +764,9 @@ class Simulator:
         next_arrival = 0
         events = 0
         heap = self.heap
+        checks, ledger = self._checks, self._ledger
+        if checks:
+            invariants.check(self, ledger, next_arrival)
         while True:
             arrival_t = self.arrival[next_arrival] if next_arrival < n else math.inf
             if heap and heap[0][0] <= arrival_t:
@@ -730,13 +776,19 @@ class Simulator:
                 if time > horizon:
                     break
                 self.now = time
+                if checks:
+                    ledger.advance(time)
                 self._dispatch(kind, payload)
             elif next_arrival < n:
                 self.now = arrival_t
+                if checks:
+                    ledger.advance(arrival_t)
                 self._arrive(next_arrival)
                 next_arrival += 1
             else:
                 break
+            if checks:
+                invariants.check(self, ledger, next_arrival)
             events += 1
             if progress is not None and events % 2000 == 0:
                 progress(min(self.now / horizon if horizon > 0 else 1.0, 1.0))
