@@ -15,11 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.policy import ClockDecision, InstanceObservation, Policy, PolicyContext, PoolTarget
+from flywheel.controllers.slo import attainment
 from flywheel.sim.registry import make_policy
 from flywheel.sim.runner import default_slo
 from flywheel.sim.simulator import SimConfig, Simulator
@@ -59,14 +58,6 @@ class NominalModel:
         return getattr(self.inner, name)
 
 
-def attainment(result: Any, slo: Any) -> float:
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    gaps = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / gaps, 0.0)
-    ok = ~result.dropped & ~np.isnan(result.finish_s) & (ttft <= slo.ttft_ms) & (tbt <= slo.tbt_ms)
-    return float(ok.mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace", default="conv")
@@ -93,7 +84,7 @@ def main() -> None:
                 inner.instances = static_count
             result = Simulator(workload, NominalModel(inner, H100_SXM), cfg).run()
             energy[name] = result.energy_j / 3.6e6
-            slo_ok[name] = attainment(result, slo)
+            slo_ok[name] = attainment(result.slo_mask())
         best = min(energy["throttllem"], energy["dynamollm"])
         row = {
             "case": label,

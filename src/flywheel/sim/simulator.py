@@ -13,8 +13,10 @@ applies their decisions, with their costs: a clock change takes effect after
 ``clock_change_s`` (200 ms), a new instance needs ``cold_start_s`` (weights from storage) or
 ``warm_start_s`` (weights in host memory / pre-warmed).
 
-Metrics: per request TTFT (arrival -> first token) and TBT (mean time between its later tokens);
-energy per instance is the integral of its piecewise-constant board power.
+Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> first token) and the
+number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
+in closed form, so every gap is judged, not a mean); the fleet's token-level gap histogram; energy
+per instance is the integral of its piecewise-constant board power.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flywheel.controllers import slo as slo_rule
 from flywheel.controllers.admission import AdmissionQueue
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import (
@@ -131,6 +134,8 @@ class Instance:
     energy_j: float = 0.0
     t_mark: float = 0.0
     stopped_s: float | None = None
+    late: int = 0  # iterations so far longer than the TBT target (running requests' late gaps)
+    iter_ms: float = 0.0  # duration of the mixed iteration in flight
 
     def flush(self, now: float) -> None:
         self.energy_j += self.power_w * (now - self.t_mark)
@@ -180,6 +185,20 @@ class SimResult:
     samples: list[Sample]
     decisions: list[tuple[float, str, str]]
     slo: SLO
+    late_gaps: np.ndarray  # per request: inter-token gaps longer than the TBT target
+    gap_histogram: slo_rule.GapHistogram  # fleet token-level gaps
+
+    def ttft_ms(self) -> np.ndarray:
+        return np.asarray((self.first_token_s - self.arrival_s) * 1000.0, dtype=np.float64)
+
+    def completed(self) -> np.ndarray:
+        return np.asarray(~self.dropped & ~np.isnan(self.finish_s), dtype=bool)
+
+    def slo_mask(self) -> np.ndarray:
+        """Requests meeting the SLO (``flywheel.controllers.slo.request_slo_mask``)."""
+        return slo_rule.request_slo_mask(
+            self.ttft_ms(), self.late_gaps, self.output_tokens, self.completed(), self.slo.ttft_ms
+        )
 
 
 ProgressFn = Callable[[float], None]
@@ -204,6 +223,9 @@ class Simulator:
         self.dropped = [False] * n
         self.generated = [0] * n
         self.prefill_left = [0] * n
+        self.late_gaps = [0] * n
+        self._late_mark = [0] * n  # the instance's ``late`` when the request started decoding
+        self.gap_hist = slo_rule.GapHistogram()
         self.pool_of: list[str] = [""] * n
         self.pools: dict[str, Pool] = {}
         self.instances: list[Instance] = []
@@ -357,6 +379,7 @@ class Simulator:
                 fixed, per_token = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
                 mixed = max(mixed, fixed + per_token * inst.ctx)
             inst.power_w = prefill_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock)
+            inst.iter_ms = mixed
             self._push(self.now + mixed / 1000.0, _INSTANCE, (inst, inst.version))
             return
         if b:
@@ -424,6 +447,7 @@ class Simulator:
         ends: list[int] = []
         for rid, end in zip(inst.running, inst.left, strict=True):
             if end <= steps:
+                self.late_gaps[rid] += inst.late - self._late_mark[rid]
                 self.generated[rid] = self.output[rid]
                 inst.ctx -= self.prompt[rid] + self.output[rid]
                 inst.reserved -= self.prompt[rid] + self.output[rid]
@@ -434,8 +458,12 @@ class Simulator:
         inst.running, inst.left = running, ends
 
     def _on_instance(self, inst: Instance) -> None:
+        tbt = self.cfg.slo.tbt_ms
         if inst.phase == "mixed":
             if inst.running:
+                # One gap for every running request, stretched by the prompt chunk it rode with.
+                inst.late += inst.iter_ms > tbt
+                self.gap_hist.add(inst.iter_ms, len(inst.running))
                 self._advance_decode(inst, 1)
             budget = inst.k
             still: list[int] = []
@@ -456,9 +484,14 @@ class Simulator:
                     continue
                 inst.running.append(rid)
                 inst.left.append(inst.steps + left)
+                self._late_mark[rid] = inst.late
                 inst.ctx += self.prompt[rid] + 1
             inst.prefilling = still
         elif inst.phase == "decode":
+            first = inst.fixed_ms + inst.per_token_ms * inst.ctx0
+            step = inst.per_token_ms * len(inst.running)
+            inst.late += slo_rule.late_in_run(first, step, inst.k, tbt)
+            self.gap_hist.add_run(first, step, inst.k, len(inst.running))
             self._advance_decode(inst, inst.k)
         self._schedule(inst)
 
@@ -677,22 +710,30 @@ class Simulator:
         else:
             self._interrupt(inst)
 
+    def _evict(self, inst: Instance) -> None:
+        """Stop a lost instance; its requests go back to the front of their pool's queue and start
+        over (or are dropped when the pool is gone)."""
+        pool = self.pools.get(inst.pool)
+        lost = inst.prefilling + inst.running
+        for rid in inst.running:
+            # Gaps judged so far, plus the stall until the restarted request emits again.
+            self.late_gaps[rid] += inst.late - self._late_mark[rid] + 1
+        inst.running, inst.left, inst.prefilling = [], [], []
+        inst.ctx = inst.reserved = 0
+        inst.phase = "idle"
+        self._stop(inst)
+        for rid in reversed(lost):
+            self.generated[rid] = 0
+            if pool is not None:
+                pool.queue.appendleft(rid, self.arrival[rid])
+            else:
+                self._drop(rid)
+
     def _on_fault(self, fault: FaultEvent) -> None:
         failed = set(self.cluster.fail(fault.node, fault.gpu))
         killed = [i for i in self.instances if i.state != "stopped" and failed.intersection(i.gpus)]
         for inst in killed:
-            pool = self.pools.get(inst.pool)
-            lost = inst.prefilling + inst.running
-            inst.running, inst.left, inst.prefilling = [], [], []
-            inst.ctx = inst.reserved = 0
-            inst.phase = "idle"
-            self._stop(inst)
-            for rid in reversed(lost):
-                self.generated[rid] = 0
-                if pool is not None:
-                    pool.queue.appendleft(rid, self.arrival[rid])
-                else:
-                    self._drop(rid)
+            self._evict(inst)
         for hook in self.fault_hooks:
             hook(self, fault, killed)
         self._reconcile_all()
@@ -824,6 +865,8 @@ class Simulator:
             samples=self.samples,
             decisions=self.decisions,
             slo=cfg.slo,
+            late_gaps=np.asarray(self.late_gaps, dtype=np.int64),
+            gap_histogram=self.gap_hist,
         )
 
     def _dispatch(self, kind: int, payload: object) -> None:

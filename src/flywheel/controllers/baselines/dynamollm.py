@@ -20,7 +20,6 @@ from flywheel.controllers.perfmodel import (
     decode_step_ms,
     instance_capacity_rps,
     instance_power_watts,
-    prefill_chunk_for_tbt,
     prefill_ms,
 )
 from flywheel.controllers.policy import (
@@ -32,6 +31,7 @@ from flywheel.controllers.policy import (
     PoolState,
     PoolTarget,
 )
+from flywheel.controllers.slo import iteration_within_tbt
 
 INPUT_BOUNDS = (1024, 4096)  # tokens: short < 1024 <= medium < 4096 <= long
 OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
@@ -183,17 +183,13 @@ class DynamoLLMPolicy:
         prompt = sum(r.prompt_tokens for r in obs.running) / batch
         output = sum(r.predicted_output_tokens for r in obs.running) / batch
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(prompt), ctx.sku.sm_clock_max_mhz) / 1000.0
-        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
-
-        chunk = int(min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * prompt))
+        margin = TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
 
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
-            if step > budget:
+            if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
-                return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             capacity = instance_capacity_rps(
                 ctx.model, ctx.sku, obs.tp, clock, prompt, output, ctx.slo.tbt_ms

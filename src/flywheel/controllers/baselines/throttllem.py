@@ -12,12 +12,7 @@
 from __future__ import annotations
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import (
-    decode_step_ms,
-    max_batch_for_tbt,
-    prefill_chunk_for_tbt,
-    prefill_ms,
-)
+from flywheel.controllers.perfmodel import decode_step_ms, max_batch_for_tbt, prefill_ms
 from flywheel.controllers.policy import (
     ClockDecision,
     ClusterObservation,
@@ -27,6 +22,7 @@ from flywheel.controllers.policy import (
     PolicyInfo,
     PoolTarget,
 )
+from flywheel.controllers.slo import iteration_within_tbt
 
 POOL = "all"
 TP_CHOICES = (2, 4, 8)
@@ -150,12 +146,9 @@ class ThrottLLeMPolicy:
         # Prefill iterations stall decoding: leave the share of time they take out of the budget.
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt), max_clock) / 1000.0
         stall = min(obs.arrivals_rps * prefill_s, 0.5)
-        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - stall)
+        margin = TBT_MARGIN * (1.0 - stall)
         slo_ttft_s = ctx.slo.ttft_ms / 1000.0
         ttft_budget_ms = ctx.slo.ttft_ms * 0.5
-        chunk = round(
-            min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * self._mean_prompt)
-        )
         slo_tbt_s = ctx.slo.tbt_ms / 1000.0
         deadlines = [
             (
@@ -167,11 +160,9 @@ class ThrottLLeMPolicy:
 
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, round(batch), round(context), clock)
-            if step > budget:
+            if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt * 2), clock) > ttft_budget_ms:
-                return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             step_s = step / 1000.0
             return all(remaining * step_s <= slack for slack, remaining in deadlines)
