@@ -10,6 +10,10 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 
 KEYS = {
+    "fleet_kwh",
+    "allocated_kwh",
+    "gpu_hours_released",
+    "series",
     "energy_kwh",
     "joules_per_token",
     "gpu_hours",
@@ -40,6 +44,8 @@ def test_simulate_writes_a_report_per_policy(tmp_path: Path) -> None:
         assert set(metrics) >= KEYS
         assert metrics["finished_requests"] + metrics["dropped_requests"] == metrics["requests"]
         assert metrics["energy_kwh"] > 0
+        assert metrics["fleet_kwh"] > metrics["allocated_kwh"] == metrics["energy_kwh"]
+        assert sum(metrics["series"]["arrivals"]) == metrics["requests"]
     assert data["policies"]["throttllem"]["energy_kwh"] < data["policies"]["static"]["energy_kwh"]
     for path in data["plots"].values():
         assert Path(path).stat().st_size > 1000

@@ -79,6 +79,8 @@ def _check_gpus(sim: Simulator) -> None:
             owner[ref] = inst.id
             if gpu in cluster.nodes[node].free:
                 _fail(sim, f"GPU {ref} of {inst.id} is also on the free list")
+    if len(owner) != sim.allocated_gpus:
+        _fail(sim, f"{len(owner)} GPUs held by instances, {sim.allocated_gpus} counted as allocated")
     if len(owner) > cluster.total_gpus:
         _fail(sim, f"{len(owner)} GPUs allocated on a {cluster.total_gpus}-GPU cluster")
     for n in cluster.nodes:

@@ -138,14 +138,15 @@ def simulate_to_report(
 
 
 def comparison_table(reports: list[dict[str, Any]]) -> Table:
-    table = Table(title="Flywheel simulator: policies on the same traces")
+    table = Table(title="Flywheel simulator: policies on the same traces (fleet = every GPU)")
     for column in (
         "trace",
         "policy",
-        "energy kWh",
+        "fleet kWh",
         "vs static",
-        "J/token",
-        "GPU-h",
+        "alloc. kWh",
+        "vs static",
+        "GPU-h released",
         "TTFT p99 ms",
         "TBT p99 ms",
         "SLO att.",
@@ -155,16 +156,22 @@ def comparison_table(reports: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column in ("trace", "policy") else "right")
     for built in reports:
         policies = built["policies"]
-        static = policies.get("static", {}).get("energy_kwh")
+        static = policies.get("static", {})
+
+        def versus(m: dict[str, Any], key: str, name: str, base: dict[str, Any] = static) -> str:
+            if name == "static" or not base.get(key):
+                return ""
+            return f"{(m[key] / base[key] - 1) * 100:+.1f}%"
+
         for name, m in policies.items():
-            saving = f"{(m['energy_kwh'] / static - 1) * 100:+.1f}%" if static else "-"
             table.add_row(
                 built["trace"],
                 name,
-                f"{m['energy_kwh']:.2f}",
-                saving if name != "static" else "",
-                f"{m['joules_per_token']:.2f}" if m["joules_per_token"] is not None else "-",
-                f"{m['gpu_hours']:.1f}",
+                f"{m['fleet_kwh']:.2f}",
+                versus(m, "fleet_kwh", name),
+                f"{m['allocated_kwh']:.2f}",
+                versus(m, "allocated_kwh", name),
+                f"{m['gpu_hours_released']:.1f}",
                 f"{m['ttft_p99_ms']:.0f}" if m["ttft_p99_ms"] is not None else "-",
                 f"{m['tbt_p99_ms']:.1f}" if m["tbt_p99_ms"] is not None else "-",
                 f"{m['slo_attainment'] * 100:.2f}%",

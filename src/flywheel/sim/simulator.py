@@ -159,11 +159,13 @@ class Pool:
 @dataclass
 class Sample:
     time_s: float
-    power_w: float  # mean cluster power over the interval ending at time_s
+    power_w: float  # mean power of the allocated GPUs over the interval ending at time_s
     instances: int
-    gpus: int
+    gpus: int  # allocated at time_s
     mean_clock_mhz: float
     queued: int
+    mean_gpus: float = 0.0  # allocated, time-weighted mean over the interval ending at time_s
+    fleet_power_w: float = 0.0  # every GPU of the cluster: power_w + unallocated GPUs at idle
 
 
 @dataclass
@@ -187,6 +189,24 @@ class SimResult:
     slo: SLO
     late_gaps: np.ndarray  # per request: inter-token gaps longer than the TBT target
     gap_histogram: slo_rule.GapHistogram  # fleet token-level gaps
+    total_gpus: int = 0
+    unallocated_idle_watts: float = 0.0  # power of a GPU no instance holds (the SKU's idle power)
+
+    @property
+    def allocated_energy_j(self) -> float:
+        """Energy of the GPUs instances held, while they held them (the DynamoLLM-style view)."""
+        return self.energy_j
+
+    @property
+    def released_gpu_seconds(self) -> float:
+        """GPU time no instance held: free for other tenants."""
+        return max(self.total_gpus * self.end_s - self.gpu_seconds, 0.0)
+
+    @property
+    def fleet_energy_j(self) -> float:
+        """Every GPU of the simulated cluster over the run: allocated energy plus the unallocated
+        GPUs at idle power (a powered, unused GPU still draws it)."""
+        return self.energy_j + self.released_gpu_seconds * self.unallocated_idle_watts
 
     def ttft_ms(self) -> np.ndarray:
         return np.asarray((self.first_token_s - self.arrival_s) * 1000.0, dtype=np.float64)
@@ -243,7 +263,10 @@ class Simulator:
         self.fault_hooks: list[FaultHook] = []
         self._instance_counter = 0
         self._started = False
-        self._last_sample = (0.0, 0.0)
+        self._last_sample = (0.0, 0.0, 0.0)
+        self.allocated_gpus = 0
+        self._alloc_mark = 0.0
+        self._alloc_gpu_s = 0.0
         self._chunks: dict[int, int] = {}
         self._reconciling = False
         self._reconcile_again = False
@@ -271,6 +294,7 @@ class Simulator:
         gpus = self.cluster.allocate(tp) if gpus is None else self.cluster.take(gpus)
         if gpus is None:
             return None
+        self._allocation(tp)
         self._instance_counter += 1
         inst = Instance(
             id=f"{pool.name}-tp{tp}-{self._instance_counter}",
@@ -291,6 +315,12 @@ class Simulator:
             self._push(ready_at, _READY, inst)
         return inst
 
+    def _allocation(self, delta: int) -> None:
+        """Allocated GPUs change by ``delta`` now; keeps their time integral for the samples."""
+        self._alloc_gpu_s += self.allocated_gpus * (self.now - self._alloc_mark)
+        self._alloc_mark = self.now
+        self.allocated_gpus += delta
+
     def _stop(self, inst: Instance) -> None:
         if inst.state == "stopped":
             return
@@ -300,6 +330,7 @@ class Simulator:
         inst.stopped_s = self.now
         inst.version += 1
         self.cluster.release(inst.gpus)
+        self._allocation(-inst.tp)
         pool = self.pools.get(inst.pool)
         if pool is not None and inst in pool.instances:
             pool.instances.remove(inst)
@@ -743,21 +774,27 @@ class Simulator:
     def _sample(self) -> None:
         """Record mean power since the previous sample (energy delta / time) and the fleet shape."""
         energy = sum(i.energy_j + i.power_w * (self.now - i.t_mark) for i in self.instances)
-        dt = self.now - self._last_sample[0]
-        power = (energy - self._last_sample[1]) / dt if dt > 0 else 0.0
-        self._last_sample = (self.now, energy)
+        self._allocation(0)
+        t0, e0, g0 = self._last_sample
+        dt = self.now - t0
         live = [i for i in self.instances if i.state != "stopped"]
+        power = (energy - e0) / dt if dt > 0 else sum(i.power_w for i in live)
+        mean_gpus = (self._alloc_gpu_s - g0) / dt if dt > 0 else float(self.allocated_gpus)
+        self._last_sample = (self.now, energy, self._alloc_gpu_s)
         ready = [i for i in live if i.state in ("ready", "draining")]
         mean_clock = sum(i.clock for i in ready) / len(ready) if ready else 0.0
         queued = sum(len(p.queue) for p in self.pools.values())
+        idle = (self.cluster.total_gpus - mean_gpus) * self.cfg.sku.idle_watts
         self.samples.append(
             Sample(
                 self.now,
-                power if dt > 0 else sum(i.power_w for i in live),
+                power,
                 len(live),
                 sum(i.tp for i in live),
                 mean_clock,
                 queued,
+                mean_gpus,
+                power + idle,
             )
         )
 
@@ -834,6 +871,8 @@ class Simulator:
             if progress is not None and events % 2000 == 0:
                 progress(min(self.now / horizon if horizon > 0 else 1.0, 1.0))
         end = self.now
+        if not self.samples or self.samples[-1].time_s < end:
+            self._sample()  # the samples cover the whole run
         for rid in range(n):
             if math.isnan(self.finish[rid]) and not self.dropped[rid]:
                 self.dropped[rid] = True
@@ -845,6 +884,11 @@ class Simulator:
             stop = inst.stopped_s if inst.stopped_s is not None else end
             gpu_seconds += inst.tp * (stop - inst.started_s)
             energy += inst.energy_j
+        self._allocation(0)
+        if checks and not math.isclose(gpu_seconds, self._alloc_gpu_s, rel_tol=1e-9, abs_tol=1e-6):
+            raise invariants.InvariantViolation(
+                f"{gpu_seconds:.3f} GPU-seconds held by instances, {self._alloc_gpu_s:.3f} integrated"
+            )
         if progress is not None:
             progress(1.0)
         return SimResult(
@@ -867,6 +911,8 @@ class Simulator:
             slo=cfg.slo,
             late_gaps=np.asarray(self.late_gaps, dtype=np.int64),
             gap_histogram=self.gap_hist,
+            total_gpus=self.cluster.total_gpus,
+            unallocated_idle_watts=cfg.sku.idle_watts,
         )
 
     def _dispatch(self, kind: int, payload: object) -> None:
