@@ -16,6 +16,7 @@ from flywheel.controllers.policy import (
     Policy,
     PoolTarget,
 )
+from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim import invariants
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.registry import make_policy
@@ -159,7 +160,7 @@ def test_random_workloads_faults_and_policies_keep_every_invariant(
         drain_s=120.0,
         check_invariants=True,
         faults=tuple(FaultEvent(t, node, gpu) for t, node, gpu in faults),
-        cold_start_s=20.0,
+        costs=ReconfigCosts(cold_init_s=10.0, storage_gbps=14.0),  # ~20 s cold starts
         reconfig=None if standbys is None else ReconfigOptions(standbys=standbys),
     )
     sim = Simulator(workload(arrivals, prompts, outputs), policy, cfg)

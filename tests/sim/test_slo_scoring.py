@@ -34,7 +34,7 @@ def test_a_request_restarted_after_a_fault_counts_the_stall() -> None:
     from flywheel.sim.simulator import FaultEvent
 
     load = Workload("t", np.asarray([0.0]), np.asarray([100]), np.asarray([400]))
-    cfg = SimConfig(nodes=2, faults=(FaultEvent(2.0, 0, None, "node_down"),), warm_start_s=5.0)
+    cfg = SimConfig(nodes=2, faults=(FaultEvent(2.0, 0, None, "node_down"),))
     result = Simulator(load, FixedPolicy(count=1), cfg).run()
     assert result.completed()[0]
     assert result.late_gaps[0] >= 1

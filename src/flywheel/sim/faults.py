@@ -429,7 +429,7 @@ def _config(spec: SuiteSpec, standbys: int) -> SimConfig:
         nodes=spec.instances + standbys + 2,  # room for a cold replacement beside a quarantined node
         slo=spec.slo,
         seed=spec.seed,
-        reconfig=ReconfigOptions(standbys=standbys, costs=ReconfigCosts(), start="cold"),
+        reconfig=ReconfigOptions(standbys=standbys, start="cold"),
     )
 
 

@@ -113,8 +113,9 @@ def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
         "compress": spec.compress,
         "duration_s": spec.duration_s,
         "prefill_chunk_tokens": config.prefill_chunk_tokens or "auto (fits 80% of the TBT SLO)",
-        "cold_start_s": config.cold_start_s,
-        "warm_start_s": config.warm_start_s,
+        "cold_start_s": config.cold_start_s(),
+        "warm_start_s": {tp: config.warm_start_s(tp) for tp in config.model.supported_tp},
+        "start_costs": asdict(config.costs),
         "clock_change_s": config.clock_change_s,
         "faults": [asdict(f) for f in config.faults],
     }

@@ -10,8 +10,9 @@ changes, so the cost is per request, not per token.
 
 Policies (``flywheel.controllers.policy.Policy``) are called at their periods; the simulator only
 applies their decisions, with their costs: a clock change takes effect after
-``clock_change_s`` (200 ms), a new instance needs ``cold_start_s`` (weights from storage) or
-``warm_start_s`` (weights in host memory / pre-warmed).
+``clock_change_s`` (200 ms), a new instance needs a cold start (weights from storage) or a warm
+start (weights in host memory / pre-warmed), both from the one set of configured costs
+(``flywheel.controllers.reshard.ReconfigCosts``) the reconfiguration planner uses too.
 
 Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> first token) and the
 number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
@@ -56,6 +57,7 @@ from flywheel.controllers.policy import (
     RequestView,
     WorkloadHints,
 )
+from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim import invariants
 from flywheel.sim.cluster import Cluster, GpuRef
 from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
@@ -89,8 +91,9 @@ class SimConfig:
     # DEFAULT_PREFILL_CHUNK_TOKENS (an operator's tuning of max_num_batched_tokens).
     prefill_chunk_tokens: int | None = None
     clock_change_s: float = 0.2  # throttLL'eM
-    cold_start_s: float = 60.0  # engine start + 140 GB of weights from network storage
-    warm_start_s: float = 5.0  # weights cached in host memory (DynamoLLM), engine pre-initialised
+    # Start, promotion and transfer costs (configured, not measured): cold = engine init + weights
+    # from storage (~99 s for Llama-2-70B), warm = weights from host memory (DynamoLLM, ~4-6 s).
+    costs: ReconfigCosts = field(default_factory=ReconfigCosts)
     queue_timeout_s: float = 120.0  # a request queued longer is dropped
     drain_s: float = 900.0  # after the last arrival, stop at the latest this much later
     sample_s: float = 10.0
@@ -101,6 +104,12 @@ class SimConfig:
     reconfig: ReconfigOptions | None = None
     # Check ``flywheel.sim.invariants`` after every event (None: env FLYWHEEL_SIM_INVARIANTS).
     check_invariants: bool | None = None
+
+    def cold_start_s(self) -> float:
+        return self.costs.cold_start_s(int(self.model.weight_bytes))
+
+    def warm_start_s(self, tp: int) -> float:
+        return self.costs.warm_start_s(int(self.model.weight_bytes), tp)
 
 
 @dataclass
@@ -603,7 +612,8 @@ class Simulator:
                 self._retire(inst)
             same = [i for i in pool.instances if i.state in ("starting", "ready") and i.tp == target.tp]
         missing = target.instances - len(same)
-        start_s = self.cfg.warm_start_s if self.policy.info.start_mode == "warm" else self.cfg.cold_start_s
+        cfg = self.cfg
+        start_s = cfg.warm_start_s(target.tp) if self.policy.info.start_mode == "warm" else cfg.cold_start_s()
         while missing > 0:
             ready_at = None if initial else self.now + start_s
             if self._new_instance(pool, target.tp, target.clock_mhz, ready_at) is None:
