@@ -147,6 +147,11 @@ def simulate(
     cluster_period: float | None = typer.Option(None, "--cluster-period", help="Override: cluster period s."),
     pool_period: float | None = typer.Option(None, "--pool-period", help="Override: pool period s."),
     instance_period: float | None = typer.Option(None, "--instance-period", help="Override: instance s."),
+    iso_slo: float | None = typer.Option(
+        None,
+        "--iso-slo",
+        help="Sweep each policy's headroom knob; compare the cheapest runs at this attainment (e.g. 0.99).",
+    ),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -156,6 +161,7 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
+            iso_slo,
         )  # fmt: skip
     except (sim_cli.UsageError, TraceError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -158,6 +158,17 @@ class FlywheelPolicy:
             bursty_peak_windows=bursty_peak_windows,
         )
 
+    # The knob (``HeadroomTunable``): the instance controller's SLO headroom of the energy policy.
+    headroom_sweep = (0.0, 0.1, 0.2, 0.25, 0.35, 0.5)
+
+    @property
+    def headroom(self) -> float:
+        return self.tuning.slo_headroom
+
+    @headroom.setter
+    def headroom(self, value: float) -> None:
+        self.tuning = replace(self.tuning, slo_headroom=value)
+
     # ------------------------------------------------------------------ setup
     def _context(self) -> PolicyContext:
         if self._ctx is None:

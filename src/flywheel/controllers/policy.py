@@ -169,6 +169,17 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class HeadroomTunable(Protocol):
+    """A policy with one safety-margin knob, ``headroom`` (set before ``start``): how much of the
+    SLO it keeps in reserve when it plans (larger: safer, more energy). ``headroom_sweep`` lists the
+    values ``flywheel simulate --iso-slo`` tries to find each policy's cheapest run at a target
+    attainment."""
+
+    headroom: float
+    headroom_sweep: tuple[float, ...]
+
+
+@runtime_checkable
 class BurstReactive(Protocol):
     """A policy that may also add instances between pool rounds, every ``PolicyInfo.react_s`` (a
     burst must not wait for the next pool round)."""

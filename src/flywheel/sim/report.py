@@ -176,6 +176,29 @@ def write_plots(results: list[SimResult], directory: Path, stem: str) -> dict[st
     return paths
 
 
+def write_pareto(points: dict[str, list[tuple[float, float]]], target: float, path: Path) -> str:
+    """Fleet energy vs SLO attainment, one line per policy through its headroom sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in points.items():
+        ordered = sorted(values)
+        ax.plot([a * 100 for a, _ in ordered], [e for _, e in ordered], marker="o", label=name, linewidth=1)
+    ax.axvline(target * 100, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("SLO attainment (%)")
+    ax.set_ylabel("fleet energy (kWh)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
 def build_report(
     trace: str, config: dict[str, Any], results: list[SimResult], plots: dict[str, str]
 ) -> dict[str, Any]:

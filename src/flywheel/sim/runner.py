@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
-from flywheel.controllers.policy import SLO, ControlPeriods
+from flywheel.controllers.policy import SLO, ControlPeriods, HeadroomTunable, Policy
 from flywheel.sim import report
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
@@ -56,19 +56,7 @@ def build_workload(spec: RunSpec) -> Workload:
     return workload
 
 
-def run_policies(
-    spec: RunSpec, console: Console | None = None, show_progress: bool = True
-) -> tuple[Workload, SimConfig, list[SimResult]]:
-    """Simulate every named policy on the same workload; unknown names raise ``KeyError`` first."""
-    policies = [make_policy(name) for name in spec.policies]
-    cluster_s, pool_s, instance_s = spec.periods
-    for policy in policies:
-        own = policy.info.periods
-        policy.info.periods = ControlPeriods(
-            cluster_s=cluster_s or own.cluster_s,
-            pool_s=pool_s or own.pool_s,
-            instance_s=instance_s or own.instance_s,
-        )
+def _prepare(spec: RunSpec) -> tuple[Workload, SimConfig]:
     workload = build_workload(spec)
     config = SimConfig(
         nodes=spec.nodes,
@@ -77,28 +65,204 @@ def run_policies(
         seed=spec.seed,
         faults=tuple(spec.faults),
     )
-    results: list[SimResult] = []
-    with Progress(
+    return workload, config
+
+
+def _policy(name: str, spec: RunSpec, headroom: float | None = None) -> Policy:
+    policy = make_policy(name)
+    cluster_s, pool_s, instance_s = spec.periods
+    own = policy.info.periods
+    policy.info.periods = ControlPeriods(
+        cluster_s=cluster_s or own.cluster_s,
+        pool_s=pool_s or own.pool_s,
+        instance_s=instance_s or own.instance_s,
+    )
+    if headroom is not None:
+        if not isinstance(policy, HeadroomTunable):
+            raise ValueError(f"policy {name} has no headroom knob")
+        policy.headroom = headroom
+    return policy
+
+
+def _progress(console: Console | None, show: bool) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         console=console,
-        disable=not show_progress,
+        disable=not show,
         transient=False,
-    ) as progress:
-        for policy in policies:
-            task = progress.add_task(f"{workload.name}: {policy.name}", total=1.0)
-            if isinstance(policy, StaticPolicy) and policy.instances is None:
-                progress.update(task, description=f"{workload.name}: {policy.name} (sizing)")
-                policy.instances = static_instances(workload, replace(config, faults=()))
-                progress.update(task, description=f"{workload.name}: {policy.name}")
+    )
 
-            def update(fraction: float, task_id: Any = task) -> None:
-                progress.update(task_id, completed=fraction)
 
-            results.append(Simulator(workload, policy, config).run(update))
+def _simulate(
+    policy: Policy,
+    workload: Workload,
+    config: SimConfig,
+    progress: Progress,
+    label: str,
+    sizing: dict[str, int],
+) -> SimResult:
+    task = progress.add_task(label, total=1.0)
+    if isinstance(policy, StaticPolicy) and policy.instances is None:
+        if "static" not in sizing:
+            progress.update(task, description=f"{label} (sizing)")
+            sizing["static"] = static_instances(workload, replace(config, faults=()))
+            progress.update(task, description=label)
+        policy.instances = sizing["static"]
+
+    def update(fraction: float) -> None:
+        progress.update(task, completed=fraction)
+
+    return Simulator(workload, policy, config).run(update)
+
+
+def run_policies(
+    spec: RunSpec, console: Console | None = None, show_progress: bool = True
+) -> tuple[Workload, SimConfig, list[SimResult]]:
+    """Simulate every named policy on the same workload; unknown names raise ``KeyError`` first."""
+    policies = [_policy(name, spec) for name in spec.policies]
+    workload, config = _prepare(spec)
+    sizing: dict[str, int] = {}
+    with _progress(console, show_progress) as progress:
+        results = [
+            _simulate(p, workload, config, progress, f"{workload.name}: {p.name}", sizing) for p in policies
+        ]
     return workload, config, results
+
+
+@dataclass
+class IsoSloRun:
+    policy: str
+    headroom: float
+    result: SimResult
+    metrics: dict[str, Any]
+
+
+def iso_slo_sweep(
+    spec: RunSpec, target: float, console: Console | None = None, show_progress: bool = True
+) -> tuple[Workload, SimConfig, dict[str, list[IsoSloRun]]]:
+    """Every policy at each value of its headroom knob (``HeadroomTunable.headroom_sweep``)."""
+    for name in spec.policies:
+        _policy(name, spec, None)  # unknown names fail before any simulation
+    workload, config = _prepare(spec)
+    sizing: dict[str, int] = {}
+    runs: dict[str, list[IsoSloRun]] = {}
+    with _progress(console, show_progress) as progress:
+        for name in spec.policies:
+            probe = make_policy(name)
+            sweep = probe.headroom_sweep if isinstance(probe, HeadroomTunable) else ()
+            runs[name] = []
+            for headroom in sweep or (None,):
+                policy = _policy(name, spec, headroom)
+                label = f"{workload.name}: {name} h={headroom}"
+                result = _simulate(policy, workload, config, progress, label, sizing)
+                knob = policy.headroom if isinstance(policy, HeadroomTunable) else 0.0
+                runs[name].append(IsoSloRun(name, knob, result, report.summarize(result)))
+    return workload, config, runs
+
+
+def iso_slo_choice(runs: list[IsoSloRun], target: float) -> tuple[IsoSloRun, bool]:
+    """The lowest-fleet-energy run at or above ``target`` attainment (True), else the run with the
+    highest attainment (False: the policy cannot reach the target and is reported as such)."""
+    meeting = [r for r in runs if r.metrics["slo_attainment"] >= target]
+    if meeting:
+        return min(meeting, key=lambda r: r.metrics["fleet_kwh"]), True
+    return max(runs, key=lambda r: (r.metrics["slo_attainment"], -r.metrics["fleet_kwh"])), False
+
+
+def iso_slo_report(
+    spec: RunSpec,
+    target: float,
+    report_path: Path | None,
+    plots: bool = True,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    workload, config, runs = iso_slo_sweep(spec, target, console, show_progress)
+    chosen = {name: iso_slo_choice(r, target) for name, r in runs.items()}
+    plot_paths: dict[str, str] = {}
+    if plots and report_path is not None:
+        plot_paths = report.write_plots(
+            [c.result for c, _ in chosen.values()], report_path.parent, report_path.stem
+        )
+        plot_paths["pareto"] = report.write_pareto(
+            {
+                name: [(r.metrics["slo_attainment"], r.metrics["fleet_kwh"]) for r in rs]
+                for name, rs in runs.items()
+            },
+            target,
+            report_path.parent / f"{report_path.stem}-pareto.png",
+        )
+    built = report.build_report(
+        workload.name, config_dict(config, spec), [c.result for c, _ in chosen.values()], plot_paths
+    )
+    for name, (run, reached) in chosen.items():
+        built["policies"][name].update({"headroom": run.headroom, "reaches_target": reached})
+    built["iso_slo"] = {
+        "target_attainment": target,
+        "policies": {
+            name: {
+                "reaches_target": reached,
+                "headroom": run.headroom,
+                "sweep": [
+                    {
+                        "headroom": r.headroom,
+                        "fleet_kwh": r.metrics["fleet_kwh"],
+                        "allocated_kwh": r.metrics["allocated_kwh"],
+                        "gpu_hours_released": r.metrics["gpu_hours_released"],
+                        "slo_attainment": r.metrics["slo_attainment"],
+                    }
+                    for r in runs[name]
+                ],
+            }
+            for name, (run, reached) in chosen.items()
+        },
+    }
+    if report_path is not None:
+        report.write_report(built, report_path)
+    return built
+
+
+def iso_slo_table(built: dict[str, Any]) -> Table:
+    iso = built["iso_slo"]
+    target = iso["target_attainment"]
+    table = Table(title=f"{built['trace']}: cheapest run of each policy at >= {target:.2%} attainment")
+    for column in (
+        "policy",
+        "headroom",
+        "fleet kWh",
+        "vs static",
+        "alloc. kWh",
+        "vs static",
+        "SLO att.",
+        "reaches",
+    ):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    policies = built["policies"]
+    static = policies.get("static") if iso["policies"].get("static", {}).get("reaches_target") else None
+    for name, m in policies.items():
+        reached = iso["policies"][name]["reaches_target"]
+
+        def versus(key: str, m: dict[str, Any] = m, name: str = name, reached: bool = reached) -> str:
+            if not reached:
+                return "n/a"
+            if static is None or name == "static":
+                return ""
+            return f"{(m[key] / static[key] - 1) * 100:+.1f}%"
+
+        table.add_row(
+            name,
+            f"{m['headroom']:g}",
+            f"{m['fleet_kwh']:.2f}",
+            versus("fleet_kwh"),
+            f"{m['allocated_kwh']:.2f}",
+            versus("allocated_kwh"),
+            f"{m['slo_attainment'] * 100:.2f}%",
+            "yes" if reached else "NO (best run shown)",
+        )
+    return table
 
 
 def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
