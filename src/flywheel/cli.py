@@ -152,6 +152,13 @@ def simulate(
         "--iso-slo",
         help="Sweep each policy's headroom knob; compare the cheapest runs at this attainment (e.g. 0.99).",
     ),
+    hardware: str = typer.Option(
+        "measured",
+        "--hardware",
+        help="Simulated GPUs: 'measured' (measured tables, per-GPU spread) or 'model' (planners' model).",
+    ),
+    latency_scale: float = typer.Option(1.0, "--latency-scale", help="Mismatch: hardware latency x this."),
+    power_scale: float = typer.Option(1.0, "--power-scale", help="Mismatch: hardware power x this."),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -161,7 +168,7 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
-            iso_slo,
+            iso_slo, hardware, latency_scale, power_scale,
         )  # fmt: skip
     except (sim_cli.UsageError, TraceError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -12,6 +12,7 @@ from flywheel.controllers.policy import SLO
 from flywheel.sim.calibrate import TARGET_MAPE, all_targets, fit_constants
 from flywheel.sim.registry import BASELINES, available_policies
 from flywheel.sim.runner import (
+    HARDWARE_KINDS,
     RunSpec,
     comparison_table,
     default_slo,
@@ -67,6 +68,9 @@ def simulate(
     plots: bool,
     periods: tuple[float | None, float | None, float | None] = (None, None, None),
     iso_slo: float | None = None,
+    hardware: str = "measured",
+    latency_scale: float = 1.0,
+    power_scale: float = 1.0,
 ) -> None:
     console = _console()
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -92,7 +96,14 @@ def simulate(
         duration_s=duration_s,
         faults=parse_faults(faults),
         periods=periods,
+        hardware=hardware,
+        latency_scale=latency_scale,
+        power_scale=power_scale,
     )
+    if hardware not in HARDWARE_KINDS:
+        raise UsageError(f"unknown --hardware {hardware!r}; choose from {', '.join(HARDWARE_KINDS)}")
+    if latency_scale <= 0 or power_scale <= 0:
+        raise UsageError("--latency-scale and --power-scale must be positive")
     if iso_slo is not None:
         if not 0.0 < iso_slo <= 1.0:
             raise UsageError("--iso-slo is an attainment in (0, 1], e.g. 0.99")

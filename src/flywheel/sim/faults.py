@@ -255,7 +255,7 @@ class FaultSimulator(Simulator):
             inst.flush(self.now)
             inst.version += 1
             inst.phase = "frozen"
-            inst.power_w = inst.tp * self.cfg.sku.idle_watts
+            inst.power_w = self.hw.idle_watts(inst.tp)
             return
         if inst.id in self.throttled:
             inst.clock = min(inst.clock, self.timing.throttle_clock_mhz)

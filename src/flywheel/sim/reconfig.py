@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from flywheel.controllers.perfmodel import instance_capacity_rps, instance_power_watts
+from flywheel.controllers.perfmodel import instance_capacity_rps
 from flywheel.controllers.reshard import (
     GPU,
     Placement,
@@ -130,7 +130,7 @@ class Reconfigurator:
         inst.flush(self.sim.now)
         inst.state = "standby"
         inst.clock = sku.sm_clock_min_mhz
-        inst.power_w = instance_power_watts(self.sim.cfg.model, sku, inst.tp, inst.clock, 0)
+        inst.power_w = self.sim.hw.instance_power_watts(inst.tp, inst.clock, 0)
         self._parked_at[inst.id] = self.sim.now
 
     def _unpark(self, inst: Instance) -> None:

@@ -14,8 +14,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
+from flywheel.controllers.gpumodel import H100_SXM, GPUSku
+from flywheel.controllers.perfmodel import LLAMA2_70B, ModelProfile
 from flywheel.controllers.policy import SLO, ControlPeriods, HeadroomTunable, Policy
 from flywheel.sim import report
+from flywheel.sim.hardware import Hardware
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
 from flywheel.sim.sizing import static_instances
@@ -39,6 +42,11 @@ class RunSpec:
     faults: list[FaultEvent] = field(default_factory=list)
     # Override every policy's control periods (cluster_s, pool_s, instance_s); None keeps its own.
     periods: tuple[float | None, float | None, float | None] = (None, None, None)
+    # Simulated GPUs (flywheel.sim.hardware): "measured" (the measured tables, per-instance speed
+    # spread; policies plan with the fitted model) or "model" (the planners' model itself).
+    hardware: str = "measured"
+    latency_scale: float = 1.0
+    power_scale: float = 1.0
 
 
 def default_slo(trace: str) -> SLO:
@@ -56,6 +64,17 @@ def build_workload(spec: RunSpec) -> Workload:
     return workload
 
 
+HARDWARE_KINDS = ("measured", "model")
+
+
+def build_hardware(spec: RunSpec, model: ModelProfile = LLAMA2_70B, sku: GPUSku = H100_SXM) -> Hardware:
+    if spec.hardware == "measured":
+        return Hardware.measured(model, sku, spec.latency_scale, spec.power_scale, seed=spec.seed)
+    if spec.hardware == "model":
+        return Hardware(model, sku, False, spec.latency_scale, spec.power_scale, 0.0, spec.seed)
+    raise ValueError(f"unknown hardware {spec.hardware!r}; choose from {', '.join(HARDWARE_KINDS)}")
+
+
 def _prepare(spec: RunSpec) -> tuple[Workload, SimConfig]:
     workload = build_workload(spec)
     config = SimConfig(
@@ -64,6 +83,7 @@ def _prepare(spec: RunSpec) -> tuple[Workload, SimConfig]:
         slo=spec.slo or default_slo(spec.trace),
         seed=spec.seed,
         faults=tuple(spec.faults),
+        hardware=build_hardware(spec),
     )
     return workload, config
 
@@ -282,6 +302,7 @@ def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
         "start_costs": asdict(config.costs),
         "clock_change_s": config.clock_change_s,
         "faults": [asdict(f) for f in config.faults],
+        "hardware": config.hardware.describe() if config.hardware is not None else "planner model",
     }
 
 

@@ -36,12 +36,8 @@ from flywheel.controllers.perfmodel import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     LLAMA2_70B,
     ModelProfile,
-    decode_coefficients,
-    instance_power_watts,
     kv_capacity_tokens,
     prefill_chunk_for_tbt,
-    prefill_ms,
-    prefill_power_watts,
 )
 from flywheel.controllers.policy import (
     SLO,
@@ -60,6 +56,7 @@ from flywheel.controllers.policy import (
 from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim import invariants
 from flywheel.sim.cluster import Cluster, GpuRef
+from flywheel.sim.hardware import Hardware
 from flywheel.sim.reconfig import ReconfigOptions, Reconfigurator
 from flywheel.sim.workloads import Workload
 
@@ -104,6 +101,8 @@ class SimConfig:
     reconfig: ReconfigOptions | None = None
     # Check ``flywheel.sim.invariants`` after every event (None: env FLYWHEEL_SIM_INVARIANTS).
     check_invariants: bool | None = None
+    # What the simulated GPUs do (flywheel.sim.hardware); None: the planners' own fitted model.
+    hardware: Hardware | None = None
 
     def cold_start_s(self) -> float:
         return self.costs.cold_start_s(int(self.model.weight_bytes))
@@ -143,6 +142,7 @@ class Instance:
     energy_j: float = 0.0
     t_mark: float = 0.0
     stopped_s: float | None = None
+    speed: float = 1.0  # latency factor of this instance's GPUs (Hardware.new_speed)
     late: int = 0  # iterations so far longer than the TBT target (running requests' late gaps)
     iter_ms: float = 0.0  # duration of the mixed iteration in flight
 
@@ -279,6 +279,7 @@ class Simulator:
         self._chunks: dict[int, int] = {}
         self._reconciling = False
         self._reconcile_again = False
+        self.hw = self.cfg.hardware or Hardware.planner_model(self.cfg.model, self.cfg.sku)
         self._checks = invariants.enabled(self.cfg.check_invariants)
         self._ledger = invariants.EnergyLedger()
         self.reconfig = Reconfigurator(self, self.cfg.reconfig) if self.cfg.reconfig is not None else None
@@ -315,7 +316,8 @@ class Simulator:
             started_s=self.now,
             t_mark=self.now,
         )
-        inst.power_w = tp * self.cfg.sku.idle_watts
+        inst.speed = self.hw.new_speed()
+        inst.power_w = self.hw.idle_watts(tp)
         pool.instances.append(inst)
         self.instances.append(inst)
         if ready_at is None:
@@ -398,7 +400,6 @@ class Simulator:
         """Start the next iteration (block) of a ready or draining instance at ``self.now``."""
         inst.flush(self.now)
         inst.version += 1
-        cfg = self.cfg
         pool = self.pools.get(inst.pool)
         if pool is not None and inst.state == "ready":
             self._admit(inst, pool)
@@ -414,25 +415,26 @@ class Simulator:
             inst.phase = "mixed"
             inst.k = chunk  # prompt tokens processed by this iteration
             # Decode tokens ride in the same forward pass as the prompt chunk.
-            mixed = prefill_ms(cfg.model, cfg.sku, inst.tp, chunk + b, inst.clock)
+            hw = self.hw
+            mixed = hw.prefill_ms(inst.tp, chunk + b, inst.clock, inst.speed)
             if b:
-                fixed, per_token = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
+                fixed, per_token = hw.decode_coefficients(inst.tp, b, inst.clock, inst.speed)
                 mixed = max(mixed, fixed + per_token * inst.ctx)
-            inst.power_w = prefill_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock)
+            inst.power_w = hw.prefill_power_watts(inst.tp, inst.clock)
             inst.iter_ms = mixed
             self._push(self.now + mixed / 1000.0, _INSTANCE, (inst, inst.version))
             return
         if b:
             inst.phase = "decode"
-            inst.fixed_ms, inst.per_token_ms = decode_coefficients(cfg.model, cfg.sku, inst.tp, b, inst.clock)
+            inst.fixed_ms, inst.per_token_ms = self.hw.decode_coefficients(inst.tp, b, inst.clock, inst.speed)
             inst.ctx0 = inst.ctx
             inst.t0 = self.now
             inst.k = min(inst.left) - inst.steps
-            inst.power_w = instance_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock, b)
+            inst.power_w = self.hw.instance_power_watts(inst.tp, inst.clock, b)
             self._push(self.now + inst.block_ms(inst.k) / 1000.0, _INSTANCE, (inst, inst.version))
             return
         inst.phase = "idle"
-        inst.power_w = instance_power_watts(cfg.model, cfg.sku, inst.tp, inst.clock, 0)
+        inst.power_w = self.hw.instance_power_watts(inst.tp, inst.clock, 0)
         if inst.state == "draining":
             self._stop(inst)
 
@@ -747,7 +749,7 @@ class Simulator:
         inst.clock = clock
         if inst.phase == "idle":
             inst.flush(self.now)
-            inst.power_w = instance_power_watts(self.cfg.model, self.cfg.sku, inst.tp, clock, 0)
+            inst.power_w = self.hw.instance_power_watts(inst.tp, clock, 0)
         else:
             self._interrupt(inst)
 
@@ -794,7 +796,7 @@ class Simulator:
         ready = [i for i in live if i.state in ("ready", "draining")]
         mean_clock = sum(i.clock for i in ready) / len(ready) if ready else 0.0
         queued = sum(len(p.queue) for p in self.pools.values())
-        idle = (self.cluster.total_gpus - mean_gpus) * self.cfg.sku.idle_watts
+        idle = (self.cluster.total_gpus - mean_gpus) * self.hw.idle_watts(1)
         self.samples.append(
             Sample(
                 self.now,
@@ -922,7 +924,7 @@ class Simulator:
             late_gaps=np.asarray(self.late_gaps, dtype=np.int64),
             gap_histogram=self.gap_hist,
             total_gpus=self.cluster.total_gpus,
-            unallocated_idle_watts=cfg.sku.idle_watts,
+            unallocated_idle_watts=self.hw.idle_watts(1),
         )
 
     def _dispatch(self, kind: int, payload: object) -> None:
