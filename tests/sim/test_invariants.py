@@ -126,7 +126,7 @@ _targets = st.tuples(st.sampled_from([2, 4, 8]), st.integers(0, 4), st.sampled_f
         max_size=2,
     ),
     warm=st.booleans(),
-    kind=st.sampled_from(["scripted", "static", "throttllem", "dynamollm", "flywheel"]),
+    kind=st.sampled_from(["scripted", "static", "throttllem", "dynamollm", "flywheel", "oracle"]),
     standbys=st.one_of(st.none(), st.integers(0, 2)),
 )
 def test_random_workloads_faults_and_policies_keep_every_invariant(

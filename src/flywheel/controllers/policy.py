@@ -21,7 +21,7 @@ no arguments and returns a fresh ``Policy``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from flywheel.controllers.gpumodel import GPUSku
 from flywheel.controllers.perfmodel import ModelProfile
@@ -177,6 +177,14 @@ class HeadroomTunable(Protocol):
 
     headroom: float
     headroom_sweep: tuple[float, ...]
+
+
+@runtime_checkable
+class Clairvoyant(Protocol):
+    """A reference policy given the whole trace before it starts (the hindsight ``oracle``); no
+    deployable policy implements this."""
+
+    def foresee(self, arrival_s: Any, prompt_tokens: Any, output_tokens: Any) -> None: ...
 
 
 @runtime_checkable

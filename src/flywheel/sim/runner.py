@@ -240,9 +240,26 @@ def iso_slo_report(
             for name, (run, reached) in chosen.items()
         },
     }
+    for name in chosen:
+        built["iso_slo"]["policies"][name]["share_of_oracle_fleet_saving"] = oracle_share(built, name)
     if report_path is not None:
         report.write_report(built, report_path)
     return built
+
+
+def oracle_share(built: dict[str, Any], name: str, key: str = "fleet_kwh") -> float | None:
+    """A policy's energy saving over Static as a share of the hindsight oracle's, at iso-SLO (None
+    unless Static, the oracle and the policy all reach the target)."""
+    iso = built["iso_slo"]["policies"]
+    if name in ("static", "oracle"):
+        return None
+    if not all(iso.get(p, {}).get("reaches_target") for p in ("static", "oracle", name)):
+        return None
+    policies = built["policies"]
+    static, oracle = policies["static"][key], policies["oracle"][key]
+    if static <= oracle:
+        return None
+    return float((static - policies[name][key]) / (static - oracle))
 
 
 def iso_slo_table(built: dict[str, Any]) -> Table:
@@ -254,6 +271,7 @@ def iso_slo_table(built: dict[str, Any]) -> Table:
         "headroom",
         "fleet kWh",
         "vs static",
+        "of oracle saving",
         "alloc. kWh",
         "vs static",
         "SLO att.",
@@ -272,11 +290,13 @@ def iso_slo_table(built: dict[str, Any]) -> Table:
                 return ""
             return f"{(m[key] / static[key] - 1) * 100:+.1f}%"
 
+        share = oracle_share(built, name)
         table.add_row(
             name,
             f"{m['headroom']:g}",
             f"{m['fleet_kwh']:.2f}",
             versus("fleet_kwh"),
+            f"{share * 100:.0f}%" if share is not None else "",
             f"{m['allocated_kwh']:.2f}",
             versus("allocated_kwh"),
             f"{m['slo_attainment'] * 100:.2f}%",

@@ -42,6 +42,7 @@ from flywheel.controllers.perfmodel import (
 from flywheel.controllers.policy import (
     SLO,
     BurstReactive,
+    Clairvoyant,
     ClusterObservation,
     InstanceObservation,
     OutputLengthLearner,
@@ -835,6 +836,9 @@ class Simulator:
         context = PolicyContext(
             cfg.model, cfg.sku, cfg.slo, self.cluster.total_gpus, cfg.gpus_per_node, self.hints()
         )
+        if isinstance(self.policy, Clairvoyant):  # the hindsight reference only
+            w = self.workload
+            self.policy.foresee(w.arrival_s, w.prompt_tokens, w.output_tokens)
         for target in self.policy.start(context):
             self._apply(target, initial=True)
         if not self.pools:
