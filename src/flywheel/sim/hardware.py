@@ -29,6 +29,7 @@ import numpy as np
 from flywheel.controllers.gpumodel import GPUSku
 from flywheel.controllers.perfmodel import (
     LLAMA3_70B,
+    PREFILL_CHUNK_TBT_SHARE,
     ModelProfile,
     decode_coefficients,
     decode_step_ms,
@@ -156,6 +157,21 @@ class Hardware:
         if self.speed_spread <= 0:
             return 1.0
         return float(self._rng.lognormal(0.0, self.speed_spread))
+
+    def prefill_chunk_for_tbt(self, tp: int, tbt_ms: float, share: float = PREFILL_CHUNK_TBT_SHARE) -> int:
+        """The chunk an operator tunes on this hardware: the largest whose prefill iteration at max
+        clock takes at most ``share`` x the TBT target (at least 64 tokens, at most 8192)."""
+        budget, clock = share * tbt_ms, self.sku.sm_clock_max_mhz
+        lo, hi = 64, 8192
+        if self.prefill_ms(tp, hi, clock) <= budget:
+            return hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.prefill_ms(tp, mid, clock) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _ratio(self, table: dict[int, _Ratio], tp: int, x: float) -> float:
         r = table.get(tp)

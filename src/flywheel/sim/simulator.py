@@ -37,7 +37,6 @@ from flywheel.controllers.perfmodel import (
     LLAMA2_70B,
     ModelProfile,
     kv_capacity_tokens,
-    prefill_chunk_for_tbt,
 )
 from flywheel.controllers.policy import (
     SLO,
@@ -85,7 +84,8 @@ class SimConfig:
     max_num_seqs: int = 256  # vLLM default
     # Chunked prefill (vLLM/Sarathi): at most this many prompt tokens join one iteration, piggybacked
     # on the decode batch, so a long prompt cannot stall decoding for its whole prefill.
-    # None: per TP, the largest chunk whose iteration fits 80% of the TBT SLO, capped by
+    # None: per TP, the largest chunk whose iteration on the simulated hardware fits 80% of the TBT
+    # SLO at max clock, capped by
     # DEFAULT_PREFILL_CHUNK_TOKENS (an operator's tuning of max_num_batched_tokens).
     prefill_chunk_tokens: int | None = None
     clock_change_s: float = 0.2  # throttLL'eM
@@ -391,8 +391,9 @@ class Simulator:
         chunk = self._chunks.get(tp)
         if chunk is None:
             cfg = self.cfg
+            # Tuned by the operator on the hardware it runs (the planners' model may differ).
             chunk = cfg.prefill_chunk_tokens or min(
-                DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt(cfg.model, cfg.sku, tp, cfg.slo.tbt_ms)
+                DEFAULT_PREFILL_CHUNK_TOKENS, self.hw.prefill_chunk_for_tbt(tp, cfg.slo.tbt_ms)
             )
             self._chunks[tp] = chunk
         return chunk
