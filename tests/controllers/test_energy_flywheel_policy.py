@@ -5,6 +5,7 @@ import numpy as np
 from flywheel.api.v1alpha1 import EnergyPolicy, ModelDeploymentSpec
 from flywheel.controllers.flywheel_policy import FlywheelPolicy, policy_for_deployment
 from flywheel.controllers.policy import SLO, Policy
+from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
@@ -82,7 +83,10 @@ def attainment(result: SimResult, ttft_ms: float, since_s: float = 0.0, until_s:
 
 def test_bursts_are_learned_online_and_met_by_scale_out() -> None:
     wl = bursty_workload()
-    config = SimConfig(slo=SLO(2000.0, 100.0), nodes=8)
+    # Warm starts within 5 s (weights over PCIe at 36 GB/s per GPU): the mechanism under test, not
+    # the default cost figures (the benchmarks use those).
+    config = SimConfig(slo=SLO(2000.0, 100.0), nodes=8, costs=ReconfigCosts(host_to_gpu_gbps=36.0))
+    assert config.warm_start_s(2) <= 5.0
     policy = FlywheelPolicy()
     result = Simulator(wl, policy, config).run()
     # Nothing about the bursts is known up front: the first one (at 120 s) is seen, not hinted ...
