@@ -166,3 +166,23 @@ def test_random_workloads_faults_and_policies_keep_every_invariant(
     sim = Simulator(workload(arrivals, prompts, outputs), policy, cfg)
     result = sim.run()
     assert int((~np.isnan(result.finish_s)).sum()) + int(result.dropped.sum()) == n
+
+
+def test_tp_switch_with_free_gpus_keeps_old_instances_serving_until_new_ones_are_ready() -> None:
+    # Shadow instances (throttLL'eM): with room on the cluster a TP change starts the new shape
+    # beside the old one, which serves until the new instances are ready.
+    policy = ScriptedPolicy(4, 2, [(8, 1, 1980)])
+    policy.info.start_mode = "cold"
+    rng = np.random.default_rng(0)
+    arrivals = np.sort(rng.uniform(0.0, 200.0, 300)).tolist()
+    cfg = SimConfig(nodes=3, drain_s=60.0, sample_s=1.0, check_invariants=True)
+    sim = Simulator(workload(arrivals, [500] * 300, [50] * 300), policy, cfg)
+    result = sim.run()
+    cold = cfg.cold_start_s()
+    tp8 = next(i for i in sim.instances if i.tp == 8)
+    old = [i for i in sim.instances if i.tp == 4]
+    assert tp8.started_s == pytest.approx(10.0)
+    assert all(i.stopped_s is not None and i.stopped_s >= tp8.started_s + cold for i in old)
+    serving = [s for s in result.samples if tp8.started_s < s.time_s < tp8.started_s + cold]
+    assert serving and all(s.gpus == 16 and s.mean_clock_mhz > 0 for s in serving)  # old + new
+    assert not result.dropped.any()
