@@ -124,7 +124,9 @@ app.add_typer(sim_app, name="sim")
 @app.command()
 def simulate(
     trace: str = typer.Option(
-        "conv", "--trace", help="Bundled trace (code, conv) or a CSV path in the Azure schema."
+        "conv",
+        "--trace",
+        help="Bundled trace (code, conv), generated (diurnal, flash) or an Azure-schema CSV.",
     ),
     policy: str = typer.Option(
         "static,throttllem,dynamollm", "--policy", help="Comma-separated policy names."

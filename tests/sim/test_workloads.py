@@ -66,3 +66,20 @@ def test_synthetic_generators() -> None:
     spike = burst(600.0, base_rps=1.0, burst_rps=20.0, burst_start_s=300.0, burst_length_s=60.0, seed=1)
     in_burst = np.sum((spike.arrival_s >= 300) & (spike.arrival_s < 360))
     assert in_burst > 10 * np.sum((spike.arrival_s >= 200) & (spike.arrival_s < 260))
+
+
+def test_generated_workloads_are_seeded_hours_of_conv_requests() -> None:
+    from flywheel.sim.workloads import GENERATED_TRACES, TraceError, generated, load_trace
+
+    conv = load_trace("conv")
+    for name in GENERATED_TRACES:
+        w = load_trace(name)
+        assert w.name == name and 3500.0 < w.duration_s <= 3600.0
+        assert 3.0 < w.mean_rps() < 7.0
+        assert set(w.prompt_tokens.tolist()) <= set(conv.prompt_tokens.tolist())
+        again = generated(name)
+        assert (again.arrival_s == w.arrival_s).all() and (again.output_tokens == w.output_tokens).all()
+    flash = load_trace("flash")
+    assert flash.peak_rps(60.0) > 3 * flash.mean_rps()  # crowds well above the base rate
+    with pytest.raises(TraceError, match="diurnal"):
+        generated("nope")

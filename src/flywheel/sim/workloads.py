@@ -14,6 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 BUNDLED_TRACES = ("code", "conv")
+# Generated workloads (seeded; never used to tune a policy): conv's request mix under a one-hour
+# "day" (diurnal, peak/trough 3) and under six flash crowds of 3-6x the base rate.
+GENERATED_TRACES = ("diurnal", "flash")
 REQUIRED_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
@@ -133,7 +136,10 @@ def read_trace_csv(path: Path, name: str | None = None) -> Workload:
 
 
 def load_trace(name_or_path: str) -> Workload:
-    """A bundled trace by name (``code``, ``conv``) or any CSV path in the Azure schema."""
+    """A bundled trace by name (``code``, ``conv``), a generated one (``diurnal``, ``flash``) or any
+    CSV path in the Azure schema."""
+    if name_or_path in GENERATED_TRACES:
+        return generated(name_or_path)
     if name_or_path in BUNDLED_TRACES:
         ref = resources.files("flywheel.sim").joinpath("data", f"{name_or_path}.csv")
         with resources.as_file(ref) as path:
@@ -198,3 +204,28 @@ def burst(
     arrivals = _inhomogeneous_poisson(rng, rate.astype(np.float64), step)
     prompts, outputs = _lengths(rng, len(arrivals), prompt_median, output_median)
     return Workload("burst", arrivals, prompts, outputs)
+
+
+def _with_conv_mix(name: str, arrivals: npt.NDArray[np.float64], rng: np.random.Generator) -> Workload:
+    """Arrivals given; (prompt, output) pairs drawn from the conv trace's requests."""
+    conv = load_trace("conv")
+    pick = rng.integers(0, len(conv), len(arrivals))
+    return Workload(name, arrivals, conv.prompt_tokens[pick], conv.output_tokens[pick])
+
+
+def generated(name: str, seed: int = 16) -> Workload:
+    """One of ``GENERATED_TRACES``: one hour, conv's request mix, mean about conv's 5.5 req/s."""
+    rng = np.random.default_rng(seed)
+    step, hour = 1.0, 3600.0
+    t = np.arange(0.0, hour, step)
+    if name == "diurnal":
+        amplitude = (3.0 - 1.0) / (3.0 + 1.0)
+        rate = 5.5 * (1 + amplitude * np.sin(2 * np.pi * t / hour - np.pi / 2))
+    elif name == "flash":
+        rate = np.full(len(t), 3.0)
+        for start in np.sort(rng.uniform(120.0, hour - 200.0, 6)):
+            length = rng.uniform(30.0, 90.0)
+            rate[(t >= start) & (t < start + length)] *= rng.uniform(3.0, 6.0)
+    else:
+        raise TraceError(f"unknown generated trace {name!r}: one of {', '.join(GENERATED_TRACES)}")
+    return _with_conv_mix(name, _inhomogeneous_poisson(rng, rate.astype(np.float64), step), rng)
