@@ -61,7 +61,7 @@ def summarize(result: SimResult) -> dict[str, Any]:
         "ttft_p99_ms": _pct(ttft[completed], 99),
         "tbt_p50_ms": hist.quantile(0.50),
         "tbt_p99_ms": hist.quantile(0.99),
-        "ttft_misses": int((completed & (ttft > result.slo.ttft_ms)).sum()),
+        "ttft_misses": int((completed & (ttft > result.ttft_targets())).sum()),
         "tbt_misses": int(late.sum()),
         "slo_attainment": slo_rule.attainment(mask),
         "reconfigurations": result.reconfigurations,

@@ -199,6 +199,7 @@ class SimResult:
     slo: SLO
     late_gaps: np.ndarray  # per request: inter-token gaps longer than the TBT target
     gap_histogram: slo_rule.GapHistogram  # fleet token-level gaps
+    ttft_target_ms: np.ndarray | None = None  # per request (its class's SLO); None: slo.ttft_ms
     total_gpus: int = 0
     unallocated_idle_watts: float = 0.0  # power of a GPU no instance holds (the SKU's idle power)
 
@@ -227,8 +228,11 @@ class SimResult:
     def slo_mask(self) -> np.ndarray:
         """Requests meeting the SLO (``flywheel.controllers.slo.request_slo_mask``)."""
         return slo_rule.request_slo_mask(
-            self.ttft_ms(), self.late_gaps, self.output_tokens, self.completed(), self.slo.ttft_ms
+            self.ttft_ms(), self.late_gaps, self.output_tokens, self.completed(), self.ttft_targets()
         )
+
+    def ttft_targets(self) -> np.ndarray | float:
+        return self.slo.ttft_ms if self.ttft_target_ms is None else self.ttft_target_ms
 
 
 ProgressFn = Callable[[float], None]
@@ -927,6 +931,7 @@ class Simulator:
             decisions=self.decisions,
             slo=cfg.slo,
             late_gaps=np.asarray(self.late_gaps, dtype=np.int64),
+            ttft_target_ms=self.workload.ttft_target_ms,
             gap_histogram=self.gap_hist,
             total_gpus=self.cluster.total_gpus,
             unallocated_idle_watts=self.hw.idle_watts(1),

@@ -31,12 +31,7 @@ def peak_minute_start(workload: Workload, by_tokens: bool = False) -> float:
 def _window(workload: Workload, start: float, end: float) -> Workload:
     lo = int(np.searchsorted(workload.arrival_s, start, side="left"))
     hi = int(np.searchsorted(workload.arrival_s, end, side="left"))
-    return Workload(
-        workload.name,
-        workload.arrival_s[lo:hi] - start,
-        workload.prompt_tokens[lo:hi],
-        workload.output_tokens[lo:hi],
-    )
+    return workload.window(lo, hi, start)
 
 
 def _meets_slo(window: Workload, warmup: float, count: int, config: SimConfig) -> bool:

@@ -15,8 +15,11 @@ import numpy.typing as npt
 
 BUNDLED_TRACES = ("code", "conv")
 # Generated workloads (seeded; never used to tune a policy): conv's request mix under a one-hour
-# "day" (diurnal, peak/trough 3) and under six flash crowds of 3-6x the base rate.
-GENERATED_TRACES = ("diurnal", "flash")
+# "day" (diurnal, peak/trough 3) and under six flash crowds of 3-6x the base rate; and "mix", the
+# conv and code hours merged, each request judged by its own class's TTFT target.
+GENERATED_TRACES = ("diurnal", "flash", "mix")
+# Per-class TTFT targets of the bundled traces (the TBT target is the same, 100 ms, for both).
+CLASS_TTFT_MS = {"conv": 1000.0, "code": 2000.0}
 REQUIRED_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
@@ -26,17 +29,26 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class Workload:
-    """Requests sorted by arrival: seconds from the start, prompt tokens, output tokens."""
+    """Requests sorted by arrival: seconds from the start, prompt tokens, output tokens, and
+    optionally each request's own TTFT target (its class's SLO; None: the run's SLO for all)."""
 
     name: str
     arrival_s: npt.NDArray[np.float64]
     prompt_tokens: npt.NDArray[np.int64]
     output_tokens: npt.NDArray[np.int64]
+    ttft_target_ms: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
         if len(self.prompt_tokens) != n or len(self.output_tokens) != n:
             raise TraceError(f"{self.name}: column lengths differ")
+        if self.ttft_target_ms is not None and len(self.ttft_target_ms) != n:
+            raise TraceError(f"{self.name}: column lengths differ")
+
+    def _targets(
+        self, index: slice | npt.NDArray[np.bool_] | npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64] | None:
+        return None if self.ttft_target_ms is None else self.ttft_target_ms[index]
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -61,7 +73,11 @@ class Workload:
         if rate <= 0:
             raise TraceError("rate scale must be positive")
         return Workload(
-            f"{self.name}x{rate:g}", self.arrival_s / rate, self.prompt_tokens, self.output_tokens
+            f"{self.name}x{rate:g}",
+            self.arrival_s / rate,
+            self.prompt_tokens,
+            self.output_tokens,
+            self.ttft_target_ms,
         )
 
     def compressed(self, factor: float, seed: int = 0) -> Workload:
@@ -76,6 +92,7 @@ class Workload:
             self.arrival_s[keep] / factor,
             self.prompt_tokens[keep],
             self.output_tokens[keep],
+            self._targets(keep),
         )
 
     def resampled(self, duration_s: float, rate_rps: float, seed: int = 0) -> Workload:
@@ -88,13 +105,27 @@ class Workload:
         arrivals = np.sort(rng.random(count) * duration_s)
         pick = rng.integers(0, len(self), count)
         return Workload(
-            f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick]
+            f"{self.name}@{rate_rps:g}rps",
+            arrivals,
+            self.prompt_tokens[pick],
+            self.output_tokens[pick],
+            self._targets(pick),
         )
 
     def head(self, seconds: float) -> Workload:
         """Requests arriving in the first ``seconds``."""
         end = int(np.searchsorted(self.arrival_s, seconds, side="left"))
-        return Workload(self.name, self.arrival_s[:end], self.prompt_tokens[:end], self.output_tokens[:end])
+        return self.window(0, end)
+
+    def window(self, lo: int, hi: int, shift_s: float = 0.0) -> Workload:
+        """Requests ``lo`` to ``hi`` (by index), arrivals moved ``shift_s`` earlier."""
+        return Workload(
+            self.name,
+            self.arrival_s[lo:hi] - shift_s,
+            self.prompt_tokens[lo:hi],
+            self.output_tokens[lo:hi],
+            self._targets(slice(lo, hi)),
+        )
 
 
 def _parse_time(text: str) -> float:
@@ -218,6 +249,17 @@ def generated(name: str, seed: int = 16) -> Workload:
     rng = np.random.default_rng(seed)
     step, hour = 1.0, 3600.0
     t = np.arange(0.0, hour, step)
+    if name == "mix":
+        parts = [load_trace(t) for t in ("conv", "code")]
+        arrival = np.concatenate([w.arrival_s for w in parts])
+        order = np.argsort(arrival, kind="stable")
+        return Workload(
+            "mix",
+            arrival[order],
+            np.concatenate([w.prompt_tokens for w in parts])[order],
+            np.concatenate([w.output_tokens for w in parts])[order],
+            np.concatenate([np.full(len(w), CLASS_TTFT_MS[w.name]) for w in parts])[order],
+        )
     if name == "diurnal":
         amplitude = (3.0 - 1.0) / (3.0 + 1.0)
         rate = 5.5 * (1 + amplitude * np.sin(2 * np.pi * t / hour - np.pi / 2))
