@@ -130,7 +130,9 @@ app.add_typer(sim_app, name="sim")
 @app.command()
 def simulate(
     trace: str = typer.Option(
-        "conv", "--trace", help="Bundled trace (code, conv) or a CSV path in the Azure schema."
+        "conv",
+        "--trace",
+        help="Bundled trace (code, conv), generated (diurnal, flash) or an Azure-schema CSV.",
     ),
     policy: str = typer.Option(
         "static,throttllem,dynamollm", "--policy", help="Comma-separated policy names."
@@ -161,6 +163,18 @@ def simulate(
     cluster_period: float | None = typer.Option(None, "--cluster-period", help="Override: cluster period s."),
     pool_period: float | None = typer.Option(None, "--pool-period", help="Override: pool period s."),
     instance_period: float | None = typer.Option(None, "--instance-period", help="Override: instance s."),
+    iso_slo: float | None = typer.Option(
+        None,
+        "--iso-slo",
+        help="Sweep each policy's headroom knob; compare the cheapest runs at this attainment (e.g. 0.99).",
+    ),
+    hardware: str = typer.Option(
+        "measured",
+        "--hardware",
+        help="Simulated GPUs: 'measured' (measured tables, per-GPU spread) or 'model' (planners' model).",
+    ),
+    latency_scale: float = typer.Option(1.0, "--latency-scale", help="Mismatch: hardware latency x this."),
+    power_scale: float = typer.Option(1.0, "--power-scale", help="Mismatch: hardware power x this."),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -170,7 +184,7 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
-            profile_window,
+            iso_slo, hardware, latency_scale, power_scale, profile_window,
         )  # fmt: skip
     except (sim_cli.UsageError, TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -10,6 +10,10 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 
 KEYS = {
+    "fleet_kwh",
+    "allocated_kwh",
+    "gpu_hours_released",
+    "series",
     "energy_kwh",
     "joules_per_token",
     "gpu_hours",
@@ -40,6 +44,8 @@ def test_simulate_writes_a_report_per_policy(tmp_path: Path) -> None:
         assert set(metrics) >= KEYS
         assert metrics["finished_requests"] + metrics["dropped_requests"] == metrics["requests"]
         assert metrics["energy_kwh"] > 0
+        assert metrics["fleet_kwh"] > metrics["allocated_kwh"] == metrics["energy_kwh"]
+        assert sum(metrics["series"]["arrivals"]) == metrics["requests"]
     assert data["policies"]["throttllem"]["energy_kwh"] < data["policies"]["static"]["energy_kwh"]
     for path in data["plots"].values():
         assert Path(path).stat().st_size > 1000
@@ -102,3 +108,33 @@ def test_control_periods_can_be_overridden(tmp_path: Path) -> None:
         app, ["simulate", "--policy", "static", "--pool-period", "0", "--duration", "10"]
     )
     assert bad.exit_code == 2
+
+
+def test_iso_slo_sweeps_each_knob_and_never_reports_a_miss_as_cheaper(tmp_path: Path) -> None:
+    report = tmp_path / "iso.json"
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--trace", "conv", "--policy", "static,throttllem", "--duration", "180",
+         "--nodes", "4", "--iso-slo", "0.99", "--report", str(report), "--no-plots"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    iso = data["iso_slo"]
+    assert iso["target_attainment"] == 0.99
+    for name, entry in iso["policies"].items():
+        sweep = entry["sweep"]
+        assert len(sweep) >= 2 and len({s["headroom"] for s in sweep}) == len(sweep)
+        chosen = data["policies"][name]
+        assert chosen["headroom"] == entry["headroom"]
+        meeting = [s for s in sweep if s["slo_attainment"] >= 0.99]
+        assert entry["reaches_target"] == bool(meeting)
+        if meeting:
+            assert chosen["fleet_kwh"] == min(s["fleet_kwh"] for s in meeting)
+        else:
+            assert chosen["slo_attainment"] == max(s["slo_attainment"] for s in sweep)
+
+
+def test_iso_slo_rejects_a_bad_target() -> None:
+    result = CliRunner().invoke(app, ["simulate", "--trace", "conv", "--iso-slo", "1.5", "--no-plots"])
+    assert result.exit_code == 2
+    assert "--iso-slo" in result.output

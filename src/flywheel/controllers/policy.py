@@ -21,7 +21,7 @@ no arguments and returns a fresh ``Policy``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from flywheel.controllers.gpumodel import GPUSku
 from flywheel.controllers.perfmodel import ModelProfile
@@ -172,6 +172,25 @@ class Policy(Protocol):
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]: ...
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision: ...
+
+
+@runtime_checkable
+class HeadroomTunable(Protocol):
+    """A policy with one safety-margin knob, ``headroom`` (set before ``start``): how much of the
+    SLO it keeps in reserve when it plans (larger: safer, more energy). ``headroom_sweep`` lists the
+    values ``flywheel simulate --iso-slo`` tries to find each policy's cheapest run at a target
+    attainment."""
+
+    headroom: float
+    headroom_sweep: tuple[float, ...]
+
+
+@runtime_checkable
+class Clairvoyant(Protocol):
+    """A reference policy given the whole trace before it starts (the hindsight ``oracle``); no
+    deployable policy implements this."""
+
+    def foresee(self, arrival_s: Any, prompt_tokens: Any, output_tokens: Any) -> None: ...
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from flywheel.controllers.baselines.static import TP, StaticPolicy
+from flywheel.controllers.slo import attainment
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload
 
@@ -30,11 +31,8 @@ def peak_minute_start(workload: Workload, by_tokens: bool = False) -> float:
 def _meets_slo(window: Workload, warmup: float, count: int, config: SimConfig) -> bool:
     result = Simulator(window, StaticPolicy(count), config).run()
     in_peak = result.arrival_s >= warmup
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
-    ok = ~result.dropped & (ttft <= config.slo.ttft_ms) & (tbt <= config.slo.tbt_ms)
-    return bool(not in_peak.any() or ok[in_peak].mean() >= TARGET_ATTAINMENT)
+    ok = result.slo_mask()
+    return bool(not in_peak.any() or attainment(ok[in_peak]) >= TARGET_ATTAINMENT)
 
 
 def static_instances(workload: Workload, config: SimConfig) -> int:
