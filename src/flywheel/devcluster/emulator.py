@@ -320,6 +320,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _conflicts: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    _dry_run: bool = attrs.field(default=False, init=False)
     records: collections.deque[RequestRecord] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -416,13 +417,44 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             del self._requests[:-100]  # discovery only; keep the request log bounded
             return response
         try:
-            response = await self._serve(raw_request, *route)
+            if raw_request.query.get("dryRun") and raw_request.method.upper() != "GET":
+                response = await self._serve_dry_run(raw_request, route)
+            else:
+                response = await self._serve(raw_request, *route)
         except ApiError as exc:
             response = aiohttp.web.json_response(exc.status(), status=exc.code)
         self.records.append(
             RequestRecord(raw_request.method, raw_request.path_qs, response.status, user_agent)
         )
         return response
+
+    async def _serve_dry_run(
+        self, raw: aiohttp.web.BaseRequest, route: tuple[ResKey, str | None, str | None, str | None]
+    ) -> aiohttp.web.StreamResponse:
+        """``dryRun=All``: run the write through every check, answer as if done, then roll back.
+
+        The write is synchronous once the body is read, so nothing else observes the intermediate state;
+        no watch event is emitted and no garbage collection is scheduled while ``_dry_run`` is set.
+        """
+        if raw.query.get("dryRun") != "All":
+            raise ApiError(400, "BadRequest", f"unsupported dryRun value {raw.query.get('dryRun')!r}")
+        if raw.body_exists:
+            await raw.read()  # aiohttp caches the body; _serve reads it again without awaiting the network
+        self._store(route[0])
+        saved_stores = {key: (dict(s.objects), s.dropped_rv) for key, s in self._stores.items()}
+        saved = (self._rv, dict(self._uids), {k: set(v) for k, v in self._dependents.items()})
+        self._dry_run = True
+        try:
+            return await self._serve(raw, *route)
+        finally:
+            self._dry_run = False
+            for key, (objects, dropped) in saved_stores.items():
+                self._stores[key].objects, self._stores[key].dropped_rv = objects, dropped
+            for key in set(self._stores) - set(saved_stores):
+                del self._stores[key]
+            self._rv, self._uids = saved[0], saved[1]
+            self._dependents.clear()
+            self._dependents.update(saved[2])
 
     async def _serve(
         self,
@@ -439,7 +471,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         if subresource is not None and (subresource != "status" or not store.status_subresource):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r} on {key[2]}")
         body: Any = None
-        if raw.can_read_body:
+        if raw.body_exists:
             text = await raw.text()
             if text:
                 try:
@@ -481,6 +513,8 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         return self._rv
 
     def _emit(self, store: _Resource, type_: str, obj: Obj, old: Obj | None) -> None:
+        if self._dry_run:
+            return
         if len(store.log) == store.log.maxlen:
             store.dropped_rv = store.log[0].rv
         store.log.append(_WatchEvent(int(obj["metadata"]["resourceVersion"]), type_, obj, old))
@@ -636,7 +670,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
             if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
                 raise _conflict(store.key, name)
-            new = merge_patch(old, body)
+            new = merge_patch(copy.deepcopy(old), body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {mime!r}")
         return self._write(store, okey, old, new, subresource)
@@ -694,6 +728,8 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         return bool(refs) and all(ref.get("uid") not in self._uids for ref in refs)
 
     def _schedule_gc(self, uids: builtins.list[str], self_uid: bool = False) -> None:
+        if self._dry_run:
+            return
         task = asyncio.get_running_loop().create_task(self._collect(uids, self_uid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
