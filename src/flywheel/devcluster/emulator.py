@@ -26,24 +26,49 @@ import asyncio
 import builtins
 import collections
 import copy
-import datetime
-import functools
 import json
 import random
-import re
 import string
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
 import attrs
 import kmock
 
-Obj = dict[str, Any]
-ResKey = tuple[str, str, str]  # group, version, plural
-ObjKey = tuple[str | None, str]  # namespace (None for cluster-scoped), name
+from flywheel.devcluster.patch import json_patch, merge_patch
+from flywheel.devcluster.store import (
+    ApiError,
+    Obj,
+    ObjKey,
+    RequestRecord,
+    ResKey,
+    Resource,
+    WatchEvent,
+    conflict,
+    not_found,
+    now,
+    route,
+    spec_of,
+)
+from flywheel.devcluster.watch import (
+    parse_field_selector,
+    parse_label_selector,
+    selector,
+    serve_watch,
+)
+
+__all__ = [
+    "ApiError",
+    "FlywheelEmulator",
+    "Obj",
+    "ResKey",
+    "json_patch",
+    "merge_patch",
+    "parse_field_selector",
+    "parse_label_selector",
+]
 
 FLYWHEEL_KINDS: tuple[tuple[str, str, str, bool, tuple[str, ...]], ...] = (
     # plural, kind, singular, namespaced, short names
@@ -56,252 +81,6 @@ FLYWHEEL_KINDS: tuple[tuple[str, str, str, bool, tuple[str, ...]], ...] = (
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 
 
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-
-    def status(self) -> Obj:
-        return {
-            "apiVersion": "v1",
-            "kind": "Status",
-            "metadata": {},
-            "status": "Failure",
-            "code": self.code,
-            "reason": self.reason,
-            "message": self.message,
-        }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Patches
-# ---------------------------------------------------------------------------------------------------
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: dicts merge recursively, ``None`` deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ApiError(422, "Invalid", f"JSON pointer must start with '/': {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _walk(doc: Any, parts: list[str]) -> Any:
-    for part in parts:
-        if isinstance(doc, list):
-            doc = doc[int(part)]
-        elif isinstance(doc, dict):
-            doc = doc[part]
-        else:
-            raise KeyError(part)
-    return doc
-
-
-def json_patch(doc: Obj, ops: list[Obj]) -> Obj:
-    """RFC 6902 JSON patch (add, remove, replace, move, copy, test); failures raise 422."""
-    result: Any = copy.deepcopy(doc)
-    for op in ops:
-        kind = op.get("op")
-        parts = _pointer(str(op.get("path", "")))
-        try:
-            if kind == "test":
-                if _walk(result, parts) != op.get("value"):
-                    raise ApiError(422, "Invalid", f"the test of {op.get('path')!r} failed")
-                continue
-            if kind in ("move", "copy"):
-                source = _pointer(str(op["from"]))
-                value = copy.deepcopy(_walk(result, source))
-                if kind == "move":
-                    result = _remove(result, source)
-                result = _add(result, parts, value)
-            elif kind == "add":
-                result = _add(result, parts, copy.deepcopy(op.get("value")))
-            elif kind == "remove":
-                result = _remove(result, parts)
-            elif kind == "replace":
-                _walk(result, parts)  # must exist
-                result = _add(_remove(result, parts), parts, copy.deepcopy(op.get("value")))
-            else:
-                raise ApiError(422, "Invalid", f"unknown JSON-patch op {kind!r}")
-        except (KeyError, IndexError, ValueError, TypeError) as exc:
-            raise ApiError(422, "Invalid", f"JSON-patch {kind} {op.get('path')!r} failed: {exc!r}") from exc
-    if not isinstance(result, dict):
-        raise ApiError(422, "Invalid", "a JSON patch must leave an object")
-    return result
-
-
-def _add(doc: Any, parts: list[str], value: Any) -> Any:
-    if not parts:
-        return value
-    parent = _walk(doc, parts[:-1])
-    last = parts[-1]
-    if isinstance(parent, list):
-        parent.insert(len(parent) if last == "-" else int(last), value)
-    elif isinstance(parent, dict):
-        parent[last] = value
-    else:
-        raise KeyError(last)
-    return doc
-
-
-def _remove(doc: Any, parts: list[str]) -> Any:
-    if not parts:
-        raise KeyError("cannot remove the whole document")
-    parent = _walk(doc, parts[:-1])
-    last = parts[-1]
-    if isinstance(parent, list):
-        del parent[int(last)]
-    else:
-        del parent[last]
-    return doc
-
-
-# ---------------------------------------------------------------------------------------------------
-# Selectors
-# ---------------------------------------------------------------------------------------------------
-
-_TERM = re.compile(
-    r"^\s*(?:(?P<not>!)\s*(?P<nkey>[^\s,!=()]+)"
-    r"|(?P<key>[^\s,!=()]+)\s*(?:(?P<op>==|=|!=)\s*(?P<value>[^\s,()]*)"
-    r"|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?)\s*$"
-)
-
-Predicate = Callable[[Obj], bool]
-
-
-def _split_terms(selector: str) -> list[str]:
-    terms, depth, current = [], 0, ""
-    for char in selector:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "," and depth == 0:
-            terms.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        terms.append(current)
-    return terms
-
-
-def _label_absent(key: str, labels: Mapping[str, str]) -> bool:
-    return key not in labels
-
-
-def _label_present(key: str, labels: Mapping[str, str]) -> bool:
-    return key in labels
-
-
-def _label_equals(key: str, value: str, negate: bool, labels: Mapping[str, str]) -> bool:
-    return (labels.get(key) != value) if negate else (labels.get(key) == value)
-
-
-def _label_in(key: str, values: frozenset[str], negate: bool, labels: Mapping[str, str]) -> bool:
-    return (labels.get(key) not in values) if negate else (labels.get(key) in values)
-
-
-def parse_label_selector(selector: str) -> Predicate:
-    checks: list[Callable[[Mapping[str, str]], bool]] = []
-    for term in _split_terms(selector):
-        match = _TERM.match(term)
-        if match is None:
-            raise ApiError(400, "BadRequest", f"unable to parse label selector term {term!r}")
-        if match["nkey"]:
-            checks.append(functools.partial(_label_absent, match["nkey"]))
-        elif match["op"]:
-            key, value = match["key"], match["value"]
-            checks.append(functools.partial(_label_equals, key, value, match["op"] == "!="))
-        elif match["setop"]:
-            values = frozenset(v.strip() for v in match["values"].split(",") if v.strip())
-            checks.append(functools.partial(_label_in, match["key"], values, match["setop"] == "notin"))
-        else:
-            checks.append(functools.partial(_label_present, match["key"]))
-
-    def predicate(obj: Obj) -> bool:
-        labels = obj.get("metadata", {}).get("labels") or {}
-        return all(check(labels) for check in checks)
-
-    return predicate
-
-
-def parse_field_selector(selector: str) -> Predicate:
-    checks: list[Callable[[Obj], bool]] = []
-    for term in _split_terms(selector):
-        negate = "!=" in term
-        key, _, value = term.partition("!=" if negate else "=")
-        key, value = key.strip(), value.lstrip("=").strip()
-        if not key:
-            raise ApiError(400, "BadRequest", f"unable to parse field selector term {term!r}")
-        path = key.split(".")
-
-        def check(obj: Obj, path: list[str] = path, value: str = value, negate: bool = negate) -> bool:
-            current: Any = obj
-            for part in path:
-                current = current.get(part) if isinstance(current, dict) else None
-            text = (
-                "" if current is None else str(current).lower() if isinstance(current, bool) else str(current)
-            )
-            return (text != value) if negate else (text == value)
-
-        checks.append(check)
-    return lambda obj: all(check(obj) for check in checks)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The emulator
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _WatchEvent:
-    rv: int
-    type: str
-    obj: Obj
-    old: Obj | None
-
-
-@dataclass
-class _Resource:
-    key: ResKey
-    namespaced: bool
-    kind: str
-    status_subresource: bool
-    objects: dict[ObjKey, Obj] = field(default_factory=dict)
-    log: collections.deque[_WatchEvent] = field(default_factory=lambda: collections.deque(maxlen=4096))
-    dropped_rv: int = 0  # events up to this resourceVersion are gone from the log (410 below it)
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """One served request, for assertions (who wrote what, which answers were conflicts)."""
-
-    method: str
-    path: str
-    status: int
-    user_agent: str
-
-
 @attrs.define(kw_only=True)
 class FlywheelEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the API semantics listed in the module docstring."""
@@ -312,7 +91,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     gc_delay: float = 0.0
 
     _rv: int = attrs.field(default=0, init=False)
-    _stores: dict[ResKey, _Resource] = attrs.field(factory=dict, init=False)
+    _stores: dict[ResKey, Resource] = attrs.field(factory=dict, init=False)
     _uids: dict[str, tuple[ResKey, ObjKey]] = attrs.field(factory=dict, init=False)
     _dependents: dict[str, set[tuple[ResKey, ObjKey]]] = attrs.field(
         factory=lambda: collections.defaultdict(set), init=False
@@ -357,14 +136,14 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             )
         )
 
-    def _store(self, key: ResKey) -> _Resource:
+    def _store(self, key: ResKey) -> Resource:
         store = self._stores.get(key)
         if store is None:
             res = kmock.resource(*key)
             if res not in self.resources:
                 raise ApiError(404, "NotFound", f"the server could not find the resource {'/'.join(key)}")
             info = self.resources[res]
-            store = _Resource(
+            store = Resource(
                 key=key,
                 namespaced=bool(info.namespaced),
                 kind=info.kind or key[2].capitalize(),
@@ -411,16 +190,16 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                 await self._serve_server_version(None)  # type: ignore[arg-type]
             )
             return response
-        route = _route(path)
-        if route is None:
+        where = route(path)
+        if where is None:
             response = await super().__call__(raw_request)
             del self._requests[:-100]  # discovery only; keep the request log bounded
             return response
         try:
             if raw_request.query.get("dryRun") and raw_request.method.upper() != "GET":
-                response = await self._serve_dry_run(raw_request, route)
+                response = await self._serve_dry_run(raw_request, where)
             else:
-                response = await self._serve(raw_request, *route)
+                response = await self._serve(raw_request, *where)
         except ApiError as exc:
             response = aiohttp.web.json_response(exc.status(), status=exc.code)
         self.records.append(
@@ -429,7 +208,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         return response
 
     async def _serve_dry_run(
-        self, raw: aiohttp.web.BaseRequest, route: tuple[ResKey, str | None, str | None, str | None]
+        self, raw: aiohttp.web.BaseRequest, where: tuple[ResKey, str | None, str | None, str | None]
     ) -> aiohttp.web.StreamResponse:
         """``dryRun=All``: run the write through every check, answer as if done, then roll back.
 
@@ -440,12 +219,12 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             raise ApiError(400, "BadRequest", f"unsupported dryRun value {raw.query.get('dryRun')!r}")
         if raw.body_exists:
             await raw.read()  # aiohttp caches the body; _serve reads it again without awaiting the network
-        self._store(route[0])
+        self._store(where[0])
         saved_stores = {key: (dict(s.objects), s.dropped_rv) for key, s in self._stores.items()}
         saved = (self._rv, dict(self._uids), {k: set(v) for k, v in self._dependents.items()})
         self._dry_run = True
         try:
-            return await self._serve(raw, *route)
+            return await self._serve(raw, *where)
         finally:
             self._dry_run = False
             for key, (objects, dropped) in saved_stores.items():
@@ -480,7 +259,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                     raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from exc
         if name is None:
             if method == "GET" and raw.query.get("watch") in ("true", "1"):
-                return await self._watch(raw, store, namespace)
+                return await serve_watch(raw, store, namespace, lambda: self._rv, lambda: self._changed)
             if method == "GET":
                 return aiohttp.web.json_response(self._list(store, namespace, raw.query))
             if method == "POST":
@@ -492,7 +271,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         if method == "GET":
             obj = store.objects.get((namespace, name))
             if obj is None:
-                raise _not_found(key, name)
+                raise not_found(key, name)
             return aiohttp.web.json_response(obj)
         if method == "PATCH":
             content_type = raw.headers.get("Content-Type", "application/merge-patch+json")
@@ -512,12 +291,12 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         self._rv += 1
         return self._rv
 
-    def _emit(self, store: _Resource, type_: str, obj: Obj, old: Obj | None) -> None:
+    def _emit(self, store: Resource, type_: str, obj: Obj, old: Obj | None) -> None:
         if self._dry_run:
             return
         if len(store.log) == store.log.maxlen:
             store.dropped_rv = store.log[0].rv
-        store.log.append(_WatchEvent(int(obj["metadata"]["resourceVersion"]), type_, obj, old))
+        store.log.append(WatchEvent(int(obj["metadata"]["resourceVersion"]), type_, obj, old))
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -562,7 +341,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             meta.pop(server_field, None)
         meta["uid"] = str(uuid.uuid4())
         meta["generation"] = 1
-        meta["creationTimestamp"] = _now()
+        meta["creationTimestamp"] = now()
         meta["resourceVersion"] = str(self._next_rv())
         group, version, _ = key
         obj.setdefault("apiVersion", f"{group}/{version}" if group else version)
@@ -578,13 +357,13 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             self._schedule_gc([meta["uid"]], self_uid=True)
         return obj
 
-    def _trim_events(self, store: _Resource) -> None:
+    def _trim_events(self, store: Resource) -> None:
         if store.key[2] == "events":
             while len(store.objects) >= self.max_events:
                 oldest = next(iter(store.objects))
                 del store.objects[oldest]
 
-    def _check_conflict_injection(self, store: _Resource, okey: ObjKey) -> None:
+    def _check_conflict_injection(self, store: Resource, okey: ObjKey) -> None:
         pending = self._conflicts.get((store.key[2], okey[1]), 0)
         if pending > 0:
             self._conflicts[(store.key[2], okey[1])] = pending - 1
@@ -594,7 +373,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             store.objects[okey] = bumped
             self._emit(store, "MODIFIED", bumped, current)
 
-    def _write(self, store: _Resource, okey: ObjKey, old: Obj, new: Obj, subresource: str | None) -> Obj:
+    def _write(self, store: Resource, okey: ObjKey, old: Obj, new: Obj, subresource: str | None) -> Obj:
         """Apply the server-side rules to a proposed ``new`` version of ``old`` and store it."""
         if store.status_subresource:
             if subresource == "status":
@@ -630,7 +409,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                 raise ApiError(422, "Invalid", "finalizers cannot be added to an object being deleted")
         if new == old:
             return old  # no-op writes change nothing and notify nobody
-        if _spec_of(new) != _spec_of(old):
+        if spec_of(new) != spec_of(old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         meta["resourceVersion"] = str(self._next_rv())
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -642,7 +421,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
 
     def _patch(
         self,
-        store: _Resource,
+        store: Resource,
         namespace: str | None,
         name: str,
         subresource: str | None,
@@ -651,7 +430,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     ) -> Obj:
         okey = (namespace, name)
         if okey not in store.objects:
-            raise _not_found(store.key, name)
+            raise not_found(store.key, name)
         self._check_conflict_injection(store, okey)
         old = store.objects[okey]
         mime = content_type.split(";", maxsplit=1)[0].strip()
@@ -669,40 +448,40 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                 raise ApiError(400, "BadRequest", "a merge patch is a JSON object")
             wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
             if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
-                raise _conflict(store.key, name)
+                raise conflict(store.key, name)
             new = merge_patch(copy.deepcopy(old), body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {mime!r}")
         return self._write(store, okey, old, new, subresource)
 
     def _update(
-        self, store: _Resource, namespace: str | None, name: str, subresource: str | None, body: Obj
+        self, store: Resource, namespace: str | None, name: str, subresource: str | None, body: Obj
     ) -> Obj:
         okey = (namespace, name)
         if okey not in store.objects:
-            raise _not_found(store.key, name)
+            raise not_found(store.key, name)
         self._check_conflict_injection(store, okey)
         old = store.objects[okey]
         wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
         if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
-            raise _conflict(store.key, name)
+            raise conflict(store.key, name)
         return self._write(store, okey, old, copy.deepcopy(body), subresource)
 
-    def _delete(self, store: _Resource, namespace: str | None, name: str, options: Obj) -> Obj:
+    def _delete(self, store: Resource, namespace: str | None, name: str, options: Obj) -> Obj:
         okey = (namespace, name)
         obj = store.objects.get(okey)
         if obj is None:
-            raise _not_found(store.key, name)
+            raise not_found(store.key, name)
         preconditions = options.get("preconditions") or {}
         if preconditions.get("uid") not in (None, obj["metadata"]["uid"]):
-            raise _conflict(store.key, name)
+            raise conflict(store.key, name)
         if preconditions.get("resourceVersion") not in (None, obj["metadata"]["resourceVersion"]):
-            raise _conflict(store.key, name)
+            raise conflict(store.key, name)
         if obj["metadata"].get("deletionTimestamp"):
             return obj
         if obj["metadata"].get("finalizers"):
             new = copy.deepcopy(obj)
-            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["deletionTimestamp"] = now()
             new["metadata"]["resourceVersion"] = str(self._next_rv())
             store.objects[okey] = new
             self._emit(store, "MODIFIED", new, obj)
@@ -711,7 +490,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         return self._remove(store, okey, new, obj)
 
-    def _remove(self, store: _Resource, okey: ObjKey, last: Obj, old: Obj) -> Obj:
+    def _remove(self, store: Resource, okey: ObjKey, last: Obj, old: Obj) -> Obj:
         del store.objects[okey]
         uid = last["metadata"]["uid"]
         self._uids.pop(uid, None)
@@ -755,8 +534,8 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def _list(self, store: _Resource, namespace: str | None, query: Mapping[str, str]) -> Obj:
-        predicate = _selector(query)
+    def _list(self, store: Resource, namespace: str | None, query: Mapping[str, str]) -> Obj:
+        predicate = selector(query)
         items = [
             obj
             for (ns, _), obj in store.objects.items()
@@ -770,137 +549,6 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             "items": items,
         }
 
-    async def _watch(
-        self, raw: aiohttp.web.BaseRequest, store: _Resource, namespace: str | None
-    ) -> aiohttp.web.StreamResponse:
-        query = raw.query
-        predicate = _selector(query)
-        bookmarks = query.get("allowWatchBookmarks") == "true"
-        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-        since_text = query.get("resourceVersion", "")
-        initial: builtins.list[Obj] = []
-        if since_text in ("", "0") or query.get("sendInitialEvents") == "true":
-            since = self._rv
-            initial = [
-                obj for (ns, _), obj in store.objects.items() if namespace in (None, ns) and predicate(obj)
-            ]
-        else:
-            try:
-                since = int(since_text)
-            except ValueError as exc:
-                raise ApiError(400, "BadRequest", f"bad resourceVersion {since_text!r}") from exc
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
-
-        async def send(event: Obj) -> None:
-            await response.write(json.dumps(event).encode() + b"\n")
-
-        try:
-            if since < store.dropped_rv:
-                gone = ApiError(410, "Expired", f"too old resource version: {since} ({store.dropped_rv})")
-                await send({"type": "ERROR", "object": gone.status()})
-                return response
-            for obj in initial:
-                await send({"type": "ADDED", "object": obj})
-            if query.get("sendInitialEvents") == "true":
-                await send(self._bookmark(store, initial_end=True))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout if timeout is not None else None
-            last = since
-            while True:
-                changed = self._changed
-                for event in [e for e in store.log if e.rv > last]:
-                    last = event.rv
-                    out = _visible(event, namespace, predicate)
-                    if out is not None:
-                        await send({"type": out, "object": event.obj})
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    break
-            if bookmarks:
-                await send(self._bookmark(store))
-        except (ConnectionResetError, ConnectionError):
-            pass
-        return response
-
-    def _bookmark(self, store: _Resource, initial_end: bool = False) -> Obj:
-        group, version, _ = store.key
-        meta: Obj = {"resourceVersion": str(self._rv)}
-        if initial_end:
-            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return {
-            "type": "BOOKMARK",
-            "object": {
-                "apiVersion": f"{group}/{version}" if group else version,
-                "kind": store.kind,
-                "metadata": meta,
-            },
-        }
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-
-
-def _visible(event: _WatchEvent, namespace: str | None, predicate: Predicate) -> str | None:
-    """The event type a watcher with this namespace and selector sees, or None."""
-    if namespace is not None and event.obj.get("metadata", {}).get("namespace") != namespace:
-        return None
-    now = predicate(event.obj)
-    before = event.old is not None and predicate(event.old)
-    if event.type == "DELETED":
-        return "DELETED" if before or now else None
-    if event.type == "ADDED":
-        return "ADDED" if now else None
-    if now and before:
-        return "MODIFIED"
-    if now:
-        return "ADDED"
-    if before:
-        return "DELETED"
-    return None
-
-
-def _selector(query: Mapping[str, str]) -> Predicate:
-    labels = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
-    fields = parse_field_selector(query["fieldSelector"]) if query.get("fieldSelector") else None
-    return lambda obj: (labels is None or labels(obj)) and (fields is None or fields(obj))
-
-
-def _spec_of(obj: Obj) -> Obj:
-    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
-
-
-def _not_found(key: ResKey, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{key[2]} "{name}" not found')
-
-
-def _conflict(key: ResKey, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {key[2]} "{name}": the object has been modified; '
-        "please apply your changes to the latest version and try again",
-    )
-
-
-def _route(path: str) -> tuple[ResKey, str | None, str | None, str | None] | None:
-    """(resource, namespace, name, subresource) of a resource URL, None for discovery and others."""
-    parts = path.strip("/").split("/")
-    if len(parts) >= 3 and parts[0] == "api":
-        group, version, rest = "", parts[1], parts[2:]
-    elif len(parts) >= 4 and parts[0] == "apis":
-        group, version, rest = parts[1], parts[2], parts[3:]
-    else:
-        return None
-    namespace: str | None = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        namespace, rest = rest[1], rest[2:]
-    plural = rest[0]
-    name = rest[1] if len(rest) > 1 else None
-    subresource = "/".join(rest[2:]) or None
-    return (group, version, plural), namespace, name, subresource
