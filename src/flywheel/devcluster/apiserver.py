@@ -37,9 +37,10 @@ class ApiServer:
         self._stop = asyncio.Event()
         emulator = FlywheelEmulator(**self._options)
         self.emulator = emulator
-        for namespace in self._namespaces:
-            emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})
         try:
+            for namespace in self._namespaces:
+                if emulator.get(("", "v1", "namespaces"), None, namespace) is None:
+                    emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})
             async with emulator, kmock.Server(emulator) as server:
                 ready.set_result(str(server.url).rstrip("/"))
                 await self._stop.wait()

@@ -26,6 +26,7 @@ import asyncio
 import builtins
 import collections
 import copy
+import dataclasses
 import json
 import random
 import string
@@ -36,8 +37,36 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 
+from flywheel.api import crdgen
+from flywheel.api.v1alpha1 import KINDS
+from flywheel.devcluster.admission import (
+    CRD_KEY,
+    CustomResource,
+    admit,
+    crd_problems,
+    crd_status,
+    custom_resources,
+    invalid,
+)
+from flywheel.devcluster.apply import apply, record_update
+from flywheel.devcluster.discovery import (
+    AGGREGATED,
+    Entry,
+    aggregated,
+    api_group,
+    api_group_list,
+    api_resource_list,
+    api_versions,
+    check_accept,
+    check_content_type,
+    wants_aggregated,
+)
+from flywheel.devcluster.openapi import group_version_document, gv_path, v2_document, v3_index
 from flywheel.devcluster.patch import json_patch, merge_patch
+from flywheel.devcluster.protobuf import PROTOBUF
+from flywheel.devcluster.protobuf import decode as decode_protobuf
 from flywheel.devcluster.store import (
     ApiError,
     Obj,
@@ -52,6 +81,7 @@ from flywheel.devcluster.store import (
     route,
     spec_of,
 )
+from flywheel.devcluster.tables import TABLE, table, wants_table
 from flywheel.devcluster.watch import (
     parse_field_selector,
     parse_label_selector,
@@ -70,14 +100,30 @@ __all__ = [
     "parse_label_selector",
 ]
 
-FLYWHEEL_KINDS: tuple[tuple[str, str, str, bool, tuple[str, ...]], ...] = (
-    # plural, kind, singular, namespaced, short names
-    ("modeldeployments", "ModelDeployment", "modeldeployment", True, ("md",)),
-    ("inferencepools", "InferencePool", "inferencepool", True, ("ipool",)),
-    ("modelinstances", "ModelInstance", "modelinstance", True, ("mi",)),
-    ("gpunodes", "GPUNode", "gpunode", False, ("gn",)),
-    ("incidents", "Incident", "incident", False, ()),
-)
+NAMESPACES: ResKey = ("", "v1", "namespaces")
+
+
+@dataclasses.dataclass
+class Context:
+    """The current request's options (writes run synchronously, one at a time)."""
+
+    field_manager: str = ""
+    field_validation: str = "Warn"
+    force: bool = False
+    warnings: builtins.list[str] = dataclasses.field(default_factory=list)
+
+
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "37",
+    "gitVersion": "v1.37.0-flywheel-dev",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-12-01T00:00:00Z",
+    "goVersion": "go1.25",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 
 
@@ -89,6 +135,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     max_events: int = 5000  # core/v1 and events.k8s.io Events kept (oldest dropped)
     record_size: int = 20000
     gc_delay: float = 0.0
+    flywheel_crds: bool = True  # serve Flywheel's CRDs from the start (as after `kubectl apply -f crds/`)
 
     _rv: int = attrs.field(default=0, init=False)
     _stores: dict[ResKey, Resource] = attrs.field(factory=dict, init=False)
@@ -100,16 +147,22 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _conflicts: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
     _dry_run: bool = attrs.field(default=False, init=False)
+    _validate: bool = attrs.field(default=True, init=False)
+    _custom: dict[ResKey, CustomResource] = attrs.field(factory=dict, init=False)
+    _ctx: Context = attrs.field(factory=Context, init=False)
     records: collections.deque[RequestRecord] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.records = collections.deque(maxlen=self.record_size)
         self.resources.load_bundled()
-        for plural, kind, singular, namespaced, short in FLYWHEEL_KINDS:
-            self.declare("flywheel.dev", "v1alpha1", plural, kind, namespaced, singular, short)
         self.declare("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", False)
         self.declare("kopf.dev", "v1", "kopfpeerings", "KopfPeering", True)
+        for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.seed(NAMESPACES, {"metadata": {"name": namespace}})
+        if self.flywheel_crds:
+            for kind in KINDS:
+                self.seed(CRD_KEY, crdgen.crd_for(kind))
 
     # -- configuration and direct access (for tests and seeding) --------------------------------------
 
@@ -167,10 +220,18 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             if (namespace is None or ns == namespace) and (predicate is None or predicate(obj))
         ]
 
-    def seed(self, key: ResKey, obj: Obj) -> Obj:
-        """Create an object directly (no HTTP), e.g. the ``default`` namespace before anything runs."""
+    def seed(self, key: ResKey, obj: Obj, validate: bool = True) -> Obj:
+        """Create an object directly (no HTTP), e.g. the ``default`` namespace before anything runs.
+
+        ``validate=False`` stores a custom resource its CRD rejects, as one stored before the CRD's
+        rules were tightened (what an operator must still survive).
+        """
         meta = obj.get("metadata", {})
-        return self._create(key, meta.get("namespace"), obj)
+        self._validate = validate
+        try:
+            return self._create(key, meta.get("namespace"), obj)
+        finally:
+            self._validate = True
 
     def inject_conflicts(self, plural: str, name: str, count: int = 1) -> None:
         """The next ``count`` writes to that object find it changed underneath (a concurrent writer)."""
@@ -182,30 +243,83 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
+    def entries(self) -> builtins.list[Entry]:
+        """Every served resource, for discovery and OpenAPI."""
+        out = []
+        items: builtins.list[tuple[Any, Any]] = builtins.list(self.resources.items())
+        for res, info in items:
+            if not res.plural or res.group is None or not res.version:
+                continue
+            out.append(
+                Entry(
+                    group=res.group,
+                    version=res.version,
+                    plural=res.plural,
+                    kind=info.kind or res.plural.capitalize(),
+                    singular=info.singular or res.plural,
+                    namespaced=bool(info.namespaced),
+                    verbs=tuple(sorted(info.verbs)),
+                    short_names=tuple(sorted(info.shortnames)),
+                    categories=tuple(sorted(info.categories)),
+                    subresources=tuple(sorted(info.subresources)),
+                )
+            )
+        return out
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         path = raw_request.path.rstrip("/") or "/"
         user_agent = raw_request.headers.get("User-Agent", "")
-        if path == "/version":
-            response: aiohttp.web.StreamResponse = aiohttp.web.json_response(
-                await self._serve_server_version(None)  # type: ignore[arg-type]
-            )
-            return response
         where = route(path)
-        if where is None:
-            response = await super().__call__(raw_request)
-            del self._requests[:-100]  # discovery only; keep the request log bounded
-            return response
+        response: aiohttp.web.StreamResponse
         try:
+            if where is None:
+                return self._serve_meta(raw_request, path)
+            check_accept(raw_request.headers.get("Accept", ""))
             if raw_request.query.get("dryRun") and raw_request.method.upper() != "GET":
                 response = await self._serve_dry_run(raw_request, where)
             else:
                 response = await self._serve(raw_request, *where)
         except ApiError as exc:
             response = aiohttp.web.json_response(exc.status(), status=exc.code)
-        self.records.append(
-            RequestRecord(raw_request.method, raw_request.path_qs, response.status, user_agent)
-        )
+        if where is not None:
+            self.records.append(
+                RequestRecord(raw_request.method, raw_request.path_qs, response.status, user_agent)
+            )
         return response
+
+    def _serve_meta(self, raw: aiohttp.web.BaseRequest, path: str) -> aiohttp.web.StreamResponse:
+        """Version, discovery and OpenAPI documents."""
+        accept = raw.headers.get("Accept", "")
+        parts = path.strip("/").split("/")
+        if path == "/version":
+            return aiohttp.web.json_response(SERVER_VERSION)
+        if path == "/":
+            return aiohttp.web.json_response({"paths": self._paths()})
+        if parts[0] == "openapi":
+            return self._serve_openapi(raw, parts[1:])
+        if parts[0] not in ("api", "apis"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        entries = self.entries()
+        if len(parts) == 1 and wants_aggregated(accept):
+            doc = aggregated(entries, core=parts[0] == "api")
+            return _json(doc, AGGREGATED)
+        check_accept(accept)
+        if parts == ["api"]:
+            return aiohttp.web.json_response(api_versions())
+        if parts[0] == "api" and len(parts) == 2:
+            return aiohttp.web.json_response(api_resource_list(entries, "", parts[1]))
+        if parts == ["apis"]:
+            return aiohttp.web.json_response(api_group_list(entries))
+        if len(parts) == 2:
+            return aiohttp.web.json_response(api_group(entries, parts[1]))
+        return aiohttp.web.json_response(api_resource_list(entries, parts[1], parts[2]))
+
+    def _paths(self) -> builtins.list[str]:
+        paths = {"/api", "/api/v1", "/apis", "/version", "/openapi/v2", "/openapi/v3"}
+        for e in self.entries():
+            if e.group:
+                paths |= {f"/apis/{e.group}", f"/apis/{e.group}/{e.version}"}
+        return sorted(paths)
 
     async def _serve_dry_run(
         self, raw: aiohttp.web.BaseRequest, where: tuple[ResKey, str | None, str | None, str | None]
@@ -247,43 +361,182 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         if not store.namespaced:
             namespace = None
         method = raw.method.upper()
+        query = raw.query
+        self._ctx = Context(
+            field_manager=query.get("fieldManager") or _default_manager(raw.headers.get("User-Agent", "")),
+            field_validation=query.get("fieldValidation", "Warn"),
+            force=query.get("force") == "true",
+        )
+        accept = raw.headers.get("Accept", "")
         if subresource is not None and (subresource != "status" or not store.status_subresource):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r} on {key[2]}")
         body: Any = None
         if raw.body_exists:
-            text = await raw.text()
-            if text:
+            content_type = raw.headers.get("Content-Type", "")
+            data = await raw.read()
+            if content_type.startswith(PROTOBUF) and data:
+                body = decode_protobuf(data)
+            elif data:
+                mime = check_content_type(content_type)
                 try:
-                    body = json.loads(text)
-                except ValueError as exc:
-                    raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from exc
+                    text = data.decode()
+                    body = yaml.safe_load(text) if mime.endswith("yaml") else json.loads(text)
+                except (ValueError, yaml.YAMLError) as exc:
+                    raise ApiError(400, "BadRequest", f"the body is not {mime}: {exc}") from exc
         if name is None:
             if method == "GET" and raw.query.get("watch") in ("true", "1"):
                 return await serve_watch(raw, store, namespace, lambda: self._rv, lambda: self._changed)
             if method == "GET":
-                return aiohttp.web.json_response(self._list(store, namespace, raw.query))
+                listed = self._list(store, namespace, raw.query)
+                if wants_table(accept):
+                    return self._table(store, listed["items"], query)
+                return aiohttp.web.json_response(listed)
             if method == "POST":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "create needs a JSON object")
                 created = self._create(key, namespace, body)
-                return aiohttp.web.json_response(created, status=201)
+                return self._respond(created, 201)
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
         if method == "GET":
             obj = store.objects.get((namespace, name))
             if obj is None:
                 raise not_found(key, name)
+            if wants_table(accept):
+                return self._table(store, [obj], query)
             return aiohttp.web.json_response(obj)
         if method == "PATCH":
             content_type = raw.headers.get("Content-Type", "application/merge-patch+json")
+            if content_type.startswith("application/apply-patch") and (namespace, name) not in store.objects:
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "an apply configuration is an object")
+                created = self._create(
+                    key, namespace, {**body, "metadata": {**body.get("metadata", {}), "name": name}}
+                )
+                return self._respond(created, 201)
             updated = self._patch(store, namespace, name, subresource, content_type, body)
-            return aiohttp.web.json_response(updated)
+            return self._respond(updated, 200)
         if method == "PUT":
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "update needs a JSON object")
-            return aiohttp.web.json_response(self._update(store, namespace, name, subresource, body))
+            return self._respond(self._update(store, namespace, name, subresource, body), 200)
         if method == "DELETE":
-            return aiohttp.web.json_response(self._delete(store, namespace, name, body or {}))
+            options = dict(body or {})
+            if query.get("propagationPolicy"):
+                options["propagationPolicy"] = query["propagationPolicy"]
+            return self._respond(self._delete(store, namespace, name, options), 200)
         raise ApiError(405, "MethodNotAllowed", f"{method} on an object")
+
+    def _respond(self, obj: Obj, status: int) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.json_response(obj, status=status)
+        for warning in self._ctx.warnings:
+            response.headers.add("Warning", f'299 - "{warning}"')
+        return response
+
+    def _table(
+        self, store: Resource, items: builtins.list[Obj], query: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
+        custom = self._custom.get(store.key)
+        doc = table(
+            items,
+            store.key[2],
+            custom.printer_columns if custom is not None else None,
+            query.get("includeObject", "Metadata"),
+            str(self._rv),
+        )
+        return _json(doc, TABLE)
+
+    def _serve_openapi(
+        self, raw: aiohttp.web.BaseRequest, parts: builtins.list[str]
+    ) -> aiohttp.web.StreamResponse:
+        accept = raw.headers.get("Accept", "")
+        documents = self._openapi_documents()
+        if parts == ["v3"]:
+            return aiohttp.web.json_response(v3_index(documents))
+        if parts and parts[0] == "v3" and "/".join(parts[1:]) in documents:
+            check_accept(accept)
+            return aiohttp.web.json_response(documents["/".join(parts[1:])])
+        if parts == ["v2"]:
+            check_accept(accept)
+            return aiohttp.web.json_response(v2_document(documents))
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def _openapi_documents(self) -> dict[str, Obj]:
+        by_gv: dict[str, builtins.list[Entry]] = collections.defaultdict(builtins.list)
+        for entry in self.entries():
+            by_gv[gv_path(entry.group, entry.version)].append(entry)
+        documents = {}
+        for gv, entries in sorted(by_gv.items()):
+            schemas = {
+                e.plural: self._custom[(e.group, e.version, e.plural)].crd.version["schema"][
+                    "openAPIV3Schema"
+                ]
+                for e in entries
+                if (e.group, e.version, e.plural) in self._custom
+            }
+            documents[gv] = group_version_document(entries, schemas)
+        return documents
+
+    # -- custom resource definitions -----------------------------------------------------------------
+
+    def _register(self, crd: Obj) -> None:
+        if self._dry_run:
+            return
+        for resource in custom_resources(crd):
+            group, version, plural = resource.key
+            self.resources[f"{group}/{version}/{plural}"] = kmock.ResourceInfo(
+                kind=resource.kind,
+                singular=resource.singular,
+                namespaced=resource.namespaced,
+                verbs=set(ALL_VERBS),
+                shortnames=set(resource.short_names),
+                categories=set(resource.categories),
+                subresources={"status"} if resource.status_subresource else set(),
+            )
+            self._custom[resource.key] = resource
+            store = self._stores.get(resource.key)
+            if store is not None:
+                store.namespaced, store.kind = resource.namespaced, resource.kind
+                store.status_subresource = resource.status_subresource
+
+    def _unregister(self, crd: Obj) -> None:
+        if self._dry_run:
+            return
+        for resource in custom_resources(crd):
+            group, version, plural = resource.key
+            self._custom.pop(resource.key, None)
+            del self.resources[f"{group}/{version}/{plural}"]
+            store = self._stores.pop(resource.key, None)
+            for obj in store.objects.values() if store is not None else ():
+                self._uids.pop(obj["metadata"]["uid"], None)
+
+    def _admit(self, store: Resource, obj: Obj, old: Obj | None) -> Obj:
+        """Validation on every write: CRDs themselves, and custom resources against their CRD."""
+        if store.key == CRD_KEY:
+            problems = crd_problems(obj)
+            if problems:
+                name = obj.get("metadata", {}).get("name", "")
+                raise invalid(
+                    "CustomResourceDefinition.apiextensions.k8s.io", name, [("", p) for p in problems]
+                )
+            obj["status"] = crd_status(obj)
+            return obj
+        custom = self._custom.get(store.key)
+        if custom is None or not self._validate:
+            return obj
+        admitted, warnings = admit(custom, obj, old, self._ctx.field_validation)
+        self._ctx.warnings += warnings
+        return admitted
+
+    def _check_namespace(self, namespace: str) -> None:
+        ns = self._store(NAMESPACES).objects.get((None, namespace))
+        if ns is None:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        if ns["metadata"].get("deletionTimestamp") or (ns.get("status") or {}).get("phase") == "Terminating":
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {namespace} because it is being terminated",
+            )
 
     # -- state changes -----------------------------------------------------------------------------
 
@@ -313,7 +566,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                     if not self._dependents[uid]:
                         del self._dependents[uid]
 
-    def _create(self, key: ResKey, namespace: str | None, body: Obj) -> Obj:
+    def _create(self, key: ResKey, namespace: str | None, body: Obj, applied: bool = False) -> Obj:
         store = self._store(key)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -323,6 +576,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             if meta.get("namespace") not in (None, namespace):
                 raise ApiError(400, "BadRequest", "the namespace of the object does not match the URL")
             meta["namespace"] = namespace
+            self._check_namespace(namespace)
         else:
             namespace = None
             meta.pop("namespace", None)
@@ -348,8 +602,15 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         obj.setdefault("kind", store.kind)
         if store.status_subresource:
             obj.pop("status", None)
+        if key == NAMESPACES:
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["status"] = {"phase": "Active"}
+        obj = self._admit(store, obj, None)
+        self._own(None, obj, applied)
         self._trim_events(store)
         store.objects[okey] = obj
+        if key == CRD_KEY:
+            self._register(obj)
         self._uids[meta["uid"]] = (key, okey)
         self._index_owners(key, okey, None, obj)
         self._emit(store, "ADDED", obj, None)
@@ -373,7 +634,15 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             store.objects[okey] = bumped
             self._emit(store, "MODIFIED", bumped, current)
 
-    def _write(self, store: Resource, okey: ObjKey, old: Obj, new: Obj, subresource: str | None) -> Obj:
+    def _write(
+        self,
+        store: Resource,
+        okey: ObjKey,
+        old: Obj,
+        new: Obj,
+        subresource: str | None,
+        applied: bool = False,
+    ) -> Obj:
         """Apply the server-side rules to a proposed ``new`` version of ``old`` and store it."""
         if store.status_subresource:
             if subresource == "status":
@@ -407,6 +676,12 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:
                 raise ApiError(422, "Invalid", "finalizers cannot be added to an object being deleted")
+        new = self._admit(store, new, old)
+        meta = new["metadata"]
+        if subresource is None:
+            self._own(old, new, applied)
+        else:
+            new["metadata"]["managedFields"] = copy.deepcopy(old_meta.get("managedFields", []))
         if new == old:
             return old  # no-op writes change nothing and notify nobody
         if spec_of(new) != spec_of(old):
@@ -415,9 +690,18 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(store, okey, new, old)
         store.objects[okey] = new
+        if store.key == CRD_KEY:
+            self._register(new)
         self._index_owners(store.key, okey, old, new)
         self._emit(store, "MODIFIED", new, old)
         return new
+
+    def _own(self, old: Obj | None, new: Obj, applied: bool) -> None:
+        """Field ownership of a write (none for seeding and status writes)."""
+        manager = self._ctx.field_manager
+        if not manager or applied or new.get("kind") == "Event":
+            return  # seeding; apply() records its own entry; Events are not tracked
+        record_update(old, new, manager)
 
     def _patch(
         self,
@@ -434,6 +718,18 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         self._check_conflict_injection(store, okey)
         old = store.objects[okey]
         mime = content_type.split(";", maxsplit=1)[0].strip()
+        if mime == "application/strategic-merge-patch+json" and store.key in self._custom:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            )
+        if mime == "application/apply-patch+yaml":
+            if not isinstance(body, dict):
+                raise ApiError(400, "BadRequest", "an apply configuration is an object")
+            new = apply(old, body, self._ctx.field_manager, self._ctx.force)
+            return self._write(store, okey, old, new, subresource, applied=True)
         if mime == "application/json-patch+json":
             if not isinstance(body, list):
                 raise ApiError(400, "BadRequest", "a JSON patch is a list of operations")
@@ -441,7 +737,6 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         elif mime in (
             "application/merge-patch+json",
             "application/strategic-merge-patch+json",
-            "application/apply-patch+yaml",
             "application/json",
         ):
             if not isinstance(body, dict):
@@ -479,6 +774,12 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             raise conflict(store.key, name)
         if obj["metadata"].get("deletionTimestamp"):
             return obj
+        policy = options.get("propagationPolicy") or (
+            "Orphan" if options.get("orphanDependents") else "Background"
+        )
+        if policy not in ("Orphan", "Background", "Foreground"):
+            raise ApiError(400, "BadRequest", f"unknown propagationPolicy {policy!r}")
+        self._propagate(obj, policy)
         if obj["metadata"].get("finalizers"):
             new = copy.deepcopy(obj)
             new["metadata"]["deletionTimestamp"] = now()
@@ -490,8 +791,51 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         return self._remove(store, okey, new, obj)
 
+    def _propagate(self, owner: Obj, policy: str) -> None:
+        """Orphan: dependents lose their reference now; Foreground: dependents go first; Background: GC.
+
+        Deleting a namespace deletes everything in it first (the namespace controller's work).
+        """
+        if (
+            owner.get("kind") == "Namespace"
+            and owner["metadata"]["name"]
+            and self._store(NAMESPACES).objects.get((None, owner["metadata"]["name"])) is owner
+        ):
+            for store in builtins.list(self._stores.values()):
+                if store.namespaced:
+                    for okey in [k for k in store.objects if k[0] == owner["metadata"]["name"]]:
+                        if okey in store.objects:
+                            self._force_remove(store, okey)
+        uid = owner["metadata"]["uid"]
+        for key, okey in sorted(self._dependents.get(uid, set())):
+            store = self._stores[key]
+            dependent = store.objects.get(okey)
+            if dependent is None:
+                continue
+            if policy == "Orphan":
+                new = copy.deepcopy(dependent)
+                refs = [r for r in new["metadata"].get("ownerReferences", []) if r.get("uid") != uid]
+                if refs:
+                    new["metadata"]["ownerReferences"] = refs
+                else:
+                    new["metadata"].pop("ownerReferences", None)
+                new["metadata"]["resourceVersion"] = str(self._next_rv())
+                store.objects[okey] = new
+                self._index_owners(key, okey, dependent, new)
+                self._emit(store, "MODIFIED", new, dependent)
+            elif policy == "Foreground":
+                self._delete(store, okey[0], okey[1], {"propagationPolicy": "Foreground"})
+
+    def _force_remove(self, store: Resource, okey: ObjKey) -> None:
+        obj = store.objects[okey]
+        last = copy.deepcopy(obj)
+        last["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._remove(store, okey, last, obj)
+
     def _remove(self, store: Resource, okey: ObjKey, last: Obj, old: Obj) -> Obj:
         del store.objects[okey]
+        if store.key == CRD_KEY:
+            self._unregister(last)
         uid = last["metadata"]["uid"]
         self._uids.pop(uid, None)
         self._index_owners(store.key, okey, old, None)
@@ -552,3 +896,12 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+def _json(doc: Obj, content_type: str) -> aiohttp.web.Response:
+    return aiohttp.web.Response(body=json.dumps(doc).encode(), headers={"Content-Type": content_type})
+
+
+def _default_manager(user_agent: str) -> str:
+    """kube-apiserver's default field manager: the user agent up to its first ``/``."""
+    return user_agent.split("/", maxsplit=1)[0][:128] or "unknown"

@@ -18,6 +18,7 @@ class ApiError(Exception):
         self.code = code
         self.reason = reason
         self.message = message
+        self.details: dict[str, Any] | None = None
 
     def status(self) -> Obj:
         return {
@@ -28,6 +29,7 @@ class ApiError(Exception):
             "code": self.code,
             "reason": self.reason,
             "message": self.message,
+            **({"details": self.details} if self.details else {}),
         }
 
 
