@@ -34,7 +34,7 @@ imports: $(STAMP)
 crds-check: $(STAMP)
 	$(BIN)/flywheel crds --check
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck imports crds-check unit

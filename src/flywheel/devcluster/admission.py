@@ -206,21 +206,22 @@ def _schema_cause(error: Any) -> tuple[str, str]:
             name for name in expected if isinstance(error.instance, dict) and name not in error.instance
         ]
         return (f"{where}.{missing[0]}" if where else missing[0]) if missing else where, "Required value"
+    size = len(error.instance) if isinstance(error.instance, list | dict | str) else 0
+    if validator == "type":
+        got = json.dumps(_type_name(error.instance))
+        return where, f"Invalid value: {got}: {where} in body must be of type {expected}: {got}"
+    if validator == "enum":
+        choices = ", ".join(json.dumps(v) for v in expected)
+        return where, f"Unsupported value: {shown}: supported values: {choices}"
     messages = {
-        "type": f"Invalid value: {json.dumps(_type_name(error.instance))}: {where} in body must be of type "
-        f"{expected}: {json.dumps(_type_name(error.instance))}",
-        "enum": "Unsupported value: {}: supported values: {}".format(
-            shown, ", ".join(json.dumps(v) for v in expected)
-        ),
         "maximum": f"Invalid value: {shown}: {where} in body should be less than or equal to {expected}",
         "minimum": f"Invalid value: {shown}: {where} in body should be greater than or equal to {expected}",
         "pattern": f"Invalid value: {shown}: {where} in body should match '{expected}'",
         "maxLength": f"Too long: may not be more than {expected} bytes",
         "minLength": f"Invalid value: {shown}: {where} in body should be at least {expected} chars long",
-        "maxItems": f"Too many: {len(error.instance)}: must have at most {expected} items",
-        "minItems": f"Invalid value: {len(error.instance)}: {where} in body should have at least "
-        f"{expected} items",
-        "maxProperties": f"Too many: {len(error.instance)}: must have at most {expected} items",
+        "maxItems": f"Too many: {size}: must have at most {expected} items",
+        "minItems": f"Invalid value: {size}: {where} in body should have at least {expected} items",
+        "maxProperties": f"Too many: {size}: must have at most {expected} items",
     }
     return where, messages.get(validator, f"Invalid value: {shown}: {error.message}")
 

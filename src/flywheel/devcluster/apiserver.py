@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import kmock
+import yaml
 
 from flywheel.devcluster.emulator import FlywheelEmulator
 
@@ -60,3 +61,19 @@ class ApiServer:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def kubeconfig(url: str, namespace: str = "default", name: str = "flywheel-dev") -> str:
+    """A kubeconfig for kubectl/helm/client libraries pointing at the emulator (plain HTTP, no auth)."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"server": url}}],
+            "users": [{"name": name, "user": {}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}],
+            "current-context": name,
+            "preferences": {},
+        },
+        sort_keys=False,
+    )

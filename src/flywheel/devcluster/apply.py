@@ -113,8 +113,11 @@ def apply(old: Obj | None, config: Obj, manager: str, force: bool) -> Obj:
     previously: set[Path] = set()
     api_version = str(config.get("apiVersion", ""))
     for entry, paths in _owned(managed):
-        if entry.get("manager") == manager and entry.get("operation") == "Apply":
-            previously = paths
+        if entry.get("manager") == manager:
+            if entry.get("operation") == "Apply":
+                previously = paths
+            else:
+                kept.append(entry)  # the manager's own Update entry never conflicts with its apply
             continue
         clashing = {
             p
@@ -159,6 +162,11 @@ def _conflict_error(conflicts: list[tuple[str, Path]], api_version: str) -> ApiE
         ]
     }
     return error
+
+
+def apply_entry(obj: Obj, manager: str) -> Obj:
+    """The ``Apply`` entry of a server-side apply that created ``obj``."""
+    return _entry(manager, "Apply", str(obj.get("apiVersion", "")), set(leaves(obj)))
 
 
 def record_update(old: Obj | None, new: Obj, manager: str) -> None:

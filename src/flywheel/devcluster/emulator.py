@@ -50,7 +50,7 @@ from flywheel.devcluster.admission import (
     custom_resources,
     invalid,
 )
-from flywheel.devcluster.apply import apply, record_update
+from flywheel.devcluster.apply import apply, apply_entry, record_update
 from flywheel.devcluster.discovery import (
     AGGREGATED,
     Entry,
@@ -275,7 +275,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             if where is None:
                 return self._serve_meta(raw_request, path)
             check_accept(raw_request.headers.get("Accept", ""))
-            if raw_request.query.get("dryRun") and raw_request.method.upper() != "GET":
+            if await _dry_run_requested(raw_request):
                 response = await self._serve_dry_run(raw_request, where)
             else:
                 response = await self._serve(raw_request, *where)
@@ -329,10 +329,6 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
         The write is synchronous once the body is read, so nothing else observes the intermediate state;
         no watch event is emitted and no garbage collection is scheduled while ``_dry_run`` is set.
         """
-        if raw.query.get("dryRun") != "All":
-            raise ApiError(400, "BadRequest", f"unsupported dryRun value {raw.query.get('dryRun')!r}")
-        if raw.body_exists:
-            await raw.read()  # aiohttp caches the body; _serve reads it again without awaiting the network
         self._store(where[0])
         saved_stores = {key: (dict(s.objects), s.dropped_rv) for key, s in self._stores.items()}
         saved = (self._rv, dict(self._uids), {k: set(v) for k, v in self._dependents.items()})
@@ -410,7 +406,10 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "an apply configuration is an object")
                 created = self._create(
-                    key, namespace, {**body, "metadata": {**body.get("metadata", {}), "name": name}}
+                    key,
+                    namespace,
+                    {**body, "metadata": {**body.get("metadata", {}), "name": name}},
+                    applied=True,
                 )
                 return self._respond(created, 201)
             updated = self._patch(store, namespace, name, subresource, content_type, body)
@@ -567,6 +566,7 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
                         del self._dependents[uid]
 
     def _create(self, key: ResKey, namespace: str | None, body: Obj, applied: bool = False) -> Obj:
+        """Create; ``applied``: by server-side apply (the manager gets an ``Apply`` entry)."""
         store = self._store(key)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -606,7 +606,10 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
         obj = self._admit(store, obj, None)
-        self._own(None, obj, applied)
+        if applied:
+            obj["metadata"]["managedFields"] = [apply_entry(obj, self._ctx.field_manager)]
+        else:
+            self._own(None, obj, applied)
         self._trim_events(store)
         store.objects[okey] = obj
         if key == CRD_KEY:
@@ -900,6 +903,27 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
 
 def _json(doc: Obj, content_type: str) -> aiohttp.web.Response:
     return aiohttp.web.Response(body=json.dumps(doc).encode(), headers={"Content-Type": content_type})
+
+
+async def _dry_run_requested(raw: aiohttp.web.BaseRequest) -> bool:
+    """``dryRun=All`` in the query, or in a DELETE's ``DeleteOptions`` body (as kubectl sends it).
+
+    The body is read here; aiohttp caches it, so the handler reads it again without awaiting the network.
+    """
+    if raw.method.upper() == "GET":
+        return False
+    values = raw.query.getall("dryRun", [])
+    if raw.method.upper() == "DELETE" and raw.body_exists:
+        try:
+            options = json.loads(await raw.read() or b"{}")
+        except ValueError:
+            options = {}
+        values = [*values, *((options.get("dryRun") or []) if isinstance(options, dict) else [])]
+    elif raw.body_exists:
+        await raw.read()
+    if any(v != "All" for v in values):
+        raise ApiError(400, "BadRequest", f"unsupported dryRun value {values!r}; only All is supported")
+    return bool(values)
 
 
 def _default_manager(user_agent: str) -> str:
