@@ -19,9 +19,11 @@ async def test_dev_cluster_serves_a_trace_through_a_gpu_fault(tmp_path: Path) ->
         report=report_path,
         live=False,
         operator_log=tmp_path / "operator.log",
+        kubeconfig=tmp_path / "kubeconfig",
         progress=lambda message: None,
     )
     result = await run_dev(options)
+    assert "server: http://127.0.0.1:" in (tmp_path / "kubeconfig").read_text()
 
     assert json.loads(report_path.read_text()) == json.loads(json.dumps(result))
     assert result["scenario"]["instances_ready_before_replay"], "the operator never made the pools serve"

@@ -24,6 +24,7 @@ def run(
     max_rps: float,
     live: bool | None,
     seed: int,
+    kubeconfig: Path | None = None,
 ) -> int:
     console = Console()
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,6 +40,7 @@ def run(
             max_rps=max_rps,
             live=live,
             seed=seed,
+            kubeconfig=kubeconfig,
         )
         options.faults()  # validate before starting anything
         result = asyncio.run(run_dev(options, console))
