@@ -23,7 +23,7 @@ from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync
-from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+from flywheel.devcluster.kubelet import CLOCK_CACHE_S, EngineKubelet, RunningEngine
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
@@ -110,6 +110,7 @@ async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: Ku
 
         # The GPU falls off the bus: the engine fails and the Pod stops being Ready.
         node.nvml.inject_gpu_lost(0)
+        await asyncio.sleep(2 * CLOCK_CACHE_S)  # the engine's cached clock reading has expired
         async with httpx.AsyncClient() as client:
             await client.post(f"{running.url}/v1/completions", json=body)
 
