@@ -428,7 +428,8 @@ class FlywheelEmulator(kmock.KubernetesEmulator):
     def _respond(self, obj: Obj, status: int) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.json_response(obj, status=status)
         for warning in self._ctx.warnings:
-            response.headers.add("Warning", f'299 - "{warning}"')
+            escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+            response.headers.add("Warning", f'299 - "{escaped}"')
         return response
 
     def _table(

@@ -476,6 +476,38 @@ def _rule_problems(path: str, node: Mapping[str, Any]) -> list[str]:
             problems.append(f"{path}: fieldPath {field_path!r} does not name a field of this node")
         if _CEL_MACROS.search(rule["rule"]):
             problems += _bounded_subtree_problems(node, path)
+        problems += _unbounded_strings(node, path, rule["rule"])
+    return problems
+
+
+# A field chain (``self.a.b``, ``c.name``) not followed by a call; macro receivers bind variables.
+_CHAIN = r"((?:\.[A-Za-z_]\w*(?![\w(]))*)"
+_REFERENCE = re.compile(r"\b([A-Za-z_]\w*)" + _CHAIN)
+_BINDING = re.compile(r"\b(self|oldSelf)" + _CHAIN + r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,")
+
+
+def _resolve(node: Mapping[str, Any] | None, chain: str) -> Mapping[str, Any] | None:
+    for part in [p for p in chain.split(".") if p]:
+        if node is None:
+            return None
+        node = node.get("properties", {}).get(part)
+    return node
+
+
+def _unbounded_strings(node: Mapping[str, Any], path: str, rule: str) -> list[str]:
+    """Strings a rule reads must have ``maxLength`` (or an ``enum``) so its cost estimate is bounded."""
+    scopes: dict[str, Mapping[str, Any] | None] = {"self": node, "oldSelf": node}
+    for match in _BINDING.finditer(rule):
+        collection = _resolve(node, match[2])
+        items = collection.get("items") if collection is not None else None
+        scopes[match[3]] = items if isinstance(items, Mapping) else None  # map keys cannot be bounded
+    problems = []
+    for match in _REFERENCE.finditer(rule):
+        if match[1] not in scopes or not match[2]:
+            continue
+        target = _resolve(scopes[match[1]], match[2])
+        if target is not None and _type_of(target) == "string" and not ({"maxLength", "enum"} & set(target)):
+            problems.append(f"{path}: string {match[1]}{match[2]} read by rule {rule!r} needs maxLength")
     return problems
 
 
