@@ -483,7 +483,8 @@ def _rule_problems(path: str, node: Mapping[str, Any]) -> list[str]:
 # A field chain (``self.a.b``, ``c.name``) not followed by a call; macro receivers bind variables.
 _CHAIN = r"((?:\.[A-Za-z_]\w*(?![\w(]))*)"
 _REFERENCE = re.compile(r"\b([A-Za-z_]\w*)" + _CHAIN)
-_BINDING = re.compile(r"\b(self|oldSelf)" + _CHAIN + r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,")
+_MACRO_CALL = r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,"
+_BINDING = re.compile(r"\b(self|oldSelf)" + _CHAIN + _MACRO_CALL)
 
 
 def _resolve(node: Mapping[str, Any] | None, chain: str) -> Mapping[str, Any] | None:
