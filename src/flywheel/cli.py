@@ -229,13 +229,16 @@ def dev(
     kubeconfig: Path | None = typer.Option(
         None, "--kubeconfig", help="Write a kubeconfig here: kubectl/helm then drive the dev cluster's API."
     ),
+    metrics: int | None = typer.Option(
+        None, "--metrics", help="Operator /metrics on this port, node agents' on the next --nodes ports."
+    ),
 ) -> None:
     """Run Flywheel end to end on localhost: API emulator, operator, agents, simulated engines, router."""
     from flywheel.devcluster.cli import run
 
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
-        report=report, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig,
+        report=report, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig, metrics_port=metrics,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

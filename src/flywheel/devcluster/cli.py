@@ -25,6 +25,7 @@ def run(
     live: bool | None,
     seed: int,
     kubeconfig: Path | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     console = Console()
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -41,6 +42,7 @@ def run(
             live=live,
             seed=seed,
             kubeconfig=kubeconfig,
+            metrics_port=metrics_port,
         )
         options.faults()  # validate before starting anything
         result = asyncio.run(run_dev(options, console))

@@ -113,6 +113,7 @@ class DevOptions:
     drain_timeout_s: float = 60.0
     operator_log: Path | None = None
     kubeconfig: Path | None = None  # write a kubeconfig for kubectl/helm pointing at the emulator
+    metrics_port: int | None = None  # operator /metrics here, node agents' on the next ports
     progress: Callable[[str], None] | None = None
 
     def faults(self) -> list[FaultSpec]:
@@ -210,10 +211,12 @@ class DevCluster:
             policies=self._clock_policies,
             arrivals_rps=self._arrivals_per_instance,
         )
-        for node in self.nodes.values():
+        for index, node in enumerate(self.nodes.values()):
+            agent_port = None if o.metrics_port is None else o.metrics_port + 1 + index
             start_agent(
                 node,
                 url,
+                metrics_port=agent_port,
                 engines=self._engine_targets(node.name),
                 clock_decider=self.clocks.decider(node.name),
                 engine_reader=self._read_engine,
@@ -221,6 +224,11 @@ class DevCluster:
                 hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
             )
         self._say(f"{o.nodes} simulated nodes x {o.gpus_per_node} GPUs with node agents")
+        if o.metrics_port is not None:
+            self._say(
+                f"metrics: operator http://127.0.0.1:{o.metrics_port}/metrics, node agents "
+                f"http://127.0.0.1:{o.metrics_port + 1}-{o.metrics_port + o.nodes}/metrics"
+            )
         self._start_operator(url)
         self.injector = FaultInjector(self.kubelet)
         loop = asyncio.get_running_loop()
@@ -243,6 +251,8 @@ class DevCluster:
             "--cluster-period", str(max(10.0, 1800.0 / o.speed)),
             "--resync", "5",
         ]  # fmt: skip
+        if o.metrics_port is not None:
+            command += ["--metrics-port", str(o.metrics_port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         handle = log_path.open("wb")
         self.operator = subprocess.Popen(
