@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,6 +214,34 @@ def test_patch_json(env: dict[str, str]) -> None:
     patch = '[{"op":"replace","path":"/spec/scaling/maxInstances","value":12}]'
     assert "patched" in ok(env, "patch", "md", "llama2-70b", "--type=json", "-p", patch)
     assert jsonpath(env, "md", "llama2-70b", "{.spec.scaling.maxInstances}") == "12"
+
+
+def _pump(stream: Iterator[str], into: queue.Queue[str]) -> None:
+    for line in stream:
+        into.put(line)
+
+
+def test_watch_prints_changes_as_table_rows(env: dict[str, str]) -> None:
+    watch = subprocess.Popen(
+        [str(KUBECTL), "get", "md", "llama2-70b", "--watch", "--output-watch-events", "-o", "wide"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert watch.stdout is not None
+    threading.Thread(target=_pump, args=(watch.stdout, lines), daemon=True).start()
+    try:
+        assert lines.get(timeout=60).split()[:2] == ["EVENT", "NAME"]
+        assert lines.get(timeout=60).split()[:2] == ["ADDED", "llama2-70b"]
+        ok(env, "patch", "md", "llama2-70b", "--type=merge", "-p", '{"spec":{"energyPolicy":"Performance"}}')
+        row = lines.get(timeout=60).split()
+        assert row[:2] == ["MODIFIED", "llama2-70b"] and "Performance" in row
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
+    ok(env, "patch", "md", "llama2-70b", "--type=merge", "-p", '{"spec":{"energyPolicy":"Efficient"}}')
 
 
 def test_strategic_merge_patch_on_custom_resource_is_415(env: dict[str, str]) -> None:

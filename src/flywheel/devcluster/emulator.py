@@ -25,6 +25,7 @@ import asyncio
 import builtins
 import collections
 import copy
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -356,7 +357,15 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
                     raise ApiError(400, "BadRequest", f"the body is not {mime}: {exc}") from exc
         if name is None:
             if method == "GET" and raw.query.get("watch") in ("true", "1"):
-                return await serve_watch(raw, store, namespace, lambda: self._rv, lambda: self._changed)
+                render = None
+                if wants_table(accept):
+                    custom = self._custom.get(store.key)
+                    columns = custom.printer_columns if custom is not None else None
+                    include = query.get("includeObject", "Metadata")
+                    render = functools.partial(self._watch_row, store.key[2], columns, include)
+                return await serve_watch(
+                    raw, store, namespace, lambda: self._rv, lambda: self._changed, render
+                )
             if method == "GET":
                 listed = self._list(store, namespace, raw.query)
                 if wants_table(accept):
@@ -399,6 +408,9 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
                 options["propagationPolicy"] = query["propagationPolicy"]
             return self._respond(self._delete(store, namespace, name, options), 200)
         raise ApiError(405, "MethodNotAllowed", f"{method} on an object")
+
+    def _watch_row(self, plural: str, columns: builtins.list[Obj] | None, include: str, obj: Obj) -> Obj:
+        return table([obj], plural, columns, include, obj["metadata"].get("resourceVersion", ""))
 
     def _respond(self, obj: Obj, status: int) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.json_response(obj, status=status)

@@ -108,8 +108,12 @@ async def serve_watch(
     namespace: str | None,
     current_rv: Callable[[], int],
     changed_event: Callable[[], asyncio.Event],
+    render: Callable[[Obj], Obj] | None = None,
 ) -> aiohttp.web.StreamResponse:
-    """A watch stream: initial ADDEDs (or resume from ``resourceVersion``), then the store's log."""
+    """A watch stream: initial ADDEDs (or resume from ``resourceVersion``), then the store's log.
+
+    ``render`` turns each event's object into what the client asked for (a one-row Table for kubectl).
+    """
     query = raw.query
     predicate = selector(query)
     bookmarks = query.get("allowWatchBookmarks") == "true"
@@ -130,6 +134,8 @@ async def serve_watch(
     await response.prepare(raw)
 
     async def send(event: Obj) -> None:
+        if render is not None and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+            event = {**event, "object": render(event["object"])}
         await response.write(json.dumps(event).encode() + b"\n")
 
     try:
