@@ -352,6 +352,42 @@ def test_create_namespace_and_use_it(env: dict[str, str]) -> None:
     assert "Active" in ok(env, "get", "namespace", "team-b")
 
 
+def test_apply_builtin_twice_replaces_data(env: dict[str, str]) -> None:
+    first = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "tuning"},
+        "data": {"a": "1", "b": "2"},
+    }
+    assert ok(env, "apply", "-f", "-", stdin=json.dumps(first)).strip() == "configmap/tuning created"
+    second = first | {"data": {"a": "1"}}
+    assert ok(env, "apply", "-f", "-", stdin=json.dumps(second)).strip() == "configmap/tuning configured"
+    assert jsonpath(env, "configmap", "tuning", "{.data}") == '{"a":"1"}'
+    lines = ok(env, "get", "configmap", "tuning").splitlines()
+    assert lines[0].split() == ["NAME", "DATA", "AGE"] and lines[1].split()[:2] == ["tuning", "1"]
+
+
+def test_get_nodes_shows_status(env: dict[str, str]) -> None:
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "gpu-node-0"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    ok(env, "create", "-f", "-", stdin=json.dumps(node))
+    assert ok(env, "get", "node", "gpu-node-0", "--no-headers").split()[1] == "NotReady"  # status dropped
+    ready = json.dumps({"status": node["status"]})
+    ok(env, "patch", "node", "gpu-node-0", "--subresource=status", "--type=merge", "-p", ready)
+    ok(env, "cordon", "gpu-node-0")
+    lines = ok(env, "get", "nodes").splitlines()
+    assert lines[0].split()[:2] == ["NAME", "STATUS"]
+    assert lines[1].split()[:2] == ["gpu-node-0", "Ready,SchedulingDisabled"]
+
+
+def test_auth_can_i(env: dict[str, str]) -> None:
+    assert ok(env, "auth", "can-i", "create", "modeldeployments").strip() == "yes"
+
+
 def test_create_in_missing_namespace_is_refused(env: dict[str, str]) -> None:
     err = fails(
         env,
@@ -541,3 +577,11 @@ def test_immutable_model_name_is_refused(env: dict[str, str]) -> None:
     assert 'The ModelDeployment "llama2-70b" is invalid: spec.model.name: Invalid value: "string"' in err
     assert "model.name is immutable" in err
     assert jsonpath(env, "md", "llama2-70b", "{.spec.model.name}") == "meta-llama/Llama-2-70b-chat-hf"
+
+
+def test_delete_crds_stops_serving_their_kinds(env: dict[str, str]) -> None:
+    out = ok(env, "delete", "-f", str(REPO / "crds"))
+    assert out.count("deleted") == 5
+    assert "the server doesn't have a resource type" in fails(
+        env, "get", "md", "--cache-dir", "/nonexistent-cache"
+    )

@@ -89,6 +89,7 @@ __all__ = [
 ]
 
 
+ACCESS_REVIEWS: ResKey = ("authorization.k8s.io", "v1", "selfsubjectaccessreviews")
 SERVER_VERSION = {
     "major": "1",
     "minor": "37",
@@ -374,6 +375,9 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
             if method == "POST":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "create needs a JSON object")
+                if key == ACCESS_REVIEWS:  # no RBAC here: everything is allowed, nothing is stored
+                    reason = "the dev cluster has no RBAC: every request is allowed"
+                    return self._respond(body | {"status": {"allowed": True, "reason": reason}}, 201)
                 created = self._create(key, namespace, body)
                 return self._respond(created, 201)
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")

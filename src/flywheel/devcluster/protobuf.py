@@ -4,7 +4,8 @@ kubectl's typed commands (``kubectl create namespace``, ``create configmap``) se
 ``application/vnd.kubernetes.protobuf``: the bytes ``k8s\\0`` then a ``runtime.Unknown`` whose ``raw``
 holds the object (k8s.io/api ``generated.proto``). client-go does not retry such a create as JSON, so
 the emulator decodes the kinds kubectl creates this way and answers 415 for any other: Namespace and
-ConfigMap, with ObjectMeta's name, generateName, namespace, labels and annotations.
+ConfigMap (ObjectMeta's name, generateName, namespace, labels and annotations), and the
+SelfSubjectAccessReview of ``kubectl auth can-i``.
 """
 
 from __future__ import annotations
@@ -108,7 +109,32 @@ def _config_map(data: bytes) -> Obj:
     return obj
 
 
+def _attributes(data: bytes, names: dict[int, str]) -> Obj:
+    return {names[n]: _text(v) for n, v in fields(data) if n in names and _text(v)}
+
+
+def _access_review(data: bytes) -> Obj:
+    """``kubectl auth can-i``'s SelfSubjectAccessReview (resource or non-resource attributes)."""
+    spec: Obj = {}
+    for number, value in fields(data):
+        if number != 2 or not isinstance(value, bytes):
+            continue
+        for sub, attributes in fields(value):
+            if sub == 1 and isinstance(attributes, bytes):
+                names = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource"}
+                spec["resourceAttributes"] = _attributes(attributes, names | {7: "name"})
+            elif sub == 2 and isinstance(attributes, bytes):
+                spec["nonResourceAttributes"] = _attributes(attributes, {1: "path", 2: "verb"})
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "metadata": {},
+        "spec": spec,
+    }
+
+
 _KINDS: dict[tuple[str, str], Callable[[bytes], Obj]] = {
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): _access_review,
     ("v1", "Namespace"): _namespace,
     ("v1", "ConfigMap"): _config_map,
 }
