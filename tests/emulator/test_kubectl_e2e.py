@@ -579,9 +579,8 @@ def test_immutable_model_name_is_refused(env: dict[str, str]) -> None:
     assert jsonpath(env, "md", "llama2-70b", "{.spec.model.name}") == "meta-llama/Llama-2-70b-chat-hf"
 
 
-def test_delete_crds_stops_serving_their_kinds(env: dict[str, str]) -> None:
+def test_delete_crds_stops_serving_their_kinds(env: dict[str, str], tmp_path: Path) -> None:
     out = ok(env, "delete", "-f", str(REPO / "crds"))
     assert out.count("deleted") == 5
-    assert "the server doesn't have a resource type" in fails(
-        env, "get", "md", "--cache-dir", "/nonexistent-cache"
-    )
+    fresh_discovery = ("get", "md", "--cache-dir", str(tmp_path / "cache"))
+    assert "the server doesn't have a resource type" in fails(env, *fresh_discovery)
