@@ -107,6 +107,19 @@ def test_wait_for_crds_established(env: dict[str, str]) -> None:
     assert names.split() == ["NamesAccepted", "Established"]
 
 
+def test_apply_k_flywheel_manifests(env: dict[str, str]) -> None:
+    """The install step of the README; the ServiceMonitor needs prometheus-operator's CRD, which this
+    cluster (like a bare one) lacks, so kubectl reports it after creating everything else."""
+    result = kubectl(env, "apply", "-k", str(REPO / "manifests"))
+    assert result.returncode == 1
+    assert "deployment.apps/flywheel-operator created" in result.stdout
+    assert "daemonset.apps/flywheel-agent created" in result.stdout
+    assert 'no matches for kind "ServiceMonitor" in version "monitoring.coreos.com/v1"' in result.stderr
+    lines = ok(env, "get", "deployments", "-n", "flywheel-system").splitlines()
+    assert lines[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert lines[1].split()[:2] == ["flywheel-operator", "0/2"]  # two replicas (HA), no controller
+
+
 def test_apply_sample(env: dict[str, str]) -> None:
     assert ok(env, "apply", "-f", str(SAMPLE)).strip() == "modeldeployment.flywheel.dev/llama2-70b created"
 

@@ -56,7 +56,7 @@ from flywheel.devcluster.discovery import (
 )
 from flywheel.devcluster.openapi import group_version_document, gv_path, v2_document, v3_index
 from flywheel.devcluster.patch import json_patch, merge_patch
-from flywheel.devcluster.protobuf import PROTOBUF
+from flywheel.devcluster.protobuf import EMPTY_OPENAPI_V2, OPENAPI_V2_PROTOBUF, PROTOBUF
 from flywheel.devcluster.protobuf import decode as decode_protobuf
 from flywheel.devcluster.store import (
     ApiError,
@@ -446,9 +446,13 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         if parts and parts[0] == "v3" and "/".join(parts[1:]) in documents:
             check_accept(accept)
             return aiohttp.web.json_response(documents["/".join(parts[1:])])
-        if parts == ["v2"]:
-            check_accept(accept)
+        if parts == ["v2"] and _accepts_json(accept):
             return aiohttp.web.json_response(v2_document(documents))
+        if parts == ["v2"] and OPENAPI_V2_PROTOBUF in accept:
+            # client-go reads v2 as protobuf only; kubectl then looks up kinds v3 does not describe
+            # (CRDs not installed): an empty document lets it report them as it would on a cluster.
+            headers = {"Content-Type": OPENAPI_V2_PROTOBUF.replace("@", ".")}  # as kube-openapi answers
+            return aiohttp.web.Response(body=EMPTY_OPENAPI_V2, headers=headers)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     def _openapi_documents(self) -> dict[str, Obj]:
@@ -545,6 +549,14 @@ async def _dry_run_requested(raw: aiohttp.web.BaseRequest) -> bool:
     if any(v != "All" for v in values):
         raise ApiError(400, "BadRequest", f"unsupported dryRun value {values!r}; only All is supported")
     return bool(values)
+
+
+def _accepts_json(accept: str) -> bool:
+    try:
+        check_accept(accept)
+    except ApiError:
+        return False
+    return True
 
 
 def _default_manager(user_agent: str) -> str:

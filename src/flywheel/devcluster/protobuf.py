@@ -16,6 +16,16 @@ from flywheel.devcluster.store import ApiError, Obj
 
 MAGIC = b"k8s\x00"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128  # one-byte lengths suffice here
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+# gnostic's openapi_v2.Document with only ``swagger`` and ``info`` (title, version): no definitions.
+EMPTY_OPENAPI_V2 = _field(1, b"2.0") + _field(2, _field(1, b"Kubernetes") + _field(2, b"v1.37.0"))
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

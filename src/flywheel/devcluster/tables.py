@@ -119,6 +119,15 @@ def _get(path: str) -> Callable[[Obj], Any]:
     return read
 
 
+def _status(obj: Obj, key: str) -> int:
+    return int((obj.get("status") or {}).get(key) or 0)
+
+
+def _ports(obj: Obj) -> str:
+    ports = (obj.get("spec") or {}).get("ports") or []
+    return ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in ports) or "<none>"
+
+
 def _involved(obj: Obj) -> str:
     ref = obj.get("involvedObject") or obj.get("regarding") or {}
     return f"{str(ref.get('kind', '')).lower()}/{ref.get('name', '')}"
@@ -151,6 +160,23 @@ _BUILTIN: dict[str, list[Column]] = {
         ("Message", _get(".message"), 0),
     ],
     "configmaps": [("Data", lambda o: len(o.get("data") or {}) + len(o.get("binaryData") or {}), 0)],
+    "deployments": [
+        ("Ready", lambda o: f"{_status(o, 'readyReplicas')}/{(o.get('spec') or {}).get('replicas', 1)}", 0),
+        ("Up-to-date", lambda o: _status(o, "updatedReplicas"), 0),
+        ("Available", lambda o: _status(o, "availableReplicas"), 0),
+    ],
+    "daemonsets": [
+        ("Desired", lambda o: _status(o, "desiredNumberScheduled"), 0),
+        ("Current", lambda o: _status(o, "currentNumberScheduled"), 0),
+        ("Ready", lambda o: _status(o, "numberReady"), 0),
+        ("Up-to-date", lambda o: _status(o, "updatedNumberScheduled"), 0),
+        ("Available", lambda o: _status(o, "numberAvailable"), 0),
+    ],
+    "services": [
+        ("Type", lambda o: (o.get("spec") or {}).get("type", "ClusterIP"), 0),
+        ("Cluster-IP", lambda o: (o.get("spec") or {}).get("clusterIP", "<none>"), 0),
+        ("Port(s)", _ports, 0),
+    ],
 }
 
 
