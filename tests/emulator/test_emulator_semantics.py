@@ -8,6 +8,8 @@ import httpx
 import pytest
 from emulator_thread import EmulatorThread
 
+from flywheel.devcluster.patch import strategic_merge_patch
+
 CM = "/api/v1/namespaces/default/configmaps"
 DRY = {"dryRun": "All"}
 
@@ -166,3 +168,34 @@ def test_core_discovery_and_media_types(http: httpx.Client) -> None:
     index = http.get("/openapi/v3").json()["paths"]
     assert "apis/flywheel.dev/v1alpha1" in index and "api/v1" in index
     assert http.get("/openapi/v2").json()["swagger"] == "2.0"
+
+
+def test_strategic_merge_patch_directives() -> None:
+    pod = {
+        "metadata": {"finalizers": ["a"]},
+        "spec": {
+            "containers": [
+                {"name": "x", "image": "1", "env": [{"name": "A", "value": "1"}]},
+                {"name": "y", "image": "1"},
+            ]
+        },
+    }
+    patch = {
+        "metadata": {"finalizers": ["b"], "$deleteFromPrimitiveList/finalizers": ["a"]},
+        "spec": {
+            "$setElementOrder/containers": [{"name": "y"}, {"name": "x"}],
+            "containers": [
+                {"name": "x", "env": [{"name": "B", "value": "2"}]},
+                {"name": "z", "$patch": "delete"},
+            ],
+        },
+    }
+    out = strategic_merge_patch(pod, patch)
+    assert out["metadata"]["finalizers"] == ["b"]
+    assert [c["name"] for c in out["spec"]["containers"]] == ["y", "x"]
+    x = out["spec"]["containers"][1]
+    assert x["image"] == "1" and [e["name"] for e in x["env"]] == ["A", "B"]
+    deleted = strategic_merge_patch(out, {"spec": {"containers": [{"name": "y", "$patch": "delete"}]}})
+    assert [c["name"] for c in deleted["spec"]["containers"]] == ["x"]
+    replaced = strategic_merge_patch(out, {"spec": {"$patch": "replace", "containers": []}})
+    assert replaced["spec"] == {"containers": []}

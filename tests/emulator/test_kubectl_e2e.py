@@ -120,6 +120,21 @@ def test_apply_k_flywheel_manifests(env: dict[str, str]) -> None:
     assert lines[1].split()[:2] == ["flywheel-operator", "0/2"]  # two replicas (HA), no controller
 
 
+def test_strategic_merge_on_a_builtin_merges_keyed_lists(env: dict[str, str]) -> None:
+    deploy = ("-n", "flywheel-system", "deploy/flywheel-operator")
+    assert ok(env, "set", "image", *deploy, "operator=flywheel:dev").strip().endswith("image updated")
+    assert ok(env, "set", "env", *deploy, "FOO=bar").strip().endswith("env updated")
+    container = "{.spec.template.spec.containers[0]"
+    get = ("get", "-n", "flywheel-system", "deploy", "flywheel-operator", "-o")
+    assert ok(env, *get, f"jsonpath={container}.image}}") == "flywheel:dev"
+    assert ok(env, *get, f"jsonpath={container}.env[*].name}}") == "POD_NAME FOO"  # merged by name
+    assert ok(env, *get, f"jsonpath={container}.readinessProbe.periodSeconds}}") == "10"  # kept
+    # Re-applying the manifests restores the image (three-way merge) and keeps the imperative env.
+    kubectl(env, "apply", "-k", str(REPO / "manifests"))
+    assert ok(env, *get, f"jsonpath={container}.image}}").startswith("ghcr.io/")
+    assert ok(env, *get, f"jsonpath={container}.env[*].name}}") == "POD_NAME FOO"
+
+
 def test_apply_sample(env: dict[str, str]) -> None:
     assert ok(env, "apply", "-f", str(SAMPLE)).strip() == "modeldeployment.flywheel.dev/llama2-70b created"
 

@@ -97,3 +97,94 @@ def _remove(doc: Any, parts: list[str]) -> Any:
     else:
         del parent[last]
     return doc
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategic merge patch (built-in kinds only; custom resources answer 415)
+
+# patchMergeKey of the k8s.io/api lists kubectl patches; "ports" is keyed by containerPort in a
+# container and by port in a Service.
+_MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "imagePullSecrets": "name",
+    "conditions": "type",
+    "ownerReferences": "uid",
+    "hostAliases": "ip",
+    "topologySpreadConstraints": "topologyKey",
+    "resourceClaims": "name",
+}
+_MERGED_PRIMITIVE_LISTS = {"finalizers"}
+
+
+def _merge_key(field: str, items: list[Any]) -> str | None:
+    if field == "ports":
+        sample = next((i for i in items if isinstance(i, dict)), {})
+        return "containerPort" if "containerPort" in sample else "port"
+    return _MERGE_KEYS.get(field)
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """kubectl's strategic merge patch: keyed lists merge by their patchMergeKey, ``$patch``
+    (replace/delete), ``$setElementOrder/...`` and ``$deleteFromPrimitiveList/...`` directives."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    orders: dict[str, list[Any]] = {}
+    for key, value in patch.items():
+        if key.startswith("$setElementOrder/"):
+            orders[key.split("/", 1)[1]] = value
+        elif key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            result[field] = [x for x in result.get(field) or [] if x not in value]
+        elif key.startswith("$"):
+            continue  # $retainKeys and other directives: merging is the default
+        elif value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and key in _MERGED_PRIMITIVE_LISTS:
+            current = list(result.get(key) or [])
+            result[key] = current + [v for v in value if v not in current]
+        elif isinstance(value, list) and (merge_key := _merge_key(key, value)) is not None:
+            result[key] = _merge_list(list(result.get(key) or []), value, merge_key)
+        else:
+            result[key] = strategic_merge_patch(result.get(key), value)
+    for field, order in orders.items():
+        if isinstance(result.get(field), list):
+            result[field] = _reorder(result[field], order, _merge_key(field, result[field]))
+    return result
+
+
+def _merge_list(current: list[Any], patch: list[Any], key: str) -> list[Any]:
+    for item in patch:
+        if not isinstance(item, dict):
+            continue
+        index = next(
+            (i for i, c in enumerate(current) if isinstance(c, dict) and c.get(key) == item.get(key)), None
+        )
+        if item.get("$patch") == "delete":
+            if index is not None:
+                del current[index]
+        elif index is None:
+            current.append({k: v for k, v in item.items() if k != "$patch"})
+        else:
+            current[index] = strategic_merge_patch(current[index], item)
+    return current
+
+
+def _reorder(items: list[Any], order: list[Any], key: str | None) -> list[Any]:
+    def identity(item: Any) -> Any:
+        return item.get(key) if key is not None and isinstance(item, dict) else item
+
+    wanted = [identity(o) for o in order]
+    ranked = sorted(
+        range(len(items)),
+        key=lambda i: (wanted.index(identity(items[i])) if identity(items[i]) in wanted else len(wanted), i),
+    )
+    return [items[i] for i in ranked]

@@ -19,7 +19,7 @@ from typing import Any
 
 from flywheel.devcluster.admission import CRD_KEY, CustomResource, admit, crd_problems, crd_status, invalid
 from flywheel.devcluster.apply import apply, apply_entry, record_update
-from flywheel.devcluster.patch import json_patch, merge_patch
+from flywheel.devcluster.patch import json_patch, merge_patch, strategic_merge_patch
 from flywheel.devcluster.store import (
     ApiError,
     Obj,
@@ -302,20 +302,25 @@ class Writes:
             if not isinstance(body, list):
                 raise ApiError(400, "BadRequest", "a JSON patch is a list of operations")
             new = json_patch(old, body)
-        elif mime in (
-            "application/merge-patch+json",
-            "application/strategic-merge-patch+json",
-            "application/json",
-        ):
+        elif mime == "application/strategic-merge-patch+json":
+            if not isinstance(body, dict):
+                raise ApiError(400, "BadRequest", "a strategic merge patch is a JSON object")
+            self._check_patch_rv(store, name, old, body)
+            new = strategic_merge_patch(old, body)
+        elif mime in ("application/merge-patch+json", "application/json"):
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "a merge patch is a JSON object")
-            wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
-            if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
-                raise conflict(store.key, name)
+            self._check_patch_rv(store, name, old, body)
             new = merge_patch(copy.deepcopy(old), body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {mime!r}")
         return self._write(store, okey, old, new, subresource)
+
+    @staticmethod
+    def _check_patch_rv(store: Resource, name: str, old: Obj, body: Obj) -> None:
+        wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
+            raise conflict(store.key, name)
 
     def _update(
         self, store: Resource, namespace: str | None, name: str, subresource: str | None, body: Obj
