@@ -199,3 +199,21 @@ def test_strategic_merge_patch_directives() -> None:
     assert [c["name"] for c in deleted["spec"]["containers"]] == ["x"]
     replaced = strategic_merge_patch(out, {"spec": {"$patch": "replace", "containers": []}})
     assert replaced["spec"] == {"containers": []}
+
+
+def test_list_pages_with_limit_and_continue(http: httpx.Client) -> None:
+    for i in range(5):
+        assert http.post(CM, json=cm(f"page-{i}", a="1")).status_code == 201
+    names: list[str] = []
+    params: dict[str, str] = {"limit": "2"}
+    pages = 0
+    while True:
+        body = http.get(CM, params=params).json()
+        names += [o["metadata"]["name"] for o in body["items"] if o["metadata"]["name"].startswith("page-")]
+        pages += 1
+        token = body["metadata"].get("continue")
+        if not token:
+            break
+        params["continue"] = token
+    assert names == [f"page-{i}" for i in range(5)] and pages >= 3
+    assert http.get(CM, params={"limit": "x"}).status_code == 400

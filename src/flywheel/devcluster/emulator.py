@@ -70,6 +70,7 @@ from flywheel.devcluster.store import (
 )
 from flywheel.devcluster.tables import TABLE, table, wants_table
 from flywheel.devcluster.watch import (
+    page,
     parse_field_selector,
     parse_label_selector,
     selector,
@@ -508,16 +509,17 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
 
     def _list(self, store: Resource, namespace: str | None, query: Mapping[str, str]) -> Obj:
         predicate = selector(query)
-        items = [
-            obj
-            for (ns, _), obj in store.objects.items()
-            if (namespace is None or ns == namespace) and predicate(obj)
-        ]
+        keys = sorted(
+            (k for k in store.objects if namespace is None or k[0] == namespace),
+            key=lambda k: (k[0] or "", k[1]),
+        )
+        items, more = page([store.objects[k] for k in keys], predicate, query)
         group, version, _ = store.key
+        meta: Obj = {"resourceVersion": str(self._rv), **more}
         return {
             "apiVersion": f"{group}/{version}" if group else version,
             "kind": f"{store.kind}List",
-            "metadata": {"resourceVersion": str(self._rv)},
+            "metadata": meta,
             "items": items,
         }
 

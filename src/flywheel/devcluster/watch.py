@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import re
@@ -100,6 +101,31 @@ def parse_field_selector(selector: str) -> Predicate:
 
         checks.append(check)
     return lambda obj: all(check(obj) for check in checks)
+
+
+def page(objects: list[Obj], predicate: Predicate, query: Mapping[str, str]) -> tuple[list[Obj], Obj]:
+    """One ``limit``/``continue`` page of the selected ``objects`` (in key order), and the list
+    metadata it adds (``continue``, ``remainingItemCount``). The token names the last key served, so
+    the next page resumes there even after concurrent writes."""
+    start: tuple[str, ...] = ("", "")
+    try:
+        if query.get("continue"):
+            start = tuple(json.loads(base64.urlsafe_b64decode(query["continue"])))
+        limit = int(query.get("limit") or 0)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "BadRequest", f"invalid limit or continue token: {exc}") from exc
+    selected = [
+        o
+        for o in objects
+        if predicate(o) and (o["metadata"].get("namespace") or "", o["metadata"]["name"]) > start
+    ]
+    if limit <= 0 or len(selected) <= limit:
+        return selected, {}
+    last = selected[limit - 1]["metadata"]
+    token = base64.urlsafe_b64encode(
+        json.dumps([last.get("namespace") or "", last["name"]]).encode()
+    ).decode()
+    return selected[:limit], {"continue": token, "remainingItemCount": len(selected) - limit}
 
 
 async def serve_watch(
