@@ -5,9 +5,12 @@ plus the media-type rules: JSON and YAML only, so a client offering protobuf get
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import aiohttp.web
 
 from flywheel.devcluster.store import ApiError, Obj
 
@@ -186,3 +189,15 @@ def check_content_type(content_type: str) -> str:
         f"the body of the request was in an unknown format - accepted media types include: "
         f'application/json, application/yaml (got "{mime}")',
     )
+
+
+def json_response(doc: Obj, content_type: str) -> aiohttp.web.Response:
+    return aiohttp.web.Response(body=json.dumps(doc).encode(), headers={"Content-Type": content_type})
+
+
+def accepts_json(accept: str) -> bool:
+    try:
+        check_accept(accept)
+    except ApiError:
+        return False
+    return True

@@ -45,6 +45,7 @@ from flywheel.devcluster.admission import (
 from flywheel.devcluster.discovery import (
     AGGREGATED,
     Entry,
+    accepts_json,
     aggregated,
     api_group,
     api_group_list,
@@ -52,6 +53,7 @@ from flywheel.devcluster.discovery import (
     api_versions,
     check_accept,
     check_content_type,
+    json_response,
     wants_aggregated,
 )
 from flywheel.devcluster.openapi import group_version_document, gv_path, v2_document, v3_index
@@ -76,7 +78,7 @@ from flywheel.devcluster.watch import (
     selector,
     serve_watch,
 )
-from flywheel.devcluster.writes import NAMESPACES, Context, Writes
+from flywheel.devcluster.writes import NAMESPACES, Context, Writes, default_manager, dry_run_requested
 
 __all__ = [
     "ApiError",
@@ -253,7 +255,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
             if where is None:
                 return self._serve_meta(raw_request, path)
             check_accept(raw_request.headers.get("Accept", ""))
-            if await _dry_run_requested(raw_request):
+            if await dry_run_requested(raw_request):
                 response = await self._serve_dry_run(raw_request, where)
             else:
                 response = await self._serve(raw_request, *where)
@@ -280,7 +282,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         entries = self.entries()
         if len(parts) == 1 and wants_aggregated(accept):
             doc = aggregated(entries, core=parts[0] == "api")
-            return _json(doc, AGGREGATED)
+            return json_response(doc, AGGREGATED)
         check_accept(accept)
         if parts == ["api"]:
             return aiohttp.web.json_response(api_versions())
@@ -337,7 +339,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         method = raw.method.upper()
         query = raw.query
         self._ctx = Context(
-            field_manager=query.get("fieldManager") or _default_manager(raw.headers.get("User-Agent", "")),
+            field_manager=query.get("fieldManager") or default_manager(raw.headers.get("User-Agent", "")),
             field_validation=query.get("fieldValidation", "Warn"),
             force=query.get("force") == "true",
         )
@@ -435,7 +437,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
             query.get("includeObject", "Metadata"),
             str(self._rv),
         )
-        return _json(doc, TABLE)
+        return json_response(doc, TABLE)
 
     def _serve_openapi(
         self, raw: aiohttp.web.BaseRequest, parts: builtins.list[str]
@@ -447,7 +449,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         if parts and parts[0] == "v3" and "/".join(parts[1:]) in documents:
             check_accept(accept)
             return aiohttp.web.json_response(documents["/".join(parts[1:])])
-        if parts == ["v2"] and _accepts_json(accept):
+        if parts == ["v2"] and accepts_json(accept):
             return aiohttp.web.json_response(v2_document(documents))
         if parts == ["v2"] and OPENAPI_V2_PROTOBUF in accept:
             # client-go reads v2 as protobuf only; kubectl then looks up kinds v3 does not describe
@@ -526,41 +528,3 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-
-
-def _json(doc: Obj, content_type: str) -> aiohttp.web.Response:
-    return aiohttp.web.Response(body=json.dumps(doc).encode(), headers={"Content-Type": content_type})
-
-
-async def _dry_run_requested(raw: aiohttp.web.BaseRequest) -> bool:
-    """``dryRun=All`` in the query, or in a DELETE's ``DeleteOptions`` body (as kubectl sends it).
-
-    The body is read here; aiohttp caches it, so the handler reads it again without awaiting the network.
-    """
-    if raw.method.upper() == "GET":
-        return False
-    values = raw.query.getall("dryRun", [])
-    if raw.method.upper() == "DELETE" and raw.body_exists:
-        try:
-            options = json.loads(await raw.read() or b"{}")
-        except ValueError:
-            options = {}
-        values = [*values, *((options.get("dryRun") or []) if isinstance(options, dict) else [])]
-    elif raw.body_exists:
-        await raw.read()
-    if any(v != "All" for v in values):
-        raise ApiError(400, "BadRequest", f"unsupported dryRun value {values!r}; only All is supported")
-    return bool(values)
-
-
-def _accepts_json(accept: str) -> bool:
-    try:
-        check_accept(accept)
-    except ApiError:
-        return False
-    return True
-
-
-def _default_manager(user_agent: str) -> str:
-    """kube-apiserver's default field manager: the user agent up to its first ``/``."""
-    return user_agent.split("/", maxsplit=1)[0][:128] or "unknown"

@@ -12,10 +12,13 @@ import asyncio
 import builtins
 import copy
 import dataclasses
+import json
 import random
 import string
 import uuid
 from typing import Any
+
+import aiohttp.web
 
 from flywheel.devcluster.admission import CRD_KEY, CustomResource, admit, crd_problems, crd_status, invalid
 from flywheel.devcluster.apply import apply, apply_entry, record_update
@@ -448,3 +451,29 @@ class Writes:
             obj = store.objects.get(okey)
             if obj is not None and self._orphaned(obj):
                 self._delete(store, okey[0], okey[1], {})
+
+
+async def dry_run_requested(raw: aiohttp.web.BaseRequest) -> bool:
+    """``dryRun=All`` in the query, or in a DELETE's ``DeleteOptions`` body (as kubectl sends it).
+
+    The body is read here; aiohttp caches it, so the handler reads it again without awaiting the network.
+    """
+    if raw.method.upper() == "GET":
+        return False
+    values = raw.query.getall("dryRun", [])
+    if raw.method.upper() == "DELETE" and raw.body_exists:
+        try:
+            options = json.loads(await raw.read() or b"{}")
+        except ValueError:
+            options = {}
+        values = [*values, *((options.get("dryRun") or []) if isinstance(options, dict) else [])]
+    elif raw.body_exists:
+        await raw.read()
+    if any(v != "All" for v in values):
+        raise ApiError(400, "BadRequest", f"unsupported dryRun value {values!r}; only All is supported")
+    return bool(values)
+
+
+def default_manager(user_agent: str) -> str:
+    """kube-apiserver's default field manager: the user agent up to its first ``/``."""
+    return user_agent.split("/", maxsplit=1)[0][:128] or "unknown"
