@@ -86,6 +86,8 @@ class Writes:
                     "CustomResourceDefinition.apiextensions.k8s.io", name, [("", p) for p in problems]
                 )
             obj["status"] = crd_status(obj)
+            if old is not None and (old.get("status") or {}).get("conditions"):
+                obj["status"]["conditions"] = old["status"]["conditions"]  # established once, stays so
             return obj
         custom = self._custom.get(store.key)
         if custom is None or not self._validate:
