@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from emulator_thread import EmulatorThread
 
 from flywheel.devcluster.patch import strategic_merge_patch
 
+REPO = Path(__file__).resolve().parents[2]
 CM = "/api/v1/namespaces/default/configmaps"
 DRY = {"dryRun": "All"}
 
@@ -217,3 +220,18 @@ def test_list_pages_with_limit_and_continue(http: httpx.Client) -> None:
         params["continue"] = token
     assert names == [f"page-{i}" for i in range(5)] and pages >= 3
     assert http.get(CM, params={"limit": "x"}).status_code == 400
+
+
+def test_custom_resource_update_needs_a_resource_version(http: httpx.Client) -> None:
+    path = "/apis/flywheel.dev/v1alpha1/namespaces/default/modeldeployments"
+    sample = yaml.safe_load((REPO / "manifests" / "samples" / "modeldeployment.yaml").read_text())
+    created = http.post(path, json=sample)
+    assert created.status_code == 201
+    body = created.json()
+    del body["metadata"]["resourceVersion"]
+    r = http.put(f"{path}/{body['metadata']['name']}", json=body)
+    assert r.status_code == 422
+    assert (
+        "metadata.resourceVersion: Invalid value: 0: must be specified for an update" in r.json()["message"]
+    )
+    assert http.put(f"{CM}/real", json=cm("real", a="4")).status_code == 200  # built-ins allow it

@@ -599,6 +599,15 @@ def test_invalid_modeldeployment_is_refused(
     assert "NotFound" in fails(env, "get", "md", f"bad-{name}")
 
 
+def test_replace_of_a_stale_object_conflicts(env: dict[str, str]) -> None:
+    stale = json.loads(ok(env, "get", "md", "llama2-70b", "-o", "json"))
+    ok(env, "label", "md", "llama2-70b", "replaced=no")
+    assert "the object has been modified" in fails(env, "replace", "-f", "-", stdin=json.dumps(stale))
+    fresh = json.loads(ok(env, "get", "md", "llama2-70b", "-o", "json"))
+    fresh["metadata"]["labels"]["replaced"] = "yes"
+    assert ok(env, "replace", "-f", "-", stdin=json.dumps(fresh)).strip().endswith("replaced")
+
+
 def test_immutable_model_name_is_refused(env: dict[str, str]) -> None:
     patch = '{"spec":{"model":{"name":"another/model"}}}'
     err = fails(env, "patch", "md", "llama2-70b", "--type=merge", "-p", patch)

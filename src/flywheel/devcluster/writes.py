@@ -336,6 +336,10 @@ class Writes:
         self._check_conflict_injection(store, okey)
         old = store.objects[okey]
         wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+        custom = self._custom.get(store.key)
+        if wanted_rv is None and custom is not None:  # custom resources allow no unconditional update
+            cause = ("metadata.resourceVersion", "Invalid value: 0: must be specified for an update")
+            raise invalid(custom.group_kind, name, [cause])
         if wanted_rv is not None and str(wanted_rv) != old["metadata"]["resourceVersion"]:
             raise conflict(store.key, name)
         return self._write(store, okey, old, copy.deepcopy(body), subresource)
