@@ -241,7 +241,9 @@ def demo(
 
 @app.command()
 def dev(
-    duration: float = typer.Option(120.0, "--duration", help="Wall seconds of trace replay."),
+    duration: float = typer.Option(
+        120.0, "--duration", help="Wall seconds of trace replay (refused if the trace ends sooner)."
+    ),
     trace: str = typer.Option("conv", "--trace", help="Bundled trace (code, conv) or a CSV path."),
     speed: float = typer.Option(20.0, "--speed", help="Trace seconds per wall second (time compression)."),
     nodes: int = typer.Option(3, "--nodes", help="Simulated GPU nodes."),
@@ -253,13 +255,19 @@ def dev(
     max_rps: float = typer.Option(10.0, "--max-rps", help="Sample the trace down to this wall request rate."),
     live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)."),
     seed: int = typer.Option(0, "--seed"),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig", help="Write a kubeconfig here: kubectl/helm then drive the dev cluster's API."
+    ),
+    metrics: int | None = typer.Option(
+        None, "--metrics", help="Operator /metrics on this port, node agents' on the next --nodes ports."
+    ),
 ) -> None:
     """Run Flywheel end to end on localhost: API emulator, operator, agents, simulated engines, router."""
     from flywheel.devcluster.cli import run
 
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
-        report=report, max_rps=max_rps, live=live, seed=seed,
+        report=report, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig, metrics_port=metrics,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

@@ -29,6 +29,8 @@ def res(plural: str) -> ResKey:
     """The resource key of a plural name Flywheel uses."""
     if plural in ("pods", "nodes", "namespaces", "events"):
         return ("", "v1", plural)
+    if plural == "widgets":  # the schemaless test CRD of test_emulator_api
+        return ("example.com", "v1", plural)
     if plural in ("clusterkopfpeerings", "kopfpeerings"):
         return ("kopf.dev", "v1", plural)
     return ("flywheel.dev", "v1alpha1", plural)
