@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import threading
 from collections.abc import Callable
@@ -86,6 +87,11 @@ class OperatorThread:
             with contextlib.suppress(BaseException):
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
+            # kopf's daemon killer, cancelled at exit, leaves stop_daemon() coroutines it never awaited.
+            # Collect them now, in this thread: finalised later by a random GC pass, their warning can
+            # land inside a compile() of another thread and trip CPython 3.11.7's AST recursion check
+            # ("AST constructor recursion depth mismatch").
+            gc.collect()
 
     def start(self) -> OperatorThread:
         self._thread.start()
