@@ -11,8 +11,10 @@ from flywheel.controllers.instance import InstanceController, InstanceSettings
 from flywheel.controllers.instance_observation import (
     AggregateClock,
     ClockBounds,
+    EngineCounters,
     EngineWindow,
     observation_from_window,
+    window_between,
 )
 from flywheel.controllers.perfmodel import LLAMA3_70B
 from flywheel.controllers.policy import SLO
@@ -141,3 +143,39 @@ def test_a_stuck_queue_is_at_risk() -> None:
 def test_window_must_cover_time() -> None:
     with pytest.raises(ValueError, match="window_s"):
         EngineWindow(0.0, 0.0, 0, 0, 0, 0.0, 0, 0, 0, 0)
+
+
+def test_window_between_two_counter_snapshots_and_after_an_engine_restart() -> None:
+    before = EngineCounters(
+        10.0,
+        waiting=2,
+        prompt_tokens=5000,
+        generation_tokens=900,
+        first_tokens=5,
+        finished=4,
+        ttft_seconds=1.0,
+        itl_seconds=9.0,
+        itl_count=300,
+    )
+    now = EngineCounters(
+        12.0,
+        running=6,
+        waiting=1,
+        kv_usage=0.2,
+        prompt_tokens=9000,
+        generation_tokens=1500,
+        first_tokens=9,
+        finished=6,
+        ttft_seconds=2.2,
+        itl_seconds=27.0,
+        itl_count=900,
+    )
+    w = window_between(before, now, ttft_p99_s=0.5)
+    assert (w.window_s, w.prompt_tokens, w.generation_tokens, w.requests_started) == (2.0, 4000, 600, 4)
+    assert w.ttft_mean_s == pytest.approx(0.3) and w.itl_mean_s == pytest.approx(0.03)
+    assert w.arrivals_rps == pytest.approx(1.5)  # 4 first tokens, queue down by 1, over 2 s
+    restarted = window_between(
+        now, EngineCounters(14.0, generation_tokens=40, first_tokens=1, ttft_seconds=0.1)
+    )
+    assert (restarted.generation_tokens, restarted.requests_started) == (40, 1)
+    assert restarted.ttft_mean_s == pytest.approx(0.1) and restarted.ttft_p99_s is None

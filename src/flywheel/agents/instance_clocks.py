@@ -36,7 +36,13 @@ from flywheel.controllers.energy import tuning_for
 from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange
 from flywheel.controllers.gpumodel import GPUSku
 from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.instance_observation import AggregateClock, ClockBounds, EngineWindow
+from flywheel.controllers.instance_observation import (
+    AggregateClock,
+    ClockBounds,
+    EngineCounters,
+    EngineWindow,
+    window_between,
+)
 from flywheel.controllers.perfmodel import ModelProfile
 from flywheel.controllers.policy import SLO
 from flywheel.engines.adapters import adapter_for
@@ -104,30 +110,28 @@ def _delta(now: Histogram, before: Histogram) -> Histogram:
     )
 
 
-def engine_window(before: EngineMetrics, now: EngineMetrics, time_s: float, window_s: float) -> EngineWindow:
-    """One period of an engine from two scrapes: gauges of ``now``, counter deltas, the period's
-    latency histograms. A counter that went back (the engine restarted) counts from zero."""
-
-    def grew(a: float, b: float) -> float:
-        return b - a if b >= a else b
-
-    ttft = _delta(now.time_to_first_token, before.time_to_first_token)
-    itl = _delta(now.inter_token_latency, before.inter_token_latency)
-    return EngineWindow(
+def counters(metrics: EngineMetrics, time_s: float) -> EngineCounters:
+    """The gauges and counters of one scrape."""
+    return EngineCounters(
         time_s=time_s,
-        window_s=window_s,
-        running=now.requests_running,
-        waiting=now.requests_waiting,
-        waiting_before=before.requests_waiting,
-        kv_usage=now.kv_cache_usage,
-        prompt_tokens=grew(before.prompt_tokens_total, now.prompt_tokens_total),
-        generation_tokens=grew(before.generation_tokens_total, now.generation_tokens_total),
-        requests_started=ttft.count,
-        requests_finished=grew(before.requests_finished_total, now.requests_finished_total),
-        ttft_p99_s=ttft.quantile(0.99),
-        ttft_mean_s=ttft.mean,
-        itl_mean_s=itl.mean,
+        running=metrics.requests_running,
+        waiting=metrics.requests_waiting,
+        kv_usage=metrics.kv_cache_usage,
+        prompt_tokens=metrics.prompt_tokens_total,
+        generation_tokens=metrics.generation_tokens_total,
+        first_tokens=metrics.time_to_first_token.count,
+        finished=metrics.requests_finished_total,
+        ttft_seconds=metrics.time_to_first_token.total,
+        itl_seconds=metrics.inter_token_latency.total,
+        itl_count=metrics.inter_token_latency.count,
     )
+
+
+def engine_window(before: EngineMetrics, now: EngineMetrics, time_s: float, window_s: float) -> EngineWindow:
+    """One period of an engine from two scrapes (``time_s``: its end; engine time), with the P99 TTFT
+    of the period's requests from the TTFT histogram's growth."""
+    p99 = _delta(now.time_to_first_token, before.time_to_first_token).quantile(0.99)
+    return window_between(counters(before, time_s - window_s), counters(now, time_s), p99)
 
 
 @dataclass

@@ -64,6 +64,57 @@ class EngineWindow:
 
 
 @dataclass(frozen=True)
+class EngineCounters:
+    """An engine's gauges and cumulative counters at one instant (what one ``/metrics`` scrape holds).
+
+    The simulator can keep these per instance and call :func:`window_between` each control period,
+    so its instance-level clock decision sees exactly what the node agent sees."""
+
+    time_s: float
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    first_tokens: float = 0.0  # requests that got their first token (TTFT observations)
+    finished: float = 0.0
+    ttft_seconds: float = 0.0  # sum of TTFT observations
+    itl_seconds: float = 0.0  # sum of inter-token gaps
+    itl_count: float = 0.0
+
+
+def window_between(
+    before: EngineCounters, now: EngineCounters, ttft_p99_s: float | None = None
+) -> EngineWindow:
+    """The period between two instants: gauges of ``now``, counter deltas (a counter that went back,
+    i.e. a restarted engine, counts from zero); ``ttft_p99_s``: the period's P99 TTFT if known."""
+
+    def grew(a: float, b: float) -> float:
+        return b - a if b >= a else b
+
+    started = grew(before.first_tokens, now.first_tokens)
+    restarted = now.first_tokens < before.first_tokens
+    ttft_sum = now.ttft_seconds if restarted else now.ttft_seconds - before.ttft_seconds
+    itl_n = grew(before.itl_count, now.itl_count)
+    itl_sum = now.itl_seconds if now.itl_count < before.itl_count else now.itl_seconds - before.itl_seconds
+    return EngineWindow(
+        time_s=now.time_s,
+        window_s=now.time_s - before.time_s,
+        running=now.running,
+        waiting=now.waiting,
+        waiting_before=before.waiting,
+        kv_usage=now.kv_usage,
+        prompt_tokens=grew(before.prompt_tokens, now.prompt_tokens),
+        generation_tokens=grew(before.generation_tokens, now.generation_tokens),
+        requests_started=started,
+        requests_finished=grew(before.finished, now.finished),
+        ttft_p99_s=ttft_p99_s if started > 0 else None,
+        ttft_mean_s=ttft_sum / started if started > 0 else None,
+        itl_mean_s=itl_sum / itl_n if itl_n > 0 else None,
+    )
+
+
+@dataclass(frozen=True)
 class ClockBounds:
     """Where the clock may go: the instance's ``clockPolicy`` and its pool's clock cap."""
 
@@ -188,4 +239,11 @@ class AggregateClock:
         )
 
 
-__all__ = ["AggregateClock", "ClockBounds", "EngineWindow", "observation_from_window"]
+__all__ = [
+    "AggregateClock",
+    "ClockBounds",
+    "EngineCounters",
+    "EngineWindow",
+    "observation_from_window",
+    "window_between",
+]
