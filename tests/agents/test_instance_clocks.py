@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.controllers.perfmodel import LLAMA3_70B
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.metrics import EngineMetrics, Histogram
+from waiting import eventually
 
 UUIDS = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
 
@@ -207,3 +209,21 @@ def test_unknown_model_leaves_clocks_alone_but_still_reports_power() -> None:
     status = api.writes[-1][1]
     assert status["powerWatts"] == 1200
     assert "no calibrated performance model" in status["clockReason"]
+
+
+def test_background_rounds_never_block_the_agent_and_hand_it_the_latest_clocks() -> None:
+    api = FakeApi([instance()])
+    release = threading.Event()
+
+    def slow(kind: EngineKind, url: str) -> EngineMetrics:
+        release.wait(timeout=60)  # an engine that does not answer yet
+        return metrics(0, 0)
+
+    clocks = InstanceClocks("n", api, slow, period_s=0.01, background=True)
+    try:
+        assert clocks(snapshot(0)) == {}  # returns at once, with nothing decided yet
+        release.set()
+        targets = eventually(lambda: clocks(snapshot(0)), what="clocks decided in the background")
+        assert set(targets) == set(UUIDS)
+    finally:
+        clocks.close()

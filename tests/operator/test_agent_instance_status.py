@@ -72,7 +72,9 @@ async def run_with_cluster(url: str, scenario: Callable[[Cluster], Awaitable[Non
     configuration = k8s.Configuration()
     configuration.host = url
     api_client = k8s.ApiClient(configuration)
-    clocks = InstanceClocks(NODE, KubernetesInstances(api_client), period_s=0.2, status_interval_s=0.5)
+    clocks = InstanceClocks(
+        NODE, KubernetesInstances(api_client), period_s=0.2, status_interval_s=0.5, background=True
+    )
     agent = Agent(
         AgentConfig(node_name=NODE, interval_s=0.2, status_min_interval_s=0.2, dump_stacks_on_hang=False),
         node.nvml,

@@ -79,7 +79,9 @@ def run_agent(
             return kube_sink.read_spec(node_name)
 
         # The instance controller: the ModelInstances bound to this node, their engines' metrics.
-        instance_clocks = InstanceClocks(node_name, KubernetesInstances(), period_s=interval_s)
+        instance_clocks = InstanceClocks(
+            node_name, KubernetesInstances(), period_s=interval_s, background=True
+        )
         if not targets:
             engine_targets = instance_clocks.targets
     config = AgentConfig(

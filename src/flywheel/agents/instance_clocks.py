@@ -12,6 +12,7 @@ It is the agent's ``ClockDecider``: the agent applies the returned clocks throug
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ class InstanceClocks:
         status_interval_s: float = 5.0,
         heartbeat_s: float = 30.0,
         refresh_s: float = 2.0,
+        background: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
@@ -178,8 +180,16 @@ class InstanceClocks:
         self.decisions: dict[str, str] = {}  # instance -> reason of its last clock decision
         self._tracked: dict[tuple[str, str], _Tracked] = {}
         self._deciders: dict[tuple[str, str, int, int, str], AggregateClock] = {}
+        self.background = background
+        self._latest: AgentSnapshot | None = None
+        self._targets: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
         if self._own_scraper and isinstance(self.scraper, HttpScraper):
             self.scraper.close()
 
@@ -189,6 +199,29 @@ class InstanceClocks:
 
     # -- the agent's hook -----------------------------------------------------------------------------
     def __call__(self, snapshot: AgentSnapshot) -> Mapping[str, int]:
+        """The clocks to lock. ``background``: the rounds (API reads, scrapes, status writes) run on
+        their own thread every ``period_s`` with the agent's latest snapshot, so a slow engine or API
+        server never delays the agent's health checks; the agent gets the latest decisions."""
+        if not self.background:
+            return self.round(snapshot)
+        self._latest = snapshot
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="instance-clocks", daemon=True)
+            self._thread.start()
+        return dict(self._targets)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            snapshot = self._latest
+            if snapshot is not None:
+                try:
+                    self._targets = self.round(snapshot)
+                except Exception:  # a bug in one round must not end the loop
+                    log.exception("instance clock round failed")
+            self._stop.wait(self.period_s)
+
+    def round(self, snapshot: AgentSnapshot) -> dict[str, int]:
+        """One round over the bound instances: scrape, decide, report."""
         if self.clock() - self._listed_at >= self.refresh_s:
             bound = self.api.bound(self.node)
             if bound is not None:

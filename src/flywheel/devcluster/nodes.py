@@ -105,6 +105,7 @@ def start_agent(
         period_s=interval_s,
         time_scale=time_scale,
         status_interval_s=1.0,
+        background=True,
     )
     config = AgentConfig(
         node_name=node.name,
