@@ -140,10 +140,11 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
             NS,
             {
                 "metadata": {"name": name, "labels": {LABEL_DEPLOYMENT: "md"}},
-                "spec": {"pool": "md-short", "role": role},
+                "spec": {"modelDeployment": "md", "pool": "md-short", "role": role},
             },
         )
-        status = {"conditions": [{"type": "Serving", "status": serving}]}
+        serving_condition = {"type": "Serving", "status": serving, "reason": "Test"}
+        status = {"conditions": [serving_condition | {"lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         await kube.patch(MODEL_INSTANCES, NS, name, {"status": status}, "status")
     await kube.patch(MODEL_INSTANCES, NS, "c", {"status": {"endpoint": "10.0.0.7:8000"}}, "status")
     router = Router("m", CollectorRegistry())
