@@ -6,6 +6,7 @@ import pytest
 
 from flywheel.controllers.energy import tuning_for
 from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange
+from flywheel.controllers.flywheel_policy import FlywheelPolicy
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.controllers.instance import InstanceController, InstanceSettings
 from flywheel.controllers.instance_observation import (
@@ -17,7 +18,7 @@ from flywheel.controllers.instance_observation import (
     window_between,
 )
 from flywheel.controllers.perfmodel import LLAMA3_70B
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.policy import SLO, OfflineProfile, PolicyContext
 
 CLOCKS = tuple(ClockRange(800, 1980, 15).levels())
 WIDE = ClockBounds(800, 1980)
@@ -179,3 +180,16 @@ def test_window_between_two_counter_snapshots_and_after_an_engine_restart() -> N
     )
     assert (restarted.generation_tokens, restarted.requests_started) == (40, 1)
     assert restarted.ttft_mean_s == pytest.approx(0.1) and restarted.ttft_p99_s is None
+
+
+def test_flywheel_policy_offers_the_aggregate_decision_to_the_simulator() -> None:
+    policy = FlywheelPolicy()
+    hints = OfflineProfile(mean_rps=2.0, peak_minute_rps=4.0, mean_prompt_tokens=2000.0,
+                           mean_output_tokens=30.0, duration_s=3600.0)  # fmt: skip
+    policy.start(PolicyContext(LLAMA3_70B, H100_SXM, SLO(2000.0, 100.0), 64, 8, hints))
+    clocks = policy.instance_controller.settings.clocks
+    idle = policy.decide_clock_from_window(window(), instance_id="i", pool="p", tp=4, clock_mhz=clocks[-1])
+    assert idle.clock_mhz == clocks[0]
+    busy = window(96, kv=0.4, started=10, now=101.0)
+    high = policy.decide_clock_from_window(busy, instance_id="j", pool="p", tp=4, clock_mhz=clocks[0])
+    assert high.clock_mhz == clocks[-1]
