@@ -211,9 +211,13 @@ class InstanceClocks:
         return dict(self._targets)
 
     def _loop(self) -> None:
+        done: AgentSnapshot | None = None
         while not self._stop.is_set():
             snapshot = self._latest
-            if snapshot is not None:
+            # Only a fresh snapshot: the agent stops asking while it has no operator contact, and
+            # its last power readings must not be reported again as current.
+            if snapshot is not None and snapshot is not done:
+                done = snapshot
                 try:
                     self._targets = self.round(snapshot)
                 except Exception:  # a bug in one round must not end the loop
