@@ -97,8 +97,16 @@ def agent(
     hang_after: float = typer.Option(10.0, "--hang-after", help="Engine hang: tokens flat this long (s)."),
     dry_run_clocks: bool = typer.Option(False, "--dry-run-clocks", help="Log clock changes, apply none."),
     operator_timeout: float = typer.Option(60.0, "--operator-timeout", help="Reset clocks after silence."),
-    kube: bool = typer.Option(True, "--kube/--no-kube", help="Write GPUNode status and Events."),
-    engine: list[str] = typer.Option([], "--engine", help="name=http://host:port[@pid,...] to watch."),
+    kube: bool = typer.Option(
+        True,
+        "--kube/--no-kube",
+        help="Write GPUNode status and Events; run the instance controller on this node's ModelInstances.",
+    ),
+    engine: list[str] = typer.Option(
+        [],
+        "--engine",
+        help="name=http://host:port[@pid,...] to health-check (default: engines of this node's instances).",
+    ),
 ) -> None:
     """Run the node agent (DaemonSet): health checks, metrics, clocks, device plugin."""
     from flywheel.agents.cli import run_agent

@@ -1,4 +1,4 @@
-"""The dev cluster's kubelet, router sync and clock hook against the API emulator (no operator)."""
+"""The dev cluster's kubelet and router sync against the API emulator (no operator)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from flywheel.agents.agent import AgentSnapshot
 from flywheel.controllers.desired import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -21,13 +20,11 @@ from flywheel.controllers.desired import (
 )
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
-from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync
-from flywheel.devcluster.kubelet import EngineKubelet, GpuGroupClock, RunningEngine
+from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
-from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
 from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
 from waiting import eventually_async
 
@@ -160,39 +157,3 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
     written = await kube.get(INFERENCE_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
-
-
-def test_clock_hook_idles_standbys_and_keeps_active_instances_in_their_policy() -> None:
-    node = make_node("gpu-node-0", 8, H100_SXM, time.monotonic)
-
-    async def scenario() -> dict[str, int]:
-        kubelet = EngineKubelet(None, {node.name: node}, time_scale=10.0, load_seconds=0.0)  # type: ignore[arg-type]
-        for name, gpus in (("active", [0, 1, 2, 3]), ("standby", [4, 5, 6, 7])):
-            engine = SimulatedEngine(PerfModelTiming.named("llama3-70b", tensor_parallel=4), lambda: 1980.0)
-            server = SimulatedEngineServer(engine, "m")
-            uuids = tuple(node.uuids[i] for i in gpus)
-            kubelet.engines[(NS, name)] = RunningEngine(
-                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name,
-                GpuGroupClock(node, list(gpus)),
-            )  # fmt: skip
-        policies = {
-            "active": ClockPolicyView(min_mhz=1200, max_mhz=1500, ttft_ms=2000, tbt_ms=100),
-            "standby": ClockPolicyView(min_mhz=900, max_mhz=1980, ttft_ms=2000, tbt_ms=100, role="Standby"),
-        }
-        clocks = InstanceClocks(
-            kubelet,
-            H100_SXM,
-            profile="llama3-70b",
-            period_s=10.0,
-            policies=lambda: policies,
-            arrivals_rps=lambda p: 0.0,
-        )
-        return dict(clocks.decider(node.name)(AgentSnapshot([], {}, [], {})))
-
-    targets = asyncio.run(scenario())
-    assert set(targets) == set(node.uuids)
-    standby = {targets[u] for u in node.uuids[4:]}
-    active = {targets[u] for u in node.uuids[:4]}
-    assert standby == {900}  # a standby idles at its lowest allowed clock
-    (clock,) = active
-    assert 1200 <= clock <= 1500  # an idle active instance goes low, but never below its policy

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 from emulator_thread import CALL_LOG_ENV, EmulatorThread
 from kubernetes import client as k8s
 from test_chart import helm_template
 from tooling import REPO
 
+from flywheel.agents.instance_kube import KubernetesInstances
 from flywheel.agents.kube import KubernetesStatusSink
 
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
@@ -138,7 +140,9 @@ def _read(log_dir: Path) -> list[dict[str, Any]]:
 
 
 def drive_agent_sink(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The agent's real Kubernetes sink: report status (creating its GPUNode), read its spec, post Events."""
+    """The agent's real Kubernetes clients: its sink reports status (creating its GPUNode), reads its
+    spec, posts Events; its instance controller finds the ModelInstances on its node (with their
+    deployment and pool) and writes their status."""
     monkeypatch.setenv(CALL_LOG_ENV, str(log_dir))
     with EmulatorThread() as cluster:
         configuration = k8s.Configuration(host=cluster.url)
@@ -146,6 +150,23 @@ def drive_agent_sink(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert sink.patch_status("node-a", {"gpuCount": 8})
         assert sink.read_spec("node-a") is not None
         assert sink.emit_event("node-a", "Warning", "XID79", "GPU-0 fell off the bus")
+        _seed_instance(cluster.url)
+        instances = KubernetesInstances(k8s.ApiClient(configuration))
+        (bound,) = instances.bound("node-a") or []
+        assert instances.patch_status(
+            bound.namespace, bound.name, {"powerWatts": 1200}, bound.resource_version
+        )
+
+
+def _seed_instance(url: str) -> None:
+    """A ModelDeployment and one of its ModelInstances placed on node-a (the tests' own client)."""
+    fw = "/apis/flywheel.dev/v1alpha1/namespaces/default"
+    model = {"name": "llama", "parametersMillions": 70000, "weightSource": "hf://meta/llama"}
+    with httpx.Client(base_url=url, timeout=10) as http:
+        md = {"metadata": {"name": "llama"}, "spec": {"model": model}}
+        http.post(f"{fw}/modeldeployments", json=md).raise_for_status()
+        spec = {"modelDeployment": "llama", "pool": "llama-all", "tensorParallel": 1, "nodeName": "node-a"}
+        http.post(f"{fw}/modelinstances", json={"metadata": {"name": "i0"}, "spec": spec}).raise_for_status()
 
 
 @pytest.fixture(scope="module")

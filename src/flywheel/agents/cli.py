@@ -1,4 +1,9 @@
-"""``flywheel agent``: run the node agent until SIGTERM, then return clocks to defaults."""
+"""``flywheel agent``: run the node agent until SIGTERM, then return clocks to defaults.
+
+With the Kubernetes API (``--kube``) the agent runs the instance controller over the ModelInstances
+bound to its node (``agents.instance_clocks``) and health-checks their engines; ``--engine`` flags
+override the engines to check (no API needed).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from types import FrameType
 from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.deviceplugin.server import Allocation
 from flywheel.agents.health.engine import EngineTarget
+from flywheel.agents.instance_clocks import InstanceClocks
 from flywheel.agents.nvml.backend import NvmlBackend
 from flywheel.agents.status import StatusSink
 from flywheel.api.v1alpha1 import GPUNodeSpec
@@ -64,7 +70,11 @@ def run_agent(
         backend = RealNvml()
     sink: StatusSink | None = None
     spec_source: Callable[[], GPUNodeSpec | None] | None = None
+    instance_clocks: InstanceClocks | None = None
+    targets = parse_engines(engines)
+    engine_targets: Callable[[], list[EngineTarget]] = lambda: targets  # noqa: E731
     if kube:
+        from flywheel.agents.instance_kube import KubernetesInstances
         from flywheel.agents.kube import KubernetesStatusSink, load_kube_config
 
         load_kube_config()
@@ -74,7 +84,12 @@ def run_agent(
         def spec_source() -> GPUNodeSpec | None:
             return kube_sink.read_spec(node_name)
 
-    targets = parse_engines(engines)
+        # The instance controller: the ModelInstances bound to this node, their engines' metrics.
+        instance_clocks = InstanceClocks(
+            node_name, KubernetesInstances(), period_s=interval_s, background=True
+        )
+        if not targets:
+            engine_targets = instance_clocks.targets
     config = AgentConfig(
         node_name=node_name,
         interval_s=interval_s,
@@ -90,7 +105,14 @@ def run_agent(
         cdi_kind=cdi_kind,
         metrics_port=metrics_port,
     )
-    agent = Agent(config, backend, sink=sink, engines=lambda: targets, spec_source=spec_source)
+    agent = Agent(
+        config,
+        backend,
+        sink=sink,
+        engines=engine_targets,
+        spec_source=spec_source,
+        clock_decider=instance_clocks,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -104,3 +126,5 @@ def run_agent(
         stop.wait()
     finally:
         agent.stop()  # resets locked clocks to defaults
+        if instance_clocks is not None:
+            instance_clocks.close()

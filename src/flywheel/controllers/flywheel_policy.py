@@ -41,6 +41,7 @@ from flywheel.controllers.energy import tuning_for
 from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile, FloatArray
 from flywheel.controllers.forecast import ClassLoad, LoadForecaster
 from flywheel.controllers.instance import InstanceController, InstanceSettings
+from flywheel.controllers.instance_observation import AggregateClock, ClockBounds, EngineWindow
 from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
 from flywheel.controllers.policy import (
     ClockDecision,
@@ -142,6 +143,7 @@ class FlywheelPolicy:
         self._tps: tuple[int, ...] = ()
         self._ticks: dict[str, tuple[float, set[str], int]] = {}
         self._rates: dict[str, float] = {}
+        self._aggregate: AggregateClock | None = None  # decide_clock_from_window
         self._probe_prompt: dict[str, int] = {}  # pool -> P99 prompt tokens of its recent load
         self._burst_rate: dict[str, float] = {}  # pool -> arrival rate smoothed over ~10 s
         self._bursts: dict[str, deque[tuple[float, float]]] = {}  # pool -> (time, smoothed rate)
@@ -662,6 +664,26 @@ class FlywheelPolicy:
         arriving = rate > 0 or bool(obs.waiting)
         floor = self._burst_floor(obs) if arriving or self._bursty(obs.pool, obs.time_s) else 0
         return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe, floor_mhz=floor)
+
+    def decide_clock_from_window(
+        self, window: EngineWindow, *, instance_id: str, pool: str, tp: int, clock_mhz: int
+    ) -> ClockDecision:
+        """The instance decision from engine aggregates only, as the node agent makes it from vLLM /
+        SGLang ``/metrics`` (``controllers.instance_observation``): for a simulator that keeps per-instance
+        ``EngineCounters`` and passes ``window_between`` of them, so published energy figures describe
+        what the agent can do. Same engine model, SLO, clocks and tuning as ``decide_clock``."""
+        if self._aggregate is None:
+            ctl = self.instance_controller
+            self._aggregate = AggregateClock(InstanceController(ctl.engine, ctl.settings))
+        clocks = self.instance_controller.settings.clocks
+        return self._aggregate.decide(
+            window,
+            instance_id=instance_id,
+            pool=pool,
+            tp=tp,
+            clock_mhz=clock_mhz,
+            bounds=ClockBounds(clocks[0], clocks[-1]),
+        )
 
 
 def policy_for_deployment(spec: ModelDeploymentSpec, **overrides: Any) -> FlywheelPolicy:

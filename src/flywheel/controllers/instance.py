@@ -181,19 +181,32 @@ class InstanceController:
         return self.engine.power_watts(obs.tp, clock, batch) * step / batch
 
     def decide(
-        self, obs: InstanceObservation, sharing: int = 1, probe_prompt: int = 0, floor_mhz: int = 0
+        self,
+        obs: InstanceObservation,
+        sharing: int = 1,
+        probe_prompt: int = 0,
+        floor_mhz: int = 0,
+        ceiling_mhz: int | None = None,
+        alarm: str | None = None,
     ) -> ClockDecision:
         """The clock for one instance; ``sharing`` instances pull from ``obs.waiting``;
         ``probe_prompt``: a long prompt (e.g. the pool's P99) that may arrive before the next decision;
-        ``floor_mhz``: no clock below this (e.g. a bursty pool's burst floor)."""
+        ``floor_mhz`` / ``ceiling_mhz``: no clock outside these (a bursty pool's burst floor, an
+        instance's clock policy, its pool's clock cap); ``alarm``: a measured SLO miss, go to the top."""
         s = self.settings
-        clocks = tuple(c for c in s.clocks if c >= floor_mhz) or s.clocks[-1:]
+        ceiling = s.clocks[-1] if ceiling_mhz is None else ceiling_mhz
+        clocks = tuple(c for c in s.clocks if floor_mhz <= c <= ceiling)
+        if not clocks:  # bounds between two settable clocks, or outside the range
+            below = [c for c in s.clocks if c <= ceiling]
+            clocks = (below[-1],) if below else s.clocks[:1]
         top = clocks[-1]
         mem = self._memory.get(obs.instance_id)
         if mem is None:
             mem = self._memory[obs.instance_id] = _Memory(obs.clock_mhz, -math.inf)
         if not s.tuning.throttle:
             return self._apply(obs, mem, top, f"{s.tuning.policy.value}: maximum clock")
+        if alarm is not None:
+            return self._apply(obs, mem, top, f"{alarm}; top clock")
         ttft_limit_s = s.slo.ttft_ms * (1.0 - s.tuning.slo_headroom) / 1000.0
         at_risk = [r for r in obs.waiting if obs.time_s - r.arrival_s >= s.risk_fraction * ttft_limit_s]
         if at_risk:

@@ -35,7 +35,6 @@ from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.devcluster import report as reporting
 from flywheel.devcluster.apiserver import ApiServer, kubeconfig
-from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync, pool_classes
 from flywheel.devcluster.faults import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
@@ -145,7 +144,6 @@ class DevCluster:
         self.router: Router | None = None
         self.router_server: RouterServer | None = None
         self.sync: RouterSync | None = None
-        self.clocks: InstanceClocks | None = None
         self.injector: FaultInjector | None = None
         self.operator: subprocess.Popen[bytes] | None = None
         self.operator_log: Path | None = None
@@ -203,14 +201,6 @@ class DevCluster:
             DEPLOYMENT_NAME,
             lambda: {name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()},
         )
-        self.clocks = InstanceClocks(
-            self.kubelet,
-            sku,
-            profile=profile_for(self.spec.model.parameters_millions),
-            period_s=o.agent_interval_s * o.speed,
-            policies=self._clock_policies,
-            arrivals_rps=self._arrivals_per_instance,
-        )
         for index, node in enumerate(self.nodes.values()):
             agent_port = None if o.metrics_port is None else o.metrics_port + 1 + index
             start_agent(
@@ -218,10 +208,10 @@ class DevCluster:
                 url,
                 metrics_port=agent_port,
                 engines=self._engine_targets(node.name),
-                clock_decider=self.clocks.decider(node.name),
                 engine_reader=self._read_engine,
                 interval_s=o.agent_interval_s,
                 hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
+                time_scale=o.speed,
             )
         self._say(f"{o.nodes} simulated nodes x {o.gpus_per_node} GPUs with node agents")
         if o.metrics_port is not None:
@@ -286,31 +276,6 @@ class DevCluster:
         return EngineReading(
             float(stats.running), float(stats.generation_tokens_total), running.engine.healthy
         )
-
-    def _clock_policies(self) -> dict[str, ClockPolicyView]:
-        views: dict[str, ClockPolicyView] = {}
-        for instance in self.sync.instances if self.sync else []:
-            spec = instance.get("spec") or {}
-            policy = spec.get("clockPolicy") or {}
-            views[instance["metadata"]["name"]] = ClockPolicyView(
-                min_mhz=int(policy.get("minMHz", 800)),
-                max_mhz=int(policy.get("maxMHz", 1980)),
-                ttft_ms=int(policy.get("ttftP99Ms", self.spec.slo.ttft_p99_ms)),
-                tbt_ms=int(policy.get("tbtP99Ms", self.spec.slo.tbt_p99_ms)),
-                energy_policy=str(policy.get("energyPolicy", self.spec.energy_policy.value)),
-                role=str(spec.get("role", "Active")),
-            )
-        return views
-
-    def _arrivals_per_instance(self, pool: str) -> float:
-        if self.router is None or pool not in self.router.pools:
-            return 0.0
-        classes = self.router.pools[pool].classes
-        rps = sum(
-            load.requests_per_second for name, load in self.router.class_load().items() if name in classes
-        )
-        ready = sum(1 for b in self.router.pools[pool].backends if b.routable)
-        return rps / max(ready, 1)
 
     # -- observe --------------------------------------------------------------------------------------
     async def _observe(self) -> None:
@@ -534,7 +499,12 @@ class DevCluster:
                 "gpus_changed": len(per_instance),
                 "min_mhz": min(clock_values) if clock_values else None,
                 "max_mhz": max(clock_values) if clock_values else None,
-                "last_decisions": dict(self.clocks.decisions) if self.clocks else {},
+                "last_decisions": {
+                    name: reason
+                    for node in self.nodes.values()
+                    if node.clocks is not None
+                    for name, reason in node.clocks.decisions.items()
+                },
             },
             "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
             "incidents": incidents,
@@ -605,6 +575,8 @@ class DevCluster:
         for node in self.nodes.values():
             if node.agent is not None:
                 await asyncio.to_thread(node.agent.stop)
+            if node.clocks is not None:
+                node.clocks.close()
         if self.operator is not None and self.operator.poll() is None:
             self.operator.terminate()
             try:

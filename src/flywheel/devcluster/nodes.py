@@ -1,7 +1,10 @@
 """Simulated GPU nodes: a Node object, simulated GPUs (``SimulatedNvml``) and the real node agent.
 
 The GPUs integrate energy on the dev cluster's virtual clock, so joules match the replayed trace's
-time; the agent itself runs on the wall clock (its checks every ``interval_s``).
+time; the agent itself runs on the wall clock (its checks every ``interval_s``). Its instance
+controller is the production one (``agents.instance_clocks``): it discovers the node's ModelInstances
+through the API and scrapes their simulated engines' ``/metrics`` over HTTP; only ``time_scale``
+(virtual seconds per wall second) differs.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from dataclasses import dataclass, field
 
 from kubernetes import client as k8s
 
-from flywheel.agents.agent import Agent, AgentConfig, ClockDecider
+from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.health.engine import EngineReading, EngineTarget
+from flywheel.agents.instance_clocks import InstanceClocks
+from flywheel.agents.instance_kube import KubernetesInstances
 from flywheel.agents.kube import KubernetesStatusSink
 from flywheel.agents.nvml.backend import NvmlError
 from flywheel.agents.nvml.simulated import SimulatedNvml
@@ -30,6 +35,7 @@ class SimNode:
     nvml: SimulatedNvml
     uuids: list[str]
     agent: Agent | None = None
+    clocks: InstanceClocks | None = None
     _index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,16 +89,25 @@ def start_agent(
     node: SimNode,
     api_url: str,
     engines: Callable[[], list[EngineTarget]],
-    clock_decider: ClockDecider | None,
     interval_s: float,
     hang_after_s: float,
+    time_scale: float,
     engine_reader: Callable[[EngineTarget], EngineReading] | None = None,
     metrics_port: int | None = None,
 ) -> Agent:
     """The node agent of ``node`` against the emulator: health checks, GPUNode status, clocks."""
     configuration = k8s.Configuration()
     configuration.host = api_url
-    sink = KubernetesStatusSink(k8s.ApiClient(configuration))
+    api_client = k8s.ApiClient(configuration)
+    sink = KubernetesStatusSink(api_client)
+    node.clocks = InstanceClocks(
+        node.name,
+        KubernetesInstances(api_client),
+        period_s=interval_s,
+        time_scale=time_scale,
+        status_interval_s=1.0,
+        background=True,
+    )
     config = AgentConfig(
         node_name=node.name,
         interval_s=interval_s,
@@ -109,7 +124,7 @@ def start_agent(
         sink=sink,
         engines=engines,
         engine_reader=engine_reader,
-        clock_decider=clock_decider,
+        clock_decider=node.clocks,
     )
     agent.start(background=True)
     node.agent = agent

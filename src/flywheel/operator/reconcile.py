@@ -58,6 +58,7 @@ from flywheel.operator.kube import (
 )
 from flywheel.operator.metrics import OperatorMetrics
 from flywheel.operator.reconfig import Reconfiguration
+from flywheel.operator.status_rollup import DeploymentLedger
 
 logger = logging.getLogger("flywheel.operator")
 
@@ -102,6 +103,7 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.metrics = OperatorMetrics()
+        self.ledger = DeploymentLedger()  # deployment energy and tokens so far
         self._kube: KubeClient | None = None
         self._locks: dict[Hashable, asyncio.Lock] = {}
         self._placement = asyncio.Lock()
@@ -190,6 +192,7 @@ class Operator:
             md = await self.kube.get(MODEL_DEPLOYMENTS, namespace, name)
             if md is None or _deleting(md):
                 self.metrics.forget(f"{namespace}/{name}")
+                self.ledger.forget(f"{namespace}/{name}")
                 return
             try:
                 spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
@@ -287,9 +290,8 @@ class Operator:
         pools = await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
         instances = await self.kube.list(MODEL_INSTANCES, namespace, f"{LABEL_DEPLOYMENT}={name}")
         summaries: list[Obj] = []
-        wanted = ready = total = standbys = unscheduled = 0
+        wanted = ready = total = standbys = 0
         tps: set[int] = set()
-        power = energy = tokens = 0
         mismatched = False
         for pool in sorted(pools, key=lambda p: str(p["metadata"]["name"])):
             spec = pool.get("spec") or {}
@@ -317,17 +319,13 @@ class Operator:
                     "standbys": len(spare),
                 }
             )
-        for instance in instances:
-            status = instance.get("status") or {}
-            power += int(status.get("powerWatts", 0))
-            energy += int(status.get("energyJoules", 0))
-            tokens += int(status.get("generatedTokens", 0))
-            if not instance.get("spec", {}).get("nodeName"):
-                unscheduled += 1
-        self.metrics.record_fleet(f"{namespace}/{name}", power, energy)
+        unscheduled = sum(1 for i in instances if not i.get("spec", {}).get("nodeName"))
 
         def compute(current: Obj) -> Obj | None:
             generation = current["metadata"].get("generation")
+            # SLO attainment: pass the router's (attainment, window s) as ``slo=`` once it reports them.
+            rollup = self.ledger.roll(f"{namespace}/{name}", instances, current.get("status"))
+            self.metrics.record_fleet(f"{namespace}/{name}", rollup.power_watts, rollup.energy_joules)
             conditions = _conditions(current.get("status"))
             if ready >= wanted and not mismatched:
                 conditions = set_condition(
@@ -363,9 +361,7 @@ class Operator:
                 "totalInstances": total,
                 "standbyInstances": standbys,
                 "tensorParallel": ",".join(str(t) for t in sorted(tps)) or None,
-                "powerWatts": power,
-                "energyJoules": energy,
-                "tokensPerJoule": round(tokens / energy, 4) if energy else None,
+                **rollup.status_fields(),
             }
             status = {k: v for k, v in status.items() if v is not None}
             have = current.get("status") or {}

@@ -1,0 +1,229 @@
+"""The agent's instance controller with a fake API and fake engine metrics (no network, virtual time)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from flywheel.agents.agent import AgentSnapshot
+from flywheel.agents.health.findings import Finding, Scope
+from flywheel.agents.instance_clocks import METRICS_UNREACHABLE, BoundInstance, InstanceClocks, engine_window
+from flywheel.agents.nvml.backend import GPUSample
+from flywheel.api.v1alpha1 import EngineKind, ModelInstanceSpec, SignalType
+from flywheel.controllers.gpumodel import H100_SXM
+from flywheel.controllers.perfmodel import LLAMA3_70B
+from flywheel.engines.adapters import VLLMAdapter
+from flywheel.engines.metrics import EngineMetrics, Histogram
+from waiting import eventually
+
+UUIDS = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
+
+
+class FakeApi:
+    def __init__(self, instances: list[BoundInstance]) -> None:
+        self.instances = instances
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+
+    def bound(self, node: str) -> list[BoundInstance] | None:
+        return self.instances
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> bool:
+        self.writes.append((name, status))
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def instance(role: str = "Active", energy: int = 0, endpoint: str | None = "10.0.0.5:8000") -> BoundInstance:
+    spec = ModelInstanceSpec.model_validate(
+        {
+            "modelDeployment": "md",
+            "pool": "p",
+            "role": role,
+            "tensorParallel": 4,
+            "nodeName": "n",
+            "gpuUUIDs": UUIDS,
+            "engine": {"kind": "vllm"},
+            "clockPolicy": {"minMHz": 1000, "maxMHz": 1980, "ttftP99Ms": 2000, "tbtP99Ms": 100},
+        }
+    )
+    return BoundInstance(
+        "default",
+        "i0",
+        spec,
+        endpoint,
+        pool_cap_mhz=1700,
+        model=LLAMA3_70B,
+        sku=H100_SXM,
+        energy_joules=energy,
+    )
+
+
+def snapshot(energy_mj: int, findings: list[Finding] | None = None, clock: int = 1980) -> AgentSnapshot:
+    samples = {
+        u: GPUSample(i, u, sm_clock_mhz=clock, power_watts=300.0, energy_millijoules=energy_mj)
+        for i, u in enumerate(UUIDS)
+    }
+    return AgentSnapshot([], samples, findings or [], {})
+
+
+def metrics(running: float, generated: float, started: float = 0.0) -> EngineMetrics:
+    ttft = Histogram(buckets=((0.5, started), (float("inf"), started)), count=started, total=0.2 * started)
+    return EngineMetrics(
+        requests_running=running,
+        kv_cache_usage=min(1.0, running / 300),
+        prompt_tokens_total=1000 * started,
+        generation_tokens_total=generated,
+        requests_finished_total=started,
+        time_to_first_token=ttft,
+    )
+
+
+def test_vllm_exposition_becomes_a_window_of_deltas() -> None:
+    text = """
+vllm:num_requests_running{model_name="m"} 12
+vllm:num_requests_waiting{model_name="m"} 3
+vllm:kv_cache_usage_perc{model_name="m"} 0.25
+vllm:prompt_tokens_total{model_name="m"} 9000
+vllm:generation_tokens_total{model_name="m"} 4000
+vllm:request_success_total{finished_reason="stop",model_name="m"} 20
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 10
+vllm:time_to_first_token_seconds_bucket{le="1.0",model_name="m"} 30
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 30
+vllm:time_to_first_token_seconds_count{model_name="m"} 30
+vllm:time_to_first_token_seconds_sum{model_name="m"} 6.0
+vllm:inter_token_latency_seconds_bucket{le="+Inf",model_name="m"} 4000
+vllm:inter_token_latency_seconds_count{model_name="m"} 4000
+vllm:inter_token_latency_seconds_sum{model_name="m"} 120.0
+"""
+    now = VLLMAdapter().parse_metrics(text)
+    before = EngineMetrics(
+        requests_waiting=1,
+        prompt_tokens_total=1000,
+        generation_tokens_total=1000,
+        requests_finished_total=10,
+        time_to_first_token=Histogram(((0.1, 10.0), (1.0, 10.0), (float("inf"), 10.0)), 10, 1.0),
+        inter_token_latency=Histogram(((float("inf"), 1000.0),), 1000, 20.0),
+    )
+    w = engine_window(before, now, time_s=50.0, window_s=2.0)
+    assert (w.running, w.waiting, w.waiting_before, w.kv_usage) == (12, 3, 1, 0.25)
+    assert (w.prompt_tokens, w.generation_tokens, w.requests_started, w.requests_finished) == (
+        8000,
+        3000,
+        20,
+        10,
+    )
+    assert w.ttft_mean_s == 0.25  # (6 - 1) s over 20 first tokens
+    assert w.ttft_p99_s is not None and 0.1 < w.ttft_p99_s <= 1.0  # this period's first tokens were all slow
+    assert w.itl_mean_s == pytest.approx(100.0 / 3000)  # (120 - 20) s over 3000 tokens
+    assert w.arrivals_rps == 11.0  # 20 first tokens and 2 more queued, in 2 s
+
+
+def test_idle_then_busy_instance_clock_and_status() -> None:
+    api, clock = FakeApi([instance()]), Clock()
+    scraped = [metrics(0, 0)]
+    clocks = InstanceClocks(
+        "n", api, lambda kind, url: scraped[-1], period_s=1.0, status_interval_s=0.0, clock=clock
+    )
+    assert clocks(snapshot(1_000_000)) == {}  # one scrape: no window yet
+    clock.now += 1.0
+    targets = clocks(snapshot(1_300_000))
+    # Idle: the lowest settable clock within the clock policy (1000 MHz) for every GPU of the instance.
+    assert set(targets) == set(UUIDS) and len(set(targets.values())) == 1
+    idle = targets[UUIDS[0]]
+    assert 1000 <= idle < 1020
+    # Busy: up to the pool's cap (1700 MHz), never above.
+    clock.now += 1.0
+    scraped.append(metrics(250, 20_000, started=40))
+    busy = clocks(snapshot(1_600_000))
+    assert idle < busy[UUIDS[0]] <= 1700
+    assert clocks.targets()[0].base_url == "http://10.0.0.5:8000"
+    name, status = api.writes[-1]
+    assert name == "i0"
+    assert status["powerWatts"] == 1200  # 4 GPUs x 300 W
+    assert status["energyJoules"] == 4 * 600  # 600 J per GPU since the first sample
+    assert status["generatedTokens"] == 20_000 and status["requestsRunning"] == 250
+    assert status["clockReason"]
+    healthy = next(c for c in status["conditions"] if c["type"] == "Healthy")
+    assert healthy["status"] == "True"
+
+
+def test_status_writes_are_rate_limited_but_clock_and_health_changes_go_out_at_once() -> None:
+    api, clock = FakeApi([instance()]), Clock()
+    clocks = InstanceClocks("n", api, lambda kind, url: metrics(0, 0), status_interval_s=5.0, clock=clock)
+    for step in range(4):  # energy grows every round, but only the first write goes out within 5 s
+        clocks(snapshot(1_000_000 + step * 1000, clock=1980))
+        clock.now += 1.0
+    assert len(api.writes) == 1
+    clocks(snapshot(1_010_000, clock=1200))  # the measured clock changed
+    assert len(api.writes) == 2
+    bad = Finding("gpu/GPU-b/xid/79", Scope.GPU, "GPU-b", SignalType.XID, "XID79", "fell off the bus", True)
+    clocks(snapshot(1_010_000, [bad], clock=1200))
+    assert len(api.writes) == 3
+    healthy = next(c for c in api.writes[-1][1]["conditions"] if c["type"] == "Healthy")
+    assert (healthy["status"], healthy["reason"]) == ("False", "XID79")
+
+
+def test_energy_continues_from_the_status_after_an_agent_restart() -> None:
+    api = FakeApi([instance(energy=5000)])
+    clocks = InstanceClocks("n", api, lambda kind, url: metrics(0, 0), clock=Clock())
+    clocks(snapshot(1_000_000))
+    clocks(snapshot(1_250_000))
+    assert api.writes[0][1]["energyJoules"] == 5000  # first round: the counters' baseline only
+    clocks.heartbeat_s = 0.0
+    clocks(snapshot(1_500_000))
+    assert api.writes[-1][1]["energyJoules"] == 5000 + 4 * 500
+
+
+def test_standby_idles_and_unreachable_metrics_make_it_unhealthy() -> None:
+    api = FakeApi([instance(role="Standby")])
+
+    def down(kind: EngineKind, url: str) -> EngineMetrics:
+        raise ConnectionError("refused")
+
+    clocks = InstanceClocks("n", api, down, heartbeat_s=0.0, clock=Clock())
+    for _ in range(3):
+        targets = clocks(snapshot(0))
+    assert 1000 <= targets[UUIDS[0]] < 1020
+    assert clocks.decisions["i0"] == "standby: lowest clock"
+    healthy = next(c for c in api.writes[-1][1]["conditions"] if c["type"] == "Healthy")
+    assert (healthy["status"], healthy["reason"]) == ("False", METRICS_UNREACHABLE)
+
+
+def test_unknown_model_leaves_clocks_alone_but_still_reports_power() -> None:
+    bound = instance()
+    api = FakeApi([BoundInstance(bound.namespace, bound.name, bound.spec, bound.endpoint)])
+    clocks = InstanceClocks("n", api, lambda kind, url: metrics(0, 0), heartbeat_s=0.0, clock=Clock())
+    assert clocks(snapshot(0)) == {}
+    assert clocks(snapshot(0)) == {}
+    status = api.writes[-1][1]
+    assert status["powerWatts"] == 1200
+    assert "no calibrated performance model" in status["clockReason"]
+
+
+def test_background_rounds_never_block_the_agent_and_hand_it_the_latest_clocks() -> None:
+    api = FakeApi([instance()])
+    release = threading.Event()
+
+    def slow(kind: EngineKind, url: str) -> EngineMetrics:
+        release.wait(timeout=60)  # an engine that does not answer yet
+        return metrics(0, 0)
+
+    clocks = InstanceClocks("n", api, slow, period_s=0.01, background=True)
+    try:
+        assert clocks(snapshot(0)) == {}  # returns at once, with nothing decided yet
+        release.set()
+        targets = eventually(lambda: clocks(snapshot(0)), what="clocks decided in the background")
+        assert set(targets) == set(UUIDS)
+    finally:
+        clocks.close()
