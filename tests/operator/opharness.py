@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import threading
 from collections.abc import Callable
 from types import TracebackType
