@@ -1,0 +1,29 @@
+"""Multi-model GPU pooling (Aegaeon's idea on vLLM sleep mode / SGLang memory release): the switch
+cost model, the assignment of models to GPU groups and the per-group SLO-aware scheduler. Pure: the
+simulator and the router drive it with their own clocks."""
+
+from flywheel.controllers.pooling.assign import assign_models
+from flywheel.controllers.pooling.scheduler import (
+    Admission,
+    Decode,
+    GroupScheduler,
+    Idle,
+    PooledModel,
+    PoolScheduler,
+    Prefill,
+    Wake,
+)
+from flywheel.controllers.pooling.switchcost import SwitchCost
+
+__all__ = [
+    "Admission",
+    "Decode",
+    "GroupScheduler",
+    "Idle",
+    "PoolScheduler",
+    "PooledModel",
+    "Prefill",
+    "SwitchCost",
+    "Wake",
+    "assign_models",
+]

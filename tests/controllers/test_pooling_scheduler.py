@@ -1,0 +1,192 @@
+"""The pooling scheduler: switch cost, assignment, SLO-aware switching, batching, admission."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flywheel.controllers.pooling import (
+    Decode,
+    GroupScheduler,
+    Idle,
+    PooledModel,
+    PoolScheduler,
+    Prefill,
+    SwitchCost,
+    Wake,
+    assign_models,
+)
+from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
+
+GB = 1e9
+
+
+def model(name: str, weights_gb: float = 16.0, tp: int = 1, ttft_s: float = 2.0) -> PooledModel:
+    return PooledModel(
+        name=name,
+        tp=tp,
+        weight_bytes=weights_gb * GB,
+        kv_bytes_per_token=131072,
+        kv_reserve_tokens=32768,  # 4.3 GB
+        ttft_s=ttft_s,
+        tbt_s=0.1,
+        prefill_floor_s=0.02,
+        prefill_s_per_token=0.0001,
+        decode_step_s=0.015,
+        max_prefill_tokens=2048,
+        expected_output_tokens=100,
+    )
+
+
+def test_switch_cost_is_fixed_overhead_plus_weights_over_bandwidth() -> None:
+    cost = SwitchCost(h2d_gbps=50, d2h_gbps=25, wake_fixed_s=0.2, sleep_fixed_s=0.1)
+    assert cost.wake_s(16e9, 1) == pytest.approx(0.2 + 0.32)
+    assert cost.wake_s(140e9, 4) == pytest.approx(0.2 + 0.7)
+    assert cost.sleep_s(16e9, 1) == pytest.approx(0.1 + 0.64)
+    with pytest.raises(ValueError, match="bandwidth"):
+        SwitchCost(h2d_gbps=0)
+
+
+def test_assignment_respects_tp_caps_and_load() -> None:
+    demands = [Demand(f"m{i}", 1, 0.05) for i in range(6)] + [Demand("big", 4, 0.5), Demand("hot", 1, 0.6)]
+    placement = assign_models(demands, {"g1": 1, "g2": 1, "g4": 4}, max_models_per_group=4)
+    assert placement["big"] == "g4"
+    assert placement["hot"] in {"g1", "g2"}
+    per_group = {g: [m for m, x in placement.items() if x == g] for g in ("g1", "g2")}
+    assert all(len(v) <= 4 for v in per_group.values())
+    hot_group = placement["hot"]
+    assert sum(0.6 if m == "hot" else 0.05 for m in per_group[hot_group]) <= 0.7 + 1e-9
+    with pytest.raises(PoolTooSmall) as err:
+        assign_models(demands, {"g1": 1, "g4": 4}, max_models_per_group=3)
+    assert err.value.unplaced
+
+
+def test_no_switch_out_while_requests_run_then_lru_eviction() -> None:
+    a, b = model("a", 40), model("b", 40)  # 44 GB awake each: one at a time in 80 GB
+    g = GroupScheduler("g", [a, b], memory_bytes=80 * GB)
+    g.enqueue("a", "r1", 0.0, 100)
+    wake = g.plan_switch(0.0)
+    assert isinstance(wake, Wake) and wake.model == "a" and wake.evict == ()
+    assert g.plan_switch(0.1) is None  # copy engine busy
+    g.switch_done(wake, wake.ready_s)
+    p = g.next_compute(wake.ready_s)
+    assert isinstance(p, Prefill) and p.completes == ("r1",)
+    g.prefill_done(p, wake.ready_s + 0.05)
+    g.enqueue("b", "r2", 1.0, 100)
+    assert g.plan_switch(1.0) is None  # a is running r1: never put to sleep
+    assert g.state("a") == "awake"
+    g.finish("a", "r1", 1.2)
+    wake2 = g.plan_switch(1.2)
+    assert isinstance(wake2, Wake) and wake2.model == "b" and wake2.evict == ("a",)
+    cost = SwitchCost()
+    assert wake2.cost_s == pytest.approx(cost.sleep_s(40 * GB, 1) + cost.wake_s(40 * GB, 1))
+    assert g.state("a") == "asleep" and g.used_bytes() <= 80 * GB
+
+
+def test_prefills_of_a_model_are_batched_and_chunked() -> None:
+    a = model("a")
+    g = GroupScheduler("g", [a], memory_bytes=80 * GB)
+    for i in range(3):
+        g.enqueue("a", f"r{i}", 0.0, 500)
+    g.enqueue("a", "long", 0.0, 3000)
+    g.switch_done(g.plan_switch(0.0) or pytest.fail("no wake"), 1.0)
+    p = g.next_compute(1.0)
+    assert isinstance(p, Prefill) and p.tokens == 2048 and p.completes == ("r0", "r1", "r2")
+    g.prefill_done(p, 1.2)
+    assert g.running("a") == 3 and g.waiting("a") == 1
+    # the running requests' next token is due before another chunk would end: decode first
+    d = g.next_compute(1.2 + 0.1 - 0.2)
+    assert isinstance(d, Decode)
+
+
+def test_decode_round_robin_by_deadline_slack() -> None:
+    a, b = model("a"), model("b")
+    g = GroupScheduler("g", [a, b], memory_bytes=80 * GB)
+    now = 0.0
+    for name in ("a", "b"):
+        g.enqueue(name, f"{name}1", now, 10)
+        w = g.plan_switch(now) or pytest.fail("no wake")
+        now = w.ready_s
+        g.switch_done(w, now)
+    for name in ("a", "b"):
+        p = g.next_compute(now)
+        assert isinstance(p, Prefill) and p.model == name
+        now += 0.03
+        g.prefill_done(p, now)
+    order = []
+    for _ in range(4):
+        d = g.next_compute(now)
+        assert isinstance(d, Decode)
+        order.append(d.model)
+        now += 0.015
+        g.decode_done(d.model, now)
+    assert order == ["a", "b", "a", "b"]
+
+
+def test_admission_429_and_503_with_retry_after() -> None:
+    a = model("a", ttft_s=1.0)
+    g = GroupScheduler("g", [a], memory_bytes=80 * GB, max_waiting_per_model=3)
+    for i in range(3):
+        assert g.admit("a", 0.0, 100).accepted
+        g.enqueue("a", f"r{i}", 0.0, 100)
+    full = g.admit("a", 0.0, 100)
+    assert (full.accepted, full.status) == (False, 429) and full.retry_after_s >= 1
+    g2 = GroupScheduler("g2", [a], memory_bytes=80 * GB, max_waiting_per_model=1000)
+    for i in range(200):
+        g2.enqueue("a", f"r{i}", 0.0, 2000)  # 200 x 0.22 s of prefill backlog
+    busy = g2.admit("a", 0.0, 100)
+    assert (busy.accepted, busy.status) == (False, 503)
+    assert busy.retry_after_s >= 40 and "saturated" in busy.reason
+
+
+def test_group_refuses_a_model_that_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="needs"):
+        GroupScheduler("g", [model("huge", 90)], memory_bytes=80 * GB)
+
+
+def test_pool_routes_by_placement() -> None:
+    g = GroupScheduler("g", [model("a")], memory_bytes=80 * GB)
+    pool = PoolScheduler({"g": g}, {"a": "g"})
+    pool.enqueue("a", "r", 0.0, 10)
+    assert g.waiting("a") == 1
+    with pytest.raises(KeyError, match="not in this pool"):
+        pool.admit("zzz", 0.0, 1)
+    with pytest.raises(ValueError, match="does not hold"):
+        PoolScheduler({"g": g}, {"b": "g"})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_drive_keeps_memory_and_never_evicts_running(seed: int) -> None:
+    rng = random.Random(seed)
+    models = [model(f"m{i}", rng.choice([16, 28, 40])) for i in range(5)]
+    g = GroupScheduler("g", models, memory_bytes=80 * GB)
+    now, n, pending = 0.0, 0, None
+    live: dict[str, list[str]] = {m.name: [] for m in models}
+    for _ in range(3000):
+        now += rng.expovariate(20.0)
+        if rng.random() < 0.3:
+            name = rng.choice(models).name
+            g.enqueue(name, f"r{n}", now, rng.randint(10, 3000))
+            n += 1
+        if pending is not None and pending.ready_s <= now:
+            g.switch_done(pending, pending.ready_s)
+            pending = None
+        if pending is None:
+            running_before = {m: g.running(m) for m in g.models}
+            pending = g.plan_switch(now)
+            if pending is not None:
+                assert all(running_before[v] == 0 for v in pending.evict)
+        assert g.used_bytes() <= g.memory_bytes
+        step = g.next_compute(now)
+        if isinstance(step, Prefill):
+            assert g.state(step.model) == "awake"
+            g.prefill_done(step, now)
+            live[step.model].extend(step.completes)
+        elif isinstance(step, Decode):
+            g.decode_done(step.model, now)
+            if live[step.model] and rng.random() < 0.2:
+                g.finish(step.model, live[step.model].pop(0), now)
+        else:
+            assert isinstance(step, Idle)
+    assert sum(len(v) for v in live.values()) >= 0 and len(g.wakes) > 3
