@@ -85,3 +85,20 @@ def test_capacity_rises_with_clock_and_tp() -> None:
 def test_unsupported_tp_is_rejected() -> None:
     with pytest.raises(ValueError, match="TP 1"):
         decode_step_ms(M, H, 1, 1, 100, 1980)
+
+
+def test_smaller_model_profiles_are_calibrated_and_ordered() -> None:
+    from flywheel.controllers.perfmodel import LLAMA31_8B, QWEN3_32B, SMALL_MODELS
+
+    results = {r.name: r for r in all_targets()}
+    assert results["itl, smaller models (H100)"].rows >= 50
+    for model in SMALL_MODELS:
+        assert f"itl {model.name}" in results and f"power {model.name}" in results
+        assert kv_capacity_tokens(model, H, model.supported_tp[0]) > 10_000
+    assert decode_step_ms(LLAMA31_8B, H, 1, 32, 32_000, 1980) < decode_step_ms(
+        QWEN3_32B, H, 1, 32, 32_000, 1980
+    )
+    assert prefill_ms(LLAMA31_8B, H, 1, 2048, 1980) < prefill_ms(QWEN3_32B, H, 1, 2048, 1980)
+    assert prefill_ms(QWEN3_32B, H, 2, 2048, 1980) < prefill_ms(QWEN3_32B, H, 1, 2048, 1980)
+    with pytest.raises(ValueError, match="not supported"):
+        decode_step_ms(LLAMA31_8B, H, 4, 1, 100, 1980)

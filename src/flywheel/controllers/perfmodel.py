@@ -143,10 +143,68 @@ _LLAMA3_H100 = EngineCoefficients(
     source="mlenergy_llm_configs.csv Llama-3.x-70B H100 TP4",
 )
 
+# Smaller models (multi-model pooling, issue #21). Architecture facts from each model's config.json
+# on Hugging Face; KV heads x head_dim per layer (Gemma 3's sliding-window layers are counted as global:
+# an overestimate of its KV bytes).
+LLAMA31_8B = ModelProfile("llama3.1-8b", 8.03e9, 2.0, 32, 4096, 8, 128, supported_tp=(1,))
+QWEN3_8B = ModelProfile("qwen3-8b", 8.19e9, 2.0, 36, 4096, 8, 128, supported_tp=(1,))
+QWEN3_14B = ModelProfile("qwen3-14b", 14.8e9, 2.0, 40, 5120, 8, 128, supported_tp=(1,))
+QWEN3_32B = ModelProfile("qwen3-32b", 32.8e9, 2.0, 64, 5120, 8, 128, supported_tp=(1, 2))
+GEMMA3_12B = ModelProfile("gemma3-12b", 12.2e9, 2.0, 48, 3840, 8, 256, supported_tp=(1,))
+GEMMA3_27B = ModelProfile("gemma3-27b", 27.4e9, 2.0, 62, 5376, 16, 128, supported_tp=(1, 2))
+SMALL_MODELS: tuple[ModelProfile, ...] = (LLAMA31_8B, QWEN3_8B, QWEN3_14B, GEMMA3_12B, GEMMA3_27B, QWEN3_32B)
+MODELS.update({m.name: m for m in SMALL_MODELS})
+# ML.ENERGY model ids of the rows each profile is fitted to (flywheel.sim.calibrate).
+MLENERGY_IDS: dict[str, str] = {
+    LLAMA31_8B.name: "meta-llama/Llama-3.1-8B-Instruct",
+    QWEN3_8B.name: "Qwen/Qwen3-8B",
+    QWEN3_14B.name: "Qwen/Qwen3-14B",
+    QWEN3_32B.name: "Qwen/Qwen3-32B",
+    GEMMA3_12B.name: "google/gemma-3-12b-it",
+    GEMMA3_27B.name: "google/gemma-3-27b-it",
+    LLAMA3_70B.name: "meta-llama/Llama-3.1-70B-Instruct",
+}
+# Prefill of the smaller models: no public prefill measurements, so the Llama-2-70B H100 fit is scaled
+# (a configured assumption, not a fit): per-token time by parameter count (TP1 extrapolated with the
+# fit's TP2/TP4 ratio), launch floor by layer count, attention term by layers x hidden.
+_TP1_PER_TOKEN_70B = 0.15119 * 0.15119 / 0.10310
+_TP_EFFICIENCY = {1: 1.0, 2: 0.15119 / _TP1_PER_TOKEN_70B}
+
+
+def _small(
+    model: ModelProfile, decode: dict[int, tuple[float, float]], util: tuple[float, float]
+) -> EngineCoefficients:
+    scale = model.parameters / LLAMA2_70B.parameters
+    attention = model.layers * model.hidden_size / (LLAMA2_70B.layers * LLAMA2_70B.hidden_size)
+    tps = tuple(decode)
+    return EngineCoefficients(
+        prefill_floor_ms={tp: 46.02 * model.layers / LLAMA2_70B.layers for tp in tps},
+        prefill_ms_per_token={tp: _TP1_PER_TOKEN_70B * scale * _TP_EFFICIENCY[tp] for tp in tps},
+        prefill_ms_per_mtoken2={tp: 0.22122 * 4 / tp * attention for tp in tps},
+        prefill_smooth=dict.fromkeys(tps, 2.7536),
+        decode_base_ms={tp: d[0] for tp, d in decode.items()},
+        decode_ms_per_seq={tp: d[1] for tp, d in decode.items()},
+        source=f"mlenergy_llm_configs.csv {MLENERGY_IDS[model.name]} H100 (decode, power); prefill scaled",
+        extra={"util_at_batch1": util[0], "util_half_batch": util[1]},
+    )
+
+
 COEFFICIENTS: dict[tuple[str, str], EngineCoefficients] = {
     (LLAMA2_70B.name, H100_SXM.name): _LLAMA2_H100,
     (LLAMA2_70B.name, A100_SXM.name): _LLAMA2_A100,
     (LLAMA3_70B.name, H100_SXM.name): _LLAMA3_H100,
+    # decode (base ms, ms per sequence) per TP and power (u at batch 1, half batch): least-squares fits
+    # to the H100 rows of mlenergy_llm_configs.csv (flywheel sim calibrate --fit)
+    (LLAMA31_8B.name, H100_SXM.name): _small(LLAMA31_8B, {1: (6.5406, 0.03007)}, (0.0996, 3.54)),
+    (QWEN3_8B.name, H100_SXM.name): _small(QWEN3_8B, {1: (7.7043, 0.03733)}, (0.5596, 45.11)),
+    (QWEN3_14B.name, H100_SXM.name): _small(QWEN3_14B, {1: (11.6825, 0.05044)}, (0.5967, 46.08)),
+    (GEMMA3_12B.name, H100_SXM.name): _small(GEMMA3_12B, {1: (11.6924, 0.03094)}, (0.5329, 34.05)),
+    (GEMMA3_27B.name, H100_SXM.name): _small(
+        GEMMA3_27B, {1: (21.8104, 0.01490), 2: (13.9064, 0.04418)}, (0.62965, 54.324)
+    ),
+    (QWEN3_32B.name, H100_SXM.name): _small(
+        QWEN3_32B, {1: (23.7712, 0.07225), 2: (14.2141, 0.07121)}, (0.71014, 156.23)
+    ),
 }
 
 # Decode utilisation vs batch, fitted to instance power of the H100 Llama-3.x-70B rows of
@@ -262,22 +320,30 @@ def decode_step_ms(
     return fixed + per_token * max(context_tokens, 0)
 
 
-def decode_utilization(batch: int) -> float:
+def decode_utilization(
+    batch: int, at_batch1: float = DECODE_UTIL_AT_BATCH1, half_batch: float = DECODE_UTIL_HALF_BATCH
+) -> float:
     """GPU utilisation in [0, 1] while decoding ``batch`` sequences (0 when idle)."""
     if batch <= 0:
         return 0.0
-    frac = batch / (batch + DECODE_UTIL_HALF_BATCH)
-    return DECODE_UTIL_AT_BATCH1 + (1.0 - DECODE_UTIL_AT_BATCH1) * frac
+    frac = batch / (batch + half_batch)
+    return at_batch1 + (1.0 - at_batch1) * frac
 
 
 def instance_power_watts(model: ModelProfile, sku: GPUSku, tp: int, clock_mhz: float, batch: int) -> float:
     """Board power (W) of the ``tp`` GPUs of an instance decoding ``batch`` sequences at ``clock_mhz``.
 
-    ``batch == 0`` is a loaded, idle instance (idle power). The model only enters through TP today
-    (power per GPU depends on the batch it serves, as measured for 70B-class models).
+    ``batch == 0`` is a loaded, idle instance (idle power). Power per GPU depends on the batch it
+    serves: the model's own fit where it has one (the smaller models), else the 70B-class fit.
     """
-    del model  # the 70B-class fit is used for every profile
-    return tp * gpu_power_watts(sku, clock_mhz, decode_utilization(batch))
+    coeffs = COEFFICIENTS.get((model.name, sku.name))
+    extra = coeffs.extra if coeffs is not None else {}
+    util = decode_utilization(
+        batch,
+        extra.get("util_at_batch1", DECODE_UTIL_AT_BATCH1),
+        extra.get("util_half_batch", DECODE_UTIL_HALF_BATCH),
+    )
+    return tp * gpu_power_watts(sku, clock_mhz, util)
 
 
 def prefill_power_watts(model: ModelProfile, sku: GPUSku, tp: int, clock_mhz: float) -> float:

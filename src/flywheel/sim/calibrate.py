@@ -7,7 +7,9 @@ fresh least-squares fit gives (the stored ones were produced this way):
 * ``prefill``  — prompt_time of the H100 Llama2-70B rows of splitwise_perf_model.csv (TP 2/4/8);
 * ``decode``   — token_time of the same rows;
 * ``power``    — instance power of the H100 Llama-3.x-70B rows of mlenergy_llm_configs.csv;
-* ``itl``      — median inter-token latency of the same rows.
+* ``itl``      — median inter-token latency of the same rows;
+* ``itl/power, smaller models`` — the same two figures on the H100 rows of the 8B-32B models
+  (Llama-3.1-8B, Qwen3-8B/14B/32B, Gemma-3-12B/27B; TP1 and TP2), pooled and per model (issue #21).
 
 Data: ``flywheel/sim/data`` (see README.md there for sources and licences).
 """
@@ -26,6 +28,9 @@ from flywheel.controllers.gpumodel import A100_SXM, H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import (
     LLAMA2_70B,
     LLAMA3_70B,
+    MLENERGY_IDS,
+    SMALL_MODELS,
+    ModelProfile,
     decode_step_ms,
     instance_power_watts,
     prefill_ms,
@@ -146,8 +151,52 @@ def mlenergy_targets() -> list[TargetResult]:
     ]
 
 
+def _itl_power(model: ModelProfile, rows: list[dict[str, str]]) -> tuple[list[float], ...]:
+    sku = H100_SXM
+    i_pred, i_act, p_pred, p_act = [], [], [], []
+    for r in rows:
+        tp = int(r["tensor_parallel"])
+        batch = round(float(r["avg_batch_size"]))
+        context = batch * MLENERGY_CONTEXT_PER_SEQ
+        i_pred.append(decode_step_ms(model, sku, tp, batch, context, sku.sm_clock_max_mhz))
+        i_act.append(float(r["median_itl_ms"]))
+        p_pred.append(instance_power_watts(model, sku, tp, sku.sm_clock_max_mhz, batch))
+        p_act.append(float(r["avg_power_watts"]))
+    return i_pred, i_act, p_pred, p_act
+
+
+def _rows_of(model: ModelProfile) -> list[dict[str, str]]:
+    wanted = MLENERGY_IDS[model.name]
+    return _mlenergy_rows(lambda mid: mid == wanted)
+
+
+def small_model_targets() -> list[TargetResult]:
+    """Decode ITL and instance power of the smaller models' profiles (pooled rows are targets)."""
+    all_i: tuple[list[float], list[float], list[float], list[float]] = ([], [], [], [])
+    per_model: list[TargetResult] = []
+    for model in SMALL_MODELS:
+        rows = _rows_of(model)
+        i_pred, i_act, p_pred, p_act = _itl_power(model, rows)
+        for acc, part in zip(all_i, (i_pred, i_act, p_pred, p_act), strict=True):
+            acc.extend(part)
+        src = f"mlenergy_llm_configs.csv H100 {MLENERGY_IDS[model.name]}"
+        per_model.append(TargetResult(f"itl {model.name}", len(rows), _mape(i_pred, i_act), 0, src, False))
+        per_model.append(TargetResult(f"power {model.name}", len(rows), _mape(p_pred, p_act), 0, src, False))
+    source = "mlenergy_llm_configs.csv H100, 8B-32B models"
+    return [
+        TargetResult("itl, smaller models (H100)", len(all_i[1]), _mape(all_i[0], all_i[1]), 0, source),
+        TargetResult("power, smaller models (H100)", len(all_i[3]), _mape(all_i[2], all_i[3]), 0, source),
+        *per_model,
+    ]
+
+
 def all_targets() -> list[TargetResult]:
-    return [*splitwise_targets("h100-80gb"), *mlenergy_targets(), *splitwise_targets("a100-80gb")]
+    return [
+        *splitwise_targets("h100-80gb"),
+        *mlenergy_targets(),
+        *small_model_targets(),
+        *splitwise_targets("a100-80gb"),
+    ]
 
 
 def fit_constants() -> dict[str, Any]:
@@ -195,4 +244,40 @@ def fit_constants() -> dict[str, Any]:
 
     power = least_squares(power_err, [0.6, 60])
     fitted["decode_utilization"] = {"at_batch1": power.x[0], "half_batch": power.x[1]}
+    fitted.update(_fit_small_models())
+    return fitted
+
+
+def _fit_small_models() -> dict[str, dict[str, float]]:
+    """Decode (base, per sequence) per TP and power (u at batch 1, half batch) of each smaller model."""
+    from scipy.optimize import least_squares
+
+    from flywheel.controllers.perfmodel import kv_ms_per_token
+
+    sku = H100_SXM
+    fitted: dict[str, dict[str, float]] = {}
+    for model in SMALL_MODELS:
+        rows = _rows_of(model)
+        for tp in sorted({int(r["tensor_parallel"]) for r in rows}):
+            sel = [r for r in rows if int(r["tensor_parallel"]) == tp]
+            b = np.array([float(r["avg_batch_size"]) for r in sel])
+            itl = np.array([float(r["median_itl_ms"]) for r in sel])
+            kv = kv_ms_per_token(model, sku, tp) * MLENERGY_CONTEXT_PER_SEQ
+
+            def decode_err(
+                p: np.ndarray, b: np.ndarray = b, y: np.ndarray = itl, kv: float = kv
+            ) -> np.ndarray:
+                return np.asarray((p[0] + p[1] * b + kv * b) / y - 1.0)
+
+            dec = least_squares(decode_err, [7.0, 0.05])
+            fitted[f"{model.name} tp{tp}"] = {"decode_base_ms": dec.x[0], "decode_ms_per_seq": dec.x[1]}
+        b = np.array([float(r["avg_batch_size"]) for r in rows])
+        per_gpu = np.array([float(r["avg_power_watts"]) / int(r["num_gpus"]) for r in rows])
+
+        def power_err(p: np.ndarray, b: np.ndarray = b, y: np.ndarray = per_gpu) -> np.ndarray:
+            util = np.minimum(p[0] + (1 - p[0]) * b / (b + p[1]), 1.0)
+            return np.asarray((sku.idle_watts + sku.dynamic_watts_at_max * util) / y - 1.0)
+
+        power = least_squares(power_err, [0.6, 60.0], bounds=([0.0, 1.0], [1.0, 5000.0]))
+        fitted[f"{model.name} power"] = {"util_at_batch1": power.x[0], "util_half_batch": power.x[1]}
     return fitted
