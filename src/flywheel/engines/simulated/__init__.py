@@ -6,17 +6,20 @@ ModelInstance the operator creates.
 """
 
 from flywheel.engines.simulated.engine import (
+    EngineBusy,
     EngineStats,
     EngineTiming,
     EngineUnavailable,
     RequestResult,
     SimulatedEngine,
+    SleepCosts,
     TokenEvent,
 )
 from flywheel.engines.simulated.server import SimulatedEngineServer
 from flywheel.engines.simulated.timing import PerfModelTiming
 
 __all__ = [
+    "EngineBusy",
     "EngineStats",
     "EngineTiming",
     "EngineUnavailable",
@@ -24,5 +27,6 @@ __all__ = [
     "RequestResult",
     "SimulatedEngine",
     "SimulatedEngineServer",
+    "SleepCosts",
     "TokenEvent",
 ]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from flywheel.engines.simulated.engine import SimulatedEngine
+from flywheel.controllers.pooling import SwitchCost
+from flywheel.engines.simulated.engine import SimulatedEngine, SleepCosts
 from flywheel.engines.simulated.server import SimulatedEngineServer
 from flywheel.engines.simulated.timing import PerfModelTiming
 
@@ -22,6 +23,11 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--clock-mhz", type=float, default=1980.0)
     parser.add_argument("--time-scale", type=float, default=1.0, help="virtual seconds per wall second")
+    parser.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve /sleep, /wake_up, /is_sleeping (vLLM) and SGLang's memory release/resume",
+    )
     return parser.parse_args(argv)
 
 
@@ -29,7 +35,12 @@ async def _serve(args: argparse.Namespace) -> None:
     timing = PerfModelTiming.named(args.profile, args.gpu, args.tensor_parallel_size)
     clock = float(args.clock_mhz)
     engine = SimulatedEngine(timing, lambda: clock, time_scale=args.time_scale)
-    server = SimulatedEngineServer(engine, args.model)
+    sleep = None
+    if args.enable_sleep_mode:
+        cost, tp = SwitchCost(), args.tensor_parallel_size
+        weights = timing.model.weight_bytes
+        sleep = SleepCosts(cost.sleep_s(weights, tp), cost.wake_s(weights, tp))
+    server = SimulatedEngineServer(engine, args.model, sleep=sleep)
     await server.start(args.host, args.port)
     try:
         await asyncio.Event().wait()

@@ -47,6 +47,19 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot serve: its GPU is lost, it crashed, or it was stopped."""
 
 
+class EngineBusy(RuntimeError):
+    """The engine refuses to sleep while requests are in flight (the pooling scheduler never asks)."""
+
+
+@dataclass(frozen=True)
+class SleepCosts:
+    """Virtual seconds of a level-1 sleep (weights to host, KV cache dropped) and of a wake-up
+    (``flywheel.controllers.pooling.SwitchCost`` for the engine's model and TP)."""
+
+    sleep_s: float
+    wake_s: float
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One generated token; ``index`` counts from 0; times are virtual seconds since engine start."""
@@ -221,6 +234,10 @@ class EngineStats:
     requests_finished_total: int = 0
     iterations_total: int = 0
     busy_s: float = 0.0
+    sleeps_total: int = 0
+    wakes_total: int = 0
+    sleep_seconds_total: float = 0.0  # virtual seconds spent offloading weights (sleep)
+    wake_seconds_total: float = 0.0  # virtual seconds spent loading them back (wake-up)
     lag_s: float = 0.0  # how far the virtual timeline last trailed the wall clock (wall seconds)
     max_lag_s: float = 0.0
     ttft: BucketHistogram = field(default_factory=lambda: BucketHistogram(TTFT_BUCKETS))
@@ -267,6 +284,8 @@ class SimulatedEngine:
         self._failure: str | None = None
         self._hung = False
         self._last_clock_mhz = 0.0
+        self._sleeping = False
+        self._switching = asyncio.Lock()
 
     # -- time ---------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -342,6 +361,38 @@ class SimulatedEngine:
         self._virtual = max(self._virtual, self.now())
         self._arrival.set()
 
+    # -- sleep mode (vLLM --enable-sleep-mode level 1, SGLang memory release) ------------------------
+    @property
+    def sleeping(self) -> bool:
+        return self._sleeping
+
+    async def sleep(self, costs: SleepCosts) -> float:
+        """Offload the weights and drop the KV cache; returns the virtual seconds it took (0 when
+        already asleep). Requests submitted while asleep wait until :meth:`wake_up`."""
+        async with self._switching:
+            if self._sleeping:
+                return 0.0
+            if self._running or self._waiting:
+                raise EngineBusy(f"{len(self._running)} running and {len(self._waiting)} waiting requests")
+            self._sleeping = True
+            await asyncio.sleep(costs.sleep_s / self.time_scale)
+            self.stats.sleeps_total += 1
+            self.stats.sleep_seconds_total += costs.sleep_s
+            return costs.sleep_s
+
+    async def wake_up(self, costs: SleepCosts) -> float:
+        """Load the weights back; returns the virtual seconds it took (0 when awake)."""
+        async with self._switching:
+            if not self._sleeping:
+                return 0.0
+            await asyncio.sleep(costs.wake_s / self.time_scale)
+            self._sleeping = False
+            self.stats.wakes_total += 1
+            self.stats.wake_seconds_total += costs.wake_s
+            self._virtual = max(self._virtual, self.now())
+            self._arrival.set()
+            return costs.wake_s
+
     # -- requests -----------------------------------------------------------------------------------
     def submit(
         self,
@@ -400,7 +451,8 @@ class SimulatedEngine:
 
     async def _run(self) -> None:
         while True:
-            if self._failure is not None or self._hung or not (self._running or self._waiting):
+            idle = not (self._running or self._waiting)
+            if self._failure is not None or self._hung or self._sleeping or idle:
                 self._report_batch(0)
                 self._arrival.clear()
                 await self._arrival.wait()

@@ -1,6 +1,11 @@
 """HTTP face of a :class:`SimulatedEngine`: OpenAI ``/v1/completions`` (SSE streaming included),
 ``/v1/models``, ``/health`` and ``/metrics`` under vLLM's metric names.
 
+With sleep mode (``sleep`` costs given; vLLM: ``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1``)
+it also serves vLLM's ``POST /sleep?level=1``, ``POST /wake_up``, ``GET /is_sleeping`` and SGLang's
+``POST /release_memory_occupation`` / ``POST /resume_memory_occupation``, taking the switch costs of
+``flywheel.controllers.pooling.SwitchCost`` in virtual time. Only level 1 is simulated.
+
 Responses carry a ``flywheel`` object with the request's timings in the engine's virtual seconds
 (``ttft_s``, ``max_tbt_s``, ``e2e_s``) so a replay can score SLOs without wall-clock noise.
 """
@@ -21,9 +26,11 @@ from prometheus_client.registry import Collector
 from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
 from flywheel.engines.simulated.engine import (
     BucketHistogram,
+    EngineBusy,
     EngineUnavailable,
     RequestResult,
     SimulatedEngine,
+    SleepCosts,
     TokenEvent,
 )
 
@@ -105,6 +112,18 @@ class _VLLMCollector(Collector):
         yield gauge(
             "flywheel_engine_clock_mhz", "SM clock the last iteration ran at.", self.engine.current_clock_mhz
         )
+        yield gauge(
+            "flywheel_engine_sleeping",
+            "1 while the engine sleeps (weights in host memory).",
+            float(self.engine.sleeping),
+        )
+        yield counter("flywheel_engine_sleeps", "Level-1 sleeps (weights offloaded).", stats.sleeps_total)
+        yield counter("flywheel_engine_wakes", "Wake-ups (weights loaded back).", stats.wakes_total)
+        yield counter(
+            "flywheel_engine_switch_seconds",
+            "Virtual seconds spent sleeping and waking (switch cost).",
+            stats.sleep_seconds_total + stats.wake_seconds_total,
+        )
 
 
 def _timings(result: RequestResult) -> dict[str, float]:
@@ -120,8 +139,15 @@ def _timings(result: RequestResult) -> dict[str, float]:
 class SimulatedEngineServer:
     """Serves one engine on ``host:port`` (port 0: an ephemeral port, see :attr:`port`)."""
 
-    def __init__(self, engine: SimulatedEngine, model_name: str, instance: str = "") -> None:
+    def __init__(
+        self,
+        engine: SimulatedEngine,
+        model_name: str,
+        instance: str = "",
+        sleep: SleepCosts | None = None,
+    ) -> None:
         self.engine = engine
+        self.sleep_costs = sleep
         self.model_name = model_name
         self.instance = instance
         self.registry = CollectorRegistry(auto_describe=False)
@@ -135,6 +161,12 @@ class SimulatedEngineServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        if self.sleep_costs is not None:
+            app.router.add_post("/sleep", self._sleep)
+            app.router.add_post("/wake_up", self._wake_up)
+            app.router.add_get("/is_sleeping", self._is_sleeping)
+            app.router.add_post("/release_memory_occupation", self._sleep)
+            app.router.add_post("/resume_memory_occupation", self._wake_up)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -173,6 +205,28 @@ class SimulatedEngineServer:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+    async def _sleep(self, http: web.Request) -> web.Response:
+        assert self.sleep_costs is not None
+        level = http.query.get("level", "1")
+        if level != "1":
+            return web.json_response(
+                error_body(f"sleep level {level!r} is not simulated (only 1)", "BadRequestError", 400),
+                status=400,
+            )
+        try:
+            took = await self.engine.sleep(self.sleep_costs)
+        except EngineBusy as error:
+            return web.json_response(error_body(f"cannot sleep: {error}", "ConflictError", 409), status=409)
+        return web.json_response({"is_sleeping": True, "took_s": took})
+
+    async def _wake_up(self, _: web.Request) -> web.Response:
+        assert self.sleep_costs is not None
+        took = await self.engine.wake_up(self.sleep_costs)
+        return web.json_response({"is_sleeping": False, "took_s": took})
+
+    async def _is_sleeping(self, _: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.engine.sleeping})
 
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response(
