@@ -11,6 +11,7 @@ from flywheel.controllers.pooling.scheduler import (
     PooledModel,
     PoolScheduler,
     Prefill,
+    Sleep,
     Wake,
 )
 from flywheel.controllers.pooling.switchcost import SwitchCost
@@ -23,6 +24,7 @@ __all__ = [
     "PoolScheduler",
     "PooledModel",
     "Prefill",
+    "Sleep",
     "SwitchCost",
     "Wake",
     "assign_models",

@@ -14,7 +14,8 @@ decision and reports back. The rules, after Aegaeon (SOSP'25) at the granularity
   after the round trip (others served, the model woken again). A victim is drained first: it
   starts no new prefill until its running requests finish.
 * Compute: prefills of the same model batched (its waiting requests in arrival order, chunked to a
-  token budget whose iteration fits the TBT target), oldest head across models first; decode steps
+  token budget whose iteration fits the TBT target; the chunk rides with that model's decode step,
+  as in vLLM's chunked prefill), oldest head across models first; decode steps
   round-robin across awake models by deadline slack (the model whose next token is due first),
   and a decode step goes before a prefill when its token would otherwise be late.
 * Admission: a request is refused, never dropped silently — 429 with ``Retry-After`` when its model's
@@ -83,6 +84,16 @@ class Wake:
 
 
 @dataclass(frozen=True)
+class Sleep:
+    """Put idle ``models`` to sleep ahead of need (so the next wake-up pays no eviction); the copy
+    engine is busy until ``ready_s``."""
+
+    models: tuple[str, ...]
+    start_s: float
+    ready_s: float
+
+
+@dataclass(frozen=True)
 class Prefill:
     """One prefill iteration of ``model`` over ``tokens`` prompt tokens; ``completes`` are the requests
     whose prompt ends in it (their first token comes at its end)."""
@@ -112,6 +123,7 @@ class _Waiting:
     arrival_s: float
     prompt_tokens: int
     remaining: int
+    deadline_s: float  # first token due (arrival + the request's TTFT target)
 
 
 @dataclass
@@ -128,7 +140,7 @@ class _ModelState:
         return sum(self.running.values())
 
     def head_deadline_s(self) -> float:
-        return self.waiting[0].arrival_s + self.model.ttft_s if self.waiting else math.inf
+        return min((w.deadline_s for w in self.waiting), default=math.inf)
 
     def backlog_s(self) -> float:
         return sum(self.model.prefill_estimate_s(w.remaining) for w in self.waiting)
@@ -145,6 +157,7 @@ class GroupScheduler:
         switch: SwitchCost | None = None,
         max_waiting_per_model: int = 256,
         reject_factor: float = 2.0,
+        idle_evict_s: float = 2.0,
     ) -> None:
         if not models:
             raise ValueError(f"group {name}: no models")
@@ -159,9 +172,11 @@ class GroupScheduler:
         self.switch = switch or SwitchCost()
         self.max_waiting_per_model = max_waiting_per_model
         self.reject_factor = reject_factor
+        self.idle_evict_s = idle_evict_s
         self._models = {m.name: _ModelState(m) for m in models}
         self._copy_busy_until = -math.inf
         self.wakes: list[Wake] = []
+        self.sleeps: list[Sleep] = []
 
     # --- introspection ---------------------------------------------------------------------
     @property
@@ -186,6 +201,15 @@ class GroupScheduler:
     def has_work(self) -> bool:
         return any(s.waiting or s.running for s in self._models.values())
 
+    def preload(self, models: Sequence[str]) -> None:
+        """Start with ``models`` awake (loaded at deploy time, no switch counted)."""
+        for name in models:
+            s = self._models[name]
+            if s.state == "asleep":
+                if s.model.footprint_bytes > self._free_bytes():
+                    raise ValueError(f"group {self.name}: {name} does not fit awake beside {self.awake()}")
+                s.state = "awake"
+
     # --- requests --------------------------------------------------------------------------
     def admit(self, model: str, now: float, prompt_tokens: int) -> Admission:
         """Whether a new request of ``model`` may join its queue (see the module docstring)."""
@@ -203,9 +227,19 @@ class GroupScheduler:
             return Admission(False, 503, retry, f"group {self.name} saturated: {backlog:.1f} s of backlog")
         return Admission(True, 200)
 
-    def enqueue(self, model: str, request_id: str, arrival_s: float, prompt_tokens: int) -> None:
+    def enqueue(
+        self,
+        model: str,
+        request_id: str,
+        arrival_s: float,
+        prompt_tokens: int,
+        ttft_s: float | None = None,
+    ) -> None:
+        """Queue a request; ``ttft_s``: its own TTFT target (default: the model's)."""
+        s = self._models[model]
         tokens = max(int(prompt_tokens), 1)
-        self._models[model].waiting.append(_Waiting(request_id, arrival_s, tokens, tokens))
+        deadline = arrival_s + (ttft_s if ttft_s is not None else s.model.ttft_s)
+        s.waiting.append(_Waiting(request_id, arrival_s, tokens, tokens, deadline))
 
     def finish(self, model: str, request_id: str, now: float) -> None:
         s = self._models[model]
@@ -228,8 +262,10 @@ class GroupScheduler:
         ]
         return sorted(idle, key=lambda s: s.last_used_s)
 
-    def plan_switch(self, now: float) -> Wake | None:
-        """Start a wake-up (with its evictions) if the copy engine is free and one is wanted."""
+    def plan_switch(self, now: float) -> Wake | Sleep | None:
+        """Start a wake-up (with its evictions) if the copy engine is free and one is wanted; else,
+        when a sleeping model would not fit, put the least recently used model idle for
+        ``idle_evict_s`` to sleep ahead of need."""
         if self._copy_busy_until > now:
             return None
         sleepers = sorted(
@@ -257,7 +293,21 @@ class GroupScheduler:
             self._copy_busy_until = wake.ready_s
             self.wakes.append(wake)
             return wake
-        return None
+        if sleepers:
+            return None
+        asleep = [s.model.footprint_bytes for s in self._models.values() if s.state == "asleep"]
+        if not asleep or max(asleep) <= self._free_bytes():
+            return None
+        idle = [v for v in self._evictable("") if now - v.last_used_s >= self.idle_evict_s]
+        if not idle:
+            return None
+        victim = idle[0]
+        victim.state = "asleep"
+        cost = self.switch.sleep_s(victim.model.weight_bytes, victim.model.tp)
+        sleep = Sleep((victim.model.name,), now, now + cost)
+        self._copy_busy_until = sleep.ready_s
+        self.sleeps.append(sleep)
+        return sleep
 
     def _maybe_drain(self, cand: _ModelState, now: float) -> None:
         """Mark one awake model for draining when ``cand`` would otherwise miss its TTFT and the
@@ -325,10 +375,12 @@ class GroupScheduler:
             p = self._prefill_for(self._models[name])
             if p is None:
                 continue
-            if decodes:
-                due, dname = decodes[0]
+            others = [(due, d) for due, d in decodes if d != name]  # its own ride with the chunk
+            if others:
+                due, dname = others[0]
                 step = self._models[dname].model.decode_step_s
-                if due < now + p.estimate_s + step:
+                urgent = self._models[name].head_deadline_s() - now <= p.estimate_s + step
+                if due < now + p.estimate_s + step and not urgent:  # a head about to miss TTFT wins
                     return Decode(dname)
             return p
         if decodes:
@@ -350,8 +402,10 @@ class GroupScheduler:
                 s.running[w.request_id] = w.prompt_tokens + s.model.expected_output_tokens
             else:
                 break
-        if p.completes and not had_running:
-            s.last_token_s = now  # their first tokens; the next is due a TBT later
+        if had_running or p.completes:
+            # a prefill chunk rides with the model's decode step (vLLM chunked prefill): the running
+            # requests got a token too, the completed ones their first
+            s.last_token_s = now
         s.last_used_s = now
 
     def decode_done(self, model: str, now: float) -> None:
@@ -379,8 +433,15 @@ class PoolScheduler:
     def admit(self, model: str, now: float, prompt_tokens: int) -> Admission:
         return self.group_of(model).admit(model, now, prompt_tokens)
 
-    def enqueue(self, model: str, request_id: str, arrival_s: float, prompt_tokens: int) -> None:
-        self.group_of(model).enqueue(model, request_id, arrival_s, prompt_tokens)
+    def enqueue(
+        self,
+        model: str,
+        request_id: str,
+        arrival_s: float,
+        prompt_tokens: int,
+        ttft_s: float | None = None,
+    ) -> None:
+        self.group_of(model).enqueue(model, request_id, arrival_s, prompt_tokens, ttft_s)
 
     def wakes(self) -> list[Wake]:
         return [w for g in self.groups.values() for w in g.wakes]
