@@ -117,6 +117,61 @@ def agent(
     )
 
 
+@app.command()
+def router(
+    deployment: str | None = typer.Option(
+        None, "--deployment", "-d", help="ModelDeployment to serve: discover its engines."
+    ),
+    namespace: str = typer.Option("default", "--namespace", "-n", envvar="POD_NAMESPACE"),
+    backend: list[str] = typer.Option([], "--backend", help="NAME=http://host:port (fixed engines)."),
+    model: str | None = typer.Option(None, "--model", help="Served model name (default: the deployment's)."),
+    host: str = typer.Option("0.0.0.0", "--host"),
+    port: int = typer.Option(8080, "--port"),
+    replica: str = typer.Option("router", "--replica", envvar="POD_NAME", help="This replica's name."),
+    server: str | None = typer.Option(None, "--server", help="API server URL (default: in-cluster)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="API keys, one a line."),
+    max_in_flight: int | None = typer.Option(
+        None, "--max-in-flight-per-instance", min=1, help="Admission: requests per instance at once."
+    ),
+    max_queued: int | None = typer.Option(
+        None, "--max-queued-per-pool", min=0, help="Admission queue limit (then 429)."
+    ),
+    max_context: int | None = typer.Option(None, "--max-context-tokens", min=1, help="Model context."),
+    max_tokens_cap: int | None = typer.Option(None, "--max-tokens-cap", min=1, help="Largest max_tokens."),
+    max_body_bytes: int = typer.Option(8 * 1024 * 1024, "--max-body-bytes", min=1024),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds per engine request."),
+    refresh_period: float = typer.Option(1.0, "--refresh-period", help="Seconds between engine scrapes."),
+    load_period: float = typer.Option(5.0, "--load-period", help="Seconds between pool load writes."),
+) -> None:
+    """Run the request router (OpenAI completions + chat completions) for one ModelDeployment."""
+    from flywheel.engines.router.main import RouterOptions
+    from flywheel.engines.router.main import main as run_router
+
+    run_router(
+        RouterOptions(
+            host=host,
+            port=port,
+            model=model,
+            deployment=deployment,
+            namespace=namespace,
+            replica=replica,
+            backends=backend,
+            server=server,
+            insecure=insecure,
+            api_key_file=api_key_file,
+            max_in_flight_per_instance=max_in_flight,
+            max_queued_per_pool=max_queued,
+            max_context_tokens=max_context,
+            max_tokens_cap=max_tokens_cap,
+            max_body_bytes=max_body_bytes,
+            request_timeout_s=request_timeout,
+            refresh_period_s=refresh_period,
+            load_period_s=load_period,
+        )
+    )
+
+
 sim_app = typer.Typer(no_args_is_help=True, help="Simulator tools (calibration of the performance model).")
 app.add_typer(sim_app, name="sim")
 

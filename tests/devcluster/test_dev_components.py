@@ -22,11 +22,11 @@ from flywheel.controllers.desired import (
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
-from flywheel.devcluster.control import RouterSync
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
+from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
 from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
 
@@ -153,7 +153,7 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     await kube.patch(MODEL_INSTANCES, NS, "c", {"status": {"endpoint": "10.0.0.7:8000"}}, "status")
     router = Router("m", CollectorRegistry())
     urls = {"a": "http://127.0.0.2:8000", "b": "http://127.0.0.3:8000"}  # c: only its status.endpoint
-    sync = RouterSync(kube, router, NS, "md", lambda: urls, load_period_s=0.0)
+    sync = KubeDiscovery(kube, router, NS, "md", urls=lambda: urls, load_period_s=0.0)
     await sync.sync()
     (pool,) = router.pools.values()
     assert pool.classes == frozenset({"short", "mid"})

@@ -36,13 +36,13 @@ from flywheel.controllers.gpumodel import SKUS
 from flywheel.devcluster import report as reporting
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
-from flywheel.devcluster.control import RouterSync, pool_classes
 from flywheel.devcluster.faults import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
 from flywheel.devcluster.nodes import SimNode, make_node, start_agent
 from flywheel.devcluster.replay import Outcome, ReplayPlan, plan, replay
 from flywheel.devcluster.view import InstanceRow, PoolRow, Snapshot, one_line, render
 from flywheel.engines.router import Router, RouterServer, classifier_for
+from flywheel.engines.router.discovery import KubeDiscovery, pool_classes
 from flywheel.operator.kube import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
@@ -142,7 +142,7 @@ class DevCluster:
         self.kubelet: EngineKubelet | None = None
         self.router: Router | None = None
         self.router_server: RouterServer | None = None
-        self.sync: RouterSync | None = None
+        self.sync: KubeDiscovery | None = None
         self.clocks: InstanceClocks | None = None
         self.injector: FaultInjector | None = None
         self.operator: subprocess.Popen[bytes] | None = None
@@ -189,12 +189,17 @@ class DevCluster:
         self.router_server = RouterServer(self.router, refresh_period_s=1.0)
         await self.router_server.start()
         self._say(f"router at {self.router_server.url}")
-        self.sync = RouterSync(
+        # The cluster's discovery loop; only the engine URLs come from the kubelet (engines listen on
+        # ephemeral localhost ports, not at the Pod endpoint the operator writes).
+        self.sync = KubeDiscovery(
             self.kube,
             self.router,
             o.namespace,
             DEPLOYMENT_NAME,
-            lambda: {name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()},
+            urls=lambda: {
+                name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()
+            },
+            period_s=0.5,
         )
         self.clocks = InstanceClocks(
             self.kubelet,
