@@ -514,6 +514,7 @@ class Router:
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/livez", self._live)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/flywheel/load", self._load)
         return app
@@ -525,7 +526,12 @@ class Router:
             {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "flywheel"}]}
         )
 
+    async def _live(self, _: web.Request) -> web.Response:
+        """The process serves (readiness of a router Pod: it answers, with 503 when no engine is up)."""
+        return web.Response(status=200)
+
     async def _health(self, _: web.Request) -> web.Response:
+        """Some engine instance is routable."""
         ok = any(b.routable for b in self.backends())
         return web.Response(status=200 if ok else 503)
 
