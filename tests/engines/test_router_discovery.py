@@ -4,9 +4,13 @@ routing weight, engine kind -> metric names), and pool load as the sum of fresh 
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from flywheel.engines.adapters import SGLangAdapter, VLLMAdapter
-from flywheel.engines.router import Backend, Balancer, Pool
+from flywheel.engines.router import Backend, Balancer, Pool, Router
 from flywheel.engines.router.discovery import routing_table, routing_weight, sum_shares
 
 SERVING = {"conditions": [{"type": "Serving", "status": "True"}]}
@@ -99,3 +103,39 @@ def test_pool_load_sums_fresh_replica_shares_and_drops_stale_ones() -> None:
     total, stale = sum_shares(shares, now, stale_after_s=30)
     assert total == {"requestsPerSecond": 5.0, "inputTokensPerSecond": 50.0, "outputTokensPerSecond": 5.0}
     assert sorted(stale) == ["r-bad", "r-dead"]
+
+
+async def test_the_router_reads_each_backends_queue_under_its_engines_metric_names() -> None:
+    """An SGLang instance's queue is read from ``sglang:`` series, not vLLM's (which it does not have)."""
+    text = (Path(__file__).parent / "samples" / "sglang.txt").read_text()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="text/plain")
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    router = Router("m", CollectorRegistry())  # default adapter: vLLM's names
+    sglang, default = (
+        Backend("s", url, "p", adapter=SGLangAdapter()),
+        Backend("v", f"http://localhost:{port}", "p"),
+    )
+    router.set_pools([Pool("p", frozenset({"ss"}), [sglang, default])])
+    try:
+        await router.refresh()
+    finally:
+        await router.close()
+        await runner.cleanup()
+    expected = SGLangAdapter().parse_metrics(text).queue_depth
+    assert expected > 0 and sglang.engine_queue == expected
+    assert default.failed_at is None  # scraped fine: vLLM's names are just absent from SGLang's exposition
+    assert default.engine_queue == 0.0
