@@ -6,7 +6,10 @@ loop, so one core; pinned with ``taskset`` when available). Short completions, f
 engine, then through the router:
 
 * throughput: ``--concurrency`` requests kept in flight, ``--requests`` in all;
-* added latency: P50 with one request in flight at a time (``--latency-requests``), router minus direct.
+* added latency: P50 with one request in flight at a time (``--latency-requests``), router minus direct;
+* router CPU: the router process's user + system CPU seconds per request during the throughput run
+  (``/proc``), and its inverse, the requests/s one core can route. On a shared machine the measured
+  throughput is capped by the load client and engines (same process); the CPU figure is not.
 
     PYTHONPATH=src .venv/bin/python bench/router_overhead.py --requests 4000 --concurrency 32
 """
@@ -52,6 +55,13 @@ async def _load(url: str, requests: int, concurrency: int, stream: bool) -> tupl
         return time.perf_counter() - began, latencies
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,7 +101,9 @@ async def main(requests: int, concurrency: int, latency_requests: int, core: int
         await _load(front, 200, concurrency, False)  # warm-up: connections, caches
         for stream in (False, True):
             direct_s, direct = await _load(servers[0].url, requests, concurrency, stream)
+            cpu_before = _cpu_seconds(router.pid)
             routed_s, routed = await _load(front, requests, concurrency, stream)
+            cpu_per_request = (_cpu_seconds(router.pid) - cpu_before) / requests
             _, direct_1 = await _load(servers[0].url, latency_requests, 1, stream)
             _, routed_1 = await _load(front, latency_requests, 1, stream)
             kind = "streaming" if stream else "non-streaming"
@@ -101,7 +113,9 @@ async def main(requests: int, concurrency: int, latency_requests: int, core: int
                 f"{kind}: direct {requests / direct_s:7.1f} req/s (p50 {direct_p50:5.1f} ms), "
                 f"via router {requests / routed_s:7.1f} req/s (p50 {routed_p50:5.1f} ms) "
                 f"at concurrency {concurrency}; one at a time: added p50 {added:.2f} ms "
-                f"({statistics.median(direct_1) * 1e3:.2f} -> {statistics.median(routed_1) * 1e3:.2f} ms)"
+                f"({statistics.median(direct_1) * 1e3:.2f} -> {statistics.median(routed_1) * 1e3:.2f} ms); "
+                f"router CPU {cpu_per_request * 1e3:.3f} ms/request = "
+                f"{1 / cpu_per_request:,.0f} req/s per core"
             )
     finally:
         router.terminate()

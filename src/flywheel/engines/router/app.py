@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 # The router's output-length prediction, handed to the engine for the instance controller.
 PREDICTED_HEADER = "x-flywheel-predicted-output-tokens"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Above this many unsent bytes a streaming write may block on the client: it gets a stall deadline.
+STALL_CHECK_BYTES = 16 * 1024
 _JSON = {"content-type": "application/json"}
 
 
@@ -430,33 +432,38 @@ class Router:
         first: float | None = None
         last = started
         max_gap = 0.0
+        partial = b""
         try:
-            async for received in upstream.content:
-                line = received
+            # Chunk by chunk as the engine sends them: complete SSE lines are inspected (token times,
+            # usage, errors) and written on in one piece; a line cut by a chunk boundary waits for its end.
+            async for chunk in upstream.content.iter_any():
                 if not prepared:
                     await response.prepare(http)
                     prepared = True
-                if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                    now = time.monotonic()
-                    if b'"usage"' in line or b'"error"' in line:
-                        line, usage, errored, content = _stream_tail(line, usage, errored, injected)
-                    else:
+                *lines, partial = (partial + chunk).split(b"\n")
+                now = time.monotonic()
+                out: list[bytes] = []
+                for received in lines:
+                    line = received
+                    if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
                         content = True
-                    if content:
-                        events += 1
-                        if first is None:
-                            first = now
-                        else:
-                            max_gap = max(max_gap, now - last)
-                        last = now
-                    if not line:
-                        continue
-                try:
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        await response.write(line)
-                except (ConnectionError, TimeoutError):
+                        if b'"usage"' in line or b'"error"' in line:
+                            line, usage, errored, content = _stream_tail(line, usage, errored, injected)
+                        if content:
+                            events += 1
+                            if first is None:
+                                first = now
+                            else:
+                                max_gap = max(max_gap, now - last)
+                            last = now
+                        if not line:
+                            continue  # a usage-only event the client did not ask for
+                    out.append(line)
+                if out and not await self._write(http, response, b"\n".join(out) + b"\n"):
                     abandoned = True
                     break
+            if partial and not abandoned and not await self._write(http, response, partial):
+                abandoned = True
         except (aiohttp.ClientError, TimeoutError) as error:
             if not prepared:
                 raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
@@ -478,6 +485,20 @@ class Router:
             self._score(request_class, (first - started) * self.time_scale, max_gap * self.time_scale)
             self.metrics.e2e.labels(request_class).observe((last - started) * self.time_scale)
         return response
+
+    async def _write(self, http: web.Request, response: web.StreamResponse, data: bytes) -> bool:
+        """Write to a streaming client; False when it went away or has read nothing for
+        ``stall_timeout_s`` (a write only waits when the socket's buffer is full)."""
+        try:
+            transport = http.transport
+            if transport is None or transport.get_write_buffer_size() < STALL_CHECK_BYTES:
+                await response.write(data)
+            else:
+                async with asyncio.timeout(self.stall_timeout_s):
+                    await response.write(data)
+        except (ConnectionError, TimeoutError):
+            return False
+        return True
 
     def _score(self, request_class: str, ttft_s: float, tbt_s: float) -> None:
         m = self.metrics
@@ -577,5 +598,5 @@ def _stream_tail(
         del payload["usage"]
         if not content:
             return b"", usage, errored, False
-        line = b"data: " + json.dumps(payload).encode() + b"\n"
+        line = b"data: " + json.dumps(payload).encode()
     return line, usage, errored, content
