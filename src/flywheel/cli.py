@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+import typer.core
+
+if TYPE_CHECKING:
+    from flywheel.engines.router.main import RouterOptions
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Flywheel: energy-optimal LLM serving.")
 
@@ -145,31 +150,34 @@ def router(
     load_period: float = typer.Option(5.0, "--load-period", help="Seconds between pool load writes."),
 ) -> None:
     """Run the request router (OpenAI completions + chat completions) for one ModelDeployment."""
-    from flywheel.engines.router.main import RouterOptions
     from flywheel.engines.router.main import main as run_router
 
-    run_router(
-        RouterOptions(
-            host=host,
-            port=port,
-            model=model,
-            deployment=deployment,
-            namespace=namespace,
-            replica=replica,
-            backends=backend,
-            server=server,
-            insecure=insecure,
-            api_key_file=api_key_file,
-            max_in_flight_per_instance=max_in_flight,
-            max_queued_per_pool=max_queued,
-            max_context_tokens=max_context,
-            max_tokens_cap=max_tokens_cap,
-            max_body_bytes=max_body_bytes,
-            request_timeout_s=request_timeout,
-            refresh_period_s=refresh_period,
-            load_period_s=load_period,
-        )
-    )
+    run_router(_router_options(locals()))
+
+
+def _router_options(params: dict[str, Any]) -> RouterOptions:
+    from flywheel.engines.router.main import RouterOptions
+
+    p = params
+    return RouterOptions(
+        host=p["host"], port=p["port"], model=p["model"], deployment=p["deployment"],
+        namespace=p["namespace"], replica=p["replica"], backends=list(p["backend"]), server=p["server"],
+        insecure=p["insecure"],
+        api_key_file=p["api_key_file"], max_in_flight_per_instance=p["max_in_flight"],
+        max_queued_per_pool=p["max_queued"], max_context_tokens=p["max_context"],
+        max_tokens_cap=p["max_tokens_cap"], max_body_bytes=p["max_body_bytes"],
+        request_timeout_s=p["request_timeout"], refresh_period_s=p["refresh_period"],
+        load_period_s=p["load_period"],
+    )  # fmt: skip
+
+
+def router_options(args: list[str]) -> RouterOptions:
+    """The options ``flywheel router ARGS`` runs with (``flywheel dev`` starts its router from the
+    arguments of the operator's router Deployment this way)."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    ctx = command.commands["router"].make_context("router", list(args))
+    return _router_options(ctx.params)
 
 
 sim_app = typer.Typer(no_args_is_help=True, help="Simulator tools (calibration of the performance model).")

@@ -57,7 +57,8 @@ class RouterOptions:
     refresh_period_s: float = 1.0
     discovery_period_s: float = 1.0
     load_period_s: float = 5.0
-    time_scale: float = 1.0
+    load_window_s: float = 30.0
+    time_scale: float = 1.0  # flywheel dev: the virtual clock's speed
 
 
 def api_keys(key_file: Path | None, env: dict[str, str] | None = None) -> list[str]:
@@ -93,6 +94,29 @@ def kube_client(server: str | None, insecure: bool) -> KubeClient:
     )
 
 
+def build_router(options: RouterOptions, spec: ModelDeploymentSpec | None) -> Router:
+    """The router the options describe; ``spec``: the served ModelDeployment's (classes, SLOs, model)."""
+    model = options.model or (spec.model.name if spec is not None else None)
+    if model is None:
+        raise ValueError("--model is required with --backend")
+    return Router(
+        model,
+        CollectorRegistry(),
+        classifier=classifier_for(spec) if spec is not None else None,
+        time_scale=options.time_scale,
+        load_window_s=options.load_window_s,
+        request_timeout_s=options.request_timeout_s,
+        max_in_flight_per_instance=options.max_in_flight_per_instance,
+        max_queued_per_pool=options.max_queued_per_pool,
+        ttft_slo_ms=spec.slo.ttft_p99_ms if spec is not None else None,
+        tbt_slo_ms=spec.slo.tbt_p99_ms if spec is not None else None,
+        max_context_tokens=options.max_context_tokens,
+        max_tokens_cap=options.max_tokens_cap,
+        max_body_bytes=options.max_body_bytes,
+        api_keys=api_keys(options.api_key_file),
+    )
+
+
 async def serve(options: RouterOptions, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT when no event is given)."""
     if (options.deployment is None) == (not options.backends):
@@ -107,24 +131,7 @@ async def serve(options: RouterOptions, stop: asyncio.Event | None = None) -> No
             await kube.__aexit__(None, None, None)
             raise ValueError(f"ModelDeployment {options.namespace}/{options.deployment} not found")
         spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
-    model = options.model or (spec.model.name if spec is not None else None)
-    if model is None:
-        raise ValueError("--model is required with --backend")
-    router = Router(
-        model,
-        CollectorRegistry(),
-        classifier=classifier_for(spec) if spec is not None else None,
-        time_scale=options.time_scale,
-        request_timeout_s=options.request_timeout_s,
-        max_in_flight_per_instance=options.max_in_flight_per_instance,
-        max_queued_per_pool=options.max_queued_per_pool,
-        ttft_slo_ms=spec.slo.ttft_p99_ms if spec is not None else None,
-        tbt_slo_ms=spec.slo.tbt_p99_ms if spec is not None else None,
-        max_context_tokens=options.max_context_tokens,
-        max_tokens_cap=options.max_tokens_cap,
-        max_body_bytes=options.max_body_bytes,
-        api_keys=api_keys(options.api_key_file),
-    )
+    router = build_router(options, spec)
     discovery: KubeDiscovery | None = None
     tasks: list[asyncio.Task[None]] = []
     if kube is not None and options.deployment is not None:
@@ -143,7 +150,7 @@ async def serve(options: RouterOptions, stop: asyncio.Event | None = None) -> No
         router.set_pools(static_pools(options.backends))
     server = RouterServer(router, refresh_period_s=options.refresh_period_s)
     await server.start(options.host, options.port)
-    log.info("router for %s on %s:%d", model, options.host, server.port)
+    log.info("router for %s on %s:%d", router.model_name, options.host, server.port)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
