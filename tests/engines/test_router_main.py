@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.cli import router_options
 from flywheel.engines.router.main import API_KEYS_ENV, RouterOptions, api_keys, serve, static_pools
 
 
@@ -30,3 +31,17 @@ async def test_serve_needs_exactly_one_way_to_find_engines() -> None:
         await serve(RouterOptions())
     with pytest.raises(ValueError, match="either --deployment"):
         await serve(RouterOptions(deployment="md", backends=["a=http://h:1"]))
+
+
+def test_the_command_line_parses_into_router_options() -> None:
+    """What ``flywheel dev`` uses to run the operator's router Deployment command line."""
+    options = router_options(
+        ["--deployment", "md", "--port", "9000", "--max-tokens-cap", "64", "--replica", "r-1"]
+    )
+    assert (options.deployment, options.port, options.max_tokens_cap, options.replica) == (
+        "md",
+        9000,
+        64,
+        "r-1",
+    )
+    assert options.backends == [] and options.max_context_tokens is None

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
+
 from flywheel.controllers.desired import LABEL_DEPLOYMENT
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.router.app import Router
@@ -166,7 +168,7 @@ class KubeDiscovery:
         while True:
             try:
                 await self.sync()
-            except (TimeoutError, KubeError, OSError) as error:
+            except (TimeoutError, KubeError, OSError, aiohttp.ClientError) as error:
                 log.warning("router discovery failed: %s", error)
             await asyncio.sleep(self.period_s)
 
