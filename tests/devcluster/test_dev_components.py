@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,6 +162,39 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
     written = await kube.get(INFERENCE_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
+
+
+async def test_router_discovery_follows_changes_by_watch(kube: KubeClient) -> None:
+    """With the periodic re-list an hour away, only the watches can bring the changes in."""
+    router = Router("m", CollectorRegistry())
+    sync = KubeDiscovery(kube, router, NS, "md", period_s=3600.0, load_period_s=3600.0)
+    task = asyncio.get_running_loop().create_task(sync.run())
+    loop = asyncio.get_running_loop()
+
+    async def until(check: Any) -> None:
+        deadline = loop.time() + 30
+        while not check():
+            assert loop.time() < deadline, "discovery did not follow the change"
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(sync.synced.is_set)
+        pool = {
+            "metadata": {"name": "md-a"},
+            "spec": {"modelDeployment": "md", "requestClass": {"name": "ss"}},
+        }
+        await kube.create(INFERENCE_POOLS, NS, pool)
+        instance = {"metadata": {"name": "i1", "labels": {LABEL_DEPLOYMENT: "md"}}, "spec": {"pool": "md-a"}}
+        await kube.create(MODEL_INSTANCES, NS, instance)
+        status = {"conditions": [{"type": "Serving", "status": "True"}], "endpoint": "10.0.0.9:8000"}
+        await kube.patch(MODEL_INSTANCES, NS, "i1", {"status": status}, "status")
+        await until(lambda: [b.routable for b in router.backends()] == [True])
+        await kube.patch(MODEL_INSTANCES, NS, "i1", {"spec": {"drain": True}})
+        await until(lambda: [b.draining for b in router.backends()] == [True])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def test_clock_hook_idles_standbys_and_keeps_active_instances_in_their_policy() -> None:

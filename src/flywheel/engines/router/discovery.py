@@ -2,9 +2,10 @@
 
 The same loop runs in a cluster (``flywheel router --deployment``) and in ``flywheel dev``:
 
-* Routing table: every InferencePool of the deployment with the classes it serves (its own and those
-  merged into it), and its ModelInstances as backends at ``status.endpoint`` (the engine Pod's IP and
-  port, written by the operator) — routable when ``Serving`` is True, ``Active`` and not draining; the
+* Routing table (watched; re-listed on every change and every ``period_s``): every InferencePool of
+  the deployment with the classes it serves (its own and those merged into it), and its
+  ModelInstances as backends at ``status.endpoint`` (the engine Pod's IP and port, written by the
+  operator) — routable when ``Serving`` is True, ``Active`` and not draining; the
   fault controller's ``flywheel.dev/routing-weight`` annotation sets the backend's weight, and
   ``spec.engine.kind`` which metric names (vLLM's or SGLang's) its queue is read under.
 * Load (the path router -> status): each router replica measures the requests and tokens it routed per
@@ -16,6 +17,7 @@ The same loop runs in a cluster (``flywheel router --deployment``) and in ``flyw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import math
@@ -31,7 +33,7 @@ from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.telemetry import ClassLoad
 from flywheel.operator.faults import ROUTING_WEIGHT_ANNOTATION
-from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, KubeClient, KubeError
+from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, Kind, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +136,9 @@ def sum_shares(
 
 
 class KubeDiscovery:
-    """Lists the deployment's InferencePools and ModelInstances every ``period_s`` into the router's
-    table, and writes the router's load share every ``load_period_s``."""
+    """Watches the deployment's InferencePools and ModelInstances and re-lists them into the router's
+    table on every change (at most every ``min_interval_s``; at least every ``period_s``, which also
+    covers a broken watch), and writes the router's load share every ``load_period_s``."""
 
     def __init__(
         self,
@@ -146,9 +149,10 @@ class KubeDiscovery:
         *,
         replica: str = "router",
         urls: Callable[[], Mapping[str, str]] | None = None,
-        period_s: float = 1.0,
+        period_s: float = 10.0,
         load_period_s: float = 5.0,
         stale_after_s: float | None = None,
+        min_interval_s: float = 0.1,
     ) -> None:
         self.kube = kube
         self.router = router
@@ -157,20 +161,52 @@ class KubeDiscovery:
         self.replica = replica
         self.urls = urls or dict
         self.period_s = period_s
+        self.min_interval_s = min_interval_s
         self.load_period_s = load_period_s
         self.stale_after_s = stale_after_s if stale_after_s is not None else max(30.0, 3 * load_period_s)
         self.pools: list[Obj] = []
         self.instances: list[Obj] = []
         self._load_written = 0.0
+        self._changed = asyncio.Event()
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        selector = f"{LABEL_DEPLOYMENT}={self.deployment}"
+        watchers = [
+            loop.create_task(self._watch(INFERENCE_POOLS, None), name="router-watch-pools"),
+            loop.create_task(self._watch(MODEL_INSTANCES, selector), name="router-watch-instances"),
+        ]
+        try:
+            while True:
+                self._changed.clear()
+                try:
+                    await self.sync()
+                except (TimeoutError, KubeError, OSError, aiohttp.ClientError) as error:
+                    log.warning("router discovery failed: %s", error)
+                next_load = self._load_written + self.load_period_s - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, min(self.period_s, next_load))):
+                        await self._changed.wait()
+                await asyncio.sleep(self.min_interval_s)  # a burst of events: one re-list
+        finally:
+            for task in watchers:
+                task.cancel()
+            for task in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _watch(self, kind: Kind, labels: str | None) -> None:
+        """Flags every change of ``kind``. Each (re)opened watch flags one too: the re-list it causes
+        covers whatever changed before the watch started."""
         while True:
             try:
-                await self.sync()
-            except (TimeoutError, KubeError, OSError, aiohttp.ClientError) as error:
-                log.warning("router discovery failed: %s", error)
-            await asyncio.sleep(self.period_s)
+                async for _ in self.kube.watch(kind, self.namespace, labels, opened=self._changed.set):
+                    self._changed.set()
+            except (TimeoutError, KubeError, OSError, aiohttp.ClientError, ValueError) as error:
+                log.debug("router watch of %s: %s", kind.plural, error)
+                await asyncio.sleep(1.0)
+            self._changed.set()
 
     async def sync(self) -> None:
         selector = f"{LABEL_DEPLOYMENT}={self.deployment}"

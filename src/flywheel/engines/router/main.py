@@ -55,7 +55,7 @@ class RouterOptions:
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600.0
     refresh_period_s: float = 1.0
-    discovery_period_s: float = 1.0
+    discovery_period_s: float = 10.0  # re-list at least this often (changes come by watch)
     load_period_s: float = 5.0
     load_window_s: float = 30.0
     time_scale: float = 1.0  # flywheel dev: the virtual clock's speed
