@@ -136,6 +136,9 @@ def router(
     server: str | None = typer.Option(None, "--server", help="API server URL (default: in-cluster)."),
     insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="API keys, one a line."),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="The model's tokenizer.json (prompt token counts; else 4 chars a token)."
+    ),
     max_in_flight: int | None = typer.Option(
         None, "--max-in-flight-per-instance", min=1, help="Admission: requests per instance at once."
     ),
@@ -162,8 +165,8 @@ def _router_options(params: dict[str, Any]) -> RouterOptions:
     return RouterOptions(
         host=p["host"], port=p["port"], model=p["model"], deployment=p["deployment"],
         namespace=p["namespace"], replica=p["replica"], backends=list(p["backend"]), server=p["server"],
-        insecure=p["insecure"],
-        api_key_file=p["api_key_file"], max_in_flight_per_instance=p["max_in_flight"],
+        insecure=p["insecure"], api_key_file=p["api_key_file"], tokenizer=p["tokenizer"],
+        max_in_flight_per_instance=p["max_in_flight"],
         max_queued_per_pool=p["max_queued"], max_context_tokens=p["max_context"],
         max_tokens_cap=p["max_tokens_cap"], max_body_bytes=p["max_body_bytes"],
         request_timeout_s=p["request_timeout"], refresh_period_s=p["refresh_period"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.router_objects import router_objects
+from flywheel.controllers.router_objects import ModelFiles, router_objects
 
 OWNER = {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "name": "md", "uid": "u1"}
 
@@ -40,3 +40,19 @@ def test_a_router_runs_at_least_two_replicas() -> None:
     assert router_objects("md", "ns", OWNER, "img", replicas=3)[1]["spec"]["replicas"] == 3
     with pytest.raises(ValueError, match="at least 2"):
         router_objects("md", "ns", OWNER, "img", replicas=1)
+
+
+def test_the_router_mounts_the_model_volume_for_its_tokenizer() -> None:
+    files = ModelFiles(
+        volume={"name": "weights", "persistentVolumeClaim": {"claimName": "llama", "readOnly": True}},
+        mount={"name": "weights", "mountPath": "/models"},
+        path="/models/llama-70b",
+    )
+    objects = {o["kind"]: o for o in router_objects("md", "ns", OWNER, "img", model_files=files)}
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["volumes"] == [files.volume]
+    assert container["volumeMounts"] == [{"name": "weights", "mountPath": "/models", "readOnly": True}]
+    assert container["args"][-2:] == ["--tokenizer", "/models/llama-70b/tokenizer.json"]
+    plain = {o["kind"]: o for o in router_objects("md", "ns", OWNER, "img")}
+    assert "--tokenizer" not in plain["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -28,7 +28,9 @@ from opharness import (
     wait_for,
 )
 
+from flywheel.controllers.router_objects import ModelFiles
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
+from flywheel.operator.router import model_files
 
 APPS = f"/apis/apps/v1/namespaces/{NS}/deployments"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
@@ -240,3 +242,14 @@ def test_simulated_fleet_serves_traffic_through_the_operators_router(
     assert set(shares) == {"rt-b-router-0", "rt-b-router-1"}
     summed = sum(s["requestsPerSecond"] for s in shares.values())
     assert pool["status"]["load"]["requestsPerSecond"] == pytest.approx(summed, abs=1e-3)
+
+
+def test_the_router_mounts_weights_only_from_shared_volumes() -> None:
+    def files(source: str) -> object:
+        return model_files({"spec": {"model": {"weightSource": source}}})
+
+    pvc = files("pvc://llama/70b")
+    assert isinstance(pvc, ModelFiles) and pvc.path == "/models/70b"
+    assert pvc.volume["persistentVolumeClaim"]["claimName"] == "llama"
+    assert files("hf://meta-llama/Llama-2-7b-hf") is None  # a per-Pod download cache
+    assert files("s3://bucket/model") is None and files("nonsense") is None

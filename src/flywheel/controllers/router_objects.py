@@ -11,10 +11,14 @@ when it differs). Per ModelDeployment ``<name>``:
   unavailable; API keys from the optional Secret ``<name>-router-api-keys`` (key ``keys``, comma-separated);
 * Service ``<name>-router`` (port 80 -> 8080): the endpoint clients call;
 * PodDisruptionBudget ``<name>-router``: at most one replica voluntarily down at a time.
+
+Where the engines read the weights from a volume (``pvc://``, ``file://``, ``oci://``), the router mounts
+it read-only too and counts prompt tokens with the model's ``tokenizer.json`` (``--tokenizer``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER
@@ -26,6 +30,15 @@ SERVICE_ACCOUNT = "flywheel-router"
 MIN_REPLICAS = 2
 COMPONENT = "app.kubernetes.io/component"
 API_KEYS_KEY = "keys"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The model's files as the engine Pods see them: ``volume``, its ``mount`` and the model directory."""
+
+    volume: Obj
+    mount: Obj
+    path: str
 
 
 def router_name(deployment: str) -> str:
@@ -42,7 +55,12 @@ def router_labels(deployment: str) -> dict[str, str]:
 
 
 def router_objects(
-    deployment: str, namespace: str, owner: Obj, image: str, replicas: int = MIN_REPLICAS
+    deployment: str,
+    namespace: str,
+    owner: Obj,
+    image: str,
+    replicas: int = MIN_REPLICAS,
+    model_files: ModelFiles | None = None,
 ) -> list[Obj]:
     """Every object of the deployment's router, in the order to create them; ``owner``: the
     ModelDeployment's ownerReference (deleting the deployment deletes its router)."""
@@ -90,6 +108,9 @@ def router_objects(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if model_files is not None:
+        container["args"] += ["--tokenizer", f"{model_files.path.rstrip('/')}/tokenizer.json"]
+        container["volumeMounts"] = [{**model_files.mount, "readOnly": True}]
     pod_spec: Obj = {
         "serviceAccountName": SERVICE_ACCOUNT,
         "containers": [container],
@@ -109,6 +130,8 @@ def router_objects(
         },
         "terminationGracePeriodSeconds": 30,
     }
+    if model_files is not None:
+        pod_spec["volumes"] = [model_files.volume]
     return [
         {
             "apiVersion": "v1",

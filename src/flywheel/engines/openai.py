@@ -2,7 +2,8 @@
 ``/v1/chat/completions`` requests, and OpenAI-style error bodies.
 
 Token counts: a list of token ids counts exactly; a string counts as ``ceil(len / 4)`` tokens, the
-usual characters-per-token of English BPE vocabularies. A chat prompt counts its messages' text plus
+usual characters-per-token of English BPE vocabularies, unless a ``count`` function (the model's real
+tokenizer, where the router has its files) is given. A chat prompt counts its messages' text plus
 ``TOKENS_PER_MESSAGE`` per message and ``REPLY_PRIMING_TOKENS`` once (the chat template's role markers,
 as OpenAI's cookbook counts them). The router classifies by the same count the simulated engine charges
 for, so classification and service agree; accounting uses the engine's reported ``usage``.
@@ -11,8 +12,11 @@ for, so classification and service agree; accounting uses the engine's reported 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+TokenCounter = Callable[[str], int]
 
 CHARS_PER_TOKEN = 4
 DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
@@ -29,9 +33,13 @@ class BadRequest(ValueError):
         self.code = code
 
 
-def prompt_token_count(prompt: object) -> int:
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def prompt_token_count(prompt: object, count: TokenCounter = estimate_tokens) -> int:
     if isinstance(prompt, str):
-        return max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
+        return max(1, count(prompt))
     if (
         isinstance(prompt, list)
         and prompt
@@ -39,7 +47,7 @@ def prompt_token_count(prompt: object) -> int:
     ):
         return len(prompt)
     if isinstance(prompt, list) and len(prompt) == 1:
-        return prompt_token_count(prompt[0])
+        return prompt_token_count(prompt[0], count)
     raise BadRequest("prompt must be a string, a list of token ids, or a list with one of those", "prompt")
 
 
@@ -59,7 +67,7 @@ def _content_text(content: object) -> str:
     raise BadRequest("message content must be a string or a list of text parts", "messages")
 
 
-def chat_token_count(messages: object) -> int:
+def chat_token_count(messages: object, count: TokenCounter = estimate_tokens) -> int:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", "messages")
     total = REPLY_PRIMING_TOKENS
@@ -67,7 +75,7 @@ def chat_token_count(messages: object) -> int:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest("each message must be an object with a 'role' string", "messages")
         text = _content_text(message.get("content"))
-        total += TOKENS_PER_MESSAGE + math.ceil(len(text) / CHARS_PER_TOKEN)
+        total += TOKENS_PER_MESSAGE + count(text)
     return total
 
 
@@ -95,19 +103,22 @@ class CompletionRequest:
         return max(1, min(self.max_tokens, self.output_tokens))
 
     @classmethod
-    def parse(cls, body: object, *, chat: bool = False) -> CompletionRequest:
-        """A ``/v1/completions`` body, or with ``chat`` a ``/v1/chat/completions`` body."""
+    def parse(
+        cls, body: object, *, chat: bool = False, count: TokenCounter = estimate_tokens
+    ) -> CompletionRequest:
+        """A ``/v1/completions`` body, or with ``chat`` a ``/v1/chat/completions`` body; ``count``
+        counts the tokens of a text."""
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         if chat:
             if "messages" not in body:
                 raise BadRequest("'messages' is required", "messages")
-            prompt_tokens = chat_token_count(body["messages"])
+            prompt_tokens = chat_token_count(body["messages"], count)
             max_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         else:
             if "prompt" not in body:
                 raise BadRequest("'prompt' is required", "prompt")
-            prompt_tokens = prompt_token_count(body["prompt"])
+            prompt_tokens = prompt_token_count(body["prompt"], count)
             max_name = "max_tokens"
         max_tokens = body.get(max_name, DEFAULT_MAX_TOKENS)
         if max_tokens is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from flywheel.controllers.router_objects import router_objects
+from flywheel.controllers.router_objects import ModelFiles, router_objects
+from flywheel.engines.adapters import model_location
 from flywheel.operator.kube import Kind, KubeClient, Obj, owner_reference
 
 SPEC_HASH = "flywheel.dev/router-spec-hash"
@@ -24,11 +25,25 @@ def _hashed(obj: Obj) -> Obj:
     return {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), SPEC_HASH: digest}}}
 
 
+def model_files(md: Obj) -> ModelFiles | None:
+    """The volume the engines read the weights from, when there is one the router can mount too (not
+    a per-Pod download cache, not object storage)."""
+    source = (((md.get("spec") or {}).get("model")) or {}).get("weightSource", "")
+    try:
+        location = model_location(source)
+    except ValueError:
+        return None
+    if location.volume is None or location.mount is None or "emptyDir" in location.volume:
+        return None
+    return ModelFiles(location.volume, location.mount, location.model_arg)
+
+
 async def apply_router(kube: KubeClient, md: Obj, image: str) -> list[str]:
     """Bring the deployment's router objects to their desired state; the kinds created or patched."""
     meta = md["metadata"]
     changed: list[str] = []
-    for desired in router_objects(meta["name"], meta["namespace"], owner_reference(md), image):
+    owner = owner_reference(md)
+    for desired in router_objects(meta["name"], meta["namespace"], owner, image, model_files=model_files(md)):
         obj = _hashed(desired)
         kind = KINDS[obj["kind"]]
         name = obj["metadata"]["name"]

@@ -39,7 +39,7 @@ from flywheel.controllers.admission import late_after_s as _late_after_s
 from flywheel.controllers.classify import ClassThresholds
 from flywheel.controllers.predictor import OutputLengthPredictor
 from flywheel.engines.adapters import EngineAdapter, VLLMAdapter
-from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
+from flywheel.engines.openai import BadRequest, CompletionRequest, TokenCounter, error_body, estimate_tokens
 from flywheel.engines.router.admission import Admission, ClientGone, QueueFull
 from flywheel.engines.router.backends import Backend, Balancer, NoBackend, Pool
 from flywheel.engines.router.classes import AutoClassifier, RequestClassifier
@@ -93,6 +93,7 @@ class Router:
         stall_timeout_s: float = 60.0,
         api_keys: Iterable[str] = (),
         retry_after_s: int = 1,
+        token_counter: TokenCounter = estimate_tokens,
     ) -> None:
         """``max_in_flight_per_instance``: requests this router sends to one instance at a time; the
         rest wait in their pool's admission queue (None: no router queue, forward at once), at most
@@ -101,7 +102,8 @@ class Router:
         ``admission.late_after_s(ttft_slo_ms) / time_scale`` wall seconds; ``late_after_s`` gives that
         wait in wall seconds directly. ``ttft_slo_ms``/``tbt_slo_ms`` also score SLO attainment.
         ``max_context_tokens``/``max_tokens_cap``: limits checked before routing (None: unchecked).
-        ``stall_timeout_s``: a streaming client that reads nothing this long is dropped."""
+        ``stall_timeout_s``: a streaming client that reads nothing this long is dropped.
+        ``token_counter``: tokens of a prompt text (the model's tokenizer; default 4 characters a token)."""
         if max_in_flight_per_instance is not None and max_in_flight_per_instance < 1:
             raise ValueError(
                 f"max_in_flight_per_instance must be at least 1, got {max_in_flight_per_instance}"
@@ -128,6 +130,7 @@ class Router:
         self.stall_timeout_s = stall_timeout_s
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.retry_after = str(retry_after_s)
+        self.token_counter = token_counter
         self.metrics = RouterMetrics(registry)
         self.balancer = Balancer(failure_cooldown_s)
         self.admission = Admission(
@@ -259,7 +262,7 @@ class Router:
                           "invalid_request_error", "request_timeout")  # fmt: skip
         chat = http.path.endswith("/chat/completions")
         try:
-            request = CompletionRequest.parse(json.loads(raw), chat=chat)
+            request = CompletionRequest.parse(json.loads(raw), chat=chat, count=self.token_counter)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             reject.labels("bad_request").inc()
             return _error(

@@ -24,6 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, ModelDeploymentSpec
+from flywheel.engines.openai import TokenCounter, estimate_tokens
 from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.classes import classifier_for
@@ -48,6 +49,7 @@ class RouterOptions:
     server: str | None = None
     insecure: bool = False
     api_key_file: Path | None = None
+    tokenizer: Path | None = None
     max_in_flight_per_instance: int | None = None
     max_queued_per_pool: int | None = None
     max_context_tokens: int | None = None
@@ -94,6 +96,24 @@ def kube_client(server: str | None, insecure: bool) -> KubeClient:
     )
 
 
+def token_counter(path: Path | None) -> TokenCounter:
+    """Prompt token counts from the model's ``tokenizer.json`` (Hugging Face ``tokenizers``); without
+    the file (not mounted, or a model that has none) the 4-characters-a-token estimate, with a warning."""
+    if path is None:
+        return estimate_tokens
+    if not path.is_file():
+        log.warning("no tokenizer at %s: counting prompt tokens as 4 characters each", path)
+        return estimate_tokens
+    from tokenizers import Tokenizer  # only routers with a tokenizer load it
+
+    tokenizer = Tokenizer.from_file(str(path))
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
 def build_router(options: RouterOptions, spec: ModelDeploymentSpec | None) -> Router:
     """The router the options describe; ``spec``: the served ModelDeployment's (classes, SLOs, model)."""
     model = options.model or (spec.model.name if spec is not None else None)
@@ -114,6 +134,7 @@ def build_router(options: RouterOptions, spec: ModelDeploymentSpec | None) -> Ro
         max_tokens_cap=options.max_tokens_cap,
         max_body_bytes=options.max_body_bytes,
         api_keys=api_keys(options.api_key_file),
+        token_counter=token_counter(options.tokenizer),
     )
 
 
