@@ -11,8 +11,9 @@ import argparse
 from typing import Any
 
 from flywheel.controllers.flywheel_policy import FlywheelPolicy
+from flywheel.sim.profile import split_profile
 from flywheel.sim.report import summarize
-from flywheel.sim.runner import default_slo
+from flywheel.sim.runner import PROFILE_WINDOW_S, default_slo
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import load_trace
 
@@ -36,6 +37,7 @@ def main() -> None:
     workload = load_trace(args.trace)
     if args.rate_scale != 1.0:
         workload = workload.scaled(args.rate_scale)
+    profile, served = split_profile(workload, PROFILE_WINDOW_S)
     print(
         f"{args.trace} x{args.rate_scale:g}: 10 s peak {workload.peak_rps(10.0):.1f} req/s, "
         f"mean {workload.mean_rps():.2f} req/s"
@@ -44,7 +46,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for label, kwargs in VARIANTS:
         config = SimConfig(slo=default_slo(args.trace))
-        s = summarize(Simulator(workload, FlywheelPolicy(**kwargs), config).run())
+        s = summarize(Simulator(served, FlywheelPolicy(**kwargs), config, profile).run())
         print(
             f"| {label} | {s['energy_kwh']:.2f} | {s['gpu_hours']:.1f} | {s['ttft_p99_ms']:.0f} "
             f"| {s['tbt_p99_ms']:.1f} | {s['slo_attainment'] * 100:.2f}% |",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from flywheel.api.v1alpha1 import EnergyPolicy
 from flywheel.controllers.flywheel_policy import FlywheelPolicy
+from flywheel.sim.profile import split_profile
 from flywheel.sim.report import summarize
-from flywheel.sim.runner import default_slo
+from flywheel.sim.runner import PROFILE_WINDOW_S, default_slo
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import load_trace
 
@@ -19,9 +20,10 @@ def main() -> None:
     print("| trace | mode | energy kWh | GPU-h | TTFT p99 ms | TBT p99 ms | SLO attainment |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for trace in ("conv", "code"):
-        workload = load_trace(trace)
+        profile, served = split_profile(load_trace(trace), PROFILE_WINDOW_S)
         for mode in EnergyPolicy:
-            result = Simulator(workload, FlywheelPolicy(mode), SimConfig(slo=default_slo(trace))).run()
+            config = SimConfig(slo=default_slo(trace))
+            result = Simulator(served, FlywheelPolicy(mode), config, profile).run()
             s = summarize(result)
             print(
                 f"| {trace} | {mode.value} | {s['energy_kwh']:.2f} | {s['gpu_hours']:.1f} "

@@ -43,6 +43,7 @@ from flywheel.controllers.policy import (
     PoolTarget,
 )
 from flywheel.controllers.reshard import GB, ReconfigCosts
+from flywheel.controllers.slo import attainment
 from flywheel.controllers.standby import size_standbys
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
@@ -131,13 +132,7 @@ class ReactivePolicy:
 
 
 def slo_met(result: SimResult) -> bool:
-    ok = ~result.dropped
-    if not ok.all():
-        return False
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
-    return bool(np.percentile(ttft, 99) <= result.slo.ttft_ms and np.percentile(tbt, 99) <= result.slo.tbt_ms)
+    return attainment(result.slo_mask()) >= 0.99
 
 
 def calibrate(base: Workload, tp: int, seconds: float = 600.0, instances: int = 2) -> float:
@@ -159,20 +154,16 @@ def calibrate(base: Workload, tp: int, seconds: float = 600.0, instances: int = 
     return lo
 
 
-def window_violations(result: SimResult, after: float, ttft_ms: float, tbt_ms: float) -> list[float]:
-    """End times of 10 s windows (by arrival, from ``after``) whose P99 TTFT or TBT misses the SLO."""
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
+def window_violations(result: SimResult, after: float) -> list[float]:
+    """End times of 10 s windows (by arrival, from ``after``) where under 99% of the requests meet
+    the SLO (``flywheel.controllers.slo``)."""
+    ok = result.slo_mask()
     ends = []
     start = after
     while start < result.arrival_s[-1]:
         sel = (result.arrival_s >= start) & (result.arrival_s < start + WINDOW_S)
-        if sel.any():
-            bad_ttft = np.nanpercentile(np.where(result.dropped[sel], np.inf, ttft[sel]), 99) > ttft_ms
-            bad_tbt = np.nanpercentile(np.where(result.dropped[sel], np.inf, tbt[sel]), 99) > tbt_ms
-            if bad_ttft or bad_tbt:
-                ends.append(start + WINDOW_S)
+        if sel.any() and attainment(ok[sel]) < 0.99:
+            ends.append(start + WINDOW_S)
         start += WINDOW_S
     return ends
 
@@ -215,12 +206,8 @@ def run(
     began = time.perf_counter()
     result = sim.run()
     wall = time.perf_counter() - began
-    slo = result.slo
-    bad = window_violations(result, step_at, slo.ttft_ms, slo.tbt_ms)
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = (result.finish_s - result.first_token_s) * 1000.0 / tokens
-    ok = ~result.dropped
+    bad = window_violations(result, step_at)
+    ok = result.completed()
     # Capacity restored: ready instances reach what the doubled load needs.
     needed = math.ceil(2 * initial_rps * HEADROOM / capacity[TP])
     restored = next((t for t, ready, _, _ in policy.history if t >= step_at and ready >= needed), None)
@@ -247,8 +234,8 @@ def run(
         capacity_restore_s=(restored - step_at) if restored is not None else None,
         promotions=stats.promotions,
         cold_starts=stats.starts + stats.standby_starts,
-        ttft_p99_ms=float(np.percentile(ttft[ok], 99)),
-        tbt_p99_ms=float(np.percentile(tbt[ok & (result.output_tokens > 1)], 99)),
+        ttft_p99_ms=float(np.percentile(result.ttft_ms()[ok], 99)),
+        tbt_p99_ms=result.gap_histogram.quantile(0.99) or 0.0,
         energy_kwh=result.energy_j / 3.6e6,
         standby_energy_share=standby_j / result.energy_j if result.energy_j else 0.0,
         reshard_plans=stats.plans,

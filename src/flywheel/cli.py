@@ -93,6 +93,10 @@ def agent(
     device_plugin_dir: Path = typer.Option(Path("/var/lib/kubelet/device-plugins"), "--device-plugin-dir"),
     device_plugin: bool = typer.Option(True, "--device-plugin/--no-device-plugin"),
     gpu_replicas: int = typer.Option(1, "--gpu-replicas", min=1, help="Share each GPU N ways."),
+    gpu_allocation: str = typer.Option(
+        "cdi", "--gpu-allocation", help="Allocate: cdi (CDI device names) or legacy (NVIDIA_VISIBLE_DEVICES)."
+    ),
+    cdi_kind: str = typer.Option("nvidia.com/gpu", "--cdi-kind", help="CDI kind of the GPU devices."),
     metrics_port: int = typer.Option(9400, "--metrics-port"),
     interval: float = typer.Option(1.0, "--interval", min=0.05, max=1.0, help="Health-check period (s)."),
     hang_after: float = typer.Option(10.0, "--hang-after", help="Engine hang: tokens flat this long (s)."),
@@ -112,6 +116,8 @@ def agent(
         device_plugin_dir=device_plugin_dir,
         device_plugin=device_plugin,
         gpu_replicas=gpu_replicas,
+        gpu_allocation=gpu_allocation,
+        cdi_kind=cdi_kind,
         metrics_port=metrics_port,
         interval_s=interval,
         hang_after_s=hang_after,
@@ -190,7 +196,9 @@ app.add_typer(sim_app, name="sim")
 @app.command()
 def simulate(
     trace: str = typer.Option(
-        "conv", "--trace", help="Bundled trace (code, conv) or a CSV path in the Azure schema."
+        "conv",
+        "--trace",
+        help="Bundled trace (code, conv), generated (diurnal, flash) or an Azure-schema CSV.",
     ),
     policy: str = typer.Option(
         "static,throttllem,dynamollm", "--policy", help="Comma-separated policy names."
@@ -207,12 +215,32 @@ def simulate(
     seed: int = typer.Option(0, "--seed"),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the request rate."),
     compress: float = typer.Option(1.0, "--compress", help="Replay the trace's pattern in 1/N of the time."),
-    duration: float | None = typer.Option(None, "--duration", help="Only the first N seconds of the trace."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Replay only the first N seconds after the profile window."
+    ),
+    profile_window: float = typer.Option(
+        600.0,
+        "--profile-window",
+        help="The trace's first N seconds are history: every policy's offline profile is measured "
+        "there, and only the rest is replayed.",
+    ),
     fault: list[str] = typer.Option([], "--fault", help="Inject a fault: TIME_S:NODE or TIME_S:NODE:GPU."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
     cluster_period: float | None = typer.Option(None, "--cluster-period", help="Override: cluster period s."),
     pool_period: float | None = typer.Option(None, "--pool-period", help="Override: pool period s."),
     instance_period: float | None = typer.Option(None, "--instance-period", help="Override: instance s."),
+    iso_slo: float | None = typer.Option(
+        None,
+        "--iso-slo",
+        help="Sweep each policy's headroom knob; compare the cheapest runs at this attainment (e.g. 0.99).",
+    ),
+    hardware: str = typer.Option(
+        "measured",
+        "--hardware",
+        help="Simulated GPUs: 'measured' (measured tables, per-GPU spread) or 'model' (planners' model).",
+    ),
+    latency_scale: float = typer.Option(1.0, "--latency-scale", help="Mismatch: hardware latency x this."),
+    power_scale: float = typer.Option(1.0, "--power-scale", help="Mismatch: hardware power x this."),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -222,8 +250,9 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
+            iso_slo, hardware, latency_scale, power_scale, profile_window,
         )  # fmt: skip
-    except (sim_cli.UsageError, TraceError) as exc:
+    except (sim_cli.UsageError, TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -278,7 +307,9 @@ def demo(
 
 @app.command()
 def dev(
-    duration: float = typer.Option(120.0, "--duration", help="Wall seconds of trace replay."),
+    duration: float = typer.Option(
+        120.0, "--duration", help="Wall seconds of trace replay (refused if the trace ends sooner)."
+    ),
     trace: str = typer.Option("conv", "--trace", help="Bundled trace (code, conv) or a CSV path."),
     speed: float = typer.Option(20.0, "--speed", help="Trace seconds per wall second (time compression)."),
     nodes: int = typer.Option(3, "--nodes", help="Simulated GPU nodes."),
@@ -290,13 +321,19 @@ def dev(
     max_rps: float = typer.Option(10.0, "--max-rps", help="Sample the trace down to this wall request rate."),
     live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)."),
     seed: int = typer.Option(0, "--seed"),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig", help="Write a kubeconfig here: kubectl/helm then drive the dev cluster's API."
+    ),
+    metrics: int | None = typer.Option(
+        None, "--metrics", help="Operator /metrics on this port, node agents' on the next --nodes ports."
+    ),
 ) -> None:
     """Run Flywheel end to end on localhost: API emulator, operator, agents, simulated engines, router."""
     from flywheel.devcluster.cli import run
 
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
-        report=report, max_rps=max_rps, live=live, seed=seed,
+        report=report, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig, metrics_port=metrics,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

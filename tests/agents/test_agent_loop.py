@@ -22,17 +22,11 @@ from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.agents.health.findings import Finding
 from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.agents.status import GPUS_HEALTHY
+from waiting import eventually
 
-WAIT_S = 15.0  # how long to wait for an outcome; not a performance bound
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+def wait_for(cond: Callable[[], bool]) -> bool:
+    return bool(eventually(cond, what="the condition", interval=0.02))
 
 
 class Engine:

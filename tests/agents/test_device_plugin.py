@@ -16,6 +16,7 @@ from flywheel.agents.deviceplugin import v1beta1_pb2 as pb
 from flywheel.agents.deviceplugin import v1beta1_pb2_grpc as pb_grpc
 from flywheel.agents.deviceplugin.server import (
     RESOURCE_NAME,
+    Allocation,
     DevicePlugin,
     DevicePluginServicer,
     PluginGPU,
@@ -129,7 +130,8 @@ def test_preferred_allocation_picks_an_nvlink_island(plugin: DevicePlugin) -> No
     assert sorted(resp.container_responses[1].deviceIDs) == ["GPU-4", "GPU-5"]
 
 
-def test_allocate_sets_visible_devices(plugin: DevicePlugin) -> None:
+def test_allocate_names_cdi_devices_by_uuid(plugin: DevicePlugin) -> None:
+    """The default (CDI) mode: the runtime injects exactly the allocated GPUs, no legacy env var."""
     channel, stub = _stub(plugin)
     with channel:
         resp = stub.Allocate(
@@ -138,7 +140,10 @@ def test_allocate_sets_visible_devices(plugin: DevicePlugin) -> None:
             ),
             timeout=5,
         )
-        assert resp.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"] == "GPU-1,GPU-0"
+        (container,) = resp.container_responses
+        assert [d.name for d in container.cdi_devices] == ["nvidia.com/gpu=GPU-1", "nvidia.com/gpu=GPU-0"]
+        assert "NVIDIA_VISIBLE_DEVICES" not in container.envs
+        assert container.envs["FLYWHEEL_ALLOCATED_GPUS"] == "GPU-1,GPU-0"
         with pytest.raises(grpc.RpcError) as err:
             stub.Allocate(
                 pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=["GPU-99"])]),
@@ -165,7 +170,7 @@ def test_sharing_advertises_replicas_and_allocates_distinct_gpus(
                 timeout=5,
             )
             envs = resp.container_responses[0].envs
-            assert envs["NVIDIA_VISIBLE_DEVICES"] == "GPU-0"
+            assert [d.name for d in resp.container_responses[0].cdi_devices] == ["nvidia.com/gpu=GPU-0"]
             assert envs["FLYWHEEL_GPU_SHARED"] == "true"
             pref = stub.GetPreferredAllocation(
                 pb.PreferredAllocationRequest(
@@ -198,3 +203,21 @@ def test_preferred_gpus_greedy_path_for_large_choices() -> None:
     order = {u: i for i, u in enumerate(uuids)}
     chosen = preferred_gpus(uuids, ["G9"], 8, peers, order)
     assert sorted(chosen, key=order.__getitem__) == [f"G{i}" for i in range(8, 16)]
+
+
+def test_legacy_allocation_sets_visible_devices(plugin_dir: Path, kubelet: KubeletRegistration) -> None:
+    servicer = DevicePluginServicer(_gpus(), allocation=Allocation.LEGACY)
+    dp = DevicePlugin(servicer, plugin_dir, endpoint="legacy.sock")
+    dp.start()
+    try:
+        channel, stub = _stub(dp)
+        with channel:
+            resp = stub.Allocate(
+                pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=["GPU-2"])]),
+                timeout=5,
+            )
+        (container,) = resp.container_responses
+        assert container.envs["NVIDIA_VISIBLE_DEVICES"] == "GPU-2"
+        assert list(container.cdi_devices) == []
+    finally:
+        dp.stop()

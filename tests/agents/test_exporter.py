@@ -29,11 +29,11 @@ def test_per_gpu_metrics_follow_the_samples(sim: SimulatedNvml) -> None:
     assert get("flywheel_gpu_power_usage_watts", labels) == sample.power_watts
     assert get("flywheel_gpu_sm_clock_mhz", labels) == 990  # min(locked 1200, half of 1980 when throttled)
     assert get("flywheel_gpu_utilization_ratio", labels) == 0.5
-    assert get("flywheel_gpu_pcie_replay_counter", labels) == 7
-    assert get("flywheel_gpu_total_energy_consumption_millijoules", labels) == sample.energy_millijoules
+    assert get("flywheel_gpu_pcie_replays_total", labels) == 7
+    assert get("flywheel_gpu_energy_consumption_joules_total", labels) == sample.energy_millijoules / 1000
     assert get("flywheel_gpu_clock_event_active", labels | {"reason": "hw_thermal_slowdown"}) == 1
     assert get("flywheel_gpu_clock_event_active", labels | {"reason": "sw_power_cap"}) == 0
-    assert get("flywheel_gpu_nvlink_errors", labels | {"counter": "replay"}) == 0
+    assert get("flywheel_gpu_nvlink_errors_total", labels | {"counter": "replay"}) == 0
     assert get("flywheel_gpu_xid_errors_total", labels | {"xid": "79"}) == 2
     assert get("flywheel_gpu_healthy", labels) == 0
     assert get("flywheel_gpu_locked_sm_clock_mhz", labels) == 1200

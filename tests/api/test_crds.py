@@ -79,6 +79,13 @@ def _with_spec(crd: CRD, mutate: Any) -> CRD:
         (lambda s: s["properties"]["gpu"]["properties"]["clockMinMHz"].update(default=2500), "default"),
         (lambda s: s["properties"]["slo"]["properties"]["perClass"].pop("maxProperties"), "maxProperties"),
         (lambda s: s["properties"]["energyPolicy"].update(enum=["Balanced", 3]), "enum value"),
+        (lambda s: s["properties"]["model"]["properties"]["name"].pop("maxLength"), "self.model.name"),
+        (
+            lambda s: s["properties"]["requestClasses"]["properties"]["classes"]["items"]["properties"][
+                "name"
+            ].pop("maxLength"),
+            "string c.name read by rule",
+        ),
     ],
     ids=[
         "missing-type",
@@ -90,6 +97,8 @@ def _with_spec(crd: CRD, mutate: Any) -> CRD:
         "default-breaks-cel",
         "unbounded-map-in-macro-rule",
         "enum-wrong-type",
+        "unbounded-string-in-transition-rule",
+        "unbounded-string-in-macro-variable",
     ],
 )
 def test_structural_checker_catches_broken_schemas(mutate: Any, expected: str) -> None:

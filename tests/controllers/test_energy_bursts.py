@@ -11,13 +11,13 @@ from flywheel.controllers.policy import (
     SLO,
     BurstReactive,
     ClusterObservation,
+    OfflineProfile,
     PolicyContext,
     PoolLoad,
     PoolState,
-    WorkloadHints,
 )
 
-HINTS = WorkloadHints(mean_rps=2.0, peak_minute_rps=4.0, mean_prompt_tokens=2000.0, mean_output_tokens=30.0,
+HINTS = OfflineProfile(mean_rps=2.0, peak_minute_rps=4.0, mean_prompt_tokens=2000.0, mean_output_tokens=30.0,
                       duration_s=3600.0)  # fmt: skip
 
 

@@ -5,6 +5,7 @@ import numpy as np
 from flywheel.api.v1alpha1 import EnergyPolicy, ModelDeploymentSpec
 from flywheel.controllers.flywheel_policy import FlywheelPolicy, policy_for_deployment
 from flywheel.controllers.policy import SLO, Policy
+from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
@@ -44,10 +45,7 @@ def test_deployment_spec_sets_mode_thresholds_tp_and_clocks() -> None:
 
 def run(policy: Policy, wl: Workload) -> tuple[float, float, list[float], list[tuple[float, str, str]]]:
     result = Simulator(wl, policy, SimConfig(slo=SLO(1000.0, 100.0), nodes=4)).run()
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    gaps = np.maximum(result.output_tokens - 1, 1)
-    tbt = (result.finish_s - result.first_token_s) * 1000.0 / gaps
-    ok = ~result.dropped & (ttft <= 1000.0) & (tbt <= 100.0)
+    ok = result.slo_mask()
     clocks = [s.mean_clock_mhz for s in result.samples if s.mean_clock_mhz > 0]
     return float(ok.mean()), result.energy_j, clocks, result.decisions
 
@@ -78,16 +76,17 @@ def bursty_workload(seed: int = 2) -> Workload:
 
 
 def attainment(result: SimResult, ttft_ms: float, since_s: float = 0.0, until_s: float = np.inf) -> float:
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    gaps = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / gaps, 0.0)
-    ok = ~result.dropped & (ttft <= ttft_ms) & (tbt <= 100.0)
+    assert result.slo.ttft_ms == ttft_ms
+    ok = result.slo_mask()
     return float(ok[(result.arrival_s >= since_s) & (result.arrival_s < until_s)].mean())
 
 
 def test_bursts_are_learned_online_and_met_by_scale_out() -> None:
     wl = bursty_workload()
-    config = SimConfig(slo=SLO(2000.0, 100.0), nodes=8)
+    # Warm starts within 5 s (weights over PCIe at 36 GB/s per GPU): the mechanism under test, not
+    # the default cost figures (the benchmarks use those).
+    config = SimConfig(slo=SLO(2000.0, 100.0), nodes=8, costs=ReconfigCosts(host_to_gpu_gbps=36.0))
+    assert config.warm_start_s(2) <= 5.0
     policy = FlywheelPolicy()
     result = Simulator(wl, policy, config).run()
     # Nothing about the bursts is known up front: the first one (at 120 s) is seen, not hinted ...

@@ -23,13 +23,14 @@ from flywheel.controllers.desired import (
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
-from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+from flywheel.devcluster.kubelet import EngineKubelet, GpuGroupClock, RunningEngine
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
 from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
+from waiting import eventually_async
 
 NS = "default"
 
@@ -78,11 +79,8 @@ def _ready(pod: dict[str, Any] | None) -> str | None:
     return None
 
 
-async def _until(predicate: Any, limit_s: float = 10.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+async def _until(predicate: Any) -> None:
+    await eventually_async(predicate, what="the condition", interval=0.05)
 
 
 async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: KubeClient) -> None:
@@ -146,10 +144,11 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
             NS,
             {
                 "metadata": {"name": name, "labels": {LABEL_DEPLOYMENT: "md"}},
-                "spec": {"pool": "md-short", "role": role},
+                "spec": {"modelDeployment": "md", "pool": "md-short", "role": role},
             },
         )
-        status = {"conditions": [{"type": "Serving", "status": serving}]}
+        serving_condition = {"type": "Serving", "status": serving, "reason": "Test"}
+        status = {"conditions": [serving_condition | {"lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         await kube.patch(MODEL_INSTANCES, NS, name, {"status": status}, "status")
     await kube.patch(MODEL_INSTANCES, NS, "c", {"status": {"endpoint": "10.0.0.7:8000"}}, "status")
     router = Router("m", CollectorRegistry())
@@ -184,9 +183,18 @@ async def test_router_discovery_follows_changes_by_watch(kube: KubeClient) -> No
             "spec": {"modelDeployment": "md", "requestClass": {"name": "ss"}},
         }
         await kube.create(INFERENCE_POOLS, NS, pool)
-        instance = {"metadata": {"name": "i1", "labels": {LABEL_DEPLOYMENT: "md"}}, "spec": {"pool": "md-a"}}
+        instance = {
+            "metadata": {"name": "i1", "labels": {LABEL_DEPLOYMENT: "md"}},
+            "spec": {"modelDeployment": "md", "pool": "md-a"},
+        }
         await kube.create(MODEL_INSTANCES, NS, instance)
-        status = {"conditions": [{"type": "Serving", "status": "True"}], "endpoint": "10.0.0.9:8000"}
+        serving = {
+            "type": "Serving",
+            "status": "True",
+            "reason": "Test",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        status = {"conditions": [serving], "endpoint": "10.0.0.9:8000"}
         await kube.patch(MODEL_INSTANCES, NS, "i1", {"status": status}, "status")
         await until(lambda: [b.routable for b in router.backends()] == [True])
         await kube.patch(MODEL_INSTANCES, NS, "i1", {"spec": {"drain": True}})
@@ -207,7 +215,8 @@ def test_clock_hook_idles_standbys_and_keeps_active_instances_in_their_policy() 
             server = SimulatedEngineServer(engine, "m")
             uuids = tuple(node.uuids[i] for i in gpus)
             kubelet.engines[(NS, name)] = RunningEngine(
-                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name
+                NS, name, "p", "Active", node, uuids, 4, server, "127.0.0.1", "http://x", 0.0, name,
+                GpuGroupClock(node, list(gpus)),
             )  # fmt: skip
         policies = {
             "active": ClockPolicyView(min_mhz=1200, max_mhz=1500, ttft_ms=2000, tbt_ms=100),

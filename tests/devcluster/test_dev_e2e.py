@@ -3,14 +3,51 @@ agents, simulated engines, router, trace replay and an injected XID 79 — judge
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from pathlib import Path
+
+import httpx
 
 from flywheel.devcluster.cluster import DevOptions, run_dev
 
 
+def _free_ports(count: int) -> int:
+    """A base port with ``count`` consecutive free ports (operator + one per node agent)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+async def _scrape(urls: list[str], found: dict[str, str]) -> None:
+    """Poll each /metrics until it answers (the run ends the task)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        while len(found) < len(urls):
+            for url in urls:
+                try:
+                    response = await client.get(url)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    found[url] = response.text
+            await asyncio.sleep(0.5)
+
+
 async def test_dev_cluster_serves_a_trace_through_a_gpu_fault(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
+    base = _free_ports(4)
     options = DevOptions(
         duration_s=30.0,
         trace="conv",
@@ -19,9 +56,18 @@ async def test_dev_cluster_serves_a_trace_through_a_gpu_fault(tmp_path: Path) ->
         report=report_path,
         live=False,
         operator_log=tmp_path / "operator.log",
+        kubeconfig=tmp_path / "kubeconfig",
+        metrics_port=base,
         progress=lambda message: None,
     )
+    urls = [f"http://127.0.0.1:{port}/metrics" for port in (base, base + 1)]
+    scraped: dict[str, str] = {}
+    scraper = asyncio.get_running_loop().create_task(_scrape(urls, scraped))
     result = await run_dev(options)
+    scraper.cancel()
+    # --metrics: the operator's and a node agent's Prometheus endpoints answered during the run.
+    assert "flywheel_" in scraped.get(urls[0], "") and "flywheel_" in scraped.get(urls[1], "")
+    assert "server: http://127.0.0.1:" in (tmp_path / "kubeconfig").read_text()
 
     assert json.loads(report_path.read_text()) == json.loads(json.dumps(result))
     assert result["scenario"]["instances_ready_before_replay"], "the operator never made the pools serve"

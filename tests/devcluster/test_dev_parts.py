@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
 from flywheel.api.v1alpha1 import ModelDeployment
-from flywheel.devcluster.cluster import DevOptions, sample_deployment
+from flywheel.devcluster.apiserver import kubeconfig
+from flywheel.devcluster.cluster import DevOptions, check_duration, sample_deployment
 from flywheel.devcluster.faults import FaultSpec
 from flywheel.devcluster.replay import Outcome, plan
 from flywheel.devcluster.report import SLOTargets, percentile, request_summary, slo_summary
@@ -119,3 +121,17 @@ def test_live_view_shows_pools_instances_and_faults() -> None:
     for expected in ("llama-short-tp4-0", "gpu-node-0", "1050", "SLO 99.0%", "xid79@40s", "1/1"):
         assert expected in text
     assert "clocks=[1050]" in one_line(snapshot)
+
+
+def test_duration_beyond_the_trace_is_refused_not_capped() -> None:
+    check_duration(DevOptions(duration_s=100, speed=20.0), trace_s=3000.0)  # 2000 trace seconds: fine
+    with pytest.raises(ValueError, match=r"--duration 200s at --speed 20 needs 4000 trace seconds.*150"):
+        check_duration(DevOptions(duration_s=200, speed=20.0), trace_s=3000.0)
+
+
+def test_kubeconfig_points_kubectl_at_the_emulator() -> None:
+    doc = yaml.safe_load(kubeconfig("http://127.0.0.1:1234", "team-a"))
+    assert doc["current-context"] == "flywheel-dev"
+    (cluster,) = doc["clusters"]
+    assert cluster["cluster"]["server"] == "http://127.0.0.1:1234"
+    assert doc["contexts"][0]["context"]["namespace"] == "team-a"

@@ -13,15 +13,42 @@ from emulator_thread import EmulatorThread
 
 from flywheel.devcluster.emulator import json_patch, merge_patch, parse_field_selector, parse_label_selector
 
-MD = "/apis/flywheel.dev/v1alpha1/namespaces/default/modeldeployments"
+MD = "/apis/example.com/v1/namespaces/default/widgets"
 PODS = "/api/v1/namespaces/default/pods"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 JSONPATCH = {"Content-Type": "application/json-patch+json"}
 
 
+OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+WIDGETS = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.com"},
+    "spec": {
+        "group": "example.com",
+        "names": {"kind": "Widget", "plural": "widgets"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "properties": {"spec": OPEN, "status": OPEN}}
+                },
+            }
+        ],
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EmulatorThread]:
+    """Generic API semantics on a schemaless custom resource (``Widget``)."""
     with EmulatorThread(watch_log_size=50) as emu:
+        crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        assert httpx.post(emu.url + crds, json=WIDGETS).status_code == 201
         yield emu
 
 
@@ -33,8 +60,8 @@ def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
 
 def md(name: str, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "flywheel.dev/v1alpha1",
-        "kind": "ModelDeployment",
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
         "metadata": {"name": name},
         "spec": spec,
     }
@@ -169,7 +196,7 @@ def test_finalizers_block_deletion(http: httpx.Client, cluster: EmulatorThread) 
     http.post(MD, json=md("fin") | {"metadata": {"name": "fin", "finalizers": ["x"]}})
     r = http.delete(f"{MD}/fin")
     assert r.status_code == 200 and r.json()["metadata"]["deletionTimestamp"]
-    assert cluster.get("modeldeployments", "default", "fin") is not None
+    assert cluster.get("widgets", "default", "fin") is not None
     http.patch(f"{MD}/fin", json={"metadata": {"finalizers": None}}, headers=MERGE)
     assert http.get(f"{MD}/fin").status_code == 404
 
@@ -177,8 +204,8 @@ def test_finalizers_block_deletion(http: httpx.Client, cluster: EmulatorThread) 
 def test_owner_garbage_collection(http: httpx.Client, cluster: EmulatorThread) -> None:
     owner = http.post(MD, json=md("owner")).json()
     ref = {
-        "apiVersion": "flywheel.dev/v1alpha1",
-        "kind": "ModelDeployment",
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
         "name": "owner",
         "uid": owner["metadata"]["uid"],
     }
@@ -200,7 +227,7 @@ def test_owner_garbage_collection(http: httpx.Client, cluster: EmulatorThread) -
 
 def test_injected_conflict(http: httpx.Client, cluster: EmulatorThread) -> None:
     obj = http.post(MD, json=md("inj", x=1)).json()
-    cluster.call(lambda emu: emu.inject_conflicts("modeldeployments", "inj"))
+    cluster.call(lambda emu: emu.inject_conflicts("widgets", "inj"))
     body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": {"x": 2}}
     assert http.patch(f"{MD}/inj", json=body, headers=MERGE).status_code == 409
     fresh = http.get(f"{MD}/inj").json()["metadata"]["resourceVersion"]

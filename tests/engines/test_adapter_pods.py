@@ -106,7 +106,6 @@ def test_fp8_maps_to_quantization_flag() -> None:
     ("source", "model_arg", "volume_key"),
     [
         ("pvc://weights-claim/llama/70b", "/models/llama/70b", "persistentVolumeClaim"),
-        ("file:///mnt/models/llama", "/models/model", "hostPath"),
         ("oci://registry.example/models/llama:70b", "/models/model", "image"),
         ("hf://meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B", "emptyDir"),
     ],
@@ -145,7 +144,8 @@ def test_instance_pod_is_what_the_operator_and_the_dev_kubelet_need() -> None:
     container = pod["spec"]["containers"][0]
     assert container["image"] == "flywheel:dev"  # the operator's default for the kind
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["FLYWHEEL_GPU_UUIDS"] == env["NVIDIA_VISIBLE_DEVICES"] == "GPU-a,GPU-b,GPU-c,GPU-d"
+    assert env["FLYWHEEL_GPU_UUIDS"] == "GPU-a,GPU-b,GPU-c,GPU-d"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env  # GPU visibility is the device plugin's (CDI) answer
     moved = instance.spec.model_copy(update={"node_name": "gpu-node-2"})
     again = instance_pod("llama-mm-0", "serving", instance.spec, deployment.spec.model, "flywheel:dev", owner)
     other = instance_pod("llama-mm-0", "serving", moved, deployment.spec.model, "flywheel:dev", owner)

@@ -18,6 +18,7 @@ from flywheel.controllers.admission import late_after_s
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Backend, Pool, Router, RouterServer
 from flywheel.engines.simulated import SimulatedEngineServer
+from waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,12 +53,8 @@ class Arrivals:
         self.engine.submit = spy  # type: ignore[method-assign,assignment]
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+async def _until(condition: Callable[[], bool]) -> None:
+    await eventually_async(condition, what="the condition", interval=0.01)
 
 
 def _body(prompt_tokens: int, max_tokens: int, **extra: object) -> dict[str, object]:

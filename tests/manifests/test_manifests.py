@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,19 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 from crdschema import CRD, REPO, kubernetes_errors, load_crds, structural_problems, validate
+from tooling import run, tool
 
 MANIFESTS = REPO / "manifests"
+BASE = MANIFESTS / "base"
+OVERLAYS = MANIFESTS / "overlays"
 SAMPLES = MANIFESTS / "samples"
 KUSTOMIZE_FILES = {"kustomization.yaml", "kustomization.yml", "Kustomization"}
 CUSTOM_GROUPS = {"flywheel.dev", "kopf.dev"}
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    """Kubernetes objects of a file (kustomize JSON patches, which are lists, are not objects)."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
 
 
 def _yaml_files(root: Path) -> list[Path]:
@@ -131,9 +136,32 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+# PodMonitor: the same shape with ``podMetricsEndpoints`` (pod ports) instead of ``endpoints``.
+POD_MONITOR_SCHEMA = copy.deepcopy(SERVICE_MONITOR_SCHEMA)
+POD_MONITOR_SCHEMA["properties"]["kind"] = {"const": "PodMonitor"}
+_pod_spec = POD_MONITOR_SCHEMA["properties"]["spec"]
+_pod_spec["required"] = ["selector", "podMetricsEndpoints"]
+_pod_spec["properties"]["podMetricsEndpoints"] = _pod_spec["properties"].pop("endpoints")
+_pod_spec["properties"]["podMetricsEndpoints"]["items"]["anyOf"] = [{"required": ["port"]}]
+
+
 def service_monitor_errors(document: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA)
+    schema = POD_MONITOR_SCHEMA if document.get("kind") == "PodMonitor" else SERVICE_MONITOR_SCHEMA
+    validator = jsonschema.Draft202012Validator(schema)
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def prometheus_rule_errors(document: dict[str, Any]) -> list[str]:
+    """A PrometheusRule's groups, checked by the real ``promtool check rules``."""
+    if document.get("apiVersion") != "monitoring.coreos.com/v1" or not document.get("metadata", {}).get(
+        "name"
+    ):
+        return ["PrometheusRule needs apiVersion monitoring.coreos.com/v1 and metadata.name"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
+        yaml.safe_dump(document.get("spec", {}), rules)
+        rules.flush()
+        result = run([tool("promtool"), "check", "rules", rules.name])
+    return [] if result.returncode == 0 else [f"promtool check rules: {result.stdout}{result.stderr}"]
 
 
 def manifest_errors(document: dict[str, Any]) -> list[str]:
@@ -144,6 +172,8 @@ def manifest_errors(document: dict[str, Any]) -> list[str]:
         if crd is None:
             return [f"no CRD for {document.get('apiVersion')}/{document.get('kind')}"]
         return [f"{path}: {message}" for path, message in validate(document, crd)]
+    if document.get("kind") == "PrometheusRule":
+        return prometheus_rule_errors(document)
     if group == "monitoring.coreos.com":
         return service_monitor_errors(document)
     problem = kubernetes_errors(document)
@@ -180,19 +210,22 @@ def test_validation_paths_can_fail() -> None:
 # Kustomization
 
 
-def _kustomization() -> dict[str, Any]:
-    (document,) = _documents(MANIFESTS / "kustomization.yaml")
+def _kustomization(root: Path = BASE) -> dict[str, Any]:
+    (document,) = _documents(root / "kustomization.yaml")
     return document
 
 
 def test_kustomization_resources_exist_and_cover_every_manifest() -> None:
-    resources = _kustomization()["resources"]
-    assert len(resources) == len(set(resources))
-    for resource in resources:
-        assert (MANIFESTS / resource).is_file(), resource
-    listed = {(MANIFESTS / r).resolve() for r in resources}
-    installable = {p.resolve() for p in _yaml_files(MANIFESTS) if SAMPLES not in p.parents}
-    assert installable == listed, "manifests not in kustomization.yaml (or listed but missing)"
+    for root in [BASE, *sorted(p for p in OVERLAYS.iterdir() if p.is_dir())]:
+        kustomization = _kustomization(root)
+        resources = kustomization.get("resources", [])
+        assert len(resources) == len(set(resources))
+        for resource in resources:
+            assert (root / resource).is_file() or (root / resource / "kustomization.yaml").is_file(), resource
+        listed = {(root / r).resolve() for r in resources}
+        listed |= {(root / p["path"]).resolve() for p in kustomization.get("patches", [])}
+        files = {p.resolve() for p in _yaml_files(root)}
+        assert files <= listed, f"{root}: files not used by its kustomization.yaml"
 
 
 def test_samples_are_not_installed_by_the_kustomization() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from flywheel.controllers.desired import ScalingSpecPolicy
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.reconcile import Operator
 from flywheel.operator.runner import build, operate
+from waiting import eventually
 
 T = TypeVar("T")
 FW = "/apis/flywheel.dev/v1alpha1"
@@ -127,16 +127,9 @@ class OperatorThread:
         self.kill()
 
 
-def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``check`` until it returns something truthy; fail with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what or check}: last value {last!r}")
+def wait_for(check: Callable[[], T], what: str = "", interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy (a generous limit, see ``waiting``)."""
+    return eventually(check, what=what, interval=interval)
 
 
 def model_deployment(name: str, classes: tuple[str, ...] = ("short",), **spec: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from flywheel.api.v1alpha1 import Action, Incident, SignalType, get_condition, r
 from flywheel.controllers.fault import FaultConfig, is_complete
 from flywheel.operator.faults import RESET_BREAKER_ANNOTATION, FaultHandler, FaultMetrics, observations
 from flywheel.operator.kube import KubeClient
+from waiting import eventually_async
 
 FW = "/apis/flywheel.dev/v1alpha1"
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -375,12 +376,7 @@ def set_nic(sysfs: Path, state: str) -> None:
 
 
 async def wait_until(check: Any, what: str) -> Any:
-    for _ in range(400):
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(0.01)
-    pytest.fail(f"never saw {what}")
+    return await eventually_async(check, what=what, interval=0.01)
 
 
 async def test_nic_down_needs_a_second_alert_and_a_blip_is_ignored(

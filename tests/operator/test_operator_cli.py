@@ -32,7 +32,7 @@ def test_entry_point_reconciles(command: list[str]) -> None:
             body = model_deployment("cli", gpu={"allowedTensorParallel": [1]})
             http.post(f"{FW}/namespaces/default/modeldeployments", json=body).raise_for_status()
             sel = "flywheel.dev/deployment=cli"
-            wait_for(lambda: len(items(http, "/api/v1/namespaces/default/pods", sel)) == 2, timeout=30)
+            wait_for(lambda: len(items(http, "/api/v1/namespaces/default/pods", sel)) == 2)
         finally:
             process.terminate()
             process.wait(timeout=30)

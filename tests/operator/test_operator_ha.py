@@ -56,7 +56,7 @@ def test_only_the_leader_acts_and_the_standby_takes_over() -> None:
             )
             leader.kill()  # a crash: its peering entry expires after its lifetime
             http.post(MDS, json=model_deployment("ha-3", **spec)).raise_for_status()
-            wait_for(lambda: served(http, "ha-3"), timeout=30, what="the standby took over")
+            wait_for(lambda: served(http, "ha-3"), what="the standby took over")
             assert "flywheel-operator/standby" in writers(cluster)
         finally:
             standby.kill()

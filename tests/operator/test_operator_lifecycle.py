@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_thread import EmulatorThread
+from emulator_thread import EmulatorThread, res
 from opharness import (
     FW,
     INSTANCES,
@@ -207,9 +207,14 @@ def test_stale_write_conflict_is_retried(http: httpx.Client, cluster: EmulatorTh
     assert all(r.user_agent.startswith("flywheel-operator/") for r in conflicts)
 
 
-def test_invalid_object_is_degraded_not_a_crash(http: httpx.Client, operator: OperatorThread) -> None:
+def test_invalid_object_is_degraded_not_a_crash(
+    http: httpx.Client, operator: OperatorThread, cluster: EmulatorThread
+) -> None:
     bad = model_deployment("broken", scaling={"minInstances": 5, "maxInstances": 2})
-    http.post(MDS, json=bad).raise_for_status()
+    refused = http.post(MDS, json=bad)  # the API server's CEL rule refuses it ...
+    assert refused.status_code == 422 and "minInstances" in refused.json()["message"]
+    # ... but one stored before the rule existed must still only degrade the deployment.
+    cluster.call(lambda emu: emu.seed(res("modeldeployments"), bad, validate=False))
 
     def degraded() -> dict[str, Any] | None:
         c = condition(http.get(f"{MDS}/broken").json(), "Degraded")
@@ -264,7 +269,7 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
     )
     for n in range(4, 10):
         add_gpu_node(http, f"gpu-{n}", gpus=8, domains=1)
-    wait_for(lambda: settled(http, "zeta", 1, 6), timeout=30, what="all placed")
+    wait_for(lambda: settled(http, "zeta", 1, 6), what="all placed")
     http.delete(f"{MDS}/zeta")
     wait_for(lambda: children(http, "zeta") == ([], [], []), what="zeta cleaned")
 

@@ -183,8 +183,6 @@ def test_simulated_fleet_serves_traffic_through_the_operators_router(
         await asyncio.to_thread(
             wait_for,
             lambda: all((i.get("status") or {}).get("endpoint") for i in items(http, INSTANCES, sel)),
-            20.0,
-            0.05,
             "instance endpoints",
         )
         replicas = deployment["spec"]["replicas"]
@@ -222,7 +220,7 @@ def test_simulated_fleet_serves_traffic_through_the_operators_router(
                 )
                 return pools if total > 0 else None
 
-            pools = await asyncio.to_thread(wait_for, loads, 30.0, 0.1, "pool load written")
+            pools = await asyncio.to_thread(wait_for, loads, "pool load written", 0.1)
             return responses, pools, int(served)
         finally:
             for router in routers:

@@ -5,6 +5,7 @@ no duplicate instances, no GPU shared, capacity kept, a restarted operator resum
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,16 +49,82 @@ def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
         yield client
 
 
+class DrainRecorder:
+    """Sees every version of every instance through a watch (not by sampling, so nothing is missed on
+    a slow machine) and checks after each one: while anything drains, the serving Active GPUs never fall
+    below ``need`` (50% of the smaller of old and new capacity)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.need = 0
+        self.drains_seen = 0
+        self.min_serving_while_draining: int | None = None
+        self.violations: list[str] = []
+        self._state: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drain-recorder", daemon=True)
+
+    def __enter__(self) -> DrainRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(10, read=5)) as http:
+            version = ""
+            while not self._stop.is_set():
+                if not version:
+                    listed = http.get(INSTANCES, params={"labelSelector": SEL}).json()
+                    self._state = {i["metadata"]["name"]: i for i in listed["items"]}
+                    version = listed["metadata"]["resourceVersion"]
+                params = {"watch": "true", "labelSelector": SEL, "resourceVersion": version,
+                          "timeoutSeconds": "2", "allowWatchBookmarks": "true"}  # fmt: skip
+                try:
+                    with http.stream("GET", INSTANCES, params=params) as response:
+                        for line in response.iter_lines():
+                            if not line:
+                                continue
+                            event = json.loads(line)
+                            if event["type"] == "ERROR":  # 410 Gone: list again
+                                version = ""
+                                break
+                            version = event["object"]["metadata"]["resourceVersion"]
+                            if event["type"] != "BOOKMARK":
+                                self._apply(event["type"], event["object"])
+                except httpx.TransportError:
+                    continue  # the watch timed out or the connection dropped: resume from ``version``
+
+    def _apply(self, kind: str, instance: dict[str, Any]) -> None:
+        name = instance["metadata"]["name"]
+        if kind == "DELETED" or instance["metadata"].get("deletionTimestamp"):
+            self._state.pop(name, None)
+        else:
+            self._state[name] = instance
+        found = list(self._state.values())
+        if not any(i["spec"].get("drain") for i in found):
+            return
+        self.drains_seen += 1
+        serving = sum(
+            i["spec"]["tensorParallel"]
+            for i in found
+            if i["spec"]["role"] == "Active" and (condition(i, "Serving") or {}).get("status") == "True"
+        )
+        low = self.min_serving_while_draining
+        self.min_serving_while_draining = serving if low is None else min(low, serving)
+        if serving < self.need:
+            self.violations.append(f"serving GPUs {serving} < need {self.need} while draining ({name})")
+
+
 class Watcher:
     """Polls the pool like a kubelet would see it: marks engine Pods ready, and checks invariants on
-    every observation: no GPU shared, no more target-TP Actives than asked, and while anything drains,
-    the serving GPUs never fall below the need (50% of the smaller of old and new capacity)."""
+    every observation: no GPU shared, no two instances of one name."""
 
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
         self.observations = 0
-        self.drains_seen = 0
-        self.min_serving_while_draining: int | None = None
 
     def instances(self) -> list[dict[str, Any]]:
         return [i for i in items(self.http, INSTANCES, SEL) if not i["metadata"].get("deletionTimestamp")]
@@ -70,17 +137,6 @@ class Watcher:
         assert len(gpus) == len(set(gpus)), "a GPU is used by two instances"
         names = [i["metadata"]["name"] for i in found]
         assert len(names) == len(set(names))
-        draining = [i for i in found if i["spec"].get("drain")]
-        if draining:
-            self.drains_seen += 1
-            serving = sum(
-                i["spec"]["tensorParallel"]
-                for i in found
-                if i["spec"]["role"] == "Active" and (condition(i, "Serving") or {}).get("status") == "True"
-            )
-            low = self.min_serving_while_draining
-            self.min_serving_while_draining = serving if low is None else min(low, serving)
-            assert serving >= need, f"serving GPUs {serving} < need {need} while draining"
         return found
 
     def settled(self, tp: int, count: int, standbys: int, need: int) -> list[dict[str, Any]] | None:
@@ -121,13 +177,15 @@ def change(http: httpx.Client, tp: int, instances: int) -> None:
 
 def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: httpx.Client) -> None:
     watch = Watcher(http)
+    drains = DrainRecorder(cluster.url).__enter__()
     op = OperatorThread(operator_config(cluster.url)).start()
     try:
         http.post(MDS, json=deployment(4, 2)).raise_for_status()
-        start = wait_for(lambda: watch.settled(4, 2, 1, 0), timeout=30, what="2 x TP4 + standby serving")
+        start = wait_for(lambda: watch.settled(4, 2, 1, 0), what="2 x TP4 + standby serving")
         old_names = {i["metadata"]["name"] for i in start if i["spec"]["role"] == "Active"}
 
         # 4 -> 8: one TP8 instance; need = 50% of 8 GPUs.
+        drains.need = 4
         change(http, 8, 1)
         plan = wait_for(
             lambda: (http.get(f"{POOLS}/{POOL}").json()["metadata"].get("annotations") or {}).get(PLAN),
@@ -139,9 +197,9 @@ def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: ht
         # before it stops.
         assert kinds.index("Start") < kinds.index("Drain")
         assert {s["instance"] for s in steps if s["kind"] == "Drain"} == old_names
-        after8 = wait_for(lambda: watch.settled(8, 1, 1, 4), timeout=40, what="1 x TP8 + standby")
+        after8 = wait_for(lambda: watch.settled(8, 1, 1, 4), what="1 x TP8 + standby")
         assert not old_names & {i["metadata"]["name"] for i in after8}
-        assert watch.drains_seen > 0 and (watch.min_serving_while_draining or 0) >= 4
+        assert drains.drains_seen > 0 and (drains.min_serving_while_draining or 0) >= 4
 
         # 8 -> 2 with the operator restarted mid-plan: a new operator resumes the stored plan.
         change(http, 2, 4)
@@ -156,7 +214,7 @@ def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: ht
         assert stored["reusedGB"] > 0 and stored["loadedGB"] <= stored["naiveGB"]
         op.stop()  # a new operator process resumes the stored plan
         op = OperatorThread(operator_config(cluster.url, identity="op-b")).start()
-        after2 = wait_for(lambda: watch.settled(2, 4, 1, 4), timeout=40, what="4 x TP2 + standby")
+        after2 = wait_for(lambda: watch.settled(2, 4, 1, 4), what="4 x TP2 + standby")
         assert all(i["spec"]["tensorParallel"] == 2 for i in after2)
         reasons_seen = {e["reason"] for e in events(http)}
         assert {"Resharding", "Draining", "ReshardComplete"} <= reasons_seen
@@ -166,6 +224,8 @@ def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: ht
 
         # Standby promotion: an Active instance disappears (evicted); the loaded Standby takes its
         # place in place (same engine Pod), and a new Standby is started.
+        assert not drains.violations, drains.violations
+        drains.need = 0
         standby = next(i for i in after2 if i["spec"]["role"] == "Standby")
         pod_uid = http.get(f"{PODS}/{standby['metadata']['name']}").json()["metadata"]["uid"]
         victim = next(i for i in after2 if i["spec"]["role"] == "Active")
@@ -179,7 +239,7 @@ def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: ht
             what="the standby promoted",
         )  # fmt: skip
         assert promoted["metadata"]["labels"]["flywheel.dev/role"] == "Active"
-        final = wait_for(lambda: watch.settled(2, 4, 1, 0), timeout=30, what="4 x TP2 + a new standby")
+        final = wait_for(lambda: watch.settled(2, 4, 1, 0), what="4 x TP2 + a new standby")
         assert victim["metadata"]["uid"] not in {i["metadata"]["uid"] for i in final}
         assert http.get(f"{PODS}/{standby['metadata']['name']}").json()["metadata"]["uid"] == pod_uid
         assert "PromotingStandby" in {e["reason"] for e in events(http)}
@@ -187,3 +247,4 @@ def test_tp_4_to_8_to_2_then_standby_promotion(cluster: EmulatorThread, http: ht
         assert op.alive
     finally:
         op.stop()
+        drains.__exit__()

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 from sim_policies import FixedPolicy
 
+from flywheel.controllers.policy import OfflineProfile
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
 
@@ -39,6 +40,9 @@ class Learning(FixedPolicy):
 ARRIVALS = [0.0, 0.01, 3.0]
 
 
+HISTORY = ((800, 40), (900, 60))  # the offline profile's (prompt, output) sample
+
+
 def run(policy: FixedPolicy) -> SimResult:
     wl = Workload(
         "t",
@@ -46,7 +50,10 @@ def run(policy: FixedPolicy) -> SimResult:
         np.asarray([2000, 500, 500], dtype=np.int64),
         np.asarray([600, 5, 5], dtype=np.int64),
     )
-    return Simulator(wl, policy, SimConfig(nodes=1, max_num_seqs=1)).run()
+    profile = OfflineProfile(
+        1.0, 1.0, 850.0, 50.0, 60.0, length_sample=HISTORY, source="declared in the test"
+    )
+    return Simulator(wl, policy, SimConfig(nodes=1, max_num_seqs=1), profile).run()
 
 
 def test_fifo_serves_in_arrival_order() -> None:
@@ -71,7 +78,9 @@ def test_a_learning_policy_predicts_arrivals_and_sees_every_completion() -> None
     policy = Learning()
     r = run(policy)
     finished = sorted(zip(r.prompt_tokens.tolist(), r.output_tokens.tolist(), strict=True))
-    assert sorted(policy.seen) == finished
-    # Each arrival was routed with the policy's own prediction (not the simulator's noisy oracle).
-    assert policy.routed[0] == 7
+    # It learns from the profile's history first, then from every completion, and from nothing else.
+    assert policy.seen[: len(HISTORY)] == list(HISTORY)
+    assert sorted(policy.seen[len(HISTORY) :]) == finished
+    # Each arrival was routed with the policy's own prediction (nobody is told true output lengths).
+    assert policy.routed[0] == 7 + len(HISTORY)
     assert all(p >= 7 for p in policy.routed)

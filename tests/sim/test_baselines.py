@@ -13,19 +13,19 @@ from flywheel.controllers.policy import (
     SLO,
     ClusterObservation,
     InstanceObservation,
+    OfflineProfile,
     Policy,
     PolicyContext,
     PoolLoad,
     PoolState,
     RequestView,
-    WorkloadHints,
 )
 from flywheel.sim import registry
 
 
 def context(peak: float = 8.0, mean: float = 5.0) -> PolicyContext:
-    hints = WorkloadHints(mean, peak, 1100.0, 200.0, 3600.0)
-    return PolicyContext(LLAMA2_70B, H100_SXM, SLO(1000.0, 100.0), 64, 8, hints)
+    profile = OfflineProfile(mean, peak, 1100.0, 200.0, 3600.0)
+    return PolicyContext(LLAMA2_70B, H100_SXM, SLO(1000.0, 100.0), 64, 8, profile)
 
 
 def instance_obs(running: int, waiting: int = 0, rate: float = 1.0, tp: int = 8) -> InstanceObservation:

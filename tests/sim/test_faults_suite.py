@@ -13,7 +13,7 @@ from flywheel.sim.simulator import SimConfig
 from flywheel.sim.workloads import Workload, load_trace
 
 TIMING = AgentTiming()
-COLD_S = ReconfigCosts().cold_start_s(int(SimConfig().model.weight_bytes))
+COLD_S = SimConfig().cold_start_s()
 
 
 @pytest.fixture(scope="module")

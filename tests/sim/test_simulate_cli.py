@@ -10,6 +10,10 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 
 KEYS = {
+    "fleet_kwh",
+    "allocated_kwh",
+    "gpu_hours_released",
+    "series",
     "energy_kwh",
     "joules_per_token",
     "gpu_hours",
@@ -40,6 +44,8 @@ def test_simulate_writes_a_report_per_policy(tmp_path: Path) -> None:
         assert set(metrics) >= KEYS
         assert metrics["finished_requests"] + metrics["dropped_requests"] == metrics["requests"]
         assert metrics["energy_kwh"] > 0
+        assert metrics["fleet_kwh"] > metrics["allocated_kwh"] == metrics["energy_kwh"]
+        assert sum(metrics["series"]["arrivals"]) == metrics["requests"]
     assert data["policies"]["throttllem"]["energy_kwh"] < data["policies"]["static"]["energy_kwh"]
     for path in data["plots"].values():
         assert Path(path).stat().st_size > 1000
@@ -59,12 +65,16 @@ def test_simulate_replays_a_user_trace(tmp_path: Path) -> None:
     lines += [f"2024-05-01 10:00:{i:02d}.000000,{300 + 10 * i},{20 + i}" for i in range(40)]
     trace.write_text("\n".join(lines) + "\n")
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(
-        app, ["simulate", "--trace", str(trace), "--policy", "static", "--report", str(report), "--no-plots"]
-    )
+    args = ["simulate", "--trace", str(trace), "--policy", "static", "--report", str(report), "--no-plots"]
+    too_long = CliRunner().invoke(app, args)
+    assert too_long.exit_code == 2 and "profile window leaves nothing to replay" in too_long.output
+    result = CliRunner().invoke(app, [*args, "--profile-window", "10"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(report.read_text())["policies"]["static"]
-    assert metrics["requests"] == 40 and metrics["dropped_requests"] == 0
+    built = json.loads(report.read_text())
+    metrics = built["policies"]["static"]
+    # The first 10 s are history (the profile); the 30 requests after them are replayed.
+    assert metrics["requests"] == 30 and metrics["dropped_requests"] == 0
+    assert built["config"]["profile"]["source"].startswith("measured on mine [0, 10) s")
 
 
 def test_simulate_rejects_unknown_policy_and_trace() -> None:
@@ -98,3 +108,33 @@ def test_control_periods_can_be_overridden(tmp_path: Path) -> None:
         app, ["simulate", "--policy", "static", "--pool-period", "0", "--duration", "10"]
     )
     assert bad.exit_code == 2
+
+
+def test_iso_slo_sweeps_each_knob_and_never_reports_a_miss_as_cheaper(tmp_path: Path) -> None:
+    report = tmp_path / "iso.json"
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--trace", "conv", "--policy", "static,throttllem", "--duration", "180",
+         "--nodes", "4", "--iso-slo", "0.99", "--report", str(report), "--no-plots"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    iso = data["iso_slo"]
+    assert iso["target_attainment"] == 0.99
+    for name, entry in iso["policies"].items():
+        sweep = entry["sweep"]
+        assert len(sweep) >= 2 and len({s["headroom"] for s in sweep}) == len(sweep)
+        chosen = data["policies"][name]
+        assert chosen["headroom"] == entry["headroom"]
+        meeting = [s for s in sweep if s["slo_attainment"] >= 0.99]
+        assert entry["reaches_target"] == bool(meeting)
+        if meeting:
+            assert chosen["fleet_kwh"] == min(s["fleet_kwh"] for s in meeting)
+        else:
+            assert chosen["slo_attainment"] == max(s["slo_attainment"] for s in sweep)
+
+
+def test_iso_slo_rejects_a_bad_target() -> None:
+    result = CliRunner().invoke(app, ["simulate", "--trace", "conv", "--iso-slo", "1.5", "--no-plots"])
+    assert result.exit_code == 2
+    assert "--iso-slo" in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flywheel.controllers.policy import SLO
 from flywheel.sim.simulator import SimConfig
-from flywheel.sim.sizing import _meets_slo, _window, peak_minute_start, static_instances
+from flywheel.sim.sizing import _meets_slo, peak_minute_start, static_instances
 from flywheel.sim.workloads import burst
 
 
@@ -15,7 +15,7 @@ def test_static_count_is_the_fewest_that_meets_the_peak_minute() -> None:
     assert 1 < count <= 4
     peak = peak_minute_start(load)
     assert 60.0 <= peak <= 180.0  # inside or at the edge of the burst
-    window = _window(load, peak - 60.0, peak + 60.0)
+    window = load.window(peak - 60.0, peak + 60.0)
     assert _meets_slo(window, 60.0, count, config)
     assert not _meets_slo(window, 60.0, count - 1, config)
 

@@ -18,7 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from flywheel import __version__
 from flywheel.agents.clocks import ClockActuator
-from flywheel.agents.deviceplugin.server import DEFAULT_DIR, DevicePlugin, DevicePluginServicer, PluginGPU
+from flywheel.agents.deviceplugin.server import (
+    CDI_KIND,
+    DEFAULT_DIR,
+    Allocation,
+    DevicePlugin,
+    DevicePluginServicer,
+    PluginGPU,
+)
 from flywheel.agents.diagnostics import DiagnosticsRunner
 from flywheel.agents.exporter import Exporter
 from flywheel.agents.health.engine import (
@@ -62,6 +69,8 @@ class AgentConfig:
     device_plugin: bool = False
     device_plugin_dir: Path = DEFAULT_DIR
     gpu_replicas: int = 1
+    gpu_allocation: Allocation = Allocation.CDI
+    cdi_kind: str = CDI_KIND
     metrics_port: int | None = None  # None: no HTTP server
     thresholds: GpuThresholds = field(default_factory=GpuThresholds)
     event_wait_ms: int = 500
@@ -406,7 +415,13 @@ class Agent:
     def _start_device_plugin(self) -> None:
         gpus = [PluginGPU(d.uuid, d.index, frozenset(d.nvlink_peers)) for d in self.devices]
         self.plugin = DevicePlugin(
-            DevicePluginServicer(gpus, replicas=self.config.gpu_replicas), self.config.device_plugin_dir
+            DevicePluginServicer(
+                gpus,
+                replicas=self.config.gpu_replicas,
+                allocation=self.config.gpu_allocation,
+                cdi_kind=self.config.cdi_kind,
+            ),
+            self.config.device_plugin_dir,
         )
         self.plugin.serve()
         plugin = self.plugin

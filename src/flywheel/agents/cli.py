@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from flywheel.agents.agent import Agent, AgentConfig
+from flywheel.agents.deviceplugin.server import Allocation
 from flywheel.agents.health.engine import EngineTarget
 from flywheel.agents.nvml.backend import NvmlBackend
 from flywheel.agents.status import StatusSink
@@ -38,6 +39,8 @@ def run_agent(
     device_plugin_dir: Path,
     device_plugin: bool,
     gpu_replicas: int,
+    gpu_allocation: str,
+    cdi_kind: str,
     metrics_port: int,
     interval_s: float,
     hang_after_s: float,
@@ -47,6 +50,9 @@ def run_agent(
     engines: list[str],
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if gpu_allocation not in set(Allocation):
+        choices = ", ".join(a.value for a in Allocation)
+        raise SystemExit(f"flywheel agent: --gpu-allocation must be one of {choices}, got {gpu_allocation!r}")
     backend: NvmlBackend
     if simulated_gpus > 0:
         from flywheel.agents.nvml.simulated import SimulatedNvml
@@ -80,6 +86,8 @@ def run_agent(
         device_plugin=device_plugin,
         device_plugin_dir=device_plugin_dir,
         gpu_replicas=gpu_replicas,
+        gpu_allocation=Allocation(gpu_allocation),
+        cdi_kind=cdi_kind,
         metrics_port=metrics_port,
     )
     agent = Agent(config, backend, sink=sink, engines=lambda: targets, spec_source=spec_source)

@@ -54,6 +54,7 @@ from flywheel.controllers.policy import (
 )
 from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
 from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.controllers.slo import iteration_within_tbt
 
 INITIAL_POOL = "all"
 RATE_ALPHA = 0.2  # per instance tick
@@ -78,6 +79,8 @@ BURST_RELEASE_S = 10.0  # this long without a surge, and calm (rate within the p
 BURST_WINDOW_S = 5.0  # the burst peak held for is the arrival rate over this window (a warm start)
 BURST_HOLD_S = 60.0  # this long without a surge ends it in any case
 BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
+# A prompt-chunk iteration must fit this share of the TBT target: the batch grows between decisions.
+CHUNK_TBT_MARGIN = 0.9
 
 
 @dataclass
@@ -129,7 +132,7 @@ class FlywheelPolicy:
         self.clock_bounds_mhz = clock_bounds_mhz
         self.deadline_admission = deadline_admission
         self._ctx: PolicyContext | None = None
-        self.hint_bursty = False
+        self.profile_bursty = False
         self._chunks: dict[int, int] = {}  # TP -> the engine's chunked-prefill token budget
         self._windows: dict[str, _ClassWindow] = {}
         self._flushed_at = 0.0
@@ -154,6 +157,17 @@ class FlywheelPolicy:
             peak_windows=peak_windows,
             bursty_peak_windows=bursty_peak_windows,
         )
+
+    # The knob (``HeadroomTunable``): the instance controller's SLO headroom of the energy policy.
+    headroom_sweep = (0.0, 0.1, 0.2, 0.25, 0.35, 0.5)
+
+    @property
+    def headroom(self) -> float:
+        return self.tuning.slo_headroom
+
+    @headroom.setter
+    def headroom(self, value: float) -> None:
+        self.tuning = replace(self.tuning, slo_headroom=value)
 
     # ------------------------------------------------------------------ setup
     def _context(self) -> PolicyContext:
@@ -195,10 +209,10 @@ class FlywheelPolicy:
             ),
             remaining=self._remaining,
         )
-        h = context.hints
-        self.hint_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
-        # Before any traffic: one pool for the trace's peak minute (the offline profile Static is
-        # sized with too). Sub-minute bursts are learned online (``burst_peak``).
+        h = context.profile
+        self.profile_bursty = h.peak_minute_rps > self.forecaster.burst_ratio * h.mean_rps
+        # Before any traffic: one pool for the offline profile's peak minute (declared, or measured on
+        # history disjoint from what is served). Sub-minute bursts are learned online (``burst_peak``).
         load = ClassLoad(
             h.peak_minute_rps, h.mean_prompt_tokens, h.mean_output_tokens, 3 * h.mean_prompt_tokens
         )
@@ -230,7 +244,7 @@ class FlywheelPolicy:
         if self.predictor.samples() >= PLANNING_MIN_COMPLETIONS:
             w.output_sum += self.predictor.mean(prompt_tokens)
         else:
-            w.output_sum += self._context().hints.mean_output_tokens
+            w.output_sum += self._context().profile.mean_output_tokens
         if len(w.prompts) < 4096:
             w.prompts.append(prompt_tokens)
         return self._routes.get(cls, INITIAL_POOL)
@@ -376,12 +390,13 @@ class FlywheelPolicy:
                     load.mean_output_tokens or ps.load.mean_output_tokens,
                     load.p99_input_tokens or 3 * ps.load.mean_prompt_tokens,
                 )
-        # The workload's known peak minute (the offline hint the initial plan and Static are sized
-        # with) counts as a window observed at the start: it stays in the peak memory for the first
-        # ``peak_windows`` windows (``bursty_peak_windows`` when the peak minute is over twice the mean
-        # rate: bursts recur), so one quiet first minute does not shrink the pool.
-        h = self._context().hints
-        hold = self.forecaster.bursty_peak_windows if self.hint_bursty else self.forecaster.peak_windows
+        # The offline profile's peak minute (declared by the user, or measured on history disjoint
+        # from what is served; the initial plan is sized with it) counts as a window observed at the
+        # start: it stays in the peak memory for the first ``peak_windows`` windows
+        # (``bursty_peak_windows`` when the peak minute is over twice the mean rate: bursts recur),
+        # so one quiet first minute does not shrink the pool.
+        h = self._context().profile
+        hold = self.forecaster.bursty_peak_windows if self.profile_bursty else self.forecaster.peak_windows
         if len(pool_peaks) == 1 and obs.time_s <= hold * self.info.periods.pool_s:
             name, pk = next(iter(pool_peaks.items()))
             if h.peak_minute_rps > pk.requests_per_s:
@@ -405,7 +420,7 @@ class FlywheelPolicy:
         peaks: Mapping[str, ClassLoad] | None = None,
     ) -> list[PoolTarget]:
         ctx = self._context()
-        h = ctx.hints
+        h = ctx.profile
         inputs = []
         for name, observed in loads.items():
             load = observed
@@ -448,9 +463,11 @@ class FlywheelPolicy:
                     continue
             elif not (p.changed or p.name in force):
                 continue
-            targets.append(
-                PoolTarget(p.name, p.config.tensor_parallel, p.config.instances, p.config.clock_mhz, p.reason)
-            )
+            # New instances start at this clock until their first instance decision: one that
+            # cannot carry a prefill chunk within the TBT target would miss gaps meanwhile.
+            tp = p.config.tensor_parallel
+            clock = max(p.config.clock_mhz, self._chunk_floor(tp, 1, 0))
+            targets.append(PoolTarget(p.name, tp, p.config.instances, clock, p.reason))
         return targets
 
     # ------------------------------------------------------------------ bursts
@@ -495,7 +512,7 @@ class FlywheelPolicy:
         have = ps.instances_ready + ps.instances_starting
         if have == 0:
             return None
-        h = self._context().hints
+        h = self._context().profile
         mean_in = ps.load.mean_prompt_tokens or h.mean_prompt_tokens
         mean_out = ps.load.mean_output_tokens or h.mean_output_tokens
         p99_in = float(self._probe_prompt.get(ps.name, 0)) or 3.0 * mean_in
@@ -584,7 +601,7 @@ class FlywheelPolicy:
     def _pool_mean_rps(self, pool: str) -> float:
         if pool in self.pool_forecaster.classes():
             return self.pool_forecaster.expected(pool).requests_per_s
-        return self._context().hints.mean_rps
+        return self._context().profile.mean_rps
 
     def _bursty(self, pool: str, now: float) -> bool:
         """Bursts (10 s peaks) over ``BURSTY_RATIO`` x the pool's mean rate: code, not conv."""
@@ -596,22 +613,28 @@ class FlywheelPolicy:
         two ticks and its short requests finish before the next one, so a bursty pool's clock must
         already suit it; between bursts a high clock costs nothing (idle power does not depend on
         the clock)."""
+        return self._chunk_floor(obs.tp, max(1, len(obs.running)), obs.kv_used_tokens)
+
+    def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
+        """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
+        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
         ctx = self._context()
-        chunk = self._chunks.get(obs.tp)
+        chunk = self._chunks.get(tp)
         if chunk is None:
             chunk = min(
                 DEFAULT_PREFILL_CHUNK_TOKENS,
-                prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms),
+                prefill_chunk_for_tbt(ctx.model, ctx.sku, tp, ctx.slo.tbt_ms),
             )
-            self._chunks[obs.tp] = chunk
+            self._chunks[tp] = chunk
         engine = self.instance_controller.engine
-        batch = max(1, len(obs.running))
         clocks = self.instance_controller.settings.clocks
         for clock in clocks:
-            step = engine.prefill_ms(obs.tp, chunk, clock) + engine.decode_step_ms(
-                obs.tp, batch, obs.kv_used_tokens, clock
+            # The decode tokens ride in the chunk's forward pass (as the simulator's engines run it).
+            step = max(
+                engine.prefill_ms(tp, chunk + batch, clock),
+                engine.decode_step_ms(tp, batch, kv_tokens, clock),
             )
-            if step <= ctx.slo.tbt_ms:
+            if iteration_within_tbt(step, ctx.slo, CHUNK_TBT_MARGIN):
                 return clock
         return clocks[-1]
 
@@ -634,7 +657,10 @@ class FlywheelPolicy:
         sharing = max(tick[2], len(tick[1]))
         smoothed = replace(obs, arrivals_rps=rate)
         probe = self._probe_prompt.get(obs.pool, 0)
-        floor = self._burst_floor(obs) if self._bursty(obs.pool, obs.time_s) else 0
+        # Every gap counts (flywheel.controllers.slo): while prompts arrive, the iterations that carry
+        # a prefill chunk must fit the TBT target too, not only the mean step.
+        arriving = rate > 0 or bool(obs.waiting)
+        floor = self._burst_floor(obs) if arriving or self._bursty(obs.pool, obs.time_s) else 0
         return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe, floor_mhz=floor)
 
 

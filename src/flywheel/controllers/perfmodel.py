@@ -159,6 +159,10 @@ DECODE_KNEE_SHARPNESS = 8.0
 # Upper bound of prompt tokens per iteration with chunked prefill (vLLM max_num_batched_tokens); the
 # simulator's engines use min(this, prefill_chunk_for_tbt(...)) so a chunk iteration fits the TBT SLO.
 DEFAULT_PREFILL_CHUNK_TOKENS = 2048
+# Share of the TBT target one chunk iteration may take at max clock (configured, an operator's
+# tuning of max_num_batched_tokens). Every inter-token gap counts (flywheel.controllers.slo), so the
+# rest is all the room a policy has to lower the clock while prompts arrive.
+PREFILL_CHUNK_TBT_SHARE = 0.8
 # Fraction of GPU memory vLLM may use (gpu_memory_utilization default 0.9).
 GPU_MEMORY_UTILIZATION = 0.9
 # Activation / CUDA-graph workspace reserved per GPU before KV blocks are allocated (vLLM profiling run).
@@ -213,7 +217,12 @@ def prefill_ms(model: ModelProfile, sku: GPUSku, tp: int, prompt_tokens: int, cl
 
 @functools.lru_cache(maxsize=1024)
 def prefill_chunk_for_tbt(
-    model: ModelProfile, sku: GPUSku, tp: int, tbt_ms: float, share: float = 0.8, limit: int = 8192
+    model: ModelProfile,
+    sku: GPUSku,
+    tp: int,
+    tbt_ms: float,
+    share: float = PREFILL_CHUNK_TBT_SHARE,
+    limit: int = 8192,
 ) -> int:
     """Largest chunked-prefill token budget whose iteration at max clock takes at most
     ``share * tbt_ms`` (how an operator tunes vLLM's ``max_num_batched_tokens`` for a TBT SLO);

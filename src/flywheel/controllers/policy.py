@@ -21,7 +21,7 @@ no arguments and returns a fresh ``Policy``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from flywheel.controllers.gpumodel import GPUSku
 from flywheel.controllers.perfmodel import ModelProfile
@@ -45,16 +45,22 @@ class ControlPeriods:
 
 
 @dataclass(frozen=True)
-class WorkloadHints:
-    """What is known about the workload before it starts (offline profile of the trace)."""
+class OfflineProfile:
+    """What a user can know about a workload before it runs, and all any policy is told up front.
+
+    Either declared by the user (a ModelDeployment's expected load) or measured on a window of
+    history disjoint from the one being served or evaluated; ``source`` says which. Every policy
+    of a run gets the same profile; nothing about the requests still to come is in it.
+    """
 
     mean_rps: float
     peak_minute_rps: float
     mean_prompt_tokens: float
     mean_output_tokens: float
-    duration_s: float
+    duration_s: float  # length of the window the profile describes
     # An evenly spaced sample of (prompt, output) token pairs: the request mix known from history.
     length_sample: tuple[tuple[int, int], ...] = ()
+    source: str = "declared"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class PolicyContext:
     slo: SLO
     total_gpus: int
     gpus_per_node: int
-    hints: WorkloadHints
+    profile: OfflineProfile
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,25 @@ class Policy(Protocol):
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]: ...
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision: ...
+
+
+@runtime_checkable
+class HeadroomTunable(Protocol):
+    """A policy with one safety-margin knob, ``headroom`` (set before ``start``): how much of the
+    SLO it keeps in reserve when it plans (larger: safer, more energy). ``headroom_sweep`` lists the
+    values ``flywheel simulate --iso-slo`` tries to find each policy's cheapest run at a target
+    attainment."""
+
+    headroom: float
+    headroom_sweep: tuple[float, ...]
+
+
+@runtime_checkable
+class Clairvoyant(Protocol):
+    """A reference policy given the whole trace before it starts (the hindsight ``oracle``); no
+    deployable policy implements this."""
+
+    def foresee(self, arrival_s: Any, prompt_tokens: Any, output_tokens: Any) -> None: ...
 
 
 @runtime_checkable

@@ -9,12 +9,15 @@ import threading
 from typing import Any
 
 import kmock
+import yaml
 
 from flywheel.devcluster.emulator import FlywheelEmulator
 
 
 class ApiServer:
     """``start()`` returns the URL; ``stop()`` ends the server and its thread."""
+
+    emulator_class: type[FlywheelEmulator] = FlywheelEmulator  # tests substitute a recording subclass
 
     def __init__(self, namespaces: tuple[str, ...] = ("default",), **options: Any) -> None:
         self._options = options
@@ -35,11 +38,12 @@ class ApiServer:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stop = asyncio.Event()
-        emulator = FlywheelEmulator(**self._options)
+        emulator = self.emulator_class(**self._options)
         self.emulator = emulator
-        for namespace in self._namespaces:
-            emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})
         try:
+            for namespace in self._namespaces:
+                if emulator.get(("", "v1", "namespaces"), None, namespace) is None:
+                    emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})
             async with emulator, kmock.Server(emulator) as server:
                 ready.set_result(str(server.url).rstrip("/"))
                 await self._stop.wait()
@@ -59,3 +63,19 @@ class ApiServer:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def kubeconfig(url: str, namespace: str = "default", name: str = "flywheel-dev") -> str:
+    """A kubeconfig for kubectl/helm/client libraries pointing at the emulator (plain HTTP, no auth)."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"server": url}}],
+            "users": [{"name": name, "user": {}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}],
+            "current-context": name,
+            "preferences": {},
+        },
+        sort_keys=False,
+    )

@@ -24,6 +24,8 @@ def run(
     max_rps: float,
     live: bool | None,
     seed: int,
+    kubeconfig: Path | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     console = Console()
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,6 +41,8 @@ def run(
             max_rps=max_rps,
             live=live,
             seed=seed,
+            kubeconfig=kubeconfig,
+            metrics_port=metrics_port,
         )
         options.faults()  # validate before starting anything
         result = asyncio.run(run_dev(options, console))

@@ -36,7 +36,7 @@ from flywheel.cli import router_options
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.controllers.router_objects import router_name
 from flywheel.devcluster import report as reporting
-from flywheel.devcluster.apiserver import ApiServer
+from flywheel.devcluster.apiserver import ApiServer, kubeconfig
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.faults import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
@@ -116,6 +116,8 @@ class DevOptions:
     ready_timeout_s: float = 90.0
     drain_timeout_s: float = 60.0
     operator_log: Path | None = None
+    kubeconfig: Path | None = None  # write a kubeconfig for kubectl/helm pointing at the emulator
+    metrics_port: int | None = None  # operator /metrics here, node agents' on the next ports
     progress: Callable[[str], None] | None = None
 
     def faults(self) -> list[FaultSpec]:
@@ -173,6 +175,11 @@ class DevCluster:
         o = self.options
         url = self.api.start()
         self._say(f"Kubernetes API emulator at {url}")
+        if o.kubeconfig is not None:
+            o.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            o.kubeconfig.write_text(kubeconfig(url, o.namespace))
+            o.kubeconfig.chmod(0o600)
+            self._say(f"kubeconfig written to {o.kubeconfig} (kubectl --kubeconfig {o.kubeconfig} get md)")
         self.kube = KubeClient(url, insecure=True, user_agent="flywheel-dev")
         await self.kube.__aenter__()
         sku = SKUS[GPU_PRODUCT]
@@ -189,10 +196,12 @@ class DevCluster:
             policies=self._clock_policies,
             arrivals_rps=self._arrivals_per_instance,
         )
-        for node in self.nodes.values():
+        for index, node in enumerate(self.nodes.values()):
+            agent_port = None if o.metrics_port is None else o.metrics_port + 1 + index
             start_agent(
                 node,
                 url,
+                metrics_port=agent_port,
                 engines=self._engine_targets(node.name),
                 clock_decider=self.clocks.decider(node.name),
                 engine_reader=self._read_engine,
@@ -200,6 +209,11 @@ class DevCluster:
                 hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
             )
         self._say(f"{o.nodes} simulated nodes x {o.gpus_per_node} GPUs with node agents")
+        if o.metrics_port is not None:
+            self._say(
+                f"metrics: operator http://127.0.0.1:{o.metrics_port}/metrics, node agents "
+                f"http://127.0.0.1:{o.metrics_port + 1}-{o.metrics_port + o.nodes}/metrics"
+            )
         self._start_operator(url)
         self.injector = FaultInjector(self.kubelet)
         loop = asyncio.get_running_loop()
@@ -266,6 +280,8 @@ class DevCluster:
             "--cluster-period", str(max(10.0, 1800.0 / o.speed)),
             "--resync", "5",
         ]  # fmt: skip
+        if o.metrics_port is not None:
+            command += ["--metrics-port", str(o.metrics_port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         handle = log_path.open("wb")
         self.operator = subprocess.Popen(
@@ -657,11 +673,24 @@ def _death_signal() -> Callable[[], None] | None:
     return hook
 
 
+def check_duration(options: DevOptions, trace_s: float) -> None:
+    """Refuse a ``--duration`` the trace cannot fill (the replay would stop early, and faults scheduled
+    after the trace's end would never fire) instead of silently capping it."""
+    longest = trace_s / options.speed
+    if options.duration_s > longest:
+        raise ValueError(
+            f"--duration {options.duration_s:g}s at --speed {options.speed:g} needs "
+            f"{options.duration_s * options.speed:g} trace seconds, but trace {options.trace!r} ends at "
+            f"{trace_s:g}s: use --duration {int(longest)} or less, or a lower --speed"
+        )
+
+
 async def run_dev(options: DevOptions, console: Console | None = None) -> dict[str, Any]:
     """Run one dev-cluster scenario end to end and return its report (also written to ``--report``)."""
     console = console or Console()
     live_view = options.live if options.live is not None else console.is_terminal
     workload = load_trace(options.trace)
+    check_duration(options, workload.duration_s)
     horizon = options.duration_s * options.speed
     in_horizon = int((workload.arrival_s < horizon).sum())
     wall_rps = in_horizon / options.duration_s if options.duration_s else 0.0

@@ -63,6 +63,7 @@ class RunningEngine:
     url: str
     ready_at: float  # wall time the simulated weight loading ends
     pod_uid: str
+    clock: GpuGroupClock
     restarts: int = 0
     published: tuple[bool, str] | None = None  # (ready, ip) last written to the Pod status
 
@@ -79,13 +80,17 @@ class RunningEngine:
         return self.loaded and self.engine.healthy
 
 
-class _GpuClock:
+class GpuGroupClock:
     """The TP group's clock for the engine: the slowest GPU's SM clock; None once any GPU is lost."""
 
     def __init__(self, node: SimNode, indices: list[int]) -> None:
         self.node = node
         self.indices = indices
         self._cached: tuple[float, float | None] = (-1.0, None)
+
+    def lost(self) -> bool:
+        """Whether any GPU of the group is gone, read now (the cache only serves the hot path)."""
+        return any(isinstance(self.node.nvml.sample(index), NvmlError) for index in self.indices)
 
     def __call__(self) -> float | None:
         now = time.monotonic()
@@ -172,6 +177,10 @@ class EngineKubelet:
                     continue
                 self.engines[key] = running
                 self.started.append(running)
+            if running.clock.lost():
+                # The driver tears down every CUDA context on a GPU that fell off the bus: the engine
+                # dies whether or not a request was in flight (an idle one too).
+                running.engine.fail("GPU unavailable")
             await self._publish(running)
         for key in [k for k in self.engines if k not in seen]:
             await self._stop(key)
@@ -226,9 +235,10 @@ class EngineKubelet:
 
         instance = labels.get(LABEL_INSTANCE, meta["name"])
         on_result = self.on_result
+        clock = GpuGroupClock(node, indices)
         engine = SimulatedEngine(
             timing,
-            _GpuClock(node, indices),
+            clock,
             time_scale=self.time_scale,
             batch_sink=report_batch,
             on_finish=(lambda result: on_result(instance, result)) if on_result else None,
@@ -249,6 +259,7 @@ class EngineKubelet:
             url=f"http://{ip}:{server.port}",
             ready_at=time.monotonic() + self.load_seconds / self.time_scale,
             pod_uid=meta["uid"],
+            clock=clock,
         )
 
     async def _publish(self, running: RunningEngine) -> None:

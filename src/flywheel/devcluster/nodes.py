@@ -87,6 +87,7 @@ def start_agent(
     interval_s: float,
     hang_after_s: float,
     engine_reader: Callable[[EngineTarget], EngineReading] | None = None,
+    metrics_port: int | None = None,
 ) -> Agent:
     """The node agent of ``node`` against the emulator: health checks, GPUNode status, clocks."""
     configuration = k8s.Configuration()
@@ -100,6 +101,7 @@ def start_agent(
         heartbeat_interval_s=10.0,
         operator_timeout_s=3600.0,
         dump_stacks_on_hang=False,
+        metrics_port=metrics_port,
     )
     agent = Agent(
         config,

@@ -11,7 +11,16 @@ from rich.table import Table
 from flywheel.controllers.policy import SLO
 from flywheel.sim.calibrate import TARGET_MAPE, all_targets, fit_constants
 from flywheel.sim.registry import BASELINES, available_policies
-from flywheel.sim.runner import RunSpec, comparison_table, default_slo, simulate_to_report
+from flywheel.sim.runner import (
+    HARDWARE_KINDS,
+    PROFILE_WINDOW_S,
+    RunSpec,
+    comparison_table,
+    default_slo,
+    iso_slo_report,
+    iso_slo_table,
+    simulate_to_report,
+)
 from flywheel.sim.simulator import FaultEvent
 from flywheel.sim.workloads import BUNDLED_TRACES
 
@@ -59,6 +68,11 @@ def simulate(
     faults: list[str],
     plots: bool,
     periods: tuple[float | None, float | None, float | None] = (None, None, None),
+    iso_slo: float | None = None,
+    hardware: str = "measured",
+    latency_scale: float = 1.0,
+    power_scale: float = 1.0,
+    profile_window_s: float = PROFILE_WINDOW_S,
 ) -> None:
     console = _console()
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -84,9 +98,24 @@ def simulate(
         duration_s=duration_s,
         faults=parse_faults(faults),
         periods=periods,
+        hardware=hardware,
+        latency_scale=latency_scale,
+        power_scale=power_scale,
+        profile_window_s=profile_window_s,
     )
-    built = simulate_to_report(spec, report_path, plots=plots, console=console)
-    console.print(comparison_table([built]))
+    if hardware not in HARDWARE_KINDS:
+        raise UsageError(f"unknown --hardware {hardware!r}; choose from {', '.join(HARDWARE_KINDS)}")
+    if latency_scale <= 0 or power_scale <= 0:
+        raise UsageError("--latency-scale and --power-scale must be positive")
+    if iso_slo is not None:
+        if not 0.0 < iso_slo <= 1.0:
+            raise UsageError("--iso-slo is an attainment in (0, 1], e.g. 0.99")
+        built = iso_slo_report(spec, iso_slo, report_path, plots=plots, console=console)
+        console.print(comparison_table([built]))
+        console.print(iso_slo_table(built))
+    else:
+        built = simulate_to_report(spec, report_path, plots=plots, console=console)
+        console.print(comparison_table([built]))
     if report_path is not None:
         console.print(f"report: {report_path}")
 

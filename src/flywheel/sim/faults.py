@@ -255,7 +255,7 @@ class FaultSimulator(Simulator):
             inst.flush(self.now)
             inst.version += 1
             inst.phase = "frozen"
-            inst.power_w = inst.tp * self.cfg.sku.idle_watts
+            inst.power_w = self.hw.idle_watts(inst.tp)
             return
         if inst.id in self.throttled:
             inst.clock = min(inst.clock, self.timing.throttle_clock_mhz)
@@ -385,22 +385,11 @@ class FaultSimulator(Simulator):
         evicted = [i for i in self.instances if i.id in decision.evict and i.state != "stopped"]
         record.evicted = tuple(i.id for i in evicted)
         for inst in evicted:
-            pool = self.pools.get(inst.pool)
-            lost = inst.prefilling + inst.running
-            inst.running, inst.left, inst.prefilling = [], [], []
-            inst.ctx = inst.reserved = 0
-            inst.phase = "idle"
             self.frozen.discard(inst.id)
             self.throttled.discard(inst.id)
             if self.reconfig is not None:
                 self.reconfig.standby_ids.discard(inst.id)
-            self._stop(inst)
-            for rid in reversed(lost):
-                self.generated[rid] = 0
-                if pool is not None:
-                    pool.queue.appendleft(rid, self.arrival[rid])
-                else:
-                    self._drop(rid)
+            self._evict(inst)
         record.isolated_s = self.now
         self._reconcile_all()
         for pool in self.pools.values():
@@ -424,17 +413,14 @@ class SuiteSpec:
     slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
 
 
-def _attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int, int]:
+def _attainment(result: SimResult, start: float, end: float) -> tuple[float, int, int]:
     """SLO attainment, request count and SLO misses of requests in flight or arriving in [start, end]."""
     arrival = result.arrival_s
     finish = np.where(np.isnan(result.finish_s), np.inf, result.finish_s)
     window = (arrival <= end) & (finish >= start)
     if not window.any():
         return math.nan, 0, 0
-    ttft = (result.first_token_s - arrival) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
-    ok = ~result.dropped & (ttft <= slo.ttft_ms) & (tbt <= slo.tbt_ms)
+    ok = result.slo_mask()
     return float(ok[window].mean()), int(window.sum()), int((~ok[window]).sum())
 
 
@@ -443,7 +429,7 @@ def _config(spec: SuiteSpec, standbys: int) -> SimConfig:
         nodes=spec.instances + standbys + 2,  # room for a cold replacement beside a quarantined node
         slo=spec.slo,
         seed=spec.seed,
-        reconfig=ReconfigOptions(standbys=standbys, costs=ReconfigCosts(), start="cold"),
+        reconfig=ReconfigOptions(standbys=standbys, start="cold"),
     )
 
 
@@ -468,8 +454,8 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                 for record in sim.records:
                     end = record.restored_s if record.restored_s is not None else result.end_s
                     end = max(end, record.injected_s + 1.0)
-                    attained, count, missed = _attainment(result, record.injected_s, end, spec.slo)
-                    base, _, base_missed = _attainment(baseline, record.injected_s, end, spec.slo)
+                    attained, count, missed = _attainment(result, record.injected_s, end)
+                    base, _, base_missed = _attainment(baseline, record.injected_s, end)
                     rows.append(
                         {
                             "kind": kind.value,
@@ -494,7 +480,7 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                             "actions": list(record.actions),
                             "trace_groups": record.trace_groups,
                             "breaker_tripped": record.breaker_tripped,
-                            "overall_attainment": _attainment(result, 0.0, math.inf, spec.slo)[0],
+                            "overall_attainment": _attainment(result, 0.0, math.inf)[0],
                         }
                     )
     return {

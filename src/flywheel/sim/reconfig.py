@@ -21,11 +21,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from flywheel.controllers.perfmodel import instance_capacity_rps, instance_power_watts
+from flywheel.controllers.perfmodel import instance_capacity_rps
 from flywheel.controllers.reshard import (
     GPU,
     Placement,
-    ReconfigCosts,
     ReshardInfeasible,
     ReshardPlan,
     StepKind,
@@ -45,8 +44,7 @@ __all__ = ["ReconfigOptions", "ReconfigStats", "Reconfigurator"]
 
 @dataclass(frozen=True)
 class ReconfigOptions:
-    standbys: int = 0  # warm standbys kept per pool
-    costs: ReconfigCosts = field(default_factory=ReconfigCosts)
+    standbys: int = 0  # warm standbys kept per pool (start and promotion costs: SimConfig.costs)
     start: Literal["cold", "warm"] = "cold"  # how instances other than promoted standbys start
     reshard: bool = True  # TP changes follow the resharding planner (else the simulator's default)
     load_window_s: float = 60.0  # window of observed load that sets a reshard plan's need
@@ -105,21 +103,21 @@ class Reconfigurator:
         self.stats.events.append((self.sim.now, pool, text))
 
     def _start_s(self, tp: int) -> float:
-        costs, weights = self.options.costs, int(self.sim.cfg.model.weight_bytes)
+        costs, weights = self.sim.cfg.costs, int(self.sim.cfg.model.weight_bytes)
         return (
             costs.cold_start_s(weights) if self.options.start == "cold" else costs.warm_start_s(weights, tp)
         )
 
     def _capacity(self) -> dict[int, float]:
-        hints, cfg = self.sim.hints(), self.sim.cfg
+        profile, cfg = self.sim.profile, self.sim.cfg
         return {
             tp: instance_capacity_rps(
                 cfg.model,
                 cfg.sku,
                 tp,
                 cfg.sku.sm_clock_max_mhz,
-                hints.mean_prompt_tokens,
-                hints.mean_output_tokens,
+                profile.mean_prompt_tokens,
+                profile.mean_output_tokens,
                 cfg.slo.tbt_ms,
             )
             for tp in cfg.model.supported_tp
@@ -132,7 +130,7 @@ class Reconfigurator:
         inst.flush(self.sim.now)
         inst.state = "standby"
         inst.clock = sku.sm_clock_min_mhz
-        inst.power_w = instance_power_watts(self.sim.cfg.model, sku, inst.tp, inst.clock, 0)
+        inst.power_w = self.sim.hw.instance_power_watts(inst.tp, inst.clock, 0)
         self._parked_at[inst.id] = self.sim.now
 
     def _unpark(self, inst: Instance) -> None:
@@ -156,7 +154,7 @@ class Reconfigurator:
         inst.flush(self.sim.now)
         inst.clock = clock_mhz
         inst.state = "starting"
-        self.sim._push(self.sim.now + self.options.costs.promote_s(), _READY, inst)
+        self.sim._push(self.sim.now + self.sim.cfg.costs.promote_s(), _READY, inst)
         self.stats.promotions += 1
         self.sim.reconfigurations += 1
 
@@ -275,7 +273,7 @@ class Reconfigurator:
                 target.instances,
                 capacity,
                 need,
-                costs=self.options.costs,
+                costs=self.sim.cfg.costs,
                 name_prefix=pool.name,
             )
         except ReshardInfeasible as exc:

@@ -6,7 +6,8 @@ Register a policy by name with a zero-argument factory that returns a fresh
     from flywheel.sim.registry import register_policy
     register_policy("flywheel", lambda: FlywheelPolicy())
 
-Built in: ``static``, ``throttllem``, ``dynamollm`` (``flywheel.controllers.baselines``). A
+Built in: ``static``, ``throttllem``, ``dynamollm`` (``flywheel.controllers.baselines``) and the
+hindsight reference ``oracle`` (``flywheel.controllers.oracle``, handed the whole trace). A
 ``flywheel`` policy is looked up lazily in ``flywheel.controllers.flywheel_policy`` (module attribute
 ``make_policy``) when that module exists, so the energy-controllers package plugs in without editing
 the simulator.
@@ -27,6 +28,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "throttllem": ("flywheel.controllers.baselines.throttllem", "ThrottLLeMPolicy"),
     "dynamollm": ("flywheel.controllers.baselines.dynamollm", "DynamoLLMPolicy"),
     "flywheel": ("flywheel.controllers.flywheel_policy", "make_policy"),
+    "oracle": ("flywheel.controllers.oracle", "OraclePolicy"),
 }
 BASELINES = ("static", "throttllem", "dynamollm")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from flywheel.controllers.baselines.static import TP, StaticPolicy
+from flywheel.controllers.slo import attainment
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload
 
@@ -27,25 +28,11 @@ def peak_minute_start(workload: Workload, by_tokens: bool = False) -> float:
     return float(arrivals[int(np.argmax(load))])
 
 
-def _window(workload: Workload, start: float, end: float) -> Workload:
-    lo = int(np.searchsorted(workload.arrival_s, start, side="left"))
-    hi = int(np.searchsorted(workload.arrival_s, end, side="left"))
-    return Workload(
-        workload.name,
-        workload.arrival_s[lo:hi] - start,
-        workload.prompt_tokens[lo:hi],
-        workload.output_tokens[lo:hi],
-    )
-
-
 def _meets_slo(window: Workload, warmup: float, count: int, config: SimConfig) -> bool:
     result = Simulator(window, StaticPolicy(count), config).run()
     in_peak = result.arrival_s >= warmup
-    ttft = (result.first_token_s - result.arrival_s) * 1000.0
-    tokens = np.maximum(result.output_tokens - 1, 1)
-    tbt = np.where(result.output_tokens > 1, (result.finish_s - result.first_token_s) * 1000.0 / tokens, 0.0)
-    ok = ~result.dropped & (ttft <= config.slo.ttft_ms) & (tbt <= config.slo.tbt_ms)
-    return bool(not in_peak.any() or ok[in_peak].mean() >= TARGET_ATTAINMENT)
+    ok = result.slo_mask()
+    return bool(not in_peak.any() or attainment(ok[in_peak]) >= TARGET_ATTAINMENT)
 
 
 def static_instances(workload: Workload, config: SimConfig) -> int:
@@ -59,7 +46,7 @@ def static_instances(workload: Workload, config: SimConfig) -> int:
     for by_tokens in (False, True):
         peak = peak_minute_start(workload, by_tokens)
         warmup = min(60.0, peak)
-        window = _window(workload, peak - warmup, peak + 60.0)
+        window = workload.window(peak - warmup, peak + 60.0)
         while count < limit and not _meets_slo(window, warmup, count, config):
             count += 1
     return count

@@ -14,6 +14,12 @@ import numpy as np
 import numpy.typing as npt
 
 BUNDLED_TRACES = ("code", "conv")
+# Generated workloads (seeded; never used to tune a policy): conv's request mix under a one-hour
+# "day" (diurnal, peak/trough 3) and under six flash crowds of 3-6x the base rate; and "mix", the
+# conv and code hours merged, each request judged by its own class's TTFT target.
+GENERATED_TRACES = ("diurnal", "flash", "mix")
+# Per-class TTFT targets of the bundled traces (the TBT target is the same, 100 ms, for both).
+CLASS_TTFT_MS = {"conv": 1000.0, "code": 2000.0}
 REQUIRED_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
@@ -23,17 +29,26 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class Workload:
-    """Requests sorted by arrival: seconds from the start, prompt tokens, output tokens."""
+    """Requests sorted by arrival: seconds from the start, prompt tokens, output tokens, and
+    optionally each request's own TTFT target (its class's SLO; None: the run's SLO for all)."""
 
     name: str
     arrival_s: npt.NDArray[np.float64]
     prompt_tokens: npt.NDArray[np.int64]
     output_tokens: npt.NDArray[np.int64]
+    ttft_target_ms: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
         if len(self.prompt_tokens) != n or len(self.output_tokens) != n:
             raise TraceError(f"{self.name}: column lengths differ")
+        if self.ttft_target_ms is not None and len(self.ttft_target_ms) != n:
+            raise TraceError(f"{self.name}: column lengths differ")
+
+    def _targets(
+        self, index: slice | npt.NDArray[np.bool_] | npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64] | None:
+        return None if self.ttft_target_ms is None else self.ttft_target_ms[index]
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -58,7 +73,11 @@ class Workload:
         if rate <= 0:
             raise TraceError("rate scale must be positive")
         return Workload(
-            f"{self.name}x{rate:g}", self.arrival_s / rate, self.prompt_tokens, self.output_tokens
+            f"{self.name}x{rate:g}",
+            self.arrival_s / rate,
+            self.prompt_tokens,
+            self.output_tokens,
+            self.ttft_target_ms,
         )
 
     def compressed(self, factor: float, seed: int = 0) -> Workload:
@@ -73,6 +92,7 @@ class Workload:
             self.arrival_s[keep] / factor,
             self.prompt_tokens[keep],
             self.output_tokens[keep],
+            self._targets(keep),
         )
 
     def resampled(self, duration_s: float, rate_rps: float, seed: int = 0) -> Workload:
@@ -85,13 +105,33 @@ class Workload:
         arrivals = np.sort(rng.random(count) * duration_s)
         pick = rng.integers(0, len(self), count)
         return Workload(
-            f"{self.name}@{rate_rps:g}rps", arrivals, self.prompt_tokens[pick], self.output_tokens[pick]
+            f"{self.name}@{rate_rps:g}rps",
+            arrivals,
+            self.prompt_tokens[pick],
+            self.output_tokens[pick],
+            self._targets(pick),
         )
+
+    def window(self, start_s: float, end_s: float) -> Workload:
+        """Requests arriving in [start_s, end_s), with times measured from ``start_s``."""
+        lo = int(np.searchsorted(self.arrival_s, start_s, side="left"))
+        hi = int(np.searchsorted(self.arrival_s, end_s, side="left"))
+        return self.slice(lo, hi, start_s)
 
     def head(self, seconds: float) -> Workload:
         """Requests arriving in the first ``seconds``."""
         end = int(np.searchsorted(self.arrival_s, seconds, side="left"))
-        return Workload(self.name, self.arrival_s[:end], self.prompt_tokens[:end], self.output_tokens[:end])
+        return self.slice(0, end)
+
+    def slice(self, lo: int, hi: int, shift_s: float = 0.0) -> Workload:
+        """Requests ``lo`` to ``hi`` (by index), arrivals moved ``shift_s`` earlier."""
+        return Workload(
+            self.name,
+            self.arrival_s[lo:hi] - shift_s,
+            self.prompt_tokens[lo:hi],
+            self.output_tokens[lo:hi],
+            self._targets(slice(lo, hi)),
+        )
 
 
 def _parse_time(text: str) -> float:
@@ -133,7 +173,10 @@ def read_trace_csv(path: Path, name: str | None = None) -> Workload:
 
 
 def load_trace(name_or_path: str) -> Workload:
-    """A bundled trace by name (``code``, ``conv``) or any CSV path in the Azure schema."""
+    """A bundled trace by name (``code``, ``conv``), a generated one (``diurnal``, ``flash``) or any
+    CSV path in the Azure schema."""
+    if name_or_path in GENERATED_TRACES:
+        return generated(name_or_path)
     if name_or_path in BUNDLED_TRACES:
         ref = resources.files("flywheel.sim").joinpath("data", f"{name_or_path}.csv")
         with resources.as_file(ref) as path:
@@ -198,3 +241,39 @@ def burst(
     arrivals = _inhomogeneous_poisson(rng, rate.astype(np.float64), step)
     prompts, outputs = _lengths(rng, len(arrivals), prompt_median, output_median)
     return Workload("burst", arrivals, prompts, outputs)
+
+
+def _with_conv_mix(name: str, arrivals: npt.NDArray[np.float64], rng: np.random.Generator) -> Workload:
+    """Arrivals given; (prompt, output) pairs drawn from the conv trace's requests."""
+    conv = load_trace("conv")
+    pick = rng.integers(0, len(conv), len(arrivals))
+    return Workload(name, arrivals, conv.prompt_tokens[pick], conv.output_tokens[pick])
+
+
+def generated(name: str, seed: int = 16) -> Workload:
+    """One of ``GENERATED_TRACES``: one hour, conv's request mix, mean about conv's 5.5 req/s."""
+    rng = np.random.default_rng(seed)
+    step, hour = 1.0, 3600.0
+    t = np.arange(0.0, hour, step)
+    if name == "mix":
+        parts = [load_trace(t) for t in ("conv", "code")]
+        arrival = np.concatenate([w.arrival_s for w in parts])
+        order = np.argsort(arrival, kind="stable")
+        return Workload(
+            "mix",
+            arrival[order],
+            np.concatenate([w.prompt_tokens for w in parts])[order],
+            np.concatenate([w.output_tokens for w in parts])[order],
+            np.concatenate([np.full(len(w), CLASS_TTFT_MS[w.name]) for w in parts])[order],
+        )
+    if name == "diurnal":
+        amplitude = (3.0 - 1.0) / (3.0 + 1.0)
+        rate = 5.5 * (1 + amplitude * np.sin(2 * np.pi * t / hour - np.pi / 2))
+    elif name == "flash":
+        rate = np.full(len(t), 3.0)
+        for start in np.sort(rng.uniform(120.0, hour - 200.0, 6)):
+            length = rng.uniform(30.0, 90.0)
+            rate[(t >= start) & (t < start + length)] *= rng.uniform(3.0, 6.0)
+    else:
+        raise TraceError(f"unknown generated trace {name!r}: one of {', '.join(GENERATED_TRACES)}")
+    return _with_conv_mix(name, _inhomogeneous_poisson(rng, rate.astype(np.float64), step), rng)

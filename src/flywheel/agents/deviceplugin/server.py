@@ -2,7 +2,9 @@
 
 - ``ListAndWatch`` streams the device list at once and again whenever a device's health changes.
 - ``GetPreferredAllocation`` picks NVLink-connected GPUs for tensor-parallel groups.
-- ``Allocate`` answers ``NVIDIA_VISIBLE_DEVICES`` with the GPU UUIDs.
+- ``Allocate`` names the chosen GPUs as CDI devices ``<cdi kind>=<UUID>`` (``Allocation.CDI``: the
+  runtime injects them, NVIDIA CDI spec generated with UUID device names) or, for the legacy NVIDIA
+  runtime mode, as ``NVIDIA_VISIBLE_DEVICES=<UUIDs>`` (``Allocation.LEGACY``).
 - Sharing: with ``replicas > 1`` each GPU is advertised as ``<uuid>::<n>`` replicas (multi-model
   pools); an allocation maps replicas back to their distinct GPUs.
 """
@@ -16,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import grpc
@@ -27,6 +30,16 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "v1beta1"
 RESOURCE_NAME = "flywheel.dev/gpu"
+CDI_KIND = "nvidia.com/gpu"
+
+
+class Allocation(StrEnum):
+    """How ``Allocate`` hands GPUs to the container runtime."""
+
+    CDI = "cdi"
+    LEGACY = "legacy"
+
+
 KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_DIR = Path("/var/lib/kubelet/device-plugins")
 HEALTHY = "Healthy"
@@ -82,8 +95,17 @@ def preferred_gpus(
 
 
 class DevicePluginServicer(pb_grpc.DevicePluginServicer):
-    def __init__(self, gpus: list[PluginGPU], replicas: int = 1, resource_name: str = RESOURCE_NAME) -> None:
+    def __init__(
+        self,
+        gpus: list[PluginGPU],
+        replicas: int = 1,
+        resource_name: str = RESOURCE_NAME,
+        allocation: Allocation = Allocation.CDI,
+        cdi_kind: str = CDI_KIND,
+    ) -> None:
         self.gpus = {g.uuid: g for g in gpus}
+        self.allocation = allocation
+        self.cdi_kind = cdi_kind
         self.replicas = max(1, replicas)
         self.resource_name = resource_name
         self._health = {g.uuid: True for g in gpus}
@@ -203,11 +225,18 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
             unknown = [u for u in uuids if u not in self.gpus]
             if unknown:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown devices: {', '.join(unknown)}")
-            envs = {"NVIDIA_VISIBLE_DEVICES": ",".join(uuids)}
+            envs = {"FLYWHEEL_ALLOCATED_GPUS": ",".join(uuids)}
+            cdi: list[pb.CDIDevice] = []
+            if self.allocation is Allocation.CDI:
+                cdi = [pb.CDIDevice(name=f"{self.cdi_kind}={uuid}") for uuid in uuids]
+            else:
+                envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuids)
             if self.replicas > 1:
                 envs["FLYWHEEL_GPU_SHARED"] = "true"
             responses.append(
-                pb.ContainerAllocateResponse(envs=envs, annotations={"flywheel.dev/gpus": ",".join(uuids)})
+                pb.ContainerAllocateResponse(
+                    envs=envs, cdi_devices=cdi, annotations={"flywheel.dev/gpus": ",".join(uuids)}
+                )
             )
         return pb.AllocateResponse(container_responses=responses)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -20,6 +21,13 @@ from flywheel.api.v1alpha1.common import (
 )
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# No host paths: a tenant must not mount node directories through the operator. Weights on the nodes
+# are offered by an admin as a hostPath PersistentVolume bound to a claim in the tenant's namespace.
+WEIGHT_SOURCE_PATTERN = r"^((hf|s3|gs|oci)://.+|pvc://[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(/.*)?)$"
+WEIGHT_SOURCE_MESSAGE = (
+    "model.weightSource must be hf://, s3://, gs://, oci:// or pvc://<claim in this namespace>[/path]; "
+    "host paths (file://) are not allowed: ask an admin for a hostPath PersistentVolume and claim it"
+)
 TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8)
 
 
@@ -71,6 +79,10 @@ class OverEviction(StrEnum):
 
 
 class ModelSpec(FlywheelModel):
+    model_config = cel_config(
+        cel(f"self.weightSource.matches('{WEIGHT_SOURCE_PATTERN}')", WEIGHT_SOURCE_MESSAGE, ".weightSource"),
+    )
+
     name: str = Field(min_length=1, max_length=253, description="Model name served to clients.")
     parameters_millions: int = Field(
         ge=1, le=10_000_000, description="Parameter count in millions (70B = 70000)."
@@ -78,10 +90,19 @@ class ModelSpec(FlywheelModel):
     weight_source: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^(hf|s3|gs|pvc|file|oci)://.+",
-        description="Where weights come from: hf://org/model, s3://bucket/path, pvc://claim/path, ...",
+        pattern=r"^[a-z0-9]+://.+",
+        description=(
+            "Where weights come from: hf://org/model, s3://bucket/path, gs://bucket/path, "
+            "pvc://claim[/path] (a claim in this namespace), oci://registry/image:tag."
+        ),
     )
     dtype: DType = DType.BFLOAT16
+
+    @model_validator(mode="after")
+    def _weights(self) -> Self:
+        if not re.match(WEIGHT_SOURCE_PATTERN, self.weight_source):
+            raise ValueError(WEIGHT_SOURCE_MESSAGE)
+        return self
 
 
 class EngineSpec(FlywheelModel):

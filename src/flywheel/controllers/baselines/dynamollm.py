@@ -20,7 +20,6 @@ from flywheel.controllers.perfmodel import (
     decode_step_ms,
     instance_capacity_rps,
     instance_power_watts,
-    prefill_chunk_for_tbt,
     prefill_ms,
 )
 from flywheel.controllers.policy import (
@@ -32,12 +31,11 @@ from flywheel.controllers.policy import (
     PoolState,
     PoolTarget,
 )
+from flywheel.controllers.slo import iteration_within_tbt
 
 INPUT_BOUNDS = (1024, 4096)  # tokens: short < 1024 <= medium < 4096 <= long
 OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
 TP_CHOICES = (2, 4, 8)
-HEADROOM = 1.1
-TBT_MARGIN = 0.8
 MIN_POOL_RPS = 1.5  # a class below this rate is merged into its input-length pool
 INPUT_NAMES = ("S", "M", "L")
 
@@ -48,8 +46,12 @@ def _bucket(value: int, bounds: tuple[int, int]) -> int:
 
 class DynamoLLMPolicy:
     name = "dynamollm"
+    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
 
-    def __init__(self) -> None:
+    def __init__(self, headroom: float = 0.2) -> None:
+        # The knob: the profiled decode step must fit (1 - headroom) x the TBT SLO, and pools are
+        # sized for the rate x (1 + 0.5 x headroom) (the default reproduces the earlier 1.1).
+        self.headroom = headroom
         self.info = PolicyInfo(start_mode="warm")
         self._ctx: PolicyContext | None = None
         self._clocks: list[int] = []
@@ -59,6 +61,9 @@ class DynamoLLMPolicy:
         self._pools: dict[str, tuple[int, int, int]] = {}  # pool -> (tp, count, clock)
         self._born: dict[str, float] = {}  # pool -> time created
         self._class_tokens: dict[tuple[int, int], tuple[int, int]] = {}  # prompt, output sums
+
+    def _rate_headroom(self) -> float:
+        return 1.0 + 0.5 * self.headroom
 
     def _context(self) -> PolicyContext:
         if self._ctx is None:
@@ -72,7 +77,14 @@ class DynamoLLMPolicy:
         for tp in TP_CHOICES:
             for clock in [*self._clocks[:: max(len(self._clocks) // 12, 1)], ctx.sku.sm_clock_max_mhz]:
                 count = instances_needed(
-                    ctx.model, ctx.sku, tp, clock, max(rate, 0.01) * HEADROOM, prompt, output, ctx.slo.tbt_ms
+                    ctx.model,
+                    ctx.sku,
+                    tp,
+                    clock,
+                    max(rate, 0.01) * self._rate_headroom(),
+                    prompt,
+                    output,
+                    ctx.slo.tbt_ms,
                 )
                 if count is None:
                     continue
@@ -92,16 +104,18 @@ class DynamoLLMPolicy:
         self._ctx = context
         self._clocks = serving_clocks(context.sku)
         self._class_pool = {(i, o): INPUT_NAMES[i] for i in range(3) for o in range(3)}
-        hints = context.hints
+        profile = context.profile
         # Split the mean load across the three input pools by the historical request mix.
-        sample = hints.length_sample or ((int(hints.mean_prompt_tokens), int(hints.mean_output_tokens)),)
+        sample = profile.length_sample or (
+            (int(profile.mean_prompt_tokens), int(profile.mean_output_tokens)),
+        )
         targets = []
         for index, name in enumerate(INPUT_NAMES):
             members = [(p, o) for p, o in sample if _bucket(p, INPUT_BOUNDS) == index]
             share = len(members) / len(sample)
-            prompt = sum(p for p, _ in members) / len(members) if members else hints.mean_prompt_tokens
-            output = sum(o for _, o in members) / len(members) if members else hints.mean_output_tokens
-            tp, count, clock, _ = self._size(hints.mean_rps * share, prompt, output)
+            prompt = sum(p for p, _ in members) / len(members) if members else profile.mean_prompt_tokens
+            output = sum(o for _, o in members) / len(members) if members else profile.mean_output_tokens
+            tp, count, clock, _ = self._size(profile.mean_rps * share, prompt, output)
             self._pools[name] = (tp, count, clock)
             reason = f"initial: {share:.0%} of the mean load (historical mix)"
             targets.append(PoolTarget(name, tp, count, clock, reason))
@@ -136,11 +150,11 @@ class DynamoLLMPolicy:
         self._class_pool = mapping
         targets: list[PoolTarget] = []
         wanted = set(mapping.values())
-        hints = self._context().hints
+        profile = self._context().profile
         for name in sorted(wanted - set(self._pools)):
             count_seen, prompt_sum, output_sum = load[name]
-            mean_prompt = prompt_sum / count_seen if count_seen else hints.mean_prompt_tokens
-            mean_output = output_sum / count_seen if count_seen else hints.mean_output_tokens
+            mean_prompt = prompt_sum / count_seen if count_seen else profile.mean_prompt_tokens
+            mean_output = output_sum / count_seen if count_seen else profile.mean_output_tokens
             tp, count, clock, _ = self._size(count_seen / window, mean_prompt, mean_output)
             self._pools[name] = (tp, count, clock)
             self._born[name] = obs.time_s
@@ -156,10 +170,10 @@ class DynamoLLMPolicy:
         if pool.name not in self._pools or obs_time - self._born.get(pool.name, -1e18) < load.window_s:
             return None  # unknown, or too young for a full load window
         prompt = (
-            load.mean_prompt_tokens if load.arrivals_rps > 0 else self._context().hints.mean_prompt_tokens
+            load.mean_prompt_tokens if load.arrivals_rps > 0 else self._context().profile.mean_prompt_tokens
         )
         output = (
-            load.mean_output_tokens if load.arrivals_rps > 0 else self._context().hints.mean_output_tokens
+            load.mean_output_tokens if load.arrivals_rps > 0 else self._context().profile.mean_output_tokens
         )
         tp, count, clock, watts = self._size(rate, prompt, output)
         if (tp, count, clock) == self._pools[pool.name]:
@@ -183,17 +197,13 @@ class DynamoLLMPolicy:
         prompt = sum(r.prompt_tokens for r in obs.running) / batch
         output = sum(r.predicted_output_tokens for r in obs.running) / batch
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(prompt), ctx.sku.sm_clock_max_mhz) / 1000.0
-        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
-
-        chunk = int(min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * prompt))
+        margin = (1.0 - self.headroom) * (1.0 - min(obs.arrivals_rps * prefill_s, 0.5))
 
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
-            if step > budget:
+            if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
-                return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             capacity = instance_capacity_rps(
                 ctx.model, ctx.sku, obs.tp, clock, prompt, output, ctx.slo.tbt_ms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flywheel.controllers.baselines.common import instances_needed
 from flywheel.controllers.policy import (
     ClockDecision,
@@ -18,31 +20,34 @@ TP = 8
 
 class StaticPolicy:
     name = "static"
+    headroom_sweep = (0.0, 0.25, 0.5, 1.0)
 
-    def __init__(self, instances: int | None = None) -> None:
+    def __init__(self, instances: int | None = None, headroom: float = 0.0) -> None:
         """``instances``: a count found by replaying the peak minute (``flywheel.sim.sizing``);
-        without it the count comes from the capacity model at the peak-minute rate."""
+        without it the count comes from the capacity model at the peak-minute rate. The knob,
+        ``headroom``: that many more instances, as a share (rounded up)."""
         self.info = PolicyInfo(start_mode="cold")
         self.instances = instances
+        self.headroom = headroom
         self._max_clock = 0
 
     def start(self, context: PolicyContext) -> list[PoolTarget]:
-        hints = context.hints
+        profile = context.profile
         self._max_clock = context.sku.sm_clock_max_mhz
         needed = instances_needed(
             context.model,
             context.sku,
             TP,
             self._max_clock,
-            hints.peak_minute_rps,
-            hints.mean_prompt_tokens,
-            hints.mean_output_tokens,
+            profile.peak_minute_rps,
+            profile.mean_prompt_tokens,
+            profile.mean_output_tokens,
             context.slo.tbt_ms,
         )
         limit = max(context.total_gpus // TP, 1)
-        count = min(self.instances or needed or limit, limit)
+        count = min(math.ceil((self.instances or needed or limit) * (1.0 + self.headroom) - 1e-9), limit)
         reason = (
-            f"peak minute {hints.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
+            f"peak minute {profile.peak_minute_rps:.2f} req/s needs {count} TP{TP} instance(s) at max clock"
         )
         return [PoolTarget(POOL, TP, count, self._max_clock, reason)]
 

@@ -12,12 +12,7 @@
 from __future__ import annotations
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import (
-    decode_step_ms,
-    max_batch_for_tbt,
-    prefill_chunk_for_tbt,
-    prefill_ms,
-)
+from flywheel.controllers.perfmodel import decode_step_ms, max_batch_for_tbt, prefill_ms
 from flywheel.controllers.policy import (
     ClockDecision,
     ClusterObservation,
@@ -27,11 +22,10 @@ from flywheel.controllers.policy import (
     PolicyInfo,
     PoolTarget,
 )
+from flywheel.controllers.slo import iteration_within_tbt
 
 POOL = "all"
 TP_CHOICES = (2, 4, 8)
-HEADROOM = 1.25
-TBT_MARGIN = 0.8
 ADMISSION_TBT_SHARE = 0.8  # admit while the decode step at max clock stays within this share of the SLO
 GRACE_WINDOWS = 5  # consecutive windows a smaller configuration must suffice before scaling down
 LOOKBACK_WINDOWS = 5  # size for the highest rate seen over this many recent windows
@@ -39,8 +33,12 @@ LOOKBACK_WINDOWS = 5  # size for the highest rate seen over this many recent win
 
 class ThrottLLeMPolicy:
     name = "throttllem"
+    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
 
-    def __init__(self) -> None:
+    def __init__(self, headroom: float = 0.2) -> None:
+        # The knob: the projected decode step must fit (1 - headroom) x the TBT SLO, and pools are
+        # sized for the rate x (1 + 1.25 x headroom) (the default reproduces the paper-like setting).
+        self.headroom = headroom
         # Instance decisions every second (throttLL'eM re-plans as the batch changes).
         self.info = PolicyInfo(periods=ControlPeriods(pool_s=60.0, instance_s=1.0), start_mode="cold")
         self._ctx: PolicyContext | None = None
@@ -50,6 +48,9 @@ class ThrottLLeMPolicy:
         self._rates: list[float] = []
         self._mean_prompt = 1000.0
         self._mean_output = 200.0
+
+    def _rate_headroom(self) -> float:
+        return 1.0 + 1.25 * self.headroom
 
     def _context(self) -> PolicyContext:
         if self._ctx is None:
@@ -65,7 +66,7 @@ class ThrottLLeMPolicy:
                 ctx.sku,
                 tp,
                 ctx.sku.sm_clock_max_mhz,
-                rate * HEADROOM,
+                rate * self._rate_headroom(),
                 self._mean_prompt,
                 self._mean_output,
                 ctx.slo.tbt_ms,
@@ -79,9 +80,9 @@ class ThrottLLeMPolicy:
     def start(self, context: PolicyContext) -> list[PoolTarget]:
         self._ctx = context
         self._clocks = serving_clocks(context.sku)
-        self._mean_prompt = context.hints.mean_prompt_tokens
-        self._mean_output = context.hints.mean_output_tokens
-        self._current = self._choose(context.hints.mean_rps)
+        self._mean_prompt = context.profile.mean_prompt_tokens
+        self._mean_output = context.profile.mean_output_tokens
+        self._current = self._choose(context.profile.mean_rps)
         tp, count = self._current
         return [PoolTarget(POOL, tp, count, context.sku.sm_clock_max_mhz, "initial size for mean rate")]
 
@@ -150,12 +151,9 @@ class ThrottLLeMPolicy:
         # Prefill iterations stall decoding: leave the share of time they take out of the budget.
         prefill_s = prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt), max_clock) / 1000.0
         stall = min(obs.arrivals_rps * prefill_s, 0.5)
-        budget = ctx.slo.tbt_ms * TBT_MARGIN * (1.0 - stall)
+        margin = (1.0 - self.headroom) * (1.0 - stall)
         slo_ttft_s = ctx.slo.ttft_ms / 1000.0
         ttft_budget_ms = ctx.slo.ttft_ms * 0.5
-        chunk = round(
-            min(prefill_chunk_for_tbt(ctx.model, ctx.sku, obs.tp, ctx.slo.tbt_ms), 2 * self._mean_prompt)
-        )
         slo_tbt_s = ctx.slo.tbt_ms / 1000.0
         deadlines = [
             (
@@ -167,11 +165,9 @@ class ThrottLLeMPolicy:
 
         def ok(clock: int) -> bool:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, round(batch), round(context), clock)
-            if step > budget:
+            if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, round(self._mean_prompt * 2), clock) > ttft_budget_ms:
-                return False
-            if prefill_ms(ctx.model, ctx.sku, obs.tp, chunk, clock) > ctx.slo.tbt_ms:
                 return False
             step_s = step / 1000.0
             return all(remaining * step_s <= slack for slack, remaining in deadlines)

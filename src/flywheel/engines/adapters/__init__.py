@@ -40,7 +40,7 @@ def instance_pod(
     """
     launch = EngineLaunch.from_spec(name, namespace, spec, model)
     if launch.image is None and image is not None:
-        launch = dataclasses.replace(launch, image=image)
+        launch = dataclasses.replace(launch, image=image, image_is_default=True)
     return adapter_for(spec.engine.kind).pod(launch, owner)
 
 

@@ -45,6 +45,7 @@ STARTUP_PERIOD_S = 10
 STARTUP_FAILURES = 180
 # Endpoints controllers need a few seconds to drop a terminating Pod from the Service.
 PRESTOP_SLEEP_S = 10
+NON_ROOT_UID = 65532  # the Flywheel image's user
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class EngineLaunch:
     port: int
     dtype: DType = DType.BFLOAT16
     image: str | None = None
+    image_is_default: bool = False  # ``image`` is the operator's default for the kind, not the user's
     extra_args: tuple[str, ...] = ()
     node_name: str | None = None
     gpu_uuids: tuple[str, ...] = ()
@@ -140,13 +142,6 @@ def model_location(weight_source: str) -> ModelLocation:
             volume={"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
             mount={"name": "weights", "mountPath": MODEL_MOUNT, "readOnly": True},
         )
-    if scheme == "file":
-        path = "/" + rest.lstrip("/")
-        return ModelLocation(
-            model_arg=f"{MODEL_MOUNT}/model",
-            volume={"name": "weights", "hostPath": {"path": path, "type": "Directory"}},
-            mount={"name": "weights", "mountPath": f"{MODEL_MOUNT}/model", "readOnly": True},
-        )
     if scheme == "oci":
         return ModelLocation(
             model_arg=f"{MODEL_MOUNT}/model",
@@ -155,7 +150,7 @@ def model_location(weight_source: str) -> ModelLocation:
         )
     if scheme in ("s3", "gs"):
         return ModelLocation(model_arg=weight_source)
-    raise ValueError(f"weightSource scheme {scheme!r} is not supported (hf, s3, gs, pvc, file, oci)")
+    raise ValueError(f"weightSource scheme {scheme!r} is not supported (hf, s3, gs, pvc, oci)")
 
 
 @dataclass(frozen=True)
@@ -170,6 +165,9 @@ class EngineAdapter(ABC):
 
     kind: EngineKind
     default_image: str
+    # The default image runs as a non-root user: its Pods get the full "restricted" Pod Security
+    # profile (runAsNonRoot). Engine images that run as root (vLLM's, SGLang's) get the rest of it.
+    runs_as_non_root: bool = False
     health_path: str = "/health"
     metrics_path: str = "/metrics"
 
@@ -188,10 +186,11 @@ class EngineAdapter(ABC):
         env: list[dict[str, Any]] = [{"name": "FLYWHEEL_INSTANCE", "value": launch.instance_name}]
         if launch.gpu_uuids:
             uuids = ",".join(launch.gpu_uuids)
-            env += [
-                {"name": "FLYWHEEL_GPU_UUIDS", "value": uuids},
-                {"name": "NVIDIA_VISIBLE_DEVICES", "value": uuids},
-            ]
+            # The operator's placement plan only. Which GPUs the container sees is the device plugin's
+            # answer to the kubelet (CDI devices, or NVIDIA_VISIBLE_DEVICES in legacy mode): setting
+            # NVIDIA_VISIBLE_DEVICES here would make the NVIDIA runtime inject GPUs the kubelet gave
+            # to another Pod (docs/install.md, "GPU ownership").
+            env.append({"name": "FLYWHEEL_GPU_UUIDS", "value": uuids})
         env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
         return env
 
@@ -227,6 +226,11 @@ class EngineAdapter(ABC):
             "readinessProbe": probe(5, 3),
             "livenessProbe": probe(10, 3),
             "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
         }
 
     def pod(self, launch: EngineLaunch, owner: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -250,9 +254,19 @@ class EngineAdapter(ABC):
         }
         if owner is not None:
             metadata["ownerReferences"] = [owner]
+        security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+        if self.runs_as_non_root and (launch.image is None or launch.image_is_default):
+            security |= {"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID}
         spec: dict[str, Any] = {
             "containers": [self.container(launch)],
             "volumes": volumes,
+            # Engines never talk to the Kubernetes API, and a tenant's spec never reaches the host.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "hostNetwork": False,
+            "hostPID": False,
+            "hostIPC": False,
+            "securityContext": security,
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + launch.drain_timeout_s,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],

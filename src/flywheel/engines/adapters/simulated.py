@@ -14,6 +14,7 @@ from flywheel.engines.adapters.vllm import VLLMAdapter
 class SimulatedAdapter(VLLMAdapter):
     kind = EngineKind.SIMULATED
     default_image = "ghcr.io/flywheel-dev/flywheel:0.1.0"
+    runs_as_non_root = True
 
     def command(self, launch: EngineLaunch, location: ModelLocation) -> tuple[list[str], list[str]]:
         args = [
