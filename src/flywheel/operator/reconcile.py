@@ -58,6 +58,7 @@ from flywheel.operator.kube import (
 )
 from flywheel.operator.metrics import OperatorMetrics
 from flywheel.operator.reconfig import Reconfiguration
+from flywheel.operator.router import apply_router
 from flywheel.operator.status_rollup import DeploymentLedger
 
 logger = logging.getLogger("flywheel.operator")
@@ -249,6 +250,12 @@ class Operator:
                     await self.kube.delete(INFERENCE_POOLS, namespace, pool_name, pool["metadata"]["uid"])
                     await self._decided(
                         "InferencePool", "delete", md, "DeletedPool", f"pool {pool_name} not needed"
+                    )
+            if self.config.deploy_routers:
+                changed = await apply_router(self.kube, md, self.config.router_image)
+                if changed:
+                    await self._decided(
+                        "Router", "apply", md, "AppliedRouter", f"router {name}-router: {', '.join(changed)}"
                     )
         await self.refresh_deployment_status(namespace, name)
 

@@ -38,6 +38,7 @@ from flywheel.api.v1alpha1.inferencepool import (
     PoolDecision,
     PoolLoad,
     PoolRequestClass,
+    RouterLoad,
 )
 from flywheel.api.v1alpha1.modeldeployment import (
     AUTO_CLASS_NAMES,
@@ -124,6 +125,7 @@ __all__ = [
     "RequestClassMode",
     "RequestClassesSpec",
     "Resource",
+    "RouterLoad",
     "SLOSpec",
     "ScalingSpec",
     "Signal",

@@ -63,6 +63,15 @@ class PoolLoad(FlywheelModel):
     forecast_requests_per_second: float | None = None
 
 
+class RouterLoad(FlywheelModel):
+    """One router replica's share of the pool's load; the replicas' fresh shares sum into ``load``."""
+
+    requests_per_second: float = 0.0
+    input_tokens_per_second: float = 0.0
+    output_tokens_per_second: float = 0.0
+    observed_at: datetime
+
+
 class PoolDecision(FlywheelModel):
     tensor_parallel: int
     instances: int
@@ -79,6 +88,10 @@ class InferencePoolStatus(FlywheelModel):
     ready_instances: int = 0
     standby_instances: int = 0
     load: PoolLoad | None = None
+    router_loads: dict[str, RouterLoad] = Field(
+        default_factory=dict,
+        description="Per router replica (Pod name): its measured share of the load, summed into load.",
+    )
     decision: PoolDecision | None = None
     power_watts: int = 0
 
