@@ -1,4 +1,4 @@
-"""Router discovery: the routing table from InferencePools and ModelInstances (endpoint, serving, drain,
+"""Router discovery: the routing table from ServingPools and ModelInstances (endpoint, serving, drain,
 routing weight, engine kind -> metric names), and pool load as the sum of fresh per-replica shares."""
 
 from __future__ import annotations

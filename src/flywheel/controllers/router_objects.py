@@ -6,7 +6,7 @@ when it differs). Per ModelDeployment ``<name>``:
 * ServiceAccount ``flywheel-router``, one per namespace, shared by the namespace's routers (no owner, so
   deleting one deployment leaves it to the others). The operator grants nothing (it may not write RBAC):
   the installed ClusterRole ``flywheel-router`` (read deployments, pools, instances; patch
-  ``inferencepools/status``) is bound to it per namespace, see ``manifests/base/router/rbac.yaml``
+  ``servingpools/status``) is bound to it per namespace, see ``manifests/base/router/rbac.yaml``
   (chart: ``files/rbac/router-rules.yaml``);
 * Deployment ``<name>-router``: ``replicas`` (at least 2) replicas spread over nodes, rolling with none
   unavailable; API keys from the optional Secret ``<name>-router-api-keys`` (key ``keys``, comma-separated);

@@ -6,7 +6,7 @@
 * :mod:`.admission` — deadline-aware admission queues per pool;
 * :mod:`.upstream` — aiohttp sessions per engine instance (forwarding, metrics scrapes);
 * :mod:`.telemetry` — Prometheus series and the per-class load meter;
-* :mod:`.discovery` — backends from ModelInstances, pool load into ``InferencePool.status.load``;
+* :mod:`.discovery` — backends from ModelInstances, pool load into ``ServingPool.status.load``;
 * :mod:`.server` — serving it (and :mod:`.main`, the command).
 """
 

@@ -2,14 +2,14 @@
 
 The same loop runs in a cluster (``flywheel router --deployment``) and in ``flywheel dev``:
 
-* Routing table (watched; re-listed on every change and every ``period_s``): every InferencePool of
+* Routing table (watched; re-listed on every change and every ``period_s``): every ServingPool of
   the deployment with the classes it serves (its own and those merged into it), and its
   ModelInstances as backends at ``status.endpoint`` (the engine Pod's IP and port, written by the
   operator) — routable when ``Serving`` is True, ``Active`` and not draining; the
   fault controller's ``flywheel.dev/routing-weight`` annotation sets the backend's weight, and
   ``spec.engine.kind`` which metric names (vLLM's or SGLang's) its queue is read under.
 * Load (the path router -> status): each router replica measures the requests and tokens it routed per
-  class, writes its share to ``InferencePool.status.routerLoads[<replica>]`` (a map, so replicas never
+  class, writes its share to ``ServingPool.status.routerLoads[<replica>]`` (a map, so replicas never
   overwrite each other), and writes the sum of the fresh shares to ``status.load``, where the pool
   controller reads it. Shares older than ``stale_after_s`` (a replica that died) are dropped.
 """
@@ -33,7 +33,7 @@ from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.telemetry import ClassLoad
 from flywheel.operator.faults import ROUTING_WEIGHT_ANNOTATION
-from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, Kind, KubeClient, KubeError
+from flywheel.operator.kube import MODEL_INSTANCES, SERVING_POOLS, Kind, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def routing_weight(instance: Obj) -> float:
 
 
 def routing_table(pools: list[Obj], instances: list[Obj], urls: Mapping[str, str]) -> list[Pool]:
-    """The router's pools from the deployment's InferencePools and ModelInstances. ``urls``: engine URL
+    """The router's pools from the deployment's ServingPools and ModelInstances. ``urls``: engine URL
     by instance name where something else knows it (the dev cluster's kubelet); else ``status.endpoint``."""
     table: list[Pool] = []
     for pool in pools:
@@ -136,7 +136,7 @@ def sum_shares(
 
 
 class KubeDiscovery:
-    """Watches the deployment's InferencePools and ModelInstances and re-lists them into the router's
+    """Watches the deployment's ServingPools and ModelInstances and re-lists them into the router's
     table on every change (at most every ``min_interval_s``; at least every ``period_s``, which also
     covers a broken watch), and writes the router's load share every ``load_period_s``."""
 
@@ -174,7 +174,7 @@ class KubeDiscovery:
         loop = asyncio.get_running_loop()
         selector = f"{LABEL_DEPLOYMENT}={self.deployment}"
         watchers = [
-            loop.create_task(self._watch(INFERENCE_POOLS, None), name="router-watch-pools"),
+            loop.create_task(self._watch(SERVING_POOLS, None), name="router-watch-pools"),
             loop.create_task(self._watch(MODEL_INSTANCES, selector), name="router-watch-instances"),
         ]
         try:
@@ -210,7 +210,7 @@ class KubeDiscovery:
 
     async def sync(self) -> None:
         selector = f"{LABEL_DEPLOYMENT}={self.deployment}"
-        pools = await self.kube.list(INFERENCE_POOLS, self.namespace)
+        pools = await self.kube.list(SERVING_POOLS, self.namespace)
         self.pools = [p for p in pools if (p.get("spec") or {}).get("modelDeployment") == self.deployment]
         self.instances = await self.kube.list(MODEL_INSTANCES, self.namespace, selector)
         self.router.set_pools(routing_table(self.pools, self.instances, self.urls()))
@@ -227,7 +227,7 @@ class KubeDiscovery:
             share = {**pool_share(pool, loads), "observedAt": stamp}
             try:
                 written = await self.kube.patch(
-                    INFERENCE_POOLS,
+                    SERVING_POOLS,
                     self.namespace,
                     name,
                     {"status": {"routerLoads": {self.replica: share}}},
@@ -238,6 +238,6 @@ class KubeDiscovery:
                 patch: Obj = {"load": total}
                 if stale:
                     patch["routerLoads"] = dict.fromkeys(stale)
-                await self.kube.patch(INFERENCE_POOLS, self.namespace, name, {"status": patch}, "status")
+                await self.kube.patch(SERVING_POOLS, self.namespace, name, {"status": patch}, "status")
             except KubeError as error:
                 log.debug("pool load of %s: %s", name, error)

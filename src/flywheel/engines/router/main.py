@@ -2,7 +2,7 @@
 
 * ``--deployment NAME`` (what the operator's router Deployment runs): reads the ModelDeployment for the
   served model name, request classes and SLOs, then discovers pools and instances from the API server
-  (:mod:`.discovery`) and writes the measured load into ``InferencePool.status``;
+  (:mod:`.discovery`) and writes the measured load into ``ServingPool.status``;
 * ``--backend NAME=URL`` (repeatable; no API server): a fixed set of instances in one pool serving every
   class, for benchmarks and single-node use.
 

@@ -1,5 +1,5 @@
 """What the router measures: Prometheus series per request class (arrivals, tokens, TTFT/TBT
-histograms, SLO attainment) and a sliding-window meter of per-class rates for ``InferencePool.status.load``.
+histograms, SLO attainment) and a sliding-window meter of per-class rates for ``ServingPool.status.load``.
 
 Latencies are wall seconds multiplied by ``time_scale`` (1 in a real cluster; the dev cluster's virtual
 speed otherwise), so they compare with the deployment's SLOs."""
