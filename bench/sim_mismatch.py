@@ -45,7 +45,7 @@ def main() -> None:
             latency_scale=latency,
             power_scale=power,
         )
-        _, _, results = run_policies(spec, show_progress=False)
+        _, _, results, _ = run_policies(spec, show_progress=False)
         for result in results:
             m = report.summarize(result)
             rows.append({"case": label, "policy": result.policy, **m})

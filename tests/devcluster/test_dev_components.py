@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,12 +21,12 @@ from flywheel.controllers.desired import (
 )
 from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
-from flywheel.devcluster.control import RouterSync
 from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
-from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
+from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.operator.kube import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from waiting import eventually_async
 
 NS = "default"
@@ -127,7 +128,7 @@ async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: Ku
 
 async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient) -> None:
     await kube.create(
-        INFERENCE_POOLS,
+        SERVING_POOLS,
         NS,
         {
             "metadata": {"name": "md-short"},
@@ -149,11 +150,53 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     await kube.patch(MODEL_INSTANCES, NS, "c", {"status": {"endpoint": "10.0.0.7:8000"}}, "status")
     router = Router("m", CollectorRegistry())
     urls = {"a": "http://127.0.0.2:8000", "b": "http://127.0.0.3:8000"}  # c: only its status.endpoint
-    sync = RouterSync(kube, router, NS, "md", lambda: urls, load_period_s=0.0)
+    sync = KubeDiscovery(kube, router, NS, "md", urls=lambda: urls, load_period_s=0.0)
     await sync.sync()
     (pool,) = router.pools.values()
     assert pool.classes == frozenset({"short", "mid"})
     assert {b.name: b.routable for b in pool.backends} == {"a": True, "b": False, "c": False}
     assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
-    written = await kube.get(INFERENCE_POOLS, NS, "md-short")
+    written = await kube.get(SERVING_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
+
+
+async def test_router_discovery_follows_changes_by_watch(kube: KubeClient) -> None:
+    """With the periodic re-list an hour away, only the watches can bring the changes in."""
+    router = Router("m", CollectorRegistry())
+    sync = KubeDiscovery(kube, router, NS, "md", period_s=3600.0, load_period_s=3600.0)
+    task = asyncio.get_running_loop().create_task(sync.run())
+    loop = asyncio.get_running_loop()
+
+    async def until(check: Any) -> None:
+        deadline = loop.time() + 30
+        while not check():
+            assert loop.time() < deadline, "discovery did not follow the change"
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(sync.synced.is_set)
+        pool = {
+            "metadata": {"name": "md-a"},
+            "spec": {"modelDeployment": "md", "requestClass": {"name": "ss"}},
+        }
+        await kube.create(SERVING_POOLS, NS, pool)
+        instance = {
+            "metadata": {"name": "i1", "labels": {LABEL_DEPLOYMENT: "md"}},
+            "spec": {"modelDeployment": "md", "pool": "md-a"},
+        }
+        await kube.create(MODEL_INSTANCES, NS, instance)
+        serving = {
+            "type": "Serving",
+            "status": "True",
+            "reason": "Test",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        status = {"conditions": [serving], "endpoint": "10.0.0.9:8000"}
+        await kube.patch(MODEL_INSTANCES, NS, "i1", {"status": status}, "status")
+        await until(lambda: [b.routable for b in router.backends()] == [True])
+        await kube.patch(MODEL_INSTANCES, NS, "i1", {"spec": {"drain": True}})
+        await until(lambda: [b.draining for b in router.backends()] == [True])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -38,11 +38,13 @@ async def engine_server() -> AsyncIterator[EngineFactory]:
 async def router_server() -> AsyncIterator[RouterFactory]:
     servers: list[RouterServer] = []
 
-    async def make(pools: list[Pool], refresh_s: float = 0.05, **kwargs: object) -> RouterServer:
+    async def make(
+        pools: list[Pool], refresh_s: float = 0.05, cancel_on_disconnect: bool = True, **kwargs: object
+    ) -> RouterServer:
         """A router over ``pools``; ``refresh_s`` = how often it polls the engines' metrics."""
         router = Router(MODEL, CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
         router.set_pools(pools)
-        server = RouterServer(router, refresh_period_s=refresh_s)
+        server = RouterServer(router, refresh_period_s=refresh_s, cancel_on_disconnect=cancel_on_disconnect)
         await server.start()
         servers.append(server)
         return server

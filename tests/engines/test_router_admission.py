@@ -169,7 +169,8 @@ async def test_a_client_that_leaves_while_waiting_takes_no_slot(
 ) -> None:
     engine = await engine_server(name="e")
     arrivals = Arrivals(engine)
-    server = await admission_router([_pool(engine)], max_in_flight_per_instance=1)
+    # Without handler cancellation the queue itself must notice the client left (by polling, or at its turn).
+    server = await admission_router([_pool(engine)], max_in_flight_per_instance=1, cancel_on_disconnect=False)
     router = server.router
     router.disconnect_poll_s = poll_s
     engine.engine.hang()

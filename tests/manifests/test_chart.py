@@ -113,7 +113,7 @@ def _rules(objects: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
 def test_chart_and_kustomize_grant_the_same_rbac() -> None:
     chart = helm_template([])
     base = [d for p in BASE.rglob("rbac.yaml") for d in _objects(p.read_text())]
-    for role in ("flywheel-operator", "flywheel-agent"):
+    for role in ("flywheel-operator", "flywheel-agent", "flywheel-router"):
         assert _rules(chart, role) == _rules(base, role), role
 
 

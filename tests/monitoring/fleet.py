@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
 from flywheel.agents.exporter import Exporter
 from flywheel.agents.health.findings import Finding, Scope
@@ -74,20 +74,6 @@ class Fleet:
         self.faults.incidents.labels("XID").inc()
         self.router_registry = CollectorRegistry()
         self.router = Router("llama", self.router_registry)
-        # The router's SLO accounting (flywheel_router_slo_{checked,met}_total by request class and
-        # SLO) arrives with the router rework; until then these two counters stand in for it.
-        self.slo_checked = Counter(
-            "flywheel_router_slo_checked",
-            "Streamed requests checked against an SLO (ttft or tbt), by request class.",
-            ["request_class", "slo"],
-            registry=self.router_registry,
-        )
-        self.slo_met = Counter(
-            "flywheel_router_slo_met",
-            "Streamed requests that met an SLO (ttft or tbt); attainment = met / checked.",
-            ["request_class", "slo"],
-            registry=self.router_registry,
-        )
         timing = PerfModelTiming.named("llama3-70b", "H100-80GB-SXM", 8)
         self.engine = SimulatedEngineServer(SimulatedEngine(timing, lambda: 1980.0), "llama")
         self.tick()
@@ -99,16 +85,19 @@ class Fleet:
         a.sim.inject_ecc_dbe(0)
         a.exporter.xid(a.devices[0].uuid, 79)
         a.round(self.findings, self.locked)
-        self.router.m_requests.labels("short", "llama-short", "ok").inc(10)
-        self.router.m_input_tokens.labels("short").inc(1000)
-        self.router.m_output_tokens.labels("short").inc(200)
-        self.router.m_in_flight.labels("llama-short").set(3)
-        self.router.m_latency.labels("short").observe(0.4)
-        self.router.m_waiting.labels("llama-short").set(1)
-        self.router.m_demoted.labels("llama-short").inc()
-        self.router.m_retries.inc()
-        self.slo_checked.labels("short", "ttft").inc(10)
-        self.slo_met.labels("short", "ttft").inc(5)
+        m = self.router.metrics
+        m.arrivals.labels("short").inc(10)
+        m.requests.labels("short", "llama-short", "ok").inc(10)
+        m.input_tokens.labels("short").inc(1000)
+        m.output_tokens.labels("short").inc(200)
+        m.in_flight.labels("llama-short").set(3)
+        m.first_byte.labels("short").observe(0.4)
+        m.ttft.labels("short").observe(0.4)
+        m.waiting.labels("llama-short").set(1)
+        m.demoted.labels("llama-short").inc()
+        m.retries.inc()
+        m.slo_checked.labels("short", "ttft").inc(10)
+        m.slo_met.labels("short", "ttft").inc(5)
         self.faults.incidents.labels("XID").inc()
         self.faults.mttd.labels("XID").observe(2.0)
 

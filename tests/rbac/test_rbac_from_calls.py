@@ -5,8 +5,9 @@ grant no recorded call needs, unless it is in the reviewed allow-list below with
 
 The operator's calls come from running existing emulator test modules in a subprocess with the
 recording emulator (``FLYWHEEL_API_CALL_LOG``, see ``tests/emulator/emulator_thread.py``); the agent's
-from its real Kubernetes sink driving the emulator. The router makes no Kubernetes API calls (the
-operator hands it its pools), so it has no role. ownerReferences with ``blockOwnerDeletion`` need
+from its real Kubernetes sink driving the emulator; the router's from the router replicas that
+``tests/operator/test_operator_router.py`` runs (pool discovery, load into the pools' status).
+ownerReferences with ``blockOwnerDeletion`` need
 ``update`` on the owner's ``finalizers`` subresource (OwnerReferencesPermissionEnforcement), derived
 from the recorded request bodies."""
 
@@ -40,6 +41,7 @@ OPERATOR_SUITE = [
     "tests/operator/test_faults.py",
     "tests/operator/test_operator_ha.py",
     "tests/operator/test_reconfiguration.py",
+    "tests/operator/test_operator_router.py",
 ]
 SUITE_TIMEOUT_S = 600
 
@@ -50,8 +52,13 @@ ALLOWED_EXTRA: dict[str, dict[Permission, str]] = {
         "Events; no emulator test drives a hang through the real operator",
         ("", "pods", "delete"): "a Pod whose spec drifted from its ModelInstance is replaced "
         "(Operator.reconcile_instance); the recorded suites never drift a Pod",
+        ("", "services", "patch"): "a router Service that drifted from the desired one is patched back "
+        "(operator.router.apply_router); the recorded suites drift only the router Deployment",
+        ("", "serviceaccounts", "patch"): "likewise for the namespace's router ServiceAccount",
+        ("policy", "poddisruptionbudgets", "patch"): "likewise for a router PodDisruptionBudget",
     },
     "flywheel-agent": {},
+    "flywheel-router": {},
 }
 
 
@@ -196,14 +203,14 @@ def _roles() -> dict[str, set[Permission]]:
     return {o["metadata"]["name"]: granted(o) for o in objects if o["kind"] == "ClusterRole"}
 
 
-@pytest.mark.parametrize("role", ["flywheel-operator", "flywheel-agent"])
+@pytest.mark.parametrize("role", ["flywheel-operator", "flywheel-agent", "flywheel-router"])
 def test_roles_grant_every_recorded_call(recorded: dict[str, set[Permission]], role: str) -> None:
     assert recorded[role], f"no API calls recorded for {role}"
     missing = recorded[role] - _roles()[role]
     assert missing == set(), f"{role} lacks {sorted(missing)}"
 
 
-@pytest.mark.parametrize("role", ["flywheel-operator", "flywheel-agent"])
+@pytest.mark.parametrize("role", ["flywheel-operator", "flywheel-agent", "flywheel-router"])
 def test_roles_grant_nothing_unused_beyond_the_allow_list(
     recorded: dict[str, set[Permission]], role: str
 ) -> None:
@@ -214,7 +221,7 @@ def test_roles_grant_nothing_unused_beyond_the_allow_list(
 
 
 def test_every_client_that_calls_the_api_has_a_role(recorded: dict[str, set[Permission]]) -> None:
-    """The router makes no API calls today; once it does (pool discovery), it needs its own role."""
+    """Every client that calls the API (the router too: pool discovery, pool load) has its role."""
     roles = _roles()
     unroled = {who: sorted(calls) for who, calls in recorded.items() if calls and who not in roles}
     assert unroled == {}

@@ -16,11 +16,11 @@ from flywheel.agents.instance_clocks import BoundInstance
 from flywheel.api.v1alpha1 import (
     GROUP,
     VERSION,
-    InferencePool,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelInstance,
     ModelInstanceSpec,
+    ServingPool,
 )
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.controllers.pool_policy import model_profile_for
@@ -93,13 +93,13 @@ class KubernetesInstances:
         return None
 
     def _pool_cap(self, namespace: str, name: str) -> int | None:
-        """The pool controller's clock cap (``InferencePool.status.decision.clockCapMHz``)."""
+        """The pool controller's clock cap (``ServingPool.status.decision.clockCapMHz``)."""
         try:
             obj: Any = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, InferencePool.PLURAL, name
+                GROUP, VERSION, namespace, ServingPool.PLURAL, name
             )
         except Exception as exc:
-            log.debug("InferencePool %s/%s unreadable: %s", namespace, name, exc)
+            log.debug("ServingPool %s/%s unreadable: %s", namespace, name, exc)
             return None
         cap = ((obj.get("status") or {}).get("decision") or {}).get("clockCapMHz")
         return int(cap) if cap is not None else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -26,22 +27,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
 
 from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
+from flywheel.cli import router_options
 from flywheel.controllers.gpumodel import SKUS
+from flywheel.controllers.router_objects import router_name
 from flywheel.devcluster import report as reporting
 from flywheel.devcluster.apiserver import ApiServer, kubeconfig
-from flywheel.devcluster.control import RouterSync, pool_classes
 from flywheel.devcluster.faults import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
 from flywheel.devcluster.nodes import SimNode, make_node, start_agent
 from flywheel.devcluster.replay import Outcome, ReplayPlan, plan, replay
 from flywheel.devcluster.view import InstanceRow, PoolRow, Snapshot, one_line, render
-from flywheel.engines.router import Router, RouterServer, classifier_for
+from flywheel.engines.router import Router, RouterServer
+from flywheel.engines.router.discovery import KubeDiscovery, pool_classes
+from flywheel.engines.router.main import build_router
 from flywheel.operator.kube import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
@@ -49,6 +52,7 @@ from flywheel.operator.kube import (
     Kind,
     KubeClient,
 )
+from flywheel.operator.router import KINDS as ROUTER_KINDS
 from flywheel.sim.workloads import load_trace
 
 log = logging.getLogger(__name__)
@@ -143,7 +147,7 @@ class DevCluster:
         self.kubelet: EngineKubelet | None = None
         self.router: Router | None = None
         self.router_server: RouterServer | None = None
-        self.sync: RouterSync | None = None
+        self.sync: KubeDiscovery | None = None
         self.injector: FaultInjector | None = None
         self.operator: subprocess.Popen[bytes] | None = None
         self.operator_log: Path | None = None
@@ -182,25 +186,6 @@ class DevCluster:
             self.nodes[node.name] = node
             await self.kube.create(NODES, None, node.node_object())
         self.kubelet = EngineKubelet(self.kube, self.nodes, time_scale=o.speed, load_seconds=o.load_seconds)
-        registry = CollectorRegistry()
-        self.router = Router(
-            self.spec.model.name,
-            registry,
-            classifier=classifier_for(self.spec),
-            time_scale=o.speed,
-            load_window_s=max(5.0, 600.0 / o.speed),
-            request_timeout_s=120.0,
-        )
-        self.router_server = RouterServer(self.router, refresh_period_s=1.0)
-        await self.router_server.start()
-        self._say(f"router at {self.router_server.url}")
-        self.sync = RouterSync(
-            self.kube,
-            self.router,
-            o.namespace,
-            DEPLOYMENT_NAME,
-            lambda: {name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()},
-        )
         for index, node in enumerate(self.nodes.values()):
             agent_port = None if o.metrics_port is None else o.metrics_port + 1 + index
             start_agent(
@@ -224,11 +209,55 @@ class DevCluster:
         loop = asyncio.get_running_loop()
         self.tasks = [
             loop.create_task(self.kubelet.run(), name="kubelet"),
-            loop.create_task(self.sync.run(), name="router-sync"),
             loop.create_task(self._observe(), name="observer"),
         ]
         await self.kube.create(MODEL_DEPLOYMENTS, o.namespace, sample_deployment(o.namespace))
         self._say(f"applied ModelDeployment {o.namespace}/{DEPLOYMENT_NAME}")
+        await self._start_router(url)
+        assert self.sync is not None
+        self.tasks.append(loop.create_task(self.sync.run(), name="router-discovery"))
+
+    async def _start_router(self, url: str) -> None:
+        """The router as a cluster runs it: the command line of the router Deployment the operator
+        created for the sample deployment, parsed by ``flywheel router`` itself, built and discovering
+        engines by the same code. Dev-only: the API server URL, a local ephemeral port, the virtual
+        clock's speed, and engine URLs from the kubelet (engines listen on ephemeral localhost ports,
+        not at the Pod endpoint the operator writes)."""
+        o = self.options
+        assert self.kube is not None
+        name = router_name(DEPLOYMENT_NAME)
+        deadline = time.monotonic() + 120.0
+        while (deployment := await self.kube.get(ROUTER_KINDS["Deployment"], o.namespace, name)) is None:
+            if time.monotonic() > deadline or (
+                self.operator is not None and self.operator.poll() is not None
+            ):
+                raise RuntimeError(f"the operator created no router Deployment {name}")
+            await asyncio.sleep(0.2)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = [*container["args"], "--server", url, "--insecure", "--host", "127.0.0.1", "--port", "0"]
+        options = dataclasses.replace(
+            router_options([*args, "--namespace", o.namespace, "--replica", f"{name}-dev"]),
+            time_scale=o.speed,
+            load_window_s=max(5.0, 600.0 / o.speed),
+            request_timeout_s=120.0,
+            discovery_period_s=0.5,
+        )
+        self.router = build_router(options, self.spec)
+        self.router_server = RouterServer(self.router, refresh_period_s=options.refresh_period_s)
+        await self.router_server.start(options.host, options.port)
+        self._say(f"router at {self.router_server.url} (flywheel router {' '.join(container['args'])})")
+        self.sync = KubeDiscovery(
+            self.kube,
+            self.router,
+            o.namespace,
+            DEPLOYMENT_NAME,
+            replica=options.replica,
+            urls=lambda: {
+                name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()
+            },
+            period_s=options.discovery_period_s,
+            load_period_s=options.load_period_s,
+        )
 
     def _start_operator(self, url: str) -> None:
         o = self.options

@@ -15,6 +15,8 @@ from flywheel.engines.adapters import ADAPTERS
 
 # The engine adapters own their images; the operator's config may override them per kind.
 DEFAULT_IMAGES: dict[EngineKind, str] = {kind: adapter.default_image for kind, adapter in ADAPTERS.items()}
+# The Flywheel image (it also runs the simulated engine) runs each deployment's router.
+DEFAULT_ROUTER_IMAGE = ADAPTERS[EngineKind.SIMULATED].default_image
 
 
 # ``--pool-policy``: the energy pool controller (the product default) or the load-blind minInstances policy.
@@ -66,6 +68,8 @@ class OperatorConfig:
     gpu_node_label_value: str = "true"
     quarantine_taint: str = "flywheel.dev/quarantined"
     images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    router_image: str = DEFAULT_ROUTER_IMAGE
+    deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
     # Decisions and test hooks.
     pool_policy: PoolPolicy = field(default_factory=lambda: pool_policy_named(DEFAULT_POOL_POLICY))
     cluster_policy: ClusterPolicy = field(default_factory=NoMerging)
@@ -92,6 +96,8 @@ class OperatorConfig:
             config.cluster_period_seconds = float(env["FLYWHEEL_CLUSTER_PERIOD_SECONDS"])
         if env.get("FLYWHEEL_RESYNC_SECONDS"):
             config.resync_seconds = float(env["FLYWHEEL_RESYNC_SECONDS"])
+        if env.get("FLYWHEEL_ROUTER_IMAGE"):
+            config.router_image = env["FLYWHEEL_ROUTER_IMAGE"]
         if env.get("FLYWHEEL_POOL_POLICY"):
             config.pool_policy = pool_policy_named(env["FLYWHEEL_POOL_POLICY"])
         return config

@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import json
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -71,7 +71,7 @@ class Kind:
 
 
 MODEL_DEPLOYMENTS = Kind("flywheel.dev", "v1alpha1", "modeldeployments", "ModelDeployment")
-INFERENCE_POOLS = Kind("flywheel.dev", "v1alpha1", "inferencepools", "InferencePool")
+SERVING_POOLS = Kind("flywheel.dev", "v1alpha1", "servingpools", "ServingPool")
 MODEL_INSTANCES = Kind("flywheel.dev", "v1alpha1", "modelinstances", "ModelInstance")
 GPU_NODES = Kind("flywheel.dev", "v1alpha1", "gpunodes", "GPUNode", namespaced=False)
 PODS = Kind("", "v1", "pods", "Pod")
@@ -177,6 +177,32 @@ class KubeClient:
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)
         return items
+
+    async def watch(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        labels: str | None = None,
+        timeout_s: int = 300,
+        opened: Callable[[], None] | None = None,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """``(type, object)`` watch events from now on, until the server ends the watch (``timeout_s``);
+        ``opened`` is called once the server has accepted the watch."""
+        if self._session is None:
+            raise RuntimeError("KubeClient used outside 'async with'")
+        params = {"watch": "true", "timeoutSeconds": str(timeout_s)}
+        if labels:
+            params["labelSelector"] = labels
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_s + 30)
+        async with self._session.get(self.server + kind.path(namespace), params=params, timeout=timeout) as r:
+            if r.status >= 300:
+                raise KubeError(r.status, r.reason or "", (await r.text())[:500])
+            if opened is not None:
+                opened()
+            async for line in r.content:
+                if line.strip():
+                    event = json.loads(line)
+                    yield str(event.get("type", "")), event.get("object") or {}
 
     async def create(self, kind: Kind, namespace: str | None, body: Obj) -> Obj | None:
         """Create; None when an object of that name already exists (creation is idempotent)."""

@@ -31,14 +31,6 @@ from flywheel.api.v1alpha1.incident import (
     Signal,
     SignalType,
 )
-from flywheel.api.v1alpha1.inferencepool import (
-    InferencePool,
-    InferencePoolSpec,
-    InferencePoolStatus,
-    PoolDecision,
-    PoolLoad,
-    PoolRequestClass,
-)
 from flywheel.api.v1alpha1.modeldeployment import (
     AUTO_CLASS_NAMES,
     TENSOR_PARALLEL_DEGREES,
@@ -69,8 +61,17 @@ from flywheel.api.v1alpha1.modelinstance import (
     ModelInstanceSpec,
     ModelInstanceStatus,
 )
+from flywheel.api.v1alpha1.servingpool import (
+    PoolDecision,
+    PoolLoad,
+    PoolRequestClass,
+    RouterLoad,
+    ServingPool,
+    ServingPoolSpec,
+    ServingPoolStatus,
+)
 
-KINDS: tuple[type[Resource], ...] = (ModelDeployment, InferencePool, ModelInstance, GPUNode, Incident)
+KINDS: tuple[type[Resource], ...] = (ModelDeployment, ServingPool, ModelInstance, GPUNode, Incident)
 
 __all__ = [
     "API_VERSION",
@@ -101,9 +102,6 @@ __all__ = [
     "Incident",
     "IncidentSpec",
     "IncidentStatus",
-    "InferencePool",
-    "InferencePoolSpec",
-    "InferencePoolStatus",
     "InstanceEngine",
     "InstanceRole",
     "ModelDeployment",
@@ -124,8 +122,12 @@ __all__ = [
     "RequestClassMode",
     "RequestClassesSpec",
     "Resource",
+    "RouterLoad",
     "SLOSpec",
     "ScalingSpec",
+    "ServingPool",
+    "ServingPoolSpec",
+    "ServingPoolStatus",
     "Signal",
     "SignalType",
     "get_condition",

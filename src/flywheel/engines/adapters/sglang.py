@@ -8,6 +8,9 @@ Metric names from SGLang's "Production Metrics" reference (docs.sglang.io) and
 ``sglang:inter_token_latency_seconds`` (formerly ``sglang:time_per_output_token_seconds``),
 ``sglang:e2e_request_latency_seconds``. Recent versions add ``tp_rank``/``pp_rank``/``dp_rank``
 labels; each data-parallel scheduler reports its own gauges, so the engine's load is their sum.
+Checked against ``SchedulerMetricsCollector`` in sgl-project/sglang ``python/sglang/srt/metrics/collector.py``
+at commit 00ae9c1590d2 (main, after v0.5.3): the running/queue gauges, ``token_usage`` and both retraction
+series keep these names. The router reads an instance's queue with the adapter of its ``spec.engine.kind``.
 """
 
 from __future__ import annotations

@@ -505,8 +505,11 @@ class SimulatedEngine:
             await asyncio.sleep(0)
             return True
         self._arrival.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives as the
+        # event is set (stop() does both), and the engine task would never end.
         try:
-            await asyncio.wait_for(self._arrival.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._arrival.wait()
         except TimeoutError:
             return True
         return False

@@ -1,5 +1,7 @@
-"""HTTP face of a :class:`SimulatedEngine`: OpenAI ``/v1/completions`` (SSE streaming included),
-``/v1/models``, ``/health`` and ``/metrics`` under vLLM's metric names.
+"""HTTP face of a :class:`SimulatedEngine`: OpenAI ``/v1/completions`` and ``/v1/chat/completions``
+(SSE streaming included, ``usage`` in every non-streaming answer and, with
+``stream_options.include_usage``, in the last chunk), ``/v1/models``, ``/health`` and ``/metrics`` under
+vLLM's metric names.
 
 With sleep mode (``sleep`` costs given; vLLM: ``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1``)
 it also serves vLLM's ``POST /sleep?level=1``, ``POST /wake_up``, ``GET /is_sleeping`` and SGLang's
@@ -158,6 +160,7 @@ class SimulatedEngineServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -233,10 +236,13 @@ class SimulatedEngineServer:
             {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "flywheel"}]}
         )
 
-    async def _completions(self, http: web.Request) -> web.StreamResponse:
+    async def _chat_completions(self, http: web.Request) -> web.StreamResponse:
+        return await self._completions(http, chat=True)
+
+    async def _completions(self, http: web.Request, chat: bool = False) -> web.StreamResponse:
         try:
             body = await http.json()
-            request = CompletionRequest.parse(body)
+            request = CompletionRequest.parse(body, chat=chat)
             if request.model is not None and request.model != self.model_name:
                 return web.json_response(
                     error_body(f"model {request.model!r} does not exist", "NotFoundError", 404), status=404
@@ -249,8 +255,15 @@ class SimulatedEngineServer:
             return web.json_response(error_body(str(error), "BadRequestError", 400), status=400)
         except EngineUnavailable as error:
             return web.json_response(error_body(str(error), "EngineDeadError", 503), status=503)
-        completion_id = f"cmpl-{uuid.uuid4().hex[:16]}"
+        completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
+
+        def choice(text: str, finish: str | None, delta: bool) -> dict[str, Any]:
+            if not chat:
+                return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            message = {"role": "assistant", "content": text}
+            return {"index": 0, ("delta" if delta else "message"): message, "finish_reason": finish}
+
         if not request.stream:
             try:
                 result = await sim.done
@@ -259,17 +272,10 @@ class SimulatedEngineServer:
             return web.json_response(
                 {
                     "id": completion_id,
-                    "object": "text_completion",
+                    "object": "chat.completion" if chat else "text_completion",
                     "created": created,
                     "model": self.model_name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": TOKEN_TEXT * result.completion_tokens,
-                            "logprobs": None,
-                            "finish_reason": "length",
-                        }
-                    ],
+                    "choices": [choice(TOKEN_TEXT * result.completion_tokens, "length", delta=False)],
                     "usage": _usage(result.prompt_tokens, result.completion_tokens),
                     "flywheel": {"instance": self.instance, **_timings(result)},
                 }
@@ -282,10 +288,10 @@ class SimulatedEngineServer:
         def chunk(text: str, finish: str | None, extra: dict[str, Any] | None = None) -> bytes:
             payload: dict[str, Any] = {
                 "id": completion_id,
-                "object": "text_completion",
+                "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created,
                 "model": self.model_name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                "choices": [choice(text, finish, delta=True)],
             }
             if extra:
                 payload.update(extra)

@@ -1,4 +1,4 @@
-"""``InferencePool``: the engine instances serving one request class of a ModelDeployment."""
+"""``ServingPool``: the engine instances serving one request class of a ModelDeployment."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class PoolRequestClass(FlywheelModel):
     )
 
 
-class InferencePoolSpec(FlywheelModel):
+class ServingPoolSpec(FlywheelModel):
     model_config = cel_config(
         cel(
             "self.clockMinMHz <= self.clockMaxMHz",
@@ -63,6 +63,15 @@ class PoolLoad(FlywheelModel):
     forecast_requests_per_second: float | None = None
 
 
+class RouterLoad(FlywheelModel):
+    """One router replica's share of the pool's load; the replicas' fresh shares sum into ``load``."""
+
+    requests_per_second: float = 0.0
+    input_tokens_per_second: float = 0.0
+    output_tokens_per_second: float = 0.0
+    observed_at: datetime
+
+
 class PoolDecision(FlywheelModel):
     tensor_parallel: int
     instances: int
@@ -73,21 +82,25 @@ class PoolDecision(FlywheelModel):
     controller: str = Field(default="pool", description="Which controller decided: cluster, pool, fault.")
 
 
-class InferencePoolStatus(FlywheelModel):
+class ServingPoolStatus(FlywheelModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
     ready_instances: int = 0
     standby_instances: int = 0
     load: PoolLoad | None = None
+    router_loads: dict[str, RouterLoad] = Field(
+        default_factory=dict,
+        description="Per router replica (Pod name): its measured share of the load, summed into load.",
+    )
     decision: PoolDecision | None = None
     power_watts: int = 0
 
 
-class InferencePool(Resource):
-    KIND: ClassVar[str] = "InferencePool"
-    PLURAL: ClassVar[str] = "inferencepools"
-    SINGULAR: ClassVar[str] = "inferencepool"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ipool", "fwpool")
+class ServingPool(Resource):
+    KIND: ClassVar[str] = "ServingPool"
+    PLURAL: ClassVar[str] = "servingpools"
+    SINGULAR: ClassVar[str] = "servingpool"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("spool", "fwpool")
     SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
         {"name": "Deployment", "type": "string", "jsonPath": ".spec.modelDeployment"},
@@ -101,5 +114,5 @@ class InferencePool(Resource):
         age_column(),
     )
 
-    spec: InferencePoolSpec
-    status: InferencePoolStatus | None = None
+    spec: ServingPoolSpec
+    status: ServingPoolStatus | None = None
