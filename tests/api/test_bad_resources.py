@@ -238,6 +238,17 @@ MISTAKES = [
     Mistake("diagnostics-unknown-level", "GPUNode", {"spec.diagnostics.level": "Full"}, "diagnostics.level"),
     Mistake("incident-unknown-signal", "Incident", {"spec.signal.type": "Xid79"}, "signal.type"),
     Mistake("incident-negative-xid", "Incident", {"spec.signal.xid": -1}, "signal.xid"),
+    Mistake("pooled-without-pool", "ModelDeployment", {"spec.sharing": {"mode": "Pooled"}}, "sharing.pool"),
+    Mistake(
+        "dedicated-with-pool",
+        "ModelDeployment",
+        {"spec.sharing": {"mode": "Dedicated", "pool": "small-models"}},
+        "sharing.pool",
+    ),
+    Mistake("unknown-sharing-mode", "ModelDeployment", {"spec.sharing": {"mode": "Shared"}}, "sharing.mode"),
+    Mistake("gpupool-gpus-not-multiple", "GPUPool", {"spec.groupSize": 4, "spec.gpus": 6}, "gpus"),
+    Mistake("gpupool-group-size-3", "GPUPool", {"spec.groupSize": 3}, "groupSize"),
+    Mistake("gpupool-zero-models-per-gpu", "GPUPool", {"spec.maxModelsPerGPU": 0}, "maxModelsPerGPU"),
 ]
 
 

@@ -21,6 +21,17 @@ from flywheel.api.v1alpha1.gpunode import (
     GPUNodeStatus,
     GPUQuarantine,
 )
+from flywheel.api.v1alpha1.gpupool import (
+    GPUPool,
+    GPUPoolSpec,
+    GPUPoolStatus,
+    ModelState,
+    PooledModelStatus,
+    PoolGroupStatus,
+    SwitchingPolicy,
+    SwitchingSpec,
+    SwitchMechanism,
+)
 from flywheel.api.v1alpha1.incident import (
     Action,
     ActionRecord,
@@ -51,6 +62,8 @@ from flywheel.api.v1alpha1.modeldeployment import (
     RequestClassesSpec,
     RequestClassMode,
     ScalingSpec,
+    SharingMode,
+    SharingSpec,
     SLOSpec,
 )
 from flywheel.api.v1alpha1.modelinstance import (
@@ -71,7 +84,7 @@ from flywheel.api.v1alpha1.servingpool import (
     ServingPoolStatus,
 )
 
-KINDS: tuple[type[Resource], ...] = (ModelDeployment, ServingPool, ModelInstance, GPUNode, Incident)
+KINDS: tuple[type[Resource], ...] = (ModelDeployment, ServingPool, ModelInstance, GPUNode, Incident, GPUPool)
 
 __all__ = [
     "API_VERSION",
@@ -97,6 +110,9 @@ __all__ = [
     "GPUNode",
     "GPUNodeSpec",
     "GPUNodeStatus",
+    "GPUPool",
+    "GPUPoolSpec",
+    "GPUPoolStatus",
     "GPUQuarantine",
     "GPUSpec",
     "Incident",
@@ -111,13 +127,16 @@ __all__ = [
     "ModelInstanceSpec",
     "ModelInstanceStatus",
     "ModelSpec",
+    "ModelState",
     "ObjectMeta",
     "ObjectRef",
     "OverEviction",
     "PoolDecision",
+    "PoolGroupStatus",
     "PoolLoad",
     "PoolRequestClass",
     "PoolSummary",
+    "PooledModelStatus",
     "RequestClass",
     "RequestClassMode",
     "RequestClassesSpec",
@@ -128,8 +147,13 @@ __all__ = [
     "ServingPool",
     "ServingPoolSpec",
     "ServingPoolStatus",
+    "SharingMode",
+    "SharingSpec",
     "Signal",
     "SignalType",
+    "SwitchMechanism",
+    "SwitchingPolicy",
+    "SwitchingSpec",
     "get_condition",
     "reasons",
     "set_condition",

@@ -262,6 +262,39 @@ class FaultToleranceSpec(FlywheelModel):
     max_unavailable_percent: int = Field(default=25, ge=0, le=100)
 
 
+class SharingMode(StrEnum):
+    DEDICATED = "Dedicated"  # its own GPUs (ServingPools of ModelInstances)
+    POOLED = "Pooled"  # engines on a GPUPool's GPUs, asleep or awake as its scheduler decides
+
+
+class SharingSpec(FlywheelModel):
+    model_config = cel_config(
+        cel(
+            "self.mode != 'Pooled' || has(self.pool)",
+            "sharing.pool is required when sharing.mode is Pooled",
+            ".pool",
+        ),
+        cel(
+            "self.mode != 'Dedicated' || !has(self.pool)",
+            "sharing.pool must be unset when sharing.mode is Dedicated",
+            ".pool",
+        ),
+    )
+
+    mode: SharingMode = SharingMode.DEDICATED
+    pool: str | None = Field(
+        default=None, pattern=DNS_LABEL, min_length=1, max_length=63, description="GPUPool name."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.mode == SharingMode.POOLED and self.pool is None:
+            raise ValueError("sharing.pool is required when sharing.mode is Pooled")
+        if self.mode == SharingMode.DEDICATED and self.pool is not None:
+            raise ValueError("sharing.pool must be unset when sharing.mode is Dedicated")
+        return self
+
+
 class ModelDeploymentSpec(FlywheelModel):
     model_config = cel_config(
         cel(
@@ -293,6 +326,7 @@ class ModelDeploymentSpec(FlywheelModel):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     request_classes: RequestClassesSpec = Field(default_factory=RequestClassesSpec)
     fault_tolerance: FaultToleranceSpec = Field(default_factory=FaultToleranceSpec)
+    sharing: SharingSpec = Field(default_factory=SharingSpec)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -366,6 +400,8 @@ class ModelDeployment(Resource):
         {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts", "description": "Watts"},
         {"name": "Energy", "type": "integer", "jsonPath": ".status.energyJoules", "description": "Joules"},
         {"name": "Policy", "type": "string", "jsonPath": ".spec.energyPolicy", "priority": 1},
+        {"name": "Sharing", "type": "string", "jsonPath": ".spec.sharing.mode", "priority": 1},
+        {"name": "GPUPool", "type": "string", "jsonPath": ".spec.sharing.pool", "priority": 1},
         age_column(),
     )
 
