@@ -229,3 +229,19 @@ def test_random_drive_keeps_memory_and_never_evicts_running(seed: int) -> None:
         else:
             assert isinstance(step, Idle)
     assert len(g.wakes) > 3
+
+
+def test_dispatch_hands_waiting_requests_of_awake_models_only() -> None:
+    a, b = model("a"), model("b")
+    g = GroupScheduler("g", [a, b], memory_bytes=80 * GB)
+    g.preload(["a"])
+    g.enqueue("a", "a1", 0.0, 100)
+    g.enqueue("a", "a2", 0.0, 100)
+    g.enqueue("b", "b1", 0.0, 100)
+    assert g.dispatch(0.1) == [("a", "a1"), ("a", "a2")]
+    assert g.running("a") == 2 and g.waiting("b") == 1
+    wake = g.plan_switch(0.1)
+    assert isinstance(wake, Wake) and wake.model == "b" and wake.evict == ()
+    assert g.dispatch(0.2) == []  # b still waking
+    g.switch_done(wake, wake.ready_s)
+    assert g.dispatch(wake.ready_s) == [("b", "b1")]

@@ -242,8 +242,10 @@ class GroupScheduler:
         s.waiting.append(_Waiting(request_id, arrival_s, tokens, tokens, deadline))
 
     def finish(self, model: str, request_id: str, now: float) -> None:
+        """The request left (finished, failed or abandoned by its client), waiting or running."""
         s = self._models[model]
-        s.running.pop(request_id, None)
+        if s.running.pop(request_id, None) is None:
+            s.waiting = deque(w for w in s.waiting if w.request_id != request_id)
         s.last_used_s = now
         if s.draining and not s.running and not s.waiting:
             s.draining = False
@@ -407,6 +409,27 @@ class GroupScheduler:
             # requests got a token too, the completed ones their first
             s.last_token_s = now
         s.last_used_s = now
+
+    def dispatch(self, now: float) -> list[tuple[str, str]]:
+        """For a caller that hands whole requests to engines (the router: the engine batches them
+        itself): the waiting requests of awake, non-draining models whose KV reservation has room,
+        moved to running, oldest first. Returns ``(model, request_id)`` pairs."""
+        out: list[tuple[str, str]] = []
+        for s in self._models.values():
+            if s.state != "awake" or s.draining:
+                continue
+            room = s.model.kv_reserve_tokens - s.reserved_tokens()
+            while s.waiting:
+                w = s.waiting[0]
+                need = w.prompt_tokens + s.model.expected_output_tokens
+                if need > room and s.running:
+                    break
+                s.waiting.popleft()
+                s.running[w.request_id] = need
+                room -= need
+                out.append((s.model.name, w.request_id))
+                s.last_used_s = now
+        return out
 
     def decode_done(self, model: str, now: float) -> None:
         s = self._models[model]
