@@ -245,3 +245,21 @@ def test_dispatch_hands_waiting_requests_of_awake_models_only() -> None:
     assert g.dispatch(0.2) == []  # b still waking
     g.switch_done(wake, wake.ready_s)
     assert g.dispatch(wake.ready_s) == [("b", "b1")]
+
+
+def test_pool_status_reports_states_and_recent_switches() -> None:
+    from flywheel.controllers.pooling import pool_status
+
+    a, b = model("a", 40), model("b", 40)
+    g = GroupScheduler("g", [a, b], memory_bytes=80 * GB)
+    g.enqueue("a", "r1", 0.0, 10)
+    wake = g.plan_switch(0.0)
+    assert isinstance(wake, Wake)
+    g.switch_done(wake, wake.ready_s)
+    status = pool_status({"g": g}, now_s=600.0, deployments={"a": "ns/a"}, refused=2, window_s=300.0)
+    assert [(m.deployment, m.state.value) for m in status.models] == [("ns/a", "Awake"), ("b", "Asleep")]
+    assert status.awake_models == 1 and status.model_count == 2 and status.refused_requests == 2
+    assert status.switches_per_minute == 0.0 and status.switch_seconds_p50 is None  # outside the window
+    recent = pool_status({"g": g}, now_s=60.0)
+    assert recent.switches_per_minute == pytest.approx(1.0)
+    assert recent.switch_seconds_p50 == pytest.approx(wake.cost_s)

@@ -96,7 +96,9 @@ async def test_three_models_share_a_group_through_switches(pool: Setup) -> None:
             (await client.get(f"{s.url}/is_sleeping")).json()["is_sleeping"] for s in servers.values()
         ]
     assert status["switches"] >= 3 and len(status["switchCostsSeconds"]) == status["switches"]
-    assert sum(1 for m in status["models"] if m["state"] != "asleep") <= 1
+    assert sum(1 for m in status["models"] if m["state"] != "Asleep") <= 1
+    assert status["modelCount"] == 3 and status["switchesPerMinute"] > 0
+    assert status["switchSecondsP99"] >= status["switchSecondsP50"] > 0
     assert sleeping.count(False) <= 1  # memory holds one awake model: the engines agree
     assert 'flywheel_pool_switches_total{group="g0"}' in metrics
     assert sum(s.engine.stats.wakes_total for s in servers.values()) == status["switches"]

@@ -14,6 +14,7 @@ from flywheel.controllers.pooling.scheduler import (
     Sleep,
     Wake,
 )
+from flywheel.controllers.pooling.status import pool_status
 from flywheel.controllers.pooling.switchcost import SwitchCost
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "SwitchCost",
     "Wake",
     "assign_models",
+    "pool_status",
 ]

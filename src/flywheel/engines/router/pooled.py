@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from flywheel.controllers.pooling import GroupScheduler, Sleep, Wake
+from flywheel.controllers.pooling import GroupScheduler, Sleep, Wake, pool_status
 from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
 from flywheel.engines.router.upstream import copy_headers
 
@@ -241,23 +241,15 @@ class PooledRouter:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
 
     async def _status(self, _: web.Request) -> web.Response:
-        """What a GPUPool's status shows for this group: models resident/awake, switches."""
+        """This group's part of its GPUPool's status (``GPUPool.status`` wire form) and every switch."""
+        refused = sum(
+            sample.value
+            for metric in self.refused.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+        status = pool_status({self.scheduler.name: self.scheduler}, self.now(), refused=int(refused))
         wakes = self.scheduler.wakes
-        minutes = max(self.now() / 60.0, 1e-9)
         return web.json_response(
-            {
-                "group": self.scheduler.name,
-                "models": [
-                    {
-                        "model": m,
-                        "state": self.scheduler.state(m),
-                        "waiting": self.scheduler.waiting(m),
-                        "running": self.scheduler.running(m),
-                    }
-                    for m in self.scheduler.models
-                ],
-                "switches": len(wakes),
-                "switchesPerMinute": len(wakes) / minutes,
-                "switchCostsSeconds": [w.cost_s for w in wakes],
-            }
+            {**status.wire(), "switches": len(wakes), "switchCostsSeconds": [w.cost_s for w in wakes]}
         )
