@@ -8,8 +8,9 @@ through sleep/wake switching, ``flywheel.controllers.pooling``), with switch cos
 Workload: ``flywheel.sim.pooling.multi_model_workload`` (the Azure conv + code hours split over the
 models by a Zipf popularity). Causal split: per-model rates and the mean output length used to
 assign models to groups are measured on minutes 0-20; every figure is on minutes 20-40.
-The head (models with at least 1/N of the profile window's requests) keeps its dedicated
-deployment in both ways; the tail is pooled.
+The head (models with at least 1/N of the profile window's requests, or needing more than one
+instance) keeps its dedicated deployment in both ways; the tail is pooled at the TP of its minimal
+dedicated deployment.
 ``--ttft-scale`` and ``--switch aegaeon-like`` are sensitivity runs (see SWITCH_MODELS).
 Minimal sizes are searched on the evaluated window itself (hindsight) for both ways alike:
 dedicated = per model, the fewest instances (TP of its minimal deployment) that meet >= 99% for
@@ -78,25 +79,39 @@ def demands(profile: MultiModelWorkload) -> list[Demand]:
     return out
 
 
-def dedicated(ev: MultiModelWorkload, mean_output: float, max_instances: int = 8) -> dict[str, Any]:
+def with_tp(wl: MultiModelWorkload, tps: dict[str, int]) -> MultiModelWorkload:
+    models = tuple(dataclasses.replace(m, tp=tps.get(m.name, m.tp)) for m in wl.models)
+    return dataclasses.replace(wl, models=models)
+
+
+def dedicated(ev: MultiModelWorkload, mean_output: float, max_gpus: int = 32) -> dict[str, Any]:
+    """Each model's minimal deployment: the fewest GPUs (TP x instances, smaller TP first among equal
+    counts) meeting >= 99% for that model."""
     runs: list[RunResult] = []
     sizes: dict[str, int] = {}
+    tps: dict[str, int] = {}
     misses: list[str] = []
     by_model: dict[str, RunResult] = {}
     for idx, m in enumerate(ev.models):
-        sub = ev.only(idx)
-        for k in range(1, max_instances + 1):
+        options = sorted(
+            ((tp, k) for tp in m.profile.supported_tp for k in range(1, max_gpus // tp + 1)),
+            key=lambda x: (x[0] * x[1], x[0]),
+        )
+        run: RunResult | None = None
+        for n, (tp, k) in enumerate(options):
+            sub = with_tp(ev.only(idx), {m.name: tp})
             groups, placement = dedicated_groups(sub, {m.name: k}, mean_output)
             groups = {g: s for g, s in groups.items() if g.startswith(m.name + "#")}
             run = simulate(sub, groups, {m.name: placement[m.name]}, always_awake=True)
-            if run.met.mean() >= TARGET or k == max_instances or len(sub.arrival_s) == 0:
+            last = n == len(options) - 1
+            if run.met.mean() >= TARGET or last or len(sub.arrival_s) == 0:
                 if len(sub.arrival_s) and run.met.mean() < TARGET:
                     misses.append(m.name)
-                sizes[m.name] = k
+                sizes[m.name], tps[m.name] = k, tp
                 runs.append(run)
                 by_model[m.name] = run
                 break
-    return {"sizes": sizes, "runs": runs, "misses": misses, "by_model": by_model}
+    return {"sizes": sizes, "tps": tps, "runs": runs, "misses": misses, "by_model": by_model}
 
 
 def reserves(profile: MultiModelWorkload) -> dict[str, int]:
@@ -131,6 +146,7 @@ def pooled(
     runs: list[RunResult] = []
     layout: dict[int, dict[str, str]] = {}
     misses: list[str] = []
+    attempts: list[dict[str, Any]] = []
     for tp, members in sorted(by_tp.items()):
         names = [ev.models[i].name for i in members]
         sub = ev.of(members)
@@ -165,13 +181,26 @@ def pooled(
                     hi = mid
                 else:
                     lo = mid + 1
+        for k, (r, _, w) in sorted(tried.items()):
+            attempts.append(
+                {
+                    "tp": tp,
+                    "groups": k,
+                    "models": len(names),
+                    "worst_attainment": w,
+                    "attainment": float(r.met.mean()),
+                    "switches": len(r.switch_costs_s),
+                    "switch_p50_s": float(np.percentile(r.switch_costs_s, 50)) if r.switch_costs_s else None,
+                    "switch_p99_s": float(np.percentile(r.switch_costs_s, 99)) if r.switch_costs_s else None,
+                }
+            )
         run, assignment, worst = tried[hi]
         if worst < TARGET:
             by_model = run.attainment_by_model(len(ev.models))[members]
             misses += [n for n, a in zip(names, by_model, strict=True) if a < TARGET]
         runs.append(run)
         layout[tp] = assignment
-    return {"runs": runs, "layout": layout, "misses": misses}
+    return {"runs": runs, "layout": layout, "misses": misses, "attempts": attempts}
 
 
 def summary(runs: list[RunResult], n_models: int, fleet_gpus: int, duration_s: float) -> dict[str, Any]:
@@ -227,9 +256,15 @@ def main() -> None:
     ev = dataclasses.replace(ev, ttft_ms=ev.ttft_ms * args.ttft_scale)
     mean_output = float(profile.output_tokens.mean())
     ded = dedicated(ev, mean_output)
+    # pooled models keep the TP of their minimal dedicated deployment
+    ev, profile = with_tp(ev, ded["tps"]), with_tp(profile, ded["tps"])
     # head (share >= 1/N in the profile window) keeps its dedicated deployment; the tail is pooled
     share = profile.share()
-    tail = {m.name for i, m in enumerate(ev.models) if share[i] < 1.0 / args.models}
+    tail = {
+        m.name
+        for i, m in enumerate(ev.models)
+        if share[i] < 1.0 / args.models and ded["sizes"][m.name] == 1  # one instance suffices
+    }
     pool = pooled(ev, profile, mean_output, args.max_models, SWITCH_MODELS[args.switch], tail)
     head_runs = [r for name, r in ded["by_model"].items() if name not in tail]
     ded_gpus = sum(r.gpus for r in ded["runs"])
@@ -249,8 +284,8 @@ def main() -> None:
         f"--models {args.models} --zipf {args.zipf} --seed {args.seed} --max-models {args.max_models} "
         f"--ttft-scale {args.ttft_scale:g} --switch {args.switch}",
         "window": "minutes 20-40 (assignment from minutes 0-20)",
-        "dedicated": {**ds, "instances": ded["sizes"], "misses": ded["misses"]},
-        "pooled": {**ps, "groups": groups, "misses": pool["misses"]},
+        "dedicated": {**ds, "instances": ded["sizes"], "tp": ded["tps"], "misses": ded["misses"]},
+        "pooled": {**ps, "groups": groups, "misses": pool["misses"], "search": pool["attempts"]},
         "gpu_reduction": 1.0 - ps["gpus"] / max(ds["gpus"], 1),
         "head_models": sorted(set(ded["by_model"]) - tail),
         "tail_models": len(tail),

@@ -176,7 +176,7 @@ def multi_model_workload(n_models: int = 30, zipf_s: float = 1.0, seed: int = 21
 
 
 # --- serving --------------------------------------------------------------------------------------
-KV_RESERVE_TOKENS = {1: 8192, 2: 16384, 4: 32768}  # KV tokens a pooled model reserves while awake
+KV_RESERVE_TOKENS = {1: 8192, 2: 16384, 4: 32768, 8: 32768}  # KV tokens a pooled model reserves while awake
 
 
 def group_memory_bytes(sku: GPUSku, tp: int) -> float:
@@ -469,15 +469,23 @@ def pooled_groups(
 ) -> tuple[dict[str, GroupScheduler], dict[str, list[str]]]:
     members: dict[str, list[PooledModel]] = {}
     tp_of: dict[str, int] = {}
+    sizes = {g: sum(1 for x in assignment.values() if x == g) for g in set(assignment.values())}
     for m in wl.models:
         if m.name not in assignment:
             continue
         g = assignment[m.name]
         reserve = (kv_reserve or {}).get(m.name)
-        members.setdefault(g, []).append(pooled_model(m, sku, mean_output, kv_reserve=reserve))
+        alone = sizes[g] == 1  # a model alone on its group gets all of its memory, as dedicated
+        members.setdefault(g, []).append(
+            pooled_model(m, sku, mean_output, dedicated=alone, kv_reserve=reserve)
+        )
         tp_of[g] = m.tp
     groups = {
         g: GroupScheduler(g, ms, group_memory_bytes(sku, tp_of[g]), switch or SwitchCost())
         for g, ms in members.items()
     }
+    for g, ms in members.items():  # deployed models start loaded while they fit (in assignment order)
+        for pm in ms:
+            if pm.footprint_bytes <= groups[g].memory_bytes - groups[g].used_bytes():
+                groups[g].preload([pm.name])
     return groups, {m: [g] for m, g in assignment.items()}
