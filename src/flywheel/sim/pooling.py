@@ -61,7 +61,7 @@ from flywheel.controllers.slo import allowed_late_gaps
 from flywheel.sim.workloads import CLASS_TTFT_MS, load_trace
 
 TBT_MS = 100.0
-# Size mix of the model market (profile, TP of its minimal deployment), cycled over the N models.
+# Size mix of the model market (profile, default TP; bench/pooling.py searches the minimal one), cycled.
 SIZE_MIX: tuple[tuple[ModelProfile, int], ...] = (
     (LLAMA31_8B, 1),
     (QWEN3_8B, 1),
