@@ -17,6 +17,7 @@ from flywheel.controllers.pooling import GroupScheduler, PooledModel, SwitchCost
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router.pooled import PooledEngine, PooledRouter
 from flywheel.engines.simulated import SimulatedEngine, SimulatedEngineServer, SleepCosts
+from waiting import eventually_async
 
 GB = 1e9
 MODELS = ("alpha", "beta", "gamma")
@@ -120,3 +121,24 @@ async def test_full_queue_is_refused_with_retry_after(pool: Setup) -> None:
         )
         unknown = await _complete(client, url, "delta")
         assert unknown.status_code == 404 and "not in this pool" in unknown.json()["error"]["message"]
+
+
+async def test_a_failed_wake_up_is_retried(pool: Setup) -> None:
+    url, router, servers = await pool()
+    broken = servers["beta"]
+    real_url = router.engines["beta"].url
+    router.engines["beta"] = PooledEngine("beta", "http://127.0.0.1:9")  # nothing listens there
+    async with httpx.AsyncClient(timeout=60) as client:
+        pending = asyncio.ensure_future(_complete(client, url, "beta"))
+        await eventually_async(
+            lambda: (
+                any(w.model == "beta" for w in router.scheduler.wakes)
+                and router.scheduler.state("beta") == "asleep"
+            ),
+            what="a failed wake-up of beta",
+        )
+        assert not pending.done()
+        router.engines["beta"] = PooledEngine("beta", real_url)  # the engine is back
+        response = await pending
+    assert response.status_code == 200 and broken.engine.stats.wakes_total == 1
+    assert sum(1 for w in router.scheduler.wakes if w.model == "beta") >= 2  # failed, then retried

@@ -336,6 +336,11 @@ class GroupScheduler:
                 v.draining = True
                 return
 
+    def switch_failed(self, wake: Wake, now: float) -> None:
+        """The wake-up did not happen (engine error): the model is asleep again and may be retried."""
+        self._models[wake.model].state = "asleep"
+        self._copy_busy_until = min(self._copy_busy_until, now)
+
     def switch_done(self, wake: Wake, now: float) -> None:
         s = self._models[wake.model]
         s.state = "awake"

@@ -132,21 +132,28 @@ class PooledRouter:
     # -- the scheduler loop ------------------------------------------------------------------------
     async def _drive(self) -> None:
         while True:
-            now = self.now()
-            if self._switching is None or self._switching.done():
-                decision = self.scheduler.plan_switch(now)
-                if decision is not None:
-                    self._switching = asyncio.get_running_loop().create_task(self._perform(decision))
-            for _model, request_id in self.scheduler.dispatch(now):
-                ready = self._ready.pop(request_id, None)
-                if ready is not None and not ready.done():
-                    ready.set_result(None)
-            for model in self.scheduler.models:
-                self.awake.labels(model).set(1.0 if self.scheduler.state(model) == "awake" else 0.0)
+            try:
+                self._round()
+            except Exception:  # a bug must not stop the pool: log it and keep scheduling
+                log.exception("pool scheduler round failed")
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     await self._kick.wait()
+
+    def _round(self) -> None:
+        """Start the switch the scheduler wants (one at a time) and release the dispatched requests."""
+        now = self.now()
+        if self._switching is None or self._switching.done():
+            decision = self.scheduler.plan_switch(now)
+            if decision is not None:
+                self._switching = asyncio.get_running_loop().create_task(self._perform(decision))
+        for _model, request_id in self.scheduler.dispatch(now):
+            ready = self._ready.pop(request_id, None)
+            if ready is not None and not ready.done():
+                ready.set_result(None)
+        for model in self.scheduler.models:
+            self.awake.labels(model).set(1.0 if self.scheduler.state(model) == "awake" else 0.0)
 
     async def _perform(self, decision: Wake | Sleep) -> None:
         started = time.monotonic()
@@ -162,8 +169,8 @@ class PooledRouter:
                 self.switch_seconds.observe(time.monotonic() - started)
         except (aiohttp.ClientError, TimeoutError) as error:
             log.error("switch %s failed: %s", decision, error)
-            if isinstance(decision, Wake):  # the model stays unusable; its requests time out upstream
-                self.scheduler.switch_done(decision, self.now())
+            if isinstance(decision, Wake):  # asleep again: the next round retries it
+                self.scheduler.switch_failed(decision, self.now())
         finally:
             self._kick.set()
 
