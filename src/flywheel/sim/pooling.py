@@ -29,11 +29,8 @@ import numpy.typing as npt
 
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import (
-    ACTIVATION_RESERVE_BYTES,
     GEMMA3_12B,
     GEMMA3_27B,
-    GIB,
-    GPU_MEMORY_UTILIZATION,
     LLAMA3_70B,
     LLAMA31_8B,
     QWEN3_8B,
@@ -43,7 +40,6 @@ from flywheel.controllers.perfmodel import (
     decode_step_ms,
     instance_power_watts,
     kv_capacity_tokens,
-    prefill_chunk_for_tbt,
     prefill_ms,
     prefill_power_watts,
 )
@@ -57,6 +53,8 @@ from flywheel.controllers.pooling import (
     SwitchCost,
     Wake,
 )
+from flywheel.controllers.pooling.profile import DEFAULT_KV_RESERVE_TOKENS, group_memory_bytes
+from flywheel.controllers.pooling.profile import pooled_model as profile_model
 from flywheel.controllers.slo import allowed_late_gaps
 from flywheel.sim.workloads import CLASS_TTFT_MS, load_trace
 
@@ -176,24 +174,18 @@ def multi_model_workload(n_models: int = 30, zipf_s: float = 1.0, seed: int = 21
 
 
 # --- serving --------------------------------------------------------------------------------------
-KV_RESERVE_TOKENS = {1: 8192, 2: 16384, 4: 32768, 8: 32768}  # KV tokens a pooled model reserves while awake
-
-
-def group_memory_bytes(sku: GPUSku, tp: int) -> float:
-    """Usable GPU memory of a TP group for weights + KV (vLLM's gpu_memory_utilization, workspace)."""
-    return tp * (sku.memory_gib * GIB * GPU_MEMORY_UTILIZATION - ACTIVATION_RESERVE_BYTES)
 
 
 def kv_reserve_tokens(
     m: MarketModel, rate_rps: float, mean_prompt: float, mean_output: float, sku: GPUSku
 ) -> int:
     """KV tokens a pooled model reserves while awake: three times its expected concurrency (Little:
-    rate x output x a TBT round) of mean-size requests, at least ``KV_RESERVE_TOKENS[tp]``, at most
+    rate x output x a TBT round) of mean-size requests, at least ``DEFAULT_KV_RESERVE_TOKENS[tp]``, at most
     what it would get alone."""
     concurrency = rate_rps * mean_output * TBT_MS / 1000.0
     want = int(3.0 * concurrency * (mean_prompt + mean_output))
     alone = kv_capacity_tokens(m.profile, sku, m.tp)
-    return min(max(want, KV_RESERVE_TOKENS[m.tp]), alone)
+    return min(max(want, DEFAULT_KV_RESERVE_TOKENS[m.tp]), alone)
 
 
 def pooled_model(
@@ -203,27 +195,18 @@ def pooled_model(
     dedicated: bool = False,
     kv_reserve: int | None = None,
 ) -> PooledModel:
-    """Scheduler view of a model from its calibrated profile (planning estimates, not the truth)."""
-    p, tp = m.profile, m.tp
-    floor = prefill_ms(p, sku, tp, 1, sku.sm_clock_max_mhz) / 1000.0
-    per_token = (prefill_ms(p, sku, tp, 2048, sku.sm_clock_max_mhz) / 1000.0 - floor) / 2047.0
-    if dedicated:
-        reserve = kv_capacity_tokens(p, sku, tp)
-    else:
-        reserve = kv_reserve if kv_reserve is not None else KV_RESERVE_TOKENS[tp]
-    return PooledModel(
-        name=m.name,
-        tp=tp,
-        weight_bytes=p.weight_bytes,
-        kv_bytes_per_token=p.kv_bytes_per_token,
+    """Scheduler view of a model (``controllers.pooling.pooled_model``); ``dedicated``: all the KV
+    capacity of its group."""
+    reserve = kv_capacity_tokens(m.profile, sku, m.tp) if dedicated else kv_reserve
+    return profile_model(
+        m.name,
+        m.profile,
+        sku,
+        m.tp,
+        ttft_ms=max(CLASS_TTFT_MS.values()),
+        tbt_ms=TBT_MS,
+        expected_output_tokens=int(mean_output),
         kv_reserve_tokens=reserve,
-        ttft_s=max(CLASS_TTFT_MS.values()) / 1000.0,
-        tbt_s=TBT_MS / 1000.0,
-        prefill_floor_s=floor,
-        prefill_s_per_token=per_token,
-        decode_step_s=decode_step_ms(p, sku, tp, 8, 8000, sku.sm_clock_max_mhz) / 1000.0,
-        max_prefill_tokens=min(prefill_chunk_for_tbt(p, sku, tp, TBT_MS), 8192),
-        expected_output_tokens=max(int(mean_output), 1),
     )
 
 

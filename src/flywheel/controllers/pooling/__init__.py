@@ -3,6 +3,7 @@ cost model, the assignment of models to GPU groups and the per-group SLO-aware s
 simulator and the router drive it with their own clocks."""
 
 from flywheel.controllers.pooling.assign import assign_models
+from flywheel.controllers.pooling.profile import group_memory_bytes, pooled_model
 from flywheel.controllers.pooling.scheduler import (
     Admission,
     Decode,
@@ -29,5 +30,7 @@ __all__ = [
     "SwitchCost",
     "Wake",
     "assign_models",
+    "group_memory_bytes",
     "pool_status",
+    "pooled_model",
 ]
