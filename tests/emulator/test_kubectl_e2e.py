@@ -97,12 +97,12 @@ def jsonpath(env: dict[str, str], kind: str, name: str, path: str, *flags: str) 
 
 def test_apply_crds(env: dict[str, str]) -> None:
     out = ok(env, "apply", "-f", str(REPO / "crds"))
-    assert out.count("customresourcedefinition.apiextensions.k8s.io/") == 5 and out.count(" created") == 5
+    assert out.count("customresourcedefinition.apiextensions.k8s.io/") == 6 and out.count(" created") == 6
 
 
 def test_wait_for_crds_established(env: dict[str, str]) -> None:
     out = ok(env, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
-    assert out.count("condition met") == 5
+    assert out.count("condition met") == 6
     names = jsonpath(env, "crd", "modeldeployments.flywheel.dev", "{.status.conditions[*].type}")
     assert names.split() == ["NamesAccepted", "Established"]
 
@@ -158,9 +158,11 @@ def test_get_wide_adds_priority_columns(env: dict[str, str]) -> None:
         "POWER",
         "ENERGY",
         "POLICY",
+        "SHARING",
+        "GPUPOOL",
         "AGE",
     ]
-    assert "Balanced" in lines[1].split()
+    assert "Balanced" in lines[1].split() and "Dedicated" in lines[1].split()
 
 
 def test_get_yaml_has_server_defaults(env: dict[str, str]) -> None:
@@ -635,6 +637,6 @@ def test_immutable_model_name_is_refused(env: dict[str, str]) -> None:
 
 def test_delete_crds_stops_serving_their_kinds(env: dict[str, str], tmp_path: Path) -> None:
     out = ok(env, "delete", "-f", str(REPO / "crds"))
-    assert out.count("deleted") == 5
+    assert out.count("deleted") == 6
     fresh_discovery = ("get", "md", "--cache-dir", str(tmp_path / "cache"))
     assert "the server doesn't have a resource type" in fails(env, *fresh_discovery)
