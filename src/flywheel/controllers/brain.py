@@ -93,6 +93,14 @@ def brain_for_deployment(spec: ModelDeploymentSpec) -> FlywheelPolicy:
     return policy_for_deployment(spec, class_pools=spec.request_classes.mode == RequestClassMode.AUTO)
 
 
+def energy_brain(spec: ModelDeploymentSpec, gpus: GPUInventory) -> tuple[FlywheelPolicy, PolicyContext] | str:
+    """The deployment's brain and the context to start it with, or why none can run."""
+    context = context_for(spec, gpus)
+    if isinstance(context, str):
+        return context
+    return brain_for_deployment(spec), context
+
+
 @dataclass(frozen=True)
 class PoolView:
     """One ServingPool as the brain names it (``<deployment>-<pool>`` -> ``<pool>``)."""

@@ -20,17 +20,17 @@ from flywheel.controllers.brain import (
     GPUInventory,
     PoolView,
     class_windows,
-    context_for,
     observation,
     partition_of,
 )
 from flywheel.controllers.desired import PoolSize
-from flywheel.controllers.policy import Brain, PoolTarget
+from flywheel.controllers.policy import Brain, PolicyContext, PoolTarget
 
 Round = Literal["cluster", "pool", "react"]
 # A hook for tests: (deployment, what was asked, its input, the targets returned).
 Recorder = Callable[[str, str, object, list[PoolTarget]], None]
-BrainFactory = Callable[[ModelDeploymentSpec], Brain]
+# The deployment's brain and its start context, or why none can run (``controllers.brain.energy_brain``).
+BrainFactory = Callable[[ModelDeploymentSpec, GPUInventory], tuple[Brain, PolicyContext] | str]
 
 _BRAIN_FIELDS = ("model", "gpu", "slo", "energy_policy", "request_classes", "expected_load")
 
@@ -81,10 +81,10 @@ class Brains:
         state = self._brains.get(deployment)
         if state is not None and state.key == key:
             return state
-        context = context_for(spec, gpus)
-        if isinstance(context, str):
-            return context
-        brain = self.factory(spec)
+        built = self.factory(spec, gpus)
+        if isinstance(built, str):
+            return built
+        brain, context = built
         targets = brain.start(context)
         self._record(deployment, "start", context, targets)
         state = DeploymentBrain(brain, key, self.clock())

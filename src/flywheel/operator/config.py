@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
-from flywheel.controllers.brain import brain_for_deployment
+from flywheel.controllers.brain import energy_brain
 from flywheel.engines.adapters import ADAPTERS
 from flywheel.operator.brains import BrainFactory, Recorder
 
@@ -56,7 +56,7 @@ class OperatorConfig:
     deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
-    brain_factory: BrainFactory = brain_for_deployment
+    brain_factory: BrainFactory = energy_brain
     brain_recorder: Recorder | None = None
     before_write: Callable[[str, str], None] | None = None
     # kopf tuning (tests shorten these).
