@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel.api.v1alpha1 import (
+    AUTO_CLASS_NAMES,
     GPUNodeStatus,
     ModelDeploymentSpec,
     PoolRequestClass,
@@ -23,6 +24,7 @@ from flywheel.controllers.brain import (
     observation,
     offline_profile,
 )
+from flywheel.controllers.policy import Brain, ClassWindow, ClusterObservation, PoolLoad, PoolState
 
 
 def md(**over: Any) -> ModelDeploymentSpec:
@@ -96,3 +98,36 @@ def test_the_brain_starts_one_pool_for_every_class_at_low_load() -> None:
     (target,) = brain.start(context)
     assert target.pool == "all" and target.tp * target.instances <= 8 and target.reason
     assert len(brain.pool_classes()["all"]) == 9
+
+
+def test_class_aggregates_drive_the_cluster_controller_as_routed_requests_do() -> None:
+    """The simulator's router adds requests one by one (``route``); the operator hands in per-class
+    aggregates (``observe_classes``): the same arrivals give the same cluster decision."""
+    spec = md(expectedLoad={"peakRequestsPerSecond": 8, "meanPromptTokens": 1000, "meanOutputTokens": 200})
+    brains = []
+    for _ in range(2):
+        built = energy_brain(spec, GPUInventory(64, 8))
+        assert not isinstance(built, str)
+        brain, context = built
+        assert isinstance(brain, Brain)
+        brain.start(context)
+        brains.append(brain)
+    routed, aggregated = brains
+    mix = {"ss": (200, 30, 1200), "ll": (6000, 600, 900)}  # class: prompt, predicted output, count
+    windows = {}
+    for cls, (prompt, output, count) in mix.items():
+        for _ in range(count):
+            routed.route(prompt, output)
+        windows[cls] = ClassWindow(count, float(prompt * count), 200.0 * count, (prompt,) * count)
+    aggregated.observe_classes(windows)
+    pool = PoolState("all", 8, 2, 0, 1980, PoolLoad(7.0, 2300.0, 200.0, 0, 300.0))
+    obs = ClusterObservation(300.0, (pool,), 48, 64)
+    assert routed.plan_cluster(obs) == aggregated.plan_cluster(obs)
+    # Both forecasters learned the same per-class load from the window...
+    for cls in AUTO_CLASS_NAMES:
+        assert routed.forecaster.forecast(cls) == aggregated.forecaster.forecast(cls)
+    assert routed.forecaster.forecast("ll").requests_per_s == 3.0
+    # ...so the pool round that follows sizes the pool the same way.
+    later = ClusterObservation(360.0, (pool,), 48, 64)
+    sized = routed.plan_pools(later)
+    assert sized and sized == aggregated.plan_pools(later)
