@@ -30,7 +30,11 @@ def test_entry_point_reconciles(command: list[str]) -> None:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # The default energy brain needs a calibrated model: it starts one pool, 1 + 1 standby.
-            llama = {"name": "meta-llama/Llama-2-70b-hf", "parametersMillions": 70000, "weightSource": "hf://m/l"}
+            llama = {
+                "name": "meta-llama/Llama-2-70b-hf",
+                "parametersMillions": 70000,
+                "weightSource": "hf://m/l",
+            }
             body = model_deployment("cli", model=llama, gpu={"allowedTensorParallel": [2]})
             http.post(f"{FW}/namespaces/default/modeldeployments", json=body).raise_for_status()
             sel = "flywheel.dev/deployment=cli"

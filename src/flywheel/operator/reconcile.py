@@ -427,7 +427,10 @@ class Operator:
     async def _gpus_used(self) -> int:
         """GPUs the cluster's ServingPools hold (actives and standbys, every deployment)."""
         specs: dict[str, ServingPoolSpec] = {}
-        for raw in await self.kube.list(SERVING_POOLS):
+        raws: list[Obj] = []
+        for namespace in self.config.namespaces or (None,):  # namespaced RBAC: only the watched ones
+            raws += await self.kube.list(SERVING_POOLS, namespace)
+        for raw in raws:
             try:
                 specs[f"{raw['metadata'].get('namespace')}/{raw['metadata']['name']}"] = (
                     ServingPoolSpec.model_validate(raw.get("spec") or {})
