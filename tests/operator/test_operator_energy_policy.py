@@ -104,8 +104,13 @@ def replay(spec: ModelDeploymentSpec, records: list[Record]) -> list[tuple[str, 
 
 
 def pool_round_at(recorder: Recorder, deployment: str, rps: float) -> bool:
+    """A pool round saw the router's load as the pool's status shows it (rate and token means)."""
     return any(
-        what == "pool" and isinstance(obs, ClusterObservation) and obs.pools[0].load.arrivals_rps == rps
+        what == "pool"
+        and isinstance(obs, ClusterObservation)
+        and (obs.pools[0].name, obs.pools[0].load.arrivals_rps) == ("all", rps)
+        and (obs.pools[0].load.mean_prompt_tokens, obs.pools[0].load.mean_output_tokens) == (800, 200)
+        and obs.total_gpus == 16
         for _, what, obs, _ in recorder.of(deployment)
     )
 
