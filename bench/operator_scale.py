@@ -21,6 +21,18 @@ from typing import Any
 
 import httpx
 
+from flywheel.api.v1alpha1 import ModelDeploymentSpec
+from flywheel.controllers.brain import GPUInventory, offline_profile
+from flywheel.controllers.gpumodel import SKUS
+from flywheel.controllers.perfmodel import LLAMA2_70B
+from flywheel.controllers.policy import (
+    SLO,
+    ClassWindow,
+    ClusterObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolTarget,
+)
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.runner import build, operate
 
@@ -58,6 +70,49 @@ def seed_nodes(http: httpx.Client, nodes: int) -> None:
         )
 
 
+class FixedBrain:
+    """The bench measures reconcile mechanics, not decisions: one pool per class, ``active`` each."""
+
+    name = "bench-fixed"
+
+    def __init__(self, spec: ModelDeploymentSpec, active: int) -> None:
+        self.info = PolicyInfo()
+        self.active = active
+        self.partition = {c: (c,) for c in spec.class_names()}
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        return [PoolTarget(p, 1, self.active, 0, "bench") for p in self.partition]
+
+    def observe_classes(self, windows: dict[str, ClassWindow]) -> None:
+        pass
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def pool_classes(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.partition)
+
+    def adopt(self, partition: dict[str, tuple[str, ...]]) -> None:
+        self.partition = dict(partition)
+
+
+def fixed_brain(active: int) -> Any:
+    def factory(spec: ModelDeploymentSpec, gpus: GPUInventory) -> tuple[FixedBrain, PolicyContext]:
+        slo = SLO(1000.0, 100.0)
+        context = PolicyContext(
+            LLAMA2_70B, SKUS["H100-80GB-SXM"], slo, gpus.total, gpus.per_node, offline_profile(spec)
+        )
+        return FixedBrain(spec, active), context
+
+    return factory
+
+
 def deployment(pools: int, active: int) -> dict[str, Any]:
     return {
         "apiVersion": "flywheel.dev/v1alpha1",
@@ -70,7 +125,12 @@ def deployment(pools: int, active: int) -> dict[str, Any]:
                 "weightSource": "hf://meta-llama/Llama-2-7b-hf",
             },
             "gpu": {"allowedTensorParallel": [1]},
-            "scaling": {"minInstances": active, "maxInstances": active, "warmStandbys": 1},
+            # scaling bounds the whole deployment: `active` per pool, one standby per pool.
+            "scaling": {
+                "minInstances": pools * active,
+                "maxInstances": pools * active,
+                "warmStandbys": pools,
+            },
             "requestClasses": {
                 "mode": "Explicit",
                 "classes": [
@@ -102,6 +162,7 @@ def main() -> None:
     config = OperatorConfig(
         server=url, insecure=True, standalone=True, peering=None, identity="bench",
         pool_period_seconds=3600, cluster_period_seconds=3600, resync_seconds=3600, status_delay_seconds=1.0,
+        brain_factory=fixed_brain(args.active),
     )  # fmt: skip
     registry, op = build(config)
     stop_flag, ready_flag = threading.Event(), threading.Event()

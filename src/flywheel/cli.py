@@ -55,12 +55,13 @@ def operator(
         None, "--server", help="API server URL (default: in-cluster/kubeconfig)."
     ),
     insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
-    pool_period: float = typer.Option(300.0, "--pool-period", help="Seconds between pool controller rounds."),
-    cluster_period: float = typer.Option(1800.0, "--cluster-period", help="Seconds between cluster rounds."),
-    resync: float = typer.Option(60.0, "--resync", help="Seconds between full resyncs of each object."),
-    pool_policy: str = typer.Option(
-        "energy", "--pool-policy", help="Pool controller: energy (least energy under the SLOs) or scaling."
+    pool_period: float | None = typer.Option(
+        None, "--pool-period", help="Seconds between pool rounds (default: the energy brain's, 60)."
     ),
+    cluster_period: float | None = typer.Option(
+        None, "--cluster-period", help="Seconds between cluster rounds (default: the energy brain's, 300)."
+    ),
+    resync: float = typer.Option(60.0, "--resync", help="Seconds between full resyncs of each object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the Flywheel operator (kopf): deployments -> pools -> instances -> engine Pods."""
@@ -80,7 +81,6 @@ def operator(
         cluster_period=cluster_period,
         resync=resync,
         verbose=verbose,
-        pool_policy=pool_policy,
     )
 
 

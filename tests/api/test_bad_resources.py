@@ -84,6 +84,18 @@ MISTAKES = [
         "scaling.minInstances",
     ),
     Mistake("negative-min-instances", "ModelDeployment", {"spec.scaling.minInstances": -1}, "minInstances"),
+    Mistake(
+        "negative-expected-peak",
+        "ModelDeployment",
+        {"spec.expectedLoad.peakRequestsPerSecond": -1},
+        "expectedLoad.peakRequestsPerSecond",
+    ),
+    Mistake(
+        "zero-expected-prompt",
+        "ModelDeployment",
+        {"spec.expectedLoad.meanPromptTokens": 0},
+        "expectedLoad.meanPromptTokens",
+    ),
     Mistake("zero-ttft-slo", "ModelDeployment", {"spec.slo.ttftP99Ms": 0}, "slo.ttftP99Ms"),
     Mistake("negative-tbt-slo", "ModelDeployment", {"spec.slo.tbtP99Ms": -50}, "slo.tbtP99Ms"),
     Mistake(

@@ -12,7 +12,18 @@ from typing import Any, TypeVar
 
 import httpx
 
-from flywheel.controllers.desired import ScalingSpecPolicy
+from flywheel.api.v1alpha1 import ModelDeploymentSpec
+from flywheel.controllers.brain import GPUInventory, offline_profile
+from flywheel.controllers.gpumodel import SKUS
+from flywheel.controllers.perfmodel import LLAMA2_70B
+from flywheel.controllers.policy import (
+    SLO,
+    ClassWindow,
+    ClusterObservation,
+    PolicyContext,
+    PolicyInfo,
+    PoolTarget,
+)
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.reconcile import Operator
 from flywheel.operator.runner import build, operate
@@ -26,6 +37,59 @@ POOLS = f"{FW}/namespaces/{NS}/servingpools"
 INSTANCES = f"{FW}/namespaces/{NS}/modelinstances"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+class SpecBrain:
+    """A test-only brain (these suites steer pools by spec; test_operator_energy_policy runs the
+    real one): one pool per declared class at the largest allowed TP with one instance (``scaling``
+    tops the deployment up), no load-driven decisions. ``merge`` (target, source): once the first
+    cluster round runs, a deployment with both classes serves ``source`` from ``target``'s pool."""
+
+    name = "spec-test"
+
+    def __init__(self, spec: ModelDeploymentSpec, merge: tuple[str, str] | None = None) -> None:
+        self.info = PolicyInfo()
+        self.tp = max(spec.gpu.allowed_tensor_parallel)
+        self.merge = merge
+        self.partition = {c: (c,) for c in spec.class_names()}
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]:
+        return [PoolTarget(p, self.tp, 1, 0, "one instance per class") for p in self.partition]
+
+    def observe_classes(self, windows: dict[str, ClassWindow]) -> None:
+        pass
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]:
+        if self.merge is None or not set(self.merge) <= set(self.partition):
+            return []
+        target, source = self.merge
+        self.partition[target] = (*self.partition[target], *self.partition.pop(source))
+        return [PoolTarget(source, self.tp, 0, 0, f"merged into {target}")]
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]:
+        return []
+
+    def pool_classes(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.partition)
+
+    def adopt(self, partition: dict[str, tuple[str, ...]]) -> None:
+        self.partition = dict(partition)
+
+
+def spec_brain(
+    merge: tuple[str, str] | None = None,
+) -> Callable[[ModelDeploymentSpec, GPUInventory], tuple[SpecBrain, PolicyContext]]:
+    def factory(spec: ModelDeploymentSpec, gpus: GPUInventory) -> tuple[SpecBrain, PolicyContext]:
+        context = PolicyContext(
+            LLAMA2_70B, SKUS["H100-80GB-SXM"], SLO(1000.0, 100.0), gpus.total, gpus.per_node,
+            offline_profile(spec),
+        )  # fmt: skip
+        return SpecBrain(spec, merge), context
+
+    return factory
 
 
 def operator_config(url: str, **overrides: Any) -> OperatorConfig:
@@ -42,7 +106,7 @@ def operator_config(url: str, **overrides: Any) -> OperatorConfig:
         status_delay_seconds=0.05,
         watch_server_timeout=20,
         watch_client_timeout=30,
-        pool_policy=ScalingSpecPolicy(),  # these tests steer pools by spec; test_energy_pool_policy opts in
+        brain_factory=spec_brain(),  # these tests steer pools by spec; test_operator_energy_policy opts out
     )
     for key, value in overrides.items():
         setattr(config, key, value)

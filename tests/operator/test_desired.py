@@ -7,12 +7,14 @@ from typing import Any
 from flywheel.api.v1alpha1 import InstanceRole, ModelDeploymentSpec, ModelInstanceSpec, ServingPoolSpec
 from flywheel.controllers.desired import (
     ObservedInstance,
-    ScalingSpecPolicy,
+    PoolSize,
     desired_pools,
+    fit_scaling,
     instance_template,
     merge_diff,
     plan_instances,
     request_classes,
+    spread_standbys,
 )
 
 
@@ -26,37 +28,71 @@ def md(**over: Any) -> ModelDeploymentSpec:
     return ModelDeploymentSpec.model_validate(base)
 
 
-def test_auto_mode_has_nine_pools_with_bounds() -> None:
-    pools = desired_pools("d", md(), {}, ScalingSpecPolicy())
+AUTO = ("ss", "sm", "sl", "ms", "mm", "ml", "ls", "lm", "ll")
+ONE_EACH = {c: (c,) for c in AUTO}
+
+
+def pools_for(spec: ModelDeploymentSpec, partition: dict[str, tuple[str, ...]], **sizes: PoolSize):  # type: ignore[no-untyped-def]
+    return desired_pools("d", spec, partition, sizes, {})
+
+
+def test_one_pool_per_brain_pool_with_the_classes_it_serves() -> None:
+    pools = pools_for(md(), ONE_EACH)
     assert len(pools) == 9
     ss, ll = pools["d-ss"], pools["d-ll"]
     assert (ss.request_class.max_input_tokens, ss.request_class.max_output_tokens) == (512, 64)
     assert (ll.request_class.max_input_tokens, ll.request_class.max_output_tokens) == (None, None)
-    assert ss.tensor_parallel == 4 and ss.instances == 2 and ss.standbys == 1
     assert [c.name for c in request_classes(md())][:3] == ["ss", "sm", "sl"]
+    # The brain's first pool serves every class: its first class names it, the rest are merged.
+    (only,) = pools_for(md(), {"all": AUTO}, all=PoolSize(2, 1)).items()
+    assert only[0] == "d-all" and only[1].request_class.name == "ss"
+    assert only[1].request_class.merged_classes == list(AUTO[1:])
+    assert (only[1].tensor_parallel, only[1].instances, only[1].standbys) == (2, 2, 1)  # minInstances 2
 
 
-def test_observed_decisions_are_kept_but_clamped() -> None:
+def test_explicit_classes_are_served_by_the_brains_single_pool() -> None:
+    spec = md(
+        requestClasses={
+            "mode": "Explicit",
+            "classes": [
+                {"name": "a", "maxInputTokens": 100, "maxOutputTokens": 10},
+                {"name": "b", "maxInputTokens": 1000, "maxOutputTokens": 100},
+            ],
+        }
+    )
+    pool = pools_for(spec, {"all": AUTO}, all=PoolSize(4, 3))["d-all"]
+    assert pool.request_class.name == "a" and pool.request_class.merged_classes == ["b"]
+    assert pool.instances == 3
+
+
+def test_scaling_bounds_the_whole_deployment() -> None:
+    spec = md()  # minInstances 2, maxInstances 5, warmStandbys 1 (the deployment's)
+    pools = pools_for(spec, ONE_EACH)  # nine pools, no decision yet: one instance each
+    assert sum(p.instances for p in pools.values()) == 9  # every pool keeps one: more than max
+    assert sum(p.standbys for p in pools.values()) == 1
+    two = {"a": ("ss", "sm"), "b": ("ll",)}
+    sized = pools_for(spec, two, a=PoolSize(2, 4), b=PoolSize(2, 3))
+    assert (sized["d-a"].instances, sized["d-b"].instances) == (2, 3)  # 7 cut to max 5, largest first
+    low = pools_for(spec, two, a=PoolSize(2, 0), b=PoolSize(2, 0))
+    assert sum(p.instances for p in low.values()) == 2 and all(p.instances == 1 for p in low.values())
+    assert fit_scaling({"a": 0}, md(scaling={"minInstances": 0, "maxInstances": 2})) == {"a": 0}
+    assert fit_scaling({"a": 1, "b": 1}, md(scaling={"minInstances": 5, "maxInstances": 8})) == {
+        "a": 3,
+        "b": 2,
+    }
+    assert spread_standbys({"a": 1, "b": 3}, 3) == {"a": 1, "b": 2}
+
+
+def test_observed_sizes_are_kept_but_clamped() -> None:
     spec = md()
-    current = desired_pools("d", spec, {}, ScalingSpecPolicy())
-    tuned = {n: p.model_copy(update={"instances": 4, "tensor_parallel": 2}) for n, p in current.items()}
-    again = desired_pools("d", spec, tuned, ScalingSpecPolicy())
-    assert all(p.instances == 4 and p.tensor_parallel == 2 for p in again.values())
+    current = pools_for(spec, {"x": ("ss",)}, x=PoolSize(2, 4))
+    again = desired_pools("d", spec, {"x": ("ss",)}, {}, current)
+    assert again["d-x"].instances == 4 and again["d-x"].tensor_parallel == 2
     tighter = md(
         scaling={"minInstances": 1, "maxInstances": 3, "warmStandbys": 0}, gpu={"allowedTensorParallel": [8]}
     )
-    clamped = desired_pools("d", tighter, tuned, ScalingSpecPolicy())
-    assert all(p.instances == 3 and p.tensor_parallel == 8 and p.standbys == 0 for p in clamped.values())
-
-
-def test_merged_classes_are_not_served_separately() -> None:
-    spec = md()
-    pools = desired_pools("d", spec, {}, ScalingSpecPolicy())
-    merged = pools["d-ss"].model_copy(
-        update={"request_class": pools["d-ss"].request_class.model_copy(update={"merged_classes": ["sm"]})}
-    )
-    result = desired_pools("d", spec, {**pools, "d-ss": merged}, ScalingSpecPolicy())
-    assert "d-sm" not in result and result["d-ss"].request_class.merged_classes == ["sm"]
+    clamped = desired_pools("d", tighter, {"x": ("ss",)}, {}, current)["d-x"]
+    assert (clamped.instances, clamped.tensor_parallel, clamped.standbys) == (3, 8, 0)
 
 
 def observed(
@@ -72,7 +108,7 @@ def observed(
 
 def test_plan_creates_deletes_and_is_idempotent() -> None:
     spec = md()
-    pool = desired_pools("d", spec, {}, ScalingSpecPolicy())["d-ss"]
+    pool = pools_for(spec, {"ss": ("ss",)}, ss=PoolSize(4, 2))["d-ss"]
     plan = plan_instances("d-ss", pool, spec, [])
     assert sorted(plan.create) == ["d-ss-tp4-0", "d-ss-tp4-1", "d-ss-tp4-2"]
     assert sorted(s.role for s in plan.create.values()) == [
@@ -95,7 +131,7 @@ def test_plan_creates_deletes_and_is_idempotent() -> None:
 
 def test_owned_fields_are_updated_in_place() -> None:
     spec = md()
-    pool = desired_pools("d", spec, {}, ScalingSpecPolicy())["d-ss"]
+    pool = pools_for(spec, ONE_EACH)["d-ss"]
     existing = observed("d-ss", pool, spec, {"d-ss-tp4-0": InstanceRole.ACTIVE})
     changed = pool.model_copy(update={"instances": 1, "standbys": 0, "clock_max_mhz": 1500})
     plan = plan_instances("d-ss", changed, spec, existing)
@@ -109,6 +145,6 @@ def test_merge_diff_deletes_with_null() -> None:
 
 def test_instance_spec_round_trips() -> None:
     spec = md()
-    pool = desired_pools("d", spec, {}, ScalingSpecPolicy())["d-ll"]
+    pool = pools_for(spec, ONE_EACH)["d-ll"]
     template = instance_template("d-ll", pool, spec, InstanceRole.STANDBY)
     assert ModelInstanceSpec.model_validate(template.wire()) == template

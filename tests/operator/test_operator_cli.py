@@ -29,7 +29,13 @@ def test_entry_point_reconciles(command: list[str]) -> None:
         env = dict(os.environ, FLYWHEEL_KUBE_SERVER=emu.url, FLYWHEEL_KUBE_INSECURE="1")
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            body = model_deployment("cli", gpu={"allowedTensorParallel": [1]})
+            # The default energy brain needs a calibrated model: it starts one pool, 1 + 1 standby.
+            llama = {
+                "name": "meta-llama/Llama-2-70b-hf",
+                "parametersMillions": 70000,
+                "weightSource": "hf://m/l",
+            }
+            body = model_deployment("cli", model=llama, gpu={"allowedTensorParallel": [2]})
             http.post(f"{FW}/namespaces/default/modeldeployments", json=body).raise_for_status()
             sel = "flywheel.dev/deployment=cli"
             wait_for(lambda: len(items(http, "/api/v1/namespaces/default/pods", sel)) == 2)

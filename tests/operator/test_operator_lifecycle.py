@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,10 +23,9 @@ from opharness import (
     mark_pods_ready,
     model_deployment,
     operator_config,
+    spec_brain,
     wait_for,
 )
-
-from flywheel.controllers.desired import ClusterObservation, NoMerging
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +37,9 @@ def cluster() -> Iterator[EmulatorThread]:
         yield emu
 
 
-@dataclass(frozen=True)
-class MergeSecondIntoFirst:
-    """A cluster policy for the test: deployments named merge-* serve class b from pool <name>-a."""
-
-    name: str = "merge-test"
-
-    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]:
-        if not cluster.deployment.startswith("merge-"):
-            return NoMerging().merges(cluster)
-        return {f"{cluster.deployment}-a": ["b"]}
-
-
 @pytest.fixture(scope="module")
 def operator(cluster: EmulatorThread) -> Iterator[OperatorThread]:
-    with OperatorThread(operator_config(cluster.url, cluster_policy=MergeSecondIntoFirst())) as op:
+    with OperatorThread(operator_config(cluster.url, brain_factory=spec_brain(merge=("ma", "mb")))) as op:
         yield op
 
 
@@ -82,7 +68,8 @@ def settled(http: httpx.Client, md: str, pools: int, instances: int) -> bool:
 
 def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None:
     http.post(MDS, json=model_deployment("alpha", classes=("short", "long"))).raise_for_status()
-    wait_for(lambda: settled(http, "alpha", pools=2, instances=4), what="2 pools, 4 instances, 4 pods")
+    # scaling bounds the whole deployment: one instance per class pool, one standby for both.
+    wait_for(lambda: settled(http, "alpha", pools=2, instances=3), what="2 pools, 3 instances, 3 pods")
     pools, instances, pods = children(http, "alpha")
     md = http.get(f"{MDS}/alpha").json()
     assert {owners(p)[0] for p in pools} == {("ModelDeployment", "alpha")}
@@ -93,11 +80,11 @@ def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None
         assert i["spec"]["tensorParallel"] == 2  # largest allowed TP
         by_pool.setdefault(i["spec"]["pool"], []).append(i["spec"]["role"])
     assert {k: sorted(v) for k, v in by_pool.items()} == {
-        "alpha-short": ["Active", "Standby"],
-        "alpha-long": ["Active", "Standby"],
+        "alpha-short": ["Active"],
+        "alpha-long": ["Active", "Standby"],  # the deployment's one standby: largest pool, then by name
     }
     gpus = [g for i in instances for g in i["spec"]["gpuUUIDs"]]
-    assert len(gpus) == len(set(gpus)) == 8  # no GPU shared
+    assert len(gpus) == len(set(gpus)) == 6  # no GPU shared
     uid_of = {i["metadata"]["name"]: i["metadata"]["uid"] for i in instances}
     spec_of = {i["metadata"]["name"]: i["spec"] for i in instances}
     for pod in pods:
@@ -130,7 +117,7 @@ def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None
         return md if c and c["status"] == "True" else None
 
     md = wait_for(ready, what="Ready=True")
-    assert md["status"]["readyInstances"] == 2 and md["status"]["standbyInstances"] == 2
+    assert md["status"]["readyInstances"] == 2 and md["status"]["standbyInstances"] == 1
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
     assert condition(md, "Degraded")["status"] == "False"
     assert condition(md, "Progressing")["status"] == "False"
@@ -237,7 +224,7 @@ def test_invalid_object_is_degraded_not_a_crash(
 
 def test_delete_cleans_everything(http: httpx.Client) -> None:
     http.post(MDS, json=model_deployment("epsilon", classes=("a", "b")))
-    wait_for(lambda: settled(http, "epsilon", 2, 4), what="created")
+    wait_for(lambda: settled(http, "epsilon", 2, 3), what="created")
     http.delete(f"{MDS}/epsilon").raise_for_status()
     wait_for(lambda: http.get(f"{MDS}/epsilon").status_code == 404, what="deployment gone")
     wait_for(lambda: children(http, "epsilon") == ([], [], []), what="children gone")
@@ -329,15 +316,15 @@ def test_metrics_and_fleet_power(http: httpx.Client, operator: OperatorThread) -
 
 
 def test_cluster_round_merges_pools(http: httpx.Client) -> None:
-    http.post(MDS, json=model_deployment("merge-x", classes=("a", "b"))).raise_for_status()
+    http.post(MDS, json=model_deployment("merge-x", classes=("ma", "mb"))).raise_for_status()
 
     def merged() -> bool:
         pools = {p["metadata"]["name"]: p for p in children(http, "merge-x")[0]}
-        return list(pools) == ["merge-x-a"] and pools["merge-x-a"]["spec"]["requestClass"].get(
+        return list(pools) == ["merge-x-ma"] and pools["merge-x-ma"]["spec"]["requestClass"].get(
             "mergedClasses"
-        ) == ["b"]
+        ) == ["mb"]
 
-    wait_for(merged, what="class b served by pool a")
-    wait_for(lambda: settled(http, "merge-x", 1, 2), what="only pool a's instances remain")
+    wait_for(merged, what="class mb served by pool ma")
+    wait_for(lambda: settled(http, "merge-x", 1, 2), what="only pool ma's instances remain")
     reasons = {e["reason"] for e in items(http, f"/api/v1/namespaces/{NS}/events")}
     assert "ClusterDecision" in reasons

@@ -22,8 +22,8 @@ from flywheel.api.v1alpha1 import (
     ModelInstanceSpec,
     ServingPool,
 )
+from flywheel.controllers.brain import model_profile_for
 from flywheel.controllers.gpumodel import SKUS
-from flywheel.controllers.pool_policy import model_profile_for
 
 log = logging.getLogger(__name__)
 

@@ -2,17 +2,16 @@
 
 Pure functions, no I/O. The operator lists what exists, calls these, and applies the result:
 
-- ``desired_pools``: one pool per request class in use (classes merged into another pool by the cluster
-  controller are not served separately). Fields the deployment owns (class bounds, SLO, energy policy,
-  clock range, standbys) come from its spec; fields a pool controller owns (TP, instance count) are kept
-  from the observed pool, clamped into what the spec allows; a new pool gets the ``PoolPolicy``'s first
-  decision.
+- ``desired_pools``: one ServingPool per pool of the energy brain's partition (``controllers.brain``),
+  serving the classes the brain gives it. Fields the deployment owns (class bounds, SLO, energy policy,
+  clock range: the instance controller moves the clock in it, as in the simulator) come from its
+  spec; TP and instances from the brain's last decision (else the observed pool's), clamped into
+  what the spec allows; ``scaling`` bounds the whole deployment (``fit_scaling``) and
+  ``warmStandbys`` is spread over its pools.
 - ``plan_instances``: per pool, ``instances`` Active and ``standbys`` Standby ModelInstances at the pool's
   TP. Observed instances are matched by (role, TP), never by name, so a restart mid-way finds what it
   created and creates nothing twice; surplus and wrong-TP instances are deleted; fields the pool owns
   (engine, clock policy) are updated in place.
-- ``PoolPolicy``: observed pool state -> decision. ``ScalingSpecPolicy`` (instances = minInstances,
-  TP = largest allowed) is the default; the energy pool controller plugs in through the same protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from flywheel.api.v1alpha1 import (
     AUTO_CLASS_NAMES,
@@ -29,11 +28,9 @@ from flywheel.api.v1alpha1 import (
     InstanceRole,
     ModelDeploymentSpec,
     ModelInstanceSpec,
-    PoolDecision,
     PoolRequestClass,
     RequestClassMode,
     ServingPoolSpec,
-    ServingPoolStatus,
 )
 
 LABEL_DEPLOYMENT = "flywheel.dev/deployment"
@@ -79,119 +76,97 @@ def request_classes(spec: ModelDeploymentSpec) -> list[PoolRequestClass]:
 
 
 @dataclass(frozen=True)
-class PoolObservation:
-    """What a pool policy sees of one pool."""
+class PoolSize:
+    """A pool's configuration as the energy brain last decided it (``policy.PoolTarget``)."""
 
-    name: str
-    spec: ServingPoolSpec
-    status: ServingPoolStatus | None
-    deployment: ModelDeploymentSpec
-
-
-class PoolPolicy(Protocol):
-    """Observed pool -> (TP, instances, clock cap) with a reason. The energy controller implements it too."""
-
-    @property
-    def name(self) -> str: ...
-
-    def decide(self, pool: PoolObservation) -> PoolDecision: ...
+    tp: int
+    instances: int
+    clock_mhz: int | None = None  # the planned clock new instances start at (the agent moves it)
+    reason: str = ""
 
 
-@dataclass(frozen=True)
-class ScalingSpecPolicy:
-    """Default policy without load data: ``minInstances`` instances at the largest allowed TP."""
-
-    name: str = "scaling-spec"
-
-    def decide(self, pool: PoolObservation) -> PoolDecision:
-        spec = pool.deployment
-        tp = max(spec.gpu.allowed_tensor_parallel)
-        instances = spec.scaling.min_instances
-        return PoolDecision(
-            tensor_parallel=tp,
-            instances=instances,
-            clock_cap_mhz=None,
-            reason=f"scaling.minInstances={instances}, largest allowed TP={tp}",
-            controller="pool",
-        )
-
-
-@dataclass(frozen=True)
-class ClusterObservation:
-    """What a cluster policy sees of one deployment: its spec and its pools."""
-
-    deployment: str
-    spec: ModelDeploymentSpec
-    pools: Mapping[str, ServingPoolSpec]
-    statuses: Mapping[str, ServingPoolStatus | None]
+def fit_scaling(wanted: Mapping[str, int], spec: ModelDeploymentSpec) -> dict[str, int]:
+    """Active instances per pool within ``scaling``, which bounds the whole deployment: every pool
+    keeps at least one instance (it is the only route for its classes; with ``minInstances`` of 0
+    a pool may be empty); a total under ``minInstances`` is topped up on the busiest pools, one over
+    ``maxInstances`` is cut from the largest ones."""
+    floor = 1 if spec.scaling.min_instances > 0 else 0
+    out = {name: max(floor, n) for name, n in wanted.items()}
+    if not out:
+        return out
+    order = sorted(out, key=lambda n: (-out[n], n))
+    i = 0
+    while sum(out.values()) < spec.scaling.min_instances:
+        out[order[i % len(order)]] += 1
+        i += 1
+    while sum(out.values()) > spec.scaling.max_instances:
+        largest = max(sorted(out), key=lambda n: out[n])
+        if out[largest] <= floor:
+            break  # more pools than maxInstances: one instance each is the least that serves
+        out[largest] -= 1
+    return out
 
 
-class ClusterPolicy(Protocol):
-    """Which request classes each pool also serves (low-load pools merged into another)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]: ...
-
-
-@dataclass(frozen=True)
-class NoMerging:
-    """Default without load data: every class keeps its own pool (merges already made are kept)."""
-
-    name: str = "no-merging"
-
-    def merges(self, cluster: ClusterObservation) -> dict[str, list[str]]:
-        return {name: list(pool.request_class.merged_classes) for name, pool in cluster.pools.items()}
+def spread_standbys(instances: Mapping[str, int], total: int) -> dict[str, int]:
+    """``warmStandbys`` (the deployment's) spread over its pools, the largest first."""
+    out = dict.fromkeys(instances, 0)
+    order = sorted(instances, key=lambda n: (-instances[n], n))
+    for i in range(total if order else 0):
+        out[order[i % len(order)]] += 1
+    return out
 
 
-def allowed(decision: PoolDecision, spec: ModelDeploymentSpec) -> tuple[int, int]:
-    """(TP, instances) of a decision clamped into what the deployment allows."""
+def _allowed_tp(tp: int, spec: ModelDeploymentSpec) -> int:
     tps = sorted(spec.gpu.allowed_tensor_parallel)
-    tp = decision.tensor_parallel if decision.tensor_parallel in tps else tps[-1]
-    instances = min(max(decision.instances, spec.scaling.min_instances), spec.scaling.max_instances)
-    return tp, instances
+    return tp if tp in tps else tps[-1]
 
 
 def desired_pools(
     deployment: str,
     spec: ModelDeploymentSpec,
+    partition: Mapping[str, Sequence[str]],
+    sizes: Mapping[str, PoolSize],
     observed: Mapping[str, ServingPoolSpec],
-    policy: PoolPolicy,
 ) -> dict[str, ServingPoolSpec]:
-    """Pool name -> desired spec for every request class in use."""
-    merged: set[str] = set()
-    for name, pool in observed.items():
-        if pool.model_deployment == deployment:
-            merged.update(c for c in pool.request_class.merged_classes if pool_name(deployment, c) != name)
-    result: dict[str, ServingPoolSpec] = {}
-    for declared in request_classes(spec):
-        rc = declared
-        if rc.name in merged:
-            continue
-        name = pool_name(deployment, rc.name)
+    """ServingPool name -> desired spec for each pool of the brain's partition (brain pool ->
+    classes it serves). ``<deployment>-<pool>`` serves its first class (``requestClass``) and the
+    rest (``mergedClasses``). TP and instances: the brain's last decision for the pool, else the
+    observed pool's, clamped into what the deployment allows (``fit_scaling``)."""
+    declared = {rc.name: rc for rc in request_classes(spec)}
+    order = list(declared)
+    specs: dict[str, ServingPoolSpec] = {}
+    wanted: dict[str, int] = {}
+    for pool in sorted(partition):
+        served = [c for c in order if c in set(partition[pool])]
+        if not served:  # the brain's classes are not the deployment's (Explicit): one pool for all
+            served = order
+        name = pool_name(deployment, pool)
         current = observed.get(name)
-        slo = spec.slo_for(rc.name)
-        base = ServingPoolSpec(
+        size = sizes.get(pool)
+        if size is None and current is not None:
+            size = PoolSize(current.tensor_parallel, current.instances)
+        if size is None:
+            size = PoolSize(max(spec.gpu.allowed_tensor_parallel), 1, None, "no decision yet")
+        slo = spec.slo_for(served[0])
+        rc = declared[served[0]].model_copy(update={"merged_classes": served[1:]})
+        specs[name] = ServingPoolSpec(
             model_deployment=deployment,
             request_class=rc,
-            standbys=spec.scaling.warm_standbys,
+            tensor_parallel=_allowed_tp(size.tp, spec),
+            instances=size.instances,
             clock_min_mhz=spec.gpu.clock_min_mhz,
             clock_max_mhz=spec.gpu.clock_max_mhz,
             ttft_p99_ms=slo.ttft_p99_ms,
             tbt_p99_ms=slo.tbt_p99_ms,
             energy_policy=spec.energy_policy,
         )
-        if current is None:
-            decision = policy.decide(PoolObservation(name=name, spec=base, status=None, deployment=spec))
-        else:
-            rc = rc.model_copy(update={"merged_classes": list(current.request_class.merged_classes)})
-            decision = PoolDecision(tensor_parallel=current.tensor_parallel, instances=current.instances)
-        tp, instances = allowed(decision, spec)
-        result[name] = base.model_copy(
-            update={"request_class": rc, "tensor_parallel": tp, "instances": instances}
-        )
-    return result
+        wanted[name] = size.instances
+    fitted = fit_scaling(wanted, spec)
+    standbys = spread_standbys(fitted, spec.scaling.warm_standbys)
+    return {
+        name: pool.model_copy(update={"instances": fitted[name], "standbys": standbys[name]})
+        for name, pool in specs.items()
+    }
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from flywheel.controllers.instance import InstanceController, InstanceSettings
 from flywheel.controllers.instance_observation import AggregateClock, ClockBounds, EngineWindow
 from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
 from flywheel.controllers.policy import (
+    ClassWindow,
     ClockDecision,
     ClusterObservation,
     ControlPeriods,
@@ -90,6 +91,12 @@ class _ClassWindow:
     prompt_sum: float = 0.0
     output_sum: float = 0.0
     prompts: list[int] = field(default_factory=list)
+
+    def add(self, window: ClassWindow) -> None:
+        self.count += window.count
+        self.prompt_sum += window.prompt_tokens
+        self.output_sum += window.output_tokens
+        self.prompts.extend(window.prompts[: max(0, 4096 - len(self.prompts))])
 
 
 class FlywheelPolicy:
@@ -250,6 +257,27 @@ class FlywheelPolicy:
         if len(w.prompts) < 4096:
             w.prompts.append(prompt_tokens)
         return self._routes.get(cls, INITIAL_POOL)
+
+    def observe_classes(self, windows: dict[str, ClassWindow]) -> None:
+        """Per-class arrivals as window aggregates (the operator's entry point; the simulator's
+        ``route`` adds one request at a time to the same windows). The next round consumes them."""
+        for cls, window in windows.items():
+            w = self._windows.get(cls)
+            if w is None:
+                w = self._windows[cls] = _ClassWindow()
+            w.add(window)
+
+    def pool_classes(self) -> dict[str, tuple[str, ...]]:
+        """Pool name -> the request classes it serves (the cluster controller's partition)."""
+        return dict(self._pool_classes)
+
+    def adopt(self, partition: dict[str, tuple[str, ...]]) -> None:
+        """Take over a partition that already exists (an operator restart): its pools keep their
+        classes until the cluster controller finds a better one."""
+        if not partition:
+            return
+        self._pool_classes = {name: tuple(classes) for name, classes in partition.items()}
+        self._routes = {c: name for name, classes in partition.items() for c in classes}
 
     def _flush(self, now: float) -> None:
         duration = now - self._flushed_at

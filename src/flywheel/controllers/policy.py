@@ -104,6 +104,17 @@ class ClusterObservation:
 
 
 @dataclass(frozen=True)
+class ClassWindow:
+    """Arrivals of one request class over an observation window, as aggregates: what the router
+    counts (the simulator's router adds each routed request; the operator reads pool loads)."""
+
+    count: int
+    prompt_tokens: float  # sum over the window's requests
+    output_tokens: float  # sum of their (predicted or observed mean) output lengths
+    prompts: tuple[int, ...] = ()  # a sample of prompt lengths (for the P99 prompt)
+
+
+@dataclass(frozen=True)
 class PoolTarget:
     pool: str
     tp: int
@@ -199,6 +210,30 @@ class BurstReactive(Protocol):
     burst must not wait for the next pool round)."""
 
     def react(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+
+@runtime_checkable
+class Brain(Protocol):
+    """The energy brain's ports, as the operator drives them (the simulator drives the same
+    methods through ``Policy``, ``BurstReactive`` and ``route``): per-class window aggregates in,
+    the three rounds and the burst fast path out, and which request classes each pool serves."""
+
+    name: str
+    info: PolicyInfo
+
+    def start(self, context: PolicyContext) -> list[PoolTarget]: ...
+
+    def observe_classes(self, windows: dict[str, ClassWindow]) -> None: ...
+
+    def plan_cluster(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+    def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]: ...
+
+    def pool_classes(self) -> dict[str, tuple[str, ...]]: ...
+
+    def adopt(self, partition: dict[str, tuple[str, ...]]) -> None: ...
 
 
 @runtime_checkable

@@ -266,8 +266,8 @@ class DevCluster:
         command = [
             sys.executable, "-m", "flywheel.cli", "operator",
             "--server", url, "--insecure", "--standalone", "--all-namespaces",
-            "--pool-period", str(max(5.0, 300.0 / o.speed)),
-            "--cluster-period", str(max(10.0, 1800.0 / o.speed)),
+            "--pool-period", str(max(5.0, 60.0 / o.speed)),  # the energy brain's periods, on virtual time
+            "--cluster-period", str(max(10.0, 300.0 / o.speed)),
             "--resync", "5",
         ]  # fmt: skip
         if o.metrics_port is not None:

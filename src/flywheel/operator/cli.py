@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flywheel.operator.config import DEFAULT_POOL_POLICY, OperatorConfig, pool_policy_named
+from flywheel.operator.config import OperatorConfig
 from flywheel.operator.runner import run
 
 
@@ -19,11 +19,10 @@ def main(
     metrics_port: int | None,
     server: str | None,
     insecure: bool,
-    pool_period: float,
-    cluster_period: float,
+    pool_period: float | None,
+    cluster_period: float | None,
     resync: float,
     verbose: bool,
-    pool_policy: str = DEFAULT_POOL_POLICY,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -38,11 +37,9 @@ def main(
     config.metrics_port = metrics_port
     config.server = server or config.server
     config.insecure = insecure or config.insecure
-    config.pool_period_seconds = pool_period
-    config.cluster_period_seconds = cluster_period
+    config.pool_period_seconds = pool_period if pool_period is not None else config.pool_period_seconds
+    config.cluster_period_seconds = (
+        cluster_period if cluster_period is not None else config.cluster_period_seconds
+    )
     config.resync_seconds = resync
-    try:
-        config.pool_policy = pool_policy_named(pool_policy)
-    except ValueError as error:
-        raise SystemExit(f"flywheel operator: {error}") from None
     run(config)

@@ -1,4 +1,4 @@
-"""Operator configuration: connection, periods of the controller rounds, HA, probes, policies."""
+"""Operator configuration: connection, periods of the energy brain's rounds, HA, probes."""
 
 from __future__ import annotations
 
@@ -9,31 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
-from flywheel.controllers.desired import ClusterPolicy, NoMerging, PoolPolicy, ScalingSpecPolicy
-from flywheel.controllers.pool_policy import EnergyPoolPolicy
+from flywheel.controllers.brain import energy_brain
 from flywheel.engines.adapters import ADAPTERS
+from flywheel.operator.brains import BrainFactory, Recorder
 
 # The engine adapters own their images; the operator's config may override them per kind.
 DEFAULT_IMAGES: dict[EngineKind, str] = {kind: adapter.default_image for kind, adapter in ADAPTERS.items()}
 # The Flywheel image (it also runs the simulated engine) runs each deployment's router.
 DEFAULT_ROUTER_IMAGE = ADAPTERS[EngineKind.SIMULATED].default_image
-
-
-# ``--pool-policy``: the energy pool controller (the product default) or the load-blind minInstances policy.
-POOL_POLICIES: dict[str, Callable[[], PoolPolicy]] = {
-    "energy": EnergyPoolPolicy,
-    "scaling": ScalingSpecPolicy,
-}
-DEFAULT_POOL_POLICY = "energy"
-
-
-def pool_policy_named(name: str) -> PoolPolicy:
-    """The pool policy called ``name`` (``energy`` or ``scaling``); a clear error for anything else."""
-    try:
-        return POOL_POLICIES[name]()
-    except KeyError:
-        known = ", ".join(POOL_POLICIES)
-        raise ValueError(f"unknown pool policy {name!r}; expected one of {known}") from None
 
 
 def default_priority(identity: str) -> int:
@@ -55,9 +38,10 @@ class OperatorConfig:
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     priority: int | None = None
     peering_lifetime_seconds: int = 60  # a crashed leader is trusted this long before others take over
-    # Controller rounds (kopf timers) and resync.
-    pool_period_seconds: float = 300.0
-    cluster_period_seconds: float = 1800.0
+    # The energy brain's rounds (kopf timers); None: the brain's own periods, as in the simulator.
+    pool_period_seconds: float | None = None
+    cluster_period_seconds: float | None = None
+    react_period_seconds: float | None = None
     resync_seconds: float = 60.0
     status_delay_seconds: float = 1.0  # coalesce status refreshes after instance changes
     # Probes and metrics.
@@ -71,8 +55,9 @@ class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE
     deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
     # Decisions and test hooks.
-    pool_policy: PoolPolicy = field(default_factory=lambda: pool_policy_named(DEFAULT_POOL_POLICY))
-    cluster_policy: ClusterPolicy = field(default_factory=NoMerging)
+    # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
+    brain_factory: BrainFactory = energy_brain
+    brain_recorder: Recorder | None = None
     before_write: Callable[[str, str], None] | None = None
     # kopf tuning (tests shorten these).
     watch_server_timeout: float = 300.0
@@ -98,6 +83,6 @@ class OperatorConfig:
             config.resync_seconds = float(env["FLYWHEEL_RESYNC_SECONDS"])
         if env.get("FLYWHEEL_ROUTER_IMAGE"):
             config.router_image = env["FLYWHEEL_ROUTER_IMAGE"]
-        if env.get("FLYWHEEL_POOL_POLICY"):
-            config.pool_policy = pool_policy_named(env["FLYWHEEL_POOL_POLICY"])
+        if env.get("FLYWHEEL_REACT_PERIOD_SECONDS"):
+            config.react_period_seconds = float(env["FLYWHEEL_REACT_PERIOD_SECONDS"])
         return config

@@ -14,6 +14,8 @@ from typing import Any
 import kopf
 
 from flywheel.controllers.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
+from flywheel.controllers.policy import PolicyInfo
+from flywheel.operator.brains import Round
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.kube import KubeClient
 from flywheel.operator.reconcile import Operator
@@ -101,11 +103,25 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
 
     @kopf.timer(GROUP, VERSION, "modeldeployments", interval=config.resync_seconds, registry=registry)
-    async def _deployment_round(**kwargs: Any) -> None:
+    async def _deployment_resync(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
-        if op.due(("cluster-round", namespace, name), config.cluster_period_seconds):
-            await op.safely("ClusterRound", lambda: op.cluster_round(namespace, name))
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
+
+    # The energy brain's rounds on its own schedule (cluster, pool, burst fast path): the timer ticks
+    # at the fastest period and each round runs when its own period has passed.
+    overrides: dict[Round, float | None] = {
+        "cluster": config.cluster_period_seconds,
+        "pool": config.pool_period_seconds,
+        "react": config.react_period_seconds,
+    }
+    tick = config.react_period_seconds or PolicyInfo().react_s
+
+    @kopf.timer(GROUP, VERSION, "modeldeployments", interval=tick, registry=registry)
+    async def _brain_rounds(**kwargs: Any) -> None:
+        namespace, name = kwargs["namespace"], kwargs["name"]
+        rounds = op.brains.due(f"{namespace}/{name}", overrides)
+        if rounds:
+            await op.safely("BrainRound", lambda: op.brain_round(namespace, name, rounds))
 
     # ServingPool: reconcile its instances on every event; the timer runs the pool controller round.
     @kopf.on.event(GROUP, VERSION, "servingpools", registry=registry)
@@ -121,10 +137,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
         await op.safely("ServingPool", lambda: op.reconcile_pool(namespace, name))
 
     @kopf.timer(GROUP, VERSION, "servingpools", interval=config.resync_seconds, registry=registry)
-    async def _pool_round(**kwargs: Any) -> None:
+    async def _pool_resync(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
-        if op.due(("pool-round", namespace, name), config.pool_period_seconds):
-            await op.safely("PoolRound", lambda: op.pool_round(namespace, name))
         await op.safely("ServingPool", lambda: op.reconcile_pool(namespace, name))
 
     # ModelInstance: its Pod and status; a vanished instance makes its pool reconcile.

@@ -27,23 +27,25 @@ from flywheel.api.v1alpha1 import (
     reasons,
     set_condition,
 )
+from flywheel.controllers.brain import GPUInventory, PoolView, brain_pool, gpu_inventory, gpus_used
 from flywheel.controllers.desired import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_POOL,
     LABEL_ROLE,
     MANAGER,
-    ClusterObservation,
     ObservedInstance,
-    PoolObservation,
-    allowed,
+    PoolSize,
     desired_pools,
     merge_diff,
     plan_instances,
     pool_spec_patch,
 )
+from flywheel.controllers.desired import pool_name as serving_pool_name
 from flywheel.controllers.placement import PlacementRequest, place
+from flywheel.controllers.policy import PoolTarget
 from flywheel.engines.adapters import SPEC_HASH, instance_pod
+from flywheel.operator.brains import Brains, Round
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.kube import (
     GPU_NODES,
@@ -112,6 +114,8 @@ class Operator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_round: dict[Hashable, float] = {}
         self.reconfiguration = Reconfiguration(self)  # standby promotion, planned TP changes
+        self.brains = Brains(config.brain_factory, recorder=config.brain_recorder)
+        self._waiting: dict[str, str] = {}  # deployment -> why its brain cannot run (reported once)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -188,12 +192,16 @@ class Operator:
 
     # -- ModelDeployment ------------------------------------------------------------------------------
 
-    async def reconcile_deployment(self, namespace: str, name: str) -> None:
+    async def reconcile_deployment(self, namespace: str, name: str, rounds: tuple[Round, ...] = ()) -> None:
+        """Pools of the deployment as its energy brain wants them (running ``rounds`` of the brain
+        first), its router, its status."""
+        key = f"{namespace}/{name}"
         async with self._lock(("md", namespace, name)):
             md = await self.kube.get(MODEL_DEPLOYMENTS, namespace, name)
             if md is None or _deleting(md):
-                self.metrics.forget(f"{namespace}/{name}")
-                self.ledger.forget(f"{namespace}/{name}")
+                self.metrics.forget(key)
+                self.ledger.forget(key)
+                self.brains.forget(key)
                 return
             try:
                 spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
@@ -202,14 +210,41 @@ class Operator:
                 return
             pools = await self.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
             observed: dict[str, ServingPoolSpec] = {}
+            views: list[PoolView] = []
             for pool in pools:
                 try:
-                    observed[pool["metadata"]["name"]] = ServingPoolSpec.model_validate(
-                        pool.get("spec") or {}
-                    )
+                    pool_spec = ServingPoolSpec.model_validate(pool.get("spec") or {})
+                    raw_status = pool.get("status")
+                    status = ServingPoolStatus.model_validate(raw_status) if raw_status else None
                 except ValidationError:
                     continue  # overwritten with the desired spec below
-            desired = desired_pools(name, spec, observed, self.config.pool_policy)
+                observed[pool["metadata"]["name"]] = pool_spec
+                if not _deleting(pool):
+                    views.append(PoolView(brain_pool(name, pool["metadata"]["name"]), pool_spec, status))
+            gpus = await self._gpu_inventory()
+            state = self.brains.ensure(key, spec, gpus, views)
+            decisions: list[tuple[str, PoolDecision]] = []
+            if isinstance(state, str):
+                # No brain can run (no performance model, no GPUs yet): keep the pools that exist.
+                partition = {v.pool: v.classes() for v in views}
+                sizes: dict[str, PoolSize] = {}
+                if not views and self._waiting.get(key) != state:
+                    self._waiting[key] = state
+                    await self._decided(
+                        "ModelDeployment", "wait", md, reasons.BRAIN_UNAVAILABLE, f"no pools yet: {state}",
+                        warning=True,
+                    )  # fmt: skip
+            else:
+                self._waiting.pop(key, None)
+                for kind in rounds:
+                    used = await self._gpus_used()
+                    targets = self.brains.round(key, state, kind, views, gpus, used)
+                    decisions += await self._record_targets(name, md, kind, targets)
+                if rounds and set(rounds) == {"react"} and not decisions:
+                    return  # the burst fast path found nothing to do
+                partition = dict(state.brain.pool_classes())
+                sizes = state.sizes
+            desired = desired_pools(name, spec, partition, sizes, observed)
             by_name = {p["metadata"]["name"]: p for p in pools}
             for pool_name, pool_spec in desired.items():
                 current = observed.get(pool_name)
@@ -251,6 +286,9 @@ class Operator:
                     await self._decided(
                         "ServingPool", "delete", md, "DeletedPool", f"pool {pool_name} not needed"
                     )
+            for pool_named, decision in decisions:
+                if pool_named in desired:
+                    await self._write_decision(namespace, pool_named, decision)
             if self.config.deploy_routers:
                 changed = await apply_router(self.kube, md, self.config.router_image)
                 if changed:
@@ -376,79 +414,58 @@ class Operator:
 
         await self.kube.update(MODEL_DEPLOYMENTS, namespace, name, compute, "status")
 
-    async def cluster_round(self, namespace: str, name: str) -> None:
-        """The cluster controller's periodic decision: which classes share a pool (applied to pool specs)."""
-        md = await self.kube.get(MODEL_DEPLOYMENTS, namespace, name)
-        if md is None or _deleting(md):
-            return
-        try:
-            spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
-        except ValidationError:
-            return
-        pools: dict[str, ServingPoolSpec] = {}
-        statuses: dict[str, ServingPoolStatus | None] = {}
-        for pool in await self.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
+    async def _gpu_inventory(self) -> GPUInventory:
+        """The GPU budget of the cross-pool MILP: healthy GPUs of the cluster's GPUNodes."""
+        statuses = []
+        for raw in await self.kube.list(GPU_NODES):
             try:
-                pools[pool["metadata"]["name"]] = ServingPoolSpec.model_validate(pool.get("spec") or {})
-                statuses[pool["metadata"]["name"]] = (
-                    ServingPoolStatus.model_validate(pool["status"]) if pool.get("status") else None
+                statuses.append(GPUNode.model_validate(raw).status)
+            except ValidationError:
+                continue
+        return gpu_inventory(statuses)
+
+    async def _gpus_used(self) -> int:
+        """GPUs the cluster's ServingPools hold (actives and standbys, every deployment)."""
+        specs: dict[str, ServingPoolSpec] = {}
+        raws: list[Obj] = []
+        for namespace in self.config.namespaces or (None,):  # namespaced RBAC: only the watched ones
+            raws += await self.kube.list(SERVING_POOLS, namespace)
+        for raw in raws:
+            try:
+                specs[f"{raw['metadata'].get('namespace')}/{raw['metadata']['name']}"] = (
+                    ServingPoolSpec.model_validate(raw.get("spec") or {})
                 )
             except ValidationError:
                 continue
-        merges = self.config.cluster_policy.merges(ClusterObservation(name, spec, pools, statuses))
-        for pool_name, classes in sorted(merges.items()):
-            if pool_name not in pools or sorted(pools[pool_name].request_class.merged_classes) == sorted(
-                classes
-            ):
-                continue
-            patch = {"spec": {"requestClass": {"mergedClasses": sorted(classes)}}}
-            await self.kube.patch(SERVING_POOLS, namespace, pool_name, patch)
+        return gpus_used(specs)
+
+    async def brain_round(self, namespace: str, name: str, rounds: tuple[Round, ...]) -> None:
+        """The energy brain's periodic rounds (cluster, pool, burst), applied to the pools."""
+        await self.reconcile_deployment(namespace, name, rounds)
+
+    async def _record_targets(
+        self, deployment: str, md: Obj, kind: Round, targets: list[PoolTarget]
+    ) -> list[tuple[str, PoolDecision]]:
+        """Each target's reason as an Event; the decisions to write to the pools' status."""
+        out = []
+        for t in targets:
+            pool = serving_pool_name(deployment, t.pool) if t.instances > 0 else None
             await self._decided(
-                "ServingPool", "merge", md, "ClusterDecision",
-                f"{self.config.cluster_policy.name}: {pool_name} also serves {sorted(classes) or 'nothing'}",
+                "ServingPool", kind, md, "PoolDecision" if kind != "cluster" else "ClusterDecision",
+                f"{kind}: {deployment}-{t.pool} TP{t.tp} x {t.instances} ({t.reason})",
             )  # fmt: skip
-        await self.reconcile_deployment(namespace, name)
+            if pool is not None:
+                decision = PoolDecision(
+                    tensor_parallel=t.tp,
+                    instances=t.instances,
+                    clock_cap_mhz=None,
+                    reason=f"planned clock {t.clock_mhz} MHz; {t.reason}",
+                    controller={"react": "burst"}.get(kind, kind),
+                )
+                out.append((pool, decision))
+        return out
 
     # -- ServingPool -------------------------------------------------------------------------------
-
-    async def pool_round(self, namespace: str, name: str) -> None:
-        """The pool controller's periodic decision (TP, instances, clock cap), applied to the pool spec."""
-        pool = await self.kube.get(SERVING_POOLS, namespace, name)
-        if pool is None or _deleting(pool):
-            return
-        md = await self.kube.get(
-            MODEL_DEPLOYMENTS, namespace, (pool.get("spec") or {}).get("modelDeployment", "")
-        )
-        if md is None:
-            return
-        try:
-            spec = ServingPoolSpec.model_validate(pool.get("spec") or {})
-            md_spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
-            status = ServingPoolStatus.model_validate(pool.get("status") or {})
-        except ValidationError:
-            return  # the deployment and pool reconcilers report invalid specs
-        decision = self.config.pool_policy.decide(
-            PoolObservation(name=name, spec=spec, status=status, deployment=md_spec)
-        )
-        tp, instances = allowed(decision, md_spec)
-        decided = decision.model_copy(update={"tensor_parallel": tp, "instances": instances})
-
-        def compute(current: Obj) -> Obj | None:
-            have = current.get("spec") or {}
-            want = {**have, "tensorParallel": tp, "instances": instances}
-            if decided.clock_cap_mhz is not None:
-                want["clockMaxMHz"] = max(int(have.get("clockMinMHz", 0)), decided.clock_cap_mhz)
-            patch = merge_diff(have, want)
-            return {"spec": patch} if patch else None
-
-        before = pool.get("spec") or {}
-        written = await self.kube.update(SERVING_POOLS, namespace, name, compute)
-        if written is not None and written.get("spec") != before:
-            await self._decided(
-                "ServingPool", "decision", pool, "PoolDecision",
-                f"{self.config.pool_policy.name}: TP{tp} x {instances} ({decision.reason})",
-            )  # fmt: skip
-            await self._write_decision(namespace, name, decided)
 
     async def _write_decision(self, namespace: str, name: str, decision: PoolDecision) -> None:
         from flywheel.api.v1alpha1.common import now

@@ -172,15 +172,31 @@ class ScalingSpec(FlywheelModel):
         ),
     )
 
-    min_instances: int = Field(default=1, ge=0, le=10_000)
-    max_instances: int = Field(default=8, ge=1, le=10_000)
-    warm_standbys: int = Field(default=1, ge=0, le=1_000, description="Warm standby instances per pool.")
+    min_instances: int = Field(
+        default=1, ge=0, le=10_000, description="Fewest active instances of the whole deployment (all pools)."
+    )
+    max_instances: int = Field(
+        default=8, ge=1, le=10_000, description="Most active instances of the whole deployment (all pools)."
+    )
+    warm_standbys: int = Field(
+        default=1, ge=0, le=1_000, description="Warm standby instances of the whole deployment."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
         if self.min_instances > self.max_instances:
             raise ValueError("scaling.minInstances must be less than or equal to scaling.maxInstances")
         return self
+
+
+class ExpectedLoadSpec(FlywheelModel):
+    """What the user expects before any traffic: the energy brain's offline profile."""
+
+    peak_requests_per_second: float = Field(
+        ge=0, le=1_000_000, description="Expected peak request rate (busiest minute)."
+    )
+    mean_prompt_tokens: float = Field(ge=1, le=10_000_000, description="Expected mean prompt length.")
+    mean_output_tokens: float = Field(ge=1, le=10_000_000, description="Expected mean output length.")
 
 
 class RequestClass(FlywheelModel):
@@ -324,6 +340,9 @@ class ModelDeploymentSpec(FlywheelModel):
     slo: SLOSpec = Field(default_factory=SLOSpec)
     energy_policy: EnergyPolicy = EnergyPolicy.BALANCED
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    expected_load: ExpectedLoadSpec | None = Field(
+        default=None, description="Expected peak load; unset: the brain starts from no profile."
+    )
     request_classes: RequestClassesSpec = Field(default_factory=RequestClassesSpec)
     fault_tolerance: FaultToleranceSpec = Field(default_factory=FaultToleranceSpec)
     sharing: SharingSpec = Field(default_factory=SharingSpec)

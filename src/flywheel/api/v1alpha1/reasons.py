@@ -21,6 +21,7 @@ RESHARDING = "Resharding"
 PROMOTING_STANDBY = "PromotingStandby"
 INSTANCES_NOT_READY = "InstancesNotReady"
 INSUFFICIENT_GPUS = "InsufficientGPUs"
+BRAIN_UNAVAILABLE = "BrainUnavailable"  # no performance model or no GPU inventory to plan with
 INVALID_SPEC = "InvalidSpec"
 FAULT_DETECTED = "FaultDetected"
 REPLACING = "Replacing"

@@ -1,0 +1,133 @@
+"""The operator's translations to and from the energy brain (controllers.brain): pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.api.v1alpha1 import (
+    AUTO_CLASS_NAMES,
+    GPUNodeStatus,
+    ModelDeploymentSpec,
+    PoolRequestClass,
+    ServingPoolSpec,
+    ServingPoolStatus,
+)
+from flywheel.controllers.brain import (
+    NO_PROFILE,
+    GPUInventory,
+    PoolView,
+    brain_pool,
+    class_windows,
+    context_for,
+    energy_brain,
+    gpu_inventory,
+    observation,
+    offline_profile,
+)
+from flywheel.controllers.policy import Brain, ClassWindow, ClusterObservation, PoolLoad, PoolState
+
+
+def md(**over: Any) -> ModelDeploymentSpec:
+    base: dict[str, Any] = {
+        "model": {
+            "name": "meta-llama/Llama-2-70b-hf",
+            "parametersMillions": 70000,
+            "weightSource": "hf://a/b",
+        },
+        "gpu": {"allowedTensorParallel": [2, 4, 8]},
+    }
+    base.update(over)
+    return ModelDeploymentSpec.model_validate(base)
+
+
+def view(pool: str, classes: tuple[str, ...], rps: float, instances: int = 2, ready: int = 1) -> PoolView:
+    rc = PoolRequestClass(name=classes[0], merged_classes=list(classes[1:]))
+    spec = ServingPoolSpec(model_deployment="d", request_class=rc, tensor_parallel=4, instances=instances)
+    load = {"requestsPerSecond": rps, "inputTokensPerSecond": rps * 500, "outputTokensPerSecond": rps * 100}
+    status = ServingPoolStatus.model_validate({"readyInstances": ready, "load": load})
+    return PoolView(pool, spec, status)
+
+
+def test_the_profile_is_what_the_spec_declares_or_nothing() -> None:
+    none = offline_profile(md())
+    assert (none.peak_minute_rps, none.mean_prompt_tokens, none.source) == (0.0, 0.0, NO_PROFILE)
+    declared = offline_profile(
+        md(expectedLoad={"peakRequestsPerSecond": 3, "meanPromptTokens": 900, "meanOutputTokens": 250})
+    )
+    assert (declared.peak_minute_rps, declared.mean_prompt_tokens, declared.mean_output_tokens) == (
+        3,
+        900,
+        250,
+    )
+    assert "expectedLoad" in declared.source
+
+
+def test_the_gpu_budget_comes_from_the_gpunodes() -> None:
+    nodes = [
+        GPUNodeStatus.model_validate({"gpuCount": 8, "healthyGpus": 8}),
+        GPUNodeStatus.model_validate({"gpuCount": 8, "healthyGpus": 6, "quarantinedGPUs": 1}),
+        None,
+    ]
+    assert gpu_inventory(nodes) == GPUInventory(13, 8)
+    context = context_for(md(), gpu_inventory(nodes))
+    assert not isinstance(context, str) and (context.total_gpus, context.gpus_per_node) == (13, 8)
+    assert context_for(md(), GPUInventory(0, 0)) == "no healthy GPUs reported by any GPUNode"
+    small = md(model={"name": "m-7b", "parametersMillions": 7000, "weightSource": "hf://a/b"})
+    assert energy_brain(small, GPUInventory(8, 8)) == "no calibrated performance model for m-7b"
+
+
+def test_the_observation_is_the_simulators_types_from_pool_status() -> None:
+    views = [view("b", ("ll",), 2.0), view("a", ("ss", "sm"), 4.0, instances=3, ready=3)]
+    obs = observation(12.0, views, GPUInventory(16, 8), used_gpus=10, window_s=60.0)
+    assert (obs.time_s, obs.free_gpus, obs.total_gpus) == (12.0, 6, 16)
+    a, b = obs.pools
+    assert (a.name, a.tp, a.instances_ready, a.instances_starting) == ("a", 4, 3, 0)
+    assert (b.instances_ready, b.instances_starting) == (1, 1)
+    assert (a.load.arrivals_rps, a.load.mean_prompt_tokens, a.load.mean_output_tokens) == (4.0, 500, 100)
+    # Per-class windows: only a pool serving one class tells what that class saw.
+    windows = class_windows(views, 60.0)
+    assert list(windows) == ["ll"] and windows["ll"].count == 120
+    assert windows["ll"].prompt_tokens == 120 * 500
+    assert brain_pool("d", "d-all") == "all"
+
+
+def test_the_brain_starts_one_pool_for_every_class_at_low_load() -> None:
+    built = energy_brain(md(), GPUInventory(8, 8))
+    assert not isinstance(built, str)
+    brain, context = built
+    (target,) = brain.start(context)
+    assert target.pool == "all" and target.tp * target.instances <= 8 and target.reason
+    assert len(brain.pool_classes()["all"]) == 9
+
+
+def test_class_aggregates_drive_the_cluster_controller_as_routed_requests_do() -> None:
+    """The simulator's router adds requests one by one (``route``); the operator hands in per-class
+    aggregates (``observe_classes``): the same arrivals give the same cluster decision."""
+    spec = md(expectedLoad={"peakRequestsPerSecond": 8, "meanPromptTokens": 1000, "meanOutputTokens": 200})
+    brains = []
+    for _ in range(2):
+        built = energy_brain(spec, GPUInventory(64, 8))
+        assert not isinstance(built, str)
+        brain, context = built
+        assert isinstance(brain, Brain)
+        brain.start(context)
+        brains.append(brain)
+    routed, aggregated = brains
+    mix = {"ss": (200, 30, 1200), "ll": (6000, 600, 900)}  # class: prompt, predicted output, count
+    windows = {}
+    for cls, (prompt, output, count) in mix.items():
+        for _ in range(count):
+            routed.route(prompt, output)
+        windows[cls] = ClassWindow(count, float(prompt * count), 200.0 * count, (prompt,) * count)
+    aggregated.observe_classes(windows)
+    pool = PoolState("all", 8, 2, 0, 1980, PoolLoad(7.0, 2300.0, 200.0, 0, 300.0))
+    obs = ClusterObservation(300.0, (pool,), 48, 64)
+    assert routed.plan_cluster(obs) == aggregated.plan_cluster(obs)
+    # Both forecasters learned the same per-class load from the window...
+    for cls in AUTO_CLASS_NAMES:
+        assert routed.forecaster.forecast(cls) == aggregated.forecaster.forecast(cls)
+    assert routed.forecaster.forecast("ll").requests_per_s == 3.0
+    # ...so the pool round that follows sizes the pool the same way.
+    later = ClusterObservation(360.0, (pool,), 48, 64)
+    sized = routed.plan_pools(later)
+    assert sized and sized == aggregated.plan_pools(later)
