@@ -100,7 +100,7 @@ class ModelSpec(FlywheelModel):
 
     @model_validator(mode="after")
     def _weights(self) -> Self:
-        if not re.match(WEIGHT_SOURCE_PATTERN, self.weight_source):
+        if not re.fullmatch(WEIGHT_SOURCE_PATTERN, self.weight_source):  # RE2: $ is the very end
             raise ValueError(WEIGHT_SOURCE_MESSAGE)
         return self
 
