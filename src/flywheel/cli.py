@@ -177,16 +177,40 @@ def sim_calibrate(
 
 @sim_app.command("faults")
 def sim_faults(
-    trials: int = typer.Option(3, "--trials", help="Random fault times per fault type and standby mode."),
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        min=1,
+        help="Suite: random fault times per fault type and standby mode (default 3). Scenario: runs "
+        "with different seeds (default: the file's).",
+    ),
     window: float = typer.Option(600.0, "--window", help="Seconds of the conv trace replayed per run."),
     seed: int = typer.Option(0, "--seed"),
     report: Path | None = typer.Option(None, "--report", help="Write the JSON report (every run)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table."),
+    scenario: Path | None = typer.Option(
+        None,
+        "--scenario",
+        help="Run a fault scenario file (YAML, see scenarios/faults/) instead of the suite.",
+    ),
 ) -> None:
-    """Fault-injection suite: MTTD, isolation, restored capacity, SLO attainment, with/without standbys."""
+    """Fault injection: the random suite (MTTD, isolation, restored capacity, SLO attainment, with and
+    without standbys), or one scenario file (``--scenario``; ``--trials`` overrides its own)."""
+    from flywheel.controllers.fault.scenario import ScenarioError
+
+    out = str(report) if report is not None else None
+    if scenario is not None:
+        from flywheel.sim.fault_scenarios import scenario_cli
+
+        try:
+            scenario_cli(str(scenario), trials, out, markdown)
+        except ScenarioError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        return
     from flywheel.sim.faults import suite_cli
 
-    suite_cli(trials, window, seed, str(report) if report is not None else None, markdown)
+    suite_cli(trials or 3, window, seed, out, markdown)
 
 
 @app.command()

@@ -50,7 +50,7 @@ from flywheel.controllers.fault import (
     InstanceView,
     RankTrace,
 )
-from flywheel.controllers.fault.scenario import NODE_TYPES, FaultSpec, FaultType
+from flywheel.controllers.fault.scenario import NODE_TYPES, SIM_TYPES, FaultSpec, FaultType
 from flywheel.controllers.policy import SLO
 from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim.cluster import GpuRef
@@ -217,6 +217,8 @@ class FaultSimulator(Simulator):
         self.silent_nodes: set[int] = set()  # dead host or NIC down: its engines are unreachable
         self.throttled: set[str] = set()
         self.held: set[str] = set()  # routing weight 0: no new requests
+        self.requeued: set[int] = set()  # requests in flight on an evicted instance, retried elsewhere
+        self._group_targets: dict[str, tuple[Instance | None, int, int | None]] = {}
         self._phase = [self.rng.uniform(0.0, self.timing.check_interval_s) for _ in range(config.nodes)]
         self._last_patch = [self.rng.uniform(-self.timing.heartbeat_s, 0.0) for _ in range(config.nodes)]
         for spec in self.faults:
@@ -417,9 +419,14 @@ class FaultSimulator(Simulator):
         return self._instance_on(node, gpu), node, gpu
 
     def _inject(self, spec: FaultSpec) -> None:
-        hit = self._target(spec)
+        if spec.type not in SIM_TYPES:
+            raise ValueError(f"the simulator cannot inject {spec.type.value} (dev cluster only)")
+        hit = self._group_targets.get(spec.group) if spec.group is not None else None
+        hit = hit or self._target(spec)
         if hit is None:
             return
+        if spec.group is not None:
+            self._group_targets.setdefault(spec.group, hit)
         inst, node, gpu = hit
         if spec.type in _ENGINE_FAULTS and inst is None:
             return  # no engine there to hang or crash
@@ -587,6 +594,7 @@ class FaultSimulator(Simulator):
             if self.reconfig is not None:
                 self.reconfig.standby_ids.discard(inst.id)
             self._stop(inst)
+            self.requeued.update(lost)
             for rid in reversed(lost):
                 self.generated[rid] = 0
                 if pool is not None:
@@ -641,7 +649,7 @@ class SuiteSpec:
     slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
 
 
-def _attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int, int]:
+def attainment(result: SimResult, start: float, end: float, slo: SLO) -> tuple[float, int, int]:
     """SLO attainment, request count and SLO misses of requests in flight or arriving in [start, end]."""
     arrival = result.arrival_s
     finish = np.where(np.isnan(result.finish_s), np.inf, result.finish_s)
@@ -685,8 +693,8 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                 for record in sim.records:
                     end = record.restored_s if record.restored_s is not None else result.end_s
                     end = max(end, record.injected_s + 1.0)
-                    attained, count, missed = _attainment(result, record.injected_s, end, spec.slo)
-                    base, _, base_missed = _attainment(baseline, record.injected_s, end, spec.slo)
+                    attained, count, missed = attainment(result, record.injected_s, end, spec.slo)
+                    base, _, base_missed = attainment(baseline, record.injected_s, end, spec.slo)
                     rows.append(
                         {
                             "kind": kind.value,
@@ -711,7 +719,7 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                             "actions": list(record.actions),
                             "trace_groups": record.trace_groups,
                             "breaker_tripped": record.breaker_tripped,
-                            "overall_attainment": _attainment(result, 0.0, math.inf, spec.slo)[0],
+                            "overall_attainment": attainment(result, 0.0, math.inf, spec.slo)[0],
                         }
                     )
     return {
@@ -792,6 +800,7 @@ __all__ = [
     "FaultRecord",
     "FaultSimulator",
     "SuiteSpec",
+    "attainment",
     "run_suite",
     "summarise",
 ]

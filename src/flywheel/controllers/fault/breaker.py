@@ -47,8 +47,8 @@ class BreakerVerdict:
 class CircuitBreaker:
     max_fraction: float = 0.5
     window_s: float = 300.0
-    cooldown_s: float = 120.0
-    probe_interval_s: float = 30.0
+    cooldown_s: float = 60.0
+    probe_interval_s: float = 15.0
     _isolations: list[tuple[float, str]] = field(default_factory=list)
     open_since: float | None = None
     open_reason: str = ""

@@ -47,8 +47,8 @@ class FaultConfig:
     straggler_weight: float = 0.5
     breaker_max_fraction: float = 0.5
     breaker_window_s: float = 300.0
-    breaker_cooldown_s: float = 120.0  # open → half-open
-    breaker_probe_interval_s: float = 30.0  # half-open: one node isolated per interval
+    breaker_cooldown_s: float = 60.0  # open → half-open
+    breaker_probe_interval_s: float = 15.0  # half-open: one node isolated per interval
     verify_s: float = 5.0  # a transient-capable signal must persist this long before quarantine
     escalation_window_s: float = 1800.0
     diagnostics_timeout_s: float = 600.0

@@ -95,6 +95,7 @@ class FaultSpec(_Model):
     rate: float = Field(1.0, ge=0.0, le=1.0, description="fraction of API requests affected")
     retry_after: float | None = Field(None, ge=0.0)
     latency: float | None = Field(None, ge=0.0)
+    group: str | None = Field(None, description="set by expansion: the repeats of one fault share a target")
 
     @model_validator(mode="after")
     def _consistent(self) -> FaultSpec:
@@ -111,9 +112,13 @@ class FaultSpec(_Model):
         return self
 
     def occurrences(self) -> list[FaultSpec]:
-        """One spec per repeat, at ``at + k * every``."""
+        """One spec per repeat, at ``at + k * every``, all in one ``group`` (the same target)."""
+        if self.repeat == 1:
+            return [self]
+        group = self.group or f"{self.type.value}@{self.at:g}"
         return [
-            self.model_copy(update={"at": self.at + k * self.every, "repeat": 1}) for k in range(self.repeat)
+            self.model_copy(update={"at": self.at + k * self.every, "repeat": 1, "group": group})
+            for k in range(self.repeat)
         ]
 
 
@@ -192,6 +197,10 @@ class Scenario(_Model):
                     )
                 )
         return sorted(out, key=lambda f: f.at)
+
+    def expand_for_sim(self, seed: int | None = None) -> list[FaultSpec]:
+        """The faults the simulator can run (hardware and engine faults)."""
+        return [f for f in self.expand(seed) if f.type in SIM_TYPES]
 
     def unsupported_in_sim(self) -> list[FaultType]:
         types = {f.type for f in self.faults} | {s.type for s in self.storms}
