@@ -162,7 +162,8 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
 
         registry = CollectorRegistry()
         async with KubeClient(cluster.url, insecure=True) as kube:
-            handler = FaultHandler(kube, FaultMetrics(registry))
+            # verification has its own test: here the XID counts as confirmed at once
+            handler = FaultHandler(kube, FaultMetrics(registry), config=FaultConfig(verify_s=0.0))
             # healthy reports change nothing
             assert await handler.on_gpunode(gpunode(http, "node-0")) == []
 
@@ -204,8 +205,9 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
                 a.action is Action.REPLACE_FROM_STANDBY and "llama-mm-tp4-2" in a.result
                 for a in incident.status.actions
             )
-            # GPU lost: evicted at once, no diagnosis
-            assert Action.RUN_DIAGNOSTICS not in {a.action for a in incident.status.actions}
+            # quarantined parts return only after passing stop-time diagnostics
+            assert Action.RUN_DIAGNOSTICS in {a.action for a in incident.status.actions}
+            assert gpunode(http, "node-0")["spec"]["diagnostics"]["gpuUUIDs"] == [g0[2]]
             resolved = get_condition(incident.status.conditions, reasons.RESOLVED)
             assert resolved is not None and resolved.status == "True"
 
@@ -222,7 +224,9 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
             before = items(http, f"{FW}/incidents")
             assert await handler.on_gpunode(gpunode(http, "node-0")) == []
             # nor does a restarted operator seeing it for the first time
-            restarted = FaultHandler(kube, FaultMetrics(CollectorRegistry()))
+            restarted = FaultHandler(
+                kube, FaultMetrics(CollectorRegistry()), config=FaultConfig(verify_s=0.0)
+            )
             assert await restarted.on_gpunode(gpunode(http, "node-0")) == []
             assert len(items(http, f"{FW}/incidents")) == len(before) == 1
             assert set(instances(http)) == {"llama-mm-tp4-1", "llama-mm-tp4-2"}
@@ -274,6 +278,7 @@ async def test_false_alarm_storm_is_capped_by_the_breaker(
             annotations = gpunode(http, "node-3")["metadata"].get("annotations") or {}
             assert RESET_BREAKER_ANNOTATION not in annotations
             assert registry.get_sample_value("flywheel_fault_circuit_breaker_open") == 0
+            await handler.close()
     finally:
         for agent, _ in agents:
             agent.stop()
