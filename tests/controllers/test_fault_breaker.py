@@ -169,7 +169,7 @@ def test_no_window_ever_holds_more_than_the_limit(
         breaker_probe_interval_s=30.0,
     )
     controller = FaultController(config)
-    limit = int(fraction * nodes + 1e-9)
+    limit = max(1, int(fraction * nodes + 1e-9))
     probes = math.floor(60.0 / 30.0) + 1  # half-open admits one node per probe interval beyond the limit
     t = 0.0
     admitted: list[tuple[float, str]] = []

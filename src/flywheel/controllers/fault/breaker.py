@@ -4,7 +4,7 @@ A node counts once it is quarantined or has any GPU quarantined. Policy (documen
 ``docs/faults.md``):
 
 - **Closed**: an isolation is admitted while the distinct nodes isolated within ``window_s`` stay at
-  most ``floor(max_fraction * total_nodes)`` (NVSentinel's rule: 50% of nodes in 5 minutes). One
+  most ``max(1, floor(max_fraction * total_nodes))`` (NVSentinel's rule: 50% of nodes in 5 minutes). One
   that would exceed it is refused and the breaker **opens**.
 - **Open** for ``cooldown_s``: every isolation is refused. Many simultaneous "faults" are far
   likelier a bad signal or a shared dependency than real hardware, and a false alarm must never take
@@ -77,7 +77,8 @@ class CircuitBreaker:
         return BreakerState.OPEN
 
     def limit(self, total_nodes: int) -> int:
-        return math.floor(self.max_fraction * total_nodes + 1e-9)
+        """At least one node: a single fault is never a storm, even on a tiny cluster."""
+        return max(1, math.floor(self.max_fraction * total_nodes + 1e-9))
 
     def nodes_in_window(self, at: float) -> set[str]:
         self._isolations = [(t, n) for t, n in self._isolations if at - t <= self.window_s]
