@@ -95,6 +95,9 @@ def agent(
     operator_timeout: float = typer.Option(60.0, "--operator-timeout", help="Reset clocks after silence."),
     kube: bool = typer.Option(True, "--kube/--no-kube", help="Write GPUNode status and Events."),
     engine: list[str] = typer.Option([], "--engine", help="name=http://host:port[@pid,...] to watch."),
+    disk_path: list[Path] = typer.Option(
+        [], "--disk-path", help="Local storage that must take writes (weights cache); DiskFault if not."
+    ),
 ) -> None:
     """Run the node agent (DaemonSet): health checks, metrics, clocks, device plugin."""
     from flywheel.agents.cli import run_agent
@@ -114,6 +117,7 @@ def agent(
         operator_timeout_s=operator_timeout,
         kube=kube,
         engines=engine,
+        disk_paths=disk_path,
     )
 
 

@@ -45,6 +45,7 @@ def run_agent(
     operator_timeout_s: float,
     kube: bool,
     engines: list[str],
+    disk_paths: list[Path] | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend: NvmlBackend
@@ -81,6 +82,7 @@ def run_agent(
         device_plugin_dir=device_plugin_dir,
         gpu_replicas=gpu_replicas,
         metrics_port=metrics_port,
+        disk_paths=list(disk_paths or []),
     )
     agent = Agent(config, backend, sink=sink, engines=lambda: targets, spec_source=spec_source)
     stop = threading.Event()
