@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.controllers.baselines.static import StaticPolicy
+from flywheel.controllers.fault import FaultConfig
 from flywheel.controllers.fault.scenario import Scenario, ScenarioError, parse_scenario
 from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim.faults import AgentTiming, FaultRecord, FaultSimulator, attainment
@@ -83,13 +84,21 @@ def _settled(record: FaultRecord, end: float) -> float:
     return max(done) if done else end
 
 
-def run_trial(scenario: Scenario, seed: int, timing: AgentTiming | None = None) -> TrialResult:
+def run_trial(
+    scenario: Scenario, seed: int, timing: AgentTiming | None = None, fault_config: FaultConfig | None = None
+) -> TrialResult:
     workload = _workload(scenario)
     config = _config(scenario, seed)
     instances = scenario.cluster.instances
     baseline = Simulator(workload, StaticPolicy(instances), config).run()
     sim = FaultSimulator(
-        workload, StaticPolicy(instances), config, scenario.expand_for_sim(seed), timing=timing, seed=seed
+        workload,
+        StaticPolicy(instances),
+        config,
+        scenario.expand_for_sim(seed),
+        timing=timing,
+        fault_config=fault_config,
+        seed=seed,
     )
     result = sim.run()
     records = sim.records
@@ -157,7 +166,7 @@ def summarise_trials(name: str, trials: list[TrialResult]) -> dict[str, Any]:
         "attainment_during_no_fault": _mean([t.attainment_no_fault for t in trials]),
         "attainment_after": _mean([t.attainment_after for t in trials]),
         "real_quarantined": sum(r.quarantined for r in real),
-        "real_unisolated": sum(r.isolated_s is None for r in real if r.kind.value != "thermal" or r.clears_s),
+        "real_unisolated": sum(r.isolated_s is None and r.clears_s is None for r in real),
         "false_quarantined": sum(r.quarantined for r in false),
         "false_quarantined_permanent": sum(r.quarantined and r.released_s is None for r in false),
         "false_withheld_p50_s": _pct(withheld, 50),
@@ -167,11 +176,13 @@ def summarise_trials(name: str, trials: list[TrialResult]) -> dict[str, Any]:
     }
 
 
-def run_scenario(scenario: Scenario, trials: int | None = None) -> dict[str, Any]:
+def run_scenario(
+    scenario: Scenario, trials: int | None = None, fault_config: FaultConfig | None = None
+) -> dict[str, Any]:
     """All trials of a scenario (seeds ``seed .. seed+trials-1``): per-fault rows and a summary."""
     unsupported = scenario.unsupported_in_sim()
     count = trials if trials is not None else scenario.trials
-    results = [run_trial(scenario, scenario.seed + k) for k in range(count)]
+    results = [run_trial(scenario, scenario.seed + k, fault_config=fault_config) for k in range(count)]
     rows = [
         {
             "trial": k,

@@ -128,6 +128,7 @@ class FaultRecord:
     gpu: int | None
     injected_s: float
     false_alarm: bool = False
+    group: str | None = None  # repeats of one fault (a flapping NIC) share it
     clears_s: float | None = None  # the condition goes away by itself at this time
     first_alert_s: float | None = None  # the operator first sees the report
     detected_s: float | None = None  # first decision that stops traffic, isolates or is held
@@ -421,6 +422,10 @@ class FaultSimulator(Simulator):
     def _inject(self, spec: FaultSpec) -> None:
         if spec.type not in SIM_TYPES:
             raise ValueError(f"the simulator cannot inject {spec.type.value} (dev cluster only)")
+        if spec.group is not None and any(
+            r.group == spec.group and r.isolated_s is not None for r in self.records
+        ):
+            return  # a repeat (a flapping NIC) on a part already taken out of service
         hit = self._group_targets.get(spec.group) if spec.group is not None else None
         hit = hit or self._target(spec)
         if hit is None:
@@ -438,6 +443,7 @@ class FaultSimulator(Simulator):
             gpu,
             self.now,
             false_alarm=spec.false_alarm,
+            group=spec.group,
             clears_s=self.now + spec.duration if spec.clears and spec.duration is not None else None,
             ready_before=self._ready_actives(pool),
         )
