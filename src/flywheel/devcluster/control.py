@@ -91,7 +91,9 @@ class RouterSync:
                         name=iname,
                         url=url,
                         pool=name,
-                        ready=_serving(instance) and spec.get("role", "Active") == "Active",
+                        ready=_serving(instance)
+                        and spec.get("role", "Active") == "Active"
+                        and not _weight_zero(instance),
                         draining=bool(spec.get("drain")),
                     )
                 )
@@ -120,3 +122,12 @@ class RouterSync:
                 )
             except KubeError as error:
                 log.debug("pool load of %s: %s", pool["metadata"]["name"], error)
+
+
+def _weight_zero(instance: dict[str, Any]) -> bool:
+    """The fault handler stopped traffic to this instance (``flywheel.dev/routing-weight: "0"``)."""
+    annotations = (instance.get("metadata") or {}).get("annotations") or {}
+    try:
+        return float(annotations.get("flywheel.dev/routing-weight", "1")) <= 0.0
+    except ValueError:
+        return False

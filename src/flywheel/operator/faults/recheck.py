@@ -21,28 +21,34 @@ from collections.abc import Awaitable, Callable
 
 class Rechecks:
     def __init__(self) -> None:
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, asyncio.Task[None]] = {}  # key -> task still sleeping
+        self._all: set[asyncio.Task[None]] = set()  # sleeping or running
 
     def schedule(self, key: str, after_s: float, action: Callable[[], Awaitable[None]]) -> None:
-        """Run ``action`` after ``after_s``; a newer schedule for the same ``key`` replaces it."""
+        """Run ``action`` after ``after_s``; a newer schedule for the same ``key`` replaces a waiting one."""
 
         async def later() -> None:
             await asyncio.sleep(max(after_s, 0.0))
-            if self._tasks.get(key) is asyncio.current_task():
-                del self._tasks[key]
+            if self._waiting.get(key) is asyncio.current_task():
+                del self._waiting[key]
             await action()
 
-        old = self._tasks.pop(key, None)
+        old = self._waiting.pop(key, None)
         if old is not None and old is not asyncio.current_task():
             old.cancel()
-        self._tasks[key] = asyncio.get_running_loop().create_task(later())
+        task = asyncio.get_running_loop().create_task(later())
+        self._waiting[key] = task
+        self._all.add(task)
+        task.add_done_callback(self._all.discard)
 
     def pending(self, key: str) -> bool:
-        return key in self._tasks
+        return key in self._waiting
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
+        """Cancel every re-check, sleeping or running (except the caller's own)."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._all if t is not current]
+        self._waiting.clear()
         for task in tasks:
             task.cancel()
         if tasks:
