@@ -249,6 +249,9 @@ def dev(
         ["auto"], "--inject", help="KIND@SECONDS (xidN, gpulost, hang, crash); 'auto': xid79 at 1/3; 'none'."
     ),
     report: Path | None = typer.Option(None, "--report", help="Write the JSON summary here."),
+    chaos: Path | None = typer.Option(
+        None, "--chaos", help="Fault scenario file (scenarios/faults/*.yaml) instead of --inject."
+    ),
     max_rps: float = typer.Option(10.0, "--max-rps", help="Sample the trace down to this wall request rate."),
     live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)."),
     seed: int = typer.Option(0, "--seed"),
@@ -258,7 +261,7 @@ def dev(
 
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
-        report=report, max_rps=max_rps, live=live, seed=seed,
+        report=report, chaos=chaos, max_rps=max_rps, live=live, seed=seed,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

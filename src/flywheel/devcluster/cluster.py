@@ -32,12 +32,13 @@ from rich.live import Live
 
 from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
+from flywheel.controllers.fault.scenario import parse_scenario
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.devcluster import report as reporting
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync, pool_classes
-from flywheel.devcluster.faults import FaultInjector, FaultSpec
+from flywheel.devcluster.faults import FaultInjector, FaultSpec, from_scenario
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
 from flywheel.devcluster.nodes import SimNode, make_node, start_agent
 from flywheel.devcluster.replay import Outcome, ReplayPlan, plan, replay
@@ -102,6 +103,7 @@ class DevOptions:
     nodes: int = 3
     gpus_per_node: int = 8
     inject: list[str] = field(default_factory=lambda: ["auto"])
+    chaos: Path | None = None  # a fault scenario file (scenarios/faults/*.yaml) instead of --inject
     report: Path | None = None
     max_rps: float = 10.0  # wall-clock request rate the replay is sampled down to
     load_seconds: float = 60.0  # virtual seconds an engine takes to load its weights (cold start)
@@ -114,9 +116,21 @@ class DevOptions:
     operator_log: Path | None = None
     progress: Callable[[str], None] | None = None
 
+    def chaos_faults(self) -> tuple[list[FaultSpec], list[str]]:
+        """The ``--chaos`` scenario's injectable faults and the fault types skipped."""
+        if self.chaos is None:
+            return [], []
+        try:
+            text = self.chaos.read_text()
+        except OSError as exc:
+            raise ValueError(f"{self.chaos}: cannot read: {exc.strerror or exc}") from None
+        return from_scenario(parse_scenario(text, str(self.chaos)))
+
     def faults(self) -> list[FaultSpec]:
         specs: list[FaultSpec] = []
-        for text in self.inject:
+        if self.chaos is not None:
+            specs = self.chaos_faults()[0]
+        for text in [] if self.chaos is not None else self.inject:
             if text == "none":
                 continue
             if text == "auto":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flywheel.controllers.fault.scenario import FaultType, Scenario
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
 
 Obj = dict[str, Any]
@@ -45,6 +46,29 @@ class FaultSpec:
         if match["xid"] is not None:
             return cls("xid", float(match["at"]), int(match["xid"]))
         return cls(kind, float(match["at"]))
+
+
+# Scenario fault types the dev cluster injects today (``flywheel dev --chaos FILE``).
+_FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
+    FaultType.XID: ("xid", 79),
+    FaultType.GPU_LOST: ("gpulost", None),
+    FaultType.ENGINE_HANG: ("hang", None),
+    FaultType.ENGINE_CRASH: ("crash", None),
+}
+
+
+def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
+    """The scenario's faults the dev cluster can inject (on the busiest serving instance, at their
+    time; targets, durations and false alarms are not modelled here yet), and the types it skips."""
+    specs: list[FaultSpec] = []
+    skipped: set[str] = set()
+    for fault in scenario.expand():
+        mapped = _FROM_SCENARIO.get(fault.type)
+        if mapped is None or fault.false_alarm:
+            skipped.add(f"{fault.type.value}{' (false alarm)' if fault.false_alarm else ''}")
+            continue
+        specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1]))
+    return specs, sorted(skipped)
 
 
 @dataclass
