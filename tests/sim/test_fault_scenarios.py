@@ -130,3 +130,18 @@ def test_run_scenario_skips_dev_only_faults_and_reports_them() -> None:
     out = run_scenario(load_scenario(SCENARIOS / "process-kills.yaml"), trials=1)
     assert set(out["skipped_types"]) == {"kill_operator", "kill_agent", "kill_router", "kill_engine"}
     assert out["summary"]["real_faults"] == 0
+
+
+def test_simulate_fault_flag_goes_through_detection_not_a_hard_loss() -> None:
+    from flywheel.sim.runner import RunSpec, detected_faults, run_policies
+    from flywheel.sim.simulator import FaultEvent, SimConfig
+
+    config = SimConfig(faults=(FaultEvent(60.0, 0, 3), FaultEvent(90.0, 1)))
+    lost, dead = detected_faults(config)
+    assert (lost.type, lost.at, lost.target.node, lost.target.gpu) == (FaultType.GPU_LOST, 60.0, 0, 3)
+    assert (dead.type, dead.target.node, dead.target.gpu) == (FaultType.NODE_DEATH, 1, None)
+    spec = RunSpec(
+        trace="conv", policies=["static"], nodes=6, duration_s=200.0, faults=[FaultEvent(60.0, 0, 3)]
+    )
+    _, _, (result,) = run_policies(spec, show_progress=False)
+    assert int(result.dropped.sum()) == 0

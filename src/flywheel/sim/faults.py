@@ -51,7 +51,7 @@ from flywheel.controllers.fault import (
     RankTrace,
 )
 from flywheel.controllers.fault.scenario import NODE_TYPES, SIM_TYPES, FaultSpec, FaultType
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.policy import SLO, Policy
 from flywheel.controllers.reshard import ReconfigCosts
 from flywheel.sim.cluster import GpuRef
 from flywheel.sim.reconfig import ReconfigOptions
@@ -197,7 +197,7 @@ class FaultSimulator(Simulator):
     def __init__(
         self,
         workload: Workload,
-        policy: StaticPolicy,
+        policy: Policy,
         config: SimConfig,
         faults: Sequence[tuple[float, FaultType] | FaultSpec],
         timing: AgentTiming | None = None,

@@ -14,8 +14,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
+from flywheel.controllers.fault.scenario import FaultSpec, FaultType, Target
 from flywheel.controllers.policy import SLO, ControlPeriods
 from flywheel.sim import report
+from flywheel.sim.faults import FaultSimulator
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
 from flywheel.sim.sizing import static_instances
@@ -97,8 +99,26 @@ def run_policies(
             def update(fraction: float, task_id: Any = task) -> None:
                 progress.update(task_id, completed=fraction)
 
-            results.append(Simulator(workload, policy, config).run(update))
+            sim = (
+                FaultSimulator(
+                    workload, policy, replace(config, faults=()), detected_faults(config), seed=spec.seed
+                )
+                if config.faults
+                else Simulator(workload, policy, config)
+            )
+            results.append(sim.run(update))
     return workload, config, results
+
+
+def detected_faults(config: SimConfig) -> list[FaultSpec]:
+    """``--fault`` events as faults that manifest and then go through detection, the fault controller
+    and its breaker (``flywheel.sim.faults``): a whole node dies (heartbeat lost), or a GPU is lost."""
+    return [
+        FaultSpec(type=FaultType.NODE_DEATH, at=f.time_s, target=Target(node=f.node))
+        if f.gpu is None
+        else FaultSpec(type=FaultType.GPU_LOST, at=f.time_s, target=Target(node=f.node, gpu=f.gpu))
+        for f in config.faults
+    ]
 
 
 def config_dict(config: SimConfig, spec: RunSpec) -> dict[str, Any]:
