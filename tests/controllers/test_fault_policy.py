@@ -261,3 +261,14 @@ def test_straggler_recheck_on_a_float_boundary_isolates() -> None:
     assert decision.recheck_after_s == 120.0
     again = controller.handle(FaultSignal(SignalType.THERMAL, "node-2", first + 120.0, gpu_uuids=hot), view)
     assert again.isolates
+
+
+def test_asking_again_about_the_same_occurrence_does_not_escalate() -> None:
+    view = fleet()
+    controller = FaultController()
+    disk = FaultSignal(SignalType.DISK, "node-2", 10.0, observed_at=9.0)
+    first = controller.handle(disk, view)
+    retried = controller.handle(replace(disk, at=11.0), view)  # e.g. after a failed API write
+    assert retried.escalation_level == first.escalation_level
+    again = controller.handle(replace(disk, at=600.0, observed_at=590.0), view)  # a new occurrence
+    assert again.escalation_level == first.escalation_level + 1

@@ -121,7 +121,7 @@ async def test_xid79_is_verified_then_a_clearing_false_alarm_restores_traffic(
             assert weight(http, "llama-mm-tp4-0") is None  # traffic restored
             assert not gpunode(http, "node-0")["spec"].get("quarantinedGPUs")
             assert "llama-mm-tp4-0" in instances(http)
-            assert registry.get_sample_value("flywheel_fault_verifying") == 0
+            await eventually(lambda: registry.get_sample_value("flywheel_fault_verifying") == 0, "gauge back")
             await handler.close()
     finally:
         agent.stop()

@@ -16,7 +16,13 @@ from flywheel.devcluster.emulator import FlywheelEmulator
 class ApiServer:
     """``start()`` returns the URL; ``stop()`` ends the server and its thread."""
 
-    def __init__(self, namespaces: tuple[str, ...] = ("default",), **options: Any) -> None:
+    def __init__(
+        self,
+        namespaces: tuple[str, ...] = ("default",),
+        emulator_class: type[FlywheelEmulator] = FlywheelEmulator,
+        **options: Any,
+    ) -> None:
+        self._emulator_class = emulator_class  # e.g. devcluster.apifaults.FaultyEmulator for chaos tests
         self._options = options
         self._namespaces = namespaces
         self._loop = asyncio.new_event_loop()
@@ -35,7 +41,7 @@ class ApiServer:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stop = asyncio.Event()
-        emulator = FlywheelEmulator(**self._options)
+        emulator = self._emulator_class(**self._options)
         self.emulator = emulator
         for namespace in self._namespaces:
             emulator.seed(("", "v1", "namespaces"), {"metadata": {"name": namespace}})

@@ -384,7 +384,9 @@ class FaultController:
                     evidence=evidence,
                     recheck_after_s=verdict.retry_after_s,
                 )
-        level = self.ledger.level_for(signal.key(), policy.remediation, signal.at, policy.escalation)
+        level = self.ledger.level_for(
+            signal.key(), policy.remediation, signal.at, policy.escalation, occurrence=signal.observed_at
+        )
         remediation = LADDER[level]
         why = "; ".join(plan.reasons)
         steps: list[Step] = []

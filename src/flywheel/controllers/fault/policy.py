@@ -130,21 +130,36 @@ def xid_policy(xid: int, advice: XidAdvice) -> SignalPolicy:
 
 @dataclass
 class EscalationLedger:
-    """Remembers the last remediation per fault key; repeats within ``window_s`` climb the ladder."""
+    """Remembers the last remediation per fault key; repeats within ``window_s`` climb the ladder.
+
+    A decision asked again about the *same occurrence* (same key and first observation, e.g. after a
+    failed API write) gets the same rung: only a new occurrence is a repeat."""
 
     window_s: float = 1800.0
     _last: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _occurrence: dict[str, float] = field(default_factory=dict)
 
-    def level_for(self, key: str, base: Action, at: float, escalation: Action = Action.NONE) -> int:
+    def level_for(
+        self,
+        key: str,
+        base: Action,
+        at: float,
+        escalation: Action = Action.NONE,
+        occurrence: float | None = None,
+    ) -> int:
         """Ladder rung for a fault with identity ``key`` whose table remediation is ``base``; a repeat
         within the window climbs to ``escalation`` or one rung above the last, whichever is higher."""
-        base_rung = rung(base)
         previous = self._last.get(key)
+        if previous is not None and occurrence is not None and self._occurrence.get(key) == occurrence:
+            return previous[0]
+        base_rung = rung(base)
         level = base_rung
         if previous is not None and at - previous[1] <= self.window_s:
             level = max(base_rung, previous[0] + 1, rung(escalation))
         level = min(level, len(LADDER) - 1)
         self._last[key] = (level, at)
+        if occurrence is not None:
+            self._occurrence[key] = occurrence
         return level
 
     def escalate(self, key: str, at: float, escalation: Action = Action.NONE) -> int:
@@ -156,9 +171,11 @@ class EscalationLedger:
 
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+        self._occurrence.pop(key, None)
 
     def to_state(self) -> dict[str, Any]:
-        return {key: [level, at] for key, (level, at) in self._last.items()}
+        return {key: [level, at, self._occurrence.get(key)] for key, (level, at) in self._last.items()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._last = {str(k): (int(v[0]), float(v[1])) for k, v in state.items()}
+        self._occurrence = {str(k): float(v[2]) for k, v in state.items() if len(v) > 2 and v[2] is not None}

@@ -50,7 +50,7 @@ from flywheel.operator.faults.kubeio import (
 )
 from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.recheck import Rechecks
-from flywheel.operator.faults.replacement import PoolReplacement, plan_replacements
+from flywheel.operator.faults.replacement import REPLACES_ANNOTATION, PoolReplacement, plan_replacements
 from flywheel.operator.faults.signals import (
     Observation,
     heartbeat_observation,
@@ -235,8 +235,12 @@ class FaultHandler:
         self._track(name, decision)
         incident = await self._route(decision.routing_weights, incident, instances)
         replacements = plan_replacements(decision, instances, fleet)
-        incident = await self._isolate(decision, incident, instances, fleet)
+        # Quarantine, promote the replacements, then delete the victims: a failed write part-way is
+        # retried from the start and finds the victims still there (promotions are marked, see below).
+        await self._quarantine(decision, incident, fleet)
         incident = await self._replace(decision, incident, replacements)
+        incident = await self._evict(decision, incident, instances)
+        incident = self._restored_from_standby(incident, replacements)
         incident = await self._start_diagnostics(decision, incident)
         if existing is None:
             await incidents.create(self.client, incident)
@@ -425,13 +429,9 @@ class FaultHandler:
         log.warning("circuit breaker reset via %s", node_name)
 
     # ------------------------------------------------------------------ isolation
-    async def _isolate(
-        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj], fleet: FleetView
-    ) -> Incident:
-        if not decision.isolates:
-            return incident
-        name = incident.metadata.name or ""
-        since = to_datetime(decision.signal.at)
+    async def _quarantine(self, decision: FaultDecision, incident: Incident, fleet: FleetView) -> None:
+        if not decision.quarantine_gpus and not decision.quarantine_nodes:
+            return
         by_node: dict[str, list[str]] = {}
         for uuid in sorted(decision.quarantine_gpus):
             by_node.setdefault(fleet.node_of_gpu(uuid) or decision.signal.node, []).append(uuid)
@@ -442,10 +442,16 @@ class FaultHandler:
                 names.get(node, node),
                 by_node.get(node, []),
                 node in decision.quarantine_nodes,
-                name,
+                incident.metadata.name or "",
                 decision.reason,
-                since,
+                to_datetime(decision.signal.at),
             )
+
+    async def _evict(
+        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj]
+    ) -> Incident:
+        if not decision.isolates:
+            return incident
         for evicted in decision.evict:
             victim = instances.get(evicted)
             if victim is not None:
@@ -470,10 +476,13 @@ class FaultHandler:
             return incident
         pending = _Pending(incident, decision.signal)
         for plan in plans:
-            for promoted in plan.promoted:
-                await self.client.patch(
-                    MODEL_INSTANCES, plan.namespace, promoted, {"spec": {"role": "Active"}}
-                )
+            for promoted, victim in zip(plan.promoted, plan.victims, strict=False):
+                # one write: the role and which victim it replaces (a retry does not promote another)
+                patch = {
+                    "metadata": {"annotations": {REPLACES_ANNOTATION: victim}},
+                    "spec": {"role": "Active"},
+                }
+                await self.client.patch(MODEL_INSTANCES, plan.namespace, promoted, patch)
                 incident = record_action(
                     incident,
                     Action.REPLACE_FROM_STANDBY,
@@ -490,13 +499,17 @@ class FaultHandler:
                     self.clock(),
                     f"no ready standby for {plan.missing} instance(s): the pool reconcile starts them cold",
                 )
-        if not pending.pools:
-            now = self.clock()
-            incident = resolve(stamp(incident, replaced=now), now, "capacity restored from warm standby")
-        else:
+        if pending.pools:
             pending.incident = incident
             self.pending[incident.metadata.name or ""] = pending
         return incident
+
+    def _restored_from_standby(self, incident: Incident, plans: list[PoolReplacement]) -> Incident:
+        """After the eviction: every victim had a warm standby → capacity is back now."""
+        if not plans or any(plan.missing > 0 for plan in plans):
+            return incident
+        now = self.clock()
+        return resolve(stamp(incident, replaced=now), now, "capacity restored from warm standby")
 
     async def on_instance(self, body: Mapping[str, Any]) -> None:
         """A ModelInstance changed: once its pool serves at its pre-fault size again, the incident

@@ -1,7 +1,9 @@
 """Replacement planning: which warm standby of its pool replaces each evicted active instance.
 
-Decided before the eviction, so that deleting and promoting follow each other with no pool reconcile
-between; a pool without a ready standby is refilled cold by its own reconcile.
+Decided before the eviction; the handler promotes before it deletes the victims, and marks each
+promoted standby with the victim it replaces (``flywheel.dev/replaces``), so a retry after a failed
+write neither loses the promotion nor promotes a second standby. A pool without a ready standby is
+refilled cold by its own reconcile.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from flywheel.controllers.standby import Role, promote_for_failures
 from flywheel.operator.faults.kubeio import ROUTING_WEIGHT_ANNOTATION, member
 from flywheel.operator.kube import Obj
 
+REPLACES_ANNOTATION = "flywheel.dev/replaces"
+
 
 @dataclass(frozen=True)
 class PoolReplacement:
     namespace: str
     pool: str
     promoted: tuple[str, ...]
+    victims: tuple[str, ...]  # promoted[i] replaces victims[i]
     missing: int  # evicted actives with no ready standby: cold-started by the pool reconcile
     actives: int  # the pool's actives before the fault
 
@@ -26,7 +31,16 @@ class PoolReplacement:
 def plan_replacements(
     decision: FaultDecision, instances: dict[str, Obj], fleet: FleetView
 ) -> list[PoolReplacement]:
-    failed = [n for n in decision.evict if n in instances and instances[n]["spec"].get("role") != "Standby"]
+    replaced = {
+        f"{o['metadata']['namespace']}/{ann}"
+        for o in instances.values()
+        if (ann := ((o.get("metadata") or {}).get("annotations") or {}).get(REPLACES_ANNOTATION))
+    }
+    failed = [
+        n
+        for n in decision.evict
+        if n in instances and instances[n]["spec"].get("role") != "Standby" and n not in replaced
+    ]
     by_pool: dict[tuple[str, str], list[str]] = {}
     for inst in failed:
         meta, spec = instances[inst]["metadata"], instances[inst]["spec"]
@@ -56,5 +70,7 @@ def plan_replacements(
         standbys = sum(1 for m in members if m.role is Role.STANDBY and not m.draining)
         plan = promote_for_failures(members, victims, actives, standbys, tp)
         promoted = tuple(plan.promoted)
-        plans.append(PoolReplacement(namespace, pool, promoted, len(victims) - len(promoted), actives))
+        plans.append(
+            PoolReplacement(namespace, pool, promoted, tuple(victims), len(victims) - len(promoted), actives)
+        )
     return plans

@@ -1,0 +1,106 @@
+"""Fault handling while the API server misbehaves (500s, 429 with Retry-After, slow answers): the
+fault is isolated exactly once, nothing is duplicated, and no observation is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from emulator_thread import EmulatorThread
+from prometheus_client import CollectorRegistry
+from test_faults import (
+    FW,
+    create_deployment,
+    create_instance,
+    gpunode,
+    instances,
+    items,
+    report_until,
+    start_agent,
+    uuids,
+)
+
+from flywheel.controllers.fault import FaultConfig
+from flywheel.devcluster.apifaults import ApiFaultRule, FaultyEmulator
+from flywheel.operator.faults import FaultHandler, FaultMetrics
+from flywheel.operator.kube import KubeClient, KubeError
+
+OPERATOR = "flywheel-operator"
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatorThread]:
+    with EmulatorThread(emulator_class=FaultyEmulator) as emu:
+        yield emu
+
+
+@pytest.fixture
+def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        yield client
+
+
+def storm(cluster: EmulatorThread, *rules: ApiFaultRule) -> None:
+    cluster.call(lambda emu: emu.faults.set(*rules))  # type: ignore[attr-defined]
+
+
+def injected(cluster: EmulatorThread) -> dict[str, int]:
+    return cluster.call(lambda emu: dict(emu.faults.injected))  # type: ignore[attr-defined]
+
+
+async def test_api_errors_never_duplicate_or_drop_fault_handling(
+    cluster: EmulatorThread, http: httpx.Client
+) -> None:
+    agent0, nvml0 = start_agent(http, "node-0")
+    agent1, _ = start_agent(http, "node-1")
+    try:
+        g0, g1 = uuids(agent0), uuids(agent1)
+        create_deployment(http)
+        create_instance(http, "llama-mm-tp4-0", "node-0", g0[:4], "Active")
+        create_instance(http, "llama-mm-tp4-1", "node-1", g1[:4], "Active")
+        create_instance(http, "llama-mm-tp4-2", "node-1", g1[4:], "Standby")
+        nvml0.inject_gpu_lost(1)
+        report_until(agent0, "GPULost")
+        # only the operator's requests misbehave: 30% 500s, 20% of writes 429 + Retry-After, 10% slow
+        storm(
+            cluster,
+            ApiFaultRule(rate=0.3, status=500, user_agent=OPERATOR),
+            ApiFaultRule(
+                rate=0.2,
+                status=429,
+                retry_after_s=1,
+                methods=frozenset({"POST", "PATCH", "DELETE"}),
+                user_agent=OPERATOR,
+            ),
+            ApiFaultRule(rate=0.1, latency_s=0.05, user_agent=OPERATOR),
+        )
+        async with KubeClient(cluster.url, insecure=True) as kube:
+            handler = FaultHandler(kube, FaultMetrics(CollectorRegistry()), config=FaultConfig(verify_s=0.0))
+            failures = 0
+            for _ in range(300):  # each GPUNode event (or heartbeat check) tries again
+                try:
+                    await handler.on_gpunode(gpunode(http, "node-0"))
+                except KubeError:
+                    failures += 1
+                    continue
+                if handler.handled:
+                    break
+                await asyncio.sleep(0.01)
+            storm(cluster)
+            assert handler.handled, "the fault was never handled"
+            counts = injected(cluster)
+            assert failures > 0 and counts.get("500", 0) + counts.get("429", 0) >= failures
+            # isolated exactly once: one quarantine entry, one Incident, the instance gone, one promotion
+            assert [q["uuid"] for q in gpunode(http, "node-0")["spec"]["quarantinedGPUs"]] == [g0[1]]
+            assert len(items(http, f"{FW}/incidents")) == 1
+            now = instances(http)
+            assert set(now) == {"llama-mm-tp4-1", "llama-mm-tp4-2"}
+            assert [i["spec"]["role"] for i in now.values()] == ["Active", "Active"]
+            # and the same report afterwards changes nothing
+            assert await handler.on_gpunode(gpunode(http, "node-0")) == []
+            await handler.close()
+    finally:
+        agent0.stop()
+        agent1.stop()
