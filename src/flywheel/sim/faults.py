@@ -115,7 +115,7 @@ class AgentTiming:
     nic_recheck_s: float = 1.0  # the operator asks the agent's next check again
     api_write_s: float = 0.02  # one write of the operator to the API server
     throttle_clock_mhz: int = 1005  # a thermally throttled H100 (about half of max)
-    heartbeat_timeout_s: float = 40.0  # OperatorConfig.heartbeat_timeout_s (kubelet's grace period)
+    heartbeat_timeout_s: float = 90.0  # FaultHandler.heartbeat_timeout_s: 3 missed agent heartbeats
     heartbeat_check_s: float = 5.0  # OperatorConfig.heartbeat_check_s
     diagnostics_s: float = 60.0  # NVML + compute + engine-restart levels, all passing
 

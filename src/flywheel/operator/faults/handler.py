@@ -96,7 +96,7 @@ class FaultHandler:
         config: FaultConfig | None = None,
         clock: Callable[[], float] = time.time,
         state: StateStore | None = None,
-        heartbeat_timeout_s: float = 40.0,
+        heartbeat_timeout_s: float = 90.0,  # 3 missed agent heartbeats (30 s each)
     ) -> None:
         self._client = client
         self.metrics = metrics
