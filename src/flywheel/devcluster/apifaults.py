@@ -38,13 +38,17 @@ class ApiFaultRule:
     disconnect_watch: bool = False  # end watch streams at once
     methods: frozenset[str] = frozenset()  # empty: every method
     watches_only: bool = False
-    user_agent: str | None = None  # only requests from this client (e.g. "flywheel-operator")
+    user_agent: str | None = (
+        None  # only requests whose User-Agent starts with this (e.g. "flywheel-operator")
+    )
 
     def matches(self, request: aiohttp.web.BaseRequest) -> bool:
         watch = request.query.get("watch") in ("true", "1")
         if self.watches_only and not watch:
             return False
-        if self.user_agent is not None and request.headers.get("User-Agent") != self.user_agent:
+        if self.user_agent is not None and not request.headers.get("User-Agent", "").startswith(
+            self.user_agent
+        ):
             return False
         return not self.methods or request.method in self.methods
 
