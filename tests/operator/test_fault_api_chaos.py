@@ -111,8 +111,8 @@ async def test_api_errors_never_duplicate_or_drop_fault_handling(
 def test_real_operator_handles_xid79_while_its_writes_fail(
     cluster: EmulatorThread, http: httpx.Client
 ) -> None:
-    """The kopf operator end to end (placement, standby, fault handling) with 15% of its own API
-    writes answered 500 or 429: the XID 79 is still isolated once and the standby takes over."""
+    """The kopf operator end to end: once the deployment serves, 15% of the operator's API writes are
+    answered 500 or 429; the XID 79 is still isolated once and the standby takes over."""
     from opharness import OperatorThread, operator_config
     from test_faults import xid79_scenario
 
@@ -127,16 +127,19 @@ def test_real_operator_handles_xid79_while_its_writes_fail(
         assert r.status_code == 201
         agents.append(start_agent(http, node))
     writes = frozenset({"POST", "PATCH", "DELETE", "PUT"})
-    storm(
-        cluster,
-        ApiFaultRule(rate=0.1, status=500, methods=writes, user_agent=OPERATOR),
-        ApiFaultRule(rate=0.05, status=429, retry_after_s=1, methods=writes, user_agent=OPERATOR),
-    )
+
+    def api_storm() -> None:  # from the fault on (placement under API errors is tested elsewhere)
+        storm(
+            cluster,
+            ApiFaultRule(rate=0.1, status=500, methods=writes, user_agent=OPERATOR),
+            ApiFaultRule(rate=0.05, status=429, retry_after_s=1, methods=writes, user_agent=OPERATOR),
+        )
+
     try:
         with OperatorThread(operator_config(cluster.url)) as operator:
             assert operator.alive
             try:
-                xid79_scenario(http, agents)
+                xid79_scenario(http, agents, before_fault=api_storm)
             finally:
                 operator.stop()
         assert sum(injected(cluster).values()) > 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +307,11 @@ def test_real_operator_replaces_an_instance_after_xid79(cluster: EmulatorThread,
             agent.stop()
 
 
-def xid79_scenario(http: httpx.Client, agents: list[tuple[Agent, SimulatedNvml]]) -> None:
+def xid79_scenario(
+    http: httpx.Client,
+    agents: list[tuple[Agent, SimulatedNvml]],
+    before_fault: Callable[[], None] | None = None,
+) -> None:
     from opharness import mark_pods_ready, model_deployment, wait_for
 
     http.post(f"{FW}/namespaces/default/modeldeployments", json=model_deployment("llama")).raise_for_status()
@@ -335,6 +339,8 @@ def xid79_scenario(http: httpx.Client, agents: list[tuple[Agent, SimulatedNvml]]
     standby = next(i for i in before.values() if i["spec"]["role"] == "Standby")
     bad_gpu = active["spec"]["gpuUUIDs"][0]
     agent, nvml = next((a, n) for a, n in agents if a.config.node_name == active["spec"]["nodeName"])
+    if before_fault is not None:
+        before_fault()
     nvml.inject_xid(uuids(agent).index(bad_gpu), 79)
     report_until(agent, "XID79")
 
