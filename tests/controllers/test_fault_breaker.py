@@ -181,3 +181,13 @@ def test_no_window_ever_holds_more_than_the_limit(
         recent = {n for at, n in admitted if t - at <= 60.0}
         opened = controller.breaker.open_since
         assert len(recent) <= (limit if opened is None or t - opened < 120.0 else limit + probes)
+
+
+def test_settle_closes_a_half_open_breaker_only_when_the_storm_is_over() -> None:
+    breaker = CircuitBreaker(max_fraction=0.5, window_s=100.0, cooldown_s=10.0, probe_interval_s=5.0)
+    assert breaker.admit(["a"], 2, 0.0).allowed
+    assert not breaker.admit(["b"], 2, 1.0).allowed
+    assert not breaker.settle(2, 5.0)  # still open (cool-down)
+    assert not breaker.settle(2, 50.0, held=1)  # half-open, a fault still held
+    assert breaker.settle(2, 50.0)  # "a" is within the window but within the limit
+    assert breaker.state(50.0) is BreakerState.CLOSED

@@ -281,3 +281,49 @@ async def test_breaker_and_windows_survive_an_operator_restart(
     finally:
         for agent, _ in agents:
             agent.stop()
+
+
+async def test_held_fault_is_isolated_at_half_open_and_the_alert_ends(
+    cluster: EmulatorThread, http: httpx.Client
+) -> None:
+    nodes = [f"node-{i}" for i in range(4)]
+    agents = [start_agent(http, n) for n in nodes]
+    try:
+        create_deployment(http)
+        config = FaultConfig(breaker_window_s=3.0, breaker_cooldown_s=0.5, breaker_probe_interval_s=0.2)
+        async with KubeClient(cluster.url, insecure=True) as kube:
+            registry = CollectorRegistry()
+            handler = FaultHandler(kube, FaultMetrics(registry), config=config)
+            for (agent, nvml), node in zip(agents[:3], nodes[:3], strict=True):
+                nvml.inject_gpu_lost(0)
+                report_until(agent, "GPULost")
+                await handler.on_gpunode(gpunode(http, node))
+            assert registry.get_sample_value("flywheel_fault_held_faults") == 1
+            assert not gpunode(http, "node-2")["spec"].get("quarantinedGPUs")
+            # half-open after the cool-down: the held (real, persisting) fault is isolated, loudly
+            await eventually(
+                lambda: gpunode(http, "node-2")["spec"].get("quarantinedGPUs"), "held fault isolated"
+            )
+            await eventually(
+                lambda: registry.get_sample_value("flywheel_fault_held_faults") == 0, "none held"
+            )
+            assert handler.controller.breaker.is_open  # still half-open: 3 of 4 nodes in the window
+
+            def closed() -> bool:
+                return not handler.controller.breaker.is_open
+
+            # once the window has aged out, the periodic check closes it and ends the alert
+            for _ in range(200):
+                await handler.on_gpunode(gpunode(http, "node-3"))
+                if closed():
+                    break
+                await asyncio.sleep(0.05)
+            assert closed()
+            md = get(http, f"{FW}/namespaces/default/modeldeployments/llama")
+            cond = next(c for c in md["status"]["conditions"] if c["type"] == reasons.CIRCUIT_OPEN)
+            assert cond["status"] == "False"
+            assert registry.get_sample_value("flywheel_fault_circuit_breaker_open") == 0
+            await handler.close()
+    finally:
+        for agent, _ in agents:
+            agent.stop()

@@ -12,7 +12,8 @@ A node counts once it is quarantined or has any GPU quarantined. Policy (documen
 - **Half-open** after the cool-down: one node per ``probe_interval_s`` is admitted (a probe), so
   real faults still get isolated, at a bounded rate. A probe whose part passes diagnostics (a false
   alarm after all) re-opens the breaker for another cool-down. Once the nodes isolated within the
-  window are back within the limit (the storm aged out) the breaker **closes**.
+  window are back within the limit (the storm aged out) the breaker **closes** — on the next
+  isolation, or on :meth:`CircuitBreaker.settle` when no fault is held any more.
 - ``reset()`` (a person) closes it at once and forgets the window.
 
 State round-trips through :meth:`to_state`/:meth:`from_state` so the operator can persist it.
@@ -149,6 +150,16 @@ class CircuitBreaker:
         else:
             self.refused += 1
         return verdict
+
+    def settle(self, total_nodes: int, at: float, held: int = 0) -> bool:
+        """Half-open with nothing held and the window back within the limit: close (the storm is
+        over). Returns whether it closed. Called periodically, so the alert ends without a new fault."""
+        if self.state(at) is not BreakerState.HALF_OPEN or held > 0:
+            return False
+        if len(self.nodes_in_window(at)) > self.limit(total_nodes):
+            return False
+        self._close()
+        return True
 
     def false_alarm(self, node: str, at: float) -> bool:
         """A part isolated on ``node`` passed diagnostics. A half-open probe that was a false alarm

@@ -150,7 +150,9 @@ class FaultHandler:
         async with self.lock:
             await self._ensure_loaded()
             await self._follow_diagnostics(body)
-            return await self._act(self._gpunode_observations(body))
+            written = await self._act(self._gpunode_observations(body))
+            await self._breaker_tick()
+            return written
 
     async def on_node(self, body: Mapping[str, Any]) -> list[Incident]:
         """A core Node changed: ``Ready`` False/Unknown on a GPU node is a signal."""
@@ -264,7 +266,7 @@ class FaultHandler:
         if decision.breaker_tripped:
             self.held[name] = decision.signal.node
             self.metrics.refused.labels(decision.signal.type.value).inc()
-        elif decision.isolates:
+        else:
             self.held.pop(name, None)
         self._gauges()
 
@@ -374,12 +376,12 @@ class FaultHandler:
         return incident
 
     # ------------------------------------------------------------------ circuit breaker
-    async def _breaker_alert(self, decision: FaultDecision) -> None:
+    async def _breaker_alert(self, decision: FaultDecision | None) -> None:
         """While open or half-open: metric, ``CircuitBreakerOpen`` condition and Warning Event on every
         ModelDeployment, an error log per held fault. Closed again by itself: the condition clears."""
         breaker = self.controller.breaker
         now = self.clock()
-        if decision.breaker_tripped:
+        if decision is not None and decision.breaker_tripped:
             log.error("fault HELD by the circuit breaker on %s: %s", decision.signal.node, decision.reason)
             if not self._breaker_announced:
                 self._breaker_announced = True
@@ -407,6 +409,20 @@ class FaultHandler:
                     to_datetime(now),
                 )
         self._gauges()
+
+    async def _breaker_tick(self) -> None:
+        """Periodic (GPUNode events, heartbeat timer): close a half-open breaker once the storm is over
+        and nothing is held, and end the alert."""
+        breaker = self.controller.breaker
+        if not breaker.is_open:
+            return
+        total = len(await self.client.list(GPU_NODES))
+        if breaker.settle(total, self.clock(), held=len(self.held)):
+            log.warning("circuit breaker closed: isolations back within the limit, no fault held")
+            await self._breaker_alert(None)
+            await self._save_state()
+        else:
+            self._gauges()
 
     async def reset_breaker(self, node_name: str) -> None:
         self.controller.breaker.reset()
