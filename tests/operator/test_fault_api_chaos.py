@@ -4,6 +4,7 @@ fault is isolated exactly once, nothing is duplicated, and no observation is dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +23,7 @@ from test_faults import (
     uuids,
 )
 
+from flywheel.api.v1alpha1 import Incident
 from flywheel.controllers.fault import FaultConfig
 from flywheel.devcluster.apifaults import ApiFaultRule, FaultyEmulator
 from flywheel.operator.faults import FaultHandler, FaultMetrics
@@ -147,3 +149,51 @@ def test_real_operator_handles_xid79_while_its_writes_fail(
     finally:
         for agent, _ in agents:
             agent.stop()
+
+
+class Killed(Exception):
+    """The operator process dies at this write (kill -9: nothing after it runs)."""
+
+
+@pytest.mark.parametrize("kill_at", range(1, 10))
+async def test_operator_killed_mid_fault_handling_converges_on_restart(
+    cluster: EmulatorThread, http: httpx.Client, kill_at: int
+) -> None:
+    agent0, nvml0 = start_agent(http, "node-0")
+    agent1, _ = start_agent(http, "node-1")
+    try:
+        g0, g1 = uuids(agent0), uuids(agent1)
+        create_deployment(http)
+        create_instance(http, "llama-mm-tp4-0", "node-0", g0[:4], "Active")
+        create_instance(http, "llama-mm-tp4-1", "node-1", g1[:4], "Active")
+        create_instance(http, "llama-mm-tp4-2", "node-1", g1[4:], "Standby")
+        nvml0.inject_gpu_lost(1)
+        report_until(agent0, "GPULost")
+        writes = 0
+
+        def die(method: str, path: str) -> None:
+            nonlocal writes
+            writes += 1
+            if writes == kill_at:
+                raise Killed(f"killed at write {kill_at}: {method} {path}")
+
+        config = FaultConfig(verify_s=0.0)
+        async with KubeClient(cluster.url, insecure=True, before_write=die) as kube:
+            first = FaultHandler(kube, FaultMetrics(CollectorRegistry()), config=config)
+            with contextlib.suppress(Killed):
+                await first.on_gpunode(gpunode(http, "node-0"))
+            await first.close()
+        async with KubeClient(cluster.url, insecure=True) as kube:
+            restarted = FaultHandler(kube, FaultMetrics(CollectorRegistry()), config=config)
+            await restarted.on_gpunode(gpunode(http, "node-0"))
+            await restarted.close()
+        assert [q["uuid"] for q in gpunode(http, "node-0")["spec"]["quarantinedGPUs"]] == [g0[1]]
+        assert len(items(http, f"{FW}/incidents")) == 1
+        now = instances(http)
+        assert set(now) == {"llama-mm-tp4-1", "llama-mm-tp4-2"}  # no duplicate, no lost replacement
+        assert [i["spec"]["role"] for i in now.values()] == ["Active", "Active"]
+        (incident,) = [Incident.model_validate(i) for i in items(http, f"{FW}/incidents")]
+        assert incident.status is not None and incident.status.recovered_at is not None, incident.status
+    finally:
+        agent0.stop()
+        agent1.stop()

@@ -50,7 +50,12 @@ from flywheel.operator.faults.kubeio import (
 )
 from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.recheck import Rechecks
-from flywheel.operator.faults.replacement import REPLACES_ANNOTATION, PoolReplacement, plan_replacements
+from flywheel.operator.faults.replacement import (
+    REPLACES_ANNOTATION,
+    PoolReplacement,
+    plan_replacements,
+    replaced_victims,
+)
 from flywheel.operator.faults.signals import (
     Observation,
     heartbeat_observation,
@@ -242,7 +247,7 @@ class FaultHandler:
         await self._quarantine(decision, incident, fleet)
         incident = await self._replace(decision, incident, replacements)
         incident = await self._evict(decision, incident, instances)
-        incident = self._restored_from_standby(incident, replacements)
+        incident = self._restored_from_standby(incident, replacements, decision, instances, fleet)
         incident = await self._start_diagnostics(decision, incident)
         if existing is None:
             await incidents.create(self.client, incident)
@@ -520,10 +525,38 @@ class FaultHandler:
             self.pending[incident.metadata.name or ""] = pending
         return incident
 
-    def _restored_from_standby(self, incident: Incident, plans: list[PoolReplacement]) -> Incident:
-        """After the eviction: every victim had a warm standby → capacity is back now."""
-        if not plans or any(plan.missing > 0 for plan in plans):
+    def _restored_from_standby(
+        self,
+        incident: Incident,
+        plans: list[PoolReplacement],
+        decision: FaultDecision,
+        instances: dict[str, Obj],
+        fleet: FleetView,
+    ) -> Incident:
+        """After the eviction: capacity is back when every victim had a warm standby — promoted now, or
+        already (a handling resumed after a restart: the victims are marked replaced, or the part was
+        already quarantined and nothing is left to evict)."""
+        if any(plan.missing > 0 for plan in plans):
             return incident
+        if not plans:
+            actives = [
+                n for n in decision.evict if n in instances and instances[n]["spec"].get("role") != "Standby"
+            ]
+            resumed_evict = bool(actives) and set(actives) <= replaced_victims(instances)
+            signal = decision.signal
+            already = (
+                not decision.evict
+                and not decision.quarantine_gpus
+                and not decision.quarantine_nodes
+                and (
+                    (bool(signal.gpu_uuids) and set(signal.gpu_uuids) <= fleet.quarantined_gpus)
+                    or signal.node in fleet.quarantined_nodes
+                )
+            )
+            if not (resumed_evict or already):
+                return incident
+            if incident.status is None or incident.status.isolated_at is None:
+                incident = stamp(incident, isolated=self.clock())
         now = self.clock()
         return resolve(stamp(incident, replaced=now), now, "capacity restored from warm standby")
 

@@ -28,14 +28,19 @@ class PoolReplacement:
     actives: int  # the pool's actives before the fault
 
 
-def plan_replacements(
-    decision: FaultDecision, instances: dict[str, Obj], fleet: FleetView
-) -> list[PoolReplacement]:
-    replaced = {
+def replaced_victims(instances: dict[str, Obj]) -> set[str]:
+    """``namespace/name`` of instances a promoted standby already replaces (marked at promotion)."""
+    return {
         f"{o['metadata']['namespace']}/{ann}"
         for o in instances.values()
         if (ann := ((o.get("metadata") or {}).get("annotations") or {}).get(REPLACES_ANNOTATION))
     }
+
+
+def plan_replacements(
+    decision: FaultDecision, instances: dict[str, Obj], fleet: FleetView
+) -> list[PoolReplacement]:
+    replaced = replaced_victims(instances)
     failed = [
         n
         for n in decision.evict
