@@ -32,18 +32,47 @@ def test_scenario_faults_map_to_dev_injections_and_the_rest_is_named() -> None:
         FaultSpec("hang", 20.0),
         FaultSpec("crash", 25.0),
         FaultSpec("gpulost", 30.0),
+        FaultSpec("kill_operator", 35.0),
     ]
-    assert skipped == ["kill_operator", "xid79 (false alarm)"]
+    assert skipped == ["xid79 (false alarm)"]
 
 
 def test_dev_options_read_a_chaos_file_and_check_its_times(tmp_path: Path) -> None:
     path = tmp_path / "chaos.yaml"
     path.write_text(TEXT)
     options = DevOptions(duration_s=60.0, chaos=path, inject=["xid13@5"])
-    assert [f.label for f in options.faults()] == ["xid79", "hang", "crash", "gpulost"]  # --inject ignored
+    labels = [f.label for f in options.faults()]
+    assert labels == ["xid79", "hang", "crash", "gpulost", "kill_operator"]  # --inject ignored
     with pytest.raises(ValueError, match="not within --duration"):
         DevOptions(duration_s=15.0, chaos=path).faults()
     with pytest.raises(ValueError, match="cannot read"):
         DevOptions(chaos=tmp_path / "missing.yaml").faults()
     single = DevOptions(duration_s=200.0, chaos=SCENARIOS / "xid79-single.yaml")
     assert [(f.label, f.at_s) for f in single.faults()] == [("xid79", 120.0)]
+
+
+async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_fault(tmp_path: Path) -> None:
+    """A short ``flywheel dev --chaos``: the operator is killed with SIGKILL and restarted, then an
+    XID 79 hits a serving instance; the new operator isolates it and nothing is placed twice."""
+    from flywheel.devcluster.cluster import run_dev
+
+    chaos = tmp_path / "chaos.yaml"
+    chaos.write_text(
+        "name: kill-then-xid\nfaults:\n  - {type: kill_operator, at: 6}\n  - {type: xid79, at: 12}\n"
+    )
+    options = DevOptions(
+        duration_s=30.0,
+        trace="conv",
+        speed=20.0,
+        chaos=chaos,
+        live=False,
+        operator_log=tmp_path / "operator.log",
+        progress=lambda message: None,
+    )
+    result = await run_dev(options)
+    assert result["operator_kills"] == [{"at_s": 6.0, "killed": True, "restarted": True}]
+    requests = result["requests"]
+    assert requests["sent"] > 100 and requests["served"] >= 0.95 * requests["sent"]
+    (fault,) = result["faults"]
+    assert fault["fault"] == "xid79" and fault["recovered_after_s"] is not None
+    assert result["gpu_conflicts"] == 0

@@ -166,6 +166,8 @@ class DevCluster:
         self.gpunodes: list[dict[str, Any]] = []
         self.incidents: list[dict[str, Any]] = []
         self.replay_started: float | None = None
+        self.api_url = ""
+        self.operator_kills: list[dict[str, Any]] = []
         self.snapshot = Snapshot(duration_s=options.duration_s, speed=options.speed, phase="starting")
         self.power_samples: list[float] = []
         self.spec = ModelDeploymentSpec.model_validate(sample_deployment(options.namespace)["spec"])
@@ -182,6 +184,7 @@ class DevCluster:
     async def start(self) -> None:
         o = self.options
         url = self.api.start()
+        self.api_url = url
         self._say(f"Kubernetes API emulator at {url}")
         self.kube = KubeClient(url, insecure=True, user_agent="flywheel-dev")
         await self.kube.__aenter__()
@@ -252,7 +255,7 @@ class DevCluster:
             "--resync", "5",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        handle = log_path.open("wb")
+        handle = log_path.open("ab")  # a restarted operator (chaos) appends
         self.operator = subprocess.Popen(
             command,
             stdout=handle,
@@ -466,6 +469,9 @@ class DevCluster:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 assert self.injector is not None
+                if spec.kind == "kill_operator":
+                    await self._kill_operator(spec.at_s)
+                    continue
                 record = self.injector.inject(spec, self._serving_names(), self.wanted())
                 log.warning("injected %s into %s (%s)", spec.label, record.instance, record.gpu_uuid)
 
@@ -488,6 +494,30 @@ class DevCluster:
             injector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await injector
+
+    async def _kill_operator(self, at_s: float) -> None:
+        """``kill -9`` the operator (chaos), then start a fresh one against the same API server."""
+        entry: dict[str, Any] = {"at_s": at_s, "killed": False, "restarted": False}
+        self.operator_kills.append(entry)
+        if self.operator is None or self.operator.poll() is not None:
+            return
+        self.operator.kill()
+        await asyncio.to_thread(self.operator.wait, 10)
+        entry["killed"] = True
+        log.warning("killed the operator (pid %s) with SIGKILL", self.operator.pid)
+        await asyncio.sleep(1.0)
+        self._start_operator(self.api_url)
+        entry["restarted"] = True
+
+    def gpu_conflicts(self) -> int:
+        """GPUs assigned to more than one live ModelInstance (a duplicate placement)."""
+        seen: dict[str, int] = {}
+        for inst in self.sync.instances if self.sync is not None else []:
+            if (inst.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            for uuid in (inst.get("spec") or {}).get("gpuUUIDs") or []:
+                seen[uuid] = seen.get(uuid, 0) + 1
+        return sum(1 for count in seen.values() if count > 1)
 
     def _serving_names(self) -> set[str]:
         if self.router is None:
@@ -535,6 +565,8 @@ class DevCluster:
                 "last_decisions": dict(self.clocks.decisions) if self.clocks else {},
             },
             "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
+            "operator_kills": list(self.operator_kills),
+            "gpu_conflicts": self.gpu_conflicts(),
             "incidents": incidents,
             "router": {
                 "retries": self._router_sample("flywheel_router_retries_total"),

@@ -27,7 +27,7 @@ _SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    kind: str  # "xid", "gpulost", "hang", "crash"
+    kind: str  # "xid", "gpulost", "hang", "crash", "kill_operator"
     at_s: float  # wall seconds after the replay starts
     xid: int | None = None
 
@@ -54,6 +54,8 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.GPU_LOST: ("gpulost", None),
     FaultType.ENGINE_HANG: ("hang", None),
     FaultType.ENGINE_CRASH: ("crash", None),
+    FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
+    FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
 }
 
 
