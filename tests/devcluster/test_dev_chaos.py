@@ -37,6 +37,20 @@ def test_scenario_faults_map_to_dev_injections_and_the_rest_is_named() -> None:
     assert skipped == ["xid79 (false alarm)"]
 
 
+def test_api_faults_map_to_emulator_rules_for_the_operator() -> None:
+    text = (
+        "name: api\nfaults:\n"
+        "  - {type: api_errors, at: 3, duration: 5, clears: true, status: 429, rate: 0.3, retry_after: 1}\n"
+        "  - {type: watch_disconnect, at: 9}\n"
+    )
+    (errors, watches), skipped = from_scenario(parse_scenario(text))
+    assert skipped == []
+    assert errors.kind == "api" and errors.duration_s == 5.0 and errors.api is not None
+    assert (errors.api.status, errors.api.rate, errors.api.retry_after_s) == (429, 0.3, 1.0)
+    assert errors.api.user_agent == "flywheel-operator"
+    assert watches.api is not None and watches.api.disconnect_watch and watches.api.watches_only
+
+
 def test_dev_options_read_a_chaos_file_and_check_its_times(tmp_path: Path) -> None:
     path = tmp_path / "chaos.yaml"
     path.write_text(TEXT)
@@ -52,13 +66,18 @@ def test_dev_options_read_a_chaos_file_and_check_its_times(tmp_path: Path) -> No
 
 
 async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_fault(tmp_path: Path) -> None:
-    """A short ``flywheel dev --chaos``: the operator is killed with SIGKILL and restarted, then an
-    XID 79 hits a serving instance; the new operator isolates it and nothing is placed twice."""
+    """A short ``flywheel dev --chaos``: 15% of the operator's API requests fail (500, 429) for 20 s,
+    the operator is killed with SIGKILL and restarted, then an XID 79 hits a serving instance; the new
+    operator isolates it, requests keep being served and nothing is placed twice."""
     from flywheel.devcluster.cluster import run_dev
 
     chaos = tmp_path / "chaos.yaml"
     chaos.write_text(
-        "name: kill-then-xid\nfaults:\n  - {type: kill_operator, at: 6}\n  - {type: xid79, at: 12}\n"
+        "name: kill-then-xid\nfaults:\n"
+        "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 500, rate: 0.1}\n"
+        "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 429, rate: 0.05, retry_after: 1}\n"
+        "  - {type: kill_operator, at: 6}\n"
+        "  - {type: xid79, at: 12}\n"
     )
     options = DevOptions(
         duration_s=30.0,
@@ -76,3 +95,5 @@ async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_faul
     (fault,) = result["faults"]
     assert fault["fault"] == "xid79" and fault["recovered_after_s"] is not None
     assert result["gpu_conflicts"] == 0
+    injected = result["api_faults_injected"]
+    assert injected.get("500", 0) > 0 and len(result["api_faults"]) == 2

@@ -35,6 +35,7 @@ from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.controllers.fault.scenario import parse_scenario
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.devcluster import report as reporting
+from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.clocks import ClockPolicyView, InstanceClocks
 from flywheel.devcluster.control import RouterSync, pool_classes
@@ -150,7 +151,7 @@ class DevCluster:
         self.options = options
         self.faults = options.faults()
         self.t0 = time.monotonic()
-        self.api = ApiServer(namespaces=(options.namespace,))
+        self.api = ApiServer(namespaces=(options.namespace,), emulator_class=FaultyEmulator)
         self.kube: KubeClient | None = None
         self.nodes: dict[str, SimNode] = {}
         self.kubelet: EngineKubelet | None = None
@@ -168,6 +169,7 @@ class DevCluster:
         self.replay_started: float | None = None
         self.api_url = ""
         self.operator_kills: list[dict[str, Any]] = []
+        self.api_faults: list[dict[str, Any]] = []
         self.snapshot = Snapshot(duration_s=options.duration_s, speed=options.speed, phase="starting")
         self.power_samples: list[float] = []
         self.spec = ModelDeploymentSpec.model_validate(sample_deployment(options.namespace)["spec"])
@@ -472,6 +474,9 @@ class DevCluster:
                 if spec.kind == "kill_operator":
                     await self._kill_operator(spec.at_s)
                     continue
+                if spec.kind == "api":
+                    self._api_fault(spec)
+                    continue
                 record = self.injector.inject(spec, self._serving_names(), self.wanted())
                 log.warning("injected %s into %s (%s)", spec.label, record.instance, record.gpu_uuid)
 
@@ -508,6 +513,22 @@ class DevCluster:
         await asyncio.sleep(1.0)
         self._start_operator(self.api_url)
         entry["restarted"] = True
+
+    def _api_fault(self, spec: FaultSpec) -> None:
+        """Turn an API-server fault rule on (for the operator's requests), and off after its duration."""
+        emulator = self.api.emulator
+        if spec.api is None or not isinstance(emulator, FaultyEmulator):
+            return
+        faults = emulator.faults
+        rule = spec.api
+        faults.set(*faults.rules, rule)  # a list swap: safe to do from this thread
+        self.api_faults.append({"at_s": spec.at_s, "rule": repr(rule), "duration_s": spec.duration_s})
+        if spec.duration_s is not None:
+
+            def off() -> None:
+                faults.set(*[r for r in faults.rules if r is not rule])
+
+            asyncio.get_running_loop().call_later(spec.duration_s, off)
 
     def gpu_conflicts(self) -> int:
         """GPUs assigned to more than one live ModelInstance (a duplicate placement)."""
@@ -566,6 +587,10 @@ class DevCluster:
             },
             "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
             "operator_kills": list(self.operator_kills),
+            "api_faults": list(self.api_faults),
+            "api_faults_injected": dict(self.api.emulator.faults.injected)
+            if isinstance(self.api.emulator, FaultyEmulator)
+            else {},
             "gpu_conflicts": self.gpu_conflicts(),
             "incidents": incidents,
             "router": {

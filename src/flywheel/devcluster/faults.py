@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.controllers.fault.scenario import FaultType, Scenario
+from flywheel.devcluster.apifaults import ApiFaultRule
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
 
 Obj = dict[str, Any]
@@ -27,9 +28,11 @@ _SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    kind: str  # "xid", "gpulost", "hang", "crash", "kill_operator"
+    kind: str  # "xid", "gpulost", "hang", "crash", "kill_operator", "api"
     at_s: float  # wall seconds after the replay starts
     xid: int | None = None
+    api: ApiFaultRule | None = None  # kind "api": what the API server does to the operator's requests
+    duration_s: float | None = None  # kind "api": how long (None: until the end)
 
     @property
     def label(self) -> str:
@@ -56,6 +59,9 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.ENGINE_CRASH: ("crash", None),
     FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
     FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
+    FaultType.API_ERRORS: ("api", None),  # the operator's API requests fail (devcluster.apifaults)
+    FaultType.API_LATENCY: ("api", None),
+    FaultType.WATCH_DISCONNECT: ("api", None),
 }
 
 
@@ -68,6 +74,21 @@ def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
         mapped = _FROM_SCENARIO.get(fault.type)
         if mapped is None or fault.false_alarm:
             skipped.add(f"{fault.type.value}{' (false alarm)' if fault.false_alarm else ''}")
+            continue
+        if mapped[0] == "api":
+            rule = ApiFaultRule(
+                rate=fault.rate,
+                status=fault.status,
+                retry_after_s=fault.retry_after,
+                latency_s=fault.latency or 0.0,
+                disconnect_watch=fault.type is FaultType.WATCH_DISCONNECT,
+                watches_only=fault.type is FaultType.WATCH_DISCONNECT,
+                user_agent="flywheel-operator",
+            )
+            duration = (
+                fault.duration if fault.duration is not None else (1.0 if rule.disconnect_watch else None)
+            )
+            specs.append(FaultSpec("api", round(fault.at, 3), api=rule, duration_s=duration))
             continue
         specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1]))
     return specs, sorted(skipped)
