@@ -67,8 +67,9 @@ def test_dev_options_read_a_chaos_file_and_check_its_times(tmp_path: Path) -> No
 
 async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_fault(tmp_path: Path) -> None:
     """A short ``flywheel dev --chaos``: 15% of the operator's API requests fail (500, 429) for 20 s,
-    the operator is killed with SIGKILL and restarted, then an XID 79 hits a serving instance; the new
-    operator isolates it, requests keep being served and nothing is placed twice."""
+    the operator is killed with SIGKILL and restarted, a node agent dies (clocks left locked) and is
+    restarted, then an XID 79 hits a serving instance; the new operator isolates it, requests keep
+    being served, the new agent restores the clocks and nothing is placed twice."""
     from flywheel.devcluster.cluster import run_dev
 
     chaos = tmp_path / "chaos.yaml"
@@ -77,6 +78,7 @@ async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_faul
         "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 500, rate: 0.1}\n"
         "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 429, rate: 0.05, retry_after: 1}\n"
         "  - {type: kill_operator, at: 6}\n"
+        "  - {type: kill_agent, at: 9, target: {node: 1}}\n"
         "  - {type: xid79, at: 12}\n"
     )
     options = DevOptions(
@@ -90,6 +92,9 @@ async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_faul
     )
     result = await run_dev(options)
     assert result["operator_kills"] == [{"at_s": 6.0, "killed": True, "restarted": True}]
+    (agent_kill,) = result["agent_kills"]
+    assert agent_kill["locked"] > 0  # the instance controller had locked clocks on that node
+    assert agent_kill["restored"] == agent_kill["locked"]  # every one returned to its default
     requests = result["requests"]
     assert requests["sent"] > 100 and requests["served"] >= 0.95 * requests["sent"]
     (fault,) = result["faults"]

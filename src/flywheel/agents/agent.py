@@ -187,6 +187,15 @@ class Agent:
         if background:
             self._spawn("health-loop", self.run_forever)
 
+    def halt(self) -> None:
+        """Stop the threads and nothing else: what ``kill -9`` leaves behind (clocks still locked,
+        NVML open). For chaos tests; the next agent's ``start`` resets the clocks."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5.0)
+
     def stop(self) -> None:
         """Stop threads, return clocks to defaults, withdraw the device plugin, release NVML."""
         self._stop.set()

@@ -170,6 +170,7 @@ class DevCluster:
         self.api_url = ""
         self.operator_kills: list[dict[str, Any]] = []
         self.api_faults: list[dict[str, Any]] = []
+        self.agent_kills: list[dict[str, Any]] = []
         self.snapshot = Snapshot(duration_s=options.duration_s, speed=options.speed, phase="starting")
         self.power_samples: list[float] = []
         self.spec = ModelDeploymentSpec.model_validate(sample_deployment(options.namespace)["spec"])
@@ -224,15 +225,7 @@ class DevCluster:
             arrivals_rps=self._arrivals_per_instance,
         )
         for node in self.nodes.values():
-            start_agent(
-                node,
-                url,
-                engines=self._engine_targets(node.name),
-                clock_decider=self.clocks.decider(node.name),
-                engine_reader=self._read_engine,
-                interval_s=o.agent_interval_s,
-                hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
-            )
+            self._start_agent(node)
         self._say(f"{o.nodes} simulated nodes x {o.gpus_per_node} GPUs with node agents")
         self._start_operator(url)
         self.injector = FaultInjector(self.kubelet)
@@ -244,6 +237,18 @@ class DevCluster:
         ]
         await self.kube.create(MODEL_DEPLOYMENTS, o.namespace, sample_deployment(o.namespace))
         self._say(f"applied ModelDeployment {o.namespace}/{DEPLOYMENT_NAME}")
+
+    def _start_agent(self, node: SimNode) -> None:
+        assert self.clocks is not None
+        start_agent(
+            node,
+            self.api_url,
+            engines=self._engine_targets(node.name),
+            clock_decider=self.clocks.decider(node.name),
+            engine_reader=self._read_engine,
+            interval_s=self.options.agent_interval_s,
+            hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
+        )
 
     def _start_operator(self, url: str) -> None:
         o = self.options
@@ -477,6 +482,9 @@ class DevCluster:
                 if spec.kind == "api":
                     self._api_fault(spec)
                     continue
+                if spec.kind == "kill_agent":
+                    await self._kill_agent(spec)
+                    continue
                 record = self.injector.inject(spec, self._serving_names(), self.wanted())
                 log.warning("injected %s into %s (%s)", spec.label, record.instance, record.gpu_uuid)
 
@@ -513,6 +521,25 @@ class DevCluster:
         await asyncio.sleep(1.0)
         self._start_operator(self.api_url)
         entry["restarted"] = True
+
+    async def _kill_agent(self, spec: FaultSpec) -> None:
+        """Stop a node agent dead (``kill -9``: clocks stay locked), then start a new one; record
+        whether the new agent returned every clock the dead one had locked to its default."""
+        nodes = list(self.nodes.values())
+        node = nodes[(spec.node or 0) % len(nodes)]
+        entry: dict[str, Any] = {"at_s": spec.at_s, "node": node.name, "locked": 0, "restored": 0}
+        self.agent_kills.append(entry)
+        if node.agent is None:
+            return
+        locked = {i for i in range(len(node.uuids)) if node.nvml.locked_clock(i) is not None}
+        entry["locked"] = len(locked)
+        await asyncio.to_thread(node.agent.halt)
+        log.warning("killed the node agent of %s (%d GPU clocks left locked)", node.name, len(locked))
+        await asyncio.sleep(2.0)
+        before = len(node.nvml.clock_calls)
+        await asyncio.to_thread(self._start_agent, node)
+        reset = {index for index, mhz in node.nvml.clock_calls[before:] if mhz is None}
+        entry["restored"] = len(locked & reset)
 
     def _api_fault(self, spec: FaultSpec) -> None:
         """Turn an API-server fault rule on (for the operator's requests), and off after its duration."""
@@ -588,6 +615,7 @@ class DevCluster:
             "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
             "operator_kills": list(self.operator_kills),
             "api_faults": list(self.api_faults),
+            "agent_kills": list(self.agent_kills),
             "api_faults_injected": dict(self.api.emulator.faults.injected)
             if isinstance(self.api.emulator, FaultyEmulator)
             else {},

@@ -33,6 +33,7 @@ class FaultSpec:
     xid: int | None = None
     api: ApiFaultRule | None = None  # kind "api": what the API server does to the operator's requests
     duration_s: float | None = None  # kind "api": how long (None: until the end)
+    node: int | None = None  # kind "kill_agent": which node (None: the first)
 
     @property
     def label(self) -> str:
@@ -59,6 +60,7 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.ENGINE_CRASH: ("crash", None),
     FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
     FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
+    FaultType.KILL_AGENT: ("kill_agent", None),  # its threads stop dead, clocks left locked; restarted
     FaultType.API_ERRORS: ("api", None),  # the operator's API requests fail (devcluster.apifaults)
     FaultType.API_LATENCY: ("api", None),
     FaultType.WATCH_DISCONNECT: ("api", None),
@@ -90,7 +92,7 @@ def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
             )
             specs.append(FaultSpec("api", round(fault.at, 3), api=rule, duration_s=duration))
             continue
-        specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1]))
+        specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1], node=fault.target.node))
     return specs, sorted(skipped)
 
 
