@@ -143,7 +143,9 @@ class FaultInjector:
         candidates = [
             e
             for e in self.kubelet.engines.values()
-            if e.instance in serving and e.role == "Active" and e.ready and e.engine.failure is None
+            # routable = Active per its ModelInstance (the Pod's role label stays "Standby" after a
+            # promotion, so it is not consulted)
+            if e.instance in serving and e.ready and e.engine.failure is None
         ]
         if not candidates:
             return None
