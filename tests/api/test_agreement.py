@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, GPUNode, InferencePool, ModelDeployment, ModelInstance
+from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, GPUNode, ServingPool, ModelDeployment, ModelInstance
 from flywheel.api.v1alpha1.common import Resource
 
 CRDS = load_crds()
@@ -219,7 +219,7 @@ def model_deployment_specs(draw: Draw) -> dict[str, Any]:
 
 
 @st.composite
-def inference_pool_specs(draw: Draw) -> dict[str, Any]:
+def serving_pool_specs(draw: Draw) -> dict[str, Any]:
     spec: dict[str, Any] = {"modelDeployment": draw(DNS_NAMES), "requestClass": draw(POOL_CLASSES)}
     _maybe(draw, spec, "clockMinMHz", CLOCKS)
     _maybe(draw, spec, "clockMaxMHz", MAX_CLOCKS)
@@ -304,7 +304,7 @@ def _check_agreement(
 
 CASES = [
     (ModelDeployment, model_deployment_specs(), 2000),
-    (InferencePool, inference_pool_specs(), 300),
+    (ServingPool, serving_pool_specs(), 300),
     (ModelInstance, model_instance_specs(), 300),
     (GPUNode, gpu_node_specs(), 300),
 ]
@@ -324,8 +324,8 @@ def test_pydantic_and_crd_agree(
 
 def test_property_finds_a_rule_missing_from_the_crd() -> None:
     """The property can fail: drop the CRD's clock CEL rule and a disagreement is found."""
-    document = copy.deepcopy(CRDS["InferencePool"].document)
+    document = copy.deepcopy(CRDS["ServingPool"].document)
     spec = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     del spec["x-kubernetes-validations"]
     with pytest.raises(AssertionError, match="disagreement"):
-        _check_agreement(InferencePool, inference_pool_specs(), 300, CRD(document))
+        _check_agreement(ServingPool, serving_pool_specs(), 300, CRD(document))

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from flywheel.api.v1alpha1 import (
-    InferencePoolSpec,
-    InferencePoolStatus,
+    ServingPoolSpec,
+    ServingPoolStatus,
     ModelDeploymentSpec,
     PoolLoad,
     PoolRequestClass,
@@ -18,7 +18,7 @@ def deployment(name: str = "meta-llama/Llama-2-70b-hf", params: int = 70000) -> 
 
 
 def observation(rps: float | None, instances: int = 1, tp: int = 8, dep: ModelDeploymentSpec | None = None):  # type: ignore[no-untyped-def]
-    spec = InferencePoolSpec(
+    spec = ServingPoolSpec(
         model_deployment="d",
         request_class=PoolRequestClass(name="mm", max_input_tokens=2048),
         tensor_parallel=tp,
@@ -26,7 +26,7 @@ def observation(rps: float | None, instances: int = 1, tp: int = 8, dep: ModelDe
     )
     status = None
     if rps is not None:
-        status = InferencePoolStatus(
+        status = ServingPoolStatus(
             load=PoolLoad(
                 requests_per_second=rps,
                 input_tokens_per_second=rps * 1000,

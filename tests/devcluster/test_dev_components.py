@@ -28,7 +28,7 @@ from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
-from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, PODS, KubeClient
+from flywheel.operator.kube import SERVING_POOLS, MODEL_INSTANCES, PODS, KubeClient
 
 NS = "default"
 
@@ -132,7 +132,7 @@ async def test_kubelet_runs_an_engine_per_pod_and_reports_its_readiness(kube: Ku
 
 async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient) -> None:
     await kube.create(
-        INFERENCE_POOLS,
+        SERVING_POOLS,
         NS,
         {
             "metadata": {"name": "md-short"},
@@ -159,7 +159,7 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     assert pool.classes == frozenset({"short", "mid"})
     assert {b.name: b.routable for b in pool.backends} == {"a": True, "b": False, "c": False}
     assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
-    written = await kube.get(INFERENCE_POOLS, NS, "md-short")
+    written = await kube.get(SERVING_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
     # the fault handler stops traffic to a suspect instance with routing weight 0, and restores it
     weight = "flywheel.dev/routing-weight"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flywheel.api.v1alpha1 import InferencePoolSpec, InstanceRole, ModelDeploymentSpec, ModelInstanceSpec
+from flywheel.api.v1alpha1 import ServingPoolSpec, InstanceRole, ModelDeploymentSpec, ModelInstanceSpec
 from flywheel.controllers.desired import (
     ObservedInstance,
     ScalingSpecPolicy,
@@ -60,7 +60,7 @@ def test_merged_classes_are_not_served_separately() -> None:
 
 
 def observed(
-    pool: str, spec: InferencePoolSpec, deployment: ModelDeploymentSpec, names: dict[str, InstanceRole]
+    pool: str, spec: ServingPoolSpec, deployment: ModelDeploymentSpec, names: dict[str, InstanceRole]
 ) -> list[ObservedInstance]:
     return [
         ObservedInstance(

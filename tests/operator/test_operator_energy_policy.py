@@ -21,7 +21,7 @@ from opharness import (
     wait_for,
 )
 
-from flywheel.api.v1alpha1 import InferencePoolSpec, InferencePoolStatus, ModelDeploymentSpec
+from flywheel.api.v1alpha1 import ServingPoolSpec, ServingPoolStatus, ModelDeploymentSpec
 from flywheel.controllers.desired import PoolObservation, ScalingSpecPolicy
 from flywheel.controllers.pool_policy import EnergyPoolPolicy
 from flywheel.operator.config import OperatorConfig, pool_policy_named
@@ -61,8 +61,8 @@ def settled(http: httpx.Client, name: str, rps: float) -> dict[str, Any] | None:
     deployment = ModelDeploymentSpec.model_validate(http.get(f"{MDS}/energy").json()["spec"])
     observed = PoolObservation(
         name,
-        InferencePoolSpec.model_validate(pool["spec"]),
-        InferencePoolStatus.model_validate(status),
+        ServingPoolSpec.model_validate(pool["spec"]),
+        ServingPoolStatus.model_validate(status),
         deployment,
     )
     expected = EnergyPoolPolicy().decide(observed)

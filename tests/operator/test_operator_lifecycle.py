@@ -89,7 +89,7 @@ def test_deployment_creates_pools_instances_and_pods(http: httpx.Client) -> None
     assert {p["metadata"]["name"] for p in pools} == {"alpha-short", "alpha-long"}
     by_pool: dict[str, list[str]] = {}
     for i in instances:
-        assert owners(i) == [("InferencePool", i["spec"]["pool"])]
+        assert owners(i) == [("ServingPool", i["spec"]["pool"])]
         assert i["spec"]["tensorParallel"] == 2  # largest allowed TP
         by_pool.setdefault(i["spec"]["pool"], []).append(i["spec"]["role"])
     assert {k: sorted(v) for k, v in by_pool.items()} == {

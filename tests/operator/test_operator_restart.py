@@ -27,7 +27,7 @@ def cluster() -> Iterator[EmulatorThread]:
 
 def converged(http: httpx.Client, md: str) -> bool:
     sel = f"flywheel.dev/deployment={md}"
-    pools = items(http, f"{FW}/namespaces/{NS}/inferencepools", sel)
+    pools = items(http, f"{FW}/namespaces/{NS}/servingpools", sel)
     instances = items(http, f"{FW}/namespaces/{NS}/modelinstances", sel)
     pods = items(http, f"/api/v1/namespaces/{NS}/pods", sel)
     roles = sorted(i["spec"]["role"] for i in instances)

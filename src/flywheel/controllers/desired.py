@@ -1,4 +1,4 @@
-"""Desired state of a ModelDeployment: its InferencePools, their ModelInstances, and the diff vs observed.
+"""Desired state of a ModelDeployment: its ServingPools, their ModelInstances, and the diff vs observed.
 
 Pure functions, no I/O. The operator lists what exists, calls these, and applies the result:
 
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from flywheel.api.v1alpha1 import (
     AUTO_CLASS_NAMES,
     ClockPolicy,
-    InferencePoolSpec,
-    InferencePoolStatus,
+    ServingPoolSpec,
+    ServingPoolStatus,
     InstanceEngine,
     InstanceRole,
     ModelDeploymentSpec,
@@ -83,8 +83,8 @@ class PoolObservation:
     """What a pool policy sees of one pool."""
 
     name: str
-    spec: InferencePoolSpec
-    status: InferencePoolStatus | None
+    spec: ServingPoolSpec
+    status: ServingPoolStatus | None
     deployment: ModelDeploymentSpec
 
 
@@ -122,8 +122,8 @@ class ClusterObservation:
 
     deployment: str
     spec: ModelDeploymentSpec
-    pools: Mapping[str, InferencePoolSpec]
-    statuses: Mapping[str, InferencePoolStatus | None]
+    pools: Mapping[str, ServingPoolSpec]
+    statuses: Mapping[str, ServingPoolStatus | None]
 
 
 class ClusterPolicy(Protocol):
@@ -156,15 +156,15 @@ def allowed(decision: PoolDecision, spec: ModelDeploymentSpec) -> tuple[int, int
 def desired_pools(
     deployment: str,
     spec: ModelDeploymentSpec,
-    observed: Mapping[str, InferencePoolSpec],
+    observed: Mapping[str, ServingPoolSpec],
     policy: PoolPolicy,
-) -> dict[str, InferencePoolSpec]:
+) -> dict[str, ServingPoolSpec]:
     """Pool name -> desired spec for every request class in use."""
     merged: set[str] = set()
     for name, pool in observed.items():
         if pool.model_deployment == deployment:
             merged.update(c for c in pool.request_class.merged_classes if pool_name(deployment, c) != name)
-    result: dict[str, InferencePoolSpec] = {}
+    result: dict[str, ServingPoolSpec] = {}
     for declared in request_classes(spec):
         rc = declared
         if rc.name in merged:
@@ -172,7 +172,7 @@ def desired_pools(
         name = pool_name(deployment, rc.name)
         current = observed.get(name)
         slo = spec.slo_for(rc.name)
-        base = InferencePoolSpec(
+        base = ServingPoolSpec(
             model_deployment=deployment,
             request_class=rc,
             standbys=spec.scaling.warm_standbys,
@@ -215,7 +215,7 @@ class InstancePlan:
 
 
 def instance_template(
-    pool: str, spec: InferencePoolSpec, deployment: ModelDeploymentSpec, role: InstanceRole
+    pool: str, spec: ServingPoolSpec, deployment: ModelDeploymentSpec, role: InstanceRole
 ) -> ModelInstanceSpec:
     """The spec every instance of this pool and role should have (before placement)."""
     return ModelInstanceSpec(
@@ -256,7 +256,7 @@ def _order_key(instance: ObservedInstance) -> tuple[int, int, str]:
 
 def plan_instances(
     pool: str,
-    spec: InferencePoolSpec,
+    spec: ServingPoolSpec,
     deployment: ModelDeploymentSpec,
     observed: Sequence[ObservedInstance],
 ) -> InstancePlan:
@@ -296,7 +296,7 @@ def _owned_fields_patch(current: ModelInstanceSpec, template: ModelInstanceSpec)
 _POOL_OWNED = ("engine", "clockPolicy", "modelDeployment")
 
 
-def pool_spec_patch(current: InferencePoolSpec, desired: InferencePoolSpec) -> dict[str, Any]:
+def pool_spec_patch(current: ServingPoolSpec, desired: ServingPoolSpec) -> dict[str, Any]:
     """Wire-format merge patch turning ``current`` into ``desired``."""
     return merge_diff(current.wire(), desired.wire())
 

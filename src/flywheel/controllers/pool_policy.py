@@ -1,6 +1,6 @@
 """The energy pool controller behind the operator's ``desired.PoolPolicy`` protocol.
 
-Turns an observed ``InferencePool`` (its spec, its status load, its deployment) into a
+Turns an observed ``ServingPool`` (its spec, its status load, its deployment) into a
 ``PoolInput`` for ``pool.PoolController`` and the chosen plan back into the API's ``PoolDecision``
 (TP, instances, ``clockCapMHz`` = the planned operating clock at the forecast load, predicted power,
 reason). The node agent's instance controller moves the clock live and goes above the planned clock

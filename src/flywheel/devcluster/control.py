@@ -1,6 +1,6 @@
 """Keeps the router in step with the cluster, and the cluster informed of the router's load.
 
-* Routing table: every InferencePool of the deployment with the classes it serves (its own and those
+* Routing table: every ServingPool of the deployment with the classes it serves (its own and those
   merged into it), and its ModelInstances as backends — routable when ``Serving`` is True and not
   draining (a promoted standby becomes routable the moment the operator marks it Serving).
 * Load: the router's per-class request and token rates are written to each pool's ``status.load``,
@@ -17,7 +17,7 @@ from typing import Any
 
 from flywheel.controllers.desired import LABEL_DEPLOYMENT
 from flywheel.engines.router import Backend, ClassLoad, Pool, Router
-from flywheel.operator.kube import INFERENCE_POOLS, MODEL_INSTANCES, KubeClient, KubeError
+from flywheel.operator.kube import SERVING_POOLS, MODEL_INSTANCES, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RouterSync:
 
     async def sync(self) -> None:
         selector = f"{LABEL_DEPLOYMENT}={self.deployment}"
-        self.pools = await self.kube.list(INFERENCE_POOLS, self.namespace)
+        self.pools = await self.kube.list(SERVING_POOLS, self.namespace)
         self.pools = [
             p for p in self.pools if (p.get("spec") or {}).get("modelDeployment") == self.deployment
         ]
@@ -114,7 +114,7 @@ class RouterSync:
             }
             try:
                 await self.kube.patch(
-                    INFERENCE_POOLS,
+                    SERVING_POOLS,
                     self.namespace,
                     pool["metadata"]["name"],
                     {"status": {"load": body}},

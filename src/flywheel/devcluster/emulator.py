@@ -48,7 +48,7 @@ ObjKey = tuple[str | None, str]  # namespace (None for cluster-scoped), name
 FLYWHEEL_KINDS: tuple[tuple[str, str, str, bool, tuple[str, ...]], ...] = (
     # plural, kind, singular, namespaced, short names
     ("modeldeployments", "ModelDeployment", "modeldeployment", True, ("md",)),
-    ("inferencepools", "InferencePool", "inferencepool", True, ("ipool",)),
+    ("servingpools", "ServingPool", "servingpool", True, ("spool",)),
     ("modelinstances", "ModelInstance", "modelinstance", True, ("mi",)),
     ("gpunodes", "GPUNode", "gpunode", False, ("gn",)),
     ("incidents", "Incident", "incident", False, ()),

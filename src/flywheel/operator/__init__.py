@@ -1,4 +1,4 @@
-"""The Flywheel operator (kopf): ModelDeployment -> InferencePools -> ModelInstances -> engine Pods.
+"""The Flywheel operator (kopf): ModelDeployment -> ServingPools -> ModelInstances -> engine Pods.
 
 Importing this package registers the handlers in kopf's default registry with the configuration from
 ``FLYWHEEL_*`` environment variables, so ``kopf run -m flywheel.operator`` works; ``flywheel operator``

@@ -107,8 +107,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
             await op.safely("ClusterRound", lambda: op.cluster_round(namespace, name))
         await op.safely("ModelDeployment", lambda: op.reconcile_deployment(namespace, name))
 
-    # InferencePool: reconcile its instances on every event; the timer runs the pool controller round.
-    @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
+    # ServingPool: reconcile its instances on every event; the timer runs the pool controller round.
+    @kopf.on.event(GROUP, VERSION, "servingpools", registry=registry)
     async def _pool(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
         if (
@@ -118,14 +118,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
             if owner:
                 op.deployment_refresh(namespace, owner)
             return
-        await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
+        await op.safely("ServingPool", lambda: op.reconcile_pool(namespace, name))
 
-    @kopf.timer(GROUP, VERSION, "inferencepools", interval=config.resync_seconds, registry=registry)
+    @kopf.timer(GROUP, VERSION, "servingpools", interval=config.resync_seconds, registry=registry)
     async def _pool_round(**kwargs: Any) -> None:
         namespace, name = kwargs["namespace"], kwargs["name"]
         if op.due(("pool-round", namespace, name), config.pool_period_seconds):
             await op.safely("PoolRound", lambda: op.pool_round(namespace, name))
-        await op.safely("InferencePool", lambda: op.reconcile_pool(namespace, name))
+        await op.safely("ServingPool", lambda: op.reconcile_pool(namespace, name))
 
     # ModelInstance: its Pod and status; a vanished instance makes its pool reconcile.
     @kopf.on.event(GROUP, VERSION, "modelinstances", registry=registry)

@@ -71,7 +71,7 @@ class Kind:
 
 
 MODEL_DEPLOYMENTS = Kind("flywheel.dev", "v1alpha1", "modeldeployments", "ModelDeployment")
-INFERENCE_POOLS = Kind("flywheel.dev", "v1alpha1", "inferencepools", "InferencePool")
+SERVING_POOLS = Kind("flywheel.dev", "v1alpha1", "servingpools", "ServingPool")
 MODEL_INSTANCES = Kind("flywheel.dev", "v1alpha1", "modelinstances", "ModelInstance")
 GPU_NODES = Kind("flywheel.dev", "v1alpha1", "gpunodes", "GPUNode", namespaced=False)
 PODS = Kind("", "v1", "pods", "Pod")

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from flywheel.api.v1alpha1 import (
     Condition,
     GPUNode,
-    InferencePoolSpec,
-    InferencePoolStatus,
+    ServingPoolSpec,
+    ServingPoolStatus,
     ModelDeploymentSpec,
     ModelInstanceSpec,
     PoolDecision,
@@ -47,7 +47,7 @@ from flywheel.engines.adapters import SPEC_HASH, instance_pod
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.kube import (
     GPU_NODES,
-    INFERENCE_POOLS,
+    SERVING_POOLS,
     MODEL_DEPLOYMENTS,
     MODEL_INSTANCES,
     NODES,
@@ -196,11 +196,11 @@ class Operator:
             except ValidationError as exc:
                 await self._invalid_deployment(md, _validation_message(exc))
                 return
-            pools = await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
-            observed: dict[str, InferencePoolSpec] = {}
+            pools = await self.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
+            observed: dict[str, ServingPoolSpec] = {}
             for pool in pools:
                 try:
-                    observed[pool["metadata"]["name"]] = InferencePoolSpec.model_validate(
+                    observed[pool["metadata"]["name"]] = ServingPoolSpec.model_validate(
                         pool.get("spec") or {}
                     )
                 except ValidationError:
@@ -218,10 +218,10 @@ class Operator:
                         },
                         "spec": pool_spec.wire(),
                     }
-                    created = await self.kube.create(INFERENCE_POOLS, namespace, body)
+                    created = await self.kube.create(SERVING_POOLS, namespace, body)
                     if created is not None:
                         await self._decided(
-                            "InferencePool",
+                            "ServingPool",
                             "create",
                             md,
                             "CreatedPool",
@@ -232,9 +232,9 @@ class Operator:
                     continue
                 patch = pool_spec_patch(current, pool_spec) if current is not None else pool_spec.wire()
                 if patch:
-                    await self.kube.patch(INFERENCE_POOLS, namespace, pool_name, {"spec": patch})
+                    await self.kube.patch(SERVING_POOLS, namespace, pool_name, {"spec": patch})
                     await self._decided(
-                        "InferencePool",
+                        "ServingPool",
                         "update",
                         md,
                         "UpdatedPool",
@@ -243,9 +243,9 @@ class Operator:
             for pool in pools:
                 pool_name = pool["metadata"]["name"]
                 if pool_name not in desired and not _deleting(pool):
-                    await self.kube.delete(INFERENCE_POOLS, namespace, pool_name, pool["metadata"]["uid"])
+                    await self.kube.delete(SERVING_POOLS, namespace, pool_name, pool["metadata"]["uid"])
                     await self._decided(
-                        "InferencePool", "delete", md, "DeletedPool", f"pool {pool_name} not needed"
+                        "ServingPool", "delete", md, "DeletedPool", f"pool {pool_name} not needed"
                     )
         await self.refresh_deployment_status(namespace, name)
 
@@ -284,7 +284,7 @@ class Operator:
             )
 
     async def refresh_deployment_status(self, namespace: str, name: str) -> None:
-        pools = await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
+        pools = await self.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
         instances = await self.kube.list(MODEL_INSTANCES, namespace, f"{LABEL_DEPLOYMENT}={name}")
         summaries: list[Obj] = []
         wanted = ready = total = standbys = unscheduled = 0
@@ -382,13 +382,13 @@ class Operator:
             spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
         except ValidationError:
             return
-        pools: dict[str, InferencePoolSpec] = {}
-        statuses: dict[str, InferencePoolStatus | None] = {}
-        for pool in await self.kube.list(INFERENCE_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
+        pools: dict[str, ServingPoolSpec] = {}
+        statuses: dict[str, ServingPoolStatus | None] = {}
+        for pool in await self.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
             try:
-                pools[pool["metadata"]["name"]] = InferencePoolSpec.model_validate(pool.get("spec") or {})
+                pools[pool["metadata"]["name"]] = ServingPoolSpec.model_validate(pool.get("spec") or {})
                 statuses[pool["metadata"]["name"]] = (
-                    InferencePoolStatus.model_validate(pool["status"]) if pool.get("status") else None
+                    ServingPoolStatus.model_validate(pool["status"]) if pool.get("status") else None
                 )
             except ValidationError:
                 continue
@@ -399,18 +399,18 @@ class Operator:
             ):
                 continue
             patch = {"spec": {"requestClass": {"mergedClasses": sorted(classes)}}}
-            await self.kube.patch(INFERENCE_POOLS, namespace, pool_name, patch)
+            await self.kube.patch(SERVING_POOLS, namespace, pool_name, patch)
             await self._decided(
-                "InferencePool", "merge", md, "ClusterDecision",
+                "ServingPool", "merge", md, "ClusterDecision",
                 f"{self.config.cluster_policy.name}: {pool_name} also serves {sorted(classes) or 'nothing'}",
             )  # fmt: skip
         await self.reconcile_deployment(namespace, name)
 
-    # -- InferencePool -------------------------------------------------------------------------------
+    # -- ServingPool -------------------------------------------------------------------------------
 
     async def pool_round(self, namespace: str, name: str) -> None:
         """The pool controller's periodic decision (TP, instances, clock cap), applied to the pool spec."""
-        pool = await self.kube.get(INFERENCE_POOLS, namespace, name)
+        pool = await self.kube.get(SERVING_POOLS, namespace, name)
         if pool is None or _deleting(pool):
             return
         md = await self.kube.get(
@@ -419,9 +419,9 @@ class Operator:
         if md is None:
             return
         try:
-            spec = InferencePoolSpec.model_validate(pool.get("spec") or {})
+            spec = ServingPoolSpec.model_validate(pool.get("spec") or {})
             md_spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
-            status = InferencePoolStatus.model_validate(pool.get("status") or {})
+            status = ServingPoolStatus.model_validate(pool.get("status") or {})
         except ValidationError:
             return  # the deployment and pool reconcilers report invalid specs
         decision = self.config.pool_policy.decide(
@@ -439,10 +439,10 @@ class Operator:
             return {"spec": patch} if patch else None
 
         before = pool.get("spec") or {}
-        written = await self.kube.update(INFERENCE_POOLS, namespace, name, compute)
+        written = await self.kube.update(SERVING_POOLS, namespace, name, compute)
         if written is not None and written.get("spec") != before:
             await self._decided(
-                "InferencePool", "decision", pool, "PoolDecision",
+                "ServingPool", "decision", pool, "PoolDecision",
                 f"{self.config.pool_policy.name}: TP{tp} x {instances} ({decision.reason})",
             )  # fmt: skip
             await self._write_decision(namespace, name, decided)
@@ -459,15 +459,15 @@ class Operator:
             }
             return None if same else {"status": {"decision": wire}}
 
-        await self.kube.update(INFERENCE_POOLS, namespace, name, compute, "status")
+        await self.kube.update(SERVING_POOLS, namespace, name, compute, "status")
 
     async def reconcile_pool(self, namespace: str, name: str) -> None:
         async with self._lock(("pool", namespace, name)):
-            pool = await self.kube.get(INFERENCE_POOLS, namespace, name)
+            pool = await self.kube.get(SERVING_POOLS, namespace, name)
             if pool is None or _deleting(pool):
                 return
             try:
-                spec = InferencePoolSpec.model_validate(pool.get("spec") or {})
+                spec = ServingPoolSpec.model_validate(pool.get("spec") or {})
             except ValidationError as exc:
                 await self._pool_status(pool, [], invalid=_validation_message(exc))
                 return
@@ -622,7 +622,7 @@ class Operator:
             return {"status": patch} if (patch := merge_diff(have, {**have, **status})) else None
 
         await self.kube.update(
-            INFERENCE_POOLS, pool["metadata"]["namespace"], pool["metadata"]["name"], compute, "status"
+            SERVING_POOLS, pool["metadata"]["namespace"], pool["metadata"]["name"], compute, "status"
         )
 
     # -- ModelInstance -> Pod ------------------------------------------------------------------------

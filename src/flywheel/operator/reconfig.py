@@ -31,7 +31,7 @@ from flywheel.api.v1alpha1 import (
     Condition,
     DType,
     GPUNode,
-    InferencePoolSpec,
+    ServingPoolSpec,
     InstanceRole,
     ModelDeploymentSpec,
     reasons,
@@ -60,7 +60,7 @@ from flywheel.controllers.reshard import (
     rollout_actions,
 )
 from flywheel.controllers.standby import Member, Role, reconcile_standbys
-from flywheel.operator.kube import GPU_NODES, INFERENCE_POOLS, MODEL_INSTANCES, PODS, Obj
+from flywheel.operator.kube import GPU_NODES, SERVING_POOLS, MODEL_INSTANCES, PODS, Obj
 
 if TYPE_CHECKING:
     from flywheel.operator.reconcile import Operator
@@ -109,7 +109,7 @@ class Reconfiguration:
     # -- promotion ----------------------------------------------------------------------------------
 
     async def promote(
-        self, pool: Obj, spec: InferencePoolSpec, raw: list[Obj], observed: list[ObservedInstance]
+        self, pool: Obj, spec: ServingPoolSpec, raw: list[Obj], observed: list[ObservedInstance]
     ) -> list[ObservedInstance]:
         """Promote loaded Standbys into missing Active slots; return ``observed`` updated."""
         live = [i for i in observed if not i.deleting]
@@ -175,7 +175,7 @@ class Reconfiguration:
     async def stage(
         self,
         pool: Obj,
-        spec: InferencePoolSpec,
+        spec: ServingPoolSpec,
         md_spec: ModelDeploymentSpec,
         raw: list[Obj],
         observed: list[ObservedInstance],
@@ -257,7 +257,7 @@ class Reconfiguration:
     async def _drain_before_delete(
         self,
         pool: Obj,
-        spec: InferencePoolSpec,
+        spec: ServingPoolSpec,
         raw: list[Obj],
         live: list[ObservedInstance],
         plan: InstancePlan,
@@ -305,7 +305,7 @@ class Reconfiguration:
     async def _plan(
         self,
         pool: Obj,
-        spec: InferencePoolSpec,
+        spec: ServingPoolSpec,
         md_spec: ModelDeploymentSpec,
         raw: list[Obj],
         live: list[ObservedInstance],
@@ -351,7 +351,7 @@ class Reconfiguration:
             )
         except ReshardInfeasible as exc:
             await self.op._decided(
-                "InferencePool", "reshard", pool, reasons.RESHARDING, f"cannot reshard: {exc}", True
+                "ServingPool", "reshard", pool, reasons.RESHARDING, f"cannot reshard: {exc}", True
             )
             return None
         # Deterministic instance names in the pool's scheme, fixed in the stored plan.
@@ -379,7 +379,7 @@ class Reconfiguration:
         }
         await self._store(namespace, name, stored)
         await self.op._decided(
-            "InferencePool", "reshard", pool, reasons.RESHARDING,
+            "ServingPool", "reshard", pool, reasons.RESHARDING,
             f"TP{tp} x {spec.instances}: {len(result.steps)} steps, reuses {stored['reusedGB']} GB on GPU, "
             f"loads {stored['loadedGB']} GB (naive {stored['naiveGB']} GB), "
             f"capacity >= {result.min_capacity:g} GPUs (need {need:g})",
@@ -389,7 +389,7 @@ class Reconfiguration:
     async def _create(
         self,
         pool: Obj,
-        spec: InferencePoolSpec,
+        spec: ServingPoolSpec,
         md_spec: ModelDeploymentSpec,
         instance: str,
         gpus: list[str],
@@ -426,7 +426,7 @@ class Reconfiguration:
     async def _finish(self, pool: Obj, tp: int) -> None:
         await self._store(pool["metadata"]["namespace"], pool["metadata"]["name"], None)
         await self.op._decided(
-            "InferencePool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
+            "ServingPool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
         )
         await self._progressing(pool, "False", reasons.AS_EXPECTED, f"resharded to TP{tp}")
 
@@ -445,7 +445,7 @@ class Reconfiguration:
     async def _store(self, namespace: str, name: str, plan: dict[str, Any] | None) -> None:
         text = json.dumps(plan, separators=(",", ":"), sort_keys=True) if plan is not None else None
         await self.op.kube.patch(
-            INFERENCE_POOLS, namespace, name, {"metadata": {"annotations": {PLAN_ANNOTATION: text}}}
+            SERVING_POOLS, namespace, name, {"metadata": {"annotations": {PLAN_ANNOTATION: text}}}
         )
 
     async def _progressing(self, pool: Obj, status: ConditionStatus, reason: str, message: str) -> None:
@@ -468,4 +468,4 @@ class Reconfiguration:
             return {"status": {"conditions": [c.wire() for c in sorted(updated, key=lambda c: c.type)]}}
 
         meta = pool["metadata"]
-        await self.op.kube.update(INFERENCE_POOLS, meta["namespace"], meta["name"], compute, "status")
+        await self.op.kube.update(SERVING_POOLS, meta["namespace"], meta["name"], compute, "status")

@@ -31,10 +31,10 @@ from flywheel.api.v1alpha1.incident import (
     Signal,
     SignalType,
 )
-from flywheel.api.v1alpha1.inferencepool import (
-    InferencePool,
-    InferencePoolSpec,
-    InferencePoolStatus,
+from flywheel.api.v1alpha1.servingpool import (
+    ServingPool,
+    ServingPoolSpec,
+    ServingPoolStatus,
     PoolDecision,
     PoolLoad,
     PoolRequestClass,
@@ -70,7 +70,7 @@ from flywheel.api.v1alpha1.modelinstance import (
     ModelInstanceStatus,
 )
 
-KINDS: tuple[type[Resource], ...] = (ModelDeployment, InferencePool, ModelInstance, GPUNode, Incident)
+KINDS: tuple[type[Resource], ...] = (ModelDeployment, ServingPool, ModelInstance, GPUNode, Incident)
 
 __all__ = [
     "API_VERSION",
@@ -101,9 +101,9 @@ __all__ = [
     "Incident",
     "IncidentSpec",
     "IncidentStatus",
-    "InferencePool",
-    "InferencePoolSpec",
-    "InferencePoolStatus",
+    "ServingPool",
+    "ServingPoolSpec",
+    "ServingPoolStatus",
     "InstanceEngine",
     "InstanceRole",
     "ModelDeployment",

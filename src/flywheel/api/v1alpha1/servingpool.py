@@ -1,4 +1,4 @@
-"""``InferencePool``: the engine instances serving one request class of a ModelDeployment."""
+"""``ServingPool``: the engine instances serving one request class of a ModelDeployment."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class PoolRequestClass(FlywheelModel):
     )
 
 
-class InferencePoolSpec(FlywheelModel):
+class ServingPoolSpec(FlywheelModel):
     model_config = cel_config(
         cel(
             "self.clockMinMHz <= self.clockMaxMHz",
@@ -73,7 +73,7 @@ class PoolDecision(FlywheelModel):
     controller: str = Field(default="pool", description="Which controller decided: cluster, pool, fault.")
 
 
-class InferencePoolStatus(FlywheelModel):
+class ServingPoolStatus(FlywheelModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
     ready_instances: int = 0
@@ -83,11 +83,11 @@ class InferencePoolStatus(FlywheelModel):
     power_watts: int = 0
 
 
-class InferencePool(Resource):
-    KIND: ClassVar[str] = "InferencePool"
-    PLURAL: ClassVar[str] = "inferencepools"
-    SINGULAR: ClassVar[str] = "inferencepool"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("ipool", "fwpool")
+class ServingPool(Resource):
+    KIND: ClassVar[str] = "ServingPool"
+    PLURAL: ClassVar[str] = "servingpools"
+    SINGULAR: ClassVar[str] = "servingpool"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("spool", "fwpool")
     SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
     PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
         {"name": "Deployment", "type": "string", "jsonPath": ".spec.modelDeployment"},
@@ -101,5 +101,5 @@ class InferencePool(Resource):
         age_column(),
     )
 
-    spec: InferencePoolSpec
-    status: InferencePoolStatus | None = None
+    spec: ServingPoolSpec
+    status: ServingPoolStatus | None = None
