@@ -107,10 +107,17 @@ async def trial(rng: random.Random) -> dict[str, float | bool]:
             seen = time.time()
             written = await handler.on_gpunode(body)
             handled = time.time()
-            raw = (await api.get(f"{FW}/incidents/{written[0].metadata.name}")).json()
-            incident = Incident.model_validate(raw)
-            status = incident.status
-            assert status is not None and status.detected_at and status.isolated_at and status.replaced_at
+            deadline = handled + 60.0
+            while True:  # XID 79 is verified first (traffic stopped), isolated on the re-check
+                raw = (await api.get(f"{FW}/incidents/{written[0].metadata.name}")).json()
+                incident = Incident.model_validate(raw)
+                status = incident.status
+                if status is not None and status.isolated_at and status.replaced_at:
+                    break
+                assert time.time() < deadline, "the fault was never isolated"
+                await asyncio.sleep(0.01)
+            await handler.close()
+            assert status.detected_at is not None
             standby = (await api.get(f"{FW}/namespaces/default/modelinstances/llama-a-tp4-1")).json()
             return {
                 "reported_s": seen - injected,

@@ -112,6 +112,9 @@ def agent(
         "--engine",
         help="name=http://host:port[@pid,...] to health-check (default: engines of this node's instances).",
     ),
+    disk_path: list[Path] = typer.Option(
+        [], "--disk-path", help="Local storage that must take writes (weights cache); DiskFault if not."
+    ),
 ) -> None:
     """Run the node agent (DaemonSet): health checks, metrics, clocks, device plugin."""
     from flywheel.agents.cli import run_agent
@@ -133,6 +136,7 @@ def agent(
         operator_timeout_s=operator_timeout,
         kube=kube,
         engines=engine,
+        disk_paths=disk_path,
     )
 
 
@@ -280,16 +284,40 @@ def sim_calibrate(
 
 @sim_app.command("faults")
 def sim_faults(
-    trials: int = typer.Option(3, "--trials", help="Random fault times per fault type and standby mode."),
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        min=1,
+        help="Suite: random fault times per fault type and standby mode (default 3). Scenario: runs "
+        "with different seeds (default: the file's).",
+    ),
     window: float = typer.Option(600.0, "--window", help="Seconds of the conv trace replayed per run."),
     seed: int = typer.Option(0, "--seed"),
     report: Path | None = typer.Option(None, "--report", help="Write the JSON report (every run)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table."),
+    scenario: Path | None = typer.Option(
+        None,
+        "--scenario",
+        help="Run a fault scenario file (YAML, see scenarios/faults/) instead of the suite.",
+    ),
 ) -> None:
-    """Fault-injection suite: MTTD, isolation, restored capacity, SLO attainment, with/without standbys."""
+    """Fault injection: the random suite (MTTD, isolation, restored capacity, SLO attainment, with and
+    without standbys), or one scenario file (``--scenario``; ``--trials`` overrides its own)."""
+    from flywheel.controllers.fault.scenario import ScenarioError
+
+    out = str(report) if report is not None else None
+    if scenario is not None:
+        from flywheel.sim.fault_scenarios import scenario_cli
+
+        try:
+            scenario_cli(str(scenario), trials, out, markdown)
+        except ScenarioError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        return
     from flywheel.sim.faults import suite_cli
 
-    suite_cli(trials, window, seed, str(report) if report is not None else None, markdown)
+    suite_cli(trials or 3, window, seed, out, markdown)
 
 
 @app.command()
@@ -326,6 +354,9 @@ def dev(
         ["auto"], "--inject", help="KIND@SECONDS (xidN, gpulost, hang, crash); 'auto': xid79 at 1/3; 'none'."
     ),
     report: Path | None = typer.Option(None, "--report", help="Write the JSON summary here."),
+    chaos: Path | None = typer.Option(
+        None, "--chaos", help="Fault scenario file (scenarios/faults/*.yaml) instead of --inject."
+    ),
     max_rps: float = typer.Option(10.0, "--max-rps", help="Sample the trace down to this wall request rate."),
     live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)."),
     seed: int = typer.Option(0, "--seed"),
@@ -341,7 +372,8 @@ def dev(
 
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
-        report=report, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig, metrics_port=metrics,
+        report=report, chaos=chaos, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig,
+        metrics_port=metrics,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

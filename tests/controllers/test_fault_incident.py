@@ -31,6 +31,7 @@ def _xid79() -> FaultSignal:
         detail="GPU has fallen off the bus",
         evidence={"pcieReplay": "0"},
         injected_at=1_700_000_009.0,
+        observed_at=1_700_000_004.5,  # persisted 6 s: verified
     )
 
 
@@ -39,7 +40,12 @@ def test_incident_carries_signal_evidence_affected_and_actions() -> None:
     decision = FaultController().handle(_xid79(), view)
     incident = build_incident(decision, view)
     assert incident.spec.signal.type is SignalType.XID and incident.spec.signal.xid == 79
-    assert incident.spec.signal.evidence == {"pcieReplay": "0", "xid": "79"}
+    assert incident.spec.signal.evidence == {
+        "pcieReplay": "0",
+        "xid": "79",
+        "persistedSeconds": "6.0",
+        "observedAt": "2023-11-14T22:13:24.500000+00:00",
+    }
     assert incident.spec.gpu_uuids == ["GPU-node-1-2"]
     kinds = {(a.kind, a.name, a.namespace) for a in incident.spec.affected}
     assert ("ModelInstance", "node-1-i0", "ns") in kinds

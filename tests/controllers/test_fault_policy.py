@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fault_fixtures import fleet, gpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,17 +28,43 @@ def xid(code: int, node: str = "node-1", gpu: int = 2, at: float = 100.0) -> Fau
     return FaultSignal(SignalType.XID, node, at, gpu_uuids=(gpus(node)[gpu],), xid=code)
 
 
-def test_xid79_quarantines_gpu_evicts_and_replaces_without_diagnosis() -> None:
+def test_xid79_is_verified_before_quarantine_then_quarantined_and_diagnosed() -> None:
     view = fleet()
-    decision = FaultController().handle(xid(79), view)
-    assert decision.quarantine_gpus == {"GPU-node-1-2"}
-    assert decision.quarantine_nodes == frozenset()
-    assert decision.evict == ("ns/node-1-i0",)
-    assert decision.diagnose_gpus == frozenset()
-    actions = decision.actions()
+    controller = FaultController(FaultConfig(verify_s=5.0))
+    first = controller.handle(xid(79, at=100.0), view)
+    assert first.verifying and not first.isolates
+    assert first.routing_weights == {"ns/node-1-i0": 0.0}  # no traffic while verifying
+    assert first.recheck_after_s == 5.0
+    confirmed = controller.handle(replace(xid(79, at=105.0), observed_at=100.0), view)
+    assert not confirmed.verifying
+    assert confirmed.quarantine_gpus == {"GPU-node-1-2"}
+    assert confirmed.evict == ("ns/node-1-i0",)
+    actions = confirmed.actions()
     assert actions[:3] == [Action.QUARANTINE_GPU, Action.EVICT_INSTANCE, Action.REPLACE_FROM_STANDBY]
-    assert decision.remediation is xid_rule(79).action
-    assert Action.RUN_DIAGNOSTICS not in actions
+    assert confirmed.remediation is xid_rule(79).action
+    # quarantined parts return only through diagnostics (the cleared path for a late false alarm)
+    assert confirmed.diagnose_gpus == {"GPU-node-1-2"}
+
+
+def test_xid79_that_clears_while_verifying_restores_traffic_and_isolates_nothing() -> None:
+    view = fleet()
+    controller = FaultController(FaultConfig(verify_s=5.0))
+    assert controller.handle(xid(79, at=100.0), view).verifying
+    cleared = controller.clear(xid(79, at=102.0), view)
+    assert cleared.routing_weights == {"ns/node-1-i0": 1.0}
+    assert not cleared.isolates
+    assert not controller.breaker.nodes_in_window(102.0)  # a false alarm never counts for the breaker
+
+
+def test_heartbeat_loss_and_not_ready_are_verified_node_signals() -> None:
+    view = fleet()
+    controller = FaultController(FaultConfig(verify_s=10.0))
+    for kind in (SignalType.HEARTBEAT_LOST, SignalType.NODE_NOT_READY):
+        early = controller.handle(FaultSignal(kind, "node-2", 3.0, observed_at=0.0), view)
+        assert early.verifying and set(early.routing_weights) == {"ns/node-2-i0", "ns/node-2-i1"}
+        late = controller.handle(FaultSignal(kind, "node-2", 10.0, observed_at=0.0), view)
+        assert late.quarantine_nodes == {"node-2"}
+        assert set(late.evict) == {"ns/node-2-i0", "ns/node-2-i1"}
 
 
 def test_gpu_lost_is_immediate_and_skips_diagnostics() -> None:
@@ -233,3 +261,14 @@ def test_straggler_recheck_on_a_float_boundary_isolates() -> None:
     assert decision.recheck_after_s == 120.0
     again = controller.handle(FaultSignal(SignalType.THERMAL, "node-2", first + 120.0, gpu_uuids=hot), view)
     assert again.isolates
+
+
+def test_asking_again_about_the_same_occurrence_does_not_escalate() -> None:
+    view = fleet()
+    controller = FaultController()
+    disk = FaultSignal(SignalType.DISK, "node-2", 10.0, observed_at=9.0)
+    first = controller.handle(disk, view)
+    retried = controller.handle(replace(disk, at=11.0), view)  # e.g. after a failed API write
+    assert retried.escalation_level == first.escalation_level
+    again = controller.handle(replace(disk, at=600.0, observed_at=590.0), view)  # a new occurrence
+    assert again.escalation_level == first.escalation_level + 1

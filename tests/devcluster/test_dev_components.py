@@ -158,6 +158,14 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     assert {b.name: b.url for b in pool.backends}["c"] == "http://10.0.0.7:8000"
     written = await kube.get(SERVING_POOLS, NS, "md-short")
     assert written is not None and written["status"]["load"]["requestsPerSecond"] == 0.0
+    # the fault handler stops traffic to a suspect instance with routing weight 0, and restores it
+    weight = "flywheel.dev/routing-weight"
+    await kube.patch(MODEL_INSTANCES, NS, "a", {"metadata": {"annotations": {weight: "0"}}})
+    await sync.sync()
+    assert {b.name: b.routable for b in router.pools["md-short"].backends}["a"] is False
+    await kube.patch(MODEL_INSTANCES, NS, "a", {"metadata": {"annotations": {weight: None}}})
+    await sync.sync()
+    assert {b.name: b.routable for b in router.pools["md-short"].backends}["a"] is True
 
 
 async def test_router_discovery_follows_changes_by_watch(kube: KubeClient) -> None:

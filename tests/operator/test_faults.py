@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,8 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
 
         registry = CollectorRegistry()
         async with KubeClient(cluster.url, insecure=True) as kube:
-            handler = FaultHandler(kube, FaultMetrics(registry))
+            # verification has its own test: here the XID counts as confirmed at once
+            handler = FaultHandler(kube, FaultMetrics(registry), config=FaultConfig(verify_s=0.0))
             # healthy reports change nothing
             assert await handler.on_gpunode(gpunode(http, "node-0")) == []
 
@@ -205,8 +206,9 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
                 a.action is Action.REPLACE_FROM_STANDBY and "llama-mm-tp4-2" in a.result
                 for a in incident.status.actions
             )
-            # GPU lost: evicted at once, no diagnosis
-            assert Action.RUN_DIAGNOSTICS not in {a.action for a in incident.status.actions}
+            # quarantined parts return only after passing stop-time diagnostics
+            assert Action.RUN_DIAGNOSTICS in {a.action for a in incident.status.actions}
+            assert gpunode(http, "node-0")["spec"]["diagnostics"]["gpuUUIDs"] == [g0[2]]
             resolved = get_condition(incident.status.conditions, reasons.RESOLVED)
             assert resolved is not None and resolved.status == "True"
 
@@ -223,7 +225,9 @@ async def test_xid79_quarantines_evicts_replaces_and_records_incident(
             before = items(http, f"{FW}/incidents")
             assert await handler.on_gpunode(gpunode(http, "node-0")) == []
             # nor does a restarted operator seeing it for the first time
-            restarted = FaultHandler(kube, FaultMetrics(CollectorRegistry()))
+            restarted = FaultHandler(
+                kube, FaultMetrics(CollectorRegistry()), config=FaultConfig(verify_s=0.0)
+            )
             assert await restarted.on_gpunode(gpunode(http, "node-0")) == []
             assert len(items(http, f"{FW}/incidents")) == len(before) == 1
             assert set(instances(http)) == {"llama-mm-tp4-1", "llama-mm-tp4-2"}
@@ -275,6 +279,7 @@ async def test_false_alarm_storm_is_capped_by_the_breaker(
             annotations = gpunode(http, "node-3")["metadata"].get("annotations") or {}
             assert RESET_BREAKER_ANNOTATION not in annotations
             assert registry.get_sample_value("flywheel_fault_circuit_breaker_open") == 0
+            await handler.close()
     finally:
         for agent, _ in agents:
             agent.stop()
@@ -303,7 +308,11 @@ def test_real_operator_replaces_an_instance_after_xid79(cluster: EmulatorThread,
             agent.stop()
 
 
-def xid79_scenario(http: httpx.Client, agents: list[tuple[Agent, SimulatedNvml]]) -> None:
+def xid79_scenario(
+    http: httpx.Client,
+    agents: list[tuple[Agent, SimulatedNvml]],
+    before_fault: Callable[[], None] | None = None,
+) -> None:
     from opharness import mark_pods_ready, model_deployment, wait_for
 
     http.post(f"{FW}/namespaces/default/modeldeployments", json=model_deployment("llama")).raise_for_status()
@@ -331,6 +340,8 @@ def xid79_scenario(http: httpx.Client, agents: list[tuple[Agent, SimulatedNvml]]
     standby = next(i for i in before.values() if i["spec"]["role"] == "Standby")
     bad_gpu = active["spec"]["gpuUUIDs"][0]
     agent, nvml = next((a, n) for a, n in agents if a.config.node_name == active["spec"]["nodeName"])
+    if before_fault is not None:
+        before_fault()
     nvml.inject_xid(uuids(agent).index(bad_gpu), 79)
     report_until(agent, "XID79")
 

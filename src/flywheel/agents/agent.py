@@ -28,6 +28,7 @@ from flywheel.agents.deviceplugin.server import (
 )
 from flywheel.agents.diagnostics import DiagnosticsRunner
 from flywheel.agents.exporter import Exporter
+from flywheel.agents.health.disk import DiskCheck
 from flywheel.agents.health.engine import (
     DEFAULT_HANG_AFTER_S,
     EngineCheck,
@@ -76,6 +77,7 @@ class AgentConfig:
     event_wait_ms: int = 500
     dump_stacks_on_hang: bool = True
     spec_poll_s: float = 5.0
+    disk_paths: list[Path] = field(default_factory=list)  # local storage that must take writes
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Agent:
         self.exporter = Exporter(self.registry, config.node_name)
         self.gpu_check = GpuCheck(config.thresholds)
         self.network_check = NetworkCheck(SysfsNetwork(config.sysfs_root, config.interfaces))
+        self.disk_check = DiskCheck(config.disk_paths)
         self._engines = engines or (lambda: [])
         self._probe: HttpEngineProbe | None = None
         if engine_reader is None:
@@ -193,6 +196,15 @@ class Agent:
         if background:
             self._spawn("health-loop", self.run_forever)
 
+    def halt(self) -> None:
+        """Stop the threads and nothing else: what ``kill -9`` leaves behind (clocks still locked,
+        NVML open). For chaos tests; the next agent's ``start`` resets the clocks."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5.0)
+
     def stop(self) -> None:
         """Stop threads, return clocks to defaults, withdraw the device plugin, release NVML."""
         self._stop.set()
@@ -248,6 +260,7 @@ class Agent:
                 samples[dev.uuid] = res.value
                 self.exporter.observe(res.value)
         polled += self.network_check.check(start)
+        polled += self.disk_check.check(start)
         polled += self.engine_check.check(start)
         by_key = {f.key: f for f in self.gpu_check.latched(start)}
         by_key.update({f.key: f for f in polled})

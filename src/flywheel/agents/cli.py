@@ -54,6 +54,7 @@ def run_agent(
     operator_timeout_s: float,
     kube: bool,
     engines: list[str],
+    disk_paths: list[Path] | None = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if gpu_allocation not in set(Allocation):
@@ -104,6 +105,7 @@ def run_agent(
         gpu_allocation=Allocation(gpu_allocation),
         cdi_kind=cdi_kind,
         metrics_port=metrics_port,
+        disk_paths=list(disk_paths or []),
     )
     agent = Agent(
         config,

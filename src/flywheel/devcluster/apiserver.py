@@ -19,7 +19,14 @@ class ApiServer:
 
     emulator_class: type[FlywheelEmulator] = FlywheelEmulator  # tests substitute a recording subclass
 
-    def __init__(self, namespaces: tuple[str, ...] = ("default",), **options: Any) -> None:
+    def __init__(
+        self,
+        namespaces: tuple[str, ...] = ("default",),
+        emulator_class: type[FlywheelEmulator] | None = None,
+        **options: Any,
+    ) -> None:
+        # e.g. devcluster.apifaults.FaultyEmulator for chaos tests
+        self._emulator_class = emulator_class or self.emulator_class
         self._options = options
         self._namespaces = namespaces
         self._loop = asyncio.new_event_loop()
@@ -38,7 +45,7 @@ class ApiServer:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stop = asyncio.Event()
-        emulator = self.emulator_class(**self._options)
+        emulator = self._emulator_class(**self._options)
         self.emulator = emulator
         try:
             for namespace in self._namespaces:

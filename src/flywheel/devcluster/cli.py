@@ -21,6 +21,7 @@ def run(
     gpus_per_node: int,
     inject: list[str],
     report: Path | None,
+    chaos: Path | None = None,
     max_rps: float,
     live: bool | None,
     seed: int,
@@ -37,6 +38,7 @@ def run(
             nodes=nodes,
             gpus_per_node=gpus_per_node,
             inject=inject,
+            chaos=chaos,
             report=report,
             max_rps=max_rps,
             live=live,
@@ -45,6 +47,9 @@ def run(
             metrics_port=metrics_port,
         )
         options.faults()  # validate before starting anything
+        skipped = options.chaos_faults()[1]
+        if skipped:
+            console.print(f"[yellow]not injected by the dev cluster yet:[/yellow] {', '.join(skipped)}")
         result = asyncio.run(run_dev(options, console))
     except (ValueError, TraceError) as error:
         console.print(f"[red]error:[/red] {error}")

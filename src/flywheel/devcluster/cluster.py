@@ -33,11 +33,13 @@ from rich.live import Live
 from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.cli import router_options
+from flywheel.controllers.fault.scenario import parse_scenario
 from flywheel.controllers.gpumodel import SKUS
 from flywheel.controllers.router_objects import router_name
 from flywheel.devcluster import report as reporting
+from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.apiserver import ApiServer, kubeconfig
-from flywheel.devcluster.faults import FaultInjector, FaultSpec
+from flywheel.devcluster.faults import FaultInjector, FaultSpec, from_scenario
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
 from flywheel.devcluster.nodes import SimNode, make_node, start_agent
 from flywheel.devcluster.replay import Outcome, ReplayPlan, plan, replay
@@ -105,6 +107,7 @@ class DevOptions:
     nodes: int = 3
     gpus_per_node: int = 8
     inject: list[str] = field(default_factory=lambda: ["auto"])
+    chaos: Path | None = None  # a fault scenario file (scenarios/faults/*.yaml) instead of --inject
     report: Path | None = None
     max_rps: float = 10.0  # wall-clock request rate the replay is sampled down to
     load_seconds: float = 60.0  # virtual seconds an engine takes to load its weights (cold start)
@@ -119,9 +122,21 @@ class DevOptions:
     metrics_port: int | None = None  # operator /metrics here, node agents' on the next ports
     progress: Callable[[str], None] | None = None
 
+    def chaos_faults(self) -> tuple[list[FaultSpec], list[str]]:
+        """The ``--chaos`` scenario's injectable faults and the fault types skipped."""
+        if self.chaos is None:
+            return [], []
+        try:
+            text = self.chaos.read_text()
+        except OSError as exc:
+            raise ValueError(f"{self.chaos}: cannot read: {exc.strerror or exc}") from None
+        return from_scenario(parse_scenario(text, str(self.chaos)))
+
     def faults(self) -> list[FaultSpec]:
         specs: list[FaultSpec] = []
-        for text in self.inject:
+        if self.chaos is not None:
+            specs = self.chaos_faults()[0]
+        for text in [] if self.chaos is not None else self.inject:
             if text == "none":
                 continue
             if text == "auto":
@@ -141,7 +156,7 @@ class DevCluster:
         self.options = options
         self.faults = options.faults()
         self.t0 = time.monotonic()
-        self.api = ApiServer(namespaces=(options.namespace,))
+        self.api = ApiServer(namespaces=(options.namespace,), emulator_class=FaultyEmulator)
         self.kube: KubeClient | None = None
         self.nodes: dict[str, SimNode] = {}
         self.kubelet: EngineKubelet | None = None
@@ -156,6 +171,10 @@ class DevCluster:
         self.gpunodes: list[dict[str, Any]] = []
         self.incidents: list[dict[str, Any]] = []
         self.replay_started: float | None = None
+        self.api_url = ""
+        self.operator_kills: list[dict[str, Any]] = []
+        self.api_faults: list[dict[str, Any]] = []
+        self.agent_kills: list[dict[str, Any]] = []
         self.snapshot = Snapshot(duration_s=options.duration_s, speed=options.speed, phase="starting")
         self.power_samples: list[float] = []
         self.spec = ModelDeploymentSpec.model_validate(sample_deployment(options.namespace)["spec"])
@@ -172,6 +191,7 @@ class DevCluster:
     async def start(self) -> None:
         o = self.options
         url = self.api.start()
+        self.api_url = url
         self._say(f"Kubernetes API emulator at {url}")
         if o.kubeconfig is not None:
             o.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
@@ -187,17 +207,7 @@ class DevCluster:
             await self.kube.create(NODES, None, node.node_object())
         self.kubelet = EngineKubelet(self.kube, self.nodes, time_scale=o.speed, load_seconds=o.load_seconds)
         for index, node in enumerate(self.nodes.values()):
-            agent_port = None if o.metrics_port is None else o.metrics_port + 1 + index
-            start_agent(
-                node,
-                url,
-                metrics_port=agent_port,
-                engines=self._engine_targets(node.name),
-                engine_reader=self._read_engine,
-                interval_s=o.agent_interval_s,
-                hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
-                time_scale=o.speed,
-            )
+            self._start_agent(node, index)
         self._say(f"{o.nodes} simulated nodes x {o.gpus_per_node} GPUs with node agents")
         if o.metrics_port is not None:
             self._say(
@@ -259,6 +269,19 @@ class DevCluster:
             load_period_s=options.load_period_s,
         )
 
+    def _start_agent(self, node: SimNode, index: int) -> None:
+        o = self.options
+        start_agent(
+            node,
+            self.api_url,
+            metrics_port=None if o.metrics_port is None else o.metrics_port + 1 + index,
+            engines=self._engine_targets(node.name),
+            engine_reader=self._read_engine,
+            interval_s=o.agent_interval_s,
+            hang_after_s=float(self.spec.fault_tolerance.hang_timeout_seconds),
+            time_scale=o.speed,
+        )
+
     def _start_operator(self, url: str) -> None:
         o = self.options
         log_path = o.operator_log or Path(tempfile.mkstemp(prefix="flywheel-dev-operator-", suffix=".log")[1])
@@ -273,7 +296,7 @@ class DevCluster:
         if o.metrics_port is not None:
             command += ["--metrics-port", str(o.metrics_port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        handle = log_path.open("wb")
+        handle = log_path.open("ab")  # a restarted operator (chaos) appends
         self.operator = subprocess.Popen(
             command,
             stdout=handle,
@@ -462,6 +485,15 @@ class DevCluster:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 assert self.injector is not None
+                if spec.kind == "kill_operator":
+                    await self._kill_operator(spec.at_s)
+                    continue
+                if spec.kind == "api":
+                    self._api_fault(spec)
+                    continue
+                if spec.kind == "kill_agent":
+                    await self._kill_agent(spec)
+                    continue
                 record = self.injector.inject(spec, self._serving_names(), self.wanted())
                 log.warning("injected %s into %s (%s)", spec.label, record.instance, record.gpu_uuid)
 
@@ -484,6 +516,65 @@ class DevCluster:
             injector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await injector
+
+    async def _kill_operator(self, at_s: float) -> None:
+        """``kill -9`` the operator (chaos), then start a fresh one against the same API server."""
+        entry: dict[str, Any] = {"at_s": at_s, "killed": False, "restarted": False}
+        self.operator_kills.append(entry)
+        if self.operator is None or self.operator.poll() is not None:
+            return
+        self.operator.kill()
+        await asyncio.to_thread(self.operator.wait, 10)
+        entry["killed"] = True
+        log.warning("killed the operator (pid %s) with SIGKILL", self.operator.pid)
+        await asyncio.sleep(1.0)
+        self._start_operator(self.api_url)
+        entry["restarted"] = True
+
+    async def _kill_agent(self, spec: FaultSpec) -> None:
+        """Stop a node agent dead (``kill -9``: clocks stay locked), then start a new one; record
+        whether the new agent returned every clock the dead one had locked to its default."""
+        nodes = list(self.nodes.values())
+        node = nodes[(spec.node or 0) % len(nodes)]
+        entry: dict[str, Any] = {"at_s": spec.at_s, "node": node.name, "locked": 0, "restored": 0}
+        self.agent_kills.append(entry)
+        if node.agent is None:
+            return
+        locked = {i for i in range(len(node.uuids)) if node.nvml.locked_clock(i) is not None}
+        entry["locked"] = len(locked)
+        await asyncio.to_thread(node.agent.halt)
+        log.warning("killed the node agent of %s (%d GPU clocks left locked)", node.name, len(locked))
+        await asyncio.sleep(2.0)
+        before = len(node.nvml.clock_calls)
+        await asyncio.to_thread(self._start_agent, node, nodes.index(node))
+        reset = {index for index, mhz in node.nvml.clock_calls[before:] if mhz is None}
+        entry["restored"] = len(locked & reset)
+
+    def _api_fault(self, spec: FaultSpec) -> None:
+        """Turn an API-server fault rule on (for the operator's requests), and off after its duration."""
+        emulator = self.api.emulator
+        if spec.api is None or not isinstance(emulator, FaultyEmulator):
+            return
+        faults = emulator.faults
+        rule = spec.api
+        faults.set(*faults.rules, rule)  # a list swap: safe to do from this thread
+        self.api_faults.append({"at_s": spec.at_s, "rule": repr(rule), "duration_s": spec.duration_s})
+        if spec.duration_s is not None:
+
+            def off() -> None:
+                faults.set(*[r for r in faults.rules if r is not rule])
+
+            asyncio.get_running_loop().call_later(spec.duration_s, off)
+
+    def gpu_conflicts(self) -> int:
+        """GPUs assigned to more than one live ModelInstance (a duplicate placement)."""
+        seen: dict[str, int] = {}
+        for inst in self.sync.instances if self.sync is not None else []:
+            if (inst.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            for uuid in (inst.get("spec") or {}).get("gpuUUIDs") or []:
+                seen[uuid] = seen.get(uuid, 0) + 1
+        return sum(1 for count in seen.values() if count > 1)
 
     def _serving_names(self) -> set[str]:
         if self.router is None:
@@ -536,6 +627,13 @@ class DevCluster:
                 },
             },
             "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
+            "operator_kills": list(self.operator_kills),
+            "api_faults": list(self.api_faults),
+            "agent_kills": list(self.agent_kills),
+            "api_faults_injected": dict(self.api.emulator.faults.injected)
+            if isinstance(self.api.emulator, FaultyEmulator)
+            else {},
+            "gpu_conflicts": self.gpu_conflicts(),
             "incidents": incidents,
             "router": {
                 "retries": self._router_sample("flywheel_router_retries_total"),

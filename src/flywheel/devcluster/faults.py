@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flywheel.controllers.fault.scenario import FaultType, Scenario
+from flywheel.devcluster.apifaults import ApiFaultRule
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
 
 Obj = dict[str, Any]
@@ -26,9 +28,12 @@ _SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    kind: str  # "xid", "gpulost", "hang", "crash"
+    kind: str  # "xid", "gpulost", "hang", "crash", "kill_operator", "api"
     at_s: float  # wall seconds after the replay starts
     xid: int | None = None
+    api: ApiFaultRule | None = None  # kind "api": what the API server does to the operator's requests
+    duration_s: float | None = None  # kind "api": how long (None: until the end)
+    node: int | None = None  # kind "kill_agent": which node (None: the first)
 
     @property
     def label(self) -> str:
@@ -45,6 +50,50 @@ class FaultSpec:
         if match["xid"] is not None:
             return cls("xid", float(match["at"]), int(match["xid"]))
         return cls(kind, float(match["at"]))
+
+
+# Scenario fault types the dev cluster injects today (``flywheel dev --chaos FILE``).
+_FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
+    FaultType.XID: ("xid", 79),
+    FaultType.GPU_LOST: ("gpulost", None),
+    FaultType.ENGINE_HANG: ("hang", None),
+    FaultType.ENGINE_CRASH: ("crash", None),
+    FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
+    FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
+    FaultType.KILL_AGENT: ("kill_agent", None),  # its threads stop dead, clocks left locked; restarted
+    FaultType.API_ERRORS: ("api", None),  # the operator's API requests fail (devcluster.apifaults)
+    FaultType.API_LATENCY: ("api", None),
+    FaultType.WATCH_DISCONNECT: ("api", None),
+}
+
+
+def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
+    """The scenario's faults the dev cluster can inject (on the busiest serving instance, at their
+    time; targets, durations and false alarms are not modelled here yet), and the types it skips."""
+    specs: list[FaultSpec] = []
+    skipped: set[str] = set()
+    for fault in scenario.expand():
+        mapped = _FROM_SCENARIO.get(fault.type)
+        if mapped is None or fault.false_alarm:
+            skipped.add(f"{fault.type.value}{' (false alarm)' if fault.false_alarm else ''}")
+            continue
+        if mapped[0] == "api":
+            rule = ApiFaultRule(
+                rate=fault.rate,
+                status=fault.status,
+                retry_after_s=fault.retry_after,
+                latency_s=fault.latency or 0.0,
+                disconnect_watch=fault.type is FaultType.WATCH_DISCONNECT,
+                watches_only=fault.type is FaultType.WATCH_DISCONNECT,
+                user_agent="flywheel-operator",
+            )
+            duration = (
+                fault.duration if fault.duration is not None else (1.0 if rule.disconnect_watch else None)
+            )
+            specs.append(FaultSpec("api", round(fault.at, 3), api=rule, duration_s=duration))
+            continue
+        specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1], node=fault.target.node))
+    return specs, sorted(skipped)
 
 
 @dataclass
@@ -94,7 +143,9 @@ class FaultInjector:
         candidates = [
             e
             for e in self.kubelet.engines.values()
-            if e.instance in serving and e.role == "Active" and e.ready and e.engine.failure is None
+            # routable = Active per its ModelInstance (the Pod's role label stays "Standby" after a
+            # promotion, so it is not consulted)
+            if e.instance in serving and e.ready and e.engine.failure is None
         ]
         if not candidates:
             return None

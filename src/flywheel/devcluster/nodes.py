@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from kubernetes import client as k8s
 
 from flywheel.agents.agent import Agent, AgentConfig
+from flywheel.agents.diagnostics import DiagnosticsRunner
 from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.agents.instance_clocks import InstanceClocks
 from flywheel.agents.instance_kube import KubernetesInstances
@@ -125,6 +126,14 @@ def start_agent(
         engines=engines,
         engine_reader=engine_reader,
         clock_decider=node.clocks,
+        # Stop-time diagnostics requested in the GPUNode spec: NVML checks on the simulated GPUs (a lost
+        # GPU fails them); the compute and engine levels have nothing to run here and pass.
+        spec_source=lambda: sink.read_spec(node.name),
+        diagnostics=DiagnosticsRunner(
+            node.nvml,
+            compute_test=lambda gpus: (True, "simulated GPUs: no compute test to run"),
+            engine_test=lambda gpus: (True, "simulated engine: no restart test to run"),
+        ),
     )
     agent.start(background=True)
     node.agent = agent

@@ -68,3 +68,10 @@ class Cluster:
         node.failed.update(gpus)
         node.free.difference_update(gpus)
         return [(node_index, g) for g in gpus]
+
+    def restore(self, node_index: int, gpu: int) -> None:
+        """A failed GPU passed diagnostics: back into service (free)."""
+        node = self.nodes[node_index]
+        if gpu in node.failed:
+            node.failed.discard(gpu)
+            node.free.add(gpu)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,8 @@ import numpy as np
 from flywheel.api.v1alpha1 import OverEviction, SignalType
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.fault import (
+    DiagnosticsRun,
+    DiagnosticsState,
     FaultConfig,
     FaultController,
     FaultDecision,
@@ -48,13 +50,15 @@ from flywheel.controllers.fault import (
     InstanceView,
     RankTrace,
 )
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.fault.scenario import NODE_TYPES, SIM_TYPES, FaultSpec, FaultType
+from flywheel.controllers.policy import SLO, OfflineProfile, Policy
 from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.sim.cluster import GpuRef
 from flywheel.sim.reconfig import ReconfigOptions
-from flywheel.sim.simulator import Instance, SimConfig, SimResult, Simulator
+from flywheel.sim.simulator import Instance, Pool, SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload, load_trace
 
-_INJECT, _OBSERVE, _ISOLATE = 100, 101, 102
+_INJECT, _OBSERVE, _ISOLATE, _CLEAR, _CLEAR_SEEN, _DIAGNOSED = 100, 101, 102, 103, 104, 105
 
 HEALTHY_STACK = (
     "wait (threading.py)",
@@ -68,34 +72,38 @@ STUCK_STACK = (
     "execute_model (vllm/worker/model_runner.py)",
 )
 
+FaultKind = FaultType  # the suite's name for the scenario fault types
 
-class FaultKind(StrEnum):
-    XID = "xid79"  # GPU fallen off the bus, reported as an NVML XID event
-    ECC = "ecc_dbe"  # double-bit ECC error (XID 48 path)
-    GPU_LOST = "gpu_lost"  # NVML_ERROR_GPU_IS_LOST
-    NIC_DOWN = "nic_down"
-    ENGINE_HANG = "engine_hang"
-    ENGINE_CRASH = "engine_crash"
-    THERMAL = "thermal"
+ALL_KINDS: tuple[FaultType, ...] = (
+    FaultType.XID,
+    FaultType.ECC,
+    FaultType.GPU_LOST,
+    FaultType.NIC_DOWN,
+    FaultType.ENGINE_HANG,
+    FaultType.ENGINE_CRASH,
+    FaultType.THERMAL,
+)
 
-
-ALL_KINDS: tuple[FaultKind, ...] = tuple(FaultKind)
-
-_SIGNAL: dict[FaultKind, tuple[SignalType, int | None]] = {
-    FaultKind.XID: (SignalType.XID, 79),
-    FaultKind.ECC: (SignalType.ECC_DOUBLE_BIT, None),
-    FaultKind.GPU_LOST: (SignalType.GPU_LOST, None),
-    FaultKind.NIC_DOWN: (SignalType.NIC_DOWN, None),
-    FaultKind.ENGINE_HANG: (SignalType.ENGINE_HANG, None),
-    FaultKind.ENGINE_CRASH: (SignalType.ENGINE_CRASH, None),
-    FaultKind.THERMAL: (SignalType.THERMAL, None),
+_SIGNAL: dict[FaultType, tuple[SignalType, int | None]] = {
+    FaultType.XID: (SignalType.XID, 79),
+    FaultType.ECC: (SignalType.ECC_DOUBLE_BIT, None),
+    FaultType.GPU_LOST: (SignalType.GPU_LOST, None),
+    FaultType.NIC_DOWN: (SignalType.NIC_DOWN, None),
+    FaultType.ENGINE_HANG: (SignalType.ENGINE_HANG, None),
+    FaultType.ENGINE_CRASH: (SignalType.ENGINE_CRASH, None),
+    FaultType.THERMAL: (SignalType.THERMAL, None),
+    FaultType.DISK: (SignalType.DISK, None),
+    FaultType.NODE_DEATH: (SignalType.HEARTBEAT_LOST, None),
 }
-_EVENT_DRIVEN = frozenset({FaultKind.XID, FaultKind.ECC, FaultKind.GPU_LOST})
+_EVENT_DRIVEN = frozenset({FaultType.XID, FaultType.ECC, FaultType.GPU_LOST})
+_GPU_FAULTS = frozenset({FaultType.XID, FaultType.ECC, FaultType.GPU_LOST})
+_ENGINE_FAULTS = frozenset({FaultType.ENGINE_HANG, FaultType.ENGINE_CRASH})
+_FREEZING_NODE_FAULTS = frozenset({FaultType.NIC_DOWN, FaultType.NODE_DEATH})
 
 
 @dataclass(frozen=True)
 class AgentTiming:
-    """Detection pipeline timing (defaults: ``AgentConfig`` and the operator's watch)."""
+    """Detection pipeline timing (defaults: ``AgentConfig`` and the operator's configuration)."""
 
     check_interval_s: float = 1.0  # AgentConfig.interval_s
     event_s: float = 0.001  # nvmlEventSetWait returns on the event
@@ -107,19 +115,28 @@ class AgentTiming:
     nic_recheck_s: float = 1.0  # the operator asks the agent's next check again
     api_write_s: float = 0.02  # one write of the operator to the API server
     throttle_clock_mhz: int = 1005  # a thermally throttled H100 (about half of max)
+    heartbeat_timeout_s: float = 90.0  # FaultHandler.heartbeat_timeout_s: 3 missed agent heartbeats
+    heartbeat_check_s: float = 5.0  # OperatorConfig.heartbeat_check_s
+    diagnostics_s: float = 60.0  # NVML + compute + engine-restart levels, all passing
 
 
 @dataclass
 class FaultRecord:
-    kind: FaultKind
+    kind: FaultType
     instance: str
     node: int
-    gpu: int
+    gpu: int | None
     injected_s: float
-    first_alert_s: float | None = None
-    detected_s: float | None = None
-    isolated_s: float | None = None
-    restored_s: float | None = None
+    false_alarm: bool = False
+    group: str | None = None  # repeats of one fault (a flapping NIC) share it
+    clears_s: float | None = None  # the condition goes away by itself at this time
+    first_alert_s: float | None = None  # the operator first sees the report
+    detected_s: float | None = None  # first decision that stops traffic, isolates or is held
+    isolated_s: float | None = None  # quarantine and eviction applied
+    restored_s: float | None = None  # capacity back (replacement ready, or traffic restored)
+    released_s: float | None = None  # diagnostics passed: the part is back in service
+    cleared_seen_s: float | None = None  # the operator saw it clear before quarantine
+    held_s: float | None = None  # first refused by the circuit breaker
     ready_before: int = 0
     evicted: tuple[str, ...] = ()
     quarantined_gpus: int = 0
@@ -127,6 +144,14 @@ class FaultRecord:
     actions: tuple[str, ...] = ()
     breaker_tripped: bool = False
     trace_groups: int = 0
+
+    @property
+    def real(self) -> bool:
+        return not self.false_alarm
+
+    @property
+    def quarantined(self) -> bool:
+        return self.isolated_s is not None and (self.quarantined_gpus > 0 or self.quarantined_nodes > 0)
 
     @property
     def mttd_s(self) -> float | None:
@@ -137,6 +162,10 @@ class FaultRecord:
         if self.isolated_s is None or self.detected_s is None:
             return None
         return self.isolated_s - self.detected_s
+
+    @property
+    def time_to_isolate_s(self) -> float | None:
+        return None if self.isolated_s is None else self.isolated_s - self.injected_s
 
     @property
     def restore_s(self) -> float | None:
@@ -153,6 +182,7 @@ class FaultRecord:
 @dataclass
 class _Pending:
     record: FaultRecord
+    observed_at: float = 0.0  # the agent's first observation (the condition's transition time)
     signal: FaultSignal | None = None
     decision: FaultDecision | None = None
     traces: tuple[RankTrace, ...] = ()
@@ -160,32 +190,41 @@ class _Pending:
 
 
 class FaultSimulator(Simulator):
-    """The simulator plus detection → decision → isolation → replacement of injected faults."""
+    """The simulator plus detection → decision → isolation → replacement → diagnostics of injected
+    faults. Faults only *manifest* (an engine stops, a node goes silent, a GPU throttles) or, for
+    false alarms, only *report*; everything after goes through the pure fault controller."""
 
     def __init__(
         self,
         workload: Workload,
-        policy: StaticPolicy,
+        policy: Policy,
         config: SimConfig,
-        faults: list[tuple[float, FaultKind]],
+        faults: Sequence[tuple[float, FaultType] | FaultSpec],
         timing: AgentTiming | None = None,
         fault_config: FaultConfig | None = None,
         seed: int = 0,
+        profile: OfflineProfile | None = None,
     ) -> None:
-        super().__init__(workload, policy, config)
+        super().__init__(workload, policy, config, profile)
         self.timing = timing or AgentTiming()
         self.controller = FaultController(
             fault_config or FaultConfig(nic_recheck_s=self.timing.nic_recheck_s)
         )
         self.rng = random.Random(seed)
-        self.faults = sorted(faults)
+        specs = [f if isinstance(f, FaultSpec) else FaultSpec(type=f[1], at=f[0]) for f in faults]
+        self.faults = sorted(specs, key=lambda f: f.at)
         self.records: list[FaultRecord] = []
-        self.frozen: set[str] = set()
+        self.hung: set[str] = set()  # instances whose engine is stuck or dead
+        self.broken_gpus: set[GpuRef] = set()  # real GPU faults, still present
+        self.silent_nodes: set[int] = set()  # dead host or NIC down: its engines are unreachable
         self.throttled: set[str] = set()
+        self.held: set[str] = set()  # routing weight 0: no new requests
+        self.requeued: set[int] = set()  # requests in flight on an evicted instance, retried elsewhere
+        self._group_targets: dict[str, tuple[Instance | None, int, int | None]] = {}
         self._phase = [self.rng.uniform(0.0, self.timing.check_interval_s) for _ in range(config.nodes)]
         self._last_patch = [self.rng.uniform(-self.timing.heartbeat_s, 0.0) for _ in range(config.nodes)]
-        for at, kind in self.faults:
-            self._push(at, _INJECT, kind)
+        for spec in self.faults:
+            self._push(spec.at, _INJECT, spec)
 
     # ------------------------------------------------------------------ helpers
     def _gpu_uuid(self, node: int, gpu: int) -> str:
@@ -196,6 +235,14 @@ class FaultSimulator(Simulator):
 
     def _standby_ids(self) -> set[str]:
         return self.reconfig.standby_ids if self.reconfig is not None else set()
+
+    def frozen(self, inst: Instance) -> bool:
+        """The engine makes no progress: stuck, dead, its GPU gone or its node unreachable."""
+        return (
+            inst.id in self.hung
+            or any(ref in self.broken_gpus for ref in inst.gpus)
+            or inst.gpus[0][0] in self.silent_nodes
+        )
 
     def _fleet(self) -> FleetView:
         nodes = {
@@ -225,7 +272,7 @@ class FaultSimulator(Simulator):
         return sum(
             1
             for i in self.pools[pool].instances
-            if i.state == "ready" and i.id not in standby and i.id not in self.frozen
+            if i.state == "ready" and i.id not in standby and not self.frozen(i) and i.id not in self.held
         )
 
     def _next_check(self, node: int, after: float) -> float:
@@ -249,9 +296,38 @@ class FaultSimulator(Simulator):
         self._last_patch[node] = patched
         return patched + t.watch_latency_s
 
+    def _heartbeat_noticed(self, node: int, died: float) -> float:
+        """When the operator's periodic check finds the node's heartbeat older than the timeout."""
+        t = self.timing
+        last = self._last_patch[node] + t.heartbeat_s * math.floor(
+            (died - self._last_patch[node]) / t.heartbeat_s
+        )
+        stale_at = max(last, self._last_patch[node]) + t.heartbeat_timeout_s
+        return math.ceil(stale_at / t.heartbeat_check_s - 1e-12) * t.heartbeat_check_s
+
+    def _instance_on(self, node: int, gpu: int) -> Instance | None:
+        return next((i for i in self.instances if i.state != "stopped" and (node, gpu) in i.gpus), None)
+
     # ------------------------------------------------------------------ engine effects
+    def _admit(self, inst: Instance, pool: Pool) -> None:
+        if inst.id in self.held or self.frozen(inst):
+            return
+        super()._admit(inst, pool)
+
+    def _kick(self, pool: Pool) -> None:
+        best: Instance | None = None
+        for inst in pool.instances:
+            if inst.state != "ready" or len(inst.running) >= self.cfg.max_num_seqs or inst.phase == "mixed":
+                continue
+            if inst.id in self.held or self.frozen(inst):
+                continue
+            if best is None or len(inst.running) < len(best.running):
+                best = inst
+        if best is not None:
+            self._interrupt(best)
+
     def _schedule(self, inst: Instance) -> None:
-        if inst.id in self.frozen:
+        if self.frozen(inst):
             inst.flush(self.now)
             inst.version += 1
             inst.phase = "frozen"
@@ -260,6 +336,12 @@ class FaultSimulator(Simulator):
         if inst.id in self.throttled:
             inst.clock = min(inst.clock, self.timing.throttle_clock_mhz)
         super()._schedule(inst)
+
+    def _thaw(self) -> None:
+        for inst in self.instances:
+            if inst.state != "stopped" and inst.phase == "frozen" and not self.frozen(inst):
+                inst.phase = "idle"
+                self._schedule(inst)
 
     def _on_ready(self, inst: Instance) -> None:
         super()._on_ready(inst)
@@ -276,10 +358,23 @@ class FaultSimulator(Simulator):
                 if self._ready_actives(name) >= record.ready_before:
                     record.restored_s = self.now
 
+    def _set_weights(self, weights: Mapping[str, float]) -> None:
+        changed = False
+        for name, weight in weights.items():
+            if weight <= 0.0:
+                changed |= name not in self.held
+                self.held.add(name)
+            elif name in self.held:
+                self.held.discard(name)
+                changed = True
+        if changed:
+            for pool in self.pools.values():
+                self._kick(pool)
+
     # ------------------------------------------------------------------ pipeline
     def _dispatch(self, kind: int, payload: object) -> None:
         if kind == _INJECT:
-            assert isinstance(payload, FaultKind)
+            assert isinstance(payload, FaultSpec)
             self._inject(payload)
         elif kind == _OBSERVE:
             assert isinstance(payload, _Pending)
@@ -287,89 +382,199 @@ class FaultSimulator(Simulator):
         elif kind == _ISOLATE:
             assert isinstance(payload, _Pending)
             self._isolate(payload)
+        elif kind == _CLEAR:
+            assert isinstance(payload, _Pending)
+            self._condition_clears(payload)
+        elif kind == _CLEAR_SEEN:
+            assert isinstance(payload, _Pending)
+            self._operator_sees_clear(payload)
+        elif kind == _DIAGNOSED:
+            assert isinstance(payload, tuple)
+            self._diagnosed(payload[0], payload[1])
         else:
             super()._dispatch(kind, payload)
 
-    def _inject(self, kind: FaultKind) -> None:
+    def _target(self, spec: FaultSpec) -> tuple[Instance | None, int, int | None] | None:
+        """The victim instance (if any), node and GPU of a fault; None when nothing is there to hit."""
         standby = self._standby_ids()
-        victims = [
-            i
-            for i in self.instances
-            if i.state == "ready" and i.id not in standby and i.id not in self.frozen
-        ]
-        if not victims:
+        serving = sorted(
+            (i for i in self.instances if i.state == "ready" and i.id not in standby and not self.frozen(i)),
+            key=lambda i: i.id,
+        )
+        target = spec.target
+        node_level = spec.type in NODE_TYPES
+        if target.engine is not None or (target.node is None and target.gpu is None):
+            if not serving:
+                return None
+            inst = (
+                serving[target.engine % len(serving)]
+                if target.engine is not None
+                else self.rng.choice(serving)
+            )
+            node, gpu = inst.gpus[self.rng.randrange(len(inst.gpus))]
+            return inst, node, None if node_level else gpu
+        node = target.node if target.node is not None else self.rng.randrange(len(self.cluster.nodes))
+        if node_level:
+            on_node = [i for i in serving if i.gpus[0][0] == node]
+            return (on_node[0] if on_node else None), node, None
+        gpu = target.gpu if target.gpu is not None else self.rng.randrange(self.cluster.gpus_per_node)
+        return self._instance_on(node, gpu), node, gpu
+
+    def _inject(self, spec: FaultSpec) -> None:
+        if spec.type not in SIM_TYPES:
+            raise ValueError(f"the simulator cannot inject {spec.type.value} (dev cluster only)")
+        if spec.group is not None and any(
+            r.group == spec.group and r.isolated_s is not None for r in self.records
+        ):
+            return  # a repeat (a flapping NIC) on a part already taken out of service
+        hit = self._group_targets.get(spec.group) if spec.group is not None else None
+        hit = hit or self._target(spec)
+        if hit is None:
             return
-        inst = self.rng.choice(sorted(victims, key=lambda i: i.id))
-        node, gpu = inst.gpus[self.rng.randrange(len(inst.gpus))]
-        record = FaultRecord(kind, inst.id, node, gpu, self.now, ready_before=self._ready_actives(inst.pool))
+        if spec.group is not None:
+            self._group_targets.setdefault(spec.group, hit)
+        inst, node, gpu = hit
+        if spec.type in _ENGINE_FAULTS and inst is None:
+            return  # no engine there to hang or crash
+        pool = inst.pool if inst is not None else next(iter(self.pools))
+        record = FaultRecord(
+            spec.type,
+            inst.id if inst is not None else "",
+            node,
+            gpu,
+            self.now,
+            false_alarm=spec.false_alarm,
+            group=spec.group,
+            clears_s=self.now + spec.duration if spec.clears and spec.duration is not None else None,
+            ready_before=self._ready_actives(pool),
+        )
         self.records.append(record)
         pending = _Pending(record)
-        if kind is FaultKind.THERMAL:
-            self.throttled.add(inst.id)
-            self._interrupt(inst)
-        else:
-            self.frozen.add(inst.id)
-            if inst.phase != "mixed":
-                self._schedule(inst)
+        if not spec.false_alarm:
+            self._manifest(spec.type, inst, node, gpu)
+        if record.clears_s is not None:
+            self._push(record.clears_s, _CLEAR, pending)
         t = self.timing
-        if kind in _EVENT_DRIVEN:
+        if spec.type in _EVENT_DRIVEN:
             observed = self.now + t.event_s
-        elif kind is FaultKind.ENGINE_HANG:
+        elif spec.type is FaultType.NODE_DEATH:
+            pending.observed_at = self._heartbeat_noticed(node, self.now)
+            self._push(pending.observed_at, _OBSERVE, pending)
+            return
+        elif spec.type is FaultType.ENGINE_HANG:
+            assert inst is not None
             last_progress = self._next_check(node, self.now) - t.check_interval_s
             observed = self._next_check(node, last_progress + t.hang_after_s) + t.stack_dump_s
+            stuck = (node, gpu) if gpu is not None else inst.gpus[0]
             pending.traces = tuple(
                 RankTrace(
                     inst.id,
                     self._node_name(n),
                     self._gpu_uuid(n, g),
                     rank,
-                    STUCK_STACK if (n, g) == (node, gpu) else HEALTHY_STACK,
+                    STUCK_STACK if (n, g) == stuck else HEALTHY_STACK,
                 )
                 for rank, (n, g) in enumerate(inst.gpus)
             )
         else:
             observed = self._next_check(node, self.now)
+        pending.observed_at = observed
         self._push(self._report(node, observed), _OBSERVE, pending)
+
+    def _manifest(self, kind: FaultType, inst: Instance | None, node: int, gpu: int | None) -> None:
+        if kind is FaultType.THERMAL:
+            if inst is not None:
+                self.throttled.add(inst.id)
+                self._interrupt(inst)
+            return
+        if kind in _GPU_FAULTS and gpu is not None:
+            self.broken_gpus.add((node, gpu))
+        elif kind in _ENGINE_FAULTS and inst is not None:
+            self.hung.add(inst.id)
+        elif kind in _FREEZING_NODE_FAULTS:
+            self.silent_nodes.add(node)
+        for victim in self.instances:
+            if victim.state != "stopped" and self.frozen(victim) and victim.phase != "mixed":
+                self._schedule(victim)
+
+    def _active(self, record: FaultRecord) -> bool:
+        return record.clears_s is None or self.now < record.clears_s - 1e-9
 
     def _signal(self, pending: _Pending) -> FaultSignal:
         record = pending.record
         signal_type, xid = _SIGNAL[record.kind]
-        gpus = () if record.kind is FaultKind.NIC_DOWN else (self._gpu_uuid(record.node, record.gpu),)
+        gpus = () if record.gpu is None else (self._gpu_uuid(record.node, record.gpu),)
         return FaultSignal(
             signal_type,
             self._node_name(record.node),
             self.now,
             gpu_uuids=gpus,
             xid=xid,
-            instance=record.instance,
+            instance=record.instance or None,
             injected_at=record.injected_s,
+            observed_at=pending.observed_at,
         )
 
     def _operator_sees(self, pending: _Pending) -> None:
         """The operator sees the agent's report (or re-checks a condition that persists)."""
         record = pending.record
+        if record.isolated_s is not None or not self._active(record):
+            return  # already isolated, or gone (its clearance is handled on its own)
         if record.first_alert_s is None:
             record.first_alert_s = self.now
         pending.alerts += 1
         signal = self._signal(pending)
         fleet = self._fleet()
-        if record.kind is FaultKind.ENGINE_HANG:
+        if record.kind is FaultType.ENGINE_HANG:
             decision = self.controller.handle_hang(signal, pending.traces, fleet)
         else:
             decision = self.controller.handle(signal, fleet)
         pending.signal, pending.decision = signal, decision
-        if decision.isolates or decision.breaker_tripped:
+        self._set_weights(decision.routing_weights)
+        stops_traffic = any(w <= 0.0 for w in decision.routing_weights.values())
+        if record.detected_s is None and (decision.isolates or decision.breaker_tripped or stops_traffic):
             record.detected_s = self.now
-            record.breaker_tripped = decision.breaker_tripped
+        if decision.breaker_tripped:
+            record.breaker_tripped = True
+            if record.held_s is None:
+                record.held_s = self.now
+        if decision.isolates:
             record.actions = tuple(a.value for a in decision.actions())
             record.trace_groups = sum(1 for k in decision.evidence if k.startswith("traceGroup"))
-            if decision.isolates:
-                writes = len({g.split(":")[0] for g in decision.quarantine_gpus} | decision.quarantine_nodes)
-                writes += len(decision.evict)
-                self._push(self.now + writes * self.timing.api_write_s, _ISOLATE, pending)
+            writes = len({g.split(":")[0] for g in decision.quarantine_gpus} | decision.quarantine_nodes)
+            writes += len(decision.evict)
+            self._push(self.now + writes * self.timing.api_write_s, _ISOLATE, pending)
             return
         if decision.recheck_after_s is not None:
             self._push(self.now + decision.recheck_after_s, _OBSERVE, pending)
+
+    def _condition_clears(self, pending: _Pending) -> None:
+        record = pending.record
+        if record.real:
+            if record.kind in _FREEZING_NODE_FAULTS:
+                self.silent_nodes.discard(record.node)
+            elif record.kind in _GPU_FAULTS and record.gpu is not None:
+                self.broken_gpus.discard((record.node, record.gpu))
+            elif record.kind in _ENGINE_FAULTS:
+                self.hung.discard(record.instance)
+            elif record.kind is FaultType.THERMAL:
+                self.throttled.discard(record.instance)
+            self._thaw()
+        if record.kind is FaultType.NODE_DEATH:
+            at = self.now + self.timing.heartbeat_check_s  # the next heartbeat is seen at the next check
+        else:
+            at = self._report(record.node, self._next_check(record.node, self.now))
+        self._push(at, _CLEAR_SEEN, pending)
+
+    def _operator_sees_clear(self, pending: _Pending) -> None:
+        record = pending.record
+        if record.quarantined:
+            return  # quarantined parts return only through diagnostics
+        decision = self.controller.clear(self._signal(pending), self._fleet())
+        self._set_weights(decision.routing_weights)
+        record.cleared_seen_s = self.now
+        if record.detected_s is not None and record.isolated_s is None:
+            record.restored_s = self.now
 
     def _isolate(self, pending: _Pending) -> None:
         decision = pending.decision
@@ -385,16 +590,44 @@ class FaultSimulator(Simulator):
         evicted = [i for i in self.instances if i.id in decision.evict and i.state != "stopped"]
         record.evicted = tuple(i.id for i in evicted)
         for inst in evicted:
-            self.frozen.discard(inst.id)
+            lost = inst.prefilling + inst.running
+            self.hung.discard(inst.id)
             self.throttled.discard(inst.id)
+            self.held.discard(inst.id)
             if self.reconfig is not None:
                 self.reconfig.standby_ids.discard(inst.id)
+            self.requeued.update(lost)
             self._evict(inst)
         record.isolated_s = self.now
+        if decision.diagnose_gpus and pending.signal is not None:
+            by_node: dict[str, list[str]] = {}
+            for uuid in decision.diagnose_gpus:
+                by_node.setdefault(self._node_name(int(uuid.split(":")[0])), []).append(uuid)
+            for node_name, uuids in sorted(by_node.items()):
+                run = self.controller.start_diagnostics(
+                    f"diag-{len(self.records)}-{node_name}", node_name, uuids, self.now
+                )
+                self._push(self.now + self.timing.diagnostics_s, _DIAGNOSED, (pending, run))
         self._reconcile_all()
         for pool in self.pools.values():
             self._kick(pool)
         self._check_restored()
+
+    def _diagnosed(self, pending: _Pending, run: DiagnosticsRun) -> None:
+        """Stop-time diagnostics finish: healthy parts (a false alarm, or a fault that cleared) pass."""
+        refs = [tuple(int(x) for x in uuid.split(":")) for uuid in run.gpu_uuids]
+        broken = [r for r in refs if r in self.broken_gpus]
+        state = DiagnosticsState.FAILED if broken else DiagnosticsState.PASSED
+        message = f"compute check failed on {broken}" if broken else "all levels passed"
+        finished = replace(run, state=state, message=message)
+        assert pending.signal is not None
+        decision = self.controller.after_diagnostics(pending.signal, finished, self.now)
+        if decision.release_gpus:
+            for uuid in decision.release_gpus:
+                node, gpu = (int(x) for x in uuid.split(":"))
+                self.cluster.restore(node, gpu)
+            pending.record.released_s = self.now
+            self._reconcile_all()
 
 
 # ---------------------------------------------------------------------- suite
@@ -413,7 +646,7 @@ class SuiteSpec:
     slo: SLO = field(default_factory=lambda: SLO(ttft_ms=1000.0, tbt_ms=100.0))
 
 
-def _attainment(result: SimResult, start: float, end: float) -> tuple[float, int, int]:
+def attainment(result: SimResult, start: float, end: float) -> tuple[float, int, int]:
     """SLO attainment, request count and SLO misses of requests in flight or arriving in [start, end]."""
     arrival = result.arrival_s
     finish = np.where(np.isnan(result.finish_s), np.inf, result.finish_s)
@@ -454,8 +687,8 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                 for record in sim.records:
                     end = record.restored_s if record.restored_s is not None else result.end_s
                     end = max(end, record.injected_s + 1.0)
-                    attained, count, missed = _attainment(result, record.injected_s, end)
-                    base, _, base_missed = _attainment(baseline, record.injected_s, end)
+                    attained, count, missed = attainment(result, record.injected_s, end)
+                    base, _, base_missed = attainment(baseline, record.injected_s, end)
                     rows.append(
                         {
                             "kind": kind.value,
@@ -480,7 +713,7 @@ def run_suite(spec: SuiteSpec) -> dict[str, Any]:
                             "actions": list(record.actions),
                             "trace_groups": record.trace_groups,
                             "breaker_tripped": record.breaker_tripped,
-                            "overall_attainment": _attainment(result, 0.0, math.inf)[0],
+                            "overall_attainment": attainment(result, 0.0, math.inf)[0],
                         }
                     )
     return {
@@ -561,6 +794,7 @@ __all__ = [
     "FaultRecord",
     "FaultSimulator",
     "SuiteSpec",
+    "attainment",
     "run_suite",
     "summarise",
 ]

@@ -14,10 +14,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
+from flywheel.controllers.fault.scenario import FaultSpec, FaultType, Target
 from flywheel.controllers.gpumodel import H100_SXM, GPUSku
 from flywheel.controllers.perfmodel import LLAMA2_70B, ModelProfile
 from flywheel.controllers.policy import SLO, ControlPeriods, HeadroomTunable, OfflineProfile, Policy
 from flywheel.sim import report
+from flywheel.sim.faults import FaultSimulator
 from flywheel.sim.hardware import Hardware
 from flywheel.sim.profile import split_profile
 from flywheel.sim.registry import make_policy
@@ -145,7 +147,30 @@ def _simulate(
     def update(fraction: float) -> None:
         progress.update(task, completed=fraction)
 
-    return Simulator(workload, policy, config, profile).run(update)
+    sim = (
+        FaultSimulator(
+            workload,
+            policy,
+            replace(config, faults=()),
+            detected_faults(config),
+            seed=config.seed,
+            profile=profile,
+        )
+        if config.faults
+        else Simulator(workload, policy, config, profile)
+    )
+    return sim.run(update)
+
+
+def detected_faults(config: SimConfig) -> list[FaultSpec]:
+    """``--fault`` events as faults that manifest and then go through detection, the fault controller
+    and its breaker (``flywheel.sim.faults``): a whole node dies (heartbeat lost), or a GPU is lost."""
+    return [
+        FaultSpec(type=FaultType.NODE_DEATH, at=f.time_s, target=Target(node=f.node))
+        if f.gpu is None
+        else FaultSpec(type=FaultType.GPU_LOST, at=f.time_s, target=Target(node=f.node, gpu=f.gpu))
+        for f in config.faults
+    ]
 
 
 def run_policies(

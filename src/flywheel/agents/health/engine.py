@@ -1,11 +1,14 @@
-"""Engine checks: forward-progress watchdog from engine metrics, and ``/health``.
+"""Engine checks: crash, forward-progress watchdog from engine metrics, and ``/health``.
 
 vLLM's ``/health`` stays 200 while a stalled engine generates nothing, so the watchdog looks at the
-metrics instead: requests running but the generated-token counter flat for ``hang_after_s``.
+metrics instead: requests running but the generated-token counter flat for ``hang_after_s``. An
+engine whose processes are all gone (when their pids are known) or on whose port nothing listens
+any more (connection refused on both ``/health`` and ``/metrics``) has crashed: ``EngineCrashed``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ class EngineReading:
     generated_tokens: float | None
     healthy: bool | None  # /health answered 200; None when not probed or unreachable
     error: str = ""
+    refused: bool = False  # nothing listens on the engine's port (both probes: connection refused)
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,19 @@ class HttpEngineProbe:
 
     def read(self, target: EngineTarget) -> EngineReading:
         healthy: bool | None
+        health_refused = False
         try:
             healthy = self._client.get(f"{target.base_url}/health").status_code == 200
+        except httpx.ConnectError:
+            healthy, health_refused = False, True
         except httpx.HTTPError:
             healthy = False
         try:
             resp = self._client.get(f"{target.base_url}/metrics")
             resp.raise_for_status()
             running, generated = parse_engine_metrics(resp.text)
+        except httpx.ConnectError as exc:
+            return EngineReading(None, None, healthy, error=f"metrics: {exc}", refused=health_refused)
         except (httpx.HTTPError, ValueError) as exc:
             return EngineReading(None, None, healthy, error=f"metrics: {exc}")
         return EngineReading(running, generated, healthy)
@@ -102,8 +111,30 @@ class ForwardProgressWatchdog:
         self._state.pop(name, None)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (signal 0; a process of another user still counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def crashed(target: EngineTarget, reading: EngineReading, alive: Callable[[int], bool]) -> str | None:
+    """Why the engine is considered crashed, or None."""
+    if target.pids:
+        if not any(alive(pid) for pid in target.pids):
+            return f"{target.name}: engine process(es) {', '.join(map(str, target.pids))} exited"
+        return None
+    if reading.refused:
+        return f"{target.name}: nothing listens on {target.base_url} (connection refused)"
+    return None
+
+
 class EngineCheck:
-    """Probes every engine (concurrently) and reports hangs, failed ``/health`` and unreadable metrics."""
+    """Probes every engine (concurrently) and reports crashes, hangs and failed ``/health``."""
 
     def __init__(
         self,
@@ -111,9 +142,11 @@ class EngineCheck:
         read: Callable[[EngineTarget], EngineReading],
         watchdog: ForwardProgressWatchdog | None = None,
         max_workers: int = 4,
+        alive: Callable[[int], bool] = pid_alive,
     ) -> None:
         self.targets = targets
         self.read = read
+        self.alive = alive
         self.watchdog = watchdog or ForwardProgressWatchdog()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="engine-probe")
         self.readings: dict[str, EngineReading] = {}
@@ -124,6 +157,22 @@ class EngineCheck:
         self.readings = {t.name: r for t, r in zip(targets, readings, strict=True)}
         findings: list[Finding] = []
         for target, reading in zip(targets, readings, strict=True):
+            why = crashed(target, reading, self.alive)
+            if why is not None:
+                self.watchdog.forget(target.name)
+                findings.append(
+                    Finding(
+                        key=f"engine/{target.name}/crash",
+                        scope=Scope.ENGINE,
+                        subject=target.name,
+                        signal=SignalType.ENGINE_CRASH,
+                        reason="EngineCrashed",
+                        message=why,
+                        unhealthy=True,
+                        action=Action.RESTART_ENGINE,
+                    )
+                )
+                continue
             stalled = self.watchdog.stalled_for(target.name, reading, now)
             if stalled >= self.watchdog.hang_after_s:
                 findings.append(

@@ -33,6 +33,7 @@ class SignalType(StrEnum):
     ENGINE_CRASH = "EngineCrash"
     ENGINE_UNHEALTHY = "EngineUnhealthy"
     HEARTBEAT_LOST = "HeartbeatLost"
+    NODE_NOT_READY = "NodeNotReady"
 
 
 class Action(StrEnum):

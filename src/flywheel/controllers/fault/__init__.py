@@ -6,7 +6,7 @@ objects; the simulator (``flywheel.sim.faults``) applies them to its virtual clu
 ``docs/faults.md``.
 """
 
-from flywheel.controllers.fault.breaker import BreakerVerdict, CircuitBreaker
+from flywheel.controllers.fault.breaker import BreakerState, BreakerVerdict, CircuitBreaker
 from flywheel.controllers.fault.controller import (
     FaultConfig,
     FaultController,
@@ -45,6 +45,7 @@ __all__ = [
     "LADDER",
     "SIGNAL_POLICIES",
     "AlertWindow",
+    "BreakerState",
     "BreakerVerdict",
     "CircuitBreaker",
     "DiagnosticsRun",

@@ -2,17 +2,24 @@
 
 Stateful only in what the rules need to remember (NIC alerts, throttled GPUs, the escalation ledger,
 the circuit breaker); everything else is read from the :class:`FleetView` passed in. The operator and
-the simulator both drive this class; neither decides anything about faults on its own.
+the simulator both drive this class; neither decides anything about faults on its own. The remembered
+state round-trips through :meth:`FaultController.to_state` so it survives an operator restart.
+
+Transient-capable signals (``SignalPolicy.verify``) are verified before quarantine: until the
+condition has persisted ``FaultConfig.verify_s`` (from the agent's first observation) the decision
+only sets routing weight 0 on the instances there and asks to be re-asked; a condition that clears
+meanwhile is undone by :meth:`FaultController.clear`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flywheel.api.v1alpha1 import Action, OverEviction, SignalType
 from flywheel.controllers.fault import diagnostics
-from flywheel.controllers.fault.breaker import CircuitBreaker
+from flywheel.controllers.fault.breaker import BreakerState, CircuitBreaker
 from flywheel.controllers.fault.hang import HangVerdict, RankTrace, localise
 from flywheel.controllers.fault.policy import (
     LADDER,
@@ -40,6 +47,9 @@ class FaultConfig:
     straggler_weight: float = 0.5
     breaker_max_fraction: float = 0.5
     breaker_window_s: float = 300.0
+    breaker_cooldown_s: float = 60.0  # open → half-open
+    breaker_probe_interval_s: float = 15.0  # half-open: one node isolated per interval
+    verify_s: float = 5.0  # a transient-capable signal must persist this long before quarantine
     escalation_window_s: float = 1800.0
     diagnostics_timeout_s: float = 600.0
 
@@ -76,7 +86,28 @@ class FaultController:
         self.nic = AlertWindow(self.config.nic_alerts, self.config.nic_window_s)
         self.stragglers = StragglerTracker(self.config.straggler_persist_s, self.config.straggler_weight)
         self.ledger = EscalationLedger(self.config.escalation_window_s)
-        self.breaker = CircuitBreaker(self.config.breaker_max_fraction, self.config.breaker_window_s)
+        self.breaker = CircuitBreaker(
+            self.config.breaker_max_fraction,
+            self.config.breaker_window_s,
+            self.config.breaker_cooldown_s,
+            self.config.breaker_probe_interval_s,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict[str, Any]:
+        """What the rules remember (windows, timers, ledger, breaker), JSON-serialisable."""
+        return {
+            "breaker": self.breaker.to_state(),
+            "nic": self.nic.to_state(),
+            "stragglers": self.stragglers.to_state(),
+            "ledger": self.ledger.to_state(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.breaker.load_state(state.get("breaker") or {})
+        self.nic.load_state(state.get("nic") or {})
+        self.stragglers.load_state(state.get("stragglers") or {})
+        self.ledger.load_state(state.get("ledger") or {})
 
     # ------------------------------------------------------------------ policy lookup
     def policy_for(self, signal: FaultSignal) -> SignalPolicy:
@@ -113,6 +144,12 @@ class FaultController:
             self.nic.reset(signal.node)
         if signal.type in _STRAGGLER_SIGNALS:
             return self._straggler(signal, fleet, evidence)
+        if policy.verify and self.config.verify_s > 0:
+            first = signal.observed_at if signal.observed_at is not None else signal.at
+            persisted = signal.at - first
+            evidence["persistedSeconds"] = f"{persisted:.1f}"
+            if persisted < self.config.verify_s - 1e-6:
+                return self._suspect(signal, policy, fleet, evidence, self.config.verify_s - persisted)
         plan = _Plan()
         self._isolate(policy.isolation, signal, fleet, plan)
         if policy.diagnose and not policy.immediate:
@@ -158,16 +195,31 @@ class FaultController:
         return self._finish(signal, policy, plan, fleet, evidence)
 
     def clear(self, signal: FaultSignal, fleet: FleetView) -> FaultDecision:
-        """The agent reports the condition gone: restore routing weight of former stragglers."""
+        """The agent reports the condition gone: restore the routing weight of former stragglers and
+        of instances held back while a transient-capable signal was being verified (the cleared path
+        for false alarms). Parts already quarantined return only through diagnostics."""
         gpus = signal.gpu_uuids or fleet.nodes.get(signal.node, ())
-        cleared = [g for g in gpus if self.stragglers.clear(g)]
-        weights = {i.name: 1.0 for i in fleet.instances_on_gpus(tuple(cleared))}
+        cleared = {g for g in gpus if self.stragglers.clear(g)}
+        verified = signal.type not in _STRAGGLER_SIGNALS and self._verifies(signal)
+        if verified:
+            cleared |= set(gpus)
+        weights = {
+            i.name: 1.0
+            for i in fleet.instances_on_gpus(tuple(cleared))
+            if i.node not in fleet.quarantined_nodes and not fleet.quarantined_gpus.intersection(i.gpu_uuids)
+        }
+        why = "condition cleared before it was confirmed" if verified else "throttling cleared"
         steps = tuple(
-            Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), "throttling cleared: weight 1.0")
-            for n in weights
+            Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), f"{why}: weight 1.0")
+            for n in sorted(weights)
         )
         reason = f"{signal.type.value} cleared on {signal.node}"
         return FaultDecision(signal, steps, reason, routing_weights=weights)
+
+    def _verifies(self, signal: FaultSignal) -> bool:
+        if signal.type is SignalType.XID and signal.xid is None:
+            return False
+        return self.policy_for(signal).verify
 
     def diagnostics_failed(self, signal: FaultSignal, at: float) -> Action:
         """Diagnostics failed after the remediation: climb the ladder for this fault."""
@@ -180,6 +232,8 @@ class FaultController:
         targets = ",".join(gpu_target(g) for g in run.gpu_uuids)
         if run.state is diagnostics.DiagnosticsState.PASSED:
             reason = f"diagnostics passed on {list(run.gpu_uuids)}: back in service"
+            if self.breaker.false_alarm(run.node, at):
+                reason += "; it was a half-open breaker probe, so the breaker re-opens"
             passed = (Step(Action.RUN_DIAGNOSTICS, targets, reason),)
             return FaultDecision(signal, passed, reason, release_gpus=frozenset(run.gpu_uuids))
         if run.state is not diagnostics.DiagnosticsState.FAILED:
@@ -229,6 +283,38 @@ class FaultController:
             plan.evict_all(fleet.instances_on_node(signal.node))
             plan.reasons.append(f"quarantine node {signal.node}, evict its instances")
 
+    def _suspect(
+        self,
+        signal: FaultSignal,
+        policy: SignalPolicy,
+        fleet: FleetView,
+        evidence: dict[str, str],
+        remaining_s: float,
+    ) -> FaultDecision:
+        """Not confirmed yet: stop traffic to what the fault would isolate, and ask again later."""
+        if policy.isolation is Isolation.NODE:
+            victims = fleet.instances_on_node(signal.node)
+        else:
+            victims = fleet.instances_on_gpus(signal.gpu_uuids)
+            if signal.instance and (named := fleet.instance(signal.instance)) is not None:
+                victims.append(named)
+        weights = {v.name: 0.0 for v in victims}
+        reason = (
+            f"{signal.type.value}{f' {signal.xid}' if signal.xid is not None else ''} on "
+            f"{list(signal.gpu_uuids) or signal.node}: transient-capable, routing weight 0 while "
+            f"verifying ({remaining_s:.1f}s more) before quarantine"
+        )
+        steps = tuple(Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), reason) for n in sorted(weights))
+        return FaultDecision(
+            signal,
+            steps or (Step(Action.NONE, node_target(signal.node), reason),),
+            reason,
+            routing_weights=weights,
+            evidence=evidence,
+            recheck_after_s=max(remaining_s, 1e-3),
+            verifying=True,
+        )
+
     def _straggler(self, signal: FaultSignal, fleet: FleetView, evidence: dict[str, str]) -> FaultDecision:
         gpus = signal.gpu_uuids or fleet.nodes.get(signal.node, ())
         durations = {g: self.stragglers.observe(g, signal.at) for g in gpus}
@@ -276,18 +362,31 @@ class FaultController:
         touched -= fleet.quarantined_nodes
         if touched:
             verdict = self.breaker.admit(touched, len(fleet.nodes), signal.at)
+            if verdict.state is not BreakerState.CLOSED:
+                evidence["breakerState"] = verdict.state.value
             if not verdict.allowed:
-                reason = f"circuit breaker: {verdict.reason}; no isolation, waiting for a person"
+                reason = (
+                    f"circuit breaker: {verdict.reason}; fault HELD un-isolated (traffic stopped), "
+                    f"asked again in {verdict.retry_after_s or 0.0:.0f}s"
+                )
                 evidence["breakerLimit"] = str(verdict.limit)
                 evidence["nodesIsolatedInWindow"] = str(verdict.nodes_in_window)
+                weights = {name: 0.0 for name in plan.evict}
+                held = tuple(
+                    Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), reason) for n in sorted(weights)
+                )
                 return FaultDecision(
                     signal,
-                    (Step(Action.NONE, node_target(signal.node), reason),),
+                    (Step(Action.NONE, node_target(signal.node), reason), *held),
                     reason,
                     breaker_tripped=True,
+                    routing_weights=weights,
                     evidence=evidence,
+                    recheck_after_s=verdict.retry_after_s,
                 )
-        level = self.ledger.level_for(signal.key(), policy.remediation, signal.at, policy.escalation)
+        level = self.ledger.level_for(
+            signal.key(), policy.remediation, signal.at, policy.escalation, occurrence=signal.observed_at
+        )
         remediation = LADDER[level]
         why = "; ".join(plan.reasons)
         steps: list[Step] = []

@@ -12,9 +12,10 @@ up is taken, ending with a call to support.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from flywheel.api.v1alpha1 import Action, SignalType
 from flywheel.controllers.xid import xid_rule
@@ -50,15 +51,17 @@ class SignalPolicy:
     diagnose: bool  # stop-time diagnostics before the GPUs return to service
     immediate: bool = False  # evict at once, no diagnosis first (ByteRobust: GPU lost, disk)
     escalation: Action = Action.NONE  # where a repeat goes first (else: one rung up)
+    # Transient-capable: the condition must persist for ``FaultConfig.verify_s`` before anything is
+    # quarantined; meanwhile the instances on the part get routing weight 0 (NVSentinel/ByteRobust).
+    verify: bool = False
 
 
 # Non-XID signals. XID remediation comes from the XID catalogue; see ``xid_policy``.
 SIGNAL_POLICIES: dict[SignalType, SignalPolicy] = {
     SignalType.GPU_LOST: SignalPolicy(Isolation.GPU, Action.RESET_GPU, diagnose=False, immediate=True),
     SignalType.DISK: SignalPolicy(Isolation.NODE, Action.DRAIN_NODE, diagnose=False, immediate=True),
-    SignalType.HEARTBEAT_LOST: SignalPolicy(
-        Isolation.NODE, Action.REBOOT_NODE, diagnose=False, immediate=True
-    ),
+    SignalType.HEARTBEAT_LOST: SignalPolicy(Isolation.NODE, Action.REBOOT_NODE, diagnose=False, verify=True),
+    SignalType.NODE_NOT_READY: SignalPolicy(Isolation.NODE, Action.REBOOT_NODE, diagnose=False, verify=True),
     SignalType.NIC_DOWN: SignalPolicy(Isolation.NODE, Action.DRAIN_NODE, diagnose=False),
     SignalType.ECC_DOUBLE_BIT: SignalPolicy(Isolation.GPU, Action.RESET_GPU, diagnose=True),
     SignalType.ROW_REMAP: SignalPolicy(Isolation.GPU, Action.RESET_GPU, diagnose=True),
@@ -115,7 +118,9 @@ def xid_policy(xid: int, advice: XidAdvice) -> SignalPolicy:
     )  # RunDiagnostics: diagnose, remediate on failure
     escalation = advice.escalation if advice.escalation in LADDER else Action.NONE
     if xid in GPU_LOST_XIDS:
-        return SignalPolicy(Isolation.GPU, remediation, diagnose=False, immediate=True, escalation=escalation)
+        # Fallen off the bus is usually final, but drivers also report it around resets and link
+        # retraining: verify it persists, then quarantine; the quarantine is lifted only by diagnostics.
+        return SignalPolicy(Isolation.GPU, remediation, diagnose=True, escalation=escalation, verify=True)
     isolation = _XID_ISOLATION.get(action, Isolation.GPU)
     if isolation is Isolation.NONE and advice.gpu_unhealthy:
         isolation = Isolation.GPU
@@ -125,21 +130,36 @@ def xid_policy(xid: int, advice: XidAdvice) -> SignalPolicy:
 
 @dataclass
 class EscalationLedger:
-    """Remembers the last remediation per fault key; repeats within ``window_s`` climb the ladder."""
+    """Remembers the last remediation per fault key; repeats within ``window_s`` climb the ladder.
+
+    A decision asked again about the *same occurrence* (same key and first observation, e.g. after a
+    failed API write) gets the same rung: only a new occurrence is a repeat."""
 
     window_s: float = 1800.0
     _last: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _occurrence: dict[str, float] = field(default_factory=dict)
 
-    def level_for(self, key: str, base: Action, at: float, escalation: Action = Action.NONE) -> int:
+    def level_for(
+        self,
+        key: str,
+        base: Action,
+        at: float,
+        escalation: Action = Action.NONE,
+        occurrence: float | None = None,
+    ) -> int:
         """Ladder rung for a fault with identity ``key`` whose table remediation is ``base``; a repeat
         within the window climbs to ``escalation`` or one rung above the last, whichever is higher."""
-        base_rung = rung(base)
         previous = self._last.get(key)
+        if previous is not None and occurrence is not None and self._occurrence.get(key) == occurrence:
+            return previous[0]
+        base_rung = rung(base)
         level = base_rung
         if previous is not None and at - previous[1] <= self.window_s:
             level = max(base_rung, previous[0] + 1, rung(escalation))
         level = min(level, len(LADDER) - 1)
         self._last[key] = (level, at)
+        if occurrence is not None:
+            self._occurrence[key] = occurrence
         return level
 
     def escalate(self, key: str, at: float, escalation: Action = Action.NONE) -> int:
@@ -151,3 +171,11 @@ class EscalationLedger:
 
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+        self._occurrence.pop(key, None)
+
+    def to_state(self) -> dict[str, Any]:
+        return {key: [level, at, self._occurrence.get(key)] for key, (level, at) in self._last.items()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._last = {str(k): (int(v[0]), float(v[1])) for k, v in state.items()}
+        self._occurrence = {str(k): float(v[2]) for k, v in state.items() if len(v) > 2 and v[2] is not None}

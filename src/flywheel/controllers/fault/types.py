@@ -95,6 +95,7 @@ class FaultDecision:
     escalation_level: int = 0
     breaker_tripped: bool = False
     recheck_after_s: float | None = None  # watching: ask again after this long if the condition persists
+    verifying: bool = False  # transient-capable signal not confirmed yet: traffic stopped, nothing isolated
     evidence: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,6 +39,12 @@ class AlertWindow:
     def reset(self, key: str) -> None:
         self._alerts.pop(key, None)
 
+    def to_state(self) -> dict[str, Any]:
+        return {key: list(times) for key, times in self._alerts.items() if times}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._alerts = {str(k): deque(float(t) for t in v) for k, v in state.items()}
+
 
 @dataclass
 class StragglerTracker:
@@ -64,3 +72,9 @@ class StragglerTracker:
 
     def throttled(self) -> frozenset[str]:
         return frozenset(self._since)
+
+    def to_state(self) -> dict[str, Any]:
+        return dict(self._since)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._since = {str(k): float(v) for k, v in state.items()}

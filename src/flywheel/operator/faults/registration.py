@@ -1,0 +1,52 @@
+"""kopf registration of the fault handler on an operator's registry (``flywheel.operator.handlers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.api.v1alpha1 import GROUP, VERSION
+from flywheel.operator.faults.handler import FaultHandler
+from flywheel.operator.faults.metrics import FaultMetrics
+
+HEARTBEAT_CHECK_S = 5.0  # how often every GPUNode's heartbeat age is checked (and diagnostics timeouts)
+
+
+def register_faults(registry: Any, op: Any) -> FaultHandler:
+    """Bind a ``FaultHandler`` to an operator's kopf registry.
+
+    ``op`` is the ``Operator``: its client (once logged in) and metrics registry are shared.
+    """
+    import kopf
+
+    handler = FaultHandler(lambda: op.kube, FaultMetrics(op.metrics.registry))
+
+    @kopf.on.event(GROUP, VERSION, "gpunodes", id="faults", registry=registry)
+    async def _gpunode_faults(**kwargs: Any) -> None:
+        if kwargs["type"] != "DELETED":
+            body = dict(kwargs["body"])
+            await op.safely("Fault", lambda: handler.on_gpunode(body))
+
+    @kopf.timer(
+        GROUP, VERSION, "gpunodes", id="faults-heartbeat", interval=HEARTBEAT_CHECK_S, registry=registry
+    )
+    async def _gpunode_heartbeat(**kwargs: Any) -> None:
+        body = dict(kwargs["body"])
+        await op.safely("Fault", lambda: handler.on_gpunode(body))
+
+    @kopf.on.event("", "v1", "nodes", id="faults-node-ready", registry=registry)
+    async def _node_faults(**kwargs: Any) -> None:
+        if kwargs["type"] != "DELETED":
+            body = dict(kwargs["body"])
+            await op.safely("Fault", lambda: handler.on_node(body))
+
+    @kopf.on.event(GROUP, VERSION, "modelinstances", id="faults", registry=registry)
+    async def _instance_faults(**kwargs: Any) -> None:
+        if kwargs["type"] != "DELETED" and handler.pending:
+            body = dict(kwargs["body"])
+            await op.safely("Fault", lambda: handler.on_instance(body))
+
+    @kopf.on.cleanup(id="faults", registry=registry)
+    async def _faults_cleanup(**kwargs: Any) -> None:
+        await handler.close()
+
+    return handler
