@@ -62,6 +62,12 @@ def operator(
         None, "--cluster-period", help="Seconds between cluster rounds (default: the energy brain's, 300)."
     ),
     resync: float = typer.Option(60.0, "--resync", help="Seconds between full resyncs of each object."),
+    fault_verify: float = typer.Option(
+        5.0,
+        "--fault-verify",
+        min=0.0,
+        help="Seconds a transient fault must persist before quarantine.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the Flywheel operator (kopf): deployments -> pools -> instances -> engine Pods."""
@@ -80,6 +86,7 @@ def operator(
         pool_period=pool_period,
         cluster_period=cluster_period,
         resync=resync,
+        fault_verify=fault_verify,
         verbose=verbose,
     )
 

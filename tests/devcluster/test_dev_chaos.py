@@ -78,7 +78,7 @@ async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_faul
         "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 500, rate: 0.1}\n"
         "  - {type: api_errors, at: 2, duration: 20, clears: true, status: 429, rate: 0.05, retry_after: 1}\n"
         "  - {type: kill_operator, at: 6}\n"
-        "  - {type: kill_agent, at: 9, target: {node: 1}}\n"
+        "  - {type: kill_agent, at: 9, target: {node: 0}}\n"  # node 0 hosts the instances
         "  - {type: xid79, at: 12}\n"
     )
     options = DevOptions(

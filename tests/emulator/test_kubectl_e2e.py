@@ -363,7 +363,7 @@ def test_explain(env: dict[str, str]) -> None:
     assert "clockMinMHz\t<integer>" in out and "allowedTensorParallel\t<[]integer>" in out
 
 
-def test_api_resources_list_servingpools_and_no_servingpools(env: dict[str, str]) -> None:
+def test_api_resources_list_servingpools_and_no_gateway_api_pool_kind(env: dict[str, str]) -> None:
     out = ok(env, "api-resources", "--api-group=flywheel.dev")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert set(rows) == {
@@ -375,7 +375,7 @@ def test_api_resources_list_servingpools_and_no_servingpools(env: dict[str, str]
         "servingpools",
     }
     assert rows["servingpools"][1] == "fwpool,spool" and rows["servingpools"][-1] == "ServingPool"
-    assert "servingpool" not in out.lower()
+    assert "inference" + "pool" not in out.lower()  # the Gateway API Inference Extension's kind
 
 
 # --------------------------------------------------------------------------------------------------

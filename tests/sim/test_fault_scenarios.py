@@ -143,5 +143,5 @@ def test_simulate_fault_flag_goes_through_detection_not_a_hard_loss() -> None:
     spec = RunSpec(
         trace="conv", policies=["static"], nodes=6, duration_s=200.0, faults=[FaultEvent(60.0, 0, 3)]
     )
-    _, _, (result,) = run_policies(spec, show_progress=False)
+    _, _, (result,), _ = run_policies(spec, show_progress=False)
     assert int(result.dropped.sum()) == 0

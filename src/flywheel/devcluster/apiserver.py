@@ -25,8 +25,8 @@ class ApiServer:
         emulator_class: type[FlywheelEmulator] | None = None,
         **options: Any,
     ) -> None:
-        # e.g. devcluster.apifaults.FaultyEmulator for chaos tests
-        self._emulator_class = emulator_class or self.emulator_class
+        # e.g. devcluster.apifaults.FaultyEmulator for chaos tests; else the class attribute at start()
+        self._emulator_class = emulator_class
         self._options = options
         self._namespaces = namespaces
         self._loop = asyncio.new_event_loop()
@@ -45,7 +45,7 @@ class ApiServer:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stop = asyncio.Event()
-        emulator = self._emulator_class(**self._options)
+        emulator = (self._emulator_class or self.emulator_class)(**self._options)
         self.emulator = emulator
         try:
             for namespace in self._namespaces:

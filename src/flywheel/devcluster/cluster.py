@@ -65,8 +65,9 @@ GPU_PRODUCT = "H100-80GB-SXM"
 
 
 def sample_deployment(namespace: str) -> dict[str, Any]:
-    """The sample ModelDeployment: a 70B model on simulated engines, two request classes, TP4,
-    one warm standby per pool, Balanced energy policy."""
+    """The sample ModelDeployment: a 70B model on simulated engines, two request classes, TP4, at
+    least two active instances (one fault never leaves it without a server) and one warm standby,
+    Balanced energy policy."""
     return {
         "apiVersion": "flywheel.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -86,7 +87,7 @@ def sample_deployment(namespace: str) -> dict[str, Any]:
             },
             "slo": {"ttftP99Ms": 2000, "tbtP99Ms": 100},
             "energyPolicy": "Balanced",
-            "scaling": {"minInstances": 1, "maxInstances": 2, "warmStandbys": 1},
+            "scaling": {"minInstances": 2, "maxInstances": 3, "warmStandbys": 1},
             "requestClasses": {
                 "mode": "Explicit",
                 "classes": [
@@ -292,6 +293,7 @@ class DevCluster:
             "--pool-period", str(max(5.0, 60.0 / o.speed)),  # the energy brain's periods, on virtual time
             "--cluster-period", str(max(10.0, 300.0 / o.speed)),
             "--resync", "5",
+            "--fault-verify", str(5.0 / o.speed),  # the verification window, on virtual time
         ]  # fmt: skip
         if o.metrics_port is not None:
             command += ["--metrics-port", str(o.metrics_port)]

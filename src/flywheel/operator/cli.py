@@ -23,6 +23,7 @@ def main(
     cluster_period: float | None,
     resync: float,
     verbose: bool,
+    fault_verify: float = 5.0,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -42,4 +43,5 @@ def main(
         cluster_period if cluster_period is not None else config.cluster_period_seconds
     )
     config.resync_seconds = resync
+    config.fault_verify_seconds = fault_verify
     run(config)

@@ -43,6 +43,9 @@ class OperatorConfig:
     cluster_period_seconds: float | None = None
     react_period_seconds: float | None = None
     resync_seconds: float = 60.0
+    fault_verify_seconds: float = (
+        5.0  # a transient-capable fault must persist this long (FaultConfig.verify_s)
+    )
     status_delay_seconds: float = 1.0  # coalesce status refreshes after instance changes
     # Probes and metrics.
     liveness: str | None = None  # e.g. http://0.0.0.0:8080/healthz

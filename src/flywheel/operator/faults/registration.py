@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel.api.v1alpha1 import GROUP, VERSION
+from flywheel.controllers.fault import FaultConfig
 from flywheel.operator.faults.handler import FaultHandler
 from flywheel.operator.faults.metrics import FaultMetrics
 
 HEARTBEAT_CHECK_S = 5.0  # how often every GPUNode's heartbeat age is checked (and diagnostics timeouts)
+
+
+RETRY_ATTEMPTS = 8  # a fault whose handling failed is retried this often (then the heartbeat check)
+RETRY_FIRST_S = 0.5  # first retry after this long, doubling up to 16x
 
 
 def register_faults(registry: Any, op: Any) -> FaultHandler:
@@ -18,13 +23,31 @@ def register_faults(registry: Any, op: Any) -> FaultHandler:
     """
     import kopf
 
-    handler = FaultHandler(lambda: op.kube, FaultMetrics(op.metrics.registry))
+    handler = FaultHandler(
+        lambda: op.kube,
+        FaultMetrics(op.metrics.registry),
+        config=FaultConfig(verify_s=op.config.fault_verify_seconds),
+    )
+
+    async def handle_gpunode(body: dict[str, Any], attempt: int = 0) -> None:
+        """Handle a GPUNode's signals; if the API fails midway (nothing was marked handled), try again
+        shortly with backoff instead of waiting for the node's next event or heartbeat check."""
+        try:
+            await handler.on_gpunode(body)
+        except Exception:
+            if attempt < RETRY_ATTEMPTS:
+                op.request(
+                    ("FaultRetry", body["metadata"]["name"]),
+                    lambda: handle_gpunode(body, attempt + 1),
+                    delay=RETRY_FIRST_S * 2 ** min(attempt, 4),
+                )
+            raise
 
     @kopf.on.event(GROUP, VERSION, "gpunodes", id="faults", registry=registry)
     async def _gpunode_faults(**kwargs: Any) -> None:
         if kwargs["type"] != "DELETED":
             body = dict(kwargs["body"])
-            await op.safely("Fault", lambda: handler.on_gpunode(body))
+            await op.safely("Fault", lambda: handle_gpunode(body))
 
     @kopf.timer(
         GROUP, VERSION, "gpunodes", id="faults-heartbeat", interval=HEARTBEAT_CHECK_S, registry=registry
