@@ -38,12 +38,6 @@ def cluster() -> Iterator[EmulatorThread]:
         yield emu
 
 
-@pytest.fixture
-def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cluster.url, timeout=10) as client:
-        yield client
-
-
 def storm(cluster: EmulatorThread, *rules: ApiFaultRule) -> None:
     cluster.call(lambda emu: emu.faults.set(*rules))  # type: ignore[attr-defined]
 

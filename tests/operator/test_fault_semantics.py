@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,18 +36,6 @@ from flywheel.operator.faults import (
     FaultMetrics,
 )
 from flywheel.operator.kube import KubeClient, KubeError
-
-
-@pytest.fixture
-def cluster() -> Iterator[EmulatorThread]:
-    with EmulatorThread() as emu:
-        yield emu
-
-
-@pytest.fixture
-def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cluster.url, timeout=10) as client:
-        yield client
 
 
 def patch_status(http: httpx.Client, path: str, status: dict[str, Any]) -> None:

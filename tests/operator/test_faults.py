@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,6 @@ class EmulatorSink:
 
     def emit_event(self, node: str, type_: str, reason: str, message: str) -> bool:
         return True
-
-
-@pytest.fixture
-def cluster() -> Iterator[EmulatorThread]:
-    with EmulatorThread() as emu:
-        yield emu
-
-
-@pytest.fixture
-def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cluster.url, timeout=10) as client:
-        yield client
 
 
 def start_agent(http: httpx.Client, node: str, sysfs: Path | None = None) -> tuple[Agent, SimulatedNvml]:

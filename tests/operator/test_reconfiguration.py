@@ -43,12 +43,6 @@ def cluster() -> Iterator[EmulatorThread]:
         yield emu
 
 
-@pytest.fixture
-def http(cluster: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cluster.url, timeout=10) as client:
-        yield client
-
-
 class DrainRecorder:
     """Sees every version of every instance through a watch (not by sampling, so nothing is missed on
     a slow machine) and checks after each one: while anything drains, the serving Active GPUs never fall
