@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flywheel.controllers.flywheel_policy import FlywheelPolicy
+from flywheel.controllers.energy.flywheel import FlywheelPolicy
 from flywheel.sim.profile import split_profile
 from flywheel.sim.report import summarize
 from flywheel.sim.runner import PROFILE_WINDOW_S, default_slo

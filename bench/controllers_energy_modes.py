@@ -8,7 +8,7 @@ Run: ``.venv/bin/python bench/controllers_energy_modes.py``.
 from __future__ import annotations
 
 from flywheel.api.v1alpha1 import EnergyPolicy
-from flywheel.controllers.flywheel_policy import FlywheelPolicy
+from flywheel.controllers.energy.flywheel import FlywheelPolicy
 from flywheel.sim.profile import split_profile
 from flywheel.sim.report import summarize
 from flywheel.sim.runner import PROFILE_WINDOW_S, default_slo

@@ -8,12 +8,12 @@ from __future__ import annotations
 import statistics
 import time
 
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import SLO, InstanceObservation, RequestView
+from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.controllers.protocol import SLO, InstanceObservation, RequestView
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B
 
 
 def observation(running: int, waiting: int, now: float) -> InstanceObservation:

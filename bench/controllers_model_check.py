@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flywheel.controllers.capacity import steady_state
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     SLO,
     ClockDecision,
     ClusterObservation,
@@ -22,6 +18,10 @@ from flywheel.controllers.policy import (
     PolicyInfo,
     PoolTarget,
 )
+from flywheel.models.capacity import steady_state
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange, EngineProfile
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import load_trace
 

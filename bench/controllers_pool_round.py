@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile
-from flywheel.controllers.forecast import ClassLoad
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
+from flywheel.controllers.energy.forecast import ClassLoad
+from flywheel.controllers.energy.pool_plan import PoolConfig, PoolController, PoolInput
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange, EngineProfile
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B
 
 POOLS = 1000
 GPUS = 8000

@@ -22,10 +22,8 @@ from typing import Any
 import httpx
 
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
-from flywheel.controllers.brain import GPUInventory, offline_profile
-from flywheel.controllers.gpumodel import SKUS
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import (
+from flywheel.controllers.energy.brain import GPUInventory, offline_profile
+from flywheel.controllers.protocol import (
     SLO,
     ClassWindow,
     ClusterObservation,
@@ -33,6 +31,8 @@ from flywheel.controllers.policy import (
     PolicyInfo,
     PoolTarget,
 )
+from flywheel.models.gpu import SKUS
+from flywheel.models.perf import LLAMA2_70B
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.runner import build, operate
 

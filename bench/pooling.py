@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import decode_step_ms, prefill_ms
 from flywheel.controllers.pooling import SwitchCost, assign_models
 from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import decode_step_ms, prefill_ms
 from flywheel.sim.pooling import (
     TBT_MS,
     MultiModelWorkload,

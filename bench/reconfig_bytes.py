@@ -17,9 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B, instance_capacity_rps
-from flywheel.controllers.reshard import (
+from flywheel.controllers.reconfig.reshard import (
     GB,
     GPU,
     Instance,
@@ -30,6 +28,8 @@ from flywheel.controllers.reshard import (
     plan_reshard,
     validate_plan,
 )
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B, instance_capacity_rps
 
 W = int(LLAMA2_70B.weight_bytes)
 CAPACITY = {tp: instance_capacity_rps(LLAMA2_70B, H100_SXM, tp, 1980, 1020, 129, 100.0) for tp in (2, 4, 8)}

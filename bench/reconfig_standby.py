@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import (
+from flywheel.controllers.fault.standby import size_standbys
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     ControlPeriods,
@@ -42,9 +42,9 @@ from flywheel.controllers.policy import (
     PolicyInfo,
     PoolTarget,
 )
-from flywheel.controllers.reshard import GB, ReconfigCosts
+from flywheel.controllers.reconfig.reshard import GB, ReconfigCosts
 from flywheel.controllers.slo import attainment
-from flywheel.controllers.standby import size_standbys
+from flywheel.models.perf import LLAMA2_70B
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload, load_trace

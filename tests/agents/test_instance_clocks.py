@@ -12,10 +12,10 @@ from flywheel.agents.health.findings import Finding, Scope
 from flywheel.agents.instance_clocks import METRICS_UNREACHABLE, BoundInstance, InstanceClocks, engine_window
 from flywheel.agents.nvml.backend import GPUSample
 from flywheel.api.v1alpha1 import EngineKind, ModelInstanceSpec, SignalType
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA3_70B
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.metrics import EngineMetrics, Histogram
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA3_70B
 from waiting import eventually
 
 UUIDS = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]

@@ -7,7 +7,7 @@ from agentfakes import VirtualClock
 from flywheel.agents.nvml import EventKind, NvmlError, NvmlErrorKind, Ok
 from flywheel.agents.nvml.backend import THERMAL_THROTTLE
 from flywheel.agents.nvml.simulated import SimulatedNvml
-from flywheel.controllers.gpumodel import H100_SXM, gpu_power_watts
+from flywheel.models.gpu import H100_SXM, gpu_power_watts
 
 
 def _ok(res):  # type: ignore[no-untyped-def]

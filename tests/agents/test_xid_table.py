@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from flywheel.api.v1alpha1 import Action
-from flywheel.controllers.xid import Severity, recovery_action, xid_rule, xid_rules
+from flywheel.controllers.fault.xid import Severity, recovery_action, xid_rule, xid_rules
 
 REQUIRED = (13, 31, 43, 45, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 109, 119, 120, 140, 154)
 

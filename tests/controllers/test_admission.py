@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.admission import DEFAULT_WAIT_SHARE, AdmissionQueue, late_after_s
+from flywheel.controllers.routing.admission import DEFAULT_WAIT_SHARE, AdmissionQueue, late_after_s
 
 
 def _drain(queue: AdmissionQueue[str], now_s: float) -> list[str]:

@@ -12,7 +12,7 @@ from flywheel.api.v1alpha1 import (
     ServingPoolSpec,
     ServingPoolStatus,
 )
-from flywheel.controllers.brain import (
+from flywheel.controllers.energy.brain import (
     NO_PROFILE,
     GPUInventory,
     PoolView,
@@ -24,7 +24,7 @@ from flywheel.controllers.brain import (
     observation,
     offline_profile,
 )
-from flywheel.controllers.policy import Brain, ClassWindow, ClusterObservation, PoolLoad, PoolState
+from flywheel.controllers.protocol import Brain, ClassWindow, ClusterObservation, PoolLoad, PoolState
 
 
 def md(**over: Any) -> ModelDeploymentSpec:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.flywheel_policy import BURST_HOLD_S, BURST_RELEASE_S, FlywheelPolicy
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import (
+from flywheel.controllers.energy.flywheel import BURST_HOLD_S, BURST_RELEASE_S, FlywheelPolicy
+from flywheel.controllers.protocol import (
     SLO,
     BurstReactive,
     ClusterObservation,
@@ -16,6 +14,8 @@ from flywheel.controllers.policy import (
     PoolLoad,
     PoolState,
 )
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B
 
 HINTS = OfflineProfile(mean_rps=2.0, peak_minute_rps=4.0, mean_prompt_tokens=2000.0, mean_output_tokens=30.0,
                       duration_s=3600.0)  # fmt: skip

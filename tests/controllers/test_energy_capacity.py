@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from energy_fakes import FakeEngine
 
-from flywheel.controllers.capacity import steady_state
-from flywheel.controllers.engineprofile import ClockRange, EngineProfile
+from flywheel.models.capacity import steady_state
+from flywheel.models.engine_profile import ClockRange, EngineProfile
 
 CLOCKS = ClockRange(800, 1980, 15).planning_levels(9)
 

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, RequestClassesSpec
-from flywheel.controllers.classify import ClassThresholds, classify, neighbours, thresholds_from_samples
+from flywheel.controllers.routing.classify import (
+    ClassThresholds,
+    classify,
+    neighbours,
+    thresholds_from_samples,
+)
 
 
 def test_default_thresholds_match_the_api_defaults() -> None:

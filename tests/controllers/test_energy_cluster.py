@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
-from flywheel.controllers.cluster import ClusterController, merge_loads
-from flywheel.controllers.forecast import ClassLoad
+from flywheel.controllers.energy.cluster_plan import ClusterController, merge_loads
+from flywheel.controllers.energy.forecast import ClassLoad
 
 
 def cap(load: ClassLoad) -> float:

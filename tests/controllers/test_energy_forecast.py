@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.forecast import LoadForecaster
+from flywheel.controllers.energy.forecast import LoadForecaster
 
 
 def test_forecast_keeps_the_recent_peak_then_forgets_it() -> None:

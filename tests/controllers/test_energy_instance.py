@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel.api.v1alpha1 import EnergyPolicy
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import ClockRange
-from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.policy import SLO, InstanceObservation, RequestView
+from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.controllers.protocol import SLO, InstanceObservation, RequestView
+from flywheel.models.engine_profile import ClockRange
 
 CLOCKS = tuple(ClockRange(800, 1980, 15).levels())
 TOP, BOTTOM = CLOCKS[-1], CLOCKS[0]

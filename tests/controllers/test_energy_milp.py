@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.controllers.milp import solve_choice
+from flywheel.controllers.energy.knapsack import solve_choice
 
 
 def test_picks_cheapest_per_group_when_the_budget_allows() -> None:

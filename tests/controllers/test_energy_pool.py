@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel.api.v1alpha1 import EnergyPolicy
-from flywheel.controllers.engineprofile import ClockRange, EngineProfile
-from flywheel.controllers.forecast import ClassLoad
-from flywheel.controllers.pool import ChangeCost, PoolConfig, PoolController, PoolInput
+from flywheel.controllers.energy.forecast import ClassLoad
+from flywheel.controllers.energy.pool_plan import ChangeCost, PoolConfig, PoolController, PoolInput
+from flywheel.models.engine_profile import ClockRange, EngineProfile
 
 CLOCKS = ClockRange(800, 1980, 15).planning_levels(9)
 

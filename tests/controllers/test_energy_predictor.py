@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 
 
 def test_prior_until_enough_samples() -> None:

@@ -21,7 +21,7 @@ from flywheel.controllers.fault import (
     rung,
     xid_policy,
 )
-from flywheel.controllers.xid import xid_rule
+from flywheel.controllers.fault.xid import xid_rule
 
 
 def xid(code: int, node: str = "node-1", gpu: int = 2, at: float = 100.0) -> FaultSignal:
@@ -109,7 +109,7 @@ def test_unlisted_xid_gets_diagnostics_first() -> None:
 
 
 def test_xid_policy_follows_catalogue_for_every_listed_xid() -> None:
-    from flywheel.controllers.xid import xid_rules
+    from flywheel.controllers.fault.xid import xid_rules
 
     for code, rule in xid_rules().items():
         policy = xid_policy(code, catalogue_advice(code))

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange
-from flywheel.controllers.flywheel_policy import FlywheelPolicy
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.instance_observation import (
+from flywheel.controllers.energy.flywheel import FlywheelPolicy
+from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.instance_observation import (
     AggregateClock,
     ClockBounds,
     EngineCounters,
@@ -17,8 +14,11 @@ from flywheel.controllers.instance_observation import (
     observation_from_window,
     window_between,
 )
-from flywheel.controllers.perfmodel import LLAMA3_70B
-from flywheel.controllers.policy import SLO, OfflineProfile, PolicyContext
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.controllers.protocol import SLO, OfflineProfile, PolicyContext
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA3_70B
 
 CLOCKS = tuple(ClockRange(800, 1980, 15).levels())
 WIDE = ClockBounds(800, 1980)

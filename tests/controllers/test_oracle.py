@@ -1,12 +1,12 @@
-"""The hindsight reference policy (``flywheel.controllers.oracle``)."""
+"""The hindsight reference policy (``flywheel.controllers.baselines.oracle``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flywheel.controllers.oracle import OraclePolicy
-from flywheel.controllers.policy import Clairvoyant
+from flywheel.controllers.baselines.oracle import OraclePolicy
+from flywheel.controllers.protocol import Clairvoyant
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload

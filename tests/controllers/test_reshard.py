@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from flywheel.controllers.reshard import (
+from flywheel.controllers.reconfig.reshard import (
     GPU,
     Instance,
     Placement,

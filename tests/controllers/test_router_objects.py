@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.router_objects import ModelFiles, router_objects
+from flywheel.controllers.resources.router_objects import ModelFiles, router_objects
 
 OWNER = {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "name": "md", "uid": "u1"}
 

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.standby import (
+from flywheel.controllers.fault.standby import (
     ActionKind,
     Member,
     Role,
@@ -21,6 +20,7 @@ from flywheel.controllers.standby import (
     size_standbys,
     standby_power_watts,
 )
+from flywheel.models.gpu import H100_SXM
 
 
 def active(name: str, node: str = "n0", tp: int = 4, ready: bool = True, since: float = 0.0) -> Member:

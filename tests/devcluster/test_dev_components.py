@@ -12,20 +12,20 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from flywheel.controllers.desired import (
+from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_POOL,
     MANAGER,
 )
-from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.apiserver import ApiServer
 from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.models.gpu import H100_SXM
 from flywheel.operator.kube import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from waiting import eventually_async
 

@@ -131,7 +131,12 @@ def test_unknown_engine_kind_and_weight_scheme_are_clear_errors() -> None:
 
 
 def test_instance_pod_is_what_the_operator_and_the_dev_kubelet_need() -> None:
-    from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
+    from flywheel.controllers.resources.desired import (
+        LABEL_DEPLOYMENT,
+        LABEL_INSTANCE,
+        LABEL_MANAGED_BY,
+        MANAGER,
+    )
     from flywheel.engines.adapters import SPEC_HASH, instance_pod
 
     deployment, instance = _objects("simulated")

@@ -11,8 +11,8 @@ import pytest
 from engine_fakes import MODEL, EngineFactory, RouterFactory
 from prometheus_client import CollectorRegistry
 
-from flywheel.controllers.classify import ClassThresholds
-from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.controllers.routing.classify import ClassThresholds
+from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 from flywheel.engines.openai import CompletionRequest, prompt_of_length
 from flywheel.engines.router import Backend, NoBackend, Pool, Router
 from flywheel.engines.simulated import SimulatedEngineServer

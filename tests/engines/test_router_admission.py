@@ -14,7 +14,7 @@ from aiohttp import web
 from engine_fakes import MODEL, EngineFactory, RouterFactory
 from prometheus_client import CollectorRegistry
 
-from flywheel.controllers.admission import late_after_s
+from flywheel.controllers.routing.admission import late_after_s
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Backend, Pool, Router, RouterServer
 from flywheel.engines.simulated import SimulatedEngineServer

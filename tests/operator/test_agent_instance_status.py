@@ -24,10 +24,10 @@ from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.instance_clocks import InstanceClocks
 from flywheel.agents.instance_kube import KubernetesInstances
 from flywheel.agents.kube import KubernetesStatusSink
-from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
+from flywheel.models.gpu import H100_SXM
 from flywheel.operator.kube import MODEL_DEPLOYMENTS, MODEL_INSTANCES, NODES, KubeClient
 from waiting import eventually_async
 

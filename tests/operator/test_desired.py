@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel.api.v1alpha1 import InstanceRole, ModelDeploymentSpec, ModelInstanceSpec, ServingPoolSpec
-from flywheel.controllers.desired import (
+from flywheel.controllers.resources.desired import (
     ObservedInstance,
     PoolSize,
     desired_pools,

@@ -29,8 +29,8 @@ from opharness import (
 )
 
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
-from flywheel.controllers.brain import brain_for_deployment, energy_brain
-from flywheel.controllers.policy import ClassWindow, ClusterObservation, PolicyContext, PoolTarget
+from flywheel.controllers.energy.brain import brain_for_deployment, energy_brain
+from flywheel.controllers.protocol import ClassWindow, ClusterObservation, PolicyContext, PoolTarget
 from flywheel.operator.config import OperatorConfig
 
 LLAMA_70B = {

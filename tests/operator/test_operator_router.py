@@ -28,7 +28,7 @@ from opharness import (
     wait_for,
 )
 
-from flywheel.controllers.router_objects import ModelFiles
+from flywheel.controllers.resources.router_objects import ModelFiles
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
 from flywheel.operator.router import model_files
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel.api.v1alpha1 import GPUNode
-from flywheel.controllers.placement import PlacementRequest, capacity, place
+from flywheel.controllers.resources.placement import PlacementRequest, capacity, place
 
 
 def node(name: str, gpus: int = 8, domains: int = 1, unhealthy: tuple[int, ...] = (), **spec: Any) -> GPUNode:

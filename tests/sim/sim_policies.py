@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     ControlPeriods,

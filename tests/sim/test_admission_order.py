@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 from sim_policies import FixedPolicy
 
-from flywheel.controllers.policy import OfflineProfile
+from flywheel.controllers.protocol import OfflineProfile
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload
 

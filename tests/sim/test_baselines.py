@@ -7,9 +7,7 @@ import pytest
 from flywheel.controllers.baselines.dynamollm import DynamoLLMPolicy
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.baselines.throttllem import ThrottLLeMPolicy
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     SLO,
     ClusterObservation,
     InstanceObservation,
@@ -20,6 +18,8 @@ from flywheel.controllers.policy import (
     PoolState,
     RequestView,
 )
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B
 from flywheel.sim import registry
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.policy import OfflineProfile
+from flywheel.controllers.protocol import OfflineProfile
 from flywheel.sim.profile import hindsight_profile, split_profile
 from flywheel.sim.registry import available_policies, make_policy
 from flywheel.sim.simulator import Simulator

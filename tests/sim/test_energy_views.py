@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sim_policies import FixedPolicy
 
-from flywheel.controllers.gpumodel import H100_SXM
+from flywheel.models.gpu import H100_SXM
 from flywheel.sim.report import series, summarize
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from sim_policies import FixedPolicy
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import (
+from flywheel.controllers.protocol import SLO, ControlPeriods
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import (
     LLAMA2_70B,
     decode_step_ms,
     instance_power_watts,
     prefill_ms,
     prefill_power_watts,
 )
-from flywheel.controllers.policy import SLO, ControlPeriods
 from flywheel.sim.simulator import FaultEvent, SimConfig, Simulator
 from flywheel.sim.workloads import Workload, diurnal
 
@@ -170,7 +170,7 @@ def test_arrival_joins_at_the_next_iteration_boundary() -> None:
 
 
 def test_a100_cluster_is_slower_and_lower_power_than_h100() -> None:
-    from flywheel.controllers.gpumodel import A100_SXM
+    from flywheel.models.gpu import A100_SXM
 
     load = diurnal(300.0, mean_rps=1.0, period_s=300.0, seed=6)
     h100 = Simulator(load, FixedPolicy(tp=8, count=1, clock=1410), SimConfig(nodes=1)).run()

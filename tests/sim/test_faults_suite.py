@@ -6,7 +6,7 @@ import pytest
 
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.fault import FaultConfig
-from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.controllers.reconfig.reshard import ReconfigCosts
 from flywheel.sim.faults import AgentTiming, FaultKind, FaultSimulator, SuiteSpec, run_suite
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.simulator import SimConfig

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sim_policies import FixedPolicy
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import (
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import (
     LLAMA2_70B,
     decode_coefficients,
     instance_power_watts,

@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 from sim_policies import FixedPolicy
 
 from flywheel.controllers.baselines.static import StaticPolicy
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClusterObservation,
     ControlPeriods,
     Policy,
     PoolTarget,
 )
-from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.controllers.reconfig.reshard import ReconfigCosts
 from flywheel.sim import invariants
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.registry import make_policy

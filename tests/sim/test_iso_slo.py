@@ -7,8 +7,8 @@ from typing import Any, cast
 from flywheel.controllers.baselines.dynamollm import DynamoLLMPolicy
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.baselines.throttllem import ThrottLLeMPolicy
-from flywheel.controllers.flywheel_policy import FlywheelPolicy
-from flywheel.controllers.policy import HeadroomTunable
+from flywheel.controllers.energy.flywheel import FlywheelPolicy
+from flywheel.controllers.protocol import HeadroomTunable
 from flywheel.sim.runner import IsoSloRun, iso_slo_choice
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.controllers.gpumodel import A100_SXM, H100_SXM, gpu_power_watts
-from flywheel.controllers.perfmodel import (
+from flywheel.models.gpu import A100_SXM, H100_SXM, gpu_power_watts
+from flywheel.models.perf import (
     LLAMA2_70B,
     decode_clock_factor,
     decode_step_ms,
@@ -88,7 +88,7 @@ def test_unsupported_tp_is_rejected() -> None:
 
 
 def test_smaller_model_profiles_are_calibrated_and_ordered() -> None:
-    from flywheel.controllers.perfmodel import LLAMA31_8B, QWEN3_32B, SMALL_MODELS
+    from flywheel.models.perf import LLAMA31_8B, QWEN3_32B, SMALL_MODELS
 
     results = {r.name: r for r in all_targets()}
     assert results["itl, smaller models (H100)"].rows >= 50

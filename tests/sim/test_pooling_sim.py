@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flywheel.controllers.gpumodel import H100_SXM
 from flywheel.controllers.pooling import SwitchCost
+from flywheel.models.gpu import H100_SXM
 from flywheel.sim.pooling import (
     dedicated_groups,
     group_memory_bytes,

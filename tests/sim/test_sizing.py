@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.protocol import SLO
 from flywheel.sim.simulator import SimConfig
 from flywheel.sim.sizing import _meets_slo, peak_minute_start, static_instances
 from flywheel.sim.workloads import burst

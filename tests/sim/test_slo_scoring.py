@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sim_policies import FixedPolicy
 
-from flywheel.controllers.gpumodel import H100_SXM
-from flywheel.controllers.perfmodel import LLAMA2_70B, prefill_ms
+from flywheel.models.gpu import H100_SXM
+from flywheel.models.perf import LLAMA2_70B, prefill_ms
 from flywheel.sim.report import summarize
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload

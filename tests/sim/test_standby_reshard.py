@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     ControlPeriods,

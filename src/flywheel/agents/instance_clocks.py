@@ -33,21 +33,21 @@ from flywheel.api.v1alpha1 import (
     set_condition,
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.instance_observation import (
+from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.instance_observation import (
     AggregateClock,
     ClockBounds,
     EngineCounters,
     EngineWindow,
     window_between,
 )
-from flywheel.controllers.perfmodel import ModelProfile
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.controllers.protocol import SLO
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.metrics import EngineMetrics, Histogram
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import ModelProfile
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from flywheel.api.v1alpha1 import (
     ModelInstanceSpec,
     ServingPool,
 )
-from flywheel.controllers.brain import model_profile_for
-from flywheel.controllers.gpumodel import SKUS
+from flywheel.controllers.energy.brain import model_profile_for
+from flywheel.models.gpu import SKUS
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.protocol import SLO
 
 TBT_QUANTILE = 0.99  # per-request quantile of inter-token gaps held to the TBT target
 

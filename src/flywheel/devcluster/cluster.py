@@ -34,8 +34,7 @@ from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.cli import router_options
 from flywheel.controllers.fault.scenario import parse_scenario
-from flywheel.controllers.gpumodel import SKUS
-from flywheel.controllers.router_objects import router_name
+from flywheel.controllers.resources.router_objects import router_name
 from flywheel.devcluster import report as reporting
 from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.apiserver import ApiServer, kubeconfig
@@ -47,6 +46,7 @@ from flywheel.devcluster.view import InstanceRow, PoolRow, Snapshot, one_line, r
 from flywheel.engines.router import Router, RouterServer
 from flywheel.engines.router.discovery import KubeDiscovery, pool_classes
 from flywheel.engines.router.main import build_router
+from flywheel.models.gpu import SKUS
 from flywheel.operator.kube import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,

@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.agents.nvml.backend import NvmlError
-from flywheel.controllers import perfmodel
-from flywheel.controllers.desired import (
+from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -32,6 +31,7 @@ from flywheel.controllers.desired import (
 )
 from flywheel.devcluster.nodes import SimNode
 from flywheel.engines.simulated import PerfModelTiming, RequestResult, SimulatedEngine, SimulatedEngineServer
+from flywheel.models import perf as perfmodel
 from flywheel.operator.kube import MODEL_DEPLOYMENTS, PODS, KubeClient, KubeError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from flywheel.agents.instance_kube import KubernetesInstances
 from flywheel.agents.kube import KubernetesStatusSink
 from flywheel.agents.nvml.backend import NvmlError
 from flywheel.agents.nvml.simulated import SimulatedNvml
-from flywheel.controllers.gpumodel import GPUSku
+from flywheel.models.gpu import GPUSku
 
 log = logging.getLogger(__name__)
 

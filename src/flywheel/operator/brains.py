@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
-from flywheel.controllers.brain import (
+from flywheel.controllers.energy.brain import (
     GPUInventory,
     PoolView,
     class_windows,
     observation,
     partition_of,
 )
-from flywheel.controllers.desired import PoolSize
-from flywheel.controllers.policy import Brain, PolicyContext, PoolTarget
+from flywheel.controllers.protocol import Brain, PolicyContext, PoolTarget
+from flywheel.controllers.resources.desired import PoolSize
 
 Round = Literal["cluster", "pool", "react"]
 # A hook for tests: (deployment, what was asked, its input, the targets returned).

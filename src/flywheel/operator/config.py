@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
-from flywheel.controllers.brain import energy_brain
+from flywheel.controllers.energy.brain import energy_brain
 from flywheel.engines.adapters import ADAPTERS
 from flywheel.operator.brains import BrainFactory, Recorder
 

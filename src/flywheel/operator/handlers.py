@@ -13,8 +13,8 @@ from typing import Any
 
 import kopf
 
-from flywheel.controllers.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
-from flywheel.controllers.policy import PolicyInfo
+from flywheel.controllers.protocol import PolicyInfo
+from flywheel.controllers.resources.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
 from flywheel.operator.brains import Round
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.kube import KubeClient

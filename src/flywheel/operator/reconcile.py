@@ -27,8 +27,9 @@ from flywheel.api.v1alpha1 import (
     reasons,
     set_condition,
 )
-from flywheel.controllers.brain import GPUInventory, PoolView, brain_pool, gpu_inventory, gpus_used
-from flywheel.controllers.desired import (
+from flywheel.controllers.energy.brain import GPUInventory, PoolView, brain_pool, gpu_inventory, gpus_used
+from flywheel.controllers.protocol import PoolTarget
+from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_POOL,
@@ -41,9 +42,8 @@ from flywheel.controllers.desired import (
     plan_instances,
     pool_spec_patch,
 )
-from flywheel.controllers.desired import pool_name as serving_pool_name
-from flywheel.controllers.placement import PlacementRequest, place
-from flywheel.controllers.policy import PoolTarget
+from flywheel.controllers.resources.desired import pool_name as serving_pool_name
+from flywheel.controllers.resources.placement import PlacementRequest, place
 from flywheel.engines.adapters import SPEC_HASH, instance_pod
 from flywheel.operator.brains import Brains, Round
 from flywheel.operator.config import OperatorConfig

@@ -1,7 +1,7 @@
 """Operator side of elastic reconfiguration: warm-standby promotion and planned TP changes.
 
 Called from the pool reconciler (``Operator.reconcile_pool``) around ``plan_instances``; the decisions
-come from ``flywheel.controllers.standby`` and ``flywheel.controllers.reshard``:
+come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reconfig.reshard``:
 
 - ``promote``: when the pool misses Active instances and a Standby of its TP has its weights loaded,
   the Standby becomes Active in place (``spec.role`` and the role labels; the engine Pod is kept, so
@@ -38,15 +38,8 @@ from flywheel.api.v1alpha1 import (
     set_condition,
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
-from flywheel.controllers.desired import (
-    LABEL_ROLE,
-    InstancePlan,
-    ObservedInstance,
-    instance_name,
-    instance_template,
-)
-from flywheel.controllers.placement import usable_gpus
-from flywheel.controllers.reshard import (
+from flywheel.controllers.fault.standby import Member, Role, reconcile_standbys
+from flywheel.controllers.reconfig.reshard import (
     GB,
     GPU,
     Instance,
@@ -59,7 +52,14 @@ from flywheel.controllers.reshard import (
     plan_reshard,
     rollout_actions,
 )
-from flywheel.controllers.standby import Member, Role, reconcile_standbys
+from flywheel.controllers.resources.desired import (
+    LABEL_ROLE,
+    InstancePlan,
+    ObservedInstance,
+    instance_name,
+    instance_template,
+)
+from flywheel.controllers.resources.placement import usable_gpus
 from flywheel.operator.kube import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj
 
 if TYPE_CHECKING:
@@ -395,7 +395,12 @@ class Reconfiguration:
         gpus: list[str],
         nodes: dict[str, str],
     ) -> None:
-        from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_POOL, MANAGER
+        from flywheel.controllers.resources.desired import (
+            LABEL_DEPLOYMENT,
+            LABEL_MANAGED_BY,
+            LABEL_POOL,
+            MANAGER,
+        )
         from flywheel.operator.kube import owner_reference
 
         pool_name = pool["metadata"]["name"]

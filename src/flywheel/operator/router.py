@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from flywheel.controllers.router_objects import ModelFiles, router_objects
+from flywheel.controllers.resources.router_objects import ModelFiles, router_objects
 from flywheel.engines.adapters import model_location
 from flywheel.operator.kube import Kind, KubeClient, Obj, owner_reference
 

@@ -6,5 +6,5 @@
 * ``registry`` — policy names -> factories (``register_policy``).
 * ``sizing`` — the Static baseline's instance count by replaying the peak minute.
 * ``report`` / ``runner`` / ``cli`` — metrics, JSON + PNG report, ``flywheel simulate`` and ``demo``.
-* ``calibrate`` — MAPE of ``flywheel.controllers.perfmodel`` against the bundled measurements.
+* ``calibrate`` — MAPE of ``flywheel.models.perf`` against the bundled measurements.
 """

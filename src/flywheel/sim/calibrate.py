@@ -1,7 +1,7 @@
 """Calibration of the performance/power model against the bundled measurements.
 
 ``flywheel sim calibrate`` prints the mean absolute percentage error (MAPE) of the model's stored
-constants (``flywheel.controllers.perfmodel``) on each target, and with ``--fit`` the constants a
+constants (``flywheel.models.perf``) on each target, and with ``--fit`` the constants a
 fresh least-squares fit gives (the stored ones were produced this way):
 
 * ``prefill``  — prompt_time of the H100 Llama2-70B rows of splitwise_perf_model.csv (TP 2/4/8);
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.controllers.gpumodel import A100_SXM, H100_SXM, GPUSku
-from flywheel.controllers.perfmodel import (
+from flywheel.models.gpu import A100_SXM, H100_SXM, GPUSku
+from flywheel.models.perf import (
     LLAMA2_70B,
     LLAMA3_70B,
     MLENERGY_IDS,
@@ -252,7 +252,7 @@ def _fit_small_models() -> dict[str, dict[str, float]]:
     """Decode (base, per sequence) per TP and power (u at batch 1, half batch) of each smaller model."""
     from scipy.optimize import least_squares
 
-    from flywheel.controllers.perfmodel import kv_ms_per_token
+    from flywheel.models.perf import kv_ms_per_token
 
     sku = H100_SXM
     fitted: dict[str, dict[str, float]] = {}

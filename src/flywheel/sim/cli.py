@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flywheel.controllers.policy import SLO
+from flywheel.controllers.protocol import SLO
 from flywheel.sim.calibrate import TARGET_MAPE, all_targets, fit_constants
 from flywheel.sim.registry import BASELINES, available_policies
 from flywheel.sim.runner import (

@@ -19,7 +19,7 @@ through the same pipeline as in a cluster, in virtual time:
 3. **Isolation**: one API write per touched GPUNode and per evicted instance (``api_write_s``);
    quarantined GPUs are marked failed in the cluster, evicted instances stop and their requests go
    back to the pool queue.
-4. **Replacement** by the simulator's reconfigurator (``flywheel.controllers.standby``): a warm
+4. **Replacement** by the simulator's reconfigurator (``flywheel.controllers.fault.standby``): a warm
    standby is promoted (``ReconfigCosts.promotion_s``) or a new instance cold-starts.
 
 Reported per fault: MTTD (injection → operator decision), time to isolation (decision → applied),
@@ -51,8 +51,8 @@ from flywheel.controllers.fault import (
     RankTrace,
 )
 from flywheel.controllers.fault.scenario import NODE_TYPES, SIM_TYPES, FaultSpec, FaultType
-from flywheel.controllers.policy import SLO, OfflineProfile, Policy
-from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.controllers.protocol import SLO, OfflineProfile, Policy
+from flywheel.controllers.reconfig.reshard import ReconfigCosts
 from flywheel.sim.cluster import GpuRef
 from flywheel.sim.reconfig import ReconfigOptions
 from flywheel.sim.simulator import Instance, Pool, SimConfig, SimResult, Simulator

@@ -1,6 +1,6 @@
 """The simulated GPUs: what the hardware does, apart from what the planners believe.
 
-Policies plan with the fitted performance/power model (``flywheel.controllers.perfmodel``). The
+Policies plan with the fitted performance/power model (``flywheel.models.perf``). The
 simulator's instances run on a ``Hardware``:
 
 - ``Hardware.planner_model(...)``: the fitted model itself (planning error zero by construction;
@@ -26,8 +26,8 @@ from importlib import resources
 
 import numpy as np
 
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.perfmodel import (
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import (
     LLAMA3_70B,
     PREFILL_CHUNK_TBT_SHARE,
     ModelProfile,

@@ -27,8 +27,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from flywheel.controllers.gpumodel import H100_SXM, GPUSku
-from flywheel.controllers.perfmodel import (
+from flywheel.controllers.pooling import (
+    Decode,
+    GroupScheduler,
+    PooledModel,
+    PoolScheduler,
+    Prefill,
+    Sleep,
+    SwitchCost,
+    Wake,
+)
+from flywheel.controllers.pooling.profile import DEFAULT_KV_RESERVE_TOKENS, group_memory_bytes
+from flywheel.controllers.pooling.profile import pooled_model as profile_model
+from flywheel.controllers.slo import allowed_late_gaps
+from flywheel.models.gpu import H100_SXM, GPUSku
+from flywheel.models.perf import (
     GEMMA3_12B,
     GEMMA3_27B,
     LLAMA3_70B,
@@ -43,19 +56,6 @@ from flywheel.controllers.perfmodel import (
     prefill_ms,
     prefill_power_watts,
 )
-from flywheel.controllers.pooling import (
-    Decode,
-    GroupScheduler,
-    PooledModel,
-    PoolScheduler,
-    Prefill,
-    Sleep,
-    SwitchCost,
-    Wake,
-)
-from flywheel.controllers.pooling.profile import DEFAULT_KV_RESERVE_TOKENS, group_memory_bytes
-from flywheel.controllers.pooling.profile import pooled_model as profile_model
-from flywheel.controllers.slo import allowed_late_gaps
 from flywheel.sim.workloads import CLASS_TTFT_MS, load_trace
 
 TBT_MS = 100.0

@@ -1,6 +1,6 @@
 """Offline profiles for simulated runs, measured on history the run never replays.
 
-A policy may know a workload only through an ``OfflineProfile`` (``flywheel.controllers.policy``).
+A policy may know a workload only through an ``OfflineProfile`` (``flywheel.controllers.protocol``).
 For a benchmark the profile is measured on the first ``window_s`` of the trace and the run replays
 what follows (``split_profile``): the window is disjoint from the evaluated one, as a week of
 history is from the next day. Every policy of a run gets that same profile.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flywheel.controllers.policy import OfflineProfile
+from flywheel.controllers.protocol import OfflineProfile
 from flywheel.sim.workloads import Workload
 
 LENGTH_SAMPLE_SIZE = 2000

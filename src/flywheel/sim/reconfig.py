@@ -3,12 +3,12 @@
 Enabled with ``SimConfig(reconfig=ReconfigOptions(...))``; the simulator then hands each pool's
 reconcile to ``Reconfigurator.reconcile``, which calls the same pure controllers the operator runs:
 
-- ``flywheel.controllers.standby.reconcile_standbys`` decides promotions, new instances, retirements
+- ``flywheel.controllers.fault.standby.reconcile_standbys`` decides promotions, new instances, retirements
   and standby replenishment. A standby holds its GPUs, is loaded, runs at the lowest clock, takes no
   traffic and draws idle power (counted in the run's energy). Promotion costs
   ``ReconfigCosts.promotion_s``; other starts cost a cold start (weights from storage at
   ``storage_gbps``) or a warm start (weights from host memory), per ``ReconfigOptions.start``.
-- ``flywheel.controllers.reshard.plan_reshard`` plans every TP change; the plan's steps are executed
+- ``flywheel.controllers.reconfig.reshard.plan_reshard`` plans every TP change; the plan's steps are executed
   in order: START/SWITCH instances become ready after the step's transfer time (bytes over NVLink
   and PCIe), DRAIN stops routing (queued requests stay in the pool queue for the siblings, running
   requests finish), STOP waits for the drained instance to finish its requests. Nothing a
@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from flywheel.controllers.perfmodel import instance_capacity_rps
-from flywheel.controllers.reshard import (
+from flywheel.controllers.fault.standby import ActionKind, Member, Role, reconcile_standbys
+from flywheel.controllers.reconfig.reshard import (
     GPU,
     Placement,
     ReshardInfeasible,
@@ -30,10 +30,10 @@ from flywheel.controllers.reshard import (
     StepKind,
     plan_reshard,
 )
-from flywheel.controllers.reshard import (
+from flywheel.controllers.reconfig.reshard import (
     Instance as PlanInstance,
 )
-from flywheel.controllers.standby import ActionKind, Member, Role, reconcile_standbys
+from flywheel.models.perf import instance_capacity_rps
 
 if TYPE_CHECKING:
     from flywheel.sim.cluster import GpuRef

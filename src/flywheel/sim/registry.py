@@ -1,14 +1,14 @@
 """Policy registry: names the simulator (``flywheel simulate --policy a,b``) can run.
 
 Register a policy by name with a zero-argument factory that returns a fresh
-``flywheel.controllers.policy.Policy``::
+``flywheel.controllers.protocol.Policy``::
 
     from flywheel.sim.registry import register_policy
     register_policy("flywheel", lambda: FlywheelPolicy())
 
 Built in: ``static``, ``throttllem``, ``dynamollm`` (``flywheel.controllers.baselines``) and the
-hindsight reference ``oracle`` (``flywheel.controllers.oracle``, handed the whole trace). A
-``flywheel`` policy is looked up lazily in ``flywheel.controllers.flywheel_policy`` (module attribute
+hindsight reference ``oracle`` (``flywheel.controllers.baselines.oracle``, handed the whole trace). A
+``flywheel`` policy is looked up lazily in ``flywheel.controllers.energy.flywheel`` (module attribute
 ``make_policy``) when that module exists, so the energy-controllers package plugs in without editing
 the simulator.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from flywheel.controllers.policy import Policy
+from flywheel.controllers.protocol import Policy
 
 PolicyFactory = Callable[[], Policy]
 
@@ -27,8 +27,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "static": ("flywheel.controllers.baselines.static", "StaticPolicy"),
     "throttllem": ("flywheel.controllers.baselines.throttllem", "ThrottLLeMPolicy"),
     "dynamollm": ("flywheel.controllers.baselines.dynamollm", "DynamoLLMPolicy"),
-    "flywheel": ("flywheel.controllers.flywheel_policy", "make_policy"),
-    "oracle": ("flywheel.controllers.oracle", "OraclePolicy"),
+    "flywheel": ("flywheel.controllers.energy.flywheel", "make_policy"),
+    "oracle": ("flywheel.controllers.baselines.oracle", "OraclePolicy"),
 }
 BASELINES = ("static", "throttllem", "dynamollm")
 

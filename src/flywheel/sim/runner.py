@@ -15,9 +15,9 @@ from rich.table import Table
 
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.fault.scenario import FaultSpec, FaultType, Target
-from flywheel.controllers.gpumodel import H100_SXM, GPUSku
-from flywheel.controllers.perfmodel import LLAMA2_70B, ModelProfile
-from flywheel.controllers.policy import SLO, ControlPeriods, HeadroomTunable, OfflineProfile, Policy
+from flywheel.controllers.protocol import SLO, ControlPeriods, HeadroomTunable, OfflineProfile, Policy
+from flywheel.models.gpu import H100_SXM, GPUSku
+from flywheel.models.perf import LLAMA2_70B, ModelProfile
 from flywheel.sim import report
 from flywheel.sim.faults import FaultSimulator
 from flywheel.sim.hardware import Hardware

@@ -8,11 +8,11 @@ Many decode iterations are folded into one event (closed-form sum of step times 
 unchanged) and cut short at the next iteration boundary when a request arrives or the clock
 changes, so the cost is per request, not per token.
 
-Policies (``flywheel.controllers.policy.Policy``) are called at their periods; the simulator only
+Policies (``flywheel.controllers.protocol.Policy``) are called at their periods; the simulator only
 applies their decisions, with their costs: a clock change takes effect after
 ``clock_change_s`` (200 ms), a new instance needs a cold start (weights from storage) or a warm
 start (weights in host memory / pre-warmed), both from the one set of configured costs
-(``flywheel.controllers.reshard.ReconfigCosts``) the reconfiguration planner uses too.
+(``flywheel.controllers.reconfig.reshard.ReconfigCosts``) the reconfiguration planner uses too.
 
 Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> first token) and the
 number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
@@ -30,15 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flywheel.controllers import slo as slo_rule
-from flywheel.controllers.admission import AdmissionQueue
-from flywheel.controllers.gpumodel import H100_SXM, GPUSku
-from flywheel.controllers.perfmodel import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
-    LLAMA2_70B,
-    ModelProfile,
-    kv_capacity_tokens,
-)
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     SLO,
     BurstReactive,
     Clairvoyant,
@@ -53,8 +45,16 @@ from flywheel.controllers.policy import (
     PoolTarget,
     RequestView,
 )
-from flywheel.controllers.predictor import OutputLengthPredictor
-from flywheel.controllers.reshard import ReconfigCosts
+from flywheel.controllers.reconfig.reshard import ReconfigCosts
+from flywheel.controllers.routing.admission import AdmissionQueue
+from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
+from flywheel.models.gpu import H100_SXM, GPUSku
+from flywheel.models.perf import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+    LLAMA2_70B,
+    ModelProfile,
+    kv_capacity_tokens,
+)
 from flywheel.sim import invariants
 from flywheel.sim.cluster import Cluster, GpuRef
 from flywheel.sim.hardware import Hardware

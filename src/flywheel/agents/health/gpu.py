@@ -17,7 +17,7 @@ from flywheel.agents.nvml.backend import (
     Result,
 )
 from flywheel.api.v1alpha1 import Action, SignalType
-from flywheel.controllers.xid import recovery_action, xid_rule
+from flywheel.controllers.fault.xid import recovery_action, xid_rule
 
 NODE_SUBJECT = "node"
 

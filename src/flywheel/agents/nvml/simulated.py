@@ -1,7 +1,7 @@
 """Simulated NVML: N GPUs with the shared power/clock model and a fault-injection API.
 
 Used by the agent's tests, the dev cluster and the simulator's node agents. Power comes from
-``flywheel.controllers.gpumodel`` so the simulator and the agent agree on watts at a clock.
+``flywheel.models.gpu`` so the simulator and the agent agree on watts at a clock.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flywheel.agents.nvml.backend import (
     Result,
     ThrottleReason,
 )
-from flywheel.controllers.gpumodel import H100_SXM, GPUSku, gpu_power_watts
+from flywheel.models.gpu import H100_SXM, GPUSku, gpu_power_watts
 
 MEMORY_CLOCK_MHZ = 2619  # H100 SXM HBM3
 THROTTLED_CLOCK_FRACTION = 0.5

@@ -5,5 +5,5 @@
 * ``dynamollm`` — DynamoLLM-like: request classes, per-pool TP/instances and per-instance clocks from
   profiles (the performance model plays the role of the offline profiles).
 
-Each implements ``flywheel.controllers.policy.Policy``.
+Each implements ``flywheel.controllers.protocol.Policy``.
 """

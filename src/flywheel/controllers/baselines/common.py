@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.perfmodel import ModelProfile, instance_capacity_rps
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import ModelProfile, instance_capacity_rps
 
 
 def serving_clocks(sku: GPUSku) -> list[int]:

@@ -16,13 +16,7 @@ from __future__ import annotations
 import math
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import (
-    decode_step_ms,
-    instance_capacity_rps,
-    instance_power_watts,
-    prefill_ms,
-)
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     InstanceObservation,
@@ -32,6 +26,12 @@ from flywheel.controllers.policy import (
     PoolTarget,
 )
 from flywheel.controllers.slo import iteration_within_tbt
+from flywheel.models.perf import (
+    decode_step_ms,
+    instance_capacity_rps,
+    instance_power_watts,
+    prefill_ms,
+)
 
 INPUT_BOUNDS = (1024, 4096)  # tokens: short < 1024 <= medium < 4096 <= long
 OUTPUT_BOUNDS = (64, 256)  # predicted output tokens

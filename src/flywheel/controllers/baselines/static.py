@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from flywheel.controllers.baselines.common import instances_needed
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     InstanceObservation,

@@ -12,8 +12,7 @@
 from __future__ import annotations
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import decode_step_ms, max_batch_for_tbt, prefill_ms
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     ControlPeriods,
@@ -23,6 +22,7 @@ from flywheel.controllers.policy import (
     PoolTarget,
 )
 from flywheel.controllers.slo import iteration_within_tbt
+from flywheel.models.perf import decode_step_ms, max_batch_for_tbt, prefill_ms
 
 POOL = "all"
 TP_CHOICES = (2, 4, 8)

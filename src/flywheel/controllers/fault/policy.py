@@ -2,7 +2,7 @@
 
 Each signal type maps to how far to isolate (nothing, treat as straggler, the GPU, the TP group, the
 node), which remediation to start with, and whether to run stop-time diagnostics before the GPUs go
-back into service. XIDs take their remediation from the XID catalogue (``flywheel.controllers.xid``)
+back into service. XIDs take their remediation from the XID catalogue (``flywheel.controllers.fault.xid``)
 through an injected lookup, so this module owns no XID knowledge of its own.
 
 Remediations form a ladder, cheapest first; when an action does not clear a fault (the same fault
@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from flywheel.api.v1alpha1 import Action, SignalType
-from flywheel.controllers.xid import xid_rule
+from flywheel.controllers.fault.xid import xid_rule
 
 LADDER: tuple[Action, ...] = (
     Action.NONE,
@@ -105,7 +105,7 @@ XidLookup = Callable[[int], XidAdvice]
 
 
 def catalogue_advice(xid: int) -> XidAdvice:
-    """The shared XID catalogue (``flywheel.controllers.xid``) as advice for the fault policy."""
+    """The shared XID catalogue (``flywheel.controllers.fault.xid``) as advice for the fault policy."""
     rule = xid_rule(xid)
     return XidAdvice(rule.action, rule.escalation, rule.gpu_unhealthy)
 

@@ -3,8 +3,9 @@ the simulator and the router both use (the simulator's ground truth stays the pr
 
 from __future__ import annotations
 
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.perfmodel import (
+from flywheel.controllers.pooling.scheduler import PooledModel
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import (
     ACTIVATION_RESERVE_BYTES,
     GIB,
     GPU_MEMORY_UTILIZATION,
@@ -14,7 +15,6 @@ from flywheel.controllers.perfmodel import (
     prefill_chunk_for_tbt,
     prefill_ms,
 )
-from flywheel.controllers.pooling.scheduler import PooledModel
 
 DEFAULT_KV_RESERVE_TOKENS = {1: 8192, 2: 16384, 4: 32768, 8: 32768}
 

@@ -24,7 +24,7 @@ from flywheel.api.v1alpha1 import (
     ModelInstanceSpec,
     ModelSpec,
 )
-from flywheel.controllers.desired import (
+from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,

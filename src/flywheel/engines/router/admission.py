@@ -1,7 +1,7 @@
 """Deadline-aware admission: with ``max_in_flight_per_instance`` set, a request waits in its pool's
-queue (``flywheel.controllers.admission``) while every instance has that many router requests in flight;
-a freed slot goes to the oldest request that can still meet its TTFT deadline, then to late ones. A full
-queue (``max_queued_per_pool``) turns requests away at once (HTTP 429 with Retry-After)."""
+queue (``flywheel.controllers.routing.admission``) while every instance has that many router requests
+in flight; a freed slot goes to the oldest request that can still meet its TTFT deadline, then to late
+ones. A full queue (``max_queued_per_pool``) turns requests away at once (HTTP 429 with Retry-After)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from flywheel.controllers.admission import AdmissionQueue
+from flywheel.controllers.routing.admission import AdmissionQueue
 from flywheel.engines.router.backends import Backend, Balancer, NoBackend, Pool
 from flywheel.engines.router.telemetry import RouterMetrics
 

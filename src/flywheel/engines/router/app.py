@@ -7,7 +7,7 @@ For each request it:
    model name, ``max_tokens`` against the cap and prompt + ``max_tokens`` against the model's context;
    each failure is an OpenAI-style error (``{"error": {"message", "type", "param", "code"}}``);
 2. classifies the request by input length and *predicted* output length
-   (``flywheel.controllers.predictor``, ``max_tokens`` capping the prediction);
+   (``flywheel.controllers.routing.output_predictor``, ``max_tokens`` capping the prediction);
 3. picks the pool serving that class and its instance with the shallowest queue
    (:mod:`~flywheel.engines.router.backends`), waiting for a slot when admission is on
    (:mod:`~flywheel.engines.router.admission`); no instance: 503, full queue: 429, both with Retry-After;
@@ -35,9 +35,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from flywheel.controllers.admission import late_after_s as _late_after_s
-from flywheel.controllers.classify import ClassThresholds
-from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.controllers.routing.admission import late_after_s as _late_after_s
+from flywheel.controllers.routing.classify import ClassThresholds
+from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 from flywheel.engines.adapters import EngineAdapter, VLLMAdapter
 from flywheel.engines.openai import BadRequest, CompletionRequest, TokenCounter, error_body, estimate_tokens
 from flywheel.engines.router.admission import Admission, ClientGone, QueueFull

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
-from flywheel.controllers.classify import neighbours
+from flywheel.controllers.routing.classify import neighbours
 from flywheel.engines.adapters import EngineAdapter
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flywheel.api.v1alpha1 import ModelDeploymentSpec, PoolRequestClass, RequestClassMode
-from flywheel.controllers.classify import ClassThresholds, classify
-from flywheel.controllers.desired import request_classes
+from flywheel.controllers.resources.desired import request_classes
+from flywheel.controllers.routing.classify import ClassThresholds, classify
 
 
 class RequestClassifier(Protocol):

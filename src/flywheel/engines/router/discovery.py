@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from flywheel.controllers.desired import LABEL_DEPLOYMENT
+from flywheel.controllers.resources.desired import LABEL_DEPLOYMENT
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool

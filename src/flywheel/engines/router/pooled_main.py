@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from flywheel.controllers.gpumodel import SKUS
-from flywheel.controllers.perfmodel import MODELS
 from flywheel.controllers.pooling import GroupScheduler, SwitchCost, group_memory_bytes, pooled_model
 from flywheel.engines.router.pooled import PooledEngine, PooledRouter
+from flywheel.models.gpu import SKUS
+from flywheel.models.perf import MODELS
 
 
 @dataclass(frozen=True)

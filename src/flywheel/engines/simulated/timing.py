@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flywheel.controllers import perfmodel
-from flywheel.controllers.gpumodel import H100_SXM, SKUS, GPUSku
-from flywheel.controllers.perfmodel import MODELS, ModelProfile
+from flywheel.models import perf as perfmodel
+from flywheel.models.gpu import H100_SXM, SKUS, GPUSku
+from flywheel.models.perf import MODELS, ModelProfile
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from flywheel.api.v1alpha1 import (
     reasons,
 )
 from flywheel.controllers.fault import FleetView, InstanceView
-from flywheel.controllers.standby import Member, Role
+from flywheel.controllers.fault.standby import Member, Role
 from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, Kind, KubeClient, Obj
 
 INCIDENTS = Kind(GROUP, VERSION, "incidents", "Incident", namespaced=False)

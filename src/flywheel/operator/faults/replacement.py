@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flywheel.controllers.fault import FaultDecision, FleetView
-from flywheel.controllers.standby import Role, promote_for_failures
+from flywheel.controllers.fault.standby import Role, promote_for_failures
 from flywheel.operator.faults.kubeio import ROUTING_WEIGHT_ANNOTATION, member
 from flywheel.operator.kube import Obj
 

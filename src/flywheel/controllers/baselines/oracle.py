@@ -26,14 +26,7 @@ import math
 import numpy as np
 
 from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
-from flywheel.controllers.perfmodel import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
-    decode_step_ms,
-    instance_power_watts,
-    prefill_chunk_for_tbt,
-    prefill_ms,
-)
-from flywheel.controllers.policy import (
+from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
     ControlPeriods,
@@ -43,6 +36,13 @@ from flywheel.controllers.policy import (
     PoolTarget,
 )
 from flywheel.controllers.slo import iteration_within_tbt
+from flywheel.models.perf import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+    decode_step_ms,
+    instance_power_watts,
+    prefill_chunk_for_tbt,
+    prefill_ms,
+)
 
 POOL = "all"
 INTERVAL_S = 60.0

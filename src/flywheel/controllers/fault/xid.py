@@ -48,7 +48,9 @@ def _rule(xid: int, entry: dict[str, Any], listed: bool) -> XidRule:
 
 @cache
 def _catalog() -> tuple[dict[int, XidRule], dict[str, Any], dict[int, Action]]:
-    raw = json.loads(resources.files("flywheel.controllers").joinpath("data/xid_catalog.json").read_text())
+    raw = json.loads(
+        resources.files("flywheel.controllers.fault").joinpath("data/xid_catalog.json").read_text()
+    )
     rules = {int(e["xid"]): _rule(int(e["xid"]), e, listed=True) for e in raw["xids"]}
     if len(rules) != len(raw["xids"]):
         raise ValueError("xid_catalog.json repeats an XID")

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
-from flywheel.controllers.classify import neighbours
-from flywheel.controllers.forecast import ClassLoad
+from flywheel.controllers.energy.forecast import ClassLoad
+from flywheel.controllers.routing.classify import neighbours
 
 # Requests per second one instance sustains for a load of this shape (at max clock, within the SLO).
 CapacityFn = Callable[[ClassLoad], float]

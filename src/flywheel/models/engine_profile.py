@@ -1,7 +1,7 @@
 """The engine performance/power model the controllers plan with, and its tabulated profile.
 
 ``EngineModel`` is the interface the controllers need (latency and power vs TP, batch, context and
-clock; KV capacity). ``CalibratedEngine`` binds the calibrated ``flywheel.controllers.perfmodel`` to a
+clock; KV capacity). ``CalibratedEngine`` binds the calibrated ``flywheel.models.perf`` to a
 model and a GPU SKU; tests inject small fakes. ``EngineProfile`` tabulates an ``EngineModel`` once on
 (TP, clock, batch, context) grids -- the offline profile of DynamoLLM -- so that thousands of pool
 candidates are evaluated with vectorised interpolation instead of per-call model evaluations.
@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from flywheel.controllers import perfmodel
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.perfmodel import ModelProfile
+from flywheel.models import perf as perfmodel
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import ModelProfile
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]

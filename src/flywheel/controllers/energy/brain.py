@@ -19,10 +19,8 @@ from flywheel.api.v1alpha1 import (
     ServingPoolSpec,
     ServingPoolStatus,
 )
-from flywheel.controllers.flywheel_policy import FlywheelPolicy, policy_for_deployment
-from flywheel.controllers.gpumodel import SKUS
-from flywheel.controllers.perfmodel import LLAMA2_70B, LLAMA3_70B, ModelProfile
-from flywheel.controllers.policy import (
+from flywheel.controllers.energy.flywheel import FlywheelPolicy, policy_for_deployment
+from flywheel.controllers.protocol import (
     SLO,
     ClassWindow,
     ClusterObservation,
@@ -31,6 +29,8 @@ from flywheel.controllers.policy import (
     PoolLoad,
     PoolState,
 )
+from flywheel.models.gpu import SKUS
+from flywheel.models.perf import LLAMA2_70B, LLAMA3_70B, ModelProfile
 
 NO_PROFILE = "none declared"
 

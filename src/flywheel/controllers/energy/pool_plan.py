@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flywheel.api.v1alpha1 import EnergyPolicy
-from flywheel.controllers.capacity import SchedulerShape, SteadyState, steady_state
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import EngineProfile, FloatArray, IntArray
-from flywheel.controllers.forecast import ClassLoad
-from flywheel.controllers.milp import solve_choice
+from flywheel.controllers.energy.forecast import ClassLoad
+from flywheel.controllers.energy.knapsack import solve_choice
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.models.capacity import SchedulerShape, SteadyState, steady_state
+from flywheel.models.engine_profile import EngineProfile, FloatArray, IntArray
 
 UNSERVED_PENALTY_W = 1e7  # cost of a configuration that cannot meet the SLO (used only if nothing fits)
 

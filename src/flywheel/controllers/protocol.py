@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from flywheel.controllers.gpumodel import GPUSku
-from flywheel.controllers.perfmodel import ModelProfile
+from flywheel.models.gpu import GPUSku
+from flywheel.models.perf import ModelProfile
 
 StartMode = Literal["cold", "warm"]
 

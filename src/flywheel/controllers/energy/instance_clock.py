@@ -18,9 +18,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from flywheel.controllers.energy import EnergyTuning
-from flywheel.controllers.engineprofile import EngineModel
-from flywheel.controllers.policy import SLO, ClockDecision, InstanceObservation, RequestView
+from flywheel.controllers.energy.tuning import EnergyTuning
+from flywheel.controllers.protocol import SLO, ClockDecision, InstanceObservation, RequestView
+from flywheel.models.engine_profile import EngineModel
 
 # Predicted tokens still to generate: (prompt_tokens, generated_tokens, hinted total) -> tokens.
 RemainingFn = Callable[[int, int, int], int]

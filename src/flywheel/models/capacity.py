@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from flywheel.controllers.engineprofile import EngineProfile, FloatArray, IntArray
+from flywheel.models.engine_profile import EngineProfile, FloatArray, IntArray
 
 MAX_BATCH = 256
 MAX_PREFILL_SHARE = 0.9

@@ -13,7 +13,7 @@ from bisect import bisect_right, insort
 from collections import deque
 from dataclasses import dataclass, field
 
-from flywheel.controllers.classify import ClassThresholds, input_level
+from flywheel.controllers.routing.classify import ClassThresholds, input_level
 
 
 @dataclass

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flywheel.controllers.desired import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER
+from flywheel.controllers.resources.desired import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER
 
 Obj = dict[str, Any]
 ROUTER_PORT = 8080

@@ -33,17 +33,13 @@ from typing import Any
 import numpy as np
 
 from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES, EnergyPolicy, ModelDeploymentSpec
-from flywheel.controllers.admission import late_after_s
-from flywheel.controllers.capacity import SchedulerShape, steady_state
-from flywheel.controllers.classify import ClassThresholds, classify
-from flywheel.controllers.cluster import ClusterController, ClusterPlan, merge_loads
-from flywheel.controllers.energy import tuning_for
-from flywheel.controllers.engineprofile import CalibratedEngine, ClockRange, EngineProfile, FloatArray
-from flywheel.controllers.forecast import ClassLoad, LoadForecaster
-from flywheel.controllers.instance import InstanceController, InstanceSettings
-from flywheel.controllers.instance_observation import AggregateClock, ClockBounds, EngineWindow
-from flywheel.controllers.perfmodel import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
-from flywheel.controllers.policy import (
+from flywheel.controllers.energy.cluster_plan import ClusterController, ClusterPlan, merge_loads
+from flywheel.controllers.energy.forecast import ClassLoad, LoadForecaster
+from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.instance_observation import AggregateClock, ClockBounds, EngineWindow
+from flywheel.controllers.energy.pool_plan import PoolConfig, PoolController, PoolInput
+from flywheel.controllers.energy.tuning import tuning_for
+from flywheel.controllers.protocol import (
     ClassWindow,
     ClockDecision,
     ClusterObservation,
@@ -54,9 +50,13 @@ from flywheel.controllers.policy import (
     PoolState,
     PoolTarget,
 )
-from flywheel.controllers.pool import PoolConfig, PoolController, PoolInput
-from flywheel.controllers.predictor import OutputLengthPredictor
+from flywheel.controllers.routing.admission import late_after_s
+from flywheel.controllers.routing.classify import ClassThresholds, classify
+from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 from flywheel.controllers.slo import iteration_within_tbt
+from flywheel.models.capacity import SchedulerShape, steady_state
+from flywheel.models.engine_profile import CalibratedEngine, ClockRange, EngineProfile, FloatArray
+from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
 
 INITIAL_POOL = "all"
 RATE_ALPHA = 0.2  # per instance tick

@@ -29,7 +29,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from flywheel.controllers.gpumodel import GPUSku, gpu_power_watts
+from flywheel.models.gpu import GPUSku, gpu_power_watts
 
 __all__ = [
     "ActionKind",

@@ -30,7 +30,7 @@ Model form and sources (constants fitted by ``flywheel sim calibrate`` / ``flywh
   ``((1 + (f_knee/f)^8) / (1 + (f_knee/f_max)^8))^(1/8)`` — flat at high clocks, rising below the
   knee (H100 knee 1100 MHz: +1.6% at 1.4 GHz, +5% at 1.2 GHz; A100 knee 1000 MHz: +5.8% at
   1050 MHz, the throttLL'eM A100 figure of -6.25% throughput; shared/data/SOURCES.md).
-* Power: per GPU ``gpu_power_watts(sku, f, u)`` (``flywheel.controllers.gpumodel``) with decode
+* Power: per GPU ``gpu_power_watts(sku, f, u)`` (``flywheel.models.gpu``) with decode
   utilisation ``u(b) = u0 + (1 - u0) * b / (b + b_half)`` fitted to the instance power vs batch of the
   H100 Llama-3.x-70B rows of ``mlenergy_llm_configs.csv`` (ML.ENERGY leaderboard, TP4, default
   clocks). Prefill runs the GPU at ``u = 1``.
@@ -42,7 +42,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-from flywheel.controllers.gpumodel import A100_SXM, H100_SXM, GPUSku, gpu_power_watts
+from flywheel.models.gpu import A100_SXM, H100_SXM, GPUSku, gpu_power_watts
 
 GIB = 1024**3
 

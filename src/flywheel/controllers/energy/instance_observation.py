@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flywheel.controllers.instance import InstanceController
-from flywheel.controllers.policy import ClockDecision, InstanceObservation, RequestView
+from flywheel.controllers.energy.instance_clock import InstanceController
+from flywheel.controllers.protocol import ClockDecision, InstanceObservation, RequestView
 
 DEFAULT_PROMPT_TOKENS = 512.0
 DEFAULT_OUTPUT_TOKENS = 128.0

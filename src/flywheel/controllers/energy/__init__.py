@@ -1,0 +1,1 @@
+"""The energy brain: cluster/pool/instance planning, forecasts, energy tuning and the ``flywheel`` policy."""

@@ -1,0 +1,1 @@
+"""Reconfiguration: tensor-parallel resharding plans and their rollout order."""

@@ -1,0 +1,1 @@
+"""Desired Kubernetes resources of a ModelDeployment: pools, instances, placement, router objects."""

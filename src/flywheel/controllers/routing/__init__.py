@@ -1,0 +1,1 @@
+"""Request-path decisions: classification, output-length prediction, deadline-aware admission."""
