@@ -89,6 +89,13 @@ CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
 }
 
 
+class ConditionedStatus(FlywheelModel):
+    """The fields every status starts with (API conventions): ``observedGeneration`` and ``conditions``."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -185,6 +192,18 @@ def _prune_nested(annotation: Any, value: Any) -> Any:
     if origin is dict and isinstance(value, dict):
         return {k: v if v is None else _prune_nested(args[1], v) for k, v in value.items()}
     return value
+
+
+def column(
+    name: str, type_: str, json_path: str, *, priority: int | None = None, description: str | None = None
+) -> dict[str, Any]:
+    """One ``additionalPrinterColumns`` entry."""
+    out: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
+    if priority is not None:
+        out["priority"] = priority
+    if description is not None:
+        out["description"] = description
+    return out
 
 
 def age_column() -> dict[str, Any]:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
     CONDITIONS_SCHEMA_EXTRA,
     Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
     cel,
     cel_config,
+    column,
     condition_column,
 )
 
@@ -97,9 +99,7 @@ class DiagnosticsResult(FlywheelModel):
     finished_at: datetime | None = None
 
 
-class GPUNodeStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class GPUNodeStatus(ConditionedStatus):
     gpus: list[GPUInfo] = Field(default_factory=list, alias="gpus")
     gpu_count: int = 0
     healthy_gpus: int = 0
@@ -111,19 +111,19 @@ class GPUNodeStatus(FlywheelModel):
 
 
 class GPUNode(Resource):
-    KIND: ClassVar[str] = "GPUNode"
-    PLURAL: ClassVar[str] = "gpunodes"
-    SINGULAR: ClassVar[str] = "gpunode"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("gn", "gpun")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpuCount"},
-        {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthyGpus"},
-        {"name": "Quarantined", "type": "integer", "jsonPath": ".status.quarantinedGPUs"},
-        {"name": "Node-Quarantined", "type": "boolean", "jsonPath": ".spec.quarantineNode"},
+    KIND = "GPUNode"
+    PLURAL = "gpunodes"
+    SINGULAR = "gpunode"
+    SHORT_NAMES = ("gn", "gpun")
+    SCOPE = "Cluster"
+    PRINTER_COLUMNS = (
+        column("GPUs", "integer", ".status.gpuCount"),
+        column("Healthy", "integer", ".status.healthyGpus"),
+        column("Quarantined", "integer", ".status.quarantinedGPUs"),
+        column("Node-Quarantined", "boolean", ".spec.quarantineNode"),
         condition_column("Ready", "Ready"),
-        {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts", "priority": 1},
-        {"name": "Heartbeat", "type": "date", "jsonPath": ".status.heartbeatTime", "priority": 1},
+        column("Power", "integer", ".status.powerWatts", priority=1),
+        column("Heartbeat", "date", ".status.heartbeatTime", priority=1),
         age_column(),
     )
 

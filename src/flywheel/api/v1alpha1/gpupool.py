@@ -7,18 +7,18 @@ awake (``flywheel.controllers.pooling``)."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
-    CONDITIONS_SCHEMA_EXTRA,
-    Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
     cel,
     cel_config,
+    column,
     condition_column,
 )
 from flywheel.api.v1alpha1.modeldeployment import TensorParallelDegree
@@ -99,9 +99,7 @@ class PoolGroupStatus(FlywheelModel):
     awake: int = Field(default=0, ge=0)
 
 
-class GPUPoolStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class GPUPoolStatus(ConditionedStatus):
     groups: list[PoolGroupStatus] = Field(default_factory=list)
     models: list[PooledModelStatus] = Field(default_factory=list)
     model_count: int = Field(default=0, ge=0)
@@ -113,20 +111,20 @@ class GPUPoolStatus(FlywheelModel):
 
 
 class GPUPool(Resource):
-    KIND: ClassVar[str] = "GPUPool"
-    PLURAL: ClassVar[str] = "gpupools"
-    SINGULAR: ClassVar[str] = "gpupool"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("gpool", "fwgpool")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
+    KIND = "GPUPool"
+    PLURAL = "gpupools"
+    SINGULAR = "gpupool"
+    SHORT_NAMES = ("gpool", "fwgpool")
+    SCOPE = "Cluster"
+    PRINTER_COLUMNS = (
         condition_column("Ready", "Ready"),
-        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
-        {"name": "Group", "type": "integer", "jsonPath": ".spec.groupSize"},
-        {"name": "Models", "type": "integer", "jsonPath": ".status.modelCount"},
-        {"name": "Awake", "type": "integer", "jsonPath": ".status.awakeModels"},
-        {"name": "Switches/min", "type": "number", "jsonPath": ".status.switchesPerMinute"},
-        {"name": "Switch-P99", "type": "number", "jsonPath": ".status.switchSecondsP99", "priority": 1},
-        {"name": "Max/GPU", "type": "integer", "jsonPath": ".spec.maxModelsPerGPU", "priority": 1},
+        column("GPUs", "integer", ".spec.gpus"),
+        column("Group", "integer", ".spec.groupSize"),
+        column("Models", "integer", ".status.modelCount"),
+        column("Awake", "integer", ".status.awakeModels"),
+        column("Switches/min", "number", ".status.switchesPerMinute"),
+        column("Switch-P99", "number", ".status.switchSecondsP99", priority=1),
+        column("Max/GPU", "integer", ".spec.maxModelsPerGPU", priority=1),
         age_column(),
     )
 

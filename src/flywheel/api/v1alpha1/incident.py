@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from flywheel.api.v1alpha1.common import (
-    CONDITIONS_SCHEMA_EXTRA,
-    Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
+    column,
     condition_column,
 )
 
@@ -78,9 +77,7 @@ class ActionRecord(FlywheelModel):
     result: str = ""
 
 
-class IncidentStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class IncidentStatus(ConditionedStatus):
     actions: list[ActionRecord] = Field(default_factory=list)
     injected_at: datetime | None = Field(default=None, description="Fault time when known (injection).")
     detected_at: datetime | None = None
@@ -91,17 +88,17 @@ class IncidentStatus(FlywheelModel):
 
 
 class Incident(Resource):
-    KIND: ClassVar[str] = "Incident"
-    PLURAL: ClassVar[str] = "incidents"
-    SINGULAR: ClassVar[str] = "incident"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("inc", "fwinc")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"name": "Signal", "type": "string", "jsonPath": ".spec.signal.type"},
-        {"name": "XID", "type": "integer", "jsonPath": ".spec.signal.xid"},
-        {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"},
+    KIND = "Incident"
+    PLURAL = "incidents"
+    SINGULAR = "incident"
+    SHORT_NAMES = ("inc", "fwinc")
+    SCOPE = "Cluster"
+    PRINTER_COLUMNS = (
+        column("Signal", "string", ".spec.signal.type"),
+        column("XID", "integer", ".spec.signal.xid"),
+        column("Node", "string", ".spec.nodeName"),
         condition_column("Resolved", "Resolved"),
-        {"name": "Detected", "type": "date", "jsonPath": ".status.detectedAt"},
+        column("Detected", "date", ".status.detectedAt"),
         age_column(),
     )
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
-    CONDITIONS_SCHEMA_EXTRA,
-    Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
     cel,
     cel_config,
+    column,
     condition_column,
 )
 
@@ -389,9 +389,7 @@ class PoolSummary(FlywheelModel):
     clock_cap_mhz: int | None = Field(default=None, alias="clockCapMHz")
 
 
-class ModelDeploymentStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class ModelDeploymentStatus(ConditionedStatus):
     pools: list[PoolSummary] = Field(default_factory=list)
     ready_instances: int = 0
     total_instances: int = 0
@@ -406,21 +404,21 @@ class ModelDeploymentStatus(FlywheelModel):
 
 
 class ModelDeployment(Resource):
-    KIND: ClassVar[str] = "ModelDeployment"
-    PLURAL: ClassVar[str] = "modeldeployments"
-    SINGULAR: ClassVar[str] = "modeldeployment"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("md", "mdep")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
+    KIND = "ModelDeployment"
+    PLURAL = "modeldeployments"
+    SINGULAR = "modeldeployment"
+    SHORT_NAMES = ("md", "mdep")
+    SCOPE = "Namespaced"
+    PRINTER_COLUMNS = (
         condition_column("Ready", "Ready"),
-        {"name": "Instances", "type": "integer", "jsonPath": ".status.readyInstances"},
-        {"name": "Total", "type": "integer", "jsonPath": ".status.totalInstances", "priority": 1},
-        {"name": "TP", "type": "string", "jsonPath": ".status.tensorParallel"},
-        {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts", "description": "Watts"},
-        {"name": "Energy", "type": "integer", "jsonPath": ".status.energyJoules", "description": "Joules"},
-        {"name": "Policy", "type": "string", "jsonPath": ".spec.energyPolicy", "priority": 1},
-        {"name": "Sharing", "type": "string", "jsonPath": ".spec.sharing.mode", "priority": 1},
-        {"name": "GPUPool", "type": "string", "jsonPath": ".spec.sharing.pool", "priority": 1},
+        column("Instances", "integer", ".status.readyInstances"),
+        column("Total", "integer", ".status.totalInstances", priority=1),
+        column("TP", "string", ".status.tensorParallel"),
+        column("Power", "integer", ".status.powerWatts", description="Watts"),
+        column("Energy", "integer", ".status.energyJoules", description="Joules"),
+        column("Policy", "string", ".spec.energyPolicy", priority=1),
+        column("Sharing", "string", ".spec.sharing.mode", priority=1),
+        column("GPUPool", "string", ".spec.sharing.pool", priority=1),
         age_column(),
     )
 

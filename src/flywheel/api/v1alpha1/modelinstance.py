@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
-    CONDITIONS_SCHEMA_EXTRA,
-    Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
     cel,
     cel_config,
+    column,
     condition_column,
 )
 from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, EngineKind, TensorParallelDegree
@@ -97,9 +97,7 @@ class ModelInstanceSpec(FlywheelModel):
         return self
 
 
-class ModelInstanceStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class ModelInstanceStatus(ConditionedStatus):
     pod_name: str | None = None
     endpoint: str | None = Field(default=None, description="host:port of the engine's HTTP server.")
     current_clock_mhz: int | None = Field(default=None, alias="currentClockMHz")
@@ -113,20 +111,20 @@ class ModelInstanceStatus(FlywheelModel):
 
 
 class ModelInstance(Resource):
-    KIND: ClassVar[str] = "ModelInstance"
-    PLURAL: ClassVar[str] = "modelinstances"
-    SINGULAR: ClassVar[str] = "modelinstance"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("mi", "minst")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"name": "Pool", "type": "string", "jsonPath": ".spec.pool"},
-        {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
-        {"name": "TP", "type": "integer", "jsonPath": ".spec.tensorParallel"},
-        {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"},
+    KIND = "ModelInstance"
+    PLURAL = "modelinstances"
+    SINGULAR = "modelinstance"
+    SHORT_NAMES = ("mi", "minst")
+    SCOPE = "Namespaced"
+    PRINTER_COLUMNS = (
+        column("Pool", "string", ".spec.pool"),
+        column("Role", "string", ".spec.role"),
+        column("TP", "integer", ".spec.tensorParallel"),
+        column("Node", "string", ".spec.nodeName"),
         condition_column("Serving", "Serving"),
         condition_column("Healthy", "Healthy"),
-        {"name": "Clock", "type": "integer", "jsonPath": ".status.currentClockMHz"},
-        {"name": "Power", "type": "integer", "jsonPath": ".status.powerWatts"},
+        column("Clock", "integer", ".status.currentClockMHz"),
+        column("Power", "integer", ".status.powerWatts"),
         age_column(),
     )
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
 from flywheel.api.v1alpha1.common import (
-    CONDITIONS_SCHEMA_EXTRA,
-    Condition,
+    ConditionedStatus,
     FlywheelModel,
     Resource,
     age_column,
     cel,
     cel_config,
+    column,
     condition_column,
 )
 from flywheel.api.v1alpha1.modeldeployment import DNS_LABEL, EnergyPolicy, TensorParallelDegree
@@ -82,9 +82,7 @@ class PoolDecision(FlywheelModel):
     controller: str = Field(default="pool", description="Which controller decided: cluster, pool, fault.")
 
 
-class ServingPoolStatus(FlywheelModel):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA)
+class ServingPoolStatus(ConditionedStatus):
     ready_instances: int = 0
     standby_instances: int = 0
     load: PoolLoad | None = None
@@ -97,19 +95,19 @@ class ServingPoolStatus(FlywheelModel):
 
 
 class ServingPool(Resource):
-    KIND: ClassVar[str] = "ServingPool"
-    PLURAL: ClassVar[str] = "servingpools"
-    SINGULAR: ClassVar[str] = "servingpool"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("spool", "fwpool")
-    SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"name": "Deployment", "type": "string", "jsonPath": ".spec.modelDeployment"},
-        {"name": "Class", "type": "string", "jsonPath": ".spec.requestClass.name"},
-        {"name": "TP", "type": "integer", "jsonPath": ".spec.tensorParallel"},
-        {"name": "Instances", "type": "integer", "jsonPath": ".spec.instances"},
-        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyInstances"},
-        {"name": "Standbys", "type": "integer", "jsonPath": ".status.standbyInstances"},
-        {"name": "Clock", "type": "integer", "jsonPath": ".status.decision.clockCapMHz", "priority": 1},
+    KIND = "ServingPool"
+    PLURAL = "servingpools"
+    SINGULAR = "servingpool"
+    SHORT_NAMES = ("spool", "fwpool")
+    SCOPE = "Namespaced"
+    PRINTER_COLUMNS = (
+        column("Deployment", "string", ".spec.modelDeployment"),
+        column("Class", "string", ".spec.requestClass.name"),
+        column("TP", "integer", ".spec.tensorParallel"),
+        column("Instances", "integer", ".spec.instances"),
+        column("Ready", "integer", ".status.readyInstances"),
+        column("Standbys", "integer", ".status.standbyInstances"),
+        column("Clock", "integer", ".status.decision.clockCapMHz", priority=1),
         condition_column("Available", "Ready"),
         age_column(),
     )
