@@ -32,7 +32,7 @@ from rich.live import Live
 
 from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
-from flywheel.cli import router_options
+from flywheel.cli.router import router_options
 from flywheel.controllers.fault.scenario import parse_scenario
 from flywheel.controllers.resources.router_objects import router_name
 from flywheel.devcluster import report as reporting
