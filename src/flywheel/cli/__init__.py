@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 import typer.core
 
-from flywheel.cli.router import router, router_options
+from flywheel.cli.router_command import router, router_options
 
 __all__ = ["app", "main", "router_options"]
 

@@ -37,12 +37,7 @@ import yaml
 
 from flywheel.api import crdgen
 from flywheel.api.v1alpha1 import KINDS
-from flywheel.devcluster.admission import (
-    CRD_KEY,
-    CustomResource,
-    custom_resources,
-)
-from flywheel.devcluster.discovery import (
+from flywheel.devcluster.api_discovery import (
     AGGREGATED,
     Entry,
     accepts_json,
@@ -55,6 +50,11 @@ from flywheel.devcluster.discovery import (
     check_content_type,
     json_response,
     wants_aggregated,
+)
+from flywheel.devcluster.crd_admission import (
+    CRD_KEY,
+    CustomResource,
+    custom_resources,
 )
 from flywheel.devcluster.openapi import group_version_document, gv_path, v2_document, v3_index
 from flywheel.devcluster.patch import json_patch, merge_patch

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from flywheel.devcluster.discovery import Entry
+from flywheel.devcluster.api_discovery import Entry
 from flywheel.devcluster.store import Obj
 
 _OBJECT_META: Obj = {

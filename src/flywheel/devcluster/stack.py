@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.live import Live
 
 from flywheel.agents.health.engine import EngineReading, EngineTarget
-from flywheel.cli.router import router_options
+from flywheel.cli.router_command import router_options
 from flywheel.controllers.resources.router_objects import router_name
-from flywheel.devcluster import report as reporting
+from flywheel.devcluster import summaries as reporting
 from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.apiserver import kubeconfig
 from flywheel.devcluster.chaos import FaultInjector, FaultSpec

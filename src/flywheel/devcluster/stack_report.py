@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flywheel.devcluster import report as reporting
+from flywheel.devcluster import summaries as reporting
 from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.options import sample_deployment
 from flywheel.devcluster.replay import ReplayPlan
-from flywheel.devcluster.stack_view import StackView
+from flywheel.devcluster.stack_observer import StackObserver
 
 
-class StackReport(StackView):
+class StackReport(StackObserver):
     """The report of a run."""
 
     def gpu_conflicts(self) -> int:

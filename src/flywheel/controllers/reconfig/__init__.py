@@ -1,11 +1,11 @@
 """Reconfiguration: tensor-parallel resharding plans and their rollout order.
 
-``geometry`` (shard byte ranges, the placement a reshard starts from) <- ``assign`` (reuse-maximising
+``geometry`` (shard byte ranges, the placement a reshard starts from) <- ``assignment`` (reuse-maximising
 assignment, byte accounting) <- ``plan`` (step order, costs) <- ``validate`` (replay and check a plan)
 and ``rollout`` (which steps to act on now).
 """
 
-from flywheel.controllers.reconfig.assign import max_reuse_assignment, naive_plan_bytes, reused_bytes
+from flywheel.controllers.reconfig.assignment import max_reuse_assignment, naive_plan_bytes, reused_bytes
 from flywheel.controllers.reconfig.geometry import (
     GB,
     GPU,

@@ -1,5 +1,5 @@
 """Tensor-parallel resharding planner: move a pool from its current placement to a target
-``(tensor_parallel, instances)`` reusing as many resident weight bytes as possible (``assign``), in an
+``(tensor_parallel, instances)`` reusing as many resident weight bytes as possible (``assignment``), in an
 order that never lets serving capacity fall below the pool's need.
 
 Order: Instances identical to a current one are kept. Target instances whose GPUs are all free
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from flywheel.controllers.reconfig.assign import (
+from flywheel.controllers.reconfig.assignment import (
     PlacementIndex,
     account_bytes,
     naive_plan_bytes,

@@ -1,4 +1,4 @@
-"""Former home of the resharding planner, now split into ``geometry``, ``assign``, ``plan``,
+"""Former home of the resharding planner, now split into ``geometry``, ``assignment``, ``plan``,
 ``validate`` and ``rollout``. Kept only as a re-export for importers in ``sim`` and ``operator``
 (being restructured in parallel); new code imports ``flywheel.controllers.reconfig``."""
 

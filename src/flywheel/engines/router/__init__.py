@@ -2,7 +2,7 @@
 
 * :mod:`.app` — the HTTP surface (OpenAI completions and chat completions, errors, auth), over
   :mod:`.forwarding` (upstream requests), :mod:`.streaming` (relaying responses), :mod:`.accounting`
-  (metrics per request) and :mod:`.base` (pools, decisions, engine refresh);
+  (metrics per request) and :mod:`.core` (pools, decisions, engine refresh);
 * :mod:`.classes` — request classes by input and predicted output length;
 * :mod:`.backends` — the routing table and balancing (pool per class, shallowest queue, weights, drains);
 * :mod:`.admission` — deadline-aware admission queues per pool;

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from flywheel.engines.openai import CompletionRequest
-from flywheel.engines.router.base import RouterBase
+from flywheel.engines.router.core import RouterBase
 
 
 class RouterAccounting(RouterBase):

@@ -19,7 +19,7 @@ For each request it:
 
 A client that goes away cancels its request: the engine connection is closed and the slot released.
 
-The layers: ``base`` (state, decisions) <- ``accounting`` (metrics per request) <- ``streaming``
+The layers: ``core`` (state, decisions) <- ``accounting`` (metrics per request) <- ``streaming``
 (relaying responses) <- ``forwarding`` (upstream requests) <- this module (HTTP surface, handlers).
 """
 
@@ -37,7 +37,7 @@ from prometheus_client import generate_latest
 from flywheel.engines.openai import BadRequest, CompletionRequest
 from flywheel.engines.router.admission import ClientGone, QueueFull
 from flywheel.engines.router.backends import Backend, NoBackend, Pool
-from flywheel.engines.router.base import DEFAULT_MAX_BODY_BYTES, PREDICTED_HEADER, _error, _UpstreamFailed
+from flywheel.engines.router.core import DEFAULT_MAX_BODY_BYTES, PREDICTED_HEADER, _error, _UpstreamFailed
 from flywheel.engines.router.forwarding import RouterForwarding
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from aiohttp import web
 from flywheel.engines.openai import CompletionRequest
 from flywheel.engines.router.accounting import _usage
 from flywheel.engines.router.backends import Backend
-from flywheel.engines.router.base import PREDICTED_HEADER, _UpstreamFailed
+from flywheel.engines.router.core import PREDICTED_HEADER, _UpstreamFailed
 from flywheel.engines.router.streaming import RouterStreaming
 from flywheel.engines.router.upstream import copy_headers
 

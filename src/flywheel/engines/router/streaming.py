@@ -15,7 +15,7 @@ from aiohttp import web
 from flywheel.engines.openai import CompletionRequest
 from flywheel.engines.router.accounting import RouterAccounting
 from flywheel.engines.router.backends import Backend
-from flywheel.engines.router.base import STALL_CHECK_BYTES, _UpstreamFailed
+from flywheel.engines.router.core import STALL_CHECK_BYTES, _UpstreamFailed
 from flywheel.engines.router.upstream import copy_headers
 
 

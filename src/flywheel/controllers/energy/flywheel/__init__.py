@@ -19,8 +19,8 @@
   make it (``admission.AdmissionQueue``), so only a burst's overflow misses.
 * Output lengths: predicted by an online predictor learned from completions (``predictor``).
 
-The steps live in ``state`` (settings, routing windows, capacity model), ``bursts``, ``pools``,
-``cluster`` and ``instances``; ``FlywheelPolicy`` composes them. The simulator finds this module
+The steps live in ``shared`` (settings, routing windows, capacity model), ``burst_step``, ``pool_step``,
+``cluster_step`` and ``instance_step``; ``FlywheelPolicy`` composes them. The simulator finds this module
 through its registry (``make_policy``).
 """
 
@@ -30,10 +30,10 @@ from typing import Any
 
 from flywheel.api.v1alpha1 import ModelDeploymentSpec
 from flywheel.controllers.energy.cluster_plan import ClusterController
-from flywheel.controllers.energy.flywheel.bursts import BURST_HOLD_S, BURST_RELEASE_S
-from flywheel.controllers.energy.flywheel.cluster import ClusterStep
-from flywheel.controllers.energy.flywheel.instances import InstanceStep
-from flywheel.controllers.energy.flywheel.state import INITIAL_POOL, PLANNING_CLOCKS
+from flywheel.controllers.energy.flywheel.burst_step import BURST_HOLD_S, BURST_RELEASE_S
+from flywheel.controllers.energy.flywheel.cluster_step import ClusterStep
+from flywheel.controllers.energy.flywheel.instance_step import InstanceStep
+from flywheel.controllers.energy.flywheel.shared import INITIAL_POOL, PLANNING_CLOCKS
 from flywheel.controllers.energy.forecast import ClassLoad
 from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
 from flywheel.controllers.energy.pool_plan import PoolController

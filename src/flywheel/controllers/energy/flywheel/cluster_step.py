@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from flywheel.controllers.energy.cluster_plan import ClusterPlan, merge_loads
-from flywheel.controllers.energy.flywheel.pools import PoolStep
-from flywheel.controllers.energy.flywheel.state import _EMPTY
+from flywheel.controllers.energy.flywheel.pool_step import PoolStep
+from flywheel.controllers.energy.flywheel.shared import _EMPTY
 from flywheel.controllers.protocol import (
     ClusterObservation,
     PoolTarget,

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from flywheel.devcluster import report as reporting
+from flywheel.devcluster import summaries as reporting
 from flywheel.devcluster.stack_state import StackParts
 from flywheel.devcluster.view import InstanceRow, PoolRow
 from flywheel.engines.router.discovery import pool_classes
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 INCIDENTS = Kind("flywheel.dev", "v1alpha1", "incidents", "Incident", namespaced=False)
 
 
-class StackView(StackParts):
+class StackObserver(StackParts):
     """Observation of the cluster for the live view and the report."""
 
     # -- observe --------------------------------------------------------------------------------------

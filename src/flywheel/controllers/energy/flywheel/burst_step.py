@@ -9,7 +9,7 @@ from collections import deque
 
 import numpy as np
 
-from flywheel.controllers.energy.flywheel.state import BURST_PROBE_RATES, PolicyState
+from flywheel.controllers.energy.flywheel.shared import BURST_PROBE_RATES, PolicyState
 from flywheel.controllers.protocol import (
     ClusterObservation,
     InstanceObservation,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from flywheel.controllers.energy.flywheel.bursts import BurstStep
+from flywheel.controllers.energy.flywheel.burst_step import BurstStep
 from flywheel.controllers.energy.instance_clock import InstanceController
 from flywheel.controllers.energy.instance_observation import AggregateClock, ClockBounds, EngineWindow
 from flywheel.controllers.protocol import (

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from flywheel.controllers.energy.cluster_plan import merge_loads
-from flywheel.controllers.energy.flywheel.bursts import BurstStep
-from flywheel.controllers.energy.flywheel.state import _EMPTY
+from flywheel.controllers.energy.flywheel.burst_step import BurstStep
+from flywheel.controllers.energy.flywheel.shared import _EMPTY
 from flywheel.controllers.energy.forecast import ClassLoad
 from flywheel.controllers.energy.pool_plan import PoolConfig, PoolInput
 from flywheel.controllers.protocol import (
