@@ -330,7 +330,3 @@ def dev(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()
