@@ -22,9 +22,6 @@ LONG_MODULES: dict[str, str] = {
     "operator/faults/handler.py": "fault handler, being split by concern by the operator restructuring",
     # One engine-step model shared with the simulator is planned there (issue #14).
     "engines/simulated/engine.py": "simulated engine, to share one engine-step model with the simulator",
-    # Cohesive: one kmock emulator subclass dispatching API requests; its store, watch, writes,
-    # tables, OpenAPI and validation are already modules of their own.
-    "devcluster/emulator.py": "the API emulator's request dispatch, one class over modules per concern",
 }
 
 
