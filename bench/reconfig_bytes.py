@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     GB,
     GPU,
     Instance,

@@ -42,7 +42,7 @@ from flywheel.controllers.protocol import (
     PolicyInfo,
     PoolTarget,
 )
-from flywheel.controllers.reconfig.reshard import GB, ReconfigCosts
+from flywheel.controllers.reconfig import GB, ReconfigCosts
 from flywheel.controllers.slo import attainment
 from flywheel.models.perf import LLAMA2_70B
 from flywheel.sim.reconfig import ReconfigOptions

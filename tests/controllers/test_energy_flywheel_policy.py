@@ -5,7 +5,7 @@ import numpy as np
 from flywheel.api.v1alpha1 import EnergyPolicy, ModelDeploymentSpec
 from flywheel.controllers.energy.flywheel import FlywheelPolicy, policy_for_deployment
 from flywheel.controllers.protocol import SLO, Policy
-from flywheel.controllers.reconfig.reshard import ReconfigCosts
+from flywheel.controllers.reconfig import ReconfigCosts
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     GPU,
     Instance,
     Placement,

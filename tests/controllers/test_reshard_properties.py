@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     GPU,
     Instance,
     InstanceState,

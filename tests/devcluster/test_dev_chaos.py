@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from flywheel.controllers.fault.scenario import parse_scenario
-from flywheel.devcluster.cluster import DevOptions
-from flywheel.devcluster.faults import FaultSpec, from_scenario
+from flywheel.devcluster.chaos import FaultSpec, from_scenario
+from flywheel.devcluster.options import DevOptions
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios" / "faults"
 
@@ -70,7 +70,7 @@ async def test_dev_cluster_keeps_serving_through_an_operator_kill_and_a_gpu_faul
     the operator is killed with SIGKILL and restarted, a node agent dies (clocks left locked) and is
     restarted, then an XID 79 hits a serving instance; the new operator isolates it, requests keep
     being served, the new agent restores the clocks and nothing is placed twice."""
-    from flywheel.devcluster.cluster import run_dev
+    from flywheel.devcluster.stack import run_dev
 
     chaos = tmp_path / "chaos.yaml"
     chaos.write_text(

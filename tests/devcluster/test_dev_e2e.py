@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from flywheel.devcluster.cluster import DevOptions, run_dev
+from flywheel.devcluster.options import DevOptions
+from flywheel.devcluster.stack import run_dev
 
 
 def _free_ports(count: int) -> int:

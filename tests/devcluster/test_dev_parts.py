@@ -8,10 +8,10 @@ import yaml
 
 from flywheel.api.v1alpha1 import ModelDeployment
 from flywheel.devcluster.apiserver import kubeconfig
-from flywheel.devcluster.cluster import DevOptions, check_duration, sample_deployment
-from flywheel.devcluster.faults import FaultSpec
+from flywheel.devcluster.chaos import FaultSpec
+from flywheel.devcluster.options import DevOptions, check_duration, sample_deployment
 from flywheel.devcluster.replay import Outcome, plan
-from flywheel.devcluster.report import SLOTargets, percentile, request_summary, slo_summary
+from flywheel.devcluster.summaries import SLOTargets, percentile, request_summary, slo_summary
 from flywheel.sim.workloads import Workload
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from flywheel import __version__
-from flywheel.agents.clocks import ClockActuator
+from flywheel.agents.clock_actuator import ClockActuator
 from flywheel.agents.deviceplugin.server import (
     CDI_KIND,
     DEFAULT_DIR,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from flywheel.devcluster.cluster import DevOptions, run_dev
+from flywheel.devcluster.options import DevOptions
+from flywheel.devcluster.stack import run_dev
 from flywheel.sim.workloads import TraceError
 
 

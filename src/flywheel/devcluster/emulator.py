@@ -37,15 +37,9 @@ import yaml
 
 from flywheel.api import crdgen
 from flywheel.api.v1alpha1 import KINDS
-from flywheel.devcluster.admission import (
-    CRD_KEY,
-    CustomResource,
-    custom_resources,
-)
-from flywheel.devcluster.discovery import (
+from flywheel.devcluster.api_discovery import (
     AGGREGATED,
     Entry,
-    accepts_json,
     aggregated,
     api_group,
     api_group_list,
@@ -56,9 +50,14 @@ from flywheel.devcluster.discovery import (
     json_response,
     wants_aggregated,
 )
-from flywheel.devcluster.openapi import group_version_document, gv_path, v2_document, v3_index
+from flywheel.devcluster.crd_admission import (
+    CRD_KEY,
+    CustomResource,
+    custom_resources,
+)
+from flywheel.devcluster.openapi import openapi_documents, serve_openapi
 from flywheel.devcluster.patch import json_patch, merge_patch
-from flywheel.devcluster.protobuf import EMPTY_OPENAPI_V2, OPENAPI_V2_PROTOBUF, PROTOBUF
+from flywheel.devcluster.protobuf import PROTOBUF
 from flywheel.devcluster.protobuf import decode as decode_protobuf
 from flywheel.devcluster.store import (
     ApiError,
@@ -276,7 +275,7 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         if path == "/":
             return aiohttp.web.json_response({"paths": self._paths()})
         if parts[0] == "openapi":
-            return self._serve_openapi(raw, parts[1:])
+            return serve_openapi(raw.headers.get("Accept", ""), parts[1:], self._openapi_documents())
         if parts[0] not in ("api", "apis"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         entries = self.entries()
@@ -439,40 +438,9 @@ class FlywheelEmulator(Writes, kmock.KubernetesEmulator):
         )
         return json_response(doc, TABLE)
 
-    def _serve_openapi(
-        self, raw: aiohttp.web.BaseRequest, parts: builtins.list[str]
-    ) -> aiohttp.web.StreamResponse:
-        accept = raw.headers.get("Accept", "")
-        documents = self._openapi_documents()
-        if parts == ["v3"]:
-            return aiohttp.web.json_response(v3_index(documents))
-        if parts and parts[0] == "v3" and "/".join(parts[1:]) in documents:
-            check_accept(accept)
-            return aiohttp.web.json_response(documents["/".join(parts[1:])])
-        if parts == ["v2"] and accepts_json(accept):
-            return aiohttp.web.json_response(v2_document(documents))
-        if parts == ["v2"] and OPENAPI_V2_PROTOBUF in accept:
-            # client-go reads v2 as protobuf only; kubectl then looks up kinds v3 does not describe
-            # (CRDs not installed): an empty document lets it report them as it would on a cluster.
-            headers = {"Content-Type": OPENAPI_V2_PROTOBUF.replace("@", ".")}  # as kube-openapi answers
-            return aiohttp.web.Response(body=EMPTY_OPENAPI_V2, headers=headers)
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-
     def _openapi_documents(self) -> dict[str, Obj]:
-        by_gv: dict[str, builtins.list[Entry]] = collections.defaultdict(builtins.list)
-        for entry in self.entries():
-            by_gv[gv_path(entry.group, entry.version)].append(entry)
-        documents = {}
-        for gv, entries in sorted(by_gv.items()):
-            schemas = {
-                e.plural: self._custom[(e.group, e.version, e.plural)].crd.version["schema"][
-                    "openAPIV3Schema"
-                ]
-                for e in entries
-                if (e.group, e.version, e.plural) in self._custom
-            }
-            documents[gv] = group_version_document(entries, schemas)
-        return documents
+        schemas = {key: r.crd.version["schema"]["openAPIV3Schema"] for key, r in self._custom.items()}
+        return openapi_documents(self.entries(), schemas)
 
     # -- custom resource definitions -----------------------------------------------------------------
 

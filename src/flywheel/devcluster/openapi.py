@@ -8,13 +8,17 @@ query parameters that kubectl looks for before it relies on server-side validati
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from flywheel.devcluster.discovery import Entry
-from flywheel.devcluster.store import Obj
+import aiohttp.web
+
+from flywheel.devcluster.api_discovery import Entry, accepts_json, check_accept
+from flywheel.devcluster.protobuf import EMPTY_OPENAPI_V2, OPENAPI_V2_PROTOBUF
+from flywheel.devcluster.store import ApiError, Obj
 
 _OBJECT_META: Obj = {
     "type": "object",
@@ -158,3 +162,39 @@ def v2_document(documents: Mapping[str, Obj]) -> Obj:
         "paths": {},
         "definitions": definitions,
     }
+
+
+def openapi_documents(
+    entries: Iterable[Entry], schemas: Mapping[tuple[str, str, str], Obj]
+) -> dict[str, Obj]:
+    """One OpenAPI v3 document per group-version; ``schemas``: the CRDs' ``openAPIV3Schema`` by
+    (group, version, plural)."""
+    by_gv: dict[str, list[Entry]] = collections.defaultdict(list)
+    for entry in entries:
+        by_gv[gv_path(entry.group, entry.version)].append(entry)
+    documents = {}
+    for gv, members in sorted(by_gv.items()):
+        own = {
+            e.plural: schemas[(e.group, e.version, e.plural)]
+            for e in members
+            if (e.group, e.version, e.plural) in schemas
+        }
+        documents[gv] = group_version_document(members, own)
+    return documents
+
+
+def serve_openapi(accept: str, parts: list[str], documents: Mapping[str, Obj]) -> aiohttp.web.StreamResponse:
+    """``/openapi/PARTS`` as kube-apiserver answers it."""
+    if parts == ["v3"]:
+        return aiohttp.web.json_response(v3_index(documents))
+    if parts and parts[0] == "v3" and "/".join(parts[1:]) in documents:
+        check_accept(accept)
+        return aiohttp.web.json_response(documents["/".join(parts[1:])])
+    if parts == ["v2"] and accepts_json(accept):
+        return aiohttp.web.json_response(v2_document(documents))
+    if parts == ["v2"] and OPENAPI_V2_PROTOBUF in accept:
+        # client-go reads v2 as protobuf only; kubectl then looks up kinds v3 does not describe
+        # (CRDs not installed): an empty document lets it report them as it would on a cluster.
+        headers = {"Content-Type": OPENAPI_V2_PROTOBUF.replace("@", ".")}  # as kube-openapi answers
+        return aiohttp.web.Response(body=EMPTY_OPENAPI_V2, headers=headers)
+    raise ApiError(404, "NotFound", "the server could not find the requested resource")

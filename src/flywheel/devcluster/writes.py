@@ -20,8 +20,15 @@ from typing import Any
 
 import aiohttp.web
 
-from flywheel.devcluster.admission import CRD_KEY, CustomResource, admit, crd_problems, crd_status, invalid
 from flywheel.devcluster.apply import apply, apply_entry, record_update
+from flywheel.devcluster.crd_admission import (
+    CRD_KEY,
+    CustomResource,
+    admit,
+    crd_problems,
+    crd_status,
+    invalid,
+)
 from flywheel.devcluster.patch import json_patch, merge_patch, strategic_merge_patch
 from flywheel.devcluster.store import (
     ApiError,

@@ -1,6 +1,8 @@
 """The request router in front of a ModelDeployment's pools (``flywheel router``), by concern:
 
-* :mod:`.app` — the HTTP surface (OpenAI completions and chat completions, errors, auth) and request path;
+* :mod:`.app` — the HTTP surface (OpenAI completions and chat completions, errors, auth), over
+  :mod:`.forwarding` (upstream requests), :mod:`.streaming` (relaying responses), :mod:`.accounting`
+  (metrics per request) and :mod:`.core` (pools, decisions, engine refresh);
 * :mod:`.classes` — request classes by input and predicted output length;
 * :mod:`.backends` — the routing table and balancing (pool per class, shallowest queue, weights, drains);
 * :mod:`.admission` — deadline-aware admission queues per pool;

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from agentfakes import VirtualClock
 
-from flywheel.agents.clocks import ClockActuator, nearest_supported
+from flywheel.agents.clock_actuator import ClockActuator, nearest_supported
 from flywheel.agents.nvml.simulated import SimulatedNvml
 
 

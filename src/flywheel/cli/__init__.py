@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.core
 
-if TYPE_CHECKING:
-    from flywheel.engines.router.main import RouterOptions
+from flywheel.cli.router_command import router, router_options
+
+__all__ = ["app", "main", "router_options"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Flywheel: energy-optimal LLM serving.")
 
@@ -147,65 +147,7 @@ def agent(
     )
 
 
-@app.command()
-def router(
-    deployment: str | None = typer.Option(
-        None, "--deployment", "-d", help="ModelDeployment to serve: discover its engines."
-    ),
-    namespace: str = typer.Option("default", "--namespace", "-n", envvar="POD_NAMESPACE"),
-    backend: list[str] = typer.Option([], "--backend", help="NAME=http://host:port (fixed engines)."),
-    model: str | None = typer.Option(None, "--model", help="Served model name (default: the deployment's)."),
-    host: str = typer.Option("0.0.0.0", "--host"),
-    port: int = typer.Option(8080, "--port"),
-    replica: str = typer.Option("router", "--replica", envvar="POD_NAME", help="This replica's name."),
-    server: str | None = typer.Option(None, "--server", help="API server URL (default: in-cluster)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Skip TLS verification of --server."),
-    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="API keys, one a line."),
-    tokenizer: Path | None = typer.Option(
-        None, "--tokenizer", help="The model's tokenizer.json (prompt token counts; else 4 chars a token)."
-    ),
-    max_in_flight: int | None = typer.Option(
-        None, "--max-in-flight-per-instance", min=1, help="Admission: requests per instance at once."
-    ),
-    max_queued: int | None = typer.Option(
-        None, "--max-queued-per-pool", min=0, help="Admission queue limit (then 429)."
-    ),
-    max_context: int | None = typer.Option(None, "--max-context-tokens", min=1, help="Model context."),
-    max_tokens_cap: int | None = typer.Option(None, "--max-tokens-cap", min=1, help="Largest max_tokens."),
-    max_body_bytes: int = typer.Option(8 * 1024 * 1024, "--max-body-bytes", min=1024),
-    request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds per engine request."),
-    refresh_period: float = typer.Option(1.0, "--refresh-period", help="Seconds between engine scrapes."),
-    load_period: float = typer.Option(5.0, "--load-period", help="Seconds between pool load writes."),
-) -> None:
-    """Run the request router (OpenAI completions + chat completions) for one ModelDeployment."""
-    from flywheel.engines.router.main import main as run_router
-
-    run_router(_router_options(locals()))
-
-
-def _router_options(params: dict[str, Any]) -> RouterOptions:
-    from flywheel.engines.router.main import RouterOptions
-
-    p = params
-    return RouterOptions(
-        host=p["host"], port=p["port"], model=p["model"], deployment=p["deployment"],
-        namespace=p["namespace"], replica=p["replica"], backends=list(p["backend"]), server=p["server"],
-        insecure=p["insecure"], api_key_file=p["api_key_file"], tokenizer=p["tokenizer"],
-        max_in_flight_per_instance=p["max_in_flight"],
-        max_queued_per_pool=p["max_queued"], max_context_tokens=p["max_context"],
-        max_tokens_cap=p["max_tokens_cap"], max_body_bytes=p["max_body_bytes"],
-        request_timeout_s=p["request_timeout"], refresh_period_s=p["refresh_period"],
-        load_period_s=p["load_period"],
-    )  # fmt: skip
-
-
-def router_options(args: list[str]) -> RouterOptions:
-    """The options ``flywheel router ARGS`` runs with (``flywheel dev`` starts its router from the
-    arguments of the operator's router Deployment this way)."""
-    command = typer.main.get_command(app)
-    assert isinstance(command, typer.core.TyperGroup)
-    ctx = command.commands["router"].make_context("router", list(args))
-    return _router_options(ctx.params)
+app.command()(router)
 
 
 sim_app = typer.Typer(no_args_is_help=True, help="Simulator tools (calibration of the performance model).")
@@ -388,7 +330,3 @@ def dev(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()
