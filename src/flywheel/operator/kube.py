@@ -77,6 +77,7 @@ GPU_NODES = Kind("flywheel.dev", "v1alpha1", "gpunodes", "GPUNode", namespaced=F
 PODS = Kind("", "v1", "pods", "Pod")
 NODES = Kind("", "v1", "nodes", "Node", namespaced=False)
 EVENTS = Kind("", "v1", "events", "Event")
+INCIDENTS = Kind("flywheel.dev", "v1alpha1", "incidents", "Incident", namespaced=False)
 
 WriteHook = Callable[[str, str], None]
 

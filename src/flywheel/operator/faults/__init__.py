@@ -37,7 +37,6 @@ from injection).
 from flywheel.operator.faults.handler import FaultHandler
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
-    INCIDENTS,
     RESET_BREAKER_ANNOTATION,
     ROUTING_WEIGHT_ANNOTATION,
 )
@@ -51,6 +50,7 @@ from flywheel.operator.faults.signals import (
     signal_type,
 )
 from flywheel.operator.faults.state import STATE_ANNOTATION, STATE_LEASE, StateStore
+from flywheel.operator.kube import INCIDENTS
 
 __all__ = [
     "EVENT_NAMESPACE",

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from flywheel.api.v1alpha1 import (
-    GROUP,
-    VERSION,
     GPUNodeSpec,
     GPUQuarantine,
     ModelDeploymentSpec,
@@ -17,9 +15,8 @@ from flywheel.api.v1alpha1 import (
 )
 from flywheel.controllers.fault import FleetView, InstanceView
 from flywheel.controllers.fault.standby import Member, Role
-from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, Kind, KubeClient, Obj
+from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, KubeClient, Obj
 
-INCIDENTS = Kind(GROUP, VERSION, "incidents", "Incident", namespaced=False)
 RESET_BREAKER_ANNOTATION = "flywheel.dev/reset-circuit-breaker"
 ROUTING_WEIGHT_ANNOTATION = "flywheel.dev/routing-weight"
 EVENT_NAMESPACE = "default"  # where the node agent posts Events about (cluster-scoped) GPUNodes
