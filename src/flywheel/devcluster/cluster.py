@@ -46,14 +46,14 @@ from flywheel.devcluster.view import InstanceRow, PoolRow, Snapshot, one_line, r
 from flywheel.engines.router import Router, RouterServer
 from flywheel.engines.router.discovery import KubeDiscovery, pool_classes
 from flywheel.engines.router.main import build_router
-from flywheel.models.gpu import SKUS
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
     NODES,
     Kind,
     KubeClient,
 )
+from flywheel.models.gpu import SKUS
 from flywheel.operator.router import KINDS as ROUTER_KINDS
 from flywheel.sim.workloads import load_trace
 

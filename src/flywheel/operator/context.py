@@ -8,8 +8,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
+from flywheel.kubeclient import KubeClient, Obj
 from flywheel.operator.config import OperatorConfig
-from flywheel.operator.kube import KubeClient, Obj
 from flywheel.operator.metrics import OperatorMetrics
 
 logger = logging.getLogger("flywheel.operator")

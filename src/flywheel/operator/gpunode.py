@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import GPUNode, reasons
 from flywheel.controllers.resources.desired import LABEL_MANAGED_BY, MANAGER
+from flywheel.kubeclient import GPU_NODES, NODES, Obj, owner_reference
 from flywheel.operator.context import Context
-from flywheel.operator.kube import GPU_NODES, NODES, Obj, owner_reference
 from flywheel.operator.objects import deleting, validation_message
 
 QUARANTINE_ANNOTATION = "flywheel.dev/cordoned-for-quarantine"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flywheel.api.v1alpha1 import Incident, reasons
 from flywheel.controllers.fault import FaultDecision
-from flywheel.operator.kube import INCIDENTS, MODEL_DEPLOYMENTS, KubeClient, Obj
+from flywheel.kubeclient import INCIDENTS, MODEL_DEPLOYMENTS, KubeClient, Obj
 
 
 async def read(client: KubeClient, name: str) -> Incident | None:

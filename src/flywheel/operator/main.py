@@ -16,12 +16,12 @@ import kopf
 
 from flywheel.controllers.protocol import PolicyInfo
 from flywheel.controllers.resources.desired import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER
+from flywheel.kubeclient import KubeClient
 from flywheel.operator.brains import Round
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.context import Context
 from flywheel.operator.faults import FaultHandler, register_faults
 from flywheel.operator.gpunode import GPUNodeController
-from flywheel.operator.kube import KubeClient
 from flywheel.operator.login import login, ssl_context
 from flywheel.operator.metrics import OperatorMetrics
 from flywheel.operator.modeldeployment import ModelDeploymentController

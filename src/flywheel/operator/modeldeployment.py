@@ -37,9 +37,7 @@ from flywheel.controllers.resources.desired import (
     pool_spec_patch,
 )
 from flywheel.controllers.resources.desired import pool_name as serving_pool_name
-from flywheel.operator.brains import Brains, Round
-from flywheel.operator.context import Context
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
     MODEL_INSTANCES,
@@ -47,6 +45,8 @@ from flywheel.operator.kube import (
     Obj,
     owner_reference,
 )
+from flywheel.operator.brains import Brains, Round
+from flywheel.operator.context import Context
 from flywheel.operator.objects import deleting, status_patch, validation_message
 from flywheel.operator.router import apply_router
 from flywheel.operator.status_rollup import DeploymentLedger

@@ -16,8 +16,8 @@ from flywheel.api.v1alpha1 import (
     wire_conditions,
 )
 from flywheel.engines.adapters import SPEC_HASH, instance_pod
+from flywheel.kubeclient import MODEL_DEPLOYMENTS, MODEL_INSTANCES, PODS, Obj, owner_reference
 from flywheel.operator.context import Context
-from flywheel.operator.kube import MODEL_DEPLOYMENTS, MODEL_INSTANCES, PODS, Obj, owner_reference
 from flywheel.operator.objects import deleting, status_patch, validation_message
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from flywheel.controllers.resources.desired import merge_diff
-from flywheel.operator.kube import Obj
+from flywheel.kubeclient import Obj
 
 
 def deleting(obj: Obj) -> bool:

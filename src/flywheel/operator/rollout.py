@@ -68,8 +68,8 @@ from flywheel.controllers.resources.desired import (
     instance_template,
 )
 from flywheel.controllers.resources.placement import usable_gpus
+from flywheel.kubeclient import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj, owner_reference
 from flywheel.operator.context import Context
-from flywheel.operator.kube import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj, owner_reference
 
 logger = logging.getLogger("flywheel.operator")
 

@@ -34,8 +34,7 @@ from flywheel.controllers.resources.desired import (
     plan_instances,
 )
 from flywheel.controllers.resources.placement import PlacementRequest, place
-from flywheel.operator.context import Context
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
     MODEL_INSTANCES,
@@ -43,6 +42,7 @@ from flywheel.operator.kube import (
     Obj,
     owner_reference,
 )
+from flywheel.operator.context import Context
 from flywheel.operator.objects import deleting, status_patch, validation_message
 from flywheel.operator.rollout import PoolRollout
 

@@ -34,11 +34,12 @@ operator's decision; the true fault start is unknown outside fault injection (th
 from injection).
 """
 
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
+from flywheel.kubeclient import INCIDENTS
 from flywheel.operator.faults.handler import FaultHandler
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
     RESET_BREAKER_ANNOTATION,
-    ROUTING_WEIGHT_ANNOTATION,
 )
 from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.registration import register_faults
@@ -50,7 +51,6 @@ from flywheel.operator.faults.signals import (
     signal_type,
 )
 from flywheel.operator.faults.state import STATE_ANNOTATION, STATE_LEASE, StateStore
-from flywheel.operator.kube import INCIDENTS
 
 __all__ = [
     "EVENT_NAMESPACE",

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from flywheel.api.v1alpha1 import reasons
 from flywheel.controllers.fault import BreakerState, FaultController, FaultDecision
 from flywheel.controllers.fault.incident import to_datetime
+from flywheel.kubeclient import GPU_NODES, MODEL_DEPLOYMENTS, KubeClient
 from flywheel.operator.faults.kubeio import RESET_BREAKER_ANNOTATION, set_md_condition
-from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, KubeClient
 
 log = logging.getLogger("flywheel.operator.faults.handler")
 

@@ -32,6 +32,7 @@ from flywheel.controllers.fault import (
     record_action,
     resolve,
 )
+from flywheel.kubeclient import EVENTS, GPU_NODES, NODES, KubeClient
 from flywheel.operator import incident as incidents
 from flywheel.operator.faults.breaker import BreakerAlerts
 from flywheel.operator.faults.diagnostics import DiagnosticsRuns, request
@@ -55,7 +56,6 @@ from flywheel.operator.faults.signals import (
     utcnow,
 )
 from flywheel.operator.faults.state import StateStore
-from flywheel.operator.kube import EVENTS, GPU_NODES, NODES, KubeClient
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from flywheel.api.v1alpha1 import (
     OverEviction,
     reasons,
 )
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
 from flywheel.controllers.fault import FleetView, InstanceView
 from flywheel.controllers.fault.standby import Member, Role
-from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, KubeClient, Obj
+from flywheel.kubeclient import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, KubeClient, Obj
 
 RESET_BREAKER_ANNOTATION = "flywheel.dev/reset-circuit-breaker"
-ROUTING_WEIGHT_ANNOTATION = "flywheel.dev/routing-weight"
 EVENT_NAMESPACE = "default"  # where the node agent posts Events about (cluster-scoped) GPUNodes
 
 

@@ -19,10 +19,10 @@ from flywheel.controllers.fault import (
     resolve,
     stamp,
 )
+from flywheel.kubeclient import MODEL_INSTANCES, KubeClient, Obj
 from flywheel.operator import incident as incidents
 from flywheel.operator.faults.metrics import FaultMetrics, observe_recovery
 from flywheel.operator.faults.replacement import REPLACES_ANNOTATION, PoolReplacement, replaced_victims
-from flywheel.operator.kube import MODEL_INSTANCES, KubeClient, Obj
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""A small async Kubernetes API client for the operator's own reads and writes (aiohttp).
+"""A small async Kubernetes API client (aiohttp): the operator's own reads and writes, the router's
+discovery, the dev cluster. Below ``flywheel.operator``, so the engines need not import the operator.
 
 kopf has no public client for arbitrary objects; this one takes the same ``kopf.ConnectionInfo`` the
 login handler returns, so there is one source of credentials. Writes that depend on what was read
