@@ -25,9 +25,11 @@ ModelDeployment, Warning Events, ``flywheel_fault_circuit_breaker_open`` and
 ``flywheel.dev/reset-circuit-breaker``.
 
 Modules: ``signals`` (observations from GPUNodes and Nodes), ``metrics``, ``kubeio`` (reads and
-writes), ``recheck`` (timers), ``replacement`` (standby planning), ``diagnostics`` (runs),
-``incidents`` (Incident persistence and Events), ``state`` (the controller's memory in a Lease),
-``handler`` (the orchestration), ``registration`` (kopf).
+writes), ``isolation`` (routing weights, quarantine, eviction), ``replacement`` (standby planning),
+``recovery`` (promotions, waiting for cold replacements), ``breaker`` (circuit-breaker alerts),
+``recheck`` (timers), ``diagnostics`` (runs), ``state`` (the controller's memory in a Lease),
+``handler`` (the orchestration), ``registration`` (kopf). Incident persistence and Events are the
+Incident controller's (``flywheel.operator.incident``).
 
 MTTD here runs from the agent's first observation (the condition's ``lastTransitionTime``) to the
 operator's decision; the true fault start is unknown outside fault injection (the simulator measures

@@ -1,12 +1,11 @@
-"""The fault handler: observations in, the fault controller's decisions applied.
-
-Per observation (see ``signals``) the handler asks :class:`flywheel.controllers.fault.FaultController`
-and applies the decision: routing weights (``kubeio.set_routing_weight``), quarantine and eviction,
-replacement from warm standbys (``replacement``), stop-time diagnostics (``diagnostics``), one
-``Incident`` (``incidents``), Events and metrics. An observation is marked handled only after its
-handling succeeded, so a failed write is retried on the next event. Decisions that ask to be asked
-again are re-checked (``recheck``); the controller's memory is persisted after every decision
-(``state``).
+"""The fault handler: observations in, the fault controller's decisions applied. Per observation (see
+``signals``) the handler asks :class:`flywheel.controllers.fault.FaultController` and applies the
+decision: routing weights, quarantine and eviction (``isolation``), replacement from warm standbys
+(``replacement``, ``recovery``), stop-time diagnostics (``diagnostics``), one ``Incident``
+(``flywheel.operator.incident``), circuit-breaker alerts (``breaker``), Events and metrics. An
+observation is marked handled only after its handling succeeded, so a failed write is retried on the
+next event. Decisions that ask to be asked again are re-checked (``recheck``); the controller's memory
+is persisted after every decision (``state``).
 """
 
 from __future__ import annotations
