@@ -28,6 +28,7 @@ from flywheel.api.v1alpha1 import (
     EngineKind,
     InstanceRole,
     ModelInstanceSpec,
+    condition_status,
     parse_conditions,
     reasons,
     set_condition,
@@ -417,6 +418,4 @@ def _sampled_clock(snapshot: AgentSnapshot, uuids: list[str]) -> int | None:
 
 
 def _healthy(status: dict[str, Any]) -> str | None:
-    return next(
-        (c.get("status") for c in status.get("conditions", []) if c.get("type") == reasons.HEALTHY), None
-    )
+    return condition_status(status.get("conditions") or [], reasons.HEALTHY)
