@@ -54,7 +54,7 @@ from flywheel.kubeclient import (
     KubeClient,
 )
 from flywheel.models.gpu import SKUS
-from flywheel.operator.router import KINDS as ROUTER_KINDS
+from flywheel.operator.router_apply import KINDS as ROUTER_KINDS
 from flywheel.sim.workloads import load_trace
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from flywheel.kubeclient import (
 from flywheel.operator.brains import Brains, Round
 from flywheel.operator.context import Context
 from flywheel.operator.objects import deleting, status_patch, validation_message
-from flywheel.operator.router import apply_router
+from flywheel.operator.router_apply import apply_router
 from flywheel.operator.status_rollup import DeploymentLedger
 
 

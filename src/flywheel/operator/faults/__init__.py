@@ -24,10 +24,10 @@ ModelDeployment, Warning Events, ``flywheel_fault_circuit_breaker_open`` and
 ``flywheel_fault_held_faults``. A person may close it early: annotate any GPUNode with
 ``flywheel.dev/reset-circuit-breaker``.
 
-Modules: ``signals`` (observations from GPUNodes and Nodes), ``metrics``, ``kubeio`` (reads and
+Modules: ``signals`` (observations from GPUNodes and Nodes), ``fault_metrics``, ``kubeio`` (reads and
 writes), ``isolation`` (routing weights, quarantine, eviction), ``replacement`` (standby planning),
 ``recovery`` (promotions, waiting for cold replacements), ``breaker`` (circuit-breaker alerts),
-``recheck`` (timers), ``diagnostics`` (runs), ``state`` (the controller's memory in a Lease),
+``recheck`` (timers), ``diagnostic_runs``, ``state`` (the controller's memory in a Lease),
 ``handler`` (the orchestration), ``registration`` (kopf). Incident persistence and Events are the
 Incident controller's (``flywheel.operator.incident``).
 
@@ -38,12 +38,12 @@ from injection).
 
 from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
 from flywheel.kubeclient import INCIDENTS
+from flywheel.operator.faults.fault_metrics import FaultMetrics
 from flywheel.operator.faults.handler import FaultHandler
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
     RESET_BREAKER_ANNOTATION,
 )
-from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.registration import register_faults
 from flywheel.operator.faults.signals import (
     Observation,

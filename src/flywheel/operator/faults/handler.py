@@ -1,7 +1,7 @@
 """The fault handler: observations in, the fault controller's decisions applied. Per observation (see
 ``signals``) the handler asks :class:`flywheel.controllers.fault.FaultController` and applies the
 decision: routing weights, quarantine and eviction (``isolation``), replacement from warm standbys
-(``replacement``, ``recovery``), stop-time diagnostics (``diagnostics``), one ``Incident``
+(``replacement``, ``recovery``), stop-time diagnostics (``diagnostic_runs``), one ``Incident``
 (``flywheel.operator.incident``), circuit-breaker alerts (``breaker``), Events and metrics. An
 observation is marked handled only after its handling succeeded, so a failed write is retried on the
 next event. Decisions that ask to be asked again are re-checked (``recheck``); the controller's memory
@@ -34,7 +34,8 @@ from flywheel.controllers.fault import (
 from flywheel.kubeclient import EVENTS, GPU_NODES, NODES, KubeClient
 from flywheel.operator import incident as incidents
 from flywheel.operator.faults.breaker import BreakerAlerts
-from flywheel.operator.faults.diagnostics import DiagnosticsRuns, request
+from flywheel.operator.faults.diagnostic_runs import DiagnosticsRuns, request
+from flywheel.operator.faults.fault_metrics import FaultMetrics, observe_incident
 from flywheel.operator.faults.isolation import evict, quarantine_for, route
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
@@ -43,7 +44,6 @@ from flywheel.operator.faults.kubeio import (
     read_fleet,
     release,
 )
-from flywheel.operator.faults.metrics import FaultMetrics, observe_incident
 from flywheel.operator.faults.recheck import Rechecks
 from flywheel.operator.faults.recovery import Pending, Recovery
 from flywheel.operator.faults.replacement import plan_replacements

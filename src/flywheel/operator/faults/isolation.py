@@ -8,8 +8,8 @@ from flywheel.api.v1alpha1 import Action, Incident
 from flywheel.controllers.fault import FaultDecision, FleetView, instance_target, record_action, stamp
 from flywheel.controllers.fault.incident import to_datetime
 from flywheel.kubeclient import MODEL_INSTANCES, KubeClient, Obj
+from flywheel.operator.faults.fault_metrics import FaultMetrics
 from flywheel.operator.faults.kubeio import gpunode_names, quarantine, set_routing_weight
-from flywheel.operator.faults.metrics import FaultMetrics
 
 
 async def route(

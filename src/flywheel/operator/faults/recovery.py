@@ -21,7 +21,7 @@ from flywheel.controllers.fault import (
 )
 from flywheel.kubeclient import MODEL_INSTANCES, KubeClient, Obj
 from flywheel.operator import incident as incidents
-from flywheel.operator.faults.metrics import FaultMetrics, observe_recovery
+from flywheel.operator.faults.fault_metrics import FaultMetrics, observe_recovery
 from flywheel.operator.faults.replacement import REPLACES_ANNOTATION, PoolReplacement, replaced_victims
 
 

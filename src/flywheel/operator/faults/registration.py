@@ -7,8 +7,8 @@ from typing import Any
 from flywheel.api.v1alpha1 import GROUP, VERSION
 from flywheel.controllers.fault import FaultConfig
 from flywheel.operator.context import Context
+from flywheel.operator.faults.fault_metrics import FaultMetrics
 from flywheel.operator.faults.handler import FaultHandler
-from flywheel.operator.faults.metrics import FaultMetrics
 
 HEARTBEAT_CHECK_S = 5.0  # how often every GPUNode's heartbeat age is checked (and diagnostics timeouts)
 
