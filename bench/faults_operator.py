@@ -31,8 +31,8 @@ from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.api.v1alpha1 import Incident
 from flywheel.controllers.fault import is_complete
 from flywheel.devcluster.apiserver import ApiServer
+from flywheel.kubeclient import KubeClient
 from flywheel.operator.faults import FaultHandler, FaultMetrics
-from flywheel.operator.kube import KubeClient
 
 FW = "/apis/flywheel.dev/v1alpha1"
 MERGE = {"Content-Type": "application/merge-patch+json"}

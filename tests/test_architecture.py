@@ -17,9 +17,6 @@ LONG_MODULES: dict[str, str] = {
     # Being split into sim/core + sim/extensions by the simulator restructuring (issue #14).
     "sim/simulator.py": "simulator kernel, being split into sim/core by the simulator restructuring",
     "sim/faults.py": "fault simulator, being moved to sim/extensions by the simulator restructuring",
-    # Being split per kind by the operator restructuring (issue #14).
-    "operator/reconcile.py": "ModelDeployment reconciler, being split per kind by the operator restructuring",
-    "operator/faults/handler.py": "fault handler, being split by concern by the operator restructuring",
     # One engine-step model shared with the simulator is planned there (issue #14).
     "engines/simulated/engine.py": "simulated engine, to share one engine-step model with the simulator",
 }

@@ -25,8 +25,8 @@ from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.kubeclient import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from flywheel.models.gpu import H100_SXM
-from flywheel.operator.kube import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from waiting import eventually_async
 
 NS = "default"

@@ -25,7 +25,7 @@ from flywheel.controllers.protocol import (
 from flywheel.models.gpu import SKUS
 from flywheel.models.perf import LLAMA2_70B
 from flywheel.operator.config import OperatorConfig
-from flywheel.operator.reconcile import Operator
+from flywheel.operator.main import Operator
 from flywheel.operator.runner import build, operate
 from waiting import eventually
 

@@ -27,8 +27,8 @@ from flywheel.agents.kube import KubernetesStatusSink
 from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
+from flywheel.kubeclient import MODEL_DEPLOYMENTS, MODEL_INSTANCES, NODES, KubeClient
 from flywheel.models.gpu import H100_SXM
-from flywheel.operator.kube import MODEL_DEPLOYMENTS, MODEL_INSTANCES, NODES, KubeClient
 from waiting import eventually_async
 
 NODE = "gpu-node-0"

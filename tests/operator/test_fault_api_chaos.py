@@ -26,8 +26,8 @@ from test_faults import (
 from flywheel.api.v1alpha1 import Incident
 from flywheel.controllers.fault import FaultConfig
 from flywheel.devcluster.apifaults import ApiFaultRule, FaultyEmulator
+from flywheel.kubeclient import KubeClient, KubeError
 from flywheel.operator.faults import FaultHandler, FaultMetrics
-from flywheel.operator.kube import KubeClient, KubeError
 
 OPERATOR = "flywheel-operator"
 

@@ -28,6 +28,7 @@ from test_faults import (
 
 from flywheel.api.v1alpha1 import Incident, SignalType, get_condition, reasons
 from flywheel.controllers.fault import BreakerState, FaultConfig
+from flywheel.kubeclient import KubeClient, KubeError
 from flywheel.operator.faults import (
     ROUTING_WEIGHT_ANNOTATION,
     STATE_ANNOTATION,
@@ -35,7 +36,6 @@ from flywheel.operator.faults import (
     FaultHandler,
     FaultMetrics,
 )
-from flywheel.operator.kube import KubeClient, KubeError
 
 
 def patch_status(http: httpx.Client, path: str, status: dict[str, Any]) -> None:

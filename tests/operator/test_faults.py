@@ -22,8 +22,8 @@ from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.api.v1alpha1 import Action, Incident, SignalType, get_condition, reasons
 from flywheel.controllers.fault import FaultConfig, is_complete
+from flywheel.kubeclient import KubeClient
 from flywheel.operator.faults import RESET_BREAKER_ANNOTATION, FaultHandler, FaultMetrics, observations
-from flywheel.operator.kube import KubeClient
 from waiting import eventually_async
 
 FW = "/apis/flywheel.dev/v1alpha1"

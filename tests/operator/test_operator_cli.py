@@ -1,4 +1,5 @@
-"""Both entry points run the same operator: ``kopf run -m flywheel.operator`` and ``flywheel operator``."""
+"""Both entry points run the same operator: ``kopf run -m flywheel.operator.kopf_entry`` and
+``flywheel operator``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        [str(BIN / "kopf"), "run", "-m", "flywheel.operator", "-A", "--standalone"],
+        [str(BIN / "kopf"), "run", "-m", "flywheel.operator.kopf_entry", "-A", "--standalone"],
         [str(BIN / "flywheel"), "operator", "-A", "--standalone", "--resync=1", "--insecure"],
     ],
     ids=["kopf-run-m", "flywheel-operator"],
@@ -42,3 +43,23 @@ def test_entry_point_reconciles(command: list[str]) -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def _default_registry_handlers(module: str) -> int:
+    """How many handlers kopf's default registry holds after importing ``module`` in a fresh process."""
+    code = (
+        "import kopf, importlib\n"
+        f"importlib.import_module({module!r})\n"
+        "r = kopf.get_default_registry()\n"
+        "print(len(r._watching.get_all_handlers()) + len(r._activities.get_all_handlers())"
+        " + len(r._spawning.get_all_handlers()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def test_importing_the_package_registers_nothing_only_the_kopf_entry_does() -> None:
+    kopf_alone = _default_registry_handlers("kopf")  # kopf's own default login handler
+    assert _default_registry_handlers("flywheel.operator") == kopf_alone
+    assert _default_registry_handlers("flywheel.operator.main") == kopf_alone
+    assert _default_registry_handlers("flywheel.operator.kopf_entry") > kopf_alone + 10

@@ -30,7 +30,7 @@ from opharness import (
 
 from flywheel.controllers.resources.router_objects import ModelFiles
 from flywheel.engines.simulated import PerfModelTiming, SimulatedEngine, SimulatedEngineServer
-from flywheel.operator.router import model_files
+from flywheel.operator.router_apply import model_files
 
 APPS = f"/apis/apps/v1/namespaces/{NS}/deployments"
 SERVICES = f"/api/v1/namespaces/{NS}/services"

@@ -25,12 +25,14 @@ from flywheel.agents.agent import AgentSnapshot
 from flywheel.agents.health.engine import EngineTarget
 from flywheel.agents.health.findings import Finding
 from flywheel.api.v1alpha1 import (
-    Condition,
     EngineKind,
     InstanceRole,
     ModelInstanceSpec,
+    condition_status,
+    parse_conditions,
     reasons,
     set_condition,
+    wire_conditions,
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
@@ -353,14 +355,15 @@ class InstanceClocks:
                 tracked.energy_j += (s.energy_millijoules - last) / 1000.0
             tracked.gpu_energy_mj[s.uuid] = s.energy_millijoules
         healthy, why, message = self._health(instance, tracked, snapshot.findings, metrics)
-        conditions = [Condition.model_validate(c) for c in instance.conditions]
-        conditions = set_condition(conditions, reasons.HEALTHY, healthy, why, message)
+        conditions = set_condition(
+            parse_conditions(instance.conditions), reasons.HEALTHY, healthy, why, message
+        )
         status: dict[str, Any] = {
             "currentClockMHz": _sampled_clock(snapshot, uuids) or tracked.clock_mhz,
             "powerWatts": round(power),
             "energyJoules": int(tracked.energy_j),
             "clockReason": tracked.reason[:1024] or None,
-            "conditions": [c.wire() for c in sorted(conditions, key=lambda c: c.type)],
+            "conditions": wire_conditions(conditions),
         }
         if metrics is not None:
             status["generatedTokens"] = int(metrics.generation_tokens_total)
@@ -415,6 +418,4 @@ def _sampled_clock(snapshot: AgentSnapshot, uuids: list[str]) -> int | None:
 
 
 def _healthy(status: dict[str, Any]) -> str | None:
-    return next(
-        (c.get("status") for c in status.get("conditions", []) if c.get("type") == reasons.HEALTHY), None
-    )
+    return condition_status(status.get("conditions") or [], reasons.HEALTHY)

@@ -19,10 +19,10 @@ from flywheel.api.v1alpha1 import (
     DiagnosticsResult,
     GPUInfo,
     GPUNodeStatus,
-    get_condition,
     reasons,
     set_condition,
 )
+from flywheel.api.v1alpha1 import conditions as api_conditions
 
 GPUS_HEALTHY = "GPUsHealthy"
 NETWORK_HEALTHY = "NetworkHealthy"
@@ -247,5 +247,4 @@ class StatusReporter:
 
 
 def condition_status(status: GPUNodeStatus, type_: str) -> str | None:
-    cond = get_condition(status.conditions, type_)
-    return cond.status if cond else None
+    return api_conditions.condition_status(status.conditions, type_)

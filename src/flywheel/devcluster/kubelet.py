@@ -31,8 +31,8 @@ from flywheel.controllers.resources.desired import (
 )
 from flywheel.devcluster.nodes import SimNode
 from flywheel.engines.simulated import PerfModelTiming, RequestResult, SimulatedEngine, SimulatedEngineServer
+from flywheel.kubeclient import MODEL_DEPLOYMENTS, PODS, KubeClient, KubeError
 from flywheel.models import perf as perfmodel
-from flywheel.operator.kube import MODEL_DEPLOYMENTS, PODS, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -50,13 +50,13 @@ from flywheel.devcluster.view import one_line, render
 from flywheel.engines.router import RouterServer
 from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.engines.router.main import build_router
-from flywheel.models.gpu import SKUS
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     MODEL_DEPLOYMENTS,
     NODES,
     KubeClient,
 )
-from flywheel.operator.router import KINDS as ROUTER_KINDS
+from flywheel.models.gpu import SKUS
+from flywheel.operator.router_apply import KINDS as ROUTER_KINDS
 from flywheel.sim.workloads import load_trace
 
 log = logging.getLogger(__name__)

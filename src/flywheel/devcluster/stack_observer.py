@@ -11,7 +11,7 @@ from flywheel.devcluster import summaries as reporting
 from flywheel.devcluster.stack_state import StackParts
 from flywheel.devcluster.view import InstanceRow, PoolRow
 from flywheel.engines.router.discovery import pool_classes
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     GPU_NODES,
     Kind,
 )

@@ -19,7 +19,7 @@ from flywheel.devcluster.replay import Outcome
 from flywheel.devcluster.view import Snapshot
 from flywheel.engines.router import Router, RouterServer
 from flywheel.engines.router.discovery import KubeDiscovery
-from flywheel.operator.kube import (
+from flywheel.kubeclient import (
     KubeClient,
 )
 

@@ -1,17 +1,8 @@
 """The Flywheel operator (kopf): ModelDeployment -> ServingPools -> ModelInstances -> engine Pods.
 
-Importing this package registers the handlers in kopf's default registry with the configuration from
-``FLYWHEEL_*`` environment variables, so ``kopf run -m flywheel.operator`` works; ``flywheel operator``
-builds its own registry from command-line options (``flywheel.operator.runner``).
+One controller per kind (``modeldeployment``, ``servingpool``, ``modelinstance``, ``gpunode``,
+``incident``) over a shared ``context``; fault handling in ``faults/``. Importing this package
+registers nothing: ``flywheel.operator.main.register`` is the one place handlers are registered
+(``flywheel operator`` runs it through ``runner``; ``kopf run -m flywheel.operator.kopf_entry`` with
+kopf's default registry).
 """
-
-from __future__ import annotations
-
-import kopf
-
-from flywheel.operator.config import OperatorConfig
-from flywheel.operator.handlers import register
-
-operator = register(kopf.get_default_registry(), OperatorConfig.from_env())
-
-__all__ = ["OperatorConfig", "operator", "register"]

@@ -9,8 +9,7 @@ from typing import Any
 import kopf
 
 from flywheel.operator.config import OperatorConfig
-from flywheel.operator.handlers import register
-from flywheel.operator.reconcile import Operator
+from flywheel.operator.main import Operator, register
 
 
 def build(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:

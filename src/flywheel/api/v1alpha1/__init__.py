@@ -8,8 +8,17 @@ from flywheel.api.v1alpha1.common import (
     Condition,
     ObjectMeta,
     Resource,
+)
+from flywheel.api.v1alpha1.conditions import (
+    condition_status,
+    conditions_of,
+    find_condition,
     get_condition,
+    is_true,
+    parse_conditions,
     set_condition,
+    set_raw_condition,
+    wire_conditions,
 )
 from flywheel.api.v1alpha1.gpunode import (
     DiagnosticsLevel,
@@ -156,7 +165,14 @@ __all__ = [
     "SwitchMechanism",
     "SwitchingPolicy",
     "SwitchingSpec",
+    "condition_status",
+    "conditions_of",
+    "find_condition",
     "get_condition",
+    "is_true",
+    "parse_conditions",
     "reasons",
     "set_condition",
+    "set_raw_condition",
+    "wire_conditions",
 ]

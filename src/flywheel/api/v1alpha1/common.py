@@ -100,33 +100,6 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def set_condition(
-    conditions: list[Condition],
-    type_: str,
-    status: ConditionStatus,
-    reason: str,
-    message: str = "",
-    observed_generation: int | None = None,
-    at: datetime | None = None,
-) -> list[Condition]:
-    """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` moves only when status changes."""
-    previous = next((c for c in conditions if c.type == type_), None)
-    transition = previous.last_transition_time if previous and previous.status == status else (at or now())
-    updated = Condition(
-        type=type_,
-        status=status,
-        reason=reason,
-        message=message,
-        observed_generation=observed_generation,
-        last_transition_time=transition,
-    )
-    return [c for c in conditions if c.type != type_] + [updated]
-
-
-def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
-    return next((c for c in conditions if c.type == type_), None)
-
-
 class Resource(BaseModel):
     """Common envelope of a Flywheel custom resource."""
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import aiohttp
 
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
 from flywheel.controllers.resources.desired import LABEL_DEPLOYMENT
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.telemetry import ClassLoad
-from flywheel.operator.faults import ROUTING_WEIGHT_ANNOTATION
-from flywheel.operator.kube import MODEL_INSTANCES, SERVING_POOLS, Kind, KubeClient, KubeError
+from flywheel.kubeclient import MODEL_INSTANCES, SERVING_POOLS, Kind, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.classes import classifier_for
 from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.engines.router.server import RouterServer
-from flywheel.operator.kube import MODEL_DEPLOYMENTS, KubeClient
+from flywheel.kubeclient import MODEL_DEPLOYMENTS, KubeClient
 
 log = logging.getLogger(__name__)
 API_KEYS_ENV = "FLYWHEEL_ROUTER_API_KEYS"

@@ -24,24 +24,26 @@ ModelDeployment, Warning Events, ``flywheel_fault_circuit_breaker_open`` and
 ``flywheel_fault_held_faults``. A person may close it early: annotate any GPUNode with
 ``flywheel.dev/reset-circuit-breaker``.
 
-Modules: ``signals`` (observations from GPUNodes and Nodes), ``metrics``, ``kubeio`` (reads and
-writes), ``recheck`` (timers), ``replacement`` (standby planning), ``diagnostics`` (runs),
-``incidents`` (Incident persistence and Events), ``state`` (the controller's memory in a Lease),
-``handler`` (the orchestration), ``registration`` (kopf).
+Modules: ``signals`` (observations from GPUNodes and Nodes), ``fault_metrics``, ``kubeio`` (reads and
+writes), ``isolation`` (routing weights, quarantine, eviction), ``replacement`` (standby planning),
+``recovery`` (promotions, waiting for cold replacements), ``breaker`` (circuit-breaker alerts),
+``recheck`` (timers), ``diagnostic_runs``, ``state`` (the controller's memory in a Lease),
+``handler`` (the orchestration), ``registration`` (kopf). Incident persistence and Events are the
+Incident controller's (``flywheel.operator.incident``).
 
 MTTD here runs from the agent's first observation (the condition's ``lastTransitionTime``) to the
 operator's decision; the true fault start is unknown outside fault injection (the simulator measures
 from injection).
 """
 
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
+from flywheel.kubeclient import INCIDENTS
+from flywheel.operator.faults.fault_metrics import FaultMetrics
 from flywheel.operator.faults.handler import FaultHandler
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
-    INCIDENTS,
     RESET_BREAKER_ANNOTATION,
-    ROUTING_WEIGHT_ANNOTATION,
 )
-from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.registration import register_faults
 from flywheel.operator.faults.signals import (
     Observation,

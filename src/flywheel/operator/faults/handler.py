@@ -1,12 +1,11 @@
-"""The fault handler: observations in, the fault controller's decisions applied.
-
-Per observation (see ``signals``) the handler asks :class:`flywheel.controllers.fault.FaultController`
-and applies the decision: routing weights (``kubeio.set_routing_weight``), quarantine and eviction,
-replacement from warm standbys (``replacement``), stop-time diagnostics (``diagnostics``), one
-``Incident`` (``incidents``), Events and metrics. An observation is marked handled only after its
-handling succeeded, so a failed write is retried on the next event. Decisions that ask to be asked
-again are re-checked (``recheck``); the controller's memory is persisted after every decision
-(``state``).
+"""The fault handler: observations in, the fault controller's decisions applied. Per observation (see
+``signals``) the handler asks :class:`flywheel.controllers.fault.FaultController` and applies the
+decision: routing weights, quarantine and eviction (``isolation``), replacement from warm standbys
+(``replacement``, ``recovery``), stop-time diagnostics (``diagnostic_runs``), one ``Incident``
+(``flywheel.operator.incident``), circuit-breaker alerts (``breaker``), Events and metrics. An
+observation is marked handled only after its handling succeeded, so a failed write is retried on the
+next event. Decisions that ask to be asked again are re-checked (``recheck``); the controller's memory
+is persisted after every decision (``state``).
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from flywheel.api.v1alpha1 import Action, Incident, SignalType, reasons
+from flywheel.api.v1alpha1 import Action, Incident, SignalType
 from flywheel.controllers.fault import (
     BreakerState,
     FaultConfig,
@@ -29,33 +28,25 @@ from flywheel.controllers.fault import (
     RankTrace,
     build_incident,
     incident_name,
-    instance_target,
     record_action,
     resolve,
-    stamp,
 )
-from flywheel.controllers.fault.incident import to_datetime
-from flywheel.operator.faults import incidents
-from flywheel.operator.faults.diagnostics import DiagnosticsRuns, request
+from flywheel.kubeclient import EVENTS, GPU_NODES, NODES, KubeClient
+from flywheel.operator import incident as incidents
+from flywheel.operator.faults.breaker import BreakerAlerts
+from flywheel.operator.faults.diagnostic_runs import DiagnosticsRuns, request
+from flywheel.operator.faults.fault_metrics import FaultMetrics, observe_incident
+from flywheel.operator.faults.isolation import evict, quarantine_for, route
 from flywheel.operator.faults.kubeio import (
     EVENT_NAMESPACE,
     RESET_BREAKER_ANNOTATION,
-    condition,
     gpunode_names,
-    quarantine,
     read_fleet,
     release,
-    set_md_condition,
-    set_routing_weight,
 )
-from flywheel.operator.faults.metrics import FaultMetrics
 from flywheel.operator.faults.recheck import Rechecks
-from flywheel.operator.faults.replacement import (
-    REPLACES_ANNOTATION,
-    PoolReplacement,
-    plan_replacements,
-    replaced_victims,
-)
+from flywheel.operator.faults.recovery import Pending, Recovery
+from flywheel.operator.faults.replacement import plan_replacements
 from flywheel.operator.faults.signals import (
     Observation,
     heartbeat_observation,
@@ -64,28 +55,10 @@ from flywheel.operator.faults.signals import (
     utcnow,
 )
 from flywheel.operator.faults.state import StateStore
-from flywheel.operator.kube import (
-    EVENTS,
-    GPU_NODES,
-    MODEL_DEPLOYMENTS,
-    MODEL_INSTANCES,
-    NODES,
-    KubeClient,
-    Obj,
-)
 
 log = logging.getLogger(__name__)
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
-
-
-@dataclass
-class _Pending:
-    """An incident waiting for diagnostics or for cold replacements to serve."""
-
-    incident: Incident
-    signal: FaultSignal
-    pools: dict[tuple[str, str], int] = field(default_factory=dict)  # (ns, pool) -> actives to reach
 
 
 class FaultHandler:
@@ -111,13 +84,14 @@ class FaultHandler:
         self.rechecks = Rechecks()
         self.handled: set[str] = set()
         self.diagnostics = DiagnosticsRuns()
-        self.pending: dict[str, _Pending] = {}
+        self.recovery = Recovery(lambda: self.client, metrics, clock)
+        self.pending = self.recovery.pending  # incidents waiting for diagnostics or cold replacements
+        self.breaker = BreakerAlerts(self.controller, lambda: self.client, clock)
         self.state = state or StateStore()
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.held: dict[str, str] = {}  # incident name -> node, while the breaker holds the fault
         self.verifying: set[str] = set()  # incident names of signals being verified
         self._loaded = False
-        self._breaker_announced = False
 
     async def close(self) -> None:
         await self.rechecks.close()
@@ -132,7 +106,7 @@ class FaultHandler:
             return
         self.controller.load_state(await self.state.load(self.client))
         self._loaded = True
-        self._breaker_announced = self.controller.breaker.is_open
+        self.breaker.announced = self.controller.breaker.is_open
         self._gauges()
 
     async def _save_state(self) -> None:
@@ -156,7 +130,9 @@ class FaultHandler:
             await self._ensure_loaded()
             await self._follow_diagnostics(body)
             written = await self._act(self._gpunode_observations(body))
-            await self._breaker_tick()
+            if await self.breaker.tick(len(self.held)):
+                await self._save_state()
+            self._gauges()
             return written
 
     async def on_node(self, body: Mapping[str, Any]) -> list[Incident]:
@@ -240,26 +216,27 @@ class FaultHandler:
                     incident, step.action, step.target, signal.at, f"decided: {step.reason}"
                 )
         self._track(name, decision)
-        incident = await self._route(decision.routing_weights, incident, instances)
+        incident = await route(self.client, decision.routing_weights, incident, instances, self.clock)
         replacements = plan_replacements(decision, instances, fleet)
         # Quarantine, promote the replacements, then delete the victims: a failed write part-way is
         # retried from the start and finds the victims still there (promotions are marked, see below).
-        await self._quarantine(decision, incident, fleet)
-        incident = await self._replace(decision, incident, replacements)
-        incident = await self._evict(decision, incident, instances)
-        incident = self._restored_from_standby(incident, replacements, decision, instances, fleet)
+        await quarantine_for(self.client, decision, incident, fleet)
+        incident = await self.recovery.promote(decision, incident, replacements)
+        incident = await evict(self.client, decision, incident, instances, self.clock, self.metrics)
+        incident = self.recovery.restored_from_standby(incident, replacements, decision, instances, fleet)
         incident = await self._start_diagnostics(decision, incident)
         if existing is None:
             await incidents.create(self.client, incident)
             if name in self.pending:
                 self.pending[name].incident = incident
-            incidents.observe(self.metrics, signal, incident)
+            observe_incident(self.metrics, signal, incident)
         else:
             await incidents.write_status(self.client, incident)
             if decision.isolates:
-                incidents.observe(self.metrics, signal, incident)
+                observe_incident(self.metrics, signal, incident)
         await incidents.post_events(self.client, decision, incident, instances)
-        await self._breaker_alert(decision)
+        await self.breaker.alert(decision)
+        self._gauges()
         await self._save_state()
         return incident
 
@@ -350,7 +327,7 @@ class FaultHandler:
         fleet, instances, _ = await read_fleet(self.client)
         decision = self.controller.clear(replace(signal, at=self.clock()), fleet)
         name = incident.metadata.name or ""
-        incident = await self._route(decision.routing_weights, incident, instances)
+        incident = await route(self.client, decision.routing_weights, incident, instances, self.clock)
         now = self.clock()
         incident = record_action(
             incident, Action.NONE, f"node/{signal.node}", now, f"cleared: {decision.reason}"
@@ -362,236 +339,19 @@ class FaultHandler:
         self._gauges()
         await self._save_state()
 
-    async def _route(
-        self, weights: Mapping[str, float], incident: Incident, instances: dict[str, Obj]
-    ) -> Incident:
-        """Routing weights as an annotation the router reads on each ModelInstance (0: no traffic)."""
-        for name, weight in sorted(weights.items()):
-            obj = instances.get(name)
-            if obj is None:
-                continue
-            await set_routing_weight(self.client, obj, weight)
-            incident = record_action(
-                incident,
-                Action.LOWER_ROUTING_WEIGHT,
-                instance_target(name),
-                self.clock(),
-                f"weight {weight:g}",
-            )
-        return incident
-
-    # ------------------------------------------------------------------ circuit breaker
-    async def _breaker_alert(self, decision: FaultDecision | None) -> None:
-        """While open or half-open: metric, ``CircuitBreakerOpen`` condition and Warning Event on every
-        ModelDeployment, an error log per held fault. Closed again by itself: the condition clears."""
-        breaker = self.controller.breaker
-        now = self.clock()
-        if decision is not None and decision.breaker_tripped:
-            log.error("fault HELD by the circuit breaker on %s: %s", decision.signal.node, decision.reason)
-            if not self._breaker_announced:
-                self._breaker_announced = True
-                for md in await self.client.list(MODEL_DEPLOYMENTS):
-                    await self.client.event(md, "Warning", reasons.CIRCUIT_OPEN, decision.reason[:1024])
-                    await set_md_condition(
-                        self.client,
-                        md,
-                        reasons.CIRCUIT_OPEN,
-                        "True",
-                        reasons.CIRCUIT_OPEN,
-                        decision.reason,
-                        to_datetime(now),
-                    )
-        elif self._breaker_announced and breaker.state(now) is BreakerState.CLOSED:
-            self._breaker_announced = False
-            for md in await self.client.list(MODEL_DEPLOYMENTS):
-                await set_md_condition(
-                    self.client,
-                    md,
-                    reasons.CIRCUIT_OPEN,
-                    "False",
-                    reasons.AS_EXPECTED,
-                    "circuit breaker closed: the isolations have aged out of the window",
-                    to_datetime(now),
-                )
-        self._gauges()
-
-    async def _breaker_tick(self) -> None:
-        """Periodic (GPUNode events, heartbeat timer): close a half-open breaker once the storm is over
-        and nothing is held, and end the alert."""
-        breaker = self.controller.breaker
-        if not breaker.is_open:
-            return
-        total = len(await self.client.list(GPU_NODES))
-        if breaker.settle(total, self.clock(), held=len(self.held)):
-            log.warning("circuit breaker closed: isolations back within the limit, no fault held")
-            await self._breaker_alert(None)
-            await self._save_state()
-        else:
-            self._gauges()
-
+    # ------------------------------------------------------------------ breaker reset, recovery
     async def reset_breaker(self, node_name: str) -> None:
+        """A person closed the breaker (annotation on a GPUNode)."""
         self.controller.breaker.reset()
-        self._breaker_announced = False
+        self.breaker.announced = False
         self._gauges()
-        await self.client.patch(
-            GPU_NODES, None, node_name, {"metadata": {"annotations": {RESET_BREAKER_ANNOTATION: None}}}
-        )
-        for md in await self.client.list(MODEL_DEPLOYMENTS):
-            await set_md_condition(
-                self.client,
-                md,
-                reasons.CIRCUIT_OPEN,
-                "False",
-                reasons.AS_EXPECTED,
-                "circuit breaker reset by a person",
-                to_datetime(self.clock()),
-            )
+        await self.breaker.reset(node_name)
         await self._save_state()
         log.warning("circuit breaker reset via %s", node_name)
 
-    # ------------------------------------------------------------------ isolation
-    async def _quarantine(self, decision: FaultDecision, incident: Incident, fleet: FleetView) -> None:
-        if not decision.quarantine_gpus and not decision.quarantine_nodes:
-            return
-        by_node: dict[str, list[str]] = {}
-        for uuid in sorted(decision.quarantine_gpus):
-            by_node.setdefault(fleet.node_of_gpu(uuid) or decision.signal.node, []).append(uuid)
-        names = await gpunode_names(self.client)
-        for node in sorted(set(by_node) | set(decision.quarantine_nodes)):
-            await quarantine(
-                self.client,
-                names.get(node, node),
-                by_node.get(node, []),
-                node in decision.quarantine_nodes,
-                incident.metadata.name or "",
-                decision.reason,
-                to_datetime(decision.signal.at),
-            )
-
-    async def _evict(
-        self, decision: FaultDecision, incident: Incident, instances: dict[str, Obj]
-    ) -> Incident:
-        if not decision.isolates:
-            return incident
-        for evicted in decision.evict:
-            victim = instances.get(evicted)
-            if victim is not None:
-                vmeta = victim["metadata"]
-                await self.client.delete(
-                    MODEL_INSTANCES, vmeta["namespace"], vmeta["name"], uid=vmeta.get("uid")
-                )
-        now = self.clock()
-        incident = stamp(incident, isolated=now)
-        for step in decision.steps:
-            if step.action in (Action.QUARANTINE_GPU, Action.DRAIN_NODE, Action.EVICT_INSTANCE):
-                incident = record_action(incident, step.action, step.target, now, "applied")
-        self.metrics.isolation.labels(decision.signal.type.value).observe(max(0.0, now - decision.signal.at))
-        return incident
-
-    # ------------------------------------------------------------------ replacement
-    async def _replace(
-        self, decision: FaultDecision, incident: Incident, plans: list[PoolReplacement]
-    ) -> Incident:
-        """Promote the chosen warm standbys; a pool without one is refilled cold by its reconcile."""
-        if not plans:
-            return incident
-        pending = _Pending(incident, decision.signal)
-        for plan in plans:
-            for promoted, victim in zip(plan.promoted, plan.victims, strict=False):
-                # one write: the role and which victim it replaces (a retry does not promote another)
-                patch = {
-                    "metadata": {"annotations": {REPLACES_ANNOTATION: victim}},
-                    "spec": {"role": "Active"},
-                }
-                await self.client.patch(MODEL_INSTANCES, plan.namespace, promoted, patch)
-                incident = record_action(
-                    incident,
-                    Action.REPLACE_FROM_STANDBY,
-                    instance_target(f"{plan.namespace}/{promoted}"),
-                    self.clock(),
-                    f"promoted warm standby {plan.namespace}/{promoted}",
-                )
-            if plan.missing > 0:
-                pending.pools[(plan.namespace, plan.pool)] = plan.actives
-                incident = record_action(
-                    incident,
-                    Action.REPLACE_FROM_STANDBY,
-                    f"pool/{plan.namespace}/{plan.pool}",
-                    self.clock(),
-                    f"no ready standby for {plan.missing} instance(s): the pool reconcile starts them cold",
-                )
-        if pending.pools:
-            pending.incident = incident
-            self.pending[incident.metadata.name or ""] = pending
-        return incident
-
-    def _restored_from_standby(
-        self,
-        incident: Incident,
-        plans: list[PoolReplacement],
-        decision: FaultDecision,
-        instances: dict[str, Obj],
-        fleet: FleetView,
-    ) -> Incident:
-        """After the eviction: capacity is back when every victim had a warm standby — promoted now, or
-        already (a handling resumed after a restart: the victims are marked replaced, or the part was
-        already quarantined and nothing is left to evict)."""
-        if any(plan.missing > 0 for plan in plans):
-            return incident
-        if not plans:
-            actives = [
-                n for n in decision.evict if n in instances and instances[n]["spec"].get("role") != "Standby"
-            ]
-            resumed_evict = bool(actives) and set(actives) <= replaced_victims(instances)
-            signal = decision.signal
-            already = (
-                not decision.evict
-                and not decision.quarantine_gpus
-                and not decision.quarantine_nodes
-                and (
-                    (bool(signal.gpu_uuids) and set(signal.gpu_uuids) <= fleet.quarantined_gpus)
-                    or signal.node in fleet.quarantined_nodes
-                )
-            )
-            if not (resumed_evict or already):
-                return incident
-            if incident.status is None or incident.status.isolated_at is None:
-                incident = stamp(incident, isolated=self.clock())
-        now = self.clock()
-        return resolve(stamp(incident, replaced=now), now, "capacity restored from warm standby")
-
     async def on_instance(self, body: Mapping[str, Any]) -> None:
-        """A ModelInstance changed: once its pool serves at its pre-fault size again, the incident
-        waiting for a cold replacement is resolved."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str((body.get("spec") or {}).get("pool", "")))
-        waiting = [p for p in self.pending.values() if key in p.pools]
-        if not waiting or condition(body, reasons.SERVING) != "True":
-            return
-        objs = [o for o in await self.client.list(MODEL_INSTANCES, key[0]) if o["spec"].get("pool") == key[1]]
-        serving = sum(
-            1
-            for o in objs
-            if o["spec"].get("role") != "Standby"
-            and condition(o, reasons.SERVING) == "True"
-            and not o["metadata"].get("deletionTimestamp")
-        )
-        for pending in waiting:
-            if serving >= pending.pools[key]:
-                del pending.pools[key]
-                if not pending.pools:
-                    await self._recovered(
-                        pending, f"pool {key[0]}/{key[1]} serving {serving} instances again"
-                    )
-
-    async def _recovered(self, pending: _Pending, message: str) -> None:
-        name = pending.incident.metadata.name or ""
-        current = await incidents.read(self.client, name) or pending.incident
-        now = self.clock()
-        current = resolve(stamp(current, replaced=now), now, message)
-        await incidents.write_status(self.client, current)
-        incidents.observe_recovery(self.metrics, pending.signal, current)
-        self.pending.pop(name, None)
+        """A ModelInstance changed: an incident waiting for its pool's cold replacements may be over."""
+        await self.recovery.on_instance(body)
 
     # ------------------------------------------------------------------ diagnostics
     async def _start_diagnostics(self, decision: FaultDecision, incident: Incident) -> Incident:
@@ -604,7 +364,7 @@ class FaultHandler:
                 incident, Action.RUN_DIAGNOSTICS, f"node/{node}", self.clock(), "queued: a run is in progress"
             )
         run = self.controller.start_diagnostics(name, node, sorted(decision.diagnose_gpus), self.clock())
-        self.pending.setdefault(name, _Pending(incident, decision.signal))
+        self.pending.setdefault(name, Pending(incident, decision.signal))
         await self.diagnostics.start(self.client, run, name)
         return record_action(
             incident, Action.RUN_DIAGNOSTICS, f"node/{node}", self.clock(), f"requested {run.level.value}"

@@ -3,25 +3,27 @@ ModelDeployment conditions. No decisions here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 
 from flywheel.api.v1alpha1 import (
-    GROUP,
-    VERSION,
     GPUNodeSpec,
     GPUQuarantine,
     ModelDeploymentSpec,
     OverEviction,
+    condition_status,
+    conditions_of,
+    find_condition,
+    is_true,
     reasons,
+    set_raw_condition,
 )
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
+from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.fault import FleetView, InstanceView
 from flywheel.controllers.fault.standby import Member, Role
-from flywheel.operator.kube import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, Kind, KubeClient, Obj
+from flywheel.kubeclient import GPU_NODES, MODEL_DEPLOYMENTS, MODEL_INSTANCES, KubeClient, Obj
 
-INCIDENTS = Kind(GROUP, VERSION, "incidents", "Incident", namespaced=False)
 RESET_BREAKER_ANNOTATION = "flywheel.dev/reset-circuit-breaker"
-ROUTING_WEIGHT_ANNOTATION = "flywheel.dev/routing-weight"
 EVENT_NAMESPACE = "default"  # where the node agent posts Events about (cluster-scoped) GPUNodes
 
 
@@ -42,25 +44,17 @@ def instance_view(obj: Obj, over_eviction: OverEviction) -> InstanceView | None:
     )
 
 
-def condition(obj: Mapping[str, object], type_: str) -> str | None:
-    status = obj.get("status") or {}
-    assert isinstance(status, Mapping)
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == type_:
-            return str(cond.get("status"))
-    return None
-
-
 def member(obj: Obj) -> Member:
     spec = obj.get("spec") or {}
     meta = obj.get("metadata") or {}
-    ready = condition(obj, reasons.LOADED) == "True" or condition(obj, reasons.SERVING) == "True"
+    conditions = conditions_of(obj)
+    ready = is_true(conditions, reasons.LOADED) or is_true(conditions, reasons.SERVING)
     return Member(
         name=str(meta.get("name")),
         role=Role.STANDBY if spec.get("role") == "Standby" else Role.ACTIVE,
         tp=int(spec.get("tensorParallel", 8)),
         ready=ready,
-        healthy=condition(obj, reasons.HEALTHY) != "False",
+        healthy=condition_status(conditions, reasons.HEALTHY) != "False",
         node=spec.get("nodeName"),
         draining=bool(spec.get("drain")) or bool(meta.get("deletionTimestamp")),
     )
@@ -171,27 +165,27 @@ async def set_routing_weight(client: KubeClient, instance: Obj, weight: float) -
 
 
 async def set_md_condition(
-    client: KubeClient, md: Obj, type_: str, status: str, reason: str, message: str, now: datetime
+    client: KubeClient,
+    md: Obj,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
 ) -> None:
-    """Set one condition on a ModelDeployment's status (a no-op when unchanged)."""
+    """Set one condition on a ModelDeployment's status (a no-op when status and reason are unchanged,
+    or when a condition never set would be set False)."""
     meta = md["metadata"]
-    stamp = now.isoformat().replace("+00:00", "Z")
 
     def compute(current: Obj) -> Obj | None:
-        conditions = list((current.get("status") or {}).get("conditions") or [])
-        old = next((c for c in conditions if c.get("type") == type_), None)
+        conditions = conditions_of(current)
+        old = find_condition(conditions, type_)
         if old is not None and old.get("status") == status and old.get("reason") == reason:
             return None
         if old is None and status == "False":
             return None
-        cond = {
-            "type": type_,
-            "status": status,
-            "reason": reason,
-            "message": message[:32768],
-            "lastTransitionTime": stamp,
+        return {
+            "status": {"conditions": set_raw_condition(conditions, type_, status, reason, message, at=now)}
         }
-        conditions = [c for c in conditions if c.get("type") != type_] + [cond]
-        return {"status": {"conditions": conditions}}
 
     await client.update(MODEL_DEPLOYMENTS, meta.get("namespace"), meta["name"], compute, "status")

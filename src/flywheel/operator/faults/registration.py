@@ -1,4 +1,4 @@
-"""kopf registration of the fault handler on an operator's registry (``flywheel.operator.handlers``)."""
+"""kopf registration of the fault handler on an operator's registry (from ``flywheel.operator.main``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 from flywheel.api.v1alpha1 import GROUP, VERSION
 from flywheel.controllers.fault import FaultConfig
+from flywheel.operator.context import Context
+from flywheel.operator.faults.fault_metrics import FaultMetrics
 from flywheel.operator.faults.handler import FaultHandler
-from flywheel.operator.faults.metrics import FaultMetrics
 
 HEARTBEAT_CHECK_S = 5.0  # how often every GPUNode's heartbeat age is checked (and diagnostics timeouts)
 
@@ -16,17 +17,15 @@ RETRY_ATTEMPTS = 8  # a fault whose handling failed is retried this often (then 
 RETRY_FIRST_S = 0.5  # first retry after this long, doubling up to 16x
 
 
-def register_faults(registry: Any, op: Any) -> FaultHandler:
-    """Bind a ``FaultHandler`` to an operator's kopf registry.
-
-    ``op`` is the ``Operator``: its client (once logged in) and metrics registry are shared.
-    """
+def register_faults(registry: Any, ctx: Context) -> FaultHandler:
+    """Bind a ``FaultHandler`` to an operator's kopf registry; it shares the operator's client (once
+    logged in) and metrics registry."""
     import kopf
 
     handler = FaultHandler(
-        lambda: op.kube,
-        FaultMetrics(op.metrics.registry),
-        config=FaultConfig(verify_s=op.config.fault_verify_seconds),
+        lambda: ctx.kube,
+        FaultMetrics(ctx.metrics.registry),
+        config=FaultConfig(verify_s=ctx.config.fault_verify_seconds),
     )
 
     async def handle_gpunode(body: dict[str, Any], attempt: int = 0) -> None:
@@ -36,7 +35,7 @@ def register_faults(registry: Any, op: Any) -> FaultHandler:
             await handler.on_gpunode(body)
         except Exception:
             if attempt < RETRY_ATTEMPTS:
-                op.request(
+                ctx.request(
                     ("FaultRetry", body["metadata"]["name"]),
                     lambda: handle_gpunode(body, attempt + 1),
                     delay=RETRY_FIRST_S * 2 ** min(attempt, 4),
@@ -47,26 +46,26 @@ def register_faults(registry: Any, op: Any) -> FaultHandler:
     async def _gpunode_faults(**kwargs: Any) -> None:
         if kwargs["type"] != "DELETED":
             body = dict(kwargs["body"])
-            await op.safely("Fault", lambda: handle_gpunode(body))
+            await ctx.safely("Fault", lambda: handle_gpunode(body))
 
     @kopf.timer(
         GROUP, VERSION, "gpunodes", id="faults-heartbeat", interval=HEARTBEAT_CHECK_S, registry=registry
     )
     async def _gpunode_heartbeat(**kwargs: Any) -> None:
         body = dict(kwargs["body"])
-        await op.safely("Fault", lambda: handler.on_gpunode(body))
+        await ctx.safely("Fault", lambda: handler.on_gpunode(body))
 
     @kopf.on.event("", "v1", "nodes", id="faults-node-ready", registry=registry)
     async def _node_faults(**kwargs: Any) -> None:
         if kwargs["type"] != "DELETED":
             body = dict(kwargs["body"])
-            await op.safely("Fault", lambda: handler.on_node(body))
+            await ctx.safely("Fault", lambda: handler.on_node(body))
 
     @kopf.on.event(GROUP, VERSION, "modelinstances", id="faults", registry=registry)
     async def _instance_faults(**kwargs: Any) -> None:
         if kwargs["type"] != "DELETED" and handler.pending:
             body = dict(kwargs["body"])
-            await op.safely("Fault", lambda: handler.on_instance(body))
+            await ctx.safely("Fault", lambda: handler.on_instance(body))
 
     @kopf.on.cleanup(id="faults", registry=registry)
     async def _faults_cleanup(**kwargs: Any) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
 from flywheel.controllers.fault import FaultDecision, FleetView
 from flywheel.controllers.fault.standby import Role, promote_for_failures
-from flywheel.operator.faults.kubeio import ROUTING_WEIGHT_ANNOTATION, member
-from flywheel.operator.kube import Obj
+from flywheel.kubeclient import Obj
+from flywheel.operator.faults.kubeio import member
 
 REPLACES_ANNOTATION = "flywheel.dev/replaces"
 

@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any
 
-from flywheel.operator.kube import Kind, KubeClient
+from flywheel.kubeclient import Kind, KubeClient
 
 log = logging.getLogger(__name__)
 

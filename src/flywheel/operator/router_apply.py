@@ -8,7 +8,7 @@ import json
 
 from flywheel.controllers.resources.router_objects import ModelFiles, router_objects
 from flywheel.engines.adapters import model_location
-from flywheel.operator.kube import Kind, KubeClient, Obj, owner_reference
+from flywheel.kubeclient import Kind, KubeClient, Obj, owner_reference
 
 SPEC_HASH = "flywheel.dev/router-spec-hash"
 KINDS: dict[str, Kind] = {

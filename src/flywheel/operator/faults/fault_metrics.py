@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from flywheel.api.v1alpha1 import Incident
+from flywheel.controllers.fault import FaultSignal
+
 _BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
@@ -61,3 +64,21 @@ class FaultMetrics:
             "Transient-capable signals being verified (traffic stopped, not yet quarantined).",
             registry=registry,
         )
+
+
+def observe_incident(metrics: FaultMetrics, signal: FaultSignal, incident: Incident) -> None:
+    label = signal.type.value
+    metrics.incidents.labels(label).inc()
+    start = signal.injected_at if signal.injected_at is not None else signal.observed_at
+    if start is not None:
+        metrics.mttd.labels(label).observe(max(0.0, signal.at - start))
+    observe_recovery(metrics, signal, incident)
+
+
+def observe_recovery(metrics: FaultMetrics, signal: FaultSignal, incident: Incident) -> None:
+    status = incident.status
+    if status is None or status.recovered_at is None:
+        return
+    start = signal.injected_at if signal.injected_at is not None else signal.observed_at
+    origin = start if start is not None else signal.at
+    metrics.mttr.labels(signal.type.value).observe(max(0.0, status.recovered_at.timestamp() - origin))

@@ -1,4 +1,5 @@
-"""A small async Kubernetes API client for the operator's own reads and writes (aiohttp).
+"""A small async Kubernetes API client (aiohttp): the operator's own reads and writes, the router's
+discovery, the dev cluster. Below ``flywheel.operator``, so the engines need not import the operator.
 
 kopf has no public client for arbitrary objects; this one takes the same ``kopf.ConnectionInfo`` the
 login handler returns, so there is one source of credentials. Writes that depend on what was read
@@ -77,6 +78,7 @@ GPU_NODES = Kind("flywheel.dev", "v1alpha1", "gpunodes", "GPUNode", namespaced=F
 PODS = Kind("", "v1", "pods", "Pod")
 NODES = Kind("", "v1", "nodes", "Node", namespaced=False)
 EVENTS = Kind("", "v1", "events", "Event")
+INCIDENTS = Kind("flywheel.dev", "v1alpha1", "incidents", "Incident", namespaced=False)
 
 WriteHook = Callable[[str, str], None]
 

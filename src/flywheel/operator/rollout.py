@@ -1,6 +1,6 @@
-"""Operator side of elastic reconfiguration: warm-standby promotion and planned TP changes.
+"""A ServingPool's rollouts: warm-standby promotion, planned TP changes, drain before delete.
 
-Called from the pool reconciler (``Operator.reconcile_pool``) around ``plan_instances``; the decisions
+Called from the pool controller (``ServingPoolController.reconcile``) around ``plan_instances``; the decisions
 come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reconfig.reshard``:
 
 - ``promote``: when the pool misses Active instances and a Standby of its TP has its weights loaded,
@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import (
-    Condition,
     DType,
     GPUNode,
     InstanceRole,
     ModelDeploymentSpec,
     ServingPoolSpec,
+    conditions_of,
+    find_condition,
+    is_true,
+    parse_conditions,
     reasons,
     set_condition,
+    wire_conditions,
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.fault.standby import Member, Role, reconcile_standbys
@@ -53,34 +57,24 @@ from flywheel.controllers.reconfig.reshard import (
     rollout_actions,
 )
 from flywheel.controllers.resources.desired import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_POOL,
     LABEL_ROLE,
+    MANAGER,
     InstancePlan,
     ObservedInstance,
     instance_name,
     instance_template,
 )
 from flywheel.controllers.resources.placement import usable_gpus
-from flywheel.operator.kube import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj
-
-if TYPE_CHECKING:
-    from flywheel.operator.reconcile import Operator
+from flywheel.kubeclient import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj, owner_reference
+from flywheel.operator.context import Context
 
 logger = logging.getLogger("flywheel.operator")
 
 PLAN_ANNOTATION = "flywheel.dev/reshard-plan"
 _BYTES_PER_PARAM = {DType.BFLOAT16: 2, DType.FLOAT16: 2, DType.FP8: 1, DType.INT8: 1}
-
-
-def _condition(obj: Obj, type_: str) -> dict[str, Any] | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return dict(c)
-    return None
-
-
-def _true(obj: Obj, type_: str) -> bool:
-    c = _condition(obj, type_)
-    return c is not None and c.get("status") == "True"
 
 
 def instance_state(obj: Obj | None) -> InstanceState:
@@ -93,7 +87,7 @@ def instance_state(obj: Obj | None) -> InstanceState:
     if spec.get("drain"):
         busy = int(status.get("requestsRunning", 0)) + int(status.get("requestsWaiting", 0))
         return InstanceState.DRAINING if busy else InstanceState.DRAINED
-    if _true(obj, reasons.SERVING):
+    if is_true(conditions_of(obj), reasons.SERVING):
         return InstanceState.SERVING
     return InstanceState.STARTING
 
@@ -102,9 +96,9 @@ def model_bytes(md_spec: ModelDeploymentSpec) -> int:
     return md_spec.model.parameters_millions * 1_000_000 * _BYTES_PER_PARAM.get(md_spec.model.dtype, 2)
 
 
-class Reconfiguration:
-    def __init__(self, op: Operator) -> None:
-        self.op = op
+class PoolRollout:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     # -- promotion ----------------------------------------------------------------------------------
 
@@ -122,14 +116,14 @@ class Reconfiguration:
         members = []
         for i in live:
             obj = by_name.get(i.name, {})
-            healthy = _condition(obj, reasons.HEALTHY)
+            healthy = find_condition(conditions_of(obj), reasons.HEALTHY)
             active = i.spec.role is InstanceRole.ACTIVE
             members.append(
                 Member(
                     i.name,
                     Role.ACTIVE if active else Role.STANDBY,
                     i.spec.tensor_parallel,
-                    ready=_true(obj, reasons.LOADED),
+                    ready=is_true(conditions_of(obj), reasons.LOADED),
                     # An unhealthy Active is the fault controller's to evict (it promotes for it);
                     # here only a missing Active is replaced. An unhealthy Standby is never promoted.
                     healthy=active or healthy is None or healthy.get("status") != "False",
@@ -146,18 +140,18 @@ class Reconfiguration:
             if action.instance not in promoted:
                 continue
             name = action.instance
-            await self.op.kube.patch(
+            await self.ctx.kube.patch(
                 MODEL_INSTANCES,
                 namespace,
                 name,
                 {"metadata": {"labels": {LABEL_ROLE: InstanceRole.ACTIVE.value}}, "spec": {"role": "Active"}},
             )
-            pod = await self.op.kube.get(PODS, namespace, name)
+            pod = await self.ctx.kube.get(PODS, namespace, name)
             if pod is not None:
-                await self.op.kube.patch(
+                await self.ctx.kube.patch(
                     PODS, namespace, name, {"metadata": {"labels": {LABEL_ROLE: InstanceRole.ACTIVE.value}}}
                 )
-            await self.op._decided(
+            await self.ctx.recorder.decided(
                 "ModelInstance", "promote", pool, reasons.PROMOTING_STANDBY, f"{name}: {action.reason}"
             )
         await self._progressing(
@@ -210,17 +204,17 @@ class Reconfiguration:
             if action.verb is RolloutVerb.CREATE:
                 await self._create(pool, spec, md_spec, action.instance, list(action.step.gpus), nodes)
             elif action.verb is RolloutVerb.DRAIN:
-                await self.op.kube.patch(
+                await self.ctx.kube.patch(
                     MODEL_INSTANCES, namespace, action.instance, {"spec": {"drain": True}}
                 )
-                await self.op._decided(
+                await self.ctx.recorder.decided(
                     "ModelInstance", "drain", pool, reasons.DRAINING,
                     f"{action.instance}: no new requests; in-flight ones finish, queued ones go to siblings",
                 )  # fmt: skip
             elif action.verb is RolloutVerb.DELETE:
                 uid = by_name.get(action.instance, {}).get("metadata", {}).get("uid")
-                if await self.op.kube.delete(MODEL_INSTANCES, namespace, action.instance, uid):
-                    await self.op._decided(
+                if await self.ctx.kube.delete(MODEL_INSTANCES, namespace, action.instance, uid):
+                    await self.ctx.recorder.decided(
                         "ModelInstance",
                         "delete",
                         pool,
@@ -234,9 +228,9 @@ class Reconfiguration:
                 continue
             state = instance_state(by_name.get(i.name))
             if state in (InstanceState.SERVING, InstanceState.STARTING):
-                await self.op.kube.patch(MODEL_INSTANCES, namespace, i.name, {"spec": {"drain": True}})
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, i.name, {"spec": {"drain": True}})
             elif state is InstanceState.DRAINED:
-                await self.op.kube.delete(
+                await self.ctx.kube.delete(
                     MODEL_INSTANCES, namespace, i.name, by_name[i.name]["metadata"].get("uid")
                 )
         if rollout.done and not old:
@@ -292,8 +286,8 @@ class Reconfiguration:
             ):
                 final.append(name)
             elif state.get(name) is InstanceState.SERVING:
-                await self.op.kube.patch(MODEL_INSTANCES, namespace, name, {"spec": {"drain": True}})
-                await self.op._decided(
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, name, {"spec": {"drain": True}})
+                await self.ctx.recorder.decided(
                     "ModelInstance",
                     "drain",
                     pool,
@@ -321,11 +315,11 @@ class Reconfiguration:
             and instance_state(by_name.get(i.name)) is InstanceState.SERVING
         ]  # instances not serving carry no capacity to protect: they are simply retired
         mine = {u for i in serving for u in i.spec.gpu_uuids}
-        everything = await self.op.kube.list(MODEL_INSTANCES)
+        everything = await self.ctx.kube.list(MODEL_INSTANCES)
         used = {u for o in everything for u in (o.get("spec") or {}).get("gpuUUIDs") or []} - mine
         gpus: list[GPU] = []
         node_of: dict[str, str] = {}
-        for raw_node in await self.op.kube.list(GPU_NODES):
+        for raw_node in await self.ctx.kube.list(GPU_NODES):
             try:
                 node = GPUNode.model_validate(raw_node)
             except ValidationError:
@@ -350,7 +344,7 @@ class Reconfiguration:
                 placement, tp, spec.instances, capacity, need, name_prefix=f"{name}-tp{tp}-new"
             )
         except ReshardInfeasible as exc:
-            await self.op._decided(
+            await self.ctx.recorder.decided(
                 "ServingPool", "reshard", pool, reasons.RESHARDING, f"cannot reshard: {exc}", True
             )
             return None
@@ -378,7 +372,7 @@ class Reconfiguration:
             "naiveGB": round(result.naive_loaded_bytes / GB, 1),
         }
         await self._store(namespace, name, stored)
-        await self.op._decided(
+        await self.ctx.recorder.decided(
             "ServingPool", "reshard", pool, reasons.RESHARDING,
             f"TP{tp} x {spec.instances}: {len(result.steps)} steps, reuses {stored['reusedGB']} GB on GPU, "
             f"loads {stored['loadedGB']} GB (naive {stored['naiveGB']} GB), "
@@ -395,14 +389,6 @@ class Reconfiguration:
         gpus: list[str],
         nodes: dict[str, str],
     ) -> None:
-        from flywheel.controllers.resources.desired import (
-            LABEL_DEPLOYMENT,
-            LABEL_MANAGED_BY,
-            LABEL_POOL,
-            MANAGER,
-        )
-        from flywheel.operator.kube import owner_reference
-
         pool_name = pool["metadata"]["name"]
         template = instance_template(pool_name, spec, md_spec, InstanceRole.ACTIVE)
         placed = template.model_copy(
@@ -421,8 +407,8 @@ class Reconfiguration:
             },
             "spec": placed.wire(),
         }
-        if await self.op.kube.create(MODEL_INSTANCES, pool["metadata"]["namespace"], body) is not None:
-            await self.op._decided(
+        if await self.ctx.kube.create(MODEL_INSTANCES, pool["metadata"]["namespace"], body) is not None:
+            await self.ctx.recorder.decided(
                 "ModelInstance", "create", pool, "CreatedInstance",
                 f"{instance} (Active, TP{spec.tensor_parallel}) on {placed.node_name} GPUs {','.join(gpus)} "
                 "for the reshard",
@@ -430,7 +416,7 @@ class Reconfiguration:
 
     async def _finish(self, pool: Obj, tp: int) -> None:
         await self._store(pool["metadata"]["namespace"], pool["metadata"]["name"], None)
-        await self.op._decided(
+        await self.ctx.recorder.decided(
             "ServingPool", "reshard", pool, "ReshardComplete", f"all Active instances run TP{tp}"
         )
         await self._progressing(pool, "False", reasons.AS_EXPECTED, f"resharded to TP{tp}")
@@ -449,20 +435,15 @@ class Reconfiguration:
 
     async def _store(self, namespace: str, name: str, plan: dict[str, Any] | None) -> None:
         text = json.dumps(plan, separators=(",", ":"), sort_keys=True) if plan is not None else None
-        await self.op.kube.patch(
+        await self.ctx.kube.patch(
             SERVING_POOLS, namespace, name, {"metadata": {"annotations": {PLAN_ANNOTATION: text}}}
         )
 
     async def _progressing(self, pool: Obj, status: ConditionStatus, reason: str, message: str) -> None:
         def compute(current: Obj) -> Obj | None:
             generation = current["metadata"].get("generation")
-            conditions = []
-            for c in (current.get("status") or {}).get("conditions") or []:
-                try:
-                    conditions.append(Condition.model_validate(c))
-                except ValidationError:
-                    continue
-            before = next((c for c in conditions if c.type == reasons.PROGRESSING), None)
+            conditions = parse_conditions(conditions_of(current))
+            before = find_condition(conditions, reasons.PROGRESSING)
             if before is not None and (before.status, before.reason, before.message) == (
                 status,
                 reason,
@@ -470,7 +451,7 @@ class Reconfiguration:
             ):
                 return None
             updated = set_condition(conditions, reasons.PROGRESSING, status, reason, message, generation)
-            return {"status": {"conditions": [c.wire() for c in sorted(updated, key=lambda c: c.type)]}}
+            return {"status": {"conditions": wire_conditions(updated)}}
 
         meta = pool["metadata"]
-        await self.op.kube.update(SERVING_POOLS, meta["namespace"], meta["name"], compute, "status")
+        await self.ctx.kube.update(SERVING_POOLS, meta["namespace"], meta["name"], compute, "status")

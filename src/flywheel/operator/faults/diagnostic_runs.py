@@ -8,8 +8,8 @@ from typing import Any
 
 from flywheel.controllers.fault import DiagnosticsRun
 from flywheel.controllers.fault import diagnostics as diag
+from flywheel.kubeclient import GPU_NODES, KubeClient
 from flywheel.operator.faults.kubeio import gpunode_names
-from flywheel.operator.kube import GPU_NODES, KubeClient
 
 
 class DiagnosticsRuns:

@@ -1,12 +1,12 @@
-"""Incident persistence (one cluster-scoped ``Incident`` per fault), its Events and its metrics."""
+"""Incident controller: one cluster-scoped ``Incident`` per fault, written by the fault handler
+(``faults/``) as it decides and acts: create it, update its status, read it back after a restart, and
+the Warning Events on the ModelDeployments it concerns."""
 
 from __future__ import annotations
 
 from flywheel.api.v1alpha1 import Incident, reasons
-from flywheel.controllers.fault import FaultDecision, FaultSignal
-from flywheel.operator.faults.kubeio import INCIDENTS
-from flywheel.operator.faults.metrics import FaultMetrics
-from flywheel.operator.kube import MODEL_DEPLOYMENTS, KubeClient, Obj
+from flywheel.controllers.fault import FaultDecision
+from flywheel.kubeclient import INCIDENTS, MODEL_DEPLOYMENTS, KubeClient, Obj
 
 
 async def read(client: KubeClient, name: str) -> Incident | None:
@@ -37,24 +37,6 @@ def finished(incident: Incident) -> bool:
     """Isolated or resolved: a restarted operator has nothing left to decide for it."""
     status = incident.status
     return status is not None and (status.isolated_at is not None or status.recovered_at is not None)
-
-
-def observe(metrics: FaultMetrics, signal: FaultSignal, incident: Incident) -> None:
-    label = signal.type.value
-    metrics.incidents.labels(label).inc()
-    start = signal.injected_at if signal.injected_at is not None else signal.observed_at
-    if start is not None:
-        metrics.mttd.labels(label).observe(max(0.0, signal.at - start))
-    observe_recovery(metrics, signal, incident)
-
-
-def observe_recovery(metrics: FaultMetrics, signal: FaultSignal, incident: Incident) -> None:
-    status = incident.status
-    if status is None or status.recovered_at is None:
-        return
-    start = signal.injected_at if signal.injected_at is not None else signal.observed_at
-    origin = start if start is not None else signal.at
-    metrics.mttr.labels(signal.type.value).observe(max(0.0, status.recovered_at.timestamp() - origin))
 
 
 async def post_events(

@@ -1,0 +1,233 @@
+"""ServingPool controller: the pool's ModelInstances (placed on GPUs), its rollouts, its status.
+
+``plan_instances`` says which instances should exist; ``rollout`` (standby promotion, planned TP
+changes, drain before delete) adjusts that plan; placement picks GPUs for new and unplaced instances
+under one lock, so two pools never take the same GPUs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from flywheel.api.v1alpha1 import (
+    GPUNode,
+    ModelDeploymentSpec,
+    ModelInstanceSpec,
+    ServingPoolSpec,
+    conditions_of,
+    is_true,
+    parse_conditions,
+    reasons,
+    set_condition,
+    wire_conditions,
+)
+from flywheel.controllers.resources.desired import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_POOL,
+    LABEL_ROLE,
+    MANAGER,
+    ObservedInstance,
+    plan_instances,
+)
+from flywheel.controllers.resources.placement import PlacementRequest, place
+from flywheel.kubeclient import (
+    GPU_NODES,
+    MODEL_DEPLOYMENTS,
+    MODEL_INSTANCES,
+    SERVING_POOLS,
+    Obj,
+    owner_reference,
+)
+from flywheel.operator.context import Context
+from flywheel.operator.objects import deleting, status_patch, validation_message
+from flywheel.operator.rollout import PoolRollout
+
+# (namespace, deployment): a pool's instances changed, the deployment's status should follow.
+DeploymentChanged = Callable[[str, str], None]
+
+
+class ServingPoolController:
+    def __init__(self, ctx: Context, rollout: PoolRollout, deployment_changed: DeploymentChanged) -> None:
+        self.ctx = ctx
+        self.rollout = rollout
+        self.deployment_changed = deployment_changed
+        self._placement = asyncio.Lock()
+
+    def refresh(self, namespace: str, pool: str) -> None:
+        """Reconcile the pool soon (coalesced)."""
+        self.ctx.request(("pool", namespace, pool), lambda: self.reconcile(namespace, pool), 0.0)
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        async with self.ctx.lock(("pool", namespace, name)):
+            pool = await self.ctx.kube.get(SERVING_POOLS, namespace, name)
+            if pool is None or deleting(pool):
+                return
+            try:
+                spec = ServingPoolSpec.model_validate(pool.get("spec") or {})
+            except ValidationError as exc:
+                await self._status(pool, [], invalid=validation_message(exc))
+                return
+            md = await self.ctx.kube.get(MODEL_DEPLOYMENTS, namespace, spec.model_deployment)
+            if md is None or deleting(md):
+                return
+            try:
+                md_spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+            except ValidationError:
+                return  # reported on the deployment; keep what runs
+            raw = await self.ctx.kube.list(MODEL_INSTANCES, namespace, f"{LABEL_POOL}={name}")
+            observed = []
+            for item in raw:
+                try:
+                    instance_spec = ModelInstanceSpec.model_validate(item.get("spec") or {})
+                except ValidationError:
+                    await self.ctx.kube.delete(
+                        MODEL_INSTANCES, namespace, item["metadata"]["name"], item["metadata"]["uid"]
+                    )
+                    continue
+                observed.append(ObservedInstance(item["metadata"]["name"], instance_spec, deleting(item)))
+            observed = await self.rollout.promote(pool, spec, raw, observed)
+            plan = plan_instances(name, spec, md_spec, observed)
+            plan = await self.rollout.stage(pool, spec, md_spec, raw, observed, plan)
+            uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in raw}
+            for instance_name in plan.delete:
+                if await self.ctx.kube.delete(
+                    MODEL_INSTANCES, namespace, instance_name, uids.get(instance_name)
+                ):
+                    await self.ctx.recorder.decided(
+                        "ModelInstance", "delete", pool, "DeletedInstance", f"{instance_name} not needed"
+                    )
+            for instance_name, patch in plan.update.items():
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, instance_name, {"spec": patch})
+                await self.ctx.recorder.decided(
+                    "ModelInstance", "update", pool, "UpdatedInstance", f"{instance_name}: {sorted(patch)}"
+                )
+            unplaced = {
+                i.name: i.spec
+                for i in observed
+                if not i.deleting and not i.spec.node_name and i.name not in plan.delete
+            }
+            if plan.create or unplaced:
+                await self._place_and_create(pool, plan.create, unplaced)
+            instances = await self.ctx.kube.list(MODEL_INSTANCES, namespace, f"{LABEL_POOL}={name}")
+            await self._status(pool, instances)
+        self.deployment_changed(namespace, spec.model_deployment)
+
+    async def _place_and_create(
+        self, pool: Obj, create: dict[str, ModelInstanceSpec], unplaced: dict[str, ModelInstanceSpec]
+    ) -> None:
+        namespace, pool_name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+        async with self._placement:
+            everything = await self.ctx.kube.list(MODEL_INSTANCES)
+            used = [u for i in everything for u in (i.get("spec") or {}).get("gpuUUIDs") or []]
+            nodes = []
+            for raw in await self.ctx.kube.list(GPU_NODES):
+                try:
+                    nodes.append(GPUNode.model_validate(raw))
+                except ValidationError:
+                    continue
+            wanted = {**unplaced, **create}
+            placements = place(
+                [PlacementRequest(n, s.tensor_parallel) for n, s in wanted.items()], nodes, used
+            )
+            for instance_name, template in create.items():
+                placement = placements.get(instance_name)
+                spec = template
+                if placement is not None:
+                    spec = template.model_copy(
+                        update={"node_name": placement.node_name, "gpu_uuids": list(placement.gpu_uuids)}
+                    )
+                body = {
+                    "metadata": {
+                        "name": instance_name,
+                        "labels": {
+                            LABEL_DEPLOYMENT: spec.model_deployment,
+                            LABEL_POOL: pool_name,
+                            LABEL_ROLE: spec.role.value,
+                            LABEL_MANAGED_BY: MANAGER,
+                        },
+                        "ownerReferences": [owner_reference(pool)],
+                    },
+                    "spec": spec.wire(),
+                }
+                if await self.ctx.kube.create(MODEL_INSTANCES, namespace, body) is not None:
+                    where = (
+                        f"on {placement.node_name} GPUs {','.join(placement.gpu_uuids)}"
+                        if placement
+                        else "unplaced: no free GPUs"
+                    )
+                    await self.ctx.recorder.decided(
+                        "ModelInstance", "create", pool, "CreatedInstance",
+                        f"{instance_name} ({spec.role.value}, TP{spec.tensor_parallel}) {where}",
+                        warning=placement is None,
+                    )  # fmt: skip
+            for instance_name in unplaced:
+                placement = placements.get(instance_name)
+                if placement is None:
+                    continue
+                patch = {"spec": {"nodeName": placement.node_name, "gpuUUIDs": list(placement.gpu_uuids)}}
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, instance_name, patch)
+                await self.ctx.recorder.decided(
+                    "ModelInstance",
+                    "place",
+                    pool,
+                    "PlacedInstance",
+                    f"{instance_name} on {placement.node_name}",
+                )
+
+    async def _status(self, pool: Obj, instances: list[Obj], invalid: str | None = None) -> None:
+        spec = pool.get("spec") or {}
+        active = [i for i in instances if (i.get("spec") or {}).get("role") == "Active"]
+        ready = sum(1 for i in active if is_true(conditions_of(i), reasons.SERVING))
+        standbys = sum(1 for i in instances if (i.get("spec") or {}).get("role") == "Standby")
+        unscheduled = sum(1 for i in instances if not (i.get("spec") or {}).get("nodeName"))
+        power = sum(int((i.get("status") or {}).get("powerWatts", 0)) for i in instances)
+        want = int(spec.get("instances", 0))
+
+        def compute(current: Obj) -> Obj | None:
+            generation = current["metadata"].get("generation")
+            conditions = parse_conditions(conditions_of(current))
+            if invalid is not None:
+                conditions = set_condition(
+                    conditions, reasons.DEGRADED, "True", reasons.INVALID_SPEC, invalid, generation
+                )
+                conditions = set_condition(
+                    conditions, reasons.READY, "False", reasons.INVALID_SPEC, "", generation
+                )
+            else:
+                ok = ready >= want
+                conditions = set_condition(
+                    conditions, reasons.READY, "True" if ok else "False",
+                    reasons.AS_EXPECTED if ok else reasons.INSTANCES_NOT_READY,
+                    f"{ready}/{want} instances serving", generation,
+                )  # fmt: skip
+                conditions = set_condition(
+                    conditions, reasons.DEGRADED, "True" if unscheduled else "False",
+                    reasons.INSUFFICIENT_GPUS if unscheduled else reasons.AS_EXPECTED,
+                    f"{unscheduled} instances unplaced" if unscheduled else "", generation,
+                )  # fmt: skip
+            status = {
+                "observedGeneration": generation,
+                "conditions": wire_conditions(conditions),
+                "readyInstances": ready,
+                "standbyInstances": standbys,
+                "powerWatts": power,
+            }
+            return status_patch(current, status)
+
+        await self.ctx.kube.update(
+            SERVING_POOLS, pool["metadata"]["namespace"], pool["metadata"]["name"], compute, "status"
+        )
+
+    async def place_unscheduled(self) -> None:
+        """Give instances waiting for GPUs another placement attempt (capacity may have changed)."""
+        pools = {
+            (i["metadata"]["namespace"], (i.get("spec") or {}).get("pool", ""))
+            for i in await self.ctx.kube.list(MODEL_INSTANCES)
+            if not (i.get("spec") or {}).get("nodeName")
+        }
+        for namespace, pool in sorted(pools):
+            await self.reconcile(namespace, pool)
