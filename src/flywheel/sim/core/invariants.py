@@ -17,12 +17,36 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from flywheel.sim.simulator import Simulator
+from flywheel.sim.cluster import Cluster
+from flywheel.sim.core.entities import SimInstance, SimPool
 
 ENV_VAR = "FLYWHEEL_SIM_INVARIANTS"
+
+
+class Simulator(Protocol):
+    """What the checks read of a running simulation (the kernel satisfies it)."""
+
+    @property
+    def now(self) -> float: ...
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def instances(self) -> Sequence[SimInstance]: ...
+    @property
+    def pools(self) -> Mapping[str, SimPool]: ...
+    @property
+    def arrival(self) -> Sequence[float]: ...
+    @property
+    def allocated_gpus(self) -> int: ...
+    @property
+    def finished_count(self) -> int: ...
+    @property
+    def dropped_count(self) -> int: ...
+    @property
+    def outstanding(self) -> int: ...
 
 
 class InvariantViolation(AssertionError):
