@@ -186,7 +186,7 @@ class SimResult:
         return self.energy_j + self.released_gpu_seconds * self.unallocated_idle_watts
 
     def ttft_ms(self) -> np.ndarray:
-        return np.asarray((self.first_token_s - self.arrival_s) * 1000.0, dtype=np.float64)
+        return slo_rule.ttft_ms(self.arrival_s, self.first_token_s)
 
     def completed(self) -> np.ndarray:
         return np.asarray(~self.dropped & ~np.isnan(self.finish_s), dtype=bool)
