@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sim_policies import FixedPolicy
 
-from flywheel.sim.core import Event, Extension, FaultEvent, SimConfig, SimInstance, Simulator
+from flywheel.sim.core import Event, Extension, FaultEvent, SimConfig, SimInstance, SimKernel
 from flywheel.sim.workloads import Workload
 
 
@@ -38,7 +38,7 @@ class Unknown(Event):
 class Gate(Extension):
     """Takes every instance out of service between two of its own events."""
 
-    def __init__(self, sim: Simulator, start_s: float, end_s: float) -> None:
+    def __init__(self, sim: SimKernel, start_s: float, end_s: float) -> None:
         self.sim = sim
         self.paused = False
         self.seen: list[tuple[float, bool]] = []
@@ -65,7 +65,7 @@ class Gate(Extension):
 
 def test_extension_events_and_admission_gate() -> None:
     cfg = SimConfig(nodes=1, drain_s=200.0, sample_s=1000.0)
-    sim = Simulator(workload(20), FixedPolicy(), cfg)
+    sim = SimKernel(workload(20), FixedPolicy(), cfg)
     gate = Gate(sim, 5.5, 30.0)
     sim.add_extension(gate)
     result = sim.run()
@@ -81,12 +81,12 @@ def test_extension_events_and_admission_gate() -> None:
 
 def test_without_the_extension_requests_are_served_at_once() -> None:
     cfg = SimConfig(nodes=1, drain_s=200.0, sample_s=1000.0)
-    result = Simulator(workload(20), FixedPolicy(), cfg).run()
+    result = SimKernel(workload(20), FixedPolicy(), cfg).run()
     assert np.all(result.first_token_s - result.arrival_s < 1.0)
 
 
 def test_an_event_no_extension_handles_is_an_error() -> None:
-    sim = Simulator(workload(2), FixedPolicy(), SimConfig(nodes=1, drain_s=10.0))
+    sim = SimKernel(workload(2), FixedPolicy(), SimConfig(nodes=1, drain_s=10.0))
     sim.schedule(0.5, Unknown())
     with pytest.raises(TypeError, match="Unknown"):
         sim.run()
@@ -95,7 +95,7 @@ def test_an_event_no_extension_handles_is_an_error() -> None:
 def test_on_ready_sees_each_replacement_once() -> None:
     # The policy's initial instance is ready at once (no event); losing its node starts a replacement.
     cfg = SimConfig(nodes=2, drain_s=300.0, sample_s=1000.0, faults=(FaultEvent(2.0, node=0),))
-    sim = Simulator(workload(3), FixedPolicy(), cfg)
+    sim = SimKernel(workload(3), FixedPolicy(), cfg)
     gate = Gate(sim, math.inf, math.inf)
     sim.add_extension(gate)
     result = sim.run()

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-class Simulator(kernel.Simulator):
+class Simulator(kernel.SimKernel):
     """The kernel, plus the reconfiguration extension when ``config.reconfig`` is set."""
 
     def __init__(

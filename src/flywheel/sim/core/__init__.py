@@ -12,7 +12,7 @@ from flywheel.sim.core.entities import (
 )
 from flywheel.sim.core.events import Event
 from flywheel.sim.core.extension import Extension
-from flywheel.sim.core.kernel import Simulator
+from flywheel.sim.core.kernel import SimKernel
 
 __all__ = [
     "Event",
@@ -22,7 +22,7 @@ __all__ = [
     "Sample",
     "SimConfig",
     "SimInstance",
+    "SimKernel",
     "SimPool",
     "SimResult",
-    "Simulator",
 ]

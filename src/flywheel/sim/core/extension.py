@@ -1,7 +1,7 @@
 """The kernel's extension hooks.
 
 An extension (``flywheel.sim.extensions``) subclasses :class:`Extension`, overrides the hooks it
-needs and is registered with ``Simulator.add_extension``; it acts on the kernel only through the
+needs and is registered with ``SimKernel.add_extension``; it acts on the kernel only through the
 kernel's public API (``schedule``, ``start_instance``, ``drain``, ``evict``, ``recover``, ``kick``,
 ``interrupt``, ``next_iteration``, ``pool_load``, ``ready_instances``). Hooks run in registration
 order.

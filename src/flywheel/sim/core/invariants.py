@@ -26,7 +26,7 @@ from flywheel.sim.core.entities import SimInstance, SimPool
 ENV_VAR = "FLYWHEEL_SIM_INVARIANTS"
 
 
-class Simulator(Protocol):
+class SimState(Protocol):
     """What the checks read of a running simulation (the kernel satisfies it)."""
 
     @property
@@ -72,21 +72,21 @@ class EnergyLedger:
         self.energy_j += self.power_w * (now - self.time_s)
         self.time_s = now
 
-    def settle(self, sim: Simulator) -> None:
+    def settle(self, sim: SimState) -> None:
         self.power_w = sum(i.power_w for i in sim.instances if i.state != "stopped")
 
 
-def check(sim: Simulator, ledger: EnergyLedger, arrived: int) -> None:
+def check(sim: SimState, ledger: EnergyLedger, arrived: int) -> None:
     _check_gpus(sim)
     _check_requests(sim, arrived)
     _check_energy(sim, ledger)
 
 
-def _fail(sim: Simulator, text: str) -> None:
+def _fail(sim: SimState, text: str) -> None:
     raise InvariantViolation(f"t={sim.now:.6f}s: {text}")
 
 
-def _check_gpus(sim: Simulator) -> None:
+def _check_gpus(sim: SimState) -> None:
     cluster = sim.cluster
     owner: dict[tuple[int, int], str] = {}
     for inst in sim.instances:
@@ -112,7 +112,7 @@ def _check_gpus(sim: Simulator) -> None:
             _fail(sim, f"failed GPUs {sorted(n.free & n.failed)} of node {n.index} are free")
 
 
-def _check_requests(sim: Simulator, arrived: int) -> None:
+def _check_requests(sim: SimState, arrived: int) -> None:
     places: list[int] = []
     for pool in sim.pools.values():
         places.extend(pool.queue)
@@ -135,7 +135,7 @@ def _check_requests(sim: Simulator, arrived: int) -> None:
         _fail(sim, f"outstanding count {sim.outstanding} disagrees with finished/dropped")
 
 
-def _check_energy(sim: Simulator, ledger: EnergyLedger) -> None:
+def _check_energy(sim: SimState, ledger: EnergyLedger) -> None:
     accounted = sum(i.energy_j + i.power_w * (sim.now - i.t_mark) for i in sim.instances)
     if not math.isclose(accounted, ledger.energy_j, rel_tol=1e-9, abs_tol=1e-6):
         _fail(sim, f"energy {accounted:.3f} J accounted, {ledger.energy_j:.3f} J = integral of power")

@@ -54,10 +54,10 @@ from flywheel.sim.core.events import (
     SampleTick,
 )
 
-__all__ = ["Simulator"]
+__all__ = ["SimKernel"]
 
 
-class Simulator(EngineKernel):
+class SimKernel(EngineKernel):
     """The kernel: runs a policy on a workload; extensions plug in through ``add_extension``."""
 
     def _arrive(self, rid: int) -> None:
@@ -307,7 +307,7 @@ class Simulator(EngineKernel):
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         if self._started:
-            raise RuntimeError("a Simulator runs once; build a new one")
+            raise RuntimeError("a simulation runs once; build a new one")
         self._started = True
         cfg = self.cfg
         context = PolicyContext(

@@ -38,7 +38,7 @@ from flywheel.sim.cluster import GpuRef
 from flywheel.sim.core.entities import ReconfigOptions, SimInstance, SimPool
 from flywheel.sim.core.events import Ready
 from flywheel.sim.core.extension import Extension
-from flywheel.sim.core.kernel import Simulator
+from flywheel.sim.core.kernel import SimKernel
 
 __all__ = ["ReconfigOptions", "ReconfigStats", "Reconfigurator"]
 
@@ -81,7 +81,7 @@ def _ref(uuid: str) -> GpuRef:
 class Reconfigurator(Extension):
     """Warm standbys and planned TP resharding, through the kernel's ``reconcile`` hook."""
 
-    def __init__(self, sim: Simulator, options: ReconfigOptions) -> None:
+    def __init__(self, sim: SimKernel, options: ReconfigOptions) -> None:
         self.sim = sim
         self.options = options
         self.stats = ReconfigStats()

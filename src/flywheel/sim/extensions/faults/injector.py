@@ -50,7 +50,7 @@ from flywheel.sim.cluster import GpuRef
 from flywheel.sim.core.entities import SimInstance
 from flywheel.sim.core.events import Event
 from flywheel.sim.core.extension import Extension
-from flywheel.sim.core.kernel import Simulator
+from flywheel.sim.core.kernel import SimKernel
 from flywheel.sim.extensions.faults.records import (
     ENGINE_FAULTS,
     EVENT_DRIVEN,
@@ -81,7 +81,7 @@ class FaultInjector(Extension):
 
     def __init__(
         self,
-        sim: Simulator,
+        sim: SimKernel,
         reconfig: Reconfigurator | None,
         faults: Sequence[tuple[float, FaultType] | FaultSpec],
         timing: AgentTiming | None = None,
