@@ -18,6 +18,12 @@ Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> 
 number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
 in closed form, so every gap is judged, not a mean); the fleet's token-level gap histogram; energy
 per instance is the integral of its piecewise-constant board power.
+
+Layout: :class:`EngineKernel` (``core.engine``) holds the state, the event heap and the engines;
+:class:`SimKernel` adds the control loop. Events are typed (``core.events``). Extensions
+(``flywheel.sim.extensions``) subclass ``core.extension.Extension`` and act through its hooks and the
+public API: ``schedule(time, event)``, ``start_instance``, ``drain``, ``evict`` + ``recover``,
+``kick``, ``interrupt``, ``next_iteration``, ``pool_load``, ``ready_instances``, ``reconcile_all``.
 """
 
 from __future__ import annotations
