@@ -1,6 +1,6 @@
 """Fault-injection suite: every fault type at random times on the Azure conv trace, with one warm
 standby and with none; MTTD, time to isolation, time to restored capacity, SLO attainment during the
-fault. See ``flywheel.sim.faults`` for the model (detection pipeline from the node agent's timing,
+fault. See ``flywheel.sim.extensions.faults`` for the model (detection pipeline from the node agent's timing,
 the real fault controller, the reconfigurator's standby promotion or cold start).
 
 Usage: .venv/bin/python bench/faults_suite.py [--trials 3] [--window 600] [--seed 0]
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from flywheel.sim.faults import suite_cli
+from flywheel.sim.fault_suite import suite_cli
 
 
 def main() -> None:

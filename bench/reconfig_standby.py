@@ -45,7 +45,7 @@ from flywheel.controllers.protocol import (
 from flywheel.controllers.reconfig import GB, ReconfigCosts
 from flywheel.controllers.slo import attainment
 from flywheel.models.perf import LLAMA2_70B
-from flywheel.sim.reconfig import ReconfigOptions
+from flywheel.sim.extensions.reconfig import ReconfigOptions
 from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
 from flywheel.sim.workloads import Workload, load_trace
 

@@ -10,5 +10,5 @@ for shared in (Path(__file__).parent, Path(__file__).parent / "emulator"):  # wa
     if str(shared) not in sys.path:
         sys.path.insert(0, str(shared))
 
-# Every simulation in the test suite checks its invariants after every event (flywheel.sim.invariants).
+# Every simulation in the test suite checks its invariants after every event (flywheel.sim.core.invariants).
 os.environ.setdefault("FLYWHEEL_SIM_INVARIANTS", "1")

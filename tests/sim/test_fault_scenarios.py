@@ -8,8 +8,8 @@ import pytest
 
 from flywheel.controllers.fault import FaultConfig
 from flywheel.controllers.fault.scenario import FaultType, ScenarioError, parse_scenario
+from flywheel.sim.extensions.faults import AgentTiming
 from flywheel.sim.fault_scenarios import load_scenario, run_scenario, run_trial
-from flywheel.sim.faults import AgentTiming
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios" / "faults"
 

@@ -6,10 +6,11 @@ import pytest
 
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.fault import FaultConfig
-from flywheel.controllers.reconfig.reshard import ReconfigCosts
-from flywheel.sim.faults import AgentTiming, FaultKind, FaultSimulator, SuiteSpec, run_suite
-from flywheel.sim.reconfig import ReconfigOptions
-from flywheel.sim.simulator import SimConfig
+from flywheel.controllers.reconfig import ReconfigCosts
+from flywheel.sim.extensions.faults import AgentTiming, FaultKind
+from flywheel.sim.extensions.reconfig import ReconfigOptions
+from flywheel.sim.fault_suite import SuiteSpec, run_suite
+from flywheel.sim.simulator import FaultSimulator, SimConfig
 from flywheel.sim.workloads import Workload, load_trace
 
 TIMING = AgentTiming()

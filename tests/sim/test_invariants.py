@@ -1,4 +1,4 @@
-"""Simulator invariants (``flywheel.sim.invariants``): the double-drain regression, the checks
+"""Simulator invariants (``flywheel.sim.core.invariants``): the double-drain regression, the checks
 themselves, and random small workloads, faults and policies run with every check on."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from flywheel.controllers.protocol import (
     Policy,
     PoolTarget,
 )
-from flywheel.controllers.reconfig.reshard import ReconfigCosts
-from flywheel.sim import invariants
-from flywheel.sim.reconfig import ReconfigOptions
+from flywheel.controllers.reconfig import ReconfigCosts
+from flywheel.sim.core import invariants
+from flywheel.sim.extensions.reconfig import ReconfigOptions
 from flywheel.sim.registry import make_policy
 from flywheel.sim.simulator import FaultEvent, SimConfig, Simulator
 from flywheel.sim.workloads import Workload

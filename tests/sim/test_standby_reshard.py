@@ -1,4 +1,4 @@
-"""Simulator reconfiguration (``flywheel.sim.reconfig``): warm standbys are promoted instead of
+"""Simulator reconfiguration (``flywheel.sim.extensions.reconfig``): warm standbys are promoted instead of
 cold-started and draw idle power while parked; TP changes follow a resharding plan; no
 reconfiguration drops a request."""
 
@@ -17,7 +17,7 @@ from flywheel.controllers.protocol import (
     PolicyInfo,
     PoolTarget,
 )
-from flywheel.sim.reconfig import ReconfigOptions
+from flywheel.sim.extensions.reconfig import ReconfigOptions
 from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import burst
 

@@ -264,7 +264,7 @@ def sim_faults(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         return
-    from flywheel.sim.faults import suite_cli
+    from flywheel.sim.fault_suite import suite_cli
 
     suite_cli(trials or 3, window, seed, out, markdown)
 

@@ -62,6 +62,11 @@ def iteration_within_tbt(iteration_ms: float, slo: SLO, margin: float = 1.0) -> 
     return iteration_ms <= slo.tbt_ms * margin
 
 
+def ttft_ms(arrival_s: np.ndarray, first_token_s: np.ndarray) -> np.ndarray:
+    """Per request: time to first token (arrival to first token), in ms; NaN when none came."""
+    return np.asarray((first_token_s - arrival_s) * 1000.0, dtype=np.float64)
+
+
 def request_slo_mask(
     ttft_ms: np.ndarray,
     late_gaps: np.ndarray,
@@ -70,10 +75,15 @@ def request_slo_mask(
     ttft_target_ms: np.ndarray | float,
 ) -> np.ndarray:
     """Per-request rule above; ``completed`` = finished and not dropped; targets may be per request."""
-    gaps = np.maximum(output_tokens - 1, 0)
-    allowed = np.floor((1.0 - TBT_QUANTILE) * gaps + 1e-9)
     ttft = np.where(completed, ttft_ms, np.inf)
-    return np.asarray(completed & (ttft <= ttft_target_ms) & (late_gaps <= allowed), dtype=bool)
+    on_time = ~tbt_missed(late_gaps, output_tokens)
+    return np.asarray(completed & (ttft <= ttft_target_ms) & on_time, dtype=bool)
+
+
+def tbt_missed(late_gaps: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+    """Per request: more late gaps than the nearest-rank P99 allows (``allowed_late_gaps``)."""
+    gaps = np.maximum(output_tokens - 1, 0)
+    return np.asarray(late_gaps > np.floor((1.0 - TBT_QUANTILE) * gaps + 1e-9), dtype=bool)
 
 
 def attainment(mask: np.ndarray) -> float:

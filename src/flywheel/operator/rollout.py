@@ -1,7 +1,7 @@
 """A ServingPool's rollouts: warm-standby promotion, planned TP changes, drain before delete.
 
 Called from the pool controller (``ServingPoolController.reconcile``) around ``plan_instances``; the decisions
-come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reconfig.reshard``:
+come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reconfig``:
 
 - ``promote``: when the pool misses Active instances and a Standby of its TP has its weights loaded,
   the Standby becomes Active in place (``spec.role`` and the role labels; the engine Pod is kept, so
@@ -43,7 +43,7 @@ from flywheel.api.v1alpha1 import (
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.fault.standby import Member, Role, reconcile_standbys
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     GB,
     GPU,
     Instance,

@@ -2,9 +2,9 @@
 
 Each trial replays the scenario's workload twice on the same cluster: once without faults (the
 baseline) and once with the scenario's faults carried through detection → the fault controller →
-breaker → isolation → replacement → diagnostics (:class:`flywheel.sim.faults.FaultSimulator`).
+breaker → isolation → replacement → diagnostics (:class:`flywheel.sim.simulator.FaultSimulator`).
 Every time below is **measured in virtual time** from the injection; what is configured is the
-detection pipeline (:class:`flywheel.sim.faults.AgentTiming`), the controller's rules
+detection pipeline (:class:`flywheel.sim.extensions.faults.AgentTiming`), the controller's rules
 (:class:`flywheel.controllers.fault.FaultConfig`) and start costs (``ReconfigCosts``).
 
 - MTTD: injection → the operator's first decision that stops traffic to, isolates or holds the part.
@@ -27,10 +27,11 @@ import numpy as np
 from flywheel.controllers.baselines.static import StaticPolicy
 from flywheel.controllers.fault import FaultConfig
 from flywheel.controllers.fault.scenario import Scenario, ScenarioError, parse_scenario
-from flywheel.sim.faults import AgentTiming, FaultRecord, FaultSimulator, attainment
-from flywheel.sim.reconfig import ReconfigOptions
+from flywheel.sim.core.entities import ReconfigOptions
+from flywheel.sim.extensions.faults import AgentTiming, FaultRecord
+from flywheel.sim.fault_suite import attainment
 from flywheel.sim.runner import default_slo
-from flywheel.sim.simulator import SimConfig, Simulator
+from flywheel.sim.simulator import FaultSimulator, SimConfig, Simulator
 from flywheel.sim.workloads import Workload, load_trace
 
 

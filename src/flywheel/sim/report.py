@@ -36,8 +36,7 @@ def summarize(result: SimResult) -> dict[str, Any]:
     completed = result.completed()
     ttft = result.ttft_ms()
     mask = result.slo_mask()
-    gaps = np.maximum(result.output_tokens - 1, 0)
-    late = completed & (result.late_gaps > np.floor((1.0 - slo_rule.TBT_QUANTILE) * gaps + 1e-9))
+    late = completed & slo_rule.tbt_missed(result.late_gaps, result.output_tokens)
     tokens = int(result.output_tokens[completed].sum())
     n = len(result.arrival_s)
     hist = result.gap_histogram

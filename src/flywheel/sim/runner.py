@@ -19,11 +19,10 @@ from flywheel.controllers.protocol import SLO, ControlPeriods, HeadroomTunable, 
 from flywheel.models.gpu import H100_SXM, GPUSku
 from flywheel.models.perf import LLAMA2_70B, ModelProfile
 from flywheel.sim import report
-from flywheel.sim.faults import FaultSimulator
 from flywheel.sim.hardware import Hardware
 from flywheel.sim.profile import split_profile
 from flywheel.sim.registry import make_policy
-from flywheel.sim.simulator import FaultEvent, SimConfig, SimResult, Simulator
+from flywheel.sim.simulator import FaultEvent, FaultSimulator, SimConfig, SimResult, Simulator
 from flywheel.sim.sizing import static_instances
 from flywheel.sim.workloads import Workload, load_trace
 
@@ -164,7 +163,8 @@ def _simulate(
 
 def detected_faults(config: SimConfig) -> list[FaultSpec]:
     """``--fault`` events as faults that manifest and then go through detection, the fault controller
-    and its breaker (``flywheel.sim.faults``): a whole node dies (heartbeat lost), or a GPU is lost."""
+    and its breaker (``flywheel.sim.extensions.faults``): a whole node dies (heartbeat lost), or a GPU
+    is lost."""
     return [
         FaultSpec(type=FaultType.NODE_DEATH, at=f.time_s, target=Target(node=f.node))
         if f.gpu is None

@@ -9,6 +9,7 @@ import numpy as np
 from flywheel.controllers.baselines.static import TP, StaticPolicy
 from flywheel.controllers.slo import attainment
 from flywheel.sim.simulator import SimConfig, Simulator
+from flywheel.sim.windows import window_loads
 from flywheel.sim.workloads import Workload
 
 TARGET_ATTAINMENT = 0.99
@@ -19,12 +20,7 @@ def peak_minute_start(workload: Workload, by_tokens: bool = False) -> float:
     arrivals = workload.arrival_s
     if not len(arrivals):
         return 0.0
-    ends = np.searchsorted(arrivals, arrivals + 60.0, side="left")
-    if by_tokens:
-        cumulative = np.concatenate(([0], np.cumsum(workload.prompt_tokens)))
-        load = cumulative[ends] - cumulative[np.arange(len(arrivals))]
-    else:
-        load = ends - np.arange(len(arrivals))
+    load = window_loads(arrivals, 60.0, workload.prompt_tokens if by_tokens else None)
     return float(arrivals[int(np.argmax(load))])
 
 

@@ -2,7 +2,7 @@
 
 Pure: signals and an observed :class:`FleetView` in, :class:`FaultDecision` (with reasons) out.
 The operator (``flywheel.operator.faults``) applies decisions to GPUNode/ModelInstance/Incident
-objects; the simulator (``flywheel.sim.faults``) applies them to its virtual cluster. See
+objects; the simulator (``flywheel.sim.extensions.faults``) applies them to its virtual cluster. See
 ``docs/faults.md``.
 """
 

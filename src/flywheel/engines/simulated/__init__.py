@@ -5,17 +5,16 @@ Selected with ``spec.engine.kind: simulated`` in a ModelDeployment; ``flywheel d
 ModelInstance the operator creates.
 """
 
-from flywheel.engines.simulated.engine import (
+from flywheel.engines.simulated.engine import EngineTiming, SimulatedEngine
+from flywheel.engines.simulated.requests import (
     EngineBusy,
-    EngineStats,
-    EngineTiming,
     EngineUnavailable,
     RequestResult,
-    SimulatedEngine,
     SleepCosts,
     TokenEvent,
 )
 from flywheel.engines.simulated.server import SimulatedEngineServer
+from flywheel.engines.simulated.stats import EngineStats
 from flywheel.engines.simulated.timing import PerfModelTiming
 
 __all__ = [

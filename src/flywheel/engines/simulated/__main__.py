@@ -8,7 +8,8 @@ import argparse
 import asyncio
 
 from flywheel.controllers.pooling import SwitchCost
-from flywheel.engines.simulated.engine import SimulatedEngine, SleepCosts
+from flywheel.engines.simulated.engine import SimulatedEngine
+from flywheel.engines.simulated.requests import SleepCosts
 from flywheel.engines.simulated.server import SimulatedEngineServer
 from flywheel.engines.simulated.timing import PerfModelTiming
 

@@ -22,10 +22,21 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
+from flywheel.engines.simulated.requests import (
+    EngineBusy,
+    EngineUnavailable,
+    RequestResult,
+    SimRequest,
+    SleepCosts,
+    TokenEvent,
+)
+from flywheel.engines.simulated.stats import EngineStats
+
 log = logging.getLogger(__name__)
+
+__all__ = ["EngineObserver", "EngineTiming", "SimulatedEngine"]
 
 
 class EngineTiming(Protocol):
@@ -41,208 +52,6 @@ class EngineTiming(Protocol):
     def decode_step_ms(self, batch: int, context_tokens: int, clock_mhz: float) -> float:
         """One decode iteration of ``batch`` sequences holding ``context_tokens`` KV tokens in total."""
         ...
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot serve: its GPU is lost, it crashed, or it was stopped."""
-
-
-class EngineBusy(RuntimeError):
-    """The engine refuses to sleep while requests are in flight (the pooling scheduler never asks)."""
-
-
-@dataclass(frozen=True)
-class SleepCosts:
-    """Virtual seconds of a level-1 sleep (weights to host, KV cache dropped) and of a wake-up
-    (``flywheel.controllers.pooling.SwitchCost`` for the engine's model and TP)."""
-
-    sleep_s: float
-    wake_s: float
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token; ``index`` counts from 0; times are virtual seconds since engine start."""
-
-    index: int
-    at_s: float
-    last: bool
-
-
-@dataclass
-class RequestResult:
-    prompt_tokens: int
-    completion_tokens: int
-    arrival_s: float
-    first_token_s: float
-    finish_s: float
-    max_tbt_s: float
-    preemptions: int
-
-    @property
-    def ttft_s(self) -> float:
-        return self.first_token_s - self.arrival_s
-
-    @property
-    def e2e_s(self) -> float:
-        return self.finish_s - self.arrival_s
-
-    @property
-    def mean_tbt_s(self) -> float:
-        if self.completion_tokens <= 1:
-            return 0.0
-        return (self.finish_s - self.first_token_s) / (self.completion_tokens - 1)
-
-
-def _new_future() -> asyncio.Future[RequestResult]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class SimRequest:
-    request_id: int
-    prompt_tokens: int
-    max_tokens: int
-    arrival_s: float
-    predicted_output_tokens: int
-    stream: bool = True  # False: no per-token events, only ``done`` (non-streaming completions)
-    tokens: asyncio.Queue[TokenEvent | EngineUnavailable] = field(default_factory=asyncio.Queue)
-    generated: int = 0
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    max_tbt_s: float = 0.0
-    preemptions: int = 0
-    needs_prefill: bool = True
-    done: asyncio.Future[RequestResult] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    @property
-    def context_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
-
-    @property
-    def remaining(self) -> int:
-        return self.max_tokens - self.generated
-
-
-# Bucket bounds (seconds) as vLLM declares them for these histograms.
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-)
-ITL_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-)
-E2E_BUCKETS = (
-    0.3,
-    0.5,
-    0.8,
-    1.0,
-    1.5,
-    2.0,
-    2.5,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    40.0,
-    50.0,
-    60.0,
-    120.0,
-    240.0,
-    480.0,
-    960.0,
-    1920.0,
-    7680.0,
-)
-
-
-class BucketHistogram:
-    """A cumulative-bucket histogram that accepts many equal observations at once (one per token)."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # last: +Inf
-        self.count = 0
-        self.total = 0.0
-
-    def observe(self, value: float, n: int = 1) -> None:
-        index = next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
-        self.counts[index] += n
-        self.count += n
-        self.total += value * n
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        out: list[tuple[float, int]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
-
-
-@dataclass
-class EngineStats:
-    """Cumulative counters and current gauges, in the shape vLLM exports them."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_used_tokens: int = 0
-    prompt_tokens_total: int = 0
-    generation_tokens_total: int = 0
-    preemptions_total: int = 0
-    requests_finished_total: int = 0
-    iterations_total: int = 0
-    busy_s: float = 0.0
-    sleeps_total: int = 0
-    wakes_total: int = 0
-    sleep_seconds_total: float = 0.0  # virtual seconds spent offloading weights (sleep)
-    wake_seconds_total: float = 0.0  # virtual seconds spent loading them back (wake-up)
-    lag_s: float = 0.0  # how far the virtual timeline last trailed the wall clock (wall seconds)
-    max_lag_s: float = 0.0
-    ttft: BucketHistogram = field(default_factory=lambda: BucketHistogram(TTFT_BUCKETS))
-    inter_token: BucketHistogram = field(default_factory=lambda: BucketHistogram(ITL_BUCKETS))
-    e2e: BucketHistogram = field(default_factory=lambda: BucketHistogram(E2E_BUCKETS))
 
 
 EngineObserver = Callable[[RequestResult], None]

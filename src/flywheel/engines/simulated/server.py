@@ -26,15 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from flywheel.engines.openai import BadRequest, CompletionRequest, error_body
-from flywheel.engines.simulated.engine import (
-    BucketHistogram,
+from flywheel.engines.simulated.engine import SimulatedEngine
+from flywheel.engines.simulated.requests import (
     EngineBusy,
     EngineUnavailable,
     RequestResult,
-    SimulatedEngine,
     SleepCosts,
     TokenEvent,
 )
+from flywheel.engines.simulated.stats import BucketHistogram
 
 TOKEN_TEXT = " tok"
 PREDICTED_HEADER = "x-flywheel-predicted-output-tokens"

@@ -17,12 +17,36 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from flywheel.sim.simulator import Simulator
+from flywheel.sim.cluster import Cluster
+from flywheel.sim.core.entities import SimInstance, SimPool
 
 ENV_VAR = "FLYWHEEL_SIM_INVARIANTS"
+
+
+class SimState(Protocol):
+    """What the checks read of a running simulation (the kernel satisfies it)."""
+
+    @property
+    def now(self) -> float: ...
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def instances(self) -> Sequence[SimInstance]: ...
+    @property
+    def pools(self) -> Mapping[str, SimPool]: ...
+    @property
+    def arrival(self) -> Sequence[float]: ...
+    @property
+    def allocated_gpus(self) -> int: ...
+    @property
+    def finished_count(self) -> int: ...
+    @property
+    def dropped_count(self) -> int: ...
+    @property
+    def outstanding(self) -> int: ...
 
 
 class InvariantViolation(AssertionError):
@@ -48,21 +72,21 @@ class EnergyLedger:
         self.energy_j += self.power_w * (now - self.time_s)
         self.time_s = now
 
-    def settle(self, sim: Simulator) -> None:
+    def settle(self, sim: SimState) -> None:
         self.power_w = sum(i.power_w for i in sim.instances if i.state != "stopped")
 
 
-def check(sim: Simulator, ledger: EnergyLedger, arrived: int) -> None:
+def check(sim: SimState, ledger: EnergyLedger, arrived: int) -> None:
     _check_gpus(sim)
     _check_requests(sim, arrived)
     _check_energy(sim, ledger)
 
 
-def _fail(sim: Simulator, text: str) -> None:
+def _fail(sim: SimState, text: str) -> None:
     raise InvariantViolation(f"t={sim.now:.6f}s: {text}")
 
 
-def _check_gpus(sim: Simulator) -> None:
+def _check_gpus(sim: SimState) -> None:
     cluster = sim.cluster
     owner: dict[tuple[int, int], str] = {}
     for inst in sim.instances:
@@ -88,7 +112,7 @@ def _check_gpus(sim: Simulator) -> None:
             _fail(sim, f"failed GPUs {sorted(n.free & n.failed)} of node {n.index} are free")
 
 
-def _check_requests(sim: Simulator, arrived: int) -> None:
+def _check_requests(sim: SimState, arrived: int) -> None:
     places: list[int] = []
     for pool in sim.pools.values():
         places.extend(pool.queue)
@@ -111,7 +135,7 @@ def _check_requests(sim: Simulator, arrived: int) -> None:
         _fail(sim, f"outstanding count {sim.outstanding} disagrees with finished/dropped")
 
 
-def _check_energy(sim: Simulator, ledger: EnergyLedger) -> None:
+def _check_energy(sim: SimState, ledger: EnergyLedger) -> None:
     accounted = sum(i.energy_j + i.power_w * (sim.now - i.t_mark) for i in sim.instances)
     if not math.isclose(accounted, ledger.energy_j, rel_tol=1e-9, abs_tol=1e-6):
         _fail(sim, f"energy {accounted:.3f} J accounted, {ledger.energy_j:.3f} J = integral of power")

@@ -1,14 +1,15 @@
 """Elastic reconfiguration in the simulator: warm standbys, start costs and TP resharding plans.
 
-Enabled with ``SimConfig(reconfig=ReconfigOptions(...))``; the simulator then hands each pool's
-reconcile to ``Reconfigurator.reconcile``, which calls the same pure controllers the operator runs:
+Enabled with ``SimConfig(reconfig=ReconfigOptions(...))``; the assembled simulator
+(``flywheel.sim.simulator``) registers a ``Reconfigurator`` whose ``reconcile`` hook takes each pool's
+reconcile, which calls the same pure controllers the operator runs:
 
 - ``flywheel.controllers.fault.standby.reconcile_standbys`` decides promotions, new instances, retirements
   and standby replenishment. A standby holds its GPUs, is loaded, runs at the lowest clock, takes no
   traffic and draws idle power (counted in the run's energy). Promotion costs
   ``ReconfigCosts.promotion_s``; other starts cost a cold start (weights from storage at
   ``storage_gbps``) or a warm start (weights from host memory), per ``ReconfigOptions.start``.
-- ``flywheel.controllers.reconfig.reshard.plan_reshard`` plans every TP change; the plan's steps are executed
+- ``flywheel.controllers.reconfig.plan_reshard`` plans every TP change; the plan's steps are executed
   in order: START/SWITCH instances become ready after the step's transfer time (bytes over NVLink
   and PCIe), DRAIN stops routing (queued requests stay in the pool queue for the siblings, running
   requests finish), STOP waits for the drained instance to finish its requests. Nothing a
@@ -19,10 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
 
 from flywheel.controllers.fault.standby import ActionKind, Member, Role, reconcile_standbys
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     GPU,
     Placement,
     ReshardInfeasible,
@@ -30,25 +30,17 @@ from flywheel.controllers.reconfig.reshard import (
     StepKind,
     plan_reshard,
 )
-from flywheel.controllers.reconfig.reshard import (
+from flywheel.controllers.reconfig import (
     Instance as PlanInstance,
 )
 from flywheel.models.perf import instance_capacity_rps
-
-if TYPE_CHECKING:
-    from flywheel.sim.cluster import GpuRef
-    from flywheel.sim.simulator import Instance, Pool, Simulator
+from flywheel.sim.cluster import GpuRef
+from flywheel.sim.core.entities import ReconfigOptions, SimInstance, SimPool
+from flywheel.sim.core.events import Ready
+from flywheel.sim.core.extension import Extension
+from flywheel.sim.core.kernel import SimKernel
 
 __all__ = ["ReconfigOptions", "ReconfigStats", "Reconfigurator"]
-
-
-@dataclass(frozen=True)
-class ReconfigOptions:
-    standbys: int = 0  # warm standbys kept per pool (start and promotion costs: SimConfig.costs)
-    start: Literal["cold", "warm"] = "cold"  # how instances other than promoted standbys start
-    reshard: bool = True  # TP changes follow the resharding planner (else the simulator's default)
-    load_window_s: float = 60.0  # window of observed load that sets a reshard plan's need
-    need_headroom: float = 1.1
 
 
 @dataclass
@@ -73,7 +65,7 @@ class _Execution:
     plan: ReshardPlan
     clock_mhz: int
     index: int = 0
-    started: dict[str, Instance] = field(default_factory=dict)
+    started: dict[str, SimInstance] = field(default_factory=dict)
     launched: list[str] = field(default_factory=list)
 
 
@@ -86,8 +78,10 @@ def _ref(uuid: str) -> GpuRef:
     return int(node), int(gpu)
 
 
-class Reconfigurator:
-    def __init__(self, sim: Simulator, options: ReconfigOptions) -> None:
+class Reconfigurator(Extension):
+    """Warm standbys and planned TP resharding, through the kernel's ``reconcile`` hook."""
+
+    def __init__(self, sim: SimKernel, options: ReconfigOptions) -> None:
         self.sim = sim
         self.options = options
         self.stats = ReconfigStats()
@@ -124,7 +118,7 @@ class Reconfigurator:
             if tp <= cfg.gpus_per_node
         }
 
-    def _park(self, inst: Instance) -> None:
+    def _park(self, inst: SimInstance) -> None:
         """A standby finished loading: lowest clock, idle power, no traffic."""
         sku = self.sim.cfg.sku
         inst.flush(self.sim.now)
@@ -133,7 +127,7 @@ class Reconfigurator:
         inst.power_w = self.sim.hw.instance_power_watts(inst.tp, inst.clock, 0)
         self._parked_at[inst.id] = self.sim.now
 
-    def _unpark(self, inst: Instance) -> None:
+    def _unpark(self, inst: SimInstance) -> None:
         since = self._parked_at.pop(inst.id, None)
         if since is not None:
             self.stats.standby_energy_j += inst.power_w * (self.sim.now - since)
@@ -146,21 +140,21 @@ class Reconfigurator:
             parked[k].power_w * (end_s - t) for k, t in self._parked_at.items() if k in parked
         )
 
-    def _promote(self, inst: Instance, clock_mhz: int) -> None:
-        from flywheel.sim.simulator import _READY
-
+    def _promote(self, inst: SimInstance, clock_mhz: int) -> None:
         self.standby_ids.discard(inst.id)
         self._unpark(inst)
         inst.flush(self.sim.now)
         inst.clock = clock_mhz
         inst.state = "starting"
-        self.sim._push(self.sim.now + self.sim.cfg.costs.promote_s(), _READY, inst)
+        self.sim.schedule(self.sim.now + self.sim.cfg.costs.promote_s(), Ready(inst))
         self.stats.promotions += 1
         self.sim.reconfigurations += 1
 
-    def _create(self, pool: Pool, tp: int, clock_mhz: int, standby: bool, initial: bool) -> Instance | None:
+    def _create(
+        self, pool: SimPool, tp: int, clock_mhz: int, standby: bool, initial: bool
+    ) -> SimInstance | None:
         ready_at = None if initial else self.sim.now + self._start_s(tp)
-        inst = self.sim._new_instance(pool, tp, clock_mhz, ready_at)
+        inst = self.sim.start_instance(pool, tp, clock_mhz, ready_at)
         if inst is None:
             if not initial:
                 self.sim.failed_starts += 1
@@ -177,12 +171,12 @@ class Reconfigurator:
         return inst
 
     # ------------------------------------------------------------------ reconcile
-    def reconcile(self, pool: Pool, initial: bool) -> bool:
-        """Reconcile ``pool``; False hands it back to the simulator's default (pool retirement)."""
+    def reconcile(self, pool: SimPool, initial: bool) -> bool:
+        """Reconcile ``pool``; False hands it back to the kernel's default (pool retirement)."""
         if pool.target.instances == 0:
             for inst in [i for i in pool.instances if i.id in self.standby_ids]:
                 self.standby_ids.discard(inst.id)
-                self.sim._drain(inst)
+                self.sim.drain(inst)
             self.executions.pop(pool.name, None)
             return False
         if pool.name in self._busy:  # re-entered through a stop: run again afterwards
@@ -199,7 +193,7 @@ class Reconfigurator:
             self._busy.discard(pool.name)
         return True
 
-    def _reconcile_once(self, pool: Pool, initial: bool) -> None:
+    def _reconcile_once(self, pool: SimPool, initial: bool) -> None:
         for inst in pool.instances:
             if inst.id in self.standby_ids and inst.state == "ready":
                 self._park(inst)
@@ -246,10 +240,10 @@ class Reconfigurator:
                 self._unpark(subject)
                 self.stats.retirements += 1
                 self.sim.reconfigurations += 1
-                self.sim._drain(subject)
+                self.sim.drain(subject)
 
     # ------------------------------------------------------------------ resharding
-    def _start_plan(self, pool: Pool) -> bool:
+    def _start_plan(self, pool: SimPool) -> bool:
         sim, target = self.sim, pool.target
         actives = [i for i in pool.instances if i.state == "ready" and i.id not in self.standby_ids]
         if any(i.state == "starting" and i.id not in self.standby_ids for i in pool.instances):
@@ -264,7 +258,7 @@ class Reconfigurator:
         )
         capacity = self._capacity()
         current = sum(capacity[i.tp] for i in actives)
-        load = sim._pool_load(pool, self.options.load_window_s).arrivals_rps * self.options.need_headroom
+        load = sim.pool_load(pool, self.options.load_window_s).arrivals_rps * self.options.need_headroom
         need = min(load, current, target.instances * capacity[target.tp])
         try:
             plan = plan_reshard(
@@ -295,7 +289,7 @@ class Reconfigurator:
         self._advance(pool)
         return True
 
-    def _advance(self, pool: Pool) -> None:
+    def _advance(self, pool: SimPool) -> None:
         """Run the plan's steps in order. Consecutive START/SWITCH steps launch together (each only
         adds capacity); a DRAIN waits until every launched instance serves, a STOP until its instance
         has finished its in-flight requests."""
@@ -319,7 +313,7 @@ class Reconfigurator:
                     seconds = step.seconds  # warm: transfer over NVLink / from host memory
                     if step.kind is StepKind.START and self.options.start == "cold":
                         seconds = max(seconds, self._start_s(step.tp))  # weights come from storage
-                    created = sim._new_instance(pool, step.tp, run.clock_mhz, sim.now + seconds, gpus=refs)
+                    created = sim.start_instance(pool, step.tp, run.clock_mhz, sim.now + seconds, gpus=refs)
                     if created is None:
                         return self._abort(pool, f"could not place {step.instance}")
                     sim.reconfigurations += 1
@@ -335,7 +329,7 @@ class Reconfigurator:
             if step.kind is StepKind.DRAIN:
                 if inst.state not in ("draining", "stopped"):
                     sim.reconfigurations += 1
-                    sim._drain(inst)
+                    sim.drain(inst)
                 run.index += 1
             elif step.kind is StepKind.STOP:
                 if inst.state != "stopped":
@@ -347,7 +341,7 @@ class Reconfigurator:
         del self.executions[pool.name]
         return None
 
-    def _launched_ready(self, pool: Pool, run: _Execution) -> bool:
+    def _launched_ready(self, pool: SimPool, run: _Execution) -> bool:
         states = [run.started[name].state for name in run.launched]
         if "stopped" in states:
             self._abort(pool, "an instance stopped while starting")
@@ -358,7 +352,7 @@ class Reconfigurator:
     def _draining(run: _Execution) -> set[str]:
         return {s.instance for s in run.plan.steps if s.kind is StepKind.DRAIN}
 
-    def _abort(self, pool: Pool, why: str) -> None:
+    def _abort(self, pool: SimPool, why: str) -> None:
         self.stats.plans_aborted += 1
         self._log(pool.name, f"reshard aborted: {why}")
         del self.executions[pool.name]
@@ -367,6 +361,6 @@ class Reconfigurator:
     def total_standbys(self) -> int:
         return sum(1 for i in self.sim.instances if i.id in self.standby_ids and i.state != "stopped")
 
-    def capacity_ready(self, pool: Pool) -> float:
+    def capacity_ready(self, pool: SimPool) -> float:
         capacity = self._capacity()
         return math.fsum(capacity[i.tp] for i in pool.instances if i.state == "ready")
