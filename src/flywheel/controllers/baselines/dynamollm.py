@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import math
 
-from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
+from flywheel.controllers.baselines.common import (
+    admission_cap,
+    chunk_iteration_ms,
+    instances_needed,
+    lowest_clock,
+    serving_clocks,
+)
 from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
@@ -38,6 +44,7 @@ OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
 TP_CHOICES = (2, 4, 8)
 MIN_POOL_RPS = 1.5  # a class below this rate is merged into its input-length pool
 INPUT_NAMES = ("S", "M", "L")
+ADMISSION_TBT_SHARE = 0.8  # engine batch limit: decode step at max clock within this share of the TBT SLO
 
 
 def _bucket(value: int, bounds: tuple[int, int]) -> int:
@@ -54,6 +61,7 @@ class DynamoLLMPolicy:
         self.headroom = headroom
         self.info = PolicyInfo(start_mode="warm")
         self._ctx: PolicyContext | None = None
+        self._pool_rps: dict[str, float] = {}  # pool -> arrival rate over the last pool window
         self._clocks: list[int] = []
         self._class_pool: dict[tuple[int, int], str] = {}
         self._class_counts: dict[tuple[int, int], int] = {}
@@ -183,15 +191,35 @@ class DynamoLLMPolicy:
         return PoolTarget(pool.name, tp, count, clock, reason)
 
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        self._pool_rps = {p.name: p.load.arrivals_rps for p in obs.pools}
         return [t for t in (self._plan_pool(p, obs.time_s) for p in obs.pools) if t is not None]
+
+    def _prompts_expected(self, obs: InstanceObservation) -> bool:
+        """Prompts reach this instance's pool (last instance period or last pool window)."""
+        return obs.arrivals_rps > 0 or self._pool_rps.get(obs.pool, 0.0) > 0
+
+    def _chunk_fits(self, tp: int, batch: int, kv_tokens: int, clock: int) -> bool:
+        """The profiled iteration carrying a prompt chunk fits (1 - headroom) x TBT."""
+        ctx = self._context()
+        iteration = chunk_iteration_ms(ctx.model, ctx.sku, tp, batch, kv_tokens, clock, ctx.slo.tbt_ms)
+        return iteration_within_tbt(iteration, ctx.slo, 1.0 - self.headroom)
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         ctx = self._context()
         max_clock = ctx.sku.sm_clock_max_mhz
+        # The engine's batch limit, configured for the TBT SLO (vLLM max_num_seqs).
+        profile = ctx.profile
+        cap = admission_cap(
+            ctx, obs, ADMISSION_TBT_SHARE, profile.mean_prompt_tokens + profile.mean_output_tokens / 2
+        )
         if obs.waiting:
-            return ClockDecision(max_clock, "queued requests: raise clock")
+            return ClockDecision(max_clock, "queued requests: raise clock", cap)
         if not obs.running:
-            return ClockDecision(self._clocks[0], "idle")
+            if not self._prompts_expected(obs):
+                return ClockDecision(self._clocks[0], "idle", cap)
+            # Prompts keep arriving: the next iteration is a prompt chunk (profiled TBT includes it).
+            idle_clock = lowest_clock(self._clocks, lambda c: self._chunk_fits(obs.tp, 1, 0, c))
+            return ClockDecision(idle_clock or max_clock, "idle, prompts arriving", cap)
         batch = len(obs.running)
         per_seq = obs.kv_used_tokens / batch
         prompt = sum(r.prompt_tokens for r in obs.running) / batch
@@ -203,6 +231,10 @@ class DynamoLLMPolicy:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
             if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
+            if self._prompts_expected(obs) and not self._chunk_fits(
+                obs.tp, batch + 2, int((batch + 2) * per_seq), clock
+            ):
+                return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
                 return False
             capacity = instance_capacity_rps(
@@ -212,5 +244,5 @@ class DynamoLLMPolicy:
 
         clock = lowest_clock(self._clocks, ok)
         if clock is None:
-            return ClockDecision(max_clock, "profile: no lower clock meets the SLO")
-        return ClockDecision(clock, f"profile: lowest clock for batch {batch}")
+            return ClockDecision(max_clock, "profile: no lower clock meets the SLO", cap)
+        return ClockDecision(clock, f"profile: lowest clock for batch {batch}", cap)
