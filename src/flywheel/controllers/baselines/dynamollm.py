@@ -53,11 +53,11 @@ def _bucket(value: int, bounds: tuple[int, int]) -> int:
 
 class DynamoLLMPolicy:
     name = "dynamollm"
-    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
+    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
     def __init__(self, headroom: float = 0.2) -> None:
         # The knob: the profiled decode step must fit (1 - headroom) x the TBT SLO, and pools are
-        # sized for the rate x (1 + 0.5 x headroom) (the default reproduces the earlier 1.1).
+        # sized for the rate x (1 + headroom).
         self.headroom = headroom
         self.info = PolicyInfo(start_mode="warm")
         self._ctx: PolicyContext | None = None
@@ -71,7 +71,7 @@ class DynamoLLMPolicy:
         self._class_tokens: dict[tuple[int, int], tuple[int, int]] = {}  # prompt, output sums
 
     def _rate_headroom(self) -> float:
-        return 1.0 + 0.5 * self.headroom
+        return 1.0 + self.headroom
 
     def _context(self) -> PolicyContext:
         if self._ctx is None:
@@ -106,7 +106,23 @@ class DynamoLLMPolicy:
                 watts = count * instance_power_watts(ctx.model, ctx.sku, tp, clock, batch)
                 if best is None or watts < best[3]:
                     best = (tp, count, clock, watts)
-        return best or (8, 1, ctx.sku.sm_clock_max_mhz, 0.0)
+        if best is not None:
+            return best
+        # No TP prefills such prompts within the TTFT budget: the fastest prefill (largest TP, max
+        # clock), still sized for the rate.
+        tp, clock = max(TP_CHOICES), ctx.sku.sm_clock_max_mhz
+        count = instances_needed(
+            ctx.model,
+            ctx.sku,
+            tp,
+            clock,
+            max(rate, 0.01) * self._rate_headroom(),
+            prompt,
+            output,
+            ctx.slo.tbt_ms,
+        )
+        count = min(count or 1, max(ctx.total_gpus // tp, 1))
+        return tp, count, clock, count * instance_power_watts(ctx.model, ctx.sku, tp, clock, 1)
 
     def start(self, context: PolicyContext) -> list[PoolTarget]:
         self._ctx = context
@@ -123,9 +139,9 @@ class DynamoLLMPolicy:
             share = len(members) / len(sample)
             prompt = sum(p for p, _ in members) / len(members) if members else profile.mean_prompt_tokens
             output = sum(o for _, o in members) / len(members) if members else profile.mean_output_tokens
-            tp, count, clock, _ = self._size(profile.mean_rps * share, prompt, output)
+            tp, count, clock, _ = self._size(profile.peak_minute_rps * share, prompt, output)
             self._pools[name] = (tp, count, clock)
-            reason = f"initial: {share:.0%} of the mean load (historical mix)"
+            reason = f"initial: {share:.0%} of the peak-minute load (historical mix)"
             targets.append(PoolTarget(name, tp, count, clock, reason))
         return targets
 

@@ -40,7 +40,7 @@ TTFT_PREFILL_SHARE = 0.5  # share of the TTFT SLO a P99 prompt's prefill may tak
 
 class ThrottLLeMPolicy:
     name = "throttllem"
-    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
+    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 1.0, 1.5, 2.0)
 
     def __init__(self, headroom: float = 0.2) -> None:
         # The knob: the projected decode step must fit (1 - headroom) x the TBT SLO, and pools are
