@@ -215,10 +215,10 @@ class DynamoLLMPolicy:
         return obs.arrivals_rps > 0 or self._pool_rps.get(obs.pool, 0.0) > 0
 
     def _chunk_fits(self, tp: int, batch: int, kv_tokens: int, clock: int) -> bool:
-        """The profiled iteration carrying a prompt chunk fits (1 - headroom) x TBT."""
+        """The profiled iteration carrying a prompt chunk fits (1 - headroom / 2) x TBT."""
         ctx = self._context()
         iteration = chunk_iteration_ms(ctx.model, ctx.sku, tp, batch, kv_tokens, clock, ctx.slo.tbt_ms)
-        return iteration_within_tbt(iteration, ctx.slo, 1.0 - self.headroom)
+        return iteration_within_tbt(iteration, ctx.slo, 1.0 - 0.5 * self.headroom)
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         ctx = self._context()
