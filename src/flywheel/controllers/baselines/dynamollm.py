@@ -44,6 +44,7 @@ OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
 TP_CHOICES = (2, 4, 8)
 MIN_POOL_RPS = 1.5  # a class below this rate is merged into its input-length pool
 INPUT_NAMES = ("S", "M", "L")
+BACKLOG_DRAIN_S = 10.0  # a backlogged pool is sized to clear its queue within this
 ADMISSION_TBT_SHARE = 0.8  # engine batch limit: decode step at max clock within this share of the TBT SLO
 
 
@@ -59,7 +60,9 @@ class DynamoLLMPolicy:
         # The knob: the profiled decode step must fit (1 - headroom) x the TBT SLO, and pools are
         # sized for the rate x (1 + headroom).
         self.headroom = headroom
-        self.info = PolicyInfo(start_mode="warm")
+        # Pre-warmed instances: weights cached in host memory, so a start is a warm start; the
+        # misprediction path (``react``) scales a backlogged pool out between pool rounds.
+        self.info = PolicyInfo(start_mode="warm", react_s=5.0)
         self._ctx: PolicyContext | None = None
         self._pool_rps: dict[str, float] = {}  # pool -> arrival rate over the last pool window
         self._clocks: list[int] = []
@@ -219,6 +222,42 @@ class DynamoLLMPolicy:
         ctx = self._context()
         iteration = chunk_iteration_ms(ctx.model, ctx.sku, tp, batch, kv_tokens, clock, ctx.slo.tbt_ms)
         return iteration_within_tbt(iteration, ctx.slo, 1.0 - 0.5 * self.headroom)
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]:
+        """Misprediction mitigation (every instance period): a pool whose queue builds gets enough
+        pre-warmed instances, at its TP and max clock, for its arrivals plus the backlog cleared within
+        ``BACKLOG_DRAIN_S``; the next pool round sizes it again from its load."""
+        ctx = self._context()
+        free = obs.free_gpus
+        targets = []
+        for pool in obs.pools:
+            planned = self._pools.get(pool.name)
+            if planned is None or pool.load.queued <= 0:
+                continue
+            tp, count, _ = planned
+            have = pool.instances_ready + pool.instances_starting
+            rate = pool.load.arrivals_rps + pool.load.queued / BACKLOG_DRAIN_S
+            prompt = pool.load.mean_prompt_tokens or ctx.profile.mean_prompt_tokens
+            output = pool.load.mean_output_tokens or ctx.profile.mean_output_tokens
+            max_clock = ctx.sku.sm_clock_max_mhz
+            needed = instances_needed(
+                ctx.model,
+                ctx.sku,
+                tp,
+                max_clock,
+                rate * self._rate_headroom(),
+                prompt,
+                output,
+                ctx.slo.tbt_ms,
+            )
+            wanted = min(needed or count, have + free // tp)
+            if wanted <= max(have, count):
+                continue
+            free -= (wanted - have) * tp
+            self._pools[pool.name] = (tp, wanted, max_clock)
+            reason = f"backlog {pool.load.queued}: {wanted} x TP{tp} at {max_clock} MHz (pre-warmed)"
+            targets.append(PoolTarget(pool.name, tp, wanted, max_clock, reason))
+        return targets
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         ctx = self._context()

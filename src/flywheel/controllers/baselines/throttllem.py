@@ -99,9 +99,9 @@ class ThrottLLeMPolicy:
         prompts = sorted(p for p, _ in context.profile.length_sample)
         if prompts:
             self._long_prompt = prompts[min(int(0.99 * len(prompts)), len(prompts) - 1)]
-        self._current = self._choose(context.profile.mean_rps)
+        self._current = self._choose(context.profile.peak_minute_rps)
         tp, count = self._current
-        return [PoolTarget(POOL, tp, count, context.sku.sm_clock_max_mhz, "initial size for mean rate")]
+        return [PoolTarget(POOL, tp, count, context.sku.sm_clock_max_mhz, "initial size for the peak minute")]
 
     def route(self, prompt_tokens: int, predicted_output_tokens: int) -> str:
         return POOL
