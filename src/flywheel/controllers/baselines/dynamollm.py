@@ -232,10 +232,12 @@ class DynamoLLMPolicy:
         targets = []
         for pool in obs.pools:
             planned = self._pools.get(pool.name)
-            if planned is None or pool.load.queued <= 0:
+            have = pool.instances_ready + pool.instances_starting
+            # A backlog: more requests waiting than the pool has instances (one waiting request per
+            # instance is the normal gap between a finished sequence and the next admission).
+            if planned is None or pool.load.queued <= have:
                 continue
             tp, count, _ = planned
-            have = pool.instances_ready + pool.instances_starting
             rate = pool.load.arrivals_rps + pool.load.queued / BACKLOG_DRAIN_S
             prompt = pool.load.mean_prompt_tokens or ctx.profile.mean_prompt_tokens
             output = pool.load.mean_output_tokens or ctx.profile.mean_output_tokens
