@@ -7,8 +7,12 @@
   the observed rate with headroom, from profiles (here the performance model).
 * Instance (5 s): the lowest clock whose profiled decode step at the current batch meets the TBT SLO
   with margin and whose throughput covers the instance's share of the load; maximum clock when
-  requests queue (the paper's misprediction mitigation). Weights are cached in host memory, so new
-  instances start warm.
+  requests queue (the paper's misprediction mitigation). Its profiles measure the engine's TBT, so
+  while the pool receives prompts the clock also carries a prompt-chunk iteration (chunked prefill).
+  The engine's batch limit is set for the TBT SLO (vLLM ``max_num_seqs``).
+* Misprediction (``react``, every 5 s): a backlogged pool scales out at once with pre-warmed
+  instances. Weights are cached in host memory, so every start is a warm start; TP changes start
+  the new shape before the old one drains (re-sharding at a warm start's cost, as Flywheel pays).
 """
 
 from __future__ import annotations

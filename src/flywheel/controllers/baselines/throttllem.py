@@ -3,9 +3,11 @@
 * Instance: project the batch and KV use over the coming control period from the running requests'
   predicted remaining tokens and the arrival rate, then binary-search the lowest clock at which the
   projected decode step meets the TBT SLO (with margin) and every running request still meets its
-  end-to-end deadline; use the maximum clock when any request is at risk (queued work).
+  end-to-end deadline; use the maximum clock when any request is at risk (queued work). While the
+  pool receives prompts the projected iteration includes a prompt chunk (chunked prefill).
 * Pool: one pool; TP autoscaling by request rate — the (TP, count) using the fewest GPUs whose
-  capacity covers the rate with headroom; scale-down only after a grace period. New instances
+  capacity covers the rate with headroom and that prefills the history's P99 prompt within half the
+  TTFT SLO; scale-down only after a grace period. New instances
   start cold (weights from storage), as in the paper, where shadow instances hide the start.
 """
 
