@@ -40,3 +40,20 @@ def test_capacity_is_ready_before_the_step_and_the_slo_holds() -> None:
     ok = result.slo_mask()
     assert ok.mean() >= 0.99
     assert ok[wl.arrival_s >= 180].mean() >= 0.99
+
+
+def test_the_hindsight_plan_meets_the_slo_below_the_baselines_energy() -> None:
+    """Conv, 15 minutes: the oracle's plan is feasible (>= 99% attainment) and spends less fleet
+    energy than Static and both baselines (each at its default knob)."""
+    from flywheel.sim.runner import RunSpec, build_hardware, build_workload, default_slo
+
+    spec = RunSpec(trace="conv", policies=[], duration_s=900.0)
+    profile, workload = build_workload(spec)
+    config = SimConfig(slo=default_slo("conv"), hardware=build_hardware(spec))
+    oracle = make_policy("oracle")
+    result = Simulator(workload, oracle, config, profile).run()
+    assert isinstance(oracle, OraclePolicy) and oracle.plan is not None and oracle.plan.optimal
+    assert result.slo_mask().mean() >= 0.99
+    for name in ("static", "throttllem", "dynamollm"):
+        other = Simulator(workload, make_policy(name), config, profile).run()
+        assert result.fleet_energy_j < other.fleet_energy_j, name

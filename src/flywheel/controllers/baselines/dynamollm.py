@@ -7,15 +7,25 @@
   the observed rate with headroom, from profiles (here the performance model).
 * Instance (5 s): the lowest clock whose profiled decode step at the current batch meets the TBT SLO
   with margin and whose throughput covers the instance's share of the load; maximum clock when
-  requests queue (the paper's misprediction mitigation). Weights are cached in host memory, so new
-  instances start warm.
+  requests queue (the paper's misprediction mitigation). Its profiles measure the engine's TBT, so
+  while the pool receives prompts the clock also carries a prompt-chunk iteration (chunked prefill).
+  The engine's batch limit is set for the TBT SLO (vLLM ``max_num_seqs``).
+* Misprediction (``react``, every 5 s): a backlogged pool scales out at once with pre-warmed
+  instances. Weights are cached in host memory, so every start is a warm start; TP changes start
+  the new shape before the old one drains (re-sharding at a warm start's cost, as Flywheel pays).
 """
 
 from __future__ import annotations
 
 import math
 
-from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
+from flywheel.controllers.baselines.common import (
+    admission_cap,
+    chunk_iteration_ms,
+    instances_needed,
+    lowest_clock,
+    serving_clocks,
+)
 from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
@@ -38,6 +48,8 @@ OUTPUT_BOUNDS = (64, 256)  # predicted output tokens
 TP_CHOICES = (2, 4, 8)
 MIN_POOL_RPS = 1.5  # a class below this rate is merged into its input-length pool
 INPUT_NAMES = ("S", "M", "L")
+BACKLOG_DRAIN_S = 10.0  # a backlogged pool is sized to clear its queue within this
+ADMISSION_TBT_SHARE = 0.8  # engine batch limit: decode step at max clock within this share of the TBT SLO
 
 
 def _bucket(value: int, bounds: tuple[int, int]) -> int:
@@ -46,14 +58,17 @@ def _bucket(value: int, bounds: tuple[int, int]) -> int:
 
 class DynamoLLMPolicy:
     name = "dynamollm"
-    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
+    headroom_sweep = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
     def __init__(self, headroom: float = 0.2) -> None:
         # The knob: the profiled decode step must fit (1 - headroom) x the TBT SLO, and pools are
-        # sized for the rate x (1 + 0.5 x headroom) (the default reproduces the earlier 1.1).
+        # sized for the rate x (1 + headroom).
         self.headroom = headroom
-        self.info = PolicyInfo(start_mode="warm")
+        # Pre-warmed instances: weights cached in host memory, so a start is a warm start; the
+        # misprediction path (``react``) scales a backlogged pool out between pool rounds.
+        self.info = PolicyInfo(start_mode="warm", react_s=5.0)
         self._ctx: PolicyContext | None = None
+        self._pool_rps: dict[str, float] = {}  # pool -> arrival rate over the last pool window
         self._clocks: list[int] = []
         self._class_pool: dict[tuple[int, int], str] = {}
         self._class_counts: dict[tuple[int, int], int] = {}
@@ -63,7 +78,7 @@ class DynamoLLMPolicy:
         self._class_tokens: dict[tuple[int, int], tuple[int, int]] = {}  # prompt, output sums
 
     def _rate_headroom(self) -> float:
-        return 1.0 + 0.5 * self.headroom
+        return 1.0 + self.headroom
 
     def _context(self) -> PolicyContext:
         if self._ctx is None:
@@ -98,7 +113,23 @@ class DynamoLLMPolicy:
                 watts = count * instance_power_watts(ctx.model, ctx.sku, tp, clock, batch)
                 if best is None or watts < best[3]:
                     best = (tp, count, clock, watts)
-        return best or (8, 1, ctx.sku.sm_clock_max_mhz, 0.0)
+        if best is not None:
+            return best
+        # No TP prefills such prompts within the TTFT budget: the fastest prefill (largest TP, max
+        # clock), still sized for the rate.
+        tp, clock = max(TP_CHOICES), ctx.sku.sm_clock_max_mhz
+        count = instances_needed(
+            ctx.model,
+            ctx.sku,
+            tp,
+            clock,
+            max(rate, 0.01) * self._rate_headroom(),
+            prompt,
+            output,
+            ctx.slo.tbt_ms,
+        )
+        count = min(count or 1, max(ctx.total_gpus // tp, 1))
+        return tp, count, clock, count * instance_power_watts(ctx.model, ctx.sku, tp, clock, 1)
 
     def start(self, context: PolicyContext) -> list[PoolTarget]:
         self._ctx = context
@@ -115,9 +146,9 @@ class DynamoLLMPolicy:
             share = len(members) / len(sample)
             prompt = sum(p for p, _ in members) / len(members) if members else profile.mean_prompt_tokens
             output = sum(o for _, o in members) / len(members) if members else profile.mean_output_tokens
-            tp, count, clock, _ = self._size(profile.mean_rps * share, prompt, output)
+            tp, count, clock, _ = self._size(profile.peak_minute_rps * share, prompt, output)
             self._pools[name] = (tp, count, clock)
-            reason = f"initial: {share:.0%} of the mean load (historical mix)"
+            reason = f"initial: {share:.0%} of the peak-minute load (historical mix)"
             targets.append(PoolTarget(name, tp, count, clock, reason))
         return targets
 
@@ -183,15 +214,73 @@ class DynamoLLMPolicy:
         return PoolTarget(pool.name, tp, count, clock, reason)
 
     def plan_pools(self, obs: ClusterObservation) -> list[PoolTarget]:
+        self._pool_rps = {p.name: p.load.arrivals_rps for p in obs.pools}
         return [t for t in (self._plan_pool(p, obs.time_s) for p in obs.pools) if t is not None]
+
+    def _prompts_expected(self, obs: InstanceObservation) -> bool:
+        """Prompts reach this instance's pool (last instance period or last pool window)."""
+        return obs.arrivals_rps > 0 or self._pool_rps.get(obs.pool, 0.0) > 0
+
+    def _chunk_fits(self, tp: int, batch: int, kv_tokens: int, clock: int) -> bool:
+        """The profiled iteration carrying a prompt chunk fits (1 - headroom / 2) x TBT."""
+        ctx = self._context()
+        iteration = chunk_iteration_ms(ctx.model, ctx.sku, tp, batch, kv_tokens, clock, ctx.slo.tbt_ms)
+        return iteration_within_tbt(iteration, ctx.slo, 1.0 - 0.5 * self.headroom)
+
+    def react(self, obs: ClusterObservation) -> list[PoolTarget]:
+        """Misprediction mitigation (every instance period): a pool whose queue builds gets enough
+        pre-warmed instances, at its TP and max clock, for its arrivals plus the backlog cleared within
+        ``BACKLOG_DRAIN_S``; the next pool round sizes it again from its load."""
+        ctx = self._context()
+        free = obs.free_gpus
+        targets = []
+        for pool in obs.pools:
+            planned = self._pools.get(pool.name)
+            have = pool.instances_ready + pool.instances_starting
+            # A backlog: more requests waiting than the pool has instances (one waiting request per
+            # instance is the normal gap between a finished sequence and the next admission).
+            if planned is None or pool.load.queued <= have:
+                continue
+            tp, count, _ = planned
+            rate = pool.load.arrivals_rps + pool.load.queued / BACKLOG_DRAIN_S
+            prompt = pool.load.mean_prompt_tokens or ctx.profile.mean_prompt_tokens
+            output = pool.load.mean_output_tokens or ctx.profile.mean_output_tokens
+            max_clock = ctx.sku.sm_clock_max_mhz
+            needed = instances_needed(
+                ctx.model,
+                ctx.sku,
+                tp,
+                max_clock,
+                rate * self._rate_headroom(),
+                prompt,
+                output,
+                ctx.slo.tbt_ms,
+            )
+            wanted = min(needed or count, have + free // tp)
+            if wanted <= max(have, count):
+                continue
+            free -= (wanted - have) * tp
+            self._pools[pool.name] = (tp, wanted, max_clock)
+            reason = f"backlog {pool.load.queued}: {wanted} x TP{tp} at {max_clock} MHz (pre-warmed)"
+            targets.append(PoolTarget(pool.name, tp, wanted, max_clock, reason))
+        return targets
 
     def decide_clock(self, obs: InstanceObservation) -> ClockDecision:
         ctx = self._context()
         max_clock = ctx.sku.sm_clock_max_mhz
+        # The engine's batch limit, configured for the TBT SLO (vLLM max_num_seqs).
+        profile = ctx.profile
+        cap = admission_cap(
+            ctx, obs, ADMISSION_TBT_SHARE, profile.mean_prompt_tokens + profile.mean_output_tokens / 2
+        )
         if obs.waiting:
-            return ClockDecision(max_clock, "queued requests: raise clock")
+            return ClockDecision(max_clock, "queued requests: raise clock", cap)
         if not obs.running:
-            return ClockDecision(self._clocks[0], "idle")
+            if not self._prompts_expected(obs):
+                return ClockDecision(self._clocks[0], "idle", cap)
+            # Prompts keep arriving: the next iteration is a prompt chunk (profiled TBT includes it).
+            idle_clock = lowest_clock(self._clocks, lambda c: self._chunk_fits(obs.tp, 1, 0, c))
+            return ClockDecision(idle_clock or max_clock, "idle, prompts arriving", cap)
         batch = len(obs.running)
         per_seq = obs.kv_used_tokens / batch
         prompt = sum(r.prompt_tokens for r in obs.running) / batch
@@ -203,6 +292,10 @@ class DynamoLLMPolicy:
             step = decode_step_ms(ctx.model, ctx.sku, obs.tp, batch + 2, int((batch + 2) * per_seq), clock)
             if not iteration_within_tbt(step, ctx.slo, margin):
                 return False
+            if self._prompts_expected(obs) and not self._chunk_fits(
+                obs.tp, batch + 2, int((batch + 2) * per_seq), clock
+            ):
+                return False
             if prefill_ms(ctx.model, ctx.sku, obs.tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
                 return False
             capacity = instance_capacity_rps(
@@ -212,5 +305,5 @@ class DynamoLLMPolicy:
 
         clock = lowest_clock(self._clocks, ok)
         if clock is None:
-            return ClockDecision(max_clock, "profile: no lower clock meets the SLO")
-        return ClockDecision(clock, f"profile: lowest clock for batch {batch}")
+            return ClockDecision(max_clock, "profile: no lower clock meets the SLO", cap)
+        return ClockDecision(clock, f"profile: lowest clock for batch {batch}", cap)

@@ -2,15 +2,17 @@
 
 Not deployable: it is handed every future arrival (``Clairvoyant.foresee``) and is meant as the
 reference every causal policy is measured against (a policy's saving as a share of the oracle's).
-It is a hindsight *heuristic*, not a proven optimum:
 
-- Time is cut into ``INTERVAL_S`` intervals. For each, knowing its arrivals, it picks the
-  (TP, count, clock) with the least modelled power whose capacity (``instance_capacity_rps`` with
-  the engine's prompt chunk) covers the interval's peak ``PEAK_WINDOW_S`` arrival rate x
-  (1 + headroom), with the same TTFT check DynamoLLM-like uses.
-- Changes pay the simulator's costs like every policy (warm starts, as DynamoLLM-like and Flywheel):
-  it applies each interval's plan one warm start plus one pool period early, and keeps the larger of
-  two overlapping plans, so capacity is ready when the load arrives.
+- Plan: a mixed-integer program over the whole trace (``hindsight_milp``, HiGHS): per
+  ``INTERVAL_S`` interval one (TP, clock) and an instance count, minimising fleet energy (instances'
+  idle power, energy per request, unallocated GPUs at idle power, warm-start energy of every
+  instance started) subject to the capacity covering the interval's peak ``PEAK_WINDOW_S`` arrival
+  rate x (1 + headroom) and the GPU budget. A configuration counts only where it can meet the SLO
+  (a 2x-mean prompt prefills within half the TTFT target; a prompt-chunk iteration fits 90% of TBT,
+  Flywheel's margin). The plan is optimal for that model; the simulated hardware is not the model.
+- Execution pays the simulator's costs like every policy (warm starts, as DynamoLLM-like and
+  Flywheel): each interval's plan is applied one warm start plus one pool period early, keeping
+  the larger of two overlapping plans, so capacity is ready when the load arrives.
 - Clocks: the lowest clock whose decode step at the current batch fits (1 - headroom) x TBT and,
   when a prompt arrives within the next instance period (it knows), whose prompt-chunk iteration
   fits the TBT target (``flywheel.controllers.slo``); the maximum clock while requests queue.
@@ -25,7 +27,8 @@ import math
 
 import numpy as np
 
-from flywheel.controllers.baselines.common import instances_needed, lowest_clock, serving_clocks
+from flywheel.controllers.baselines.common import chunk_iteration_ms, lowest_clock, serving_clocks
+from flywheel.controllers.baselines.hindsight_milp import Config, HindsightPlan, solve
 from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
@@ -35,10 +38,12 @@ from flywheel.controllers.protocol import (
     PolicyInfo,
     PoolTarget,
 )
+from flywheel.controllers.reconfig.reshard import ReconfigCosts
 from flywheel.controllers.slo import iteration_within_tbt
 from flywheel.models.perf import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     decode_step_ms,
+    instance_capacity_rps,
     instance_power_watts,
     prefill_chunk_for_tbt,
     prefill_ms,
@@ -48,6 +53,7 @@ POOL = "all"
 INTERVAL_S = 60.0
 PEAK_WINDOW_S = 10.0
 TP_CHOICES = (2, 4, 8)
+CHUNK_TBT_MARGIN = 0.9  # a prompt-chunk iteration fits this share of the TBT target (as Flywheel's)
 WARM_START_LEAD_S = 10.0  # start this long before an interval (>= the simulator's warm start)
 
 
@@ -64,6 +70,7 @@ class OraclePolicy:
         self._ctx: PolicyContext | None = None
         self._arrivals: list[float] = []
         self._plans: list[tuple[int, int, int]] = []  # per interval: (tp, count, clock)
+        self.plan: HindsightPlan | None = None
         self._current: tuple[int, int, int] | None = None
         self._clocks: list[int] = []
 
@@ -78,36 +85,37 @@ class OraclePolicy:
             raise RuntimeError("policy used before start()")
         return self._ctx
 
-    def _size(self, rate: float, prompt: float, output: float) -> tuple[int, int, int]:
+    def _configs(self) -> list[Config]:
         ctx = self._context()
-        best: tuple[float, tuple[int, int, int]] | None = None
-        for tp in TP_CHOICES:
-            if tp not in ctx.model.supported_tp or tp > ctx.gpus_per_node:
-                continue
-            for clock in [*self._clocks[:: max(len(self._clocks) // 12, 1)], ctx.sku.sm_clock_max_mhz]:
-                count = instances_needed(
-                    ctx.model,
-                    ctx.sku,
-                    tp,
-                    clock,
-                    max(rate, 0.01) * (1 + self.headroom),
-                    prompt,
-                    output,
-                    ctx.slo.tbt_ms,
-                )
-                if count is None or count * tp > ctx.total_gpus:
-                    continue
-                if prefill_ms(ctx.model, ctx.sku, tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
-                    continue
-                step = decode_step_ms(ctx.model, ctx.sku, tp, 16, int(16 * (prompt + output / 2)), clock)
-                busy_s = (prefill_ms(ctx.model, ctx.sku, tp, int(prompt), clock) + output * step) / 1000.0
-                batch = max(1, math.ceil(max(rate, 0.01) / count * busy_s))
-                watts = count * instance_power_watts(ctx.model, ctx.sku, tp, clock, batch)
-                if best is None or watts < best[0]:
-                    best = (watts, (tp, count, clock))
-        if best is None:
-            return 8, max(ctx.total_gpus // 8, 1), ctx.sku.sm_clock_max_mhz
-        return best[1]
+        clocks = sorted({*self._clocks[:: max(len(self._clocks) // 8, 1)], ctx.sku.sm_clock_max_mhz})
+        return [
+            Config(tp, clock, instance_power_watts(ctx.model, ctx.sku, tp, clock, 1))
+            for tp in TP_CHOICES
+            if tp in ctx.model.supported_tp and tp <= ctx.gpus_per_node
+            for clock in clocks
+        ]
+
+    def _cell(self, config: Config, prompt: float, output: float) -> tuple[float, float]:
+        """(one instance's sustainable rate, joules above idle per request) for a request mix; rate 0
+        where the configuration cannot meet the SLO (a long prompt's TTFT, or a prompt-chunk
+        iteration over the TBT target with Flywheel's margin). TP8 at max clock always serves."""
+        ctx = self._context()
+        tp, clock = config.tp, config.clock_mhz
+        fastest = tp == max(TP_CHOICES) and clock == ctx.sku.sm_clock_max_mhz
+        capacity = instance_capacity_rps(ctx.model, ctx.sku, tp, clock, prompt, output, ctx.slo.tbt_ms)
+        if not fastest:
+            if prefill_ms(ctx.model, ctx.sku, tp, int(prompt * 2), clock) > ctx.slo.ttft_ms * 0.5:
+                capacity = 0.0
+            chunk = chunk_iteration_ms(
+                ctx.model, ctx.sku, tp, 16, int(16 * (prompt + output / 2)), clock, ctx.slo.tbt_ms
+            )
+            if not iteration_within_tbt(chunk, ctx.slo, CHUNK_TBT_MARGIN):
+                capacity = 0.0
+        step = decode_step_ms(ctx.model, ctx.sku, tp, 16, int(16 * (prompt + output / 2)), clock)
+        busy_s = (prefill_ms(ctx.model, ctx.sku, tp, int(prompt), clock) + output * step) / 1000.0
+        batch = max(1, math.ceil(max(capacity, 0.01) * busy_s))
+        extra_w = instance_power_watts(ctx.model, ctx.sku, tp, clock, batch) - config.busy_watts
+        return capacity, max(extra_w, 0.0) * busy_s / batch
 
     def _plan_intervals(self) -> None:
         ctx = self._context()
@@ -116,18 +124,36 @@ class OraclePolicy:
         intervals = max(math.ceil(end / INTERVAL_S), 1)
         mean_prompt = float(prompt.mean()) if len(prompt) else ctx.profile.mean_prompt_tokens
         mean_output = float(output.mean()) if len(output) else ctx.profile.mean_output_tokens
-        self._plans = []
+        configs = self._configs()
+        rates = np.zeros(intervals)
+        capacity = np.zeros((intervals, len(configs)))
+        joules = np.zeros((intervals, len(configs)))
         for k in range(intervals):
             lo = int(np.searchsorted(arrival, k * INTERVAL_S))
             hi = int(np.searchsorted(arrival, (k + 1) * INTERVAL_S))
-            if hi <= lo:
-                self._plans.append(self._size(0.0, mean_prompt, mean_output))
-                continue
-            times = arrival[lo:hi]
-            ends = np.searchsorted(times, times + PEAK_WINDOW_S)
-            peak = float(np.max(ends - np.arange(len(times)))) / PEAK_WINDOW_S
-            rate = max(peak, len(times) / INTERVAL_S)
-            self._plans.append(self._size(rate, float(prompt[lo:hi].mean()), float(output[lo:hi].mean())))
+            mix = (mean_prompt, mean_output)
+            if hi > lo:
+                times = arrival[lo:hi]
+                ends = np.searchsorted(times, times + PEAK_WINDOW_S)
+                peak = float(np.max(ends - np.arange(len(times)))) / PEAK_WINDOW_S
+                rates[k] = max(peak, len(times) / INTERVAL_S) * (1 + self.headroom)
+                mix = (float(prompt[lo:hi].mean()), float(output[lo:hi].mean()))
+            for j, config in enumerate(configs):
+                capacity[k, j], joules[k, j] = self._cell(config, *mix)
+            # A peak beyond the whole cluster: plan the most the cluster serves (the SLO will slip).
+            most = max(capacity[k, j] * (ctx.total_gpus // c.tp) for j, c in enumerate(configs))
+            rates[k] = min(rates[k], most)
+        costs = ReconfigCosts()
+        weights = int(ctx.model.weight_bytes)
+        start_j = {
+            c.tp: costs.warm_start_s(weights, c.tp) * (c.busy_watts - c.tp * ctx.sku.idle_watts)
+            for c in configs
+            if c.clock_mhz == ctx.sku.sm_clock_max_mhz
+        }
+        self.plan = solve(
+            rates, capacity, joules, configs, INTERVAL_S, ctx.total_gpus, ctx.sku.idle_watts, start_j
+        )
+        self._plans = list(self.plan.steps)
 
     def _target_at(self, time_s: float) -> tuple[int, int, int]:
         """The larger plan of the intervals met within the lead time from ``time_s``."""
