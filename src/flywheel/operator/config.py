@@ -100,4 +100,8 @@ class OperatorConfig:
             config.react_period_seconds = float(env["FLYWHEEL_REACT_PERIOD_SECONDS"])
         if env.get("FLYWHEEL_DRAIN_TIMEOUT_SECONDS"):
             config.drain_timeout_seconds = float(env["FLYWHEEL_DRAIN_TIMEOUT_SECONDS"])
+        if env.get("FLYWHEEL_POD_BACKOFF_BASE_SECONDS"):
+            config.pod_backoff_base_seconds = float(env["FLYWHEEL_POD_BACKOFF_BASE_SECONDS"])
+        if env.get("FLYWHEEL_POD_BACKOFF_MAX_SECONDS"):
+            config.pod_backoff_max_seconds = float(env["FLYWHEEL_POD_BACKOFF_MAX_SECONDS"])
         return config
