@@ -104,6 +104,8 @@ def operator_config(url: str, **overrides: Any) -> OperatorConfig:
         cluster_period_seconds=1.0,
         resync_seconds=1.0,
         status_delay_seconds=0.05,
+        # No node agent writes engine reports in most suites: a drain ends by its timeout.
+        drain_timeout_seconds=1.0,
         watch_server_timeout=20,
         watch_client_timeout=30,
         brain_factory=spec_brain(),  # these tests steer pools by spec; test_operator_energy_policy opts out

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from flywheel.api.v1alpha1 import EngineKind
 from flywheel.controllers.energy.brain import energy_brain
+from flywheel.controllers.resources.drain import DRAIN_TIMEOUT_S
 from flywheel.engines.adapters import ADAPTERS
 from flywheel.operator.brains import BrainFactory, Recorder
 
@@ -57,6 +58,15 @@ class OperatorConfig:
     images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     router_image: str = DEFAULT_ROUTER_IMAGE
     deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
+    # Drain before delete (controllers/resources/drain.py): a draining instance is deleted once its
+    # engine reports nothing in flight, or after this long; reports older than the max age do not count
+    # (the node agent writes at least every 30 s).
+    drain_timeout_seconds: float = DRAIN_TIMEOUT_S
+    drain_report_max_age_seconds: float = 90.0
+    # A failed engine Pod is recreated after base, doubling to max; reset after running Ready this long.
+    pod_backoff_base_seconds: float = 10.0
+    pod_backoff_max_seconds: float = 300.0
+    pod_backoff_reset_seconds: float = 600.0
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
     brain_factory: BrainFactory = energy_brain
@@ -88,4 +98,10 @@ class OperatorConfig:
             config.router_image = env["FLYWHEEL_ROUTER_IMAGE"]
         if env.get("FLYWHEEL_REACT_PERIOD_SECONDS"):
             config.react_period_seconds = float(env["FLYWHEEL_REACT_PERIOD_SECONDS"])
+        if env.get("FLYWHEEL_DRAIN_TIMEOUT_SECONDS"):
+            config.drain_timeout_seconds = float(env["FLYWHEEL_DRAIN_TIMEOUT_SECONDS"])
+        if env.get("FLYWHEEL_POD_BACKOFF_BASE_SECONDS"):
+            config.pod_backoff_base_seconds = float(env["FLYWHEEL_POD_BACKOFF_BASE_SECONDS"])
+        if env.get("FLYWHEEL_POD_BACKOFF_MAX_SECONDS"):
+            config.pod_backoff_max_seconds = float(env["FLYWHEEL_POD_BACKOFF_MAX_SECONDS"])
         return config

@@ -155,6 +155,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
                 op.pools.refresh(namespace, spec["pool"])
         else:
             await ctx.safely("ModelInstance", lambda: op.instances.reconcile(namespace, name))
+            if spec.get("drain") and spec.get("pool"):  # its engine's report may end the drain
+                op.pools.refresh(namespace, spec["pool"])
         if spec.get("modelDeployment"):
             op.deployments.status_refresh(namespace, spec["modelDeployment"])
 

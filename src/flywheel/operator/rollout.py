@@ -11,7 +11,9 @@ come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reco
   restarted operator resumes it) and advanced level-based with ``rollout_actions``: new instances are
   created with their planned GPUs, old ones get ``spec.drain`` (the router stops sending to them, the
   ``Serving`` condition turns False with reason ``Draining``) only once the new ones serve, and are
-  deleted once nothing is in flight. Meanwhile ``plan_instances`` is kept from deleting or creating
+  deleted once drained (``DrainCheck``: the engine's own report shows nothing in flight, or the
+  operator's ``drain_timeout_seconds`` has passed since the drain began, with a ``DrainTimeout``
+  Warning saying what was still running). Meanwhile ``plan_instances`` is kept from deleting or creating
   Active instances, and from placing new Standbys on GPUs the plan needs.
 
 Capacity during a change is counted in GPUs serving (an instance of TP t counts t); the plan never
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,8 +70,17 @@ from flywheel.controllers.resources.desired import (
     instance_name,
     instance_template,
 )
+from flywheel.controllers.resources.drain import (
+    DRAIN_STARTED,
+    DrainDecision,
+    drain_decision,
+    engine_report,
+    format_time,
+    parse_time,
+)
 from flywheel.controllers.resources.placement import usable_gpus
 from flywheel.kubeclient import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj, owner_reference
+from flywheel.operator.config import OperatorConfig
 from flywheel.operator.context import Context
 
 logger = logging.getLogger("flywheel.operator")
@@ -77,19 +89,47 @@ PLAN_ANNOTATION = "flywheel.dev/reshard-plan"
 _BYTES_PER_PARAM = {DType.BFLOAT16: 2, DType.FLOAT16: 2, DType.FP8: 1, DType.INT8: 1}
 
 
-def instance_state(obj: Obj | None) -> InstanceState:
-    """Where a ModelInstance is in its lifecycle, from its spec and status."""
-    if obj is None:
-        return InstanceState.ABSENT
-    if obj.get("metadata", {}).get("deletionTimestamp"):
-        return InstanceState.DELETING
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    if spec.get("drain"):
-        busy = int(status.get("requestsRunning", 0)) + int(status.get("requestsWaiting", 0))
-        return InstanceState.DRAINING if busy else InstanceState.DRAINED
-    if is_true(conditions_of(obj), reasons.SERVING):
-        return InstanceState.SERVING
-    return InstanceState.STARTING
+class DrainCheck:
+    """The lifecycle states of a pool's instances in one reconcile, with the drain decisions
+    (``controllers/resources/drain.py``) behind the Draining/Drained ones."""
+
+    def __init__(self, config: OperatorConfig, now: datetime) -> None:
+        self.config = config
+        self.now = now
+        self.decisions: dict[str, DrainDecision] = {}
+
+    def state(self, obj: Obj | None) -> InstanceState:
+        """Where a ModelInstance is in its lifecycle, from its spec and status."""
+        if obj is None:
+            return InstanceState.ABSENT
+        if obj.get("metadata", {}).get("deletionTimestamp"):
+            return InstanceState.DELETING
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        if spec.get("drain"):
+            annotations = obj["metadata"].get("annotations") or {}
+            decision = drain_decision(
+                parse_time(annotations.get(DRAIN_STARTED)),
+                engine_report(status),
+                self.now,
+                timeout_s=self.config.drain_timeout_seconds,
+                max_report_age_s=self.config.drain_report_max_age_seconds,
+            )
+            self.decisions[obj["metadata"]["name"]] = decision
+            return InstanceState.DRAINED if decision.drained else InstanceState.DRAINING
+        if is_true(conditions_of(obj), reasons.SERVING):
+            return InstanceState.SERVING
+        return InstanceState.STARTING
+
+    @property
+    def recheck_s(self) -> float | None:
+        """When the first drain timeout among the instances looked at falls due."""
+        due = [d.recheck_s for d in self.decisions.values() if d.recheck_s is not None]
+        return min(due) if due else None
+
+
+def drain_patch(now: datetime) -> Obj:
+    """Mark an instance for draining and record when its drain began."""
+    return {"metadata": {"annotations": {DRAIN_STARTED: format_time(now)}}, "spec": {"drain": True}}
 
 
 def model_bytes(md_spec: ModelDeploymentSpec) -> int:
@@ -99,6 +139,9 @@ def model_bytes(md_spec: ModelDeploymentSpec) -> int:
 class PoolRollout:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # (namespace, pool) -> seconds until a drain timeout of the pool falls due (set by ``stage``;
+        # the pool controller reconciles the pool again then).
+        self.recheck: dict[tuple[str, str], float] = {}
 
     # -- promotion ----------------------------------------------------------------------------------
 
@@ -177,6 +220,48 @@ class PoolRollout:
     ) -> InstancePlan:
         """Run a TP change as a reshard plan; return what ``plan_instances`` may still do."""
         namespace = pool["metadata"]["namespace"]
+        check = DrainCheck(self.ctx.config, datetime.now(UTC))
+        raw = await self._record_drain_starts(raw, check.now)
+        try:
+            return await self._stage(pool, spec, md_spec, raw, observed, plan, check)
+        finally:
+            key = (namespace, pool["metadata"]["name"])
+            if check.recheck_s is None:
+                self.recheck.pop(key, None)
+            else:
+                self.recheck[key] = check.recheck_s
+
+    async def _record_drain_starts(self, raw: list[Obj], now: datetime) -> list[Obj]:
+        """Instances marked for draining by someone else get their drain start recorded now."""
+        result = []
+        for obj in raw:
+            meta = obj["metadata"]
+            annotations = meta.get("annotations") or {}
+            if (
+                (obj.get("spec") or {}).get("drain")
+                and not meta.get("deletionTimestamp")
+                and parse_time(annotations.get(DRAIN_STARTED)) is None
+            ):
+                stamp = {DRAIN_STARTED: format_time(now)}
+                await self.ctx.kube.patch(
+                    MODEL_INSTANCES, meta["namespace"], meta["name"], {"metadata": {"annotations": stamp}}
+                )
+                result.append({**obj, "metadata": {**meta, "annotations": {**annotations, **stamp}}})
+            else:
+                result.append(obj)
+        return result
+
+    async def _stage(
+        self,
+        pool: Obj,
+        spec: ServingPoolSpec,
+        md_spec: ModelDeploymentSpec,
+        raw: list[Obj],
+        observed: list[ObservedInstance],
+        plan: InstancePlan,
+        check: DrainCheck,
+    ) -> InstancePlan:
+        namespace = pool["metadata"]["namespace"]
         annotations = pool["metadata"].get("annotations") or {}
         stored = self._load(annotations.get(PLAN_ANNOTATION))
         live = [i for i in observed if not i.deleting]
@@ -186,9 +271,9 @@ class PoolRollout:
         if not old and not current:
             if stored is not None:
                 await self._finish(pool, tp)
-            return await self._drain_before_delete(pool, spec, raw, live, plan)
+            return await self._drain_before_delete(pool, spec, raw, live, plan, check)
         if not current:
-            stored = await self._plan(pool, spec, md_spec, raw, live)
+            stored = await self._plan(pool, spec, md_spec, raw, live, check)
             if stored is None:
                 return plan  # cannot plan (no room even with downtime): the default path reports it
         assert stored is not None
@@ -197,22 +282,21 @@ class PoolRollout:
             for s in stored["steps"]
         ]
         by_name = {o["metadata"]["name"]: o for o in raw}
-        observed_states = {s.instance: instance_state(by_name.get(s.instance)) for s in steps}
+        observed_states = {s.instance: check.state(by_name.get(s.instance)) for s in steps}
         rollout = rollout_actions(steps, observed_states)
         nodes = stored.get("nodes") or {}
         for action in rollout.actions:
             if action.verb is RolloutVerb.CREATE:
                 await self._create(pool, spec, md_spec, action.instance, list(action.step.gpus), nodes)
             elif action.verb is RolloutVerb.DRAIN:
-                await self.ctx.kube.patch(
-                    MODEL_INSTANCES, namespace, action.instance, {"spec": {"drain": True}}
-                )
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, action.instance, drain_patch(check.now))
                 await self.ctx.recorder.decided(
                     "ModelInstance", "drain", pool, reasons.DRAINING,
                     f"{action.instance}: no new requests; in-flight ones finish, queued ones go to siblings",
                 )  # fmt: skip
             elif action.verb is RolloutVerb.DELETE:
                 uid = by_name.get(action.instance, {}).get("metadata", {}).get("uid")
+                await self._warn_timeout(pool, action.instance, check)
                 if await self.ctx.kube.delete(MODEL_INSTANCES, namespace, action.instance, uid):
                     await self.ctx.recorder.decided(
                         "ModelInstance",
@@ -226,16 +310,17 @@ class PoolRollout:
         for i in old:
             if i.name in planned:
                 continue
-            state = instance_state(by_name.get(i.name))
+            state = check.state(by_name.get(i.name))
             if state in (InstanceState.SERVING, InstanceState.STARTING):
-                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, i.name, {"spec": {"drain": True}})
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, i.name, drain_patch(check.now))
             elif state is InstanceState.DRAINED:
+                await self._warn_timeout(pool, i.name, check)
                 await self.ctx.kube.delete(
                     MODEL_INSTANCES, namespace, i.name, by_name[i.name]["metadata"].get("uid")
                 )
         if rollout.done and not old:
             await self._finish(pool, tp)
-            return await self._drain_before_delete(pool, spec, raw, live, plan)
+            return await self._drain_before_delete(pool, spec, raw, live, plan, check)
         waiting = rollout.waiting_for or "the last old instances to go"
         await self._progressing(
             pool, "True", reasons.RESHARDING, f"resharding to TP{tp}: waiting for {waiting}"
@@ -255,11 +340,12 @@ class PoolRollout:
         raw: list[Obj],
         live: list[ObservedInstance],
         plan: InstancePlan,
+        check: DrainCheck,
     ) -> InstancePlan:
         """Scale-down order: retire Actives still starting before serving ones, and drain a serving
         Active (router stops sending, in-flight requests finish) before deleting it."""
         by_name = {o["metadata"]["name"]: o for o in raw}
-        state = {i.name: instance_state(by_name.get(i.name)) for i in live}
+        state = {i.name: check.state(by_name.get(i.name)) for i in live}
         actives = {i.name for i in live if i.spec.role is InstanceRole.ACTIVE}
         delete = list(plan.delete)
         update = dict(plan.update)
@@ -284,9 +370,11 @@ class PoolRollout:
                 InstanceState.STARTING,
                 None,
             ):
+                if name in actives:
+                    await self._warn_timeout(pool, name, check)
                 final.append(name)
             elif state.get(name) is InstanceState.SERVING:
-                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, name, {"spec": {"drain": True}})
+                await self.ctx.kube.patch(MODEL_INSTANCES, namespace, name, drain_patch(check.now))
                 await self.ctx.recorder.decided(
                     "ModelInstance",
                     "drain",
@@ -303,6 +391,7 @@ class PoolRollout:
         md_spec: ModelDeploymentSpec,
         raw: list[Obj],
         live: list[ObservedInstance],
+        check: DrainCheck,
     ) -> dict[str, Any] | None:
         namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
         tp = spec.tensor_parallel
@@ -312,7 +401,7 @@ class PoolRollout:
             for i in live
             if i.spec.role is InstanceRole.ACTIVE
             and i.spec.gpu_uuids
-            and instance_state(by_name.get(i.name)) is InstanceState.SERVING
+            and check.state(by_name.get(i.name)) is InstanceState.SERVING
         ]  # instances not serving carry no capacity to protect: they are simply retired
         mine = {u for i in serving for u in i.spec.gpu_uuids}
         everything = await self.ctx.kube.list(MODEL_INSTANCES)
@@ -413,6 +502,19 @@ class PoolRollout:
                 f"{instance} (Active, TP{spec.tensor_parallel}) on {placed.node_name} GPUs {','.join(gpus)} "
                 "for the reshard",
             )  # fmt: skip
+
+    async def _warn_timeout(self, pool: Obj, name: str, check: DrainCheck) -> None:
+        """A drain ended by its timeout, not by the engine's report: say what was still in flight."""
+        decision = check.decisions.get(name)
+        if decision is not None and decision.timed_out:
+            await self.ctx.recorder.decided(
+                "ModelInstance",
+                "drain",
+                pool,
+                "DrainTimeout",
+                f"{name}: {decision.reason}; deleting it",
+                True,
+            )
 
     async def _finish(self, pool: Obj, tp: int) -> None:
         await self._store(pool["metadata"]["namespace"], pool["metadata"]["name"], None)

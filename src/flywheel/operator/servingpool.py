@@ -92,6 +92,13 @@ class ServingPoolController:
             observed = await self.rollout.promote(pool, spec, raw, observed)
             plan = plan_instances(name, spec, md_spec, observed)
             plan = await self.rollout.stage(pool, spec, md_spec, raw, observed, plan)
+            recheck = self.rollout.recheck.get((namespace, name))
+            if (
+                recheck is not None
+            ):  # a drain timeout falls due: look again then (status changes wake it sooner)
+                self.ctx.request(
+                    ("pool-drain", namespace, name), lambda: self.reconcile(namespace, name), recheck
+                )
             uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in raw}
             for instance_name in plan.delete:
                 if await self.ctx.kube.delete(

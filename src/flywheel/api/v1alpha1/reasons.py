@@ -31,4 +31,5 @@ WEIGHTS_LOADED = "WeightsLoaded"
 ENGINE_STARTING = "EngineStarting"
 STANDBY = "Standby"
 DRAINING = "Draining"
+BACKING_OFF = "BackingOff"  # the engine Pod failed; it is recreated after a backoff
 HEARTBEAT_LOST = "HeartbeatLost"
