@@ -261,6 +261,46 @@ MISTAKES = [
     Mistake("gpupool-gpus-not-multiple", "GPUPool", {"spec.groupSize": 4, "spec.gpus": 6}, "gpus"),
     Mistake("gpupool-group-size-3", "GPUPool", {"spec.groupSize": 3}, "groupSize"),
     Mistake("gpupool-zero-models-per-gpu", "GPUPool", {"spec.maxModelsPerGPU": 0}, "maxModelsPerGPU"),
+    # Engine Pods: a weight cache is a claim in the namespace, never a node directory a tenant picks.
+    Mistake(
+        "weight-cache-claim-is-a-host-path",
+        "ModelDeployment",
+        {"spec.model.weightCache": {"persistentVolumeClaim": "/var/lib/flywheel/weights"}},
+        "weightCache.persistentVolumeClaim",
+    ),
+    Mistake(
+        "weight-cache-host-path-field",
+        "ModelDeployment",
+        {"spec.model.weightCache": {"persistentVolumeClaim": "weights", "hostPath": "/var/lib/x"}},
+        "hostPath",
+    ),
+    Mistake(
+        "weight-cache-on-streamed-weights",
+        "ModelDeployment",
+        {
+            "spec.model.weightSource": "s3://bucket/llama",
+            "spec.model.weightCache": {"persistentVolumeClaim": "w"},
+        },
+        "weightCache",
+    ),
+    Mistake(
+        "engine-memory-limit-below-request",
+        "ModelDeployment",
+        {"spec.engine.resources": {"requests": {"memoryGiB": 64}, "limits": {"memoryGiB": 32}}},
+        "resources.limits.memoryGiB",
+    ),
+    Mistake(
+        "engine-cpu-limit-below-request",
+        "ModelDeployment",
+        {"spec.engine.resources": {"requests": {"cpu": 16}, "limits": {"cpu": 8}}},
+        "resources.limits.cpu",
+    ),
+    Mistake(
+        "engine-cpu-millicores",
+        "ModelDeployment",
+        {"spec.engine.resources": {"requests": {"cpu": "500m"}}},
+        "resources.requests.cpu",
+    ),
 ]
 
 

@@ -1,11 +1,28 @@
-"""Engine Pods: image, TP args, port, probes, shared memory, weights, drain grace period."""
+"""Engine Pods: image, TP args, port, probes, shared memory, weights, drain grace period, host
+resources, RuntimeClass, weight cache (validated against the Kubernetes 1.37 Pod schema)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import kubernetes_validate
 import pytest
+from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import DType, EngineKind, ModelDeployment, ModelInstance
-from flywheel.engines.adapters import GPU_RESOURCE, EngineLaunch, adapter_for, model_location
+from flywheel.engines.adapters import (
+    GPU_RESOURCE,
+    SPEC_HASH,
+    EngineLaunch,
+    HostResources,
+    adapter_for,
+    instance_pod,
+    model_host_resources,
+    model_location,
+    weight_cache_host_root,
+)
+
+K8S_VERSION = "1.37"  # as tests/api/crdschema.py
 
 
 def _objects(
@@ -137,7 +154,6 @@ def test_instance_pod_is_what_the_operator_and_the_dev_kubelet_need() -> None:
         LABEL_MANAGED_BY,
         MANAGER,
     )
-    from flywheel.engines.adapters import SPEC_HASH, instance_pod
 
     deployment, instance = _objects("simulated")
     owner = {"kind": "ModelInstance", "name": "llama-mm-0", "uid": "u1"}
@@ -156,3 +172,106 @@ def test_instance_pod_is_what_the_operator_and_the_dev_kubelet_need() -> None:
     other = instance_pod("llama-mm-0", "serving", moved, deployment.spec.model, "flywheel:dev", owner)
     assert pod["metadata"]["annotations"][SPEC_HASH] == again["metadata"]["annotations"][SPEC_HASH]
     assert pod["metadata"]["annotations"][SPEC_HASH] != other["metadata"]["annotations"][SPEC_HASH]
+
+
+# -- host resources, RuntimeClass, weight cache (issue #17) ----------------------------------------
+
+
+def _pod(
+    kind: str = "vllm",
+    engine: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    deployment, instance = _objects(kind)
+    spec = deployment.spec.model_copy(
+        update={
+            "engine": deployment.spec.engine.model_validate(
+                {**deployment.spec.engine.wire(), **(engine or {})}
+            ),
+            "model": deployment.spec.model.model_validate({**deployment.spec.model.wire(), **(model or {})}),
+        }
+    )
+    return instance_pod(
+        "llama-mm-0",
+        "serving",
+        instance.spec,
+        spec.model,
+        None,
+        {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelInstance", "name": "llama-mm-0", "uid": "u1"},
+        resources=spec.engine.resources,
+        **settings,
+    )
+
+
+def _valid(pod: dict[str, Any]) -> dict[str, Any]:
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    return pod
+
+
+def test_engine_pod_requests_cpu_and_memory_derived_from_the_model() -> None:
+    pod = _valid(_pod())
+    resources = pod["spec"]["containers"][0]["resources"]
+    # 70B bf16 = 140 GB; a TP4 worker's shard is 35 GB = 32.6 GiB -> 33 GiB + 4 x 4 GiB per worker.
+    assert resources["requests"] == {GPU_RESOURCE: "4", "cpu": "10", "memory": "49Gi"}
+    assert resources["limits"] == {GPU_RESOURCE: "4"}  # Burstable: no CPU/memory limit unless asked
+    assert model_host_resources(70_000 * 10**6 * 2, 8) == HostResources(cpu=18, memory_gib=49)
+    assert model_host_resources(1_000 * 10**6 * 2, 1).memory_gib == 16  # the floor
+    # The simulated engine loads no weights.
+    simulated = _pod("simulated")["spec"]["containers"][0]["resources"]["requests"]
+    assert simulated == {GPU_RESOURCE: "4", "cpu": "1", "memory": "1Gi"}
+
+
+def test_user_resources_override_the_defaults_and_a_lone_limit_caps_the_request() -> None:
+    pod = _pod(engine={"resources": {"requests": {"cpu": 32}, "limits": {"cpu": 48, "memoryGiB": 20}}})
+    resources = _valid(pod)["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {GPU_RESOURCE: "4", "cpu": "32", "memory": "20Gi"}
+    assert resources["limits"] == {GPU_RESOURCE: "4", "cpu": "48", "memory": "20Gi"}
+    assert pod["metadata"]["annotations"][SPEC_HASH] != _pod()["metadata"]["annotations"][SPEC_HASH]
+
+
+def test_runtime_class_is_the_operators_setting() -> None:
+    assert "runtimeClassName" not in _pod()["spec"]
+    assert _valid(_pod(runtime_class="nvidia"))["spec"]["runtimeClassName"] == "nvidia"
+    with pytest.raises(ValueError, match="DNS subdomain"):
+        _pod(runtime_class="NVIDIA Runtime")
+
+
+def _cache(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "hf-cache")
+    container = pod["spec"]["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "hf-cache")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return volume, mount, env
+
+
+def test_weight_cache_claim_replaces_the_per_pod_empty_dir() -> None:
+    volume, mount, env = _cache(_valid(_pod()))
+    assert volume == {"name": "hf-cache", "emptyDir": {}}
+    volume, mount, env = _cache(_valid(_pod(model={"weightCache": {"persistentVolumeClaim": "hf-weights"}})))
+    assert volume["persistentVolumeClaim"] == {"claimName": "hf-weights", "readOnly": False}
+    assert "readOnly" not in mount and "HF_HUB_OFFLINE" not in env
+    # A pre-filled ReadOnlyMany cache: mounted read-only, the hub never tries to download.
+    filled = {"weightCache": {"persistentVolumeClaim": "hf-weights", "readOnly": True}}
+    volume, mount, env = _cache(_valid(_pod(model=filled)))
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+    assert mount["readOnly"] is True and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_node_weight_cache_is_the_admins_path_one_directory_per_namespace() -> None:
+    volume, _, _ = _cache(_valid(_pod(weight_cache_host_path="/var/lib/flywheel/weights")))
+    assert volume["hostPath"] == {"path": "/var/lib/flywheel/weights/serving", "type": "DirectoryOrCreate"}
+    # The deployment's own claim wins over the node directory.
+    claim = {"weightCache": {"persistentVolumeClaim": "hf-weights"}}
+    volume, _, _ = _cache(_pod(model=claim, weight_cache_host_path="/var/lib/flywheel/weights"))
+    assert "hostPath" not in volume
+    for bad in ("weights", "/", "/var/lib/../etc", "/var//lib"):
+        with pytest.raises(ValueError, match="absolute, normalised"):
+            weight_cache_host_root(bad)
+
+
+def test_weight_cache_host_path_cannot_come_from_the_spec() -> None:
+    with pytest.raises(ValidationError):
+        _pod(model={"weightCache": {"persistentVolumeClaim": "w", "hostPath": "/var/lib/flywheel"}})
+    with pytest.raises(ValidationError, match=r"persistentVolumeClaim|persistent_volume_claim"):
+        _pod(model={"weightCache": {"persistentVolumeClaim": "/var/lib/flywheel"}})

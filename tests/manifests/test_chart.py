@@ -35,6 +35,10 @@ VALUE_SETS: dict[str, list[str]] = {
     "single-namespace-standalone": ["operator.watchNamespaces={team-a,team-b}", "operator.peering="],
     "legacy-runtime-no-agent": ["gpuOwnership.allocation=legacy", "agent.enabled=false", "rbac.create=true"],
     "shared-gpus-pinned-image": ["gpuOwnership.replicas=4", "image.tag=0.1.0-rc1", "agent.hostPID=false"],
+    "engine-runtime-class-weight-cache": [
+        "operator.engineRuntimeClassName=nvidia",
+        "operator.weightCacheHostPath=/var/lib/flywheel/weights",
+    ],
 }
 
 
@@ -88,6 +92,27 @@ def test_value_sets_change_what_is_rendered() -> None:
     container = agent["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/flywheel-dev/flywheel:0.1.0-rc1-agent"
     assert "--gpu-replicas=4" in container["args"] and "--gpu-allocation=cdi" in container["args"]
+
+
+def test_engine_pod_settings_reach_the_operators_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flywheel.operator.config import OperatorConfig
+
+    def env(settings: list[str]) -> dict[str, str]:
+        (operator,) = [o for o in helm_template(settings) if o["kind"] == "Deployment"]
+        return {
+            e["name"]: e.get("value", "")
+            for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    assert not {"FLYWHEEL_ENGINE_RUNTIME_CLASS", "FLYWHEEL_WEIGHT_CACHE_HOST_PATH"} & set(env([]))
+    for name, value in env(VALUE_SETS["engine-runtime-class-weight-cache"]).items():
+        monkeypatch.setenv(name, value)
+    config = OperatorConfig.from_env()
+    assert config.engine_runtime_class == "nvidia"
+    assert config.weight_cache_host_path == "/var/lib/flywheel/weights"
+    monkeypatch.setenv("FLYWHEEL_WEIGHT_CACHE_HOST_PATH", "var/lib/weights")
+    with pytest.raises(ValueError, match="absolute"):
+        OperatorConfig.from_env()
 
 
 def test_rendered_validation_can_fail() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from flywheel.api.v1alpha1 import EngineKind
 from flywheel.controllers.energy.brain import energy_brain
 from flywheel.controllers.resources.drain import DRAIN_TIMEOUT_S
-from flywheel.engines.adapters import ADAPTERS
+from flywheel.engines.adapters import ADAPTERS, runtime_class_name, weight_cache_host_root
 from flywheel.operator.brains import BrainFactory, Recorder
 
 # The engine adapters own their images; the operator's config may override them per kind.
@@ -67,6 +67,11 @@ class OperatorConfig:
     pod_backoff_base_seconds: float = 10.0
     pod_backoff_max_seconds: float = 300.0
     pod_backoff_reset_seconds: float = 600.0
+    # Engine Pods (cluster admin's choices, never a tenant's): the RuntimeClass they run under (e.g.
+    # ``nvidia`` where the NVIDIA runtime is not the node default), and a node directory that caches
+    # hf:// weights across Pods (one subdirectory per namespace; a deployment's weightCache claim wins).
+    engine_runtime_class: str | None = None
+    weight_cache_host_path: str | None = None
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
     brain_factory: BrainFactory = energy_brain
@@ -104,4 +109,8 @@ class OperatorConfig:
             config.pod_backoff_base_seconds = float(env["FLYWHEEL_POD_BACKOFF_BASE_SECONDS"])
         if env.get("FLYWHEEL_POD_BACKOFF_MAX_SECONDS"):
             config.pod_backoff_max_seconds = float(env["FLYWHEEL_POD_BACKOFF_MAX_SECONDS"])
+        if env.get("FLYWHEEL_ENGINE_RUNTIME_CLASS"):
+            config.engine_runtime_class = runtime_class_name(env["FLYWHEEL_ENGINE_RUNTIME_CLASS"])
+        if env.get("FLYWHEEL_WEIGHT_CACHE_HOST_PATH"):
+            config.weight_cache_host_path = weight_cache_host_root(env["FLYWHEEL_WEIGHT_CACHE_HOST_PATH"])
         return config

@@ -29,6 +29,11 @@ WEIGHT_SOURCE_MESSAGE = (
     "host paths (file://) are not allowed: ask an admin for a hostPath PersistentVolume and claim it"
 )
 TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+WEIGHT_CACHE_MESSAGE = (
+    "model.weightCache applies to hf:// weights only (pvc:// and oci:// weights are already persistent, "
+    "s3:// and gs:// weights stream to the GPUs)"
+)
 
 
 def _integer_not_bool(value: object) -> object:
@@ -67,6 +72,9 @@ class DType(StrEnum):
     INT8 = "int8"
 
 
+BYTES_PER_PARAMETER: dict[DType, int] = {DType.BFLOAT16: 2, DType.FLOAT16: 2, DType.FP8: 1, DType.INT8: 1}
+
+
 class RequestClassMode(StrEnum):
     AUTO = "Auto"
     EXPLICIT = "Explicit"
@@ -78,9 +86,33 @@ class OverEviction(StrEnum):
     NODE = "Node"
 
 
+class WeightCacheSpec(FlywheelModel):
+    """A persistent Hugging Face cache shared by the deployment's engine Pods (instead of a per-Pod emptyDir).
+
+    Only a claim in the deployment's namespace: a node directory is the cluster admin's choice
+    (the operator's ``--weight-cache-host-path``), never a tenant's.
+    """
+
+    persistent_volume_claim: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PersistentVolumeClaim in this namespace (ReadWriteMany, or ReadOnlyMany pre-filled).",
+    )
+    read_only: bool = Field(
+        default=False,
+        description="Mount the claim read-only and run the hub offline (a cache an admin filled beforehand).",
+    )
+
+
 class ModelSpec(FlywheelModel):
     model_config = cel_config(
         cel(f"self.weightSource.matches('{WEIGHT_SOURCE_PATTERN}')", WEIGHT_SOURCE_MESSAGE, ".weightSource"),
+        cel(
+            "!has(self.weightCache) || self.weightSource.startsWith('hf://')",
+            WEIGHT_CACHE_MESSAGE,
+            ".weightCache",
+        ),
     )
 
     name: str = Field(min_length=1, max_length=253, description="Model name served to clients.")
@@ -97,11 +129,66 @@ class ModelSpec(FlywheelModel):
         ),
     )
     dtype: DType = DType.BFLOAT16
+    weight_cache: WeightCacheSpec | None = Field(
+        default=None, description="Persistent cache for hf:// weights; unset: the operator's default."
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> Self:
         if not re.fullmatch(WEIGHT_SOURCE_PATTERN, self.weight_source):  # RE2: $ is the very end
             raise ValueError(WEIGHT_SOURCE_MESSAGE)
+        if self.weight_cache is not None and not self.weight_source.startswith("hf://"):
+            raise ValueError(WEIGHT_CACHE_MESSAGE)
+        return self
+
+    @property
+    def weight_bytes(self) -> int:
+        """Size of the checkpoint (parameters x bytes per parameter of ``dtype``)."""
+        return self.parameters_millions * 1_000_000 * BYTES_PER_PARAMETER[self.dtype]
+
+
+class ResourceAmounts(FlywheelModel):
+    cpu: int | None = Field(default=None, ge=1, le=1024, description="Whole CPU cores.")
+    memory_gib: int | None = Field(
+        default=None, ge=1, le=65536, alias="memoryGiB", description="GiB of memory."
+    )
+
+
+def _not_above(wire: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.requests) || !has(self.limits) || !has(self.requests.{wire}) || "
+        f"!has(self.limits.{wire}) || self.requests.{wire} <= self.limits.{wire}",
+        f"engine.resources.limits.{wire} must be greater than or equal to engine.resources.requests.{wire}",
+        f".limits.{wire}",
+    )
+
+
+class EngineResources(FlywheelModel):
+    """CPU/memory of the engine container; unset amounts get defaults derived from the model.
+
+    GPUs are not set here: the Pod requests ``tensorParallel`` GPUs of the device plugin.
+    """
+
+    model_config = cel_config(_not_above("cpu"), _not_above("memoryGiB"))
+
+    requests: ResourceAmounts | None = None
+    limits: ResourceAmounts | None = Field(
+        default=None, description="Unset: no limit (Burstable); a memory limit must also cover /dev/shm."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.requests is None or self.limits is None:
+            return self
+        for wire, request, limit in (
+            ("cpu", self.requests.cpu, self.limits.cpu),
+            ("memoryGiB", self.requests.memory_gib, self.limits.memory_gib),
+        ):
+            if request is not None and limit is not None and request > limit:
+                raise ValueError(
+                    f"engine.resources.limits.{wire} must be greater than or equal to "
+                    f"engine.resources.requests.{wire}"
+                )
         return self
 
 
@@ -112,6 +199,9 @@ class EngineSpec(FlywheelModel):
     )
     extra_args: list[str] = Field(default_factory=list, max_length=64)
     port: int = Field(default=8000, ge=1, le=65535)
+    resources: EngineResources | None = Field(
+        default=None, description="CPU/memory requests and limits; unset: derived from the model."
+    )
 
 
 class GPUSpec(FlywheelModel):

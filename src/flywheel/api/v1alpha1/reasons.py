@@ -21,6 +21,7 @@ RESHARDING = "Resharding"
 PROMOTING_STANDBY = "PromotingStandby"
 INSTANCES_NOT_READY = "InstancesNotReady"
 INSUFFICIENT_GPUS = "InsufficientGPUs"
+GPU_PRODUCT_UNAVAILABLE = "GPUProductUnavailable"  # no GPUNode has the deployment's gpu.product
 BRAIN_UNAVAILABLE = "BrainUnavailable"  # no performance model or no GPU inventory to plan with
 INVALID_SPEC = "InvalidSpec"
 FAULT_DETECTED = "FaultDetected"

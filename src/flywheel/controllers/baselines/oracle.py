@@ -38,7 +38,7 @@ from flywheel.controllers.protocol import (
     PolicyInfo,
     PoolTarget,
 )
-from flywheel.controllers.reconfig.reshard import ReconfigCosts
+from flywheel.controllers.reconfig import ReconfigCosts
 from flywheel.controllers.slo import iteration_within_tbt
 from flywheel.models.perf import (
     DEFAULT_PREFILL_CHUNK_TOKENS,

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import posixpath
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,10 +22,12 @@ import httpx
 from flywheel.api.v1alpha1 import (
     DType,
     EngineKind,
+    EngineResources,
     ModelDeployment,
     ModelInstance,
     ModelInstanceSpec,
     ModelSpec,
+    WeightCacheSpec,
 )
 from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
@@ -46,6 +51,54 @@ STARTUP_FAILURES = 180
 # Endpoints controllers need a few seconds to drop a terminating Pod from the Service.
 PRESTOP_SLEEP_S = 10
 NON_ROOT_UID = 65532  # the Flywheel image's user
+HF_CACHE_MOUNT = "/root/.cache/huggingface"  # HF_HOME of the root-running vLLM and SGLang images
+# Default host resources of an engine Pod: configured constants, not measurements. Each TP worker
+# process holds a CUDA context, pinned host buffers for weight upload and the tokenizer/scheduler
+# state (~WORKER_MEMORY_GIB); loaders stage up to one worker's shard of the checkpoint in host memory
+# (weight bytes / TP). The API server and scheduler need cores besides the busy-polling workers.
+MEMORY_FLOOR_GIB = 16
+WORKER_MEMORY_GIB = 4
+CPU_BASE = 2
+CPU_PER_GPU = 2
+GIB = 1024**3
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """CPU cores and GiB of memory of an engine container."""
+
+    cpu: int
+    memory_gib: int
+
+
+def model_host_resources(weight_bytes: int, tensor_parallel: int) -> HostResources:
+    """Default requests of a real engine: a floor, one worker's weight shard and per-worker overhead."""
+    shard_gib = math.ceil(weight_bytes / tensor_parallel / GIB)
+    return HostResources(
+        cpu=CPU_BASE + CPU_PER_GPU * tensor_parallel,
+        memory_gib=max(MEMORY_FLOOR_GIB, shard_gib + WORKER_MEMORY_GIB * tensor_parallel),
+    )
+
+
+def weight_cache_host_root(path: str) -> str:
+    """Check the operator's node-local weight cache directory (an admin setting): absolute, normalised."""
+    if (
+        not path.startswith("/")
+        or posixpath.normpath(path) != path.rstrip("/")
+        or path.rstrip("/") in ("", "/")
+    ):
+        raise ValueError(
+            f"weight cache host path {path!r} must be an absolute, normalised directory other than /"
+        )
+    return path.rstrip("/")
+
+
+def runtime_class_name(name: str) -> str:
+    """Check a RuntimeClass name (an admin setting, e.g. ``nvidia``)."""
+    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        raise ValueError(f"engine runtime class {name!r} must be a DNS subdomain (e.g. nvidia)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -66,9 +119,21 @@ class EngineLaunch:
     gpu_uuids: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     drain_timeout_s: int = 120
+    weight_bytes: int = 0  # checkpoint size; sizes the default memory request
+    resources: EngineResources | None = None  # the user's overrides (ModelDeployment spec.engine.resources)
+    weight_cache: WeightCacheSpec | None = None  # the user's claim (spec.model.weightCache)
+    # Operator settings (cluster admin): RuntimeClass of engine Pods, node-local weight cache root.
+    runtime_class: str | None = None
+    weight_cache_host_path: str | None = None
 
     @classmethod
-    def for_instance(cls, deployment: ModelDeployment, instance: ModelInstance) -> EngineLaunch:
+    def for_instance(
+        cls,
+        deployment: ModelDeployment,
+        instance: ModelInstance,
+        runtime_class: str | None = None,
+        weight_cache_host_path: str | None = None,
+    ) -> EngineLaunch:
         spec = instance.spec
         engine = spec.engine.model_copy(
             update={
@@ -81,11 +146,27 @@ class EngineLaunch:
             instance.metadata.namespace or "default",
             spec.model_copy(update={"engine": engine}),
             deployment.spec.model,
+            resources=deployment.spec.engine.resources,
+            runtime_class=runtime_class,
+            weight_cache_host_path=weight_cache_host_path,
         )
 
     @classmethod
-    def from_spec(cls, name: str, namespace: str, spec: ModelInstanceSpec, model: ModelSpec) -> EngineLaunch:
-        """From a ModelInstance's spec and its deployment's model (what the operator has at hand)."""
+    def from_spec(
+        cls,
+        name: str,
+        namespace: str,
+        spec: ModelInstanceSpec,
+        model: ModelSpec,
+        resources: EngineResources | None = None,
+        runtime_class: str | None = None,
+        weight_cache_host_path: str | None = None,
+    ) -> EngineLaunch:
+        """From a ModelInstance's spec and its deployment's model (what the operator has at hand).
+
+        ``resources``: the deployment's ``spec.engine.resources``; ``runtime_class`` and
+        ``weight_cache_host_path``: the operator's settings (checked here: a bad one is a clear error).
+        """
         return cls(
             instance_name=name,
             namespace=namespace,
@@ -105,7 +186,31 @@ class EngineLaunch:
                 LABEL_ROLE: spec.role.value,
                 LABEL_MANAGED_BY: MANAGER,
             },
+            weight_bytes=model.weight_bytes,
+            resources=resources,
+            weight_cache=model.weight_cache,
+            runtime_class=runtime_class_name(runtime_class) if runtime_class else None,
+            weight_cache_host_path=(
+                weight_cache_host_root(weight_cache_host_path) if weight_cache_host_path else None
+            ),
         )
+
+    def weight_cache_volume(self) -> tuple[dict[str, Any] | None, bool]:
+        """The hf:// cache's volume source and whether it is read-only.
+
+        The deployment's claim wins; else the admin's node directory, one subdirectory per namespace
+        (tenants never share downloaded, possibly gated, weights); else None (a per-Pod emptyDir).
+        """
+        if self.weight_cache is not None:
+            claim = {
+                "claimName": self.weight_cache.persistent_volume_claim,
+                "readOnly": self.weight_cache.read_only,
+            }
+            return {"persistentVolumeClaim": claim}, self.weight_cache.read_only
+        if self.weight_cache_host_path is not None:
+            path = f"{self.weight_cache_host_path}/{self.namespace}"
+            return {"hostPath": {"path": path, "type": "DirectoryOrCreate"}}, False
+        return None, False
 
 
 @dataclass(frozen=True)
@@ -118,22 +223,33 @@ class ModelLocation:
     env: tuple[dict[str, Any], ...] = ()
 
 
-def model_location(weight_source: str) -> ModelLocation:
-    """Map a ``weightSource`` URI onto the engine's model argument and an optional volume."""
+def model_location(
+    weight_source: str, cache: dict[str, Any] | None = None, cache_read_only: bool = False
+) -> ModelLocation:
+    """Map a ``weightSource`` URI onto the engine's model argument and an optional volume.
+
+    ``cache``: the volume source of the hf:// cache (default: a per-Pod emptyDir, downloaded again by
+    every Pod); ``cache_read_only``: a pre-filled cache, mounted read-only with the hub offline.
+    """
     scheme, _, rest = weight_source.partition("://")
     if not rest:
         raise ValueError(f"weightSource {weight_source!r} must look like scheme://path")
     if scheme == "hf":
+        mount: dict[str, Any] = {"name": "hf-cache", "mountPath": HF_CACHE_MOUNT}
+        env: list[dict[str, Any]] = [
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}},
+            }
+        ]
+        if cache_read_only:
+            mount["readOnly"] = True
+            env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
         return ModelLocation(
             model_arg=rest,
-            volume={"name": "hf-cache", "emptyDir": {}},
-            mount={"name": "hf-cache", "mountPath": "/root/.cache/huggingface"},
-            env=(
-                {
-                    "name": "HF_TOKEN",
-                    "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}},
-                },
-            ),
+            volume={"name": "hf-cache", **(cache or {"emptyDir": {}})},
+            mount=mount,
+            env=tuple(env),
         )
     if scheme == "pvc":
         claim, _, path = rest.partition("/")
@@ -180,6 +296,38 @@ class EngineAdapter(ABC):
         """Engine-specific environment."""
         return []
 
+    def default_resources(self, launch: EngineLaunch) -> HostResources:
+        """CPU/memory requests when the user sets none (derived from the model)."""
+        return model_host_resources(launch.weight_bytes, launch.tensor_parallel)
+
+    def resources(self, launch: EngineLaunch) -> dict[str, dict[str, str]]:
+        """Container resources: GPUs from the device plugin, CPU/memory requests (never BestEffort).
+
+        A user's request wins over the default; a user's limit alone caps the default request (the API
+        server rejects a request above its limit). Limits only where the user sets them.
+        """
+        default = self.default_resources(launch)
+        user = launch.resources
+        wanted = user.requests if user is not None else None
+        caps = user.limits if user is not None else None
+        cpu = (wanted.cpu if wanted else None) or min(
+            default.cpu, (caps.cpu if caps else None) or default.cpu
+        )
+        memory = (wanted.memory_gib if wanted else None) or min(
+            default.memory_gib, (caps.memory_gib if caps else None) or default.memory_gib
+        )
+        gpus = str(launch.tensor_parallel)
+        limits = {GPU_RESOURCE: gpus}
+        if caps is not None and caps.cpu is not None:
+            limits["cpu"] = str(caps.cpu)
+        if caps is not None and caps.memory_gib is not None:
+            limits["memory"] = f"{caps.memory_gib}Gi"
+        return {"limits": limits, "requests": {GPU_RESOURCE: gpus, "cpu": str(cpu), "memory": f"{memory}Gi"}}
+
+    def location(self, launch: EngineLaunch) -> ModelLocation:
+        cache, read_only = launch.weight_cache_volume()
+        return model_location(launch.weight_source, cache, read_only)
+
     @staticmethod
     def _identity_env(launch: EngineLaunch) -> list[dict[str, Any]]:
         """Which instance and GPUs this is (the node agent and the dev cluster's kubelet read them)."""
@@ -195,8 +343,8 @@ class EngineAdapter(ABC):
         return env
 
     def container(self, launch: EngineLaunch) -> dict[str, Any]:
-        """The engine container: image, args with the TP degree, port, probes, mounts, GPU request."""
-        location = model_location(launch.weight_source)
+        """The engine container: image, args with the TP degree, port, probes, mounts, resources."""
+        location = self.location(launch)
         command, args = self.command(launch, location)
         mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": SHM_MOUNT}]
         if location.mount is not None:
@@ -217,10 +365,7 @@ class EngineAdapter(ABC):
             "args": args,
             "ports": [{"name": "http", "containerPort": launch.port, "protocol": "TCP"}],
             "env": [*self._identity_env(launch), *location.env, *self.env(launch)],
-            "resources": {
-                "limits": {GPU_RESOURCE: str(launch.tensor_parallel)},
-                "requests": {GPU_RESOURCE: str(launch.tensor_parallel)},
-            },
+            "resources": self.resources(launch),
             "volumeMounts": mounts,
             "startupProbe": probe(STARTUP_PERIOD_S, STARTUP_FAILURES),
             "readinessProbe": probe(5, 3),
@@ -235,7 +380,7 @@ class EngineAdapter(ABC):
 
     def pod(self, launch: EngineLaunch, owner: dict[str, Any] | None = None) -> dict[str, Any]:
         """A complete Pod manifest for the instance (``owner``: an ownerReference to set)."""
-        location = model_location(launch.weight_source)
+        location = self.location(launch)
         volumes: list[dict[str, Any]] = [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
         ]
@@ -273,6 +418,8 @@ class EngineAdapter(ABC):
         }
         if launch.node_name is not None:
             spec["nodeName"] = launch.node_name
+        if launch.runtime_class is not None:
+            spec["runtimeClassName"] = launch.runtime_class
         # Pods are immutable: a changed spec means a new Pod; the hash tells the operator which.
         metadata["annotations"][SPEC_HASH] = hashlib.sha256(
             json.dumps(spec, sort_keys=True).encode()

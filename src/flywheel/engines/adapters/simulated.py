@@ -7,7 +7,7 @@ runs the Flywheel image's ``python -m flywheel.engines.simulated``.
 from __future__ import annotations
 
 from flywheel.api.v1alpha1 import EngineKind
-from flywheel.engines.adapters.base import EngineLaunch, ModelLocation
+from flywheel.engines.adapters.base import EngineLaunch, HostResources, ModelLocation
 from flywheel.engines.adapters.vllm import VLLMAdapter
 
 
@@ -29,3 +29,7 @@ class SimulatedAdapter(VLLMAdapter):
 
     def env(self, launch: EngineLaunch) -> list[dict[str, str]]:
         return []
+
+    def default_resources(self, launch: EngineLaunch) -> HostResources:
+        # It loads no weights: one Python process simulating the GPUs.
+        return HostResources(cpu=1, memory_gib=1)
