@@ -245,6 +245,7 @@ class RunResult:
     tbt_met: npt.NDArray[np.bool_] | None = None  # per request: inter-token gaps within the P99 rule
     deadline_met: npt.NDArray[np.bool_] | None = None  # per request: token deadlines within the P99 rule
     statuses: dict[int, int] = field(default_factory=dict)
+    finished: npt.NDArray[np.bool_] | None = None  # per request: every output token produced
 
     def attainment_by_model(self, n_models: int) -> npt.NDArray[np.float64]:
         hits = np.bincount(self.model, weights=self.met.astype(float), minlength=n_models)
@@ -440,6 +441,7 @@ def simulate(
         ttft_met=np.nan_to_num(ttft, nan=np.inf) <= wl.ttft_ms,
         tbt_met=req.late <= allowed,
         deadline_met=req.late_deadline <= allowed,
+        finished=req.finished.copy(),
         statuses=statuses,
     )
 
