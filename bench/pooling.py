@@ -3,6 +3,7 @@ attainment, dedicated (each model its own minimal deployment) vs pooled (models 
 through sleep/wake switching, ``flywheel.controllers.pooling``), with switch costs and energy/token.
 
     PYTHONPATH=src .venv/bin/python bench/pooling.py [--models 30] [--zipf 1.0] [--seed 21]
+        [--switch vllm-sleep|aegaeon] [--slo gap|deadline] [--pool tail|single]
         [--json bench/results/pooling.json]
 
 Workload: ``flywheel.sim.pooling.multi_model_workload`` (the Azure conv + code hours split over the
@@ -11,7 +12,11 @@ assign models to groups are measured on minutes 0-20; every figure is on minutes
 The head (models with at least 1/N of the profile window's requests, or needing more than one
 instance) keeps its dedicated deployment in both ways; the tail is pooled at the TP of its minimal
 dedicated deployment.
-``--ttft-scale`` and ``--switch aegaeon-like`` are sensitivity runs (see SWITCH_MODELS).
+``--switch aegaeon``: token-level switching with KV swapped to host (SWITCH_MODELS); ``--slo deadline``:
+the looser token-deadline TBT rule (``flywheel.sim.pooling``), dedicated re-sized under it too;
+``--pool single``: every model one instance serves is pooled; ``--ttft-scale``: sensitivity.
+``tail_packing_8b``: the n least popular 8B tail models on one H100, n = 2, 3, ... while every one
+meets >= 99%.
 Minimal sizes are searched on the evaluated window itself (hindsight) for both ways alike:
 dedicated = per model, the fewest GPUs (TP x instances, every supported TP) that meet >= 99% for
 that model; pooled = per TP size, the fewest groups (max ``--max-models`` models each, every count
@@ -250,6 +255,62 @@ def pin(
     return frozenset(pinned), footprint
 
 
+def tail_packing(
+    ev: MultiModelWorkload,
+    profile: MultiModelWorkload,
+    mean_output: float,
+    switch: SwitchCost,
+    token_level: bool,
+    slo: SloRule,
+    tail: set[str],
+) -> dict[str, Any]:
+    """How many of the least popular small (8B) tail models one H100 serves with every model at
+    >= 99%: the n least popular on one group, n = 2, 3, ... until one misses."""
+    share = profile.share()
+    small = sorted(
+        (
+            i
+            for i, m in enumerate(ev.models)
+            if m.name in tail and m.tp == 1 and m.profile.name.endswith("8b")
+        ),
+        key=lambda i: (share[i], ev.models[i].name),
+    )
+    kv = reserves(profile)
+    tried: list[dict[str, Any]] = []
+    best = 1
+    for n in range(2, len(small) + 1):
+        members = small[:n]
+        sub = ev.of(members)
+        names = [ev.models[i].name for i in members]
+        groups, placement = pooled_groups(
+            sub,
+            dict.fromkeys(names, "g0"),
+            mean_output,
+            switch,
+            kv_reserve=kv,
+            token_level=token_level,
+            slo=slo,
+        )
+        run = simulate(sub, groups, placement, slo=slo)
+        worst = float(run.attainment_by_model(len(ev.models))[members].min())
+        costs = run.switch_costs_s
+        tried.append(
+            {
+                "models": n,
+                "share_of_requests": float(share[members].sum()),
+                "worst_attainment": worst,
+                "attainment": float(run.met.mean()),
+                "switches": len(costs),
+                "switch_p50_s": float(np.percentile(costs, 50)) if costs else None,
+                "switch_p99_s": float(np.percentile(costs, 99)) if costs else None,
+            }
+        )
+        if worst < TARGET:
+            break
+        best = n
+    return {"models_per_gpu": best, "tried": tried}
+
+
 def summary(runs: list[RunResult], n_models: int, fleet_gpus: int, duration_s: float) -> dict[str, Any]:
     met = np.concatenate([r.met for r in runs])
     model = np.concatenate([r.model for r in runs])
@@ -327,6 +388,7 @@ def main() -> None:
     }
     switch, token_level = SWITCH_MODELS[args.switch]
     pool = pooled(ev, profile, mean_output, args.max_models, switch, tail, token_level, args.slo)
+    packing = tail_packing(ev, profile, mean_output, switch, token_level, args.slo, tail)
     head_runs = [r for name, r in ded["by_model"].items() if name not in tail]
     ded_gpus = sum(r.gpus for r in ded["runs"])
     ds = summary(ded["runs"], args.models, ded_gpus, ev.duration_s)
@@ -361,6 +423,7 @@ def main() -> None:
         "tail_gpu_reduction": 1.0 - tail_gpus / max(tail_ded_gpus, 1),
         "tail_models_per_gpu": len(tail) / max(tail_gpus, 1),
         "models_per_gpu_max": max((g["models_per_gpu"] for g in groups), default=0.0),
+        "tail_packing_8b": packing,
         "cpu_s": time.process_time() - started,
     }
     text = json.dumps(result, indent=2)
