@@ -21,6 +21,7 @@ from flywheel.controllers.pooling import (
     must_stay_awake,
 )
 from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
+from flywheel.controllers.pooling.scheduler import SloRule
 
 GB = 1e9
 
@@ -280,10 +281,12 @@ def test_aegaeon_switch_cost_keeps_host_weights_and_swaps_kv_over_pcie() -> None
 
 def _drive(
     g: GroupScheduler, arrivals: list[tuple[float, str, str, int]], outputs: dict[str, int]
-) -> set[str]:
+) -> tuple[set[str], list[str]]:
     """Run ``g`` on a virtual clock (decode/prefill take their planning estimates); checks the
-    memory budget after every decision; returns the requests that finished."""
+    memory budget after every decision; returns the requests that finished and the models switched
+    out with requests in flight."""
     now, i = 0.0, 0
+    preempted: list[str] = []
     pending: Wake | Sleep | None = None
     op: tuple[float, Prefill | Decode] | None = None
     left: dict[str, int] = {}
@@ -321,6 +324,8 @@ def _drive(
             i += 1
         if pending is None:
             pending = g.plan_switch(now)
+            if isinstance(pending, Wake):
+                preempted.extend(m for m in pending.evict if g.running(m))
         assert g.used_bytes() <= g.memory_bytes + 1e-6  # the budget is never exceeded
         if op is None:
             step2 = g.next_compute(now)
@@ -329,7 +334,7 @@ def _drive(
             elif isinstance(step2, Decode):
                 op = (now + g._models[step2.model].model.decode_step_s, step2)
         assert now < 3600.0, "the group stopped making progress"
-    return done
+    return done, preempted
 
 
 def step_fresh(step: Prefill | Decode) -> tuple[str, ...]:
@@ -337,20 +342,24 @@ def step_fresh(step: Prefill | Decode) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("slo", ["gap", "deadline"])
-def test_token_level_switching_keeps_memory_budget_and_finishes_every_request(slo: str) -> None:
+def test_token_level_switching_keeps_memory_budget_and_finishes_every_request(slo: SloRule) -> None:
     # five 8B-class models, room for three awake: requests of all of them interleave
     models = [model(f"m{k}", weights_gb=20.0) for k in range(5)]
     g = GroupScheduler(
         "g", models, memory_bytes=75 * GB, switch=SwitchCost.aegaeon(), token_level=True, slo=slo
-    )  # type: ignore[arg-type]
+    )
     rng = random.Random(7)
     arrivals = sorted(
         (rng.uniform(0, 60), f"m{rng.randrange(5)}", f"r{k}", rng.randint(100, 2000)) for k in range(120)
     )
     outputs = {rid: rng.randint(2, 300) for _, _, rid, _ in arrivals}
-    done = _drive(g, arrivals, outputs)
+    done, preempted = _drive(g, arrivals, outputs)
     assert done == {rid for _, _, rid, _ in arrivals}  # nothing dropped: every request resumed and finished
     assert g.wakes and all(g.waiting(m.name) == 0 and g.running(m.name) == 0 for m in models)
+    if slo == "deadline":  # buffered tokens give decoding models slack: some are switched out mid-request
+        assert preempted
+    else:  # no slack under the gap rule (each switch-in >= 0.4 s > TBT)
+        assert not preempted
 
 
 def test_model_with_slack_is_switched_out_with_its_kv_and_resumes() -> None:
