@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -17,8 +18,10 @@ from flywheel.controllers.pooling import (
     SwitchCost,
     Wake,
     assign_models,
+    must_stay_awake,
 )
 from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
+from flywheel.controllers.pooling.scheduler import SloRule
 
 GB = 1e9
 
@@ -263,3 +266,175 @@ def test_pool_status_reports_states_and_recent_switches() -> None:
     recent = pool_status({"g": g}, now_s=60.0)
     assert recent.switches_per_minute == pytest.approx(1.0)
     assert recent.switch_seconds_p50 == pytest.approx(wake.cost_s)
+
+
+# --- token-level switching (Aegaeon) ----------------------------------------------------------
+
+
+def test_aegaeon_switch_cost_keeps_host_weights_and_swaps_kv_over_pcie() -> None:
+    cost = SwitchCost.aegaeon()
+    assert cost.wake_s(16e9, 1) == pytest.approx(0.2 * 0.03 + 16e9 / 50e9)
+    assert cost.sleep_s(16e9, 1) == pytest.approx(0.1 * 0.03)  # no weight copy back to host
+    assert cost.kv_out_s(2e9, 2) == pytest.approx(2e9 / (2 * 50e9))
+    assert cost.kv_in_s(2e9, 1) == pytest.approx(2e9 / 50e9)
+
+
+def _drive(
+    g: GroupScheduler, arrivals: list[tuple[float, str, str, int]], outputs: dict[str, int]
+) -> tuple[set[str], list[str]]:
+    """Run ``g`` on a virtual clock (decode/prefill take their planning estimates); checks the
+    memory budget after every decision; returns the requests that finished and the models switched
+    out with requests in flight."""
+    now, i = 0.0, 0
+    preempted: list[str] = []
+    pending: Wake | Sleep | None = None
+    op: tuple[float, Prefill | Decode] | None = None
+    left: dict[str, int] = {}
+    done: set[str] = set()
+    while i < len(arrivals) or g.has_work() or op or pending:
+        times = [arrivals[i][0]] if i < len(arrivals) else []
+        times += [op[0]] if op else []
+        times += [pending.ready_s] if pending else []
+        now = min(times)
+        if pending and pending.ready_s <= now:
+            if isinstance(pending, Wake):
+                g.switch_done(pending, now)
+            pending = None
+        if op and op[0] <= now:
+            step = op[1]
+            op = None
+            if isinstance(step, Prefill):
+                g.prefill_done(step, now)
+                for rid in step.completes:
+                    left[rid] = outputs[rid] - 1
+            else:
+                g.decode_done(step.model, now)
+            model_of = {rid: m for _, m, rid, _ in arrivals}
+            for rid in [
+                r for r, n in left.items() if model_of[r] == step.model and r not in step_fresh(step)
+            ]:
+                left[rid] -= 1
+            for rid in [r for r, n in left.items() if n <= 0]:
+                del left[rid]
+                g.finish(model_of[rid], rid, now)
+                done.add(rid)
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            t, m, rid, prompt = arrivals[i]
+            g.enqueue(m, rid, t, prompt)
+            i += 1
+        if pending is None:
+            pending = g.plan_switch(now)
+            if isinstance(pending, Wake):
+                preempted.extend(m for m in pending.evict if g.running(m))
+        assert g.used_bytes() <= g.memory_bytes + 1e-6  # the budget is never exceeded
+        if op is None:
+            step2 = g.next_compute(now)
+            if isinstance(step2, Prefill):
+                op = (now + step2.estimate_s, step2)
+            elif isinstance(step2, Decode):
+                op = (now + g._models[step2.model].model.decode_step_s, step2)
+        assert now < 3600.0, "the group stopped making progress"
+    return done, preempted
+
+
+def step_fresh(step: Prefill | Decode) -> tuple[str, ...]:
+    return step.completes if isinstance(step, Prefill) else ()
+
+
+@pytest.mark.parametrize("slo", ["gap", "deadline"])
+def test_token_level_switching_keeps_memory_budget_and_finishes_every_request(slo: SloRule) -> None:
+    # five 8B-class models, room for three awake: requests of all of them interleave
+    models = [model(f"m{k}", weights_gb=20.0) for k in range(5)]
+    g = GroupScheduler(
+        "g", models, memory_bytes=75 * GB, switch=SwitchCost.aegaeon(), token_level=True, slo=slo
+    )
+    rng = random.Random(7)
+    arrivals = sorted(
+        (rng.uniform(0, 60), f"m{rng.randrange(5)}", f"r{k}", rng.randint(100, 2000)) for k in range(120)
+    )
+    outputs = {rid: rng.randint(2, 300) for _, _, rid, _ in arrivals}
+    done, preempted = _drive(g, arrivals, outputs)
+    assert done == {rid for _, _, rid, _ in arrivals}  # nothing dropped: every request resumed and finished
+    assert g.wakes and all(g.waiting(m.name) == 0 and g.running(m.name) == 0 for m in models)
+    if slo == "deadline":  # buffered tokens give decoding models slack: some are switched out mid-request
+        assert preempted
+    else:  # no slack under the gap rule (each switch-in >= 0.4 s > TBT)
+        assert not preempted
+
+
+def test_model_with_slack_is_switched_out_with_its_kv_and_resumes() -> None:
+    a, b = model("a", weights_gb=50.0), model("b", weights_gb=16.0)
+    cost = SwitchCost.aegaeon()
+    g = GroupScheduler("g", [a, b], memory_bytes=60 * GB, switch=cost, token_level=True, slo="deadline")
+    g.preload(["a"])
+    g.enqueue("a", "ra", 0.0, 1000)
+    p = g.next_compute(0.0)
+    assert isinstance(p, Prefill) and p.completes == ("ra",)
+    g.prefill_done(p, 0.1)
+    for k in range(40):  # decodes far ahead of its token deadlines (15 ms steps vs 100 ms TBT)
+        assert g.next_compute(0.1 + 0.015 * k) == Decode("a")
+        g.decode_done("a", 0.1 + 0.015 * (k + 1))
+    now = 0.1 + 0.015 * 40
+    g.enqueue("b", "rb", now, 500)
+    wake = g.plan_switch(now)
+    assert isinstance(wake, Wake) and wake.model == "b" and wake.evict == ("a",)
+    kv = (1000 + 1 + 40) * a.kv_bytes_per_token  # prompt + first token + 40 decoded
+    assert wake.cost_s == pytest.approx(
+        cost.sleep_s(a.weight_bytes, 1) + cost.kv_out_s(kv, 1) + cost.wake_s(b.weight_bytes, 1)
+    )
+    assert g.state("a") == "asleep" and g.running("a") == 1  # suspended, not dropped
+    g.switch_done(wake, wake.ready_s)
+    p = g.next_compute(wake.ready_s)
+    assert isinstance(p, Prefill) and p.model == "b"
+    g.prefill_done(p, wake.ready_s + 0.05)
+    g.finish("b", "rb", wake.ready_s + 0.05)
+    back = g.plan_switch(wake.ready_s + 0.05)  # a's request is due: a comes back, b (idle) goes
+    assert isinstance(back, Wake) and back.model == "a" and back.evict == ("b",)
+    assert back.cost_s == pytest.approx(
+        cost.sleep_s(b.weight_bytes, 1) + cost.wake_s(a.weight_bytes, 1) + cost.kv_in_s(kv, 1)
+    )
+    g.switch_done(back, back.ready_s)
+    assert g.next_compute(back.ready_s) == Decode("a") and g.running("a") == 1
+
+
+def test_gap_rule_leaves_no_slack_to_switch_out_a_decoding_model() -> None:
+    a, b = model("a", weights_gb=50.0), model("b", weights_gb=16.0)
+    g = GroupScheduler(
+        "g", [a, b], memory_bytes=60 * GB, switch=SwitchCost.aegaeon(), token_level=True, slo="gap"
+    )
+    g.preload(["a"])
+    g.enqueue("a", "ra", 0.0, 1000)
+    p = g.next_compute(0.0)
+    assert isinstance(p, Prefill)
+    g.prefill_done(p, 0.1)
+    for k in range(40):
+        g.next_compute(0.1 + 0.015 * k)
+        g.decode_done("a", 0.1 + 0.015 * (k + 1))
+    g.enqueue("b", "rb", 0.7, 500)
+    # any switch-in costs >= 16 GB / 50 GB/s = 0.32 s > the 0.1 s gap a may have: a stays
+    assert g.plan_switch(0.7) is None and g.state("a") == "awake"
+
+
+def test_pinned_model_is_never_switched_out() -> None:
+    a = dataclasses.replace(model("a", weights_gb=50.0), pinned=True)
+    b = model("b", weights_gb=16.0)
+    g = GroupScheduler("g", [a, b], memory_bytes=60 * GB, switch=SwitchCost.aegaeon(), token_level=True)
+    g.preload(["a"])
+    g.enqueue("b", "rb", 0.0, 500)
+    assert g.plan_switch(0.0) is None and g.state("a") == "awake"
+
+
+def test_sizing_packs_switched_models_but_keeps_pinned_ones_apart() -> None:
+    small = [Demand(f"s{k}", 1, 0.05, footprint_bytes=18 * GB) for k in range(7)]
+    big = [Demand(f"b{k}", 1, 0.05, footprint_bytes=68 * GB, pinned=True) for k in range(2)]
+    groups = {f"g{k}": 1 for k in range(3)}
+    memory = dict.fromkeys(groups, 73 * GB)
+    placement = assign_models([*small, *big], groups, 8, memory_bytes=memory)
+    by_group: dict[str, list[str]] = {}
+    for m, gname in placement.items():
+        by_group.setdefault(gname, []).append(m)
+    assert sorted(len(v) for v in by_group.values()) == [1, 1, 7]  # a pinned 68 GB model leaves no room
+    with pytest.raises(PoolTooSmall):
+        assign_models([*small, *big], {"g0": 1, "g1": 1}, 8, memory_bytes={"g0": 73 * GB, "g1": 73 * GB})
+    assert must_stay_awake(model("x", weights_gb=65.0), SwitchCost.aegaeon(), 1.0, 1500)
+    assert not must_stay_awake(model("y", weights_gb=16.0), SwitchCost.aegaeon(), 1.0, 1500)

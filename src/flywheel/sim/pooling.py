@@ -16,10 +16,17 @@ requests to the instance with the fewest in flight. Iteration times and power co
 calibrated engine profiles (``controllers.perfmodel``) at max clock; a GPU with nothing to run, or
 only copying weights, draws idle power. Consecutive decode steps of a lone model with nothing else
 to do are taken in one macro step up to the next arrival or finish (same token times).
+
+Token-level pooling (``token_level=True``, Aegaeon): a model switched out with requests in flight
+keeps them; their next token comes after it is switched in again, and the gap counts against them.
+Both SLO rules are scored for every request: ``"gap"`` (``controllers/slo.py``: the P99 of its own
+inter-token gaps within TBT) and ``"deadline"`` (token i due at arrival + TTFT + i x TBT, at most
+the same share of its tokens late); ``simulate(slo=...)`` picks the one ``met`` reports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +46,8 @@ from flywheel.controllers.pooling import (
 )
 from flywheel.controllers.pooling.profile import DEFAULT_KV_RESERVE_TOKENS, group_memory_bytes
 from flywheel.controllers.pooling.profile import pooled_model as profile_model
-from flywheel.controllers.slo import allowed_late_gaps
+from flywheel.controllers.pooling.scheduler import SloRule
+from flywheel.controllers.slo import allowed_late_gaps, late_in_run
 from flywheel.models.gpu import H100_SXM, GPUSku
 from flywheel.models.perf import (
     GEMMA3_12B,
@@ -235,7 +243,9 @@ class RunResult:
     switch_costs_s: list[float] = field(default_factory=list)
     ttft_met: npt.NDArray[np.bool_] | None = None  # per request: TTFT within target (diagnostics)
     tbt_met: npt.NDArray[np.bool_] | None = None  # per request: inter-token gaps within the P99 rule
+    deadline_met: npt.NDArray[np.bool_] | None = None  # per request: token deadlines within the P99 rule
     statuses: dict[int, int] = field(default_factory=dict)
+    finished: npt.NDArray[np.bool_] | None = None  # per request: every output token produced
 
     def attainment_by_model(self, n_models: int) -> npt.NDArray[np.float64]:
         hits = np.bincount(self.model, weights=self.met.astype(float), minlength=n_models)
@@ -249,6 +259,7 @@ class _Requests:
         self.last = np.zeros(n)
         self.generated = np.zeros(n, np.int64)
         self.late = np.zeros(n, np.int64)
+        self.late_deadline = np.zeros(n, np.int64)
         self.finished = np.zeros(n, bool)
         self.rejected = np.zeros(n, bool)
 
@@ -259,6 +270,7 @@ def simulate(
     placement: Mapping[str, Sequence[str]],
     sku: GPUSku = H100_SXM,
     always_awake: bool = False,
+    slo: SloRule = "gap",
 ) -> RunResult:
     """Serve ``wl`` on ``groups``; ``placement`` maps a model to the groups that hold it (dedicated:
     its instances; pooled: one group). ``always_awake``: wake every model at t=0 at no cost."""
@@ -282,6 +294,7 @@ def simulate(
     names = [m.name for m in wl.models]
     i, n = 0, len(wl.arrival_s)
     now = 0.0
+    tbt_s = TBT_MS / 1000.0
 
     def start_ops(t: float) -> None:
         for gname, g in groups.items():
@@ -342,7 +355,7 @@ def simulate(
                     running.setdefault(key, []).append(r)
             return
         _advance(key, op)
-        g.decode_done(op.model, op.end_s)
+        g.decode_done(op.model, op.end_s, op.steps)
 
     def _advance(key: tuple[str, str], op: _Op) -> None:
         g = groups[key[0]]
@@ -354,6 +367,14 @@ def simulate(
             if op.steps > 1 and op.step_s > TBT_MS / 1000.0:
                 late += op.steps - 1
             req.late[r] += late
+            # token j of this op at start + (j+1) x step, due at arrival + TTFT + (generated+j) x TBT
+            base = wl.arrival_s[r] + wl.ttft_ms[r] / 1000.0 + req.generated[r] * tbt_s
+            over = op.start_s + op.step_s - base
+            slope = op.step_s - tbt_s
+            if slope >= 0:
+                req.late_deadline[r] += late_in_run(over, slope, op.steps, 1e-12)
+            else:
+                req.late_deadline[r] += late_in_run(over + (op.steps - 1) * slope, -slope, op.steps, 1e-12)
             req.generated[r] += op.steps
             req.last[r] = op.end_s
             if req.generated[r] >= wl.output_tokens[r]:
@@ -404,9 +425,8 @@ def simulate(
     ttft = (req.first - wl.arrival_s) * 1000.0
     gaps = np.maximum(wl.output_tokens - 1, 0)
     allowed = np.array([allowed_late_gaps(int(x)) for x in gaps])
-    met = (
-        req.finished & ~req.rejected & (np.nan_to_num(ttft, nan=np.inf) <= wl.ttft_ms) & (req.late <= allowed)
-    )
+    served = req.finished & ~req.rejected & (np.nan_to_num(ttft, nan=np.inf) <= wl.ttft_ms)
+    met = served & (req.late <= allowed) if slo == "gap" else served & (req.late_deadline <= allowed)
     tokens = int(np.sum(np.where(req.finished, wl.output_tokens, 0)))
     costs = [w.cost_s for g in groups.values() for w in g.wakes]
     return RunResult(
@@ -420,6 +440,8 @@ def simulate(
         switch_costs_s=costs,
         ttft_met=np.nan_to_num(ttft, nan=np.inf) <= wl.ttft_ms,
         tbt_met=req.late <= allowed,
+        deadline_met=req.late_deadline <= allowed,
+        finished=req.finished.copy(),
         statuses=statuses,
     )
 
@@ -449,7 +471,12 @@ def pooled_groups(
     switch: SwitchCost | None = None,
     sku: GPUSku = H100_SXM,
     kv_reserve: Mapping[str, int] | None = None,
+    token_level: bool = False,
+    slo: SloRule = "gap",
+    pinned: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, GroupScheduler], dict[str, list[str]]]:
+    """The models of ``assignment`` on their groups (``token_level``/``slo``: see ``GroupScheduler``;
+    ``pinned`` models are kept awake and loaded first)."""
     members: dict[str, list[PooledModel]] = {}
     tp_of: dict[str, int] = {}
     sizes = {g: sum(1 for x in assignment.values() if x == g) for g in set(assignment.values())}
@@ -459,16 +486,17 @@ def pooled_groups(
         g = assignment[m.name]
         reserve = (kv_reserve or {}).get(m.name)
         alone = sizes[g] == 1  # a model alone on its group gets all of its memory, as dedicated
-        members.setdefault(g, []).append(
-            pooled_model(m, sku, mean_output, dedicated=alone, kv_reserve=reserve)
-        )
+        pm = pooled_model(m, sku, mean_output, dedicated=alone, kv_reserve=reserve)
+        members.setdefault(g, []).append(dataclasses.replace(pm, pinned=m.name in pinned))
         tp_of[g] = m.tp
     groups = {
-        g: GroupScheduler(g, ms, group_memory_bytes(sku, tp_of[g]), switch or SwitchCost())
+        g: GroupScheduler(
+            g, ms, group_memory_bytes(sku, tp_of[g]), switch or SwitchCost(), token_level=token_level, slo=slo
+        )
         for g, ms in members.items()
     }
-    for g, ms in members.items():  # deployed models start loaded while they fit (in assignment order)
-        for pm in ms:
+    for g, ms in members.items():  # deployed models start loaded while they fit (pinned first)
+        for pm in sorted(ms, key=lambda x: not x.pinned):
             if pm.footprint_bytes <= groups[g].memory_bytes - groups[g].used_bytes():
                 groups[g].preload([pm.name])
     return groups, {m: [g] for m, g in assignment.items()}

@@ -3,7 +3,7 @@ cost model, the assignment of models to GPU groups and the per-group SLO-aware s
 simulator and the router drive it with their own clocks."""
 
 from flywheel.controllers.pooling.assign import assign_models
-from flywheel.controllers.pooling.profile import group_memory_bytes, pooled_model
+from flywheel.controllers.pooling.profile import group_memory_bytes, must_stay_awake, pooled_model
 from flywheel.controllers.pooling.scheduler import (
     Admission,
     Decode,
@@ -31,6 +31,7 @@ __all__ = [
     "Wake",
     "assign_models",
     "group_memory_bytes",
+    "must_stay_awake",
     "pool_status",
     "pooled_model",
 ]

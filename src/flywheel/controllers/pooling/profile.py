@@ -4,6 +4,7 @@ the simulator and the router both use (the simulator's ground truth stays the pr
 from __future__ import annotations
 
 from flywheel.controllers.pooling.scheduler import PooledModel
+from flywheel.controllers.pooling.switchcost import SwitchCost
 from flywheel.models.gpu import GPUSku
 from flywheel.models.perf import (
     ACTIVATION_RESERVE_BYTES,
@@ -56,3 +57,10 @@ def pooled_model(
         max_prefill_tokens=min(prefill_chunk_for_tbt(profile, sku, tp, tbt_ms), 8192),
         expected_output_tokens=max(int(expected_output_tokens), 1),
     )
+
+
+def must_stay_awake(model: PooledModel, switch: SwitchCost, ttft_s: float, prompt_tokens: int) -> bool:
+    """Whether a switched-out ``model`` could not meet ``ttft_s`` for a typical prompt even with the
+    copy engine free (wake-up + prefill): such a model is pinned awake on its group."""
+    wake = switch.wake_s(model.weight_bytes, model.tp)
+    return wake + model.prefill_estimate_s(prompt_tokens) > ttft_s

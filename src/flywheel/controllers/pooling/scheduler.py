@@ -18,6 +18,16 @@ decision and reports back. The rules, after Aegaeon (SOSP'25) at the granularity
   as in vLLM's chunked prefill), oldest head across models first; decode steps
   round-robin across awake models by deadline slack (the model whose next token is due first),
   and a decode step goes before a prefill when its token would otherwise be late.
+* Token-level mode (``token_level=True``, Aegaeon's token-level auto-scaling; needs an engine that
+  swaps KV cache to host memory, which stock sleep endpoints do not): a model with requests in
+  flight may be switched out, its KV cache swapped to host (cost in ``SwitchCost.kv_out_s``) and its
+  requests resumed where they stopped when it is switched in again. A model is switched out only
+  when every request it holds keeps enough slack for the round trip (its own swap-out, the
+  incoming model's wake-up and a few of its steps, its own switch-in); the slack follows the SLO
+  rule: ``"gap"`` (each inter-token gap within TBT: slack = last token + TBT - now) or ``"deadline"``
+  (token i due at arrival + TTFT + i x TBT, tokens made ahead are buffered: slack grows while the
+  model decodes faster than TBT). Decode steps go to the awake model whose next token is due first,
+  so the models take turns in rounds bounded by their slack.
 * Admission: a request is refused, never dropped silently — 429 with ``Retry-After`` when its model's
   queue is full, 503 when the group's backlog would make it miss its TTFT by more than
   ``reject_factor`` x the target.
@@ -34,6 +44,8 @@ from typing import Literal
 from flywheel.controllers.pooling.switchcost import SwitchCost
 
 State = Literal["asleep", "waking", "awake"]
+SloRule = Literal["gap", "deadline"]
+ROUND_TRIP_STEPS = 4  # decode steps granted to the incoming model when a victim's slack is weighed
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class PooledModel:
     decode_step_s: float  # a typical decode step (planning only)
     max_prefill_tokens: int  # prompt tokens per prefill iteration (chunk budget)
     expected_output_tokens: int = 256  # KV reserved per request for its output
+    pinned: bool = False  # kept awake, never switched out (planner: its wake-up would miss its TTFT)
 
     @property
     def footprint_bytes(self) -> float:
@@ -127,17 +140,38 @@ class _Waiting:
 
 
 @dataclass
+class _Running:
+    reserved: int  # KV tokens reserved (prompt + expected output)
+    context: int  # KV tokens held now (prompt + generated)
+    arrival_s: float
+    ttft_s: float
+    generated: int = 1
+
+
+@dataclass
 class _ModelState:
     model: PooledModel
     state: State = "asleep"
     waiting: deque[_Waiting] = field(default_factory=deque)
-    running: dict[str, int] = field(default_factory=dict)  # request -> KV tokens reserved
+    running: dict[str, _Running] = field(default_factory=dict)
     last_token_s: float = 0.0
     last_used_s: float = -math.inf
     draining: bool = False
 
     def reserved_tokens(self) -> int:
-        return sum(self.running.values())
+        return sum(r.reserved for r in self.running.values())
+
+    def kv_bytes(self) -> float:
+        """KV cache its running requests hold (what a token-level switch-out swaps to host)."""
+        return sum(r.context for r in self.running.values()) * self.model.kv_bytes_per_token
+
+    def due_s(self, rule: SloRule) -> float:
+        """When its next decode token is due (inf without running requests)."""
+        if not self.running:
+            return math.inf
+        if rule == "gap":
+            return self.last_token_s + self.model.tbt_s
+        return min(r.arrival_s + r.ttft_s + r.generated * self.model.tbt_s for r in self.running.values())
 
     def head_deadline_s(self) -> float:
         return min((w.deadline_s for w in self.waiting), default=math.inf)
@@ -158,6 +192,8 @@ class GroupScheduler:
         max_waiting_per_model: int = 256,
         reject_factor: float = 2.0,
         idle_evict_s: float = 2.0,
+        token_level: bool = False,
+        slo: SloRule = "gap",
     ) -> None:
         if not models:
             raise ValueError(f"group {name}: no models")
@@ -173,6 +209,9 @@ class GroupScheduler:
         self.max_waiting_per_model = max_waiting_per_model
         self.reject_factor = reject_factor
         self.idle_evict_s = idle_evict_s
+        self.token_level = token_level
+        self.slo: SloRule = slo
+        self._computing: str | None = None  # model of the iteration in flight (from next_compute)
         self._models = {m.name: _ModelState(m) for m in models}
         self._copy_busy_until = -math.inf
         self.wakes: list[Wake] = []
@@ -260,9 +299,46 @@ class GroupScheduler:
         idle = [
             s
             for n, s in self._models.items()
-            if n != exclude and s.state == "awake" and not s.running and (not s.waiting or s.draining)
+            if n != exclude
+            and s.state == "awake"
+            and not s.model.pinned
+            and not s.running
+            and (not s.waiting or s.draining)
         ]
         return sorted(idle, key=lambda s: s.last_used_s)
+
+    def _wake_cost_s(self, s: _ModelState) -> float:
+        return self.switch.wake_s(s.model.weight_bytes, s.model.tp) + self.switch.kv_in_s(
+            s.kv_bytes(), s.model.tp
+        )
+
+    def _sleep_cost_s(self, s: _ModelState) -> float:
+        return self.switch.sleep_s(s.model.weight_bytes, s.model.tp) + self.switch.kv_out_s(
+            s.kv_bytes(), s.model.tp
+        )
+
+    def _preemptible(self, cand: _ModelState, now: float) -> list[_ModelState]:
+        """Token-level mode: awake models that may be switched out for ``cand`` — idle ones (least
+        recently used first), then busy ones whose every request keeps slack for the round trip
+        (most slack first). The model of the iteration in flight is never one."""
+        idle: list[_ModelState] = []
+        busy: list[tuple[float, _ModelState]] = []
+        incoming = self._wake_cost_s(cand) + cand.backlog_s() + ROUND_TRIP_STEPS * cand.model.decode_step_s
+        for n, v in self._models.items():
+            if n == cand.model.name or v.state != "awake" or n == self._computing or v.model.pinned:
+                continue
+            if not v.running and not v.waiting:
+                idle.append(v)
+                continue
+            slack = min(v.due_s(self.slo), v.head_deadline_s() - v.backlog_s()) - now
+            if slack >= self._sleep_cost_s(v) + incoming + self._wake_cost_s(v):
+                busy.append((slack, v))
+        idle.sort(key=lambda v: v.last_used_s)
+        busy.sort(key=lambda x: (-x[0], x[1].model.name))
+        return idle + [v for _, v in busy]
+
+    def _urgency_s(self, s: _ModelState) -> float:
+        return min(s.head_deadline_s(), s.due_s(self.slo))
 
     def plan_switch(self, now: float) -> Wake | Sleep | None:
         """Start a wake-up (with its evictions) if the copy engine is free and one is wanted; else,
@@ -271,22 +347,23 @@ class GroupScheduler:
         if self._copy_busy_until > now:
             return None
         sleepers = sorted(
-            (s for s in self._models.values() if s.state == "asleep" and s.waiting),
-            key=lambda s: s.head_deadline_s(),
+            (s for s in self._models.values() if s.state == "asleep" and (s.waiting or s.running)),
+            key=self._urgency_s,
         )
         for cand in sleepers:
             need = cand.model.footprint_bytes - self._free_bytes()
             victims: list[_ModelState] = []
-            for v in self._evictable(cand.model.name):
+            pool = self._preemptible(cand, now) if self.token_level else self._evictable(cand.model.name)
+            for v in pool:
                 if need <= 0:
                     break
                 victims.append(v)
                 need -= v.model.footprint_bytes
             if need > 0:
-                self._maybe_drain(cand, now)
+                if not self.token_level:
+                    self._maybe_drain(cand, now)
                 continue
-            cost = sum(self.switch.sleep_s(v.model.weight_bytes, v.model.tp) for v in victims)
-            cost += self.switch.wake_s(cand.model.weight_bytes, cand.model.tp)
+            cost = sum(self._sleep_cost_s(v) for v in victims) + self._wake_cost_s(cand)
             for v in victims:
                 v.state = "asleep"
                 v.draining = False
@@ -374,7 +451,7 @@ class GroupScheduler:
     def next_compute(self, now: float) -> Compute:
         """What the group's GPUs run next."""
         awake = [s for s in self._models.values() if s.state == "awake"]
-        decodes = sorted((s.last_token_s + s.model.tbt_s, s.model.name) for s in awake if s.running)
+        decodes = sorted((s.due_s(self.slo), s.model.name) for s in awake if s.running)
         prefills = sorted(
             (s.waiting[0].arrival_s, s.model.name) for s in awake if s.waiting and not s.draining
         )
@@ -388,15 +465,23 @@ class GroupScheduler:
                 step = self._models[dname].model.decode_step_s
                 urgent = self._models[name].head_deadline_s() - now <= p.estimate_s + step
                 if due < now + p.estimate_s + step and not urgent:  # a head about to miss TTFT wins
+                    self._computing = dname
                     return Decode(dname)
+            self._computing = name
             return p
         if decodes:
+            self._computing = decodes[0][1]
             return Decode(decodes[0][1])
+        self._computing = None
         return Idle()
 
     def prefill_done(self, p: Prefill, now: float) -> None:
+        self._computing = None
         s = self._models[p.model]
         had_running = bool(s.running)
+        for r in s.running.values():  # their token of the fused iteration
+            r.generated += 1
+            r.context += 1
         left = p.tokens
         done = set(p.completes)
         while left > 0 and s.waiting:
@@ -406,7 +491,7 @@ class GroupScheduler:
             left -= take
             if w.request_id in done and w.remaining == 0:
                 s.waiting.popleft()
-                s.running[w.request_id] = w.prompt_tokens + s.model.expected_output_tokens
+                s.running[w.request_id] = self._started(s, w)
             else:
                 break
         if had_running or p.completes:
@@ -430,14 +515,24 @@ class GroupScheduler:
                 if need > room and s.running:
                     break
                 s.waiting.popleft()
-                s.running[w.request_id] = need
+                s.running[w.request_id] = self._started(s, w)
                 room -= need
                 out.append((s.model.name, w.request_id))
                 s.last_used_s = now
         return out
 
-    def decode_done(self, model: str, now: float) -> None:
+    @staticmethod
+    def _started(s: _ModelState, w: _Waiting) -> _Running:
+        reserved = w.prompt_tokens + s.model.expected_output_tokens
+        return _Running(reserved, w.prompt_tokens + 1, w.arrival_s, w.deadline_s - w.arrival_s)
+
+    def decode_done(self, model: str, now: float, steps: int = 1) -> None:
+        """``steps`` decode steps of ``model`` ended at ``now`` (each running request got a token each)."""
+        self._computing = None
         s = self._models[model]
+        for r in s.running.values():
+            r.generated += steps
+            r.context += steps
         s.last_token_s = now
         s.last_used_s = now
 
