@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from flywheel.controllers.reconfig import (
     GB,
     GPU,
-    Instance,
+    PlacedInstance,
     Placement,
     ReconfigCosts,
     ReshardInfeasible,
@@ -64,13 +64,13 @@ def packed(gpus: tuple[GPU, ...], tp: int, count: int, shuffle: random.Random | 
     by_node: dict[str, list[str]] = {}
     for g in gpus:
         by_node.setdefault(g.node, []).append(g.uuid)
-    instances: list[Instance] = []
+    instances: list[PlacedInstance] = []
     for node_gpus in by_node.values():
         free = list(node_gpus)
         if shuffle is not None:
             shuffle.shuffle(free)
         while len(instances) < count and len(free) >= tp:
-            instances.append(Instance(f"i{len(instances)}", tp, tuple(free[:tp])))
+            instances.append(PlacedInstance(f"i{len(instances)}", tp, tuple(free[:tp])))
             free = free[tp:]
     assert len(instances) == count, "does not fit"
     return Placement(W, gpus, tuple(instances))
@@ -103,8 +103,11 @@ def run(name: str, placement: Placement, tp: int, count: int) -> tuple[Row, Resh
 
 
 def after(placement: Placement, plan: ReshardPlan) -> Placement:
+    targets = tuple(PlacedInstance(t.name, t.tp, t.gpus) for t in plan.targets)
     return Placement(
-        placement.model_bytes, placement.gpus, tuple(Instance(t.name, t.tp, t.gpus) for t in plan.targets)
+        placement.model_bytes,
+        placement.gpus,
+        targets,
     )
 
 

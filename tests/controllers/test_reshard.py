@@ -9,7 +9,7 @@ import pytest
 
 from flywheel.controllers.reconfig import (
     GPU,
-    Instance,
+    PlacedInstance,
     Placement,
     ReconfigCosts,
     ReshardInfeasible,
@@ -31,8 +31,8 @@ def node(name: str, count: int = 8, domain: str = "") -> list[GPU]:
     return [GPU(f"{name}-g{i}", name, domain) for i in range(count)]
 
 
-def inst(name: str, node_name: str, tp: int, first: int) -> Instance:
-    return Instance(name, tp, tuple(f"{node_name}-g{i}" for i in range(first, first + tp)))
+def inst(name: str, node_name: str, tp: int, first: int) -> PlacedInstance:
+    return PlacedInstance(name, tp, tuple(f"{node_name}-g{i}" for i in range(first, first + tp)))
 
 
 def test_shard_ranges_partition_the_model_and_nest() -> None:
@@ -146,7 +146,7 @@ def test_placement_rejects_inconsistent_input() -> None:
 def test_max_reuse_assignment_beats_first_fit() -> None:
     # Instances placed on shuffled GPUs: first-fit in name order reuses little, the assignment all.
     order = ("a-g3", "a-g6", "a-g0", "a-g5", "a-g1", "a-g7", "a-g2", "a-g4")
-    placement = Placement(W, tuple(node("a")), (Instance("i0", 8, order),))
+    placement = Placement(W, tuple(node("a")), (PlacedInstance("i0", 8, order),))
     best = max_reuse_assignment(placement, 8, 1)
     assert reused_bytes(placement, 8, best) == W
     assert naive_plan_bytes(placement, 8, 1) > 0

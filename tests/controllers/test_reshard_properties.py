@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from flywheel.controllers.reconfig import (
     GPU,
-    Instance,
     InstanceState,
+    PlacedInstance,
     Placement,
     ReshardInfeasible,
     RolloutVerb,
@@ -43,7 +43,7 @@ def placements(draw: st.DrawFn) -> Placement:
     for n in range(nodes):
         for i in range(8):
             gpus.append(GPU(f"n{n}-g{i}", f"n{n}", f"n{n}-d{i // 4}" if split else ""))
-    instances: list[Instance] = []
+    instances: list[PlacedInstance] = []
     by_domain: dict[str, list[str]] = {}
     for g in gpus:
         by_domain.setdefault(g.domain, []).append(g.uuid)
@@ -53,7 +53,7 @@ def placements(draw: st.DrawFn) -> Placement:
             tp = draw(st.sampled_from([t for t in TPS if t <= len(free)] + [0]))
             if tp == 0:  # leave the rest of this domain free
                 break
-            instances.append(Instance(f"{domain}-i{len(instances)}", tp, tuple(free[:tp])))
+            instances.append(PlacedInstance(f"{domain}-i{len(instances)}", tp, tuple(free[:tp])))
             free = free[tp:]
     model_bytes = draw(st.integers(1_000, 200_000_000_000))
     return Placement(model_bytes, tuple(gpus), tuple(instances))

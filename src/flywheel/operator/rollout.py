@@ -49,8 +49,8 @@ from flywheel.controllers.fault.standby import Member, Role, reconcile_standbys
 from flywheel.controllers.reconfig import (
     GB,
     GPU,
-    Instance,
     InstanceState,
+    PlacedInstance,
     Placement,
     PlanStep,
     ReshardInfeasible,
@@ -420,7 +420,7 @@ class PoolRollout:
         placement = Placement(
             model_bytes(md_spec),
             tuple(gpus),
-            tuple(Instance(i.name, i.spec.tensor_parallel, tuple(i.spec.gpu_uuids)) for i in serving),
+            tuple(PlacedInstance(i.name, i.spec.tensor_parallel, tuple(i.spec.gpu_uuids)) for i in serving),
         )
         degrees: set[int] = {1, 2, 4, 8, tp, *(i.spec.tensor_parallel for i in serving)}
         capacity = {t: float(t) for t in degrees}

@@ -9,7 +9,7 @@ from flywheel.controllers.reconfig.assignment import max_reuse_assignment, naive
 from flywheel.controllers.reconfig.geometry import (
     GB,
     GPU,
-    Instance,
+    PlacedInstance,
     Placement,
     ReshardInfeasible,
     overlap_bytes,
@@ -35,8 +35,8 @@ from flywheel.controllers.reconfig.validate import validate_plan
 __all__ = [
     "GB",
     "GPU",
-    "Instance",
     "InstanceState",
+    "PlacedInstance",
     "Placement",
     "PlanStep",
     "ReconfigCosts",

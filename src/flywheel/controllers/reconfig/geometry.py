@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GB", "GPU", "Instance", "Placement", "ReshardInfeasible", "overlap_bytes", "shard_range"]
+__all__ = ["GB", "GPU", "PlacedInstance", "Placement", "ReshardInfeasible", "overlap_bytes", "shard_range"]
 
 GB = 1_000_000_000
 
@@ -53,7 +53,7 @@ class GPU:
 
 
 @dataclass(frozen=True)
-class Instance:
+class PlacedInstance:
     """A current engine instance: ``gpus[r]`` holds rank ``r``."""
 
     name: str
@@ -71,7 +71,7 @@ class Placement:
 
     model_bytes: int
     gpus: tuple[GPU, ...]
-    instances: tuple[Instance, ...] = ()
+    instances: tuple[PlacedInstance, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model_bytes <= 0:

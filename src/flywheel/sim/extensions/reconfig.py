@@ -31,7 +31,7 @@ from flywheel.controllers.reconfig import (
     plan_reshard,
 )
 from flywheel.controllers.reconfig import (
-    Instance as PlanInstance,
+    PlacedInstance as PlanInstance,
 )
 from flywheel.models.perf import instance_capacity_rps
 from flywheel.sim.cluster import GpuRef
