@@ -27,6 +27,9 @@ class LinearTiming:
     def decode_step_ms(self, batch: int, context_tokens: int, clock_mhz: float) -> float:
         return (20.0 + 1.0 * batch) * 2000.0 / clock_mhz
 
+    def decode_coefficients(self, batch: int, clock_mhz: float) -> tuple[float, float]:
+        return self.decode_step_ms(batch, 0, clock_mhz), 0.0
+
 
 class Clock:
     def __init__(self, mhz: float | None = 2000.0) -> None:

@@ -1,5 +1,5 @@
 """The simulated engine: OpenAI completions (plain and SSE), continuous batching, clock-driven timing,
-KV preemption, metrics under vLLM's names, failure and hang behaviour."""
+KV reservation, metrics under vLLM's names, failure and hang behaviour."""
 
 from __future__ import annotations
 
@@ -104,17 +104,20 @@ async def test_clock_is_read_every_iteration() -> None:
         await engine.stop()
 
 
-async def test_kv_overflow_preempts_and_everything_still_completes() -> None:
+async def test_kv_reservation_makes_requests_wait_never_preempts() -> None:
+    """The shared admission rule (flywheel.models.engine_step): a request reserves prompt + max_tokens
+    of KV; one that does not fit next to the batch waits for a finish instead of preempting."""
     engine = SimulatedEngine(LinearTiming(capacity=400), Clock(), time_scale=20.0)
     engine.start()
     try:
-        requests = [engine.submit(100, 60) for _ in range(3)]
+        requests = [engine.submit(100, 60) for _ in range(3)]  # 160 KV tokens each: two fit
         results = await asyncio.gather(*(r.done for r in requests))
     finally:
         await engine.stop()
     assert [r.completion_tokens for r in results] == [60, 60, 60]
-    assert engine.stats.preemptions_total > 0
-    assert sum(r.preemptions for r in results) == engine.stats.preemptions_total
+    assert engine.stats.preemptions_total == 0 and all(r.preemptions == 0 for r in results)
+    assert results[1].first_token_s < results[0].finish_s  # the second fits next to the first
+    assert results[2].first_token_s > min(results[0].finish_s, results[1].finish_s)
 
 
 async def test_oversized_request_is_rejected_with_400(engine_server: EngineFactory) -> None:

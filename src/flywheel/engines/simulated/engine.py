@@ -1,15 +1,16 @@
-"""Continuous batching in virtual time, paced against the wall clock.
+"""The simulated engine: the shared step model (``flywheel.models.engine_step``, the simulator's)
+in virtual time, paced against the wall clock.
 
-The engine runs vLLM's scheduling shape: requests wait in FIFO order, are admitted while the batch
-has a free slot and the KV cache has room for their prompt, get one prefill iteration, then one token
-per decode iteration until ``max_tokens``; when the KV cache overflows the newest request is
-preempted and recomputed later. Iteration times come from :class:`EngineTiming` (the simulator's
-calibrated performance model) at the clock the simulated GPU reports *at that iteration*.
+:class:`~flywheel.engines.simulated.core.EngineCore` forms the batches and times the iterations as
+the simulator does: FCFS admission under a KV reservation of prompt + ``max_tokens`` (never a
+preemption), chunked prefill with the decoding sequences riding along, decode blocks in closed form.
+This driver reads the clock the simulated GPU reports before *every* iteration or block and sleeps
+until each one's end on the wall clock.
 
 Virtual time is ``time_scale`` times wall time (``flywheel dev --speed``). To stay cheap on a small
-machine, consecutive decode iterations with nothing to admit are taken as one *macro step* covering
-several iterations (up to ``max_wall_chunk_s`` of wall time); an arrival interrupts it at the last
-whole iteration, so admission happens at an iteration boundary as in a real engine.
+machine, consecutive decode iterations are taken as one block covering up to ``max_wall_chunk_s`` of
+wall time; an arrival cuts it at the iteration in progress (``EngineCore.cut``), so admission happens
+at an iteration boundary, as in a real engine and in the simulator.
 """
 
 from __future__ import annotations
@@ -18,40 +19,23 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
+from flywheel.engines.simulated.core import EngineCore, EngineTiming
 from flywheel.engines.simulated.requests import (
     EngineBusy,
     EngineUnavailable,
     RequestResult,
     SimRequest,
     SleepCosts,
-    TokenEvent,
 )
 from flywheel.engines.simulated.stats import EngineStats
+from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EngineObserver", "EngineTiming", "SimulatedEngine"]
-
-
-class EngineTiming(Protocol):
-    """Iteration latency and KV capacity of one engine instance (TP group) — times in milliseconds."""
-
-    @property
-    def kv_capacity_tokens(self) -> int: ...
-
-    def prefill_ms(self, prompt_tokens: int, clock_mhz: float) -> float:
-        """One prefill iteration over ``prompt_tokens`` prompt tokens in total."""
-        ...
-
-    def decode_step_ms(self, batch: int, context_tokens: int, clock_mhz: float) -> float:
-        """One decode iteration of ``batch`` sequences holding ``context_tokens`` KV tokens in total."""
-        ...
 
 
 EngineObserver = Callable[[RequestResult], None]
@@ -67,7 +51,7 @@ class SimulatedEngine:
         *,
         time_scale: float = 1.0,
         max_num_seqs: int = 256,
-        max_batched_tokens: int = 8192,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
         max_wall_chunk_s: float = 0.005,
         batch_sink: Callable[[int], None] | None = None,
         on_finish: EngineObserver | None = None,
@@ -77,14 +61,16 @@ class SimulatedEngine:
         self.timing = timing
         self.clock_mhz = clock_mhz
         self.time_scale = time_scale
-        self.max_num_seqs = max_num_seqs
-        self.max_batched_tokens = max_batched_tokens
         self.max_wall_chunk_s = max_wall_chunk_s
         self.batch_sink = batch_sink
-        self.on_finish = on_finish
         self.stats = EngineStats()
-        self._waiting: deque[SimRequest] = deque()
-        self._running: list[SimRequest] = []
+        self.core = EngineCore(
+            timing,
+            self.stats,
+            max_num_seqs=max_num_seqs,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            on_finish=on_finish,
+        )
         self._ids = itertools.count()
         self._wall0 = time.monotonic()
         self._virtual = 0.0  # end of the last iteration, virtual seconds
@@ -148,15 +134,7 @@ class SimulatedEngine:
         if self._failure is not None:
             return
         self._failure = reason
-        error = EngineUnavailable(reason)
-        for request in [*self._running, *self._waiting]:
-            request.tokens.put_nowait(error)
-            if not request.done.done():
-                request.done.set_exception(error)
-                request.done.exception()  # mark retrieved: callers may only read the token queue
-        self._running.clear()
-        self._waiting.clear()
-        self._update_gauges()
+        self.core.fail_all(EngineUnavailable(reason))
         self._arrival.set()
 
     def hang(self) -> None:
@@ -181,8 +159,8 @@ class SimulatedEngine:
         async with self._switching:
             if self._sleeping:
                 return 0.0
-            if self._running or self._waiting:
-                raise EngineBusy(f"{len(self._running)} running and {len(self._waiting)} waiting requests")
+            if not self.core.idle:
+                raise EngineBusy(f"{self.core.batch} running and {len(self.core.waiting)} waiting requests")
             self._sleeping = True
             await asyncio.sleep(costs.sleep_s / self.time_scale)
             self.stats.sleeps_total += 1
@@ -230,14 +208,15 @@ class SimulatedEngine:
             predicted_output_tokens=predicted_output_tokens or max_tokens,
             stream=stream,
         )
-        self._waiting.append(request)
-        self._update_gauges()
+        self.core.waiting.append(request)
+        self.core.update_gauges()
         self._arrival.set()
         return request
 
     def snapshot(self) -> tuple[tuple[SimRequest, ...], tuple[SimRequest, ...]]:
-        """Running and waiting requests now (what the instance controller projects from)."""
-        return tuple(self._running), tuple(self._waiting)
+        """Admitted (prefilling or decoding) and waiting requests now (what the instance controller
+        projects from)."""
+        return (*self.core.prefilling, *self.core.running), tuple(self.core.waiting)
 
     # -- the loop -----------------------------------------------------------------------------------
     def _read_clock(self) -> float:
@@ -248,60 +227,53 @@ class SimulatedEngine:
         self._last_clock_mhz = clock
         return clock
 
-    def _update_gauges(self) -> None:
-        self.stats.running = len(self._running)
-        self.stats.waiting = len(self._waiting)
-        self.stats.kv_used_tokens = sum(r.context_tokens for r in self._running)
-
     def _report_batch(self, running: int) -> None:
         """Tell the simulated GPU how busy it is (its power model turns batch into utilisation)."""
         if self.batch_sink is not None:
             self.batch_sink(running)
 
     async def _run(self) -> None:
+        core = self.core
         while True:
-            idle = not (self._running or self._waiting)
-            if self._failure is not None or self._hung or self._sleeping or idle:
+            if self._failure is not None or self._hung or self._sleeping or core.idle:
                 self._report_batch(0)
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            if not self._running:
+            if not core.batch:
                 # Idle until the first waiting request arrived. While busy the virtual timeline runs on
                 # from the last iteration: late wake-ups of this process never stretch simulated time.
-                self._virtual = max(self._virtual, self._waiting[0].arrival_s)
-            admitted = self._admit()
-            self._report_batch(len(self._running))  # busy before the clock is read: no idle downclock
+                self._virtual = max(self._virtual, core.waiting[0].arrival_s)
+            core.admit(self._virtual)
+            self._report_batch(core.batch)  # busy before the clock is read: no idle downclock
             try:
                 clock = self._read_clock()
             except EngineUnavailable:
                 continue
-            if admitted:
-                await self._prefill(admitted, clock)
-            elif self._running:
-                await self._decode(clock)
-            else:
-                # Nothing fits yet: the head of the queue waits for KV space (cannot happen when idle).
+            plan = core.plan(clock)
+            if plan.kind == "idle":
+                # Nothing admitted yet (cannot happen when the batch is empty).
                 self._arrival.clear()
                 await self._arrival.wait()
-
-    def _admit(self) -> list[SimRequest]:
-        admitted: list[SimRequest] = []
-        free = self.timing.kv_capacity_tokens - sum(r.context_tokens for r in self._running)
-        budget = self.max_batched_tokens  # prompt tokens one prefill iteration may take (vLLM's knob)
-        while self._waiting and len(self._running) < self.max_num_seqs:
-            head = self._waiting[0]
-            if head.arrival_s > self._virtual:
-                break  # arrives during a later iteration of the virtual timeline
-            if head.context_tokens + 1 > free or (admitted and head.context_tokens > budget):
-                break
-            self._waiting.popleft()
-            self._running.append(head)
-            admitted.append(head)
-            free -= head.context_tokens
-            budget -= head.context_tokens
-        self._update_gauges()
-        return admitted
+                continue
+            start = self._virtual
+            iterations = plan.iterations
+            if plan.kind == "decode":
+                wall_chunk_ms = self.max_wall_chunk_s * self.time_scale * 1000.0
+                iterations = min(iterations, plan.iterations_by(wall_chunk_ms))
+                later = next((r.arrival_s for r in core.waiting if r.arrival_s > start), None)
+                if later is not None:  # an arrival the timeline has not reached yet (a busy host)
+                    iterations = core.cut(plan, start, later, iterations)
+            # A mixed iteration runs to completion; an arrival cuts a decode block (EngineCore.cut).
+            while not await self._sleep_until(start + plan.block_ms(iterations) / 1000.0):
+                if self._failure is not None:
+                    break
+                arrived = core.waiting[-1].arrival_s if core.waiting else start
+                if arrived > start:
+                    iterations = core.cut(plan, start, arrived, iterations)
+            if self._failure is not None or self._hung:
+                continue
+            self._virtual = core.complete(plan, start, iterations)
 
     async def _sleep_until(self, virtual_s: float) -> bool:
         """Sleep until the wall time of ``virtual_s``; False when an arrival cut the sleep short."""
@@ -322,129 +294,3 @@ class SimulatedEngine:
         except TimeoutError:
             return True
         return False
-
-    async def _prefill(self, admitted: list[SimRequest], clock: float) -> None:
-        tokens = sum(r.context_tokens for r in admitted)
-        duration = self.timing.prefill_ms(tokens, clock) / 1000.0
-        start = self._virtual
-        end = start + duration
-        # An iteration runs to completion; arrivals meanwhile wait for the next boundary.
-        while not await self._sleep_until(end):
-            if self._failure is not None:
-                return
-        if self._failure is not None or self._hung:
-            return
-        self._virtual = end
-        self.stats.busy_s += duration
-        self.stats.iterations_total += 1
-        for request in admitted:
-            if request.needs_prefill and request.generated == 0:
-                self.stats.prompt_tokens_total += request.prompt_tokens
-            request.needs_prefill = False
-            self._emit(request, end)
-        self._finish_done(end)
-
-    async def _decode(self, clock: float) -> None:
-        batch = len(self._running)
-        context = sum(r.context_tokens for r in self._running)
-        # Every iteration of a macro step takes the first one's time: context grows by only one token
-        # per sequence per iteration, over a few milliseconds of wall time.
-        step = self.timing.decode_step_ms(batch, context, clock) / 1000.0
-        if step <= 0:
-            raise ValueError("decode_step_ms must be positive")
-        soonest = min(r.remaining for r in self._running)
-        free = self.timing.kv_capacity_tokens - sum(r.context_tokens for r in self._running)
-        fits = max(1, free // batch) if free > 0 else 0
-        if fits == 0:
-            self._preempt()
-            return
-        wall_chunk_steps = max(1, math.floor(self.max_wall_chunk_s * self.time_scale / step))
-        steps = max(1, min(soonest, fits, wall_chunk_steps))
-        start = self._virtual
-        if self._waiting and len(self._running) < self.max_num_seqs:
-            # Stop at the first iteration boundary after the next arrival, to admit it there.
-            steps = min(steps, max(1, math.ceil((self._waiting[0].arrival_s - start) / step)))
-        completed = steps
-        if not await self._sleep_until(start + steps * step):
-            arrived = self._waiting[-1].arrival_s if self._waiting else self.now()
-            completed = max(1, min(steps, math.ceil((arrived - start) / step)))
-            await self._sleep_until(start + completed * step)
-        if self._failure is not None:
-            return
-        if self._hung:
-            return
-        # Every running request gets one token per iteration (``steps`` never passes the soonest
-        # finish), accounted once per macro step: O(batch), not O(batch x iterations).
-        for request in self._running:
-            self._emit_run(request, start, step, completed)
-        self._finish_done(start + completed * step)
-        self._virtual = start + completed * step
-        self.stats.busy_s += completed * step
-        self.stats.iterations_total += completed
-
-    def _emit_run(self, request: SimRequest, start: float, step: float, count: int) -> None:
-        """``count`` tokens at ``start + step``, ``start + 2 * step``, ..."""
-        first = start + step
-        self._emit(request, first)
-        if count <= 1:
-            return
-        last = start + count * step
-        request.max_tbt_s = max(request.max_tbt_s, step)
-        self.stats.inter_token.observe(step, count - 1)
-        self.stats.generation_tokens_total += count - 1
-        if request.stream:
-            for index in range(2, count + 1):
-                request.generated += 1
-                request.tokens.put_nowait(
-                    TokenEvent(request.generated - 1, start + index * step, request.remaining == 0)
-                )
-        else:
-            request.generated += count - 1
-        request.last_token_s = last
-
-    def _emit(self, request: SimRequest, at: float) -> None:
-        if request.first_token_s is None:
-            request.first_token_s = at
-            self.stats.ttft.observe(at - request.arrival_s)
-        elif request.last_token_s is not None:
-            gap = at - request.last_token_s
-            request.max_tbt_s = max(request.max_tbt_s, gap)
-            self.stats.inter_token.observe(gap)
-        request.last_token_s = at
-        request.generated += 1
-        self.stats.generation_tokens_total += 1
-        if request.stream:
-            request.tokens.put_nowait(TokenEvent(request.generated - 1, at, request.remaining == 0))
-
-    def _finish_done(self, at: float) -> None:
-        still: list[SimRequest] = []
-        for request in self._running:
-            if request.remaining > 0:
-                still.append(request)
-                continue
-            result = RequestResult(
-                prompt_tokens=request.prompt_tokens,
-                completion_tokens=request.generated,
-                arrival_s=request.arrival_s,
-                first_token_s=request.first_token_s if request.first_token_s is not None else at,
-                finish_s=at,
-                max_tbt_s=request.max_tbt_s,
-                preemptions=request.preemptions,
-            )
-            self.stats.requests_finished_total += 1
-            self.stats.e2e.observe(result.e2e_s)
-            if not request.done.done():
-                request.done.set_result(result)
-            if self.on_finish is not None:
-                self.on_finish(result)
-        self._running = still
-        self._update_gauges()
-
-    def _preempt(self) -> None:
-        """KV cache full: the newest running request goes back to the head of the queue (recompute)."""
-        victim = self._running.pop()
-        victim.preemptions += 1
-        victim.needs_prefill = True
-        self.stats.preemptions_total += 1
-        self._waiting.appendleft(victim)
-        self._update_gauges()

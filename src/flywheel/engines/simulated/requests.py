@@ -73,7 +73,7 @@ class SimRequest:
     last_token_s: float | None = None
     max_tbt_s: float = 0.0
     preemptions: int = 0
-    needs_prefill: bool = True
+    prefill_left: int = 0  # prompt tokens still to prefill once admitted
     done: asyncio.Future[RequestResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

@@ -11,7 +11,8 @@ from flywheel.models.perf import MODELS, ModelProfile
 
 @dataclass(frozen=True)
 class PerfModelTiming:
-    """:class:`~flywheel.engines.simulated.engine.EngineTiming` from ``controllers.perfmodel``."""
+    """:class:`~flywheel.engines.simulated.core.EngineTiming` (and ``engine_step.StepPower``) from
+    ``flywheel.models.perf``: the same numbers the simulator's planner-model hardware uses."""
 
     model: ModelProfile
     sku: GPUSku
@@ -35,6 +36,15 @@ class PerfModelTiming:
 
     def prefill_ms(self, prompt_tokens: int, clock_mhz: float) -> float:
         return perfmodel.prefill_ms(self.model, self.sku, self.tensor_parallel, prompt_tokens, clock_mhz)
+
+    def decode_coefficients(self, batch: int, clock_mhz: float) -> tuple[float, float]:
+        return perfmodel.decode_coefficients(self.model, self.sku, self.tensor_parallel, batch, clock_mhz)
+
+    def prefill_power_watts(self, clock_mhz: float) -> float:
+        return perfmodel.prefill_power_watts(self.model, self.sku, self.tensor_parallel, clock_mhz)
+
+    def decode_power_watts(self, clock_mhz: float, batch: int) -> float:
+        return self.power_watts(clock_mhz, batch)
 
     def decode_step_ms(self, batch: int, context_tokens: int, clock_mhz: float) -> float:
         return perfmodel.decode_step_ms(

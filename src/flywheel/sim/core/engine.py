@@ -1,5 +1,6 @@
 """The engine half of the simulation kernel: event heap, instance lifecycle and the vLLM-like
-continuous-batching engines (admission, chunked prefill, folded decode blocks).
+continuous-batching engines (admission, chunked prefill, folded decode blocks), whose batches and
+iteration times come from the shared step model (``flywheel.models.engine_step``).
 
 See ``flywheel.sim.core.kernel`` for the whole model; the kernel adds the control loop (policies,
 pools, observations, samples) on top of :class:`EngineKernel`.
@@ -20,6 +21,7 @@ from flywheel.controllers.protocol import (
     Policy,
 )
 from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
+from flywheel.models import engine_step
 from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, kv_capacity_tokens
 from flywheel.sim.cluster import Cluster, GpuRef
 from flywheel.sim.core import invariants
@@ -47,6 +49,27 @@ class _RouterPredictor:
 
     def observe_completion(self, prompt_tokens: int, output_tokens: int) -> None:
         self.predictor.observe(prompt_tokens, output_tokens)
+
+
+@dataclass(frozen=True)
+class _InstancePerf:
+    """The simulated hardware of one instance as the shared step model sees it."""
+
+    hw: Hardware
+    tp: int
+    speed: float
+
+    def prefill_ms(self, tokens: int, clock_mhz: float) -> float:
+        return self.hw.prefill_ms(self.tp, tokens, clock_mhz, self.speed)
+
+    def decode_coefficients(self, batch: int, clock_mhz: float) -> tuple[float, float]:
+        return self.hw.decode_coefficients(self.tp, batch, clock_mhz, self.speed)
+
+    def prefill_power_watts(self, clock_mhz: float) -> float:
+        return self.hw.prefill_power_watts(self.tp, clock_mhz)
+
+    def decode_power_watts(self, clock_mhz: float, batch: int) -> float:
+        return self.hw.instance_power_watts(self.tp, clock_mhz, batch)
 
 
 class EngineKernel:
@@ -209,14 +232,13 @@ class EngineKernel:
         return lost
 
     def _admit(self, inst: SimInstance, pool: SimPool) -> None:
-        """Move queued requests into the instance (FCFS) while batch slots and KV cache allow."""
+        """Move queued requests into the instance (FCFS) by the shared admission rule
+        (``flywheel.models.engine_step.admission``); drop those queued too long or never fitting."""
         if not self._accepts_work(inst):
             return
         queue = pool.queue
-        limit = (
-            self.cfg.max_num_seqs if inst.max_batch is None else min(inst.max_batch, self.cfg.max_num_seqs)
-        )
-        while queue and len(inst.running) + len(inst.prefilling) < max(limit, 1):
+        limit = engine_step.batch_limit(self.cfg.max_num_seqs, inst.max_batch)
+        while queue and len(inst.running) + len(inst.prefilling) < limit:
             head = queue.peek(self.now)
             if head is None:
                 break
@@ -225,14 +247,20 @@ class EngineKernel:
                 queue.pop(self.now)
                 self._drop(rid)
                 continue
-            need = self.prompt[rid] + self.output[rid]
-            if inst.reserved + need > inst.kv_capacity:
-                if not inst.running and not inst.prefilling:  # can never fit on this instance
-                    queue.pop(self.now)
-                    self._drop(rid)
-                    continue
-                break
-            if sum(self.prefill_left[r] for r in inst.prefilling) >= self._chunk(inst.tp):
+            need = engine_step.kv_reservation(self.prompt[rid], self.output[rid])
+            verdict = engine_step.admission(
+                need,
+                inst.reserved,
+                inst.kv_capacity,
+                len(inst.running) + len(inst.prefilling),
+                sum(self.prefill_left[r] for r in inst.prefilling),
+                self._chunk(inst.tp),
+            )
+            if verdict is engine_step.Admission.REJECT:
+                queue.pop(self.now)
+                self._drop(rid)
+                continue
+            if verdict is engine_step.Admission.WAIT:
                 break
             queue.pop(self.now)
             self.prefill_left[rid] = self.prompt[rid]
@@ -260,38 +288,31 @@ class EngineKernel:
         pool = self.pools.get(inst.pool)
         if pool is not None and inst.state == "ready":
             self._admit(inst, pool)
-        b = len(inst.running)
-        if inst.prefilling:
-            budget = self._chunk(inst.tp)
-            chunk = 0
-            for rid in inst.prefilling:
-                take = min(self.prefill_left[rid], budget - chunk)
-                chunk += take
-                if chunk >= budget:
-                    break
-            inst.phase = "mixed"
-            inst.k = chunk  # prompt tokens processed by this iteration
-            # Decode tokens ride in the same forward pass as the prompt chunk.
-            hw = self.hw
-            mixed = hw.prefill_ms(inst.tp, chunk + b, inst.clock, inst.speed)
-            if b:
-                fixed, per_token = hw.decode_coefficients(inst.tp, b, inst.clock, inst.speed)
-                mixed = max(mixed, fixed + per_token * inst.ctx)
-            inst.power_w = hw.prefill_power_watts(inst.tp, inst.clock)
-            inst.iter_ms = mixed
-            self.schedule(self.now + mixed / 1000.0, InstanceStep(inst, inst.version))
+        perf = _InstancePerf(self.hw, inst.tp, inst.speed)
+        plan = engine_step.plan_step(
+            perf,
+            perf,
+            inst.clock,
+            prefill_left=[self.prefill_left[rid] for rid in inst.prefilling],
+            chunk_budget=self._chunk(inst.tp) if inst.prefilling else 0,
+            batch=len(inst.running),
+            context=inst.ctx,
+            to_first_finish=min(inst.left) - inst.steps if inst.left else 0,
+        )
+        inst.phase = plan.kind
+        inst.power_w = plan.power_w
+        if plan.kind == "mixed":
+            inst.k = plan.prefill_tokens  # prompt tokens processed by this iteration
+            inst.iter_ms = plan.mixed_ms
+            self.schedule(self.now + plan.mixed_ms / 1000.0, InstanceStep(inst, inst.version))
             return
-        if b:
-            inst.phase = "decode"
-            inst.fixed_ms, inst.per_token_ms = self.hw.decode_coefficients(inst.tp, b, inst.clock, inst.speed)
+        if plan.kind == "decode":
+            inst.fixed_ms, inst.per_token_ms = plan.fixed_ms, plan.per_token_ms
             inst.ctx0 = inst.ctx
             inst.t0 = self.now
-            inst.k = min(inst.left) - inst.steps
-            inst.power_w = self.hw.instance_power_watts(inst.tp, inst.clock, b)
+            inst.k = plan.iterations
             self.schedule(self.now + inst.block_ms(inst.k) / 1000.0, InstanceStep(inst, inst.version))
             return
-        inst.phase = "idle"
-        inst.power_w = self.hw.instance_power_watts(inst.tp, inst.clock, 0)
         if inst.state == "draining":
             self.stop_instance(inst)
 
@@ -303,16 +324,9 @@ class EngineKernel:
         if inst.phase != "decode":
             return  # a mixed (prefill) iteration re-plans when it ends
         elapsed_ms = (self.now - inst.t0) * 1000.0
-        b = len(inst.running)
-        a = inst.per_token_ms * b / 2.0
-        lin = inst.fixed_ms + inst.per_token_ms * inst.ctx0 - a
-        if a > 0:
-            j = math.ceil((-lin + math.sqrt(lin * lin + 4 * a * elapsed_ms)) / (2 * a) - 1e-9)
-        else:
-            j = math.ceil(elapsed_ms / lin - 1e-9)
-        j = max(j, 1)
-        while j > 1 and inst.block_ms(j - 1) >= elapsed_ms:
-            j -= 1
+        j = engine_step.iterations_by(
+            inst.fixed_ms, inst.per_token_ms, inst.ctx0, len(inst.running), elapsed_ms
+        )
         if j >= inst.k:
             return
         inst.k = j
@@ -363,11 +377,9 @@ class EngineKernel:
                 inst.late += inst.iter_ms > tbt
                 self.gap_hist.add(inst.iter_ms, len(inst.running))
                 self._advance_decode(inst, 1)
-            budget = inst.k
             still: list[int] = []
-            for rid in inst.prefilling:
-                take = min(self.prefill_left[rid], budget)
-                budget -= take
+            takes = engine_step.split_chunk([self.prefill_left[rid] for rid in inst.prefilling], inst.k)
+            for rid, take in zip(inst.prefilling, takes, strict=True):
                 self.prefill_left[rid] -= take
                 if self.prefill_left[rid] > 0:
                     still.append(rid)

@@ -11,6 +11,7 @@ from flywheel.controllers import slo as slo_rule
 from flywheel.controllers.protocol import SLO, PoolTarget
 from flywheel.controllers.reconfig import ReconfigCosts
 from flywheel.controllers.routing.admission import AdmissionQueue
+from flywheel.models import engine_step
 from flywheel.models.gpu import H100_SXM, GPUSku
 from flywheel.models.perf import LLAMA2_70B, ModelProfile
 from flywheel.sim.cluster import GpuRef
@@ -118,9 +119,9 @@ class SimInstance:
         self.t_mark = now
 
     def block_ms(self, iterations: int) -> float:
-        j = iterations
-        b = len(self.running)
-        return j * self.fixed_ms + self.per_token_ms * (j * self.ctx0 + b * j * (j - 1) / 2.0)
+        return engine_step.decode_block_ms(
+            self.fixed_ms, self.per_token_ms, self.ctx0, len(self.running), iterations
+        )
 
 
 @dataclass
