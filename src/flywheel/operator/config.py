@@ -57,6 +57,7 @@ class OperatorConfig:
     images: dict[EngineKind, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     router_image: str = DEFAULT_ROUTER_IMAGE
     deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
+    pooled_router_namespace: str = "flywheel-system"  # where each GPUPool group's router runs
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
     brain_factory: BrainFactory = energy_brain
