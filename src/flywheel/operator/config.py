@@ -58,6 +58,10 @@ class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE
     deploy_routers: bool = True  # a router Deployment + Service + PodDisruptionBudget per ModelDeployment
     pooled_router_namespace: str = "flywheel-system"  # where each GPUPool group's router runs
+    # (namespace, Service) -> base URL of a pooled router (tests reach their router elsewhere).
+    pooled_router_url: Callable[[str, str], str] = lambda namespace, service: (
+        f"http://{service}.{namespace}.svc:80"
+    )
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
     brain_factory: BrainFactory = energy_brain

@@ -10,6 +10,9 @@ rolled when an engine gets a new address.
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiohttp
 from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import (
@@ -18,7 +21,6 @@ from flywheel.api.v1alpha1 import (
     GPUPoolStatus,
     ModelDeploymentSpec,
     ModelInstanceSpec,
-    PooledModelStatus,
     SharingMode,
     conditions_of,
     is_true,
@@ -31,6 +33,7 @@ from flywheel.controllers.pooling.desired import (
     GroupEngine,
     PooledDeployment,
     PoolPlan,
+    live_status,
     plan_pool,
     profile_for,
     router_args,
@@ -51,6 +54,7 @@ from flywheel.operator.router_apply import apply_objects
 GPU_POOLS = Kind("flywheel.dev", "v1alpha1", "gpupools", "GPUPool", namespaced=False)
 LABEL_GPUPOOL = "flywheel.dev/gpupool"
 GPU_POOL_NOT_FOUND = "GPUPoolNotFound"
+ROUTER_REPORT_TIMEOUT_S = 2.0
 
 
 def pooled_in(md: Obj) -> str | None:
@@ -156,7 +160,9 @@ class GPUPoolController:
             ]
             if self.ctx.config.deploy_routers:
                 await self._apply_routers(pool, spec, plan, instances, {d.key: d for d in pooled})
-            await self._pool_status(pool, plan, instances)
+            reports = await self._router_reports(plan) if self.ctx.config.deploy_routers else {}
+            served = {d.key: d.spec.model.name for d in pooled}
+            await self._pool_status(pool, plan, instances, live_status(plan, served, reports))
             for key, md in by_key.items():
                 await self._deployment_outcome(md, plan, key, instances)
 
@@ -247,14 +253,32 @@ class GPUPoolController:
                     + ", ".join(changed),
                 )  # fmt: skip
 
+    async def _router_reports(self, plan: PoolPlan) -> dict[str, dict[str, Any]]:
+        """Each group router's ``/flywheel/pool`` (what it measured); a router that does not answer
+        (not started yet, restarting) is left out."""
+        reports: dict[str, dict[str, Any]] = {}
+        namespace = self.ctx.config.pooled_router_namespace
+        timeout = aiohttp.ClientTimeout(total=ROUTER_REPORT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for group in plan.members:
+                url = self.ctx.config.pooled_router_url(namespace, pooled_router_name(group))
+                try:
+                    async with session.get(f"{url}/flywheel/pool") as response:
+                        if response.status == 200:
+                            reports[group] = await response.json()
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    continue
+        return reports
+
     async def _pool_status(
-        self, pool: Obj, plan: PoolPlan | None, instances: list[Obj], invalid: str | None = None
+        self,
+        pool: Obj,
+        plan: PoolPlan | None,
+        instances: list[Obj],
+        live: dict[str, Any] | None = None,
+        invalid: str | None = None,
     ) -> None:
-        models = []
-        if plan is not None:
-            for key, group in sorted(plan.assignment.items()):
-                models.append(PooledModelStatus(deployment=key, group=group).wire())
-        groups = [g.wire() for g in plan.group_status()] if plan is not None else []
+        models = (live or {}).get("models") or []
         unplaced = [g for g, p in (plan.groups.items() if plan else []) if p is None]
         serving = sum(1 for i in instances if is_true(conditions_of(i), reasons.SERVING))
 
@@ -280,9 +304,7 @@ class GPUPoolController:
             status = {
                 "observedGeneration": generation,
                 "conditions": wire_conditions(conditions),
-                "groups": groups,
-                "models": models,
-                "modelCount": len(models),
+                **{k: v for k, v in (live or {}).items() if v is not None},
             }
             return status_patch(current, status)
 

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from flywheel.api.v1alpha1 import (
     DType,
@@ -154,7 +158,8 @@ def plan_pool(
             fitting.append(d)
     per_group = spec.max_models_per_gpu * spec.group_size
     budget = spec.gpus // spec.group_size
-    wanted = min(budget, math.ceil(len(fitting) / per_group))
+    repeats = max(Counter(d.spec.model.name for d in fitting).values(), default=0)
+    wanted = min(budget, max(math.ceil(len(fitting) / per_group), repeats))
     names = [group_name(pool, i) for i in range(wanted)]
     plan.groups = _place_groups(names, spec.group_size, nodes, used, previous)
     placed = [g for g in names if plan.groups[g] is not None]
@@ -168,8 +173,15 @@ def plan_pool(
             plan.assignment[d.key] = group
         else:
             waiting.append(d)
+    served = {d.key: d.spec.model.name for d in fitting}
     for d in waiting:
-        open_ = [g for g in placed if len(plan.members[g]) < per_group]
+        # A group's router tells models apart by served name: two deployments of one name go apart.
+        open_ = [
+            g
+            for g in placed
+            if len(plan.members[g]) < per_group
+            and all(served[k] != d.spec.model.name for k in plan.members[g])
+        ]
         if not open_:
             unplaced = len(names) - len(placed)
             why = f"{unplaced} of its groups wait for free healthy GPUs" if unplaced else "its budget is used"
@@ -264,3 +276,39 @@ def router_args(group: str, pool: GPUPoolSpec, engines: Sequence[GroupEngine]) -
     for e in sorted(engines, key=lambda e: e.model):
         args += ["--model", f"{e.model}={e.url}@{e.profile}"]
     return args
+
+
+def live_status(
+    plan: PoolPlan, models: Mapping[str, str], reports: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The GPUPool status fields its groups' routers measure (``GET /flywheel/pool`` of each, keyed by
+    group): which models are awake, switches per minute, switch cost P50/P99 (every switch since the
+    routers started), requests refused. ``models``: deployment key -> served model name. Groups whose
+    router did not answer count as unknown: their models stay ``Asleep`` and add no switches."""
+    states: dict[tuple[str, str], str] = {}
+    costs: list[float] = []
+    per_minute = 0.0
+    refused = 0
+    for group, report in reports.items():
+        for row in report.get("models") or []:
+            states[(group, str(row.get("deployment")))] = str(row.get("state", "Asleep"))
+        costs += [float(c) for c in report.get("switchCostsSeconds") or []]
+        per_minute += float(report.get("switchesPerMinute") or 0.0)
+        refused += int(report.get("refusedRequests") or 0)
+    rows = []
+    awake: dict[str, int] = {}
+    for key, group in sorted(plan.assignment.items()):
+        state = states.get((group, models.get(key, "")), "Asleep")
+        awake[group] = awake.get(group, 0) + (state == "Awake")
+        rows.append({"deployment": key, "group": group, "state": state})
+    groups = [{**g.wire(), "awake": awake.get(g.name, 0)} for g in plan.group_status()]
+    return {
+        "groups": groups,
+        "models": rows,
+        "modelCount": len(rows),
+        "awakeModels": sum(awake.values()),
+        "switchesPerMinute": round(per_minute, 3),
+        "switchSecondsP50": float(np.percentile(costs, 50)) if costs else None,
+        "switchSecondsP99": float(np.percentile(costs, 99)) if costs else None,
+        "refusedRequests": refused,
+    }
