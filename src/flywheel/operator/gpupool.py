@@ -158,13 +158,13 @@ class GPUPoolController:
                 for i in await self.ctx.kube.list(MODEL_INSTANCES, None, f"{LABEL_GPUPOOL}={name}")
                 if not deleting(i)
             ]
-            if self.ctx.config.deploy_routers:
-                await self._apply_routers(pool, spec, plan, instances, {d.key: d for d in pooled})
             reports = await self._router_reports(plan) if self.ctx.config.deploy_routers else {}
             served = {d.key: d.spec.model.name for d in pooled}
             await self._pool_status(pool, plan, instances, live_status(plan, served, reports))
             for key, md in by_key.items():
                 await self._deployment_outcome(md, plan, key, instances)
+            if self.ctx.config.deploy_routers:
+                await self._apply_routers(pool, spec, plan, instances, {d.key: d for d in pooled})
 
     async def _apply_instances(
         self, pool: Obj, plan: PoolPlan, observed: list[Obj], mds: dict[str, Obj]
