@@ -152,3 +152,24 @@ def test_what_cannot_be_pooled_gets_a_condition(http: httpx.Client) -> None:
     # Creating the missing pool brings the waiting deployment in.
     http.post(GPUPOOLS, json=gpupool("missing")).raise_for_status()
     wait_for(lambda: len(items(http, INSTANCES, "flywheel.dev/gpupool=missing")) == 1, what="engine")
+
+
+def test_a_dedicated_deployment_turned_pooled_gives_its_pools_back(http: httpx.Client) -> None:
+    body = pooled("flip", "shared")
+    del body["spec"]["sharing"]
+    http.post(MDS, json=body).raise_for_status()
+    wait_for(lambda: items(http, POOLS, "flywheel.dev/deployment=flip"), what="a dedicated ServingPool")
+    sharing = {"spec": {"sharing": {"mode": "Pooled", "pool": "shared"}}}
+    http.patch(
+        f"{MDS}/flip", json=sharing, headers={"Content-Type": "application/merge-patch+json"}
+    ).raise_for_status()
+    wait_for(lambda: not items(http, POOLS, "flywheel.dev/deployment=flip"), what="pools deleted")
+    engines = wait_for(
+        lambda: [
+            i
+            for i in items(http, INSTANCES, "flywheel.dev/gpupool=shared")
+            if i["spec"]["modelDeployment"] == "flip"
+        ],
+        what="the pooled engine",
+    )
+    assert engines[0]["spec"]["pool"] == "shared-g0"

@@ -97,6 +97,11 @@ class ModelDeploymentController:
                 await self._invalid(md, validation_message(exc))
                 return
             if spec.sharing.mode == SharingMode.POOLED:
+                for pool in await self.ctx.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
+                    if not deleting(pool):  # dedicated before: its GPUs go back
+                        await self.ctx.kube.delete(
+                            SERVING_POOLS, namespace, pool["metadata"]["name"], pool["metadata"]["uid"]
+                        )
                 self.pooled(namespace, name)
                 return
             pools = await self.ctx.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
