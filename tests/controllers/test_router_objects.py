@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
-from flywheel.controllers.resources.router_objects import ModelFiles, router_objects
+from flywheel.cli import app
+from flywheel.controllers.resources.router_objects import ModelFiles, pooled_router_objects, router_objects
 
 OWNER = {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "name": "md", "uid": "u1"}
 
@@ -59,11 +61,6 @@ def test_the_router_mounts_the_model_volume_for_its_tokenizer() -> None:
 
 
 def test_pooled_router_is_one_replica_of_flywheel_pooled_router() -> None:
-    from typer.testing import CliRunner
-
-    from flywheel.cli import app
-    from flywheel.controllers.resources.router_objects import pooled_router_objects
-
     args = ["--group", "p-g0", "--model", "m=http://10.0.0.1:8000@qwen3-8b"]
     objects = {o["kind"]: o for o in pooled_router_objects("p-g0", "sys", OWNER, "img:1", args)}
     assert set(objects) == {"Deployment", "Service"}
