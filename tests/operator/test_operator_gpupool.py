@@ -173,3 +173,25 @@ def test_a_dedicated_deployment_turned_pooled_gives_its_pools_back(http: httpx.C
         what="the pooled engine",
     )
     assert engines[0]["spec"]["pool"] == "shared-g0"
+
+
+def test_a_group_on_a_lost_gpu_moves_with_its_engines(http: httpx.Client) -> None:
+    sel = "flywheel.dev/gpupool=shared"
+    (gpu,) = {tuple(i["spec"]["gpuUUIDs"]) for i in items(http, INSTANCES, sel)}
+    node = http.get(f"{FW}/gpunodes/gpu-0").json()
+    gpus = [{**g, "healthy": g["uuid"] not in gpu} for g in node["status"]["gpus"]]
+    patch = {"status": {"gpus": gpus, "healthyGpus": len(gpus) - 1}}
+    merge = {"Content-Type": "application/merge-patch+json"}
+    http.patch(f"{FW}/gpunodes/gpu-0/status", json=patch, headers=merge).raise_for_status()
+
+    def moved() -> set[tuple[str, ...]] | None:
+        placed = {tuple(i["spec"]["gpuUUIDs"]) for i in items(http, INSTANCES, sel)}
+        return (
+            placed
+            if len(items(http, INSTANCES, sel)) == 4 and len(placed) == 1 and gpu not in placed
+            else None
+        )
+
+    (now,) = wait_for(moved, what="the group's engines on a healthy GPU")
+    group = http.get(f"{GPUPOOLS}/shared").json()["status"]["groups"][0]
+    assert tuple(group["gpuUUIDs"]) == now != gpu

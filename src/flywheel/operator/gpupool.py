@@ -82,6 +82,11 @@ class GPUPoolController:
         """Reconcile the pool soon (coalesced)."""
         self.ctx.request(("gpupool", pool), lambda: self.reconcile(pool), 0.0)
 
+    async def refresh_all(self) -> None:
+        """Every GPUPool reconciles soon (GPU capacity changed)."""
+        for pool in await self.ctx.kube.list(GPU_POOLS):
+            self.refresh(pool["metadata"]["name"])
+
     async def deployments(self, pool: str) -> list[Obj]:
         """The Pooled ModelDeployments naming the pool (in the watched namespaces)."""
         found: list[Obj] = []

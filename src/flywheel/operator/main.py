@@ -43,12 +43,17 @@ class Operator:
         self.deployments = ModelDeploymentController(self.ctx)
         self.pools = ServingPoolController(self.ctx, PoolRollout(self.ctx), self.deployments.status_refresh)
         self.instances = ModelInstanceController(self.ctx)
-        self.gpunodes = GPUNodeController(self.ctx, self.pools.place_unscheduled)
         self.gpupools = GPUPoolController(self.ctx)
+        self.gpunodes = GPUNodeController(self.ctx, self._capacity_changed)
         self.deployments.pooled = lambda namespace, name: self.ctx.request(
             ("gpupool-md", namespace, name), lambda: self.gpupools.reconcile_deployment(namespace, name)
         )
         self.faults: FaultHandler | None = None  # set by ``register``
+
+    async def _capacity_changed(self) -> None:
+        """GPUs came or went: waiting instances get placed, GPUPool groups on lost GPUs move."""
+        await self.pools.place_unscheduled()
+        await self.gpupools.refresh_all()
 
     @property
     def metrics(self) -> OperatorMetrics:
