@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
-from flywheel.controllers.resources.router_objects import ModelFiles, router_objects
+from flywheel.cli import app
+from flywheel.controllers.resources.router_objects import ModelFiles, pooled_router_objects, router_objects
 
 OWNER = {"apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment", "name": "md", "uid": "u1"}
 
@@ -56,3 +58,17 @@ def test_the_router_mounts_the_model_volume_for_its_tokenizer() -> None:
     assert container["args"][-2:] == ["--tokenizer", "/models/llama-70b/tokenizer.json"]
     plain = {o["kind"]: o for o in router_objects("md", "ns", OWNER, "img")}
     assert "--tokenizer" not in plain["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_pooled_router_is_one_replica_of_flywheel_pooled_router() -> None:
+    args = ["--group", "p-g0", "--model", "m=http://10.0.0.1:8000@qwen3-8b"]
+    objects = {o["kind"]: o for o in pooled_router_objects("p-g0", "sys", OWNER, "img:1", args)}
+    assert set(objects) == {"Deployment", "Service"}
+    spec = objects["Deployment"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}  # one scheduler per group
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"][-1] == "pooled-router" and container["args"] == args
+    assert objects["Service"]["spec"]["selector"] == spec["selector"]["matchLabels"]
+    # The CLI hands the arguments to the pooled router's own parser (a bad one is its usage error).
+    result = CliRunner().invoke(app, ["pooled-router", "--group", "g0", "--model", "m=ftp://x@qwen3-8b"])
+    assert result.exit_code == 2 and "URL must start with http" in result.output

@@ -42,6 +42,7 @@ OPERATOR_SUITE = [
     "tests/operator/test_operator_ha.py",
     "tests/operator/test_reconfiguration.py",
     "tests/operator/test_operator_router.py",
+    "tests/operator/test_operator_gpupool.py",
 ]
 SUITE_TIMEOUT_S = 600
 

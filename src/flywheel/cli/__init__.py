@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 import typer.core
 
-from flywheel.cli.router_command import router, router_options
+from flywheel.cli.router_command import POOLED_ROUTER_SETTINGS, pooled_router, router, router_options
 
 __all__ = ["app", "main", "router_options"]
 
@@ -148,6 +148,7 @@ def agent(
 
 
 app.command()(router)
+app.command("pooled-router", context_settings=POOLED_ROUTER_SETTINGS)(pooled_router)
 
 
 sim_app = typer.Typer(no_args_is_help=True, help="Simulator tools (calibration of the performance model).")

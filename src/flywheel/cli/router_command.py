@@ -71,3 +71,15 @@ def router_options(args: list[str]) -> RouterOptions:
     parser.command()(router)
     ctx = typer.main.get_command(parser).make_context("router", list(args))
     return _router_options(ctx.params)
+
+
+def pooled_router(ctx: typer.Context) -> None:
+    """Run the router of one pooled GPU group of a GPUPool: its models behind one OpenAI endpoint,
+    switched by sleep/wake-up (options: ``--group``, ``--tp``, ``--model NAME=URL[@PROFILE]``, see
+    ``python -m flywheel.engines.router.pooled_main --help``)."""
+    from flywheel.engines.router.pooled_main import main as run_pooled
+
+    run_pooled(list(ctx.args))
+
+
+POOLED_ROUTER_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -72,6 +72,11 @@ class OperatorConfig:
     # hf:// weights across Pods (one subdirectory per namespace; a deployment's weightCache claim wins).
     engine_runtime_class: str | None = None
     weight_cache_host_path: str | None = None
+    pooled_router_namespace: str = "flywheel-system"  # where each GPUPool group's router runs
+    # (namespace, Service) -> base URL of a pooled router (tests reach their router elsewhere).
+    pooled_router_url: Callable[[str, str], str] = lambda namespace, service: (
+        f"http://{service}.{namespace}.svc:80"
+    )
     # Decisions and test hooks.
     # The energy brain of each ModelDeployment (tests swap in their own) and a hook recording its rounds.
     brain_factory: BrainFactory = energy_brain

@@ -22,6 +22,7 @@ from flywheel.operator.config import OperatorConfig
 from flywheel.operator.context import Context
 from flywheel.operator.faults import FaultHandler, register_faults
 from flywheel.operator.gpunode import GPUNodeController
+from flywheel.operator.gpupool import LABEL_GPUPOOL, GPUPoolController
 from flywheel.operator.login import login, ssl_context
 from flywheel.operator.metrics import OperatorMetrics
 from flywheel.operator.modeldeployment import ModelDeploymentController
@@ -42,8 +43,17 @@ class Operator:
         self.deployments = ModelDeploymentController(self.ctx)
         self.pools = ServingPoolController(self.ctx, PoolRollout(self.ctx), self.deployments.status_refresh)
         self.instances = ModelInstanceController(self.ctx)
-        self.gpunodes = GPUNodeController(self.ctx, self.pools.place_unscheduled)
+        self.gpupools = GPUPoolController(self.ctx)
+        self.gpunodes = GPUNodeController(self.ctx, self._capacity_changed)
+        self.deployments.pooled = lambda namespace, name: self.ctx.request(
+            ("gpupool-md", namespace, name), lambda: self.gpupools.reconcile_deployment(namespace, name)
+        )
         self.faults: FaultHandler | None = None  # set by ``register``
+
+    async def _capacity_changed(self) -> None:
+        """GPUs came or went: waiting instances get placed, GPUPool groups on lost GPUs move."""
+        await self.pools.place_unscheduled()
+        await self.gpupools.refresh_all()
 
     @property
     def metrics(self) -> OperatorMetrics:
@@ -159,6 +169,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
                 op.pools.refresh(namespace, spec["pool"])
         if spec.get("modelDeployment"):
             op.deployments.status_refresh(namespace, spec["modelDeployment"])
+        gpupool = (kwargs["body"].get("metadata", {}).get("labels") or {}).get(LABEL_GPUPOOL)
+        if gpupool:  # a pooled engine came, went or got its address: the group's router follows
+            op.gpupools.refresh(gpupool)
+
+    # GPUPool (cluster-scoped): its groups, the engines of its Pooled deployments, a router per group.
+    @kopf.on.event(GROUP, VERSION, "gpupools", registry=registry)
+    async def _gpupool(**kwargs: Any) -> None:
+        name = kwargs["name"]
+        await ctx.safely("GPUPool", lambda: op.gpupools.reconcile(name))
+
+    @kopf.timer(GROUP, VERSION, "gpupools", interval=config.resync_seconds, registry=registry)
+    async def _gpupool_resync(**kwargs: Any) -> None:
+        name = kwargs["name"]
+        await ctx.safely("GPUPool", lambda: op.gpupools.reconcile(name))
 
     # Engine Pods: deleted or changed behind our back -> reconcile the owning instance.
     @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)

@@ -8,6 +8,8 @@ leaves behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import (
@@ -16,6 +18,7 @@ from flywheel.api.v1alpha1 import (
     PoolDecision,
     ServingPoolSpec,
     ServingPoolStatus,
+    SharingMode,
     conditions_of,
     get_condition,
     is_true,
@@ -58,6 +61,8 @@ class ModelDeploymentController:
         self.ledger = DeploymentLedger()  # deployment energy and tokens so far
         self.brains = Brains(ctx.config.brain_factory, recorder=ctx.config.brain_recorder)
         self._waiting: dict[str, str] = {}  # deployment -> why its brain cannot run (reported once)
+        # Pooled deployments (spec.sharing.mode Pooled) are the GPUPool controller's: (namespace, name).
+        self.pooled: Callable[[str, str], None] = lambda namespace, name: None
 
     def forget(self, namespace: str, name: str) -> None:
         """The deployment is gone: drop its fleet metrics."""
@@ -90,6 +95,14 @@ class ModelDeploymentController:
                 spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
             except ValidationError as exc:
                 await self._invalid(md, validation_message(exc))
+                return
+            if spec.sharing.mode == SharingMode.POOLED:
+                for pool in await self.ctx.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}"):
+                    if not deleting(pool):  # dedicated before: its GPUs go back
+                        await self.ctx.kube.delete(
+                            SERVING_POOLS, namespace, pool["metadata"]["name"], pool["metadata"]["uid"]
+                        )
+                self.pooled(namespace, name)
                 return
             pools = await self.ctx.kube.list(SERVING_POOLS, namespace, f"{LABEL_DEPLOYMENT}={name}")
             observed: dict[str, ServingPoolSpec] = {}
@@ -249,6 +262,8 @@ class ModelDeploymentController:
         unscheduled = sum(1 for i in instances if not i.get("spec", {}).get("nodeName"))
 
         def compute(current: Obj) -> Obj | None:
+            if ((current.get("spec") or {}).get("sharing") or {}).get("mode") == SharingMode.POOLED.value:
+                return None  # the GPUPool controller writes a Pooled deployment's status
             generation = current["metadata"].get("generation")
             # SLO attainment: pass the router's (attainment, window s) as ``slo=`` once it reports them.
             rollup = self.ledger.roll(f"{namespace}/{name}", instances, current.get("status"))

@@ -41,20 +41,27 @@ def model_files(md: Obj) -> ModelFiles | None:
 async def apply_router(kube: KubeClient, md: Obj, image: str) -> list[str]:
     """Bring the deployment's router objects to their desired state; the kinds created or patched."""
     meta = md["metadata"]
-    changed: list[str] = []
     owner = owner_reference(md)
-    for desired in router_objects(meta["name"], meta["namespace"], owner, image, model_files=model_files(md)):
+    objects = router_objects(meta["name"], meta["namespace"], owner, image, model_files=model_files(md))
+    return await apply_objects(kube, meta["namespace"], objects)
+
+
+async def apply_objects(kube: KubeClient, namespace: str, objects: list[Obj]) -> list[str]:
+    """Create each object when absent, merge-patch it when its desired form changed; the kinds
+    created or patched (a pooled GPU group's router uses it too)."""
+    changed: list[str] = []
+    for desired in objects:
         obj = _hashed(desired)
         kind = KINDS[obj["kind"]]
         name = obj["metadata"]["name"]
-        current = await kube.get(kind, meta["namespace"], name)
+        current = await kube.get(kind, namespace, name)
         if current is None:
-            if await kube.create(kind, meta["namespace"], obj) is not None:
+            if await kube.create(kind, namespace, obj) is not None:
                 changed.append(obj["kind"])
             continue
         have = ((current.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH)
         if have != obj["metadata"]["annotations"][SPEC_HASH]:
             patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
-            await kube.patch(kind, meta["namespace"], name, patch)
+            await kube.patch(kind, namespace, name, patch)
             changed.append(obj["kind"])
     return changed

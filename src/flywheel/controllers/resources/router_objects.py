@@ -170,3 +170,72 @@ def router_objects(
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
         },
     ]
+
+
+def pooled_router_name(group: str) -> str:
+    return f"{group}-router"
+
+
+def pooled_router_labels(group: str) -> dict[str, str]:
+    """The labels that select a pooled GPU group's router Pod."""
+    return {COMPONENT: "pooled-router", "flywheel.dev/gpu-group": group}
+
+
+def pooled_router_objects(group: str, namespace: str, owner: Obj, image: str, args: list[str]) -> list[Obj]:
+    """The router of one pooled GPU group (``flywheel pooled-router ARGS``, args from
+    ``controllers.pooling.desired.router_args``): a Deployment of one replica (the group's scheduler
+    decides which engine is awake: two routers would fight over it; ``Recreate`` keeps it at most one)
+    and its Service ``<group>-router`` (port 80 -> 8080). ``owner``: the GPUPool's ownerReference. The
+    router needs no API access: the engines' URLs are in its arguments."""
+    name = pooled_router_name(group)
+    selector = pooled_router_labels(group)
+    labels = {**selector, LABEL_MANAGED_BY: MANAGER, "app.kubernetes.io/name": "flywheel-router"}
+
+    def meta() -> Obj:
+        return {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]}
+
+    container: Obj = {
+        "name": "router",
+        "image": image,
+        "command": ["python", "-m", "flywheel.cli", "pooled-router"],
+        "args": list(args),
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "readinessProbe": {"httpGet": {"path": "/v1/models", "port": "http"}, "periodSeconds": 5},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dict(selector)},
+                "strategy": {"type": "Recreate"},
+                "template": {
+                    "metadata": {"labels": dict(labels)},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "containers": [container],
+                        "terminationGracePeriodSeconds": 30,
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(),
+            "spec": {
+                "selector": dict(selector),
+                "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        },
+    ]

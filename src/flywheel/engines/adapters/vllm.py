@@ -48,7 +48,10 @@ class VLLMAdapter(EngineAdapter):
 
     def env(self, launch: EngineLaunch) -> list[dict[str, str]]:
         # TP workers are started with spawn: forking after CUDA initialisation is unsafe.
-        return [{"name": "VLLM_WORKER_MULTIPROC_METHOD", "value": "spawn"}]
+        env = [{"name": "VLLM_WORKER_MULTIPROC_METHOD", "value": "spawn"}]
+        if "--enable-sleep-mode" in launch.extra_args:  # pooled: /sleep, /wake_up exist only in dev mode
+            env.append({"name": "VLLM_SERVER_DEV_MODE", "value": "1"})
+        return env
 
     def parse_metrics(self, text: str) -> EngineMetrics:
         samples = parse_exposition(text)
