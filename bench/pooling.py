@@ -39,7 +39,7 @@ import numpy as np
 
 from flywheel.controllers.pooling import SwitchCost, assign_models, group_memory_bytes, must_stay_awake
 from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
-from flywheel.controllers.pooling.scheduler import SloRule
+from flywheel.controllers.pooling.decisions import SloRule
 from flywheel.models.gpu import H100_SXM
 from flywheel.models.perf import decode_step_ms, prefill_ms
 from flywheel.sim.pooling import (

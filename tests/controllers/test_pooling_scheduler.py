@@ -21,7 +21,7 @@ from flywheel.controllers.pooling import (
     must_stay_awake,
 )
 from flywheel.controllers.pooling.assign import Demand, PoolTooSmall
-from flywheel.controllers.pooling.scheduler import SloRule
+from flywheel.controllers.pooling.decisions import SloRule
 
 GB = 1e9
 

@@ -44,9 +44,9 @@ from flywheel.controllers.pooling import (
     SwitchCost,
     Wake,
 )
+from flywheel.controllers.pooling.decisions import SloRule
 from flywheel.controllers.pooling.profile import DEFAULT_KV_RESERVE_TOKENS, group_memory_bytes
 from flywheel.controllers.pooling.profile import pooled_model as profile_model
-from flywheel.controllers.pooling.scheduler import SloRule
 from flywheel.controllers.slo import allowed_late_gaps, late_in_run
 from flywheel.models.gpu import H100_SXM, GPUSku
 from flywheel.models.perf import (

@@ -3,7 +3,7 @@ the simulator and the router both use (the simulator's ground truth stays the pr
 
 from __future__ import annotations
 
-from flywheel.controllers.pooling.scheduler import PooledModel
+from flywheel.controllers.pooling.decisions import PooledModel
 from flywheel.controllers.pooling.switchcost import SwitchCost
 from flywheel.models.gpu import GPUSku
 from flywheel.models.perf import (

@@ -38,146 +38,24 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
+from flywheel.controllers.pooling.decisions import (
+    ROUND_TRIP_STEPS,
+    Admission,
+    Compute,
+    Decode,
+    Idle,
+    ModelState,
+    PooledModel,
+    Prefill,
+    RunningRequest,
+    Sleep,
+    SloRule,
+    State,
+    WaitingRequest,
+    Wake,
+)
 from flywheel.controllers.pooling.switchcost import SwitchCost
-
-State = Literal["asleep", "waking", "awake"]
-SloRule = Literal["gap", "deadline"]
-ROUND_TRIP_STEPS = 4  # decode steps granted to the incoming model when a victim's slack is weighed
-
-
-@dataclass(frozen=True)
-class PooledModel:
-    """One model of a pool: its footprint, SLO and the planning estimates of its engine profile."""
-
-    name: str
-    tp: int
-    weight_bytes: float
-    kv_bytes_per_token: float
-    kv_reserve_tokens: int  # KV tokens reserved while awake (caps the tokens of its running requests)
-    ttft_s: float
-    tbt_s: float
-    prefill_floor_s: float
-    prefill_s_per_token: float
-    decode_step_s: float  # a typical decode step (planning only)
-    max_prefill_tokens: int  # prompt tokens per prefill iteration (chunk budget)
-    expected_output_tokens: int = 256  # KV reserved per request for its output
-    pinned: bool = False  # kept awake, never switched out (planner: its wake-up would miss its TTFT)
-
-    @property
-    def footprint_bytes(self) -> float:
-        return self.weight_bytes + self.kv_reserve_tokens * self.kv_bytes_per_token
-
-    def prefill_estimate_s(self, tokens: int) -> float:
-        return self.prefill_floor_s + self.prefill_s_per_token * tokens
-
-
-@dataclass(frozen=True)
-class Admission:
-    accepted: bool
-    status: int  # 200, 429 (the model's queue is full) or 503 (the group is saturated)
-    retry_after_s: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Wake:
-    """Put ``evict`` to sleep (in order), then wake ``model``; the copy engine is busy until ``ready_s``."""
-
-    model: str
-    evict: tuple[str, ...]
-    start_s: float
-    ready_s: float
-
-    @property
-    def cost_s(self) -> float:
-        return self.ready_s - self.start_s
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Put idle ``models`` to sleep ahead of need (so the next wake-up pays no eviction); the copy
-    engine is busy until ``ready_s``."""
-
-    models: tuple[str, ...]
-    start_s: float
-    ready_s: float
-
-
-@dataclass(frozen=True)
-class Prefill:
-    """One prefill iteration of ``model`` over ``tokens`` prompt tokens; ``completes`` are the requests
-    whose prompt ends in it (their first token comes at its end)."""
-
-    model: str
-    tokens: int
-    completes: tuple[str, ...]
-    estimate_s: float
-
-
-@dataclass(frozen=True)
-class Decode:
-    model: str
-
-
-@dataclass(frozen=True)
-class Idle:
-    pass
-
-
-Compute = Prefill | Decode | Idle
-
-
-@dataclass
-class _Waiting:
-    request_id: str
-    arrival_s: float
-    prompt_tokens: int
-    remaining: int
-    deadline_s: float  # first token due (arrival + the request's TTFT target)
-
-
-@dataclass
-class _Running:
-    reserved: int  # KV tokens reserved (prompt + expected output)
-    context: int  # KV tokens held now (prompt + generated)
-    arrival_s: float
-    ttft_s: float
-    generated: int = 1
-
-
-@dataclass
-class _ModelState:
-    model: PooledModel
-    state: State = "asleep"
-    waiting: deque[_Waiting] = field(default_factory=deque)
-    running: dict[str, _Running] = field(default_factory=dict)
-    last_token_s: float = 0.0
-    last_used_s: float = -math.inf
-    draining: bool = False
-
-    def reserved_tokens(self) -> int:
-        return sum(r.reserved for r in self.running.values())
-
-    def kv_bytes(self) -> float:
-        """KV cache its running requests hold (what a token-level switch-out swaps to host)."""
-        return sum(r.context for r in self.running.values()) * self.model.kv_bytes_per_token
-
-    def due_s(self, rule: SloRule) -> float:
-        """When its next decode token is due (inf without running requests)."""
-        if not self.running:
-            return math.inf
-        if rule == "gap":
-            return self.last_token_s + self.model.tbt_s
-        return min(r.arrival_s + r.ttft_s + r.generated * self.model.tbt_s for r in self.running.values())
-
-    def head_deadline_s(self) -> float:
-        return min((w.deadline_s for w in self.waiting), default=math.inf)
-
-    def backlog_s(self) -> float:
-        return sum(self.model.prefill_estimate_s(w.remaining) for w in self.waiting)
 
 
 class GroupScheduler:
@@ -212,7 +90,7 @@ class GroupScheduler:
         self.token_level = token_level
         self.slo: SloRule = slo
         self._computing: str | None = None  # model of the iteration in flight (from next_compute)
-        self._models = {m.name: _ModelState(m) for m in models}
+        self._models = {m.name: ModelState(m) for m in models}
         self._copy_busy_until = -math.inf
         self.wakes: list[Wake] = []
         self.sleeps: list[Sleep] = []
@@ -278,7 +156,7 @@ class GroupScheduler:
         s = self._models[model]
         tokens = max(int(prompt_tokens), 1)
         deadline = arrival_s + (ttft_s if ttft_s is not None else s.model.ttft_s)
-        s.waiting.append(_Waiting(request_id, arrival_s, tokens, tokens, deadline))
+        s.waiting.append(WaitingRequest(request_id, arrival_s, tokens, tokens, deadline))
 
     def finish(self, model: str, request_id: str, now: float) -> None:
         """The request left (finished, failed or abandoned by its client), waiting or running."""
@@ -293,7 +171,7 @@ class GroupScheduler:
     def _free_bytes(self) -> float:
         return self.memory_bytes - self.used_bytes()
 
-    def _evictable(self, exclude: str) -> list[_ModelState]:
+    def _evictable(self, exclude: str) -> list[ModelState]:
         """Awake models that may be put to sleep now (no running requests; no waiting ones unless
         drained for a switch), least recently used first."""
         idle = [
@@ -307,22 +185,22 @@ class GroupScheduler:
         ]
         return sorted(idle, key=lambda s: s.last_used_s)
 
-    def _wake_cost_s(self, s: _ModelState) -> float:
+    def _wake_cost_s(self, s: ModelState) -> float:
         return self.switch.wake_s(s.model.weight_bytes, s.model.tp) + self.switch.kv_in_s(
             s.kv_bytes(), s.model.tp
         )
 
-    def _sleep_cost_s(self, s: _ModelState) -> float:
+    def _sleep_cost_s(self, s: ModelState) -> float:
         return self.switch.sleep_s(s.model.weight_bytes, s.model.tp) + self.switch.kv_out_s(
             s.kv_bytes(), s.model.tp
         )
 
-    def _preemptible(self, cand: _ModelState, now: float) -> list[_ModelState]:
+    def _preemptible(self, cand: ModelState, now: float) -> list[ModelState]:
         """Token-level mode: awake models that may be switched out for ``cand`` — idle ones (least
         recently used first), then busy ones whose every request keeps slack for the round trip
         (most slack first). The model of the iteration in flight is never one."""
-        idle: list[_ModelState] = []
-        busy: list[tuple[float, _ModelState]] = []
+        idle: list[ModelState] = []
+        busy: list[tuple[float, ModelState]] = []
         incoming = self._wake_cost_s(cand) + cand.backlog_s() + ROUND_TRIP_STEPS * cand.model.decode_step_s
         for n, v in self._models.items():
             if n == cand.model.name or v.state != "awake" or n == self._computing or v.model.pinned:
@@ -337,7 +215,7 @@ class GroupScheduler:
         busy.sort(key=lambda x: (-x[0], x[1].model.name))
         return idle + [v for _, v in busy]
 
-    def _urgency_s(self, s: _ModelState) -> float:
+    def _urgency_s(self, s: ModelState) -> float:
         return min(s.head_deadline_s(), s.due_s(self.slo))
 
     def plan_switch(self, now: float) -> Wake | Sleep | None:
@@ -352,7 +230,7 @@ class GroupScheduler:
         )
         for cand in sleepers:
             need = cand.model.footprint_bytes - self._free_bytes()
-            victims: list[_ModelState] = []
+            victims: list[ModelState] = []
             pool = self._preemptible(cand, now) if self.token_level else self._evictable(cand.model.name)
             for v in pool:
                 if need <= 0:
@@ -388,7 +266,7 @@ class GroupScheduler:
         self.sleeps.append(sleep)
         return sleep
 
-    def _maybe_drain(self, cand: _ModelState, now: float) -> None:
+    def _maybe_drain(self, cand: ModelState, now: float) -> None:
         """Mark one awake model for draining when ``cand`` would otherwise miss its TTFT and the
         victim's own waiting requests survive the round trip."""
         if any(s.draining for s in self._models.values()):
@@ -425,7 +303,7 @@ class GroupScheduler:
         s.last_token_s = now
 
     # --- compute ---------------------------------------------------------------------------
-    def _prefill_for(self, s: _ModelState) -> Prefill | None:
+    def _prefill_for(self, s: ModelState) -> Prefill | None:
         budget = s.model.max_prefill_tokens
         room = s.model.kv_reserve_tokens - s.reserved_tokens()
         tokens = 0
@@ -522,9 +400,9 @@ class GroupScheduler:
         return out
 
     @staticmethod
-    def _started(s: _ModelState, w: _Waiting) -> _Running:
+    def _started(s: ModelState, w: WaitingRequest) -> RunningRequest:
         reserved = w.prompt_tokens + s.model.expected_output_tokens
-        return _Running(reserved, w.prompt_tokens + 1, w.arrival_s, w.deadline_s - w.arrival_s)
+        return RunningRequest(reserved, w.prompt_tokens + 1, w.arrival_s, w.deadline_s - w.arrival_s)
 
     def decode_done(self, model: str, now: float, steps: int = 1) -> None:
         """``steps`` decode steps of ``model`` ended at ``now`` (each running request got a token each)."""
