@@ -41,6 +41,15 @@ def router(
     request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds per engine request."),
     refresh_period: float = typer.Option(1.0, "--refresh-period", help="Seconds between engine scrapes."),
     load_period: float = typer.Option(5.0, "--load-period", help="Seconds between pool load writes."),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, help="Tries per request on different instances (before any byte)."
+    ),
+    first_byte_timeout_factor: float = typer.Option(
+        5.0,
+        "--first-byte-timeout-factor",
+        min=0.0,
+        help="Give an instance up (frozen) after this many times the SLO's time to the first byte; 0: off.",
+    ),
 ) -> None:
     """Run the request router (OpenAI completions + chat completions) for one ModelDeployment."""
     from flywheel.engines.router.main import main as run_router
@@ -60,7 +69,8 @@ def _router_options(params: dict[str, Any]) -> RouterOptions:
         max_queued_per_pool=p["max_queued"], max_context_tokens=p["max_context"],
         max_tokens_cap=p["max_tokens_cap"], max_body_bytes=p["max_body_bytes"],
         request_timeout_s=p["request_timeout"], refresh_period_s=p["refresh_period"],
-        load_period_s=p["load_period"],
+        load_period_s=p["load_period"], max_attempts=p["max_attempts"],
+        first_byte_timeout_factor=p["first_byte_timeout_factor"],
     )  # fmt: skip
 
 
