@@ -33,7 +33,7 @@ class FaultSpec:
     xid: int | None = None
     api: ApiFaultRule | None = None  # kind "api": what the API server does to the operator's requests
     duration_s: float | None = None  # kind "api": how long (None: until the end)
-    node: int | None = None  # kind "kill_agent": which node (None: the first)
+    node: int | None = None  # kind "kill_agent": which node; "kill_router": which replica (None: the first)
 
     @property
     def label(self) -> str:
@@ -61,6 +61,7 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
     FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
     FaultType.KILL_AGENT: ("kill_agent", None),  # its threads stop dead, clocks left locked; restarted
+    FaultType.KILL_ROUTER: ("kill_router", None),  # SIGKILL a router replica (target.node: which one)
     FaultType.API_ERRORS: ("api", None),  # the operator's API requests fail (devcluster.apifaults)
     FaultType.API_LATENCY: ("api", None),
     FaultType.WATCH_DISCONNECT: ("api", None),
