@@ -76,6 +76,7 @@ from flywheel.api.v1alpha1.modelinstance import (
     ModelInstanceStatus,
 )
 from flywheel.api.v1alpha1.servingpool import (
+    ClassRates,
     PoolDecision,
     PoolLoad,
     PoolRequestClass,
@@ -96,6 +97,7 @@ __all__ = [
     "VERSION",
     "Action",
     "ActionRecord",
+    "ClassRates",
     "ClassSLO",
     "ClockPolicy",
     "Condition",
