@@ -198,7 +198,7 @@ async def _one(
                 continue
         if retry < MAX_RETRIES:
             await asyncio.sleep(retry_delay(retry + 1, None, rng))
-    return Outcome(**{**outcome.__dict__, "retries": tuple(reasons)})
+    return Outcome(**{**outcome.__dict__, "retries": tuple(reasons[:MAX_RETRIES])})
 
 
 def _failed(base: Outcome, status: int, error: str) -> Outcome:
