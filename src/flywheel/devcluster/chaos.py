@@ -290,8 +290,9 @@ class FaultInjector:
             quarantined = _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
             record.quarantined = record.quarantined or quarantined
             if record.spec.clears or record.spec.false_alarm:
-                # Transient: over once cleared, its GPU free again and its pool at strength.
-                if record.cleared_at is not None and not quarantined and _pool_full(pools, instances, record):
+                # Transient: over once cleared, its GPU free again (a GPU fault's) and its pool at strength.
+                gpu_held = quarantined and record.spec.kind in _GPU_KINDS
+                if record.cleared_at is not None and not gpu_held and _pool_full(pools, instances, record):
                     record.recovered_at = now
                 continue
             if record.isolated_at is None and (
