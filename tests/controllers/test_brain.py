@@ -6,6 +6,7 @@ from typing import Any
 
 from flywheel.api.v1alpha1 import (
     AUTO_CLASS_NAMES,
+    ClassRates,
     GPUNodeStatus,
     ModelDeploymentSpec,
     PoolRequestClass,
@@ -89,6 +90,38 @@ def test_the_observation_is_the_simulators_types_from_pool_status() -> None:
     assert list(windows) == ["ll"] and windows["ll"].count == 120
     assert windows["ll"].prompt_tokens == 120 * 500
     assert brain_pool("d", "d-all") == "all"
+
+
+def test_a_shared_pool_is_split_by_the_routers_per_class_rates() -> None:
+    shared = view("a", ("ss", "sm", "ms"), 4.0)
+    assert shared.status is not None and shared.status.load is not None
+    load = shared.status.load.model_copy(
+        update={
+            "classes": {
+                "ss": ClassRates(
+                    requests_per_second=3.0, input_tokens_per_second=600, output_tokens_per_second=300
+                ),
+                "sm": ClassRates(
+                    requests_per_second=1.0, input_tokens_per_second=400, output_tokens_per_second=50
+                ),
+                "ms": ClassRates(),  # served by the pool, no request in the window
+            }
+        }
+    )
+    split = PoolView("a", shared.spec, shared.status.model_copy(update={"load": load}))
+    windows = class_windows([split], 60.0)
+    assert sorted(windows) == ["sm", "ss"]
+    assert (windows["ss"].count, windows["ss"].prompt_tokens, windows["ss"].output_tokens) == (
+        180,
+        36000,
+        18000,
+    )
+    assert (windows["sm"].count, windows["sm"].prompt_tokens) == (60, 24000)
+    # Per-class rates round-trip through the status as the router writes them (camelCase).
+    status = ServingPoolStatus.model_validate(
+        {"load": {"requestsPerSecond": 1, "classes": {"ss": {"requestsPerSecond": 1}}}}
+    )
+    assert status.load is not None and status.load.classes["ss"].requests_per_second == 1
 
 
 def test_the_brain_starts_one_pool_for_every_class_at_low_load() -> None:

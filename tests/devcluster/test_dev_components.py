@@ -25,6 +25,7 @@ from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.engines.router.telemetry import ClassLoad
 from flywheel.kubeclient import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from flywheel.models.gpu import H100_SXM
 from waiting import eventually_async
@@ -166,6 +167,35 @@ async def test_router_sync_follows_pools_and_serving_instances(kube: KubeClient)
     await kube.patch(MODEL_INSTANCES, NS, "a", {"metadata": {"annotations": {weight: None}}})
     await sync.sync()
     assert {b.name: b.routable for b in router.pools["md-short"].backends}["a"] is True
+
+
+async def test_router_writes_per_class_load_and_drops_classes_the_pool_no_longer_serves(
+    kube: KubeClient,
+) -> None:
+    pool = {
+        "metadata": {"name": "md-short"},
+        "spec": {"modelDeployment": "md", "requestClass": {"name": "short", "mergedClasses": ["mid"]}},
+    }
+    await kube.create(SERVING_POOLS, NS, pool)
+    router = Router("m", CollectorRegistry())
+    sync = KubeDiscovery(kube, router, NS, "md", replica="r-0", load_period_s=3600.0)
+    await sync.sync()
+    await sync.write_load({"short": ClassLoad(3.0, 300.0, 30.0), "mid": ClassLoad(1.0, 50.0, 5.0)})
+    written = await kube.get(SERVING_POOLS, NS, "md-short")
+    assert written is not None
+    load, share = written["status"]["load"], written["status"]["routerLoads"]["r-0"]
+    assert load["requestsPerSecond"] == 4.0
+    assert load["classes"]["short"]["requestsPerSecond"] == 3.0
+    assert share["classes"]["mid"]["inputTokensPerSecond"] == 50.0
+    # The cluster controller unmerges "mid": it leaves the pool's per-class load.
+    await kube.patch(SERVING_POOLS, NS, "md-short", {"spec": {"requestClass": {"mergedClasses": []}}})
+    await sync.sync()
+    await sync.write_load({"short": ClassLoad(2.0, 200.0, 20.0), "mid": ClassLoad(1.0, 50.0, 5.0)})
+    written = await kube.get(SERVING_POOLS, NS, "md-short")
+    assert written is not None
+    assert sorted(written["status"]["load"]["classes"]) == ["short"]
+    assert sorted(written["status"]["routerLoads"]["r-0"]["classes"]) == ["short"]
+    assert written["status"]["load"]["requestsPerSecond"] == 2.0
 
 
 async def test_router_discovery_follows_changes_by_watch(kube: KubeClient) -> None:

@@ -1,4 +1,4 @@
-"""Router: classification into pools, queue-depth balancing, one retry on failure, streaming
+"""Router: classification into pools, queue-depth balancing, retries on failure, streaming
 pass-through, per-class counters on the passed-in registry."""
 
 from __future__ import annotations
@@ -139,12 +139,14 @@ async def test_retries_once_on_a_failed_instance(
     assert response.status_code == 200
     assert response.json()["flywheel"]["instance"] == "alive"
     registry = server.router.registry
-    assert _sample(registry, "flywheel_router_retries_total") == 1
+    assert _sample(registry, "flywheel_router_retries_total", reason="status") == 1
     assert server.router.pools["p"].backends[0].failed_at is not None  # out of rotation for a while
 
 
-async def test_gives_up_after_one_retry(engine_server: EngineFactory, router_server: RouterFactory) -> None:
-    engines = [await engine_server(name=n) for n in ("1", "2", "3")]
+async def test_gives_up_after_the_attempt_limit(
+    engine_server: EngineFactory, router_server: RouterFactory
+) -> None:
+    engines = [await engine_server(name=n) for n in ("1", "2", "3", "4")]
     backends = [_backend(e, "p", e.instance) for e in engines]
     # No background refresh after the first: the router learns of the failures from the requests.
     server = await router_server([Pool("p", frozenset({"ss"}), backends)], refresh_s=3600)
@@ -153,8 +155,10 @@ async def test_gives_up_after_one_retry(engine_server: EngineFactory, router_ser
     async with httpx.AsyncClient() as client:
         response = await _post(client, server.url, 50, 4)
     assert response.status_code == 502
-    assert _sample(server.router.registry, "flywheel_router_retries_total") == 1
-    assert sum(b.failed_at is not None for b in server.router.backends()) == 2
+    # Three attempts (the default policy): two retries, three instances marked failed, one untried.
+    assert _sample(server.router.registry, "flywheel_router_retries_total", reason="status") == 2
+    assert sum(b.failed_at is not None for b in server.router.backends()) == 3
+    assert all(b.in_flight == 0 for b in server.router.backends())
 
 
 async def test_connection_refused_counts_as_instance_failure(
@@ -275,7 +279,7 @@ async def test_retry_moves_to_the_nearest_pool_when_the_pool_has_no_other_instan
         response = await _post(client, server.url, 50, 4)
     assert response.status_code == 200
     assert response.json()["flywheel"]["instance"] == "other"
-    assert _sample(server.router.registry, "flywheel_router_retries_total") == 1
+    assert _sample(server.router.registry, "flywheel_router_retries_total", reason="status") == 1
 
 
 async def test_refresh_takes_unhealthy_instances_out_of_rotation(

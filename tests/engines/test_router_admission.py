@@ -288,7 +288,7 @@ async def test_a_retry_waits_for_a_slot_instead_of_passing_the_cap(
     assert [r.json()["flywheel"]["instance"] for r in responses] == ["alive", "alive"]
     assert arrivals.prompts == [10, 11]
     assert arrivals.peak == 1
-    assert _sample(router, "flywheel_router_retries_total") == 1
+    assert _sample(router, "flywheel_router_retries_total", reason="status") == 1
     assert [b.in_flight for b in router.backends()] == [0, 0]
 
 

@@ -92,6 +92,7 @@ def test_pool_load_sums_fresh_replica_shares_and_drops_stale_ones() -> None:
             "inputTokensPerSecond": 10 * rps,
             "outputTokensPerSecond": rps,
             "observedAt": at,
+            "classes": {"ss": {"requestsPerSecond": rps / 2}, "sm": {"requestsPerSecond": rps / 2}},
         }
 
     shares = {
@@ -101,7 +102,13 @@ def test_pool_load_sums_fresh_replica_shares_and_drops_stale_ones() -> None:
         "r-bad": {"observedAt": "x"},
     }
     total, stale = sum_shares(shares, now, stale_after_s=30)
-    assert total == {"requestsPerSecond": 5.0, "inputTokensPerSecond": 50.0, "outputTokensPerSecond": 5.0}
+    classes = {"requestsPerSecond": 2.5, "inputTokensPerSecond": 0.0, "outputTokensPerSecond": 0.0}
+    assert total == {
+        "requestsPerSecond": 5.0,
+        "inputTokensPerSecond": 50.0,
+        "outputTokensPerSecond": 5.0,
+        "classes": {"sm": classes, "ss": classes},  # per class too, for the energy brain
+    }
     assert sorted(stale) == ["r-bad", "r-dead"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,12 @@ def test_the_command_line_parses_into_router_options() -> None:
         "r-1",
     )
     assert options.backends == [] and options.max_context_tokens is None
+    assert (options.max_attempts, options.first_byte_timeout_factor) == (3, 5.0)
+    tuned = router_options(
+        ["--backend", "e=http://x:1", "--max-attempts", "2", "--first-byte-timeout-factor", "0"]
+    )
+    router = build_router(dataclasses.replace(tuned, model="m"), None)
+    assert (router.retry.max_attempts, router.retry.first_byte_factor) == (2, 0.0)
 
 
 def _word_tokenizer(path: Path) -> Path:

@@ -41,6 +41,22 @@ def router(
     request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds per engine request."),
     refresh_period: float = typer.Option(1.0, "--refresh-period", help="Seconds between engine scrapes."),
     load_period: float = typer.Option(5.0, "--load-period", help="Seconds between pool load writes."),
+    time_scale: float = typer.Option(
+        1.0, "--time-scale", min=0.001, hidden=True, help="flywheel dev: virtual seconds per wall second."
+    ),
+    load_window: float = typer.Option(30.0, "--load-window", min=0.1, help="Seconds of the load meter."),
+    discovery_period: float = typer.Option(
+        10.0, "--discovery-period", min=0.05, help="Seconds between full re-lists of the engines."
+    ),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, help="Tries per request on different instances (before any byte)."
+    ),
+    first_byte_timeout_factor: float = typer.Option(
+        5.0,
+        "--first-byte-timeout-factor",
+        min=0.0,
+        help="Give an instance up (frozen) after this many times the SLO's time to the first byte; 0: off.",
+    ),
 ) -> None:
     """Run the request router (OpenAI completions + chat completions) for one ModelDeployment."""
     from flywheel.engines.router.main import main as run_router
@@ -60,7 +76,9 @@ def _router_options(params: dict[str, Any]) -> RouterOptions:
         max_queued_per_pool=p["max_queued"], max_context_tokens=p["max_context"],
         max_tokens_cap=p["max_tokens_cap"], max_body_bytes=p["max_body_bytes"],
         request_timeout_s=p["request_timeout"], refresh_period_s=p["refresh_period"],
-        load_period_s=p["load_period"],
+        load_period_s=p["load_period"], max_attempts=p["max_attempts"],
+        first_byte_timeout_factor=p["first_byte_timeout_factor"], time_scale=p["time_scale"],
+        load_window_s=p["load_window"], discovery_period_s=p["discovery_period"],
     )  # fmt: skip
 
 

@@ -2,7 +2,18 @@
 
 Kinds: ``xid<N>`` (an XID event on one GPU of a serving instance; XID 79, "GPU has fallen off the
 bus", also makes the GPU lost, so its engine fails), ``gpulost`` (lost without an XID event), ``hang``
-(the engine stops generating while its ``/health`` stays green) and ``crash`` (the engine process dies).
+(the engine stops generating while its ``/health`` stays green), ``crash`` (the engine process dies),
+``ecc`` (a double-bit ECC error, XID 48) and ``thermal`` (the GPU throttles: a straggler).
+
+Targets (from a ``--chaos`` scenario): ``node``/``gpu`` pick the GPU (modulo the dev cluster's size;
+the instance on it, if any, is the victim), ``engine`` a serving instance by index in name order;
+none: the busiest serving instance. A fault with ``clears`` ends by itself after ``duration`` (the GPU
+comes back, the engine resumes, the throttle lifts); a ``false_alarm`` only raises the signal (an
+XID 79 event, the GPU keeps working). Such a fault counts as recovered once cleared, its GPU out of
+quarantine and its pool serving as many instances as it wants.
+
+Not expressible here (named as skipped): ``nic_down``, ``disk`` and ``node_death``, false alarms of
+anything but XIDs; targets beyond the dev cluster's nodes and GPUs wrap around (modulo).
 
 The timeline is observed from outside, as an SRE would: *detected* when the node agent reports the GPU
 unhealthy in its GPUNode (or, for engine faults, when an Incident names the instance), *isolated* when
@@ -12,6 +23,7 @@ has as many serving instances as it wants again, none of them the faulty one.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,6 +33,7 @@ from typing import Any
 from flywheel.controllers.fault.scenario import FaultType, Scenario
 from flywheel.devcluster.apifaults import ApiFaultRule
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
+from flywheel.devcluster.nodes import SimNode
 
 Obj = dict[str, Any]
 _SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:\.\d+)?)s?$")
@@ -33,11 +46,16 @@ class FaultSpec:
     xid: int | None = None
     api: ApiFaultRule | None = None  # kind "api": what the API server does to the operator's requests
     duration_s: float | None = None  # kind "api": how long (None: until the end)
-    node: int | None = None  # kind "kill_agent": which node (None: the first)
+    node: int | None = None  # GPU faults: the node; "kill_agent": which node; "kill_router": which replica
+    gpu: int | None = None  # GPU faults: the GPU on ``node``
+    engine: int | None = None  # engine faults: the serving instance by index (name order)
+    clears: bool = False  # ends by itself after ``duration_s``
+    false_alarm: bool = False  # only the signal: the part keeps working
 
     @property
     def label(self) -> str:
-        return f"xid{self.xid}" if self.kind == "xid" else self.kind
+        base = f"xid{self.xid}" if self.kind == "xid" else self.kind
+        return f"{base} (false alarm)" if self.false_alarm else base
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
@@ -52,15 +70,20 @@ class FaultSpec:
         return cls(kind, float(match["at"]))
 
 
+_GPU_KINDS = frozenset({"xid", "gpulost", "ecc", "thermal"})
+
 # Scenario fault types the dev cluster injects today (``flywheel dev --chaos FILE``).
 _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.XID: ("xid", 79),
     FaultType.GPU_LOST: ("gpulost", None),
+    FaultType.ECC: ("ecc", None),
+    FaultType.THERMAL: ("thermal", None),
     FaultType.ENGINE_HANG: ("hang", None),
     FaultType.ENGINE_CRASH: ("crash", None),
     FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
     FaultType.KILL_OPERATOR: ("kill_operator", None),  # SIGKILL the operator, start a new one
     FaultType.KILL_AGENT: ("kill_agent", None),  # its threads stop dead, clocks left locked; restarted
+    FaultType.KILL_ROUTER: ("kill_router", None),  # SIGKILL a router replica (target.node: which one)
     FaultType.API_ERRORS: ("api", None),  # the operator's API requests fail (devcluster.apifaults)
     FaultType.API_LATENCY: ("api", None),
     FaultType.WATCH_DISCONNECT: ("api", None),
@@ -68,13 +91,13 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
 
 
 def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
-    """The scenario's faults the dev cluster can inject (on the busiest serving instance, at their
-    time; targets, durations and false alarms are not modelled here yet), and the types it skips."""
+    """The scenario's faults the dev cluster can inject (with their targets, durations and clears, and
+    XID false alarms), and the ones it skips."""
     specs: list[FaultSpec] = []
     skipped: set[str] = set()
     for fault in scenario.expand():
         mapped = _FROM_SCENARIO.get(fault.type)
-        if mapped is None or fault.false_alarm:
+        if mapped is None or (fault.false_alarm and mapped[0] != "xid"):
             skipped.add(f"{fault.type.value}{' (false alarm)' if fault.false_alarm else ''}")
             continue
         if mapped[0] == "api":
@@ -92,7 +115,20 @@ def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
             )
             specs.append(FaultSpec("api", round(fault.at, 3), api=rule, duration_s=duration))
             continue
-        specs.append(FaultSpec(mapped[0], round(fault.at, 3), mapped[1], node=fault.target.node))
+        clears = (fault.clears or fault.false_alarm) and fault.duration is not None
+        specs.append(
+            FaultSpec(
+                mapped[0],
+                round(fault.at, 3),
+                mapped[1],
+                duration_s=fault.duration if clears else None,
+                node=fault.target.node,
+                gpu=fault.target.gpu,
+                engine=fault.target.engine,
+                clears=clears,
+                false_alarm=fault.false_alarm,
+            )
+        )
     return specs, sorted(skipped)
 
 
@@ -111,6 +147,8 @@ class FaultRecord:
     note: str = ""
     wanted: int = 0
     pod_uid: str = ""  # the faulty engine's Pod: a restart in place gives the instance a new one
+    cleared_at: float | None = None  # a fault that clears (or a false alarm's signal) ended
+    quarantined: bool = False  # its GPU was quarantined at some point
 
     def elapsed(self, at: float | None) -> float | None:
         if at is None or self.injected_at is None:
@@ -130,6 +168,9 @@ class FaultRecord:
             "detected_after_s": self.elapsed(self.detected_at),
             "isolated_after_s": self.elapsed(self.isolated_at),
             "recovered_after_s": self.elapsed(self.recovered_at),
+            "false_alarm": self.spec.false_alarm,
+            "clears_after_s": self.spec.duration_s if self.spec.clears else None,
+            "quarantined": self.quarantined,
             "note": self.note,
         }
 
@@ -139,45 +180,95 @@ class FaultInjector:
     kubelet: EngineKubelet
     records: list[FaultRecord] = field(default_factory=list)
 
-    def _victim(self, serving: set[str]) -> RunningEngine | None:
-        candidates = [
-            e
-            for e in self.kubelet.engines.values()
-            # routable = Active per its ModelInstance (the Pod's role label stays "Standby" after a
-            # promotion, so it is not consulted)
-            if e.instance in serving and e.ready and e.engine.failure is None
-        ]
+    def _victim(self, spec: FaultSpec, serving: set[str]) -> RunningEngine | None:
+        candidates = sorted(
+            (
+                e
+                for e in self.kubelet.engines.values()
+                # routable = Active per its ModelInstance (the Pod's role label stays "Standby" after a
+                # promotion, so it is not consulted)
+                if e.instance in serving and e.ready and e.engine.failure is None
+            ),
+            key=lambda e: e.instance,
+        )
+        if spec.node is not None:
+            nodes = list(self.kubelet.nodes.values())
+            node = nodes[spec.node % len(nodes)]
+            candidates = [e for e in candidates if e.node is node]
+            if spec.gpu is not None:
+                uuid = node.uuids[spec.gpu % len(node.uuids)]
+                candidates = [e for e in candidates if uuid in e.gpu_uuids]
         if not candidates:
             return None
+        if spec.engine is not None:
+            return candidates[spec.engine % len(candidates)]
         # The busiest serving instance: the fault hurts, and recovery is visible in the numbers.
         return max(candidates, key=lambda e: (e.engine.stats.requests_finished_total, e.instance))
+
+    def _part(self, spec: FaultSpec, victim: RunningEngine | None) -> tuple[SimNode, str] | None:
+        """The GPU a fault hits: the victim's first, else the scenario's target GPU (an idle one)."""
+        if victim is not None:
+            return victim.node, victim.gpu_uuids[0]
+        if spec.node is None or spec.kind not in _GPU_KINDS:
+            return None
+        nodes = list(self.kubelet.nodes.values())
+        node = nodes[spec.node % len(nodes)]
+        return node, node.uuids[(spec.gpu or 0) % len(node.uuids)]
 
     def inject(self, spec: FaultSpec, serving: set[str], wanted: dict[str, int]) -> FaultRecord:
         record = FaultRecord(spec)
         self.records.append(record)
-        victim = self._victim(serving)
-        if victim is None:
+        victim = self._victim(spec, serving)
+        part = self._part(spec, victim)
+        if part is None:
             record.note = "no serving instance to fault"
             return record
-        record.instance, record.pool, record.node = victim.instance, victim.pool, victim.node.name
-        record.pod_uid = victim.pod_uid
-        record.gpu_uuid = victim.gpu_uuids[0]
-        record.wanted = wanted.get(victim.pool, 1)
-        index = victim.node.index_of(record.gpu_uuid)
-        nvml = victim.node.nvml
+        node, record.gpu_uuid = part
+        record.node = node.name
+        if victim is not None:
+            record.instance, record.pool = victim.instance, victim.pool
+            record.pod_uid = victim.pod_uid
+            record.wanted = wanted.get(victim.pool, 1)
+        else:
+            record.note = "idle GPU"
+        index = node.index_of(record.gpu_uuid)
+        nvml = node.nvml
         if spec.kind == "xid":
-            if spec.xid == 79:
+            if spec.xid == 79 and not spec.false_alarm:
                 nvml.inject_gpu_lost(index, emit_event=False)
             nvml.inject_xid(index, spec.xid or 0)
         elif spec.kind == "gpulost":
             nvml.inject_gpu_lost(index)
+        elif spec.kind == "ecc":
+            nvml.inject_ecc_dbe(index)
+        elif spec.kind == "thermal":
+            nvml.inject_thermal_throttle(index)
+        elif victim is None:
+            record.note = "no serving instance to fault"
+            return record
         elif spec.kind == "hang":
             victim.engine.hang()
         elif spec.kind == "crash":
             victim.engine.fail("engine process exited")
         record.injected_at = time.monotonic()
         record.injected_utc = datetime.now(UTC)
+        if spec.false_alarm and not spec.clears:
+            record.cleared_at = record.injected_at  # only a signal: nothing to clear
+        if spec.clears and spec.duration_s is not None:
+            asyncio.get_running_loop().call_later(spec.duration_s, self._clear, record, victim, index)
         return record
+
+    def _clear(self, record: FaultRecord, victim: RunningEngine | None, index: int) -> None:
+        """A transient fault ends by itself: the GPU is back, the throttle lifts, the engine resumes."""
+        kind = record.spec.kind
+        node = self.kubelet.nodes.get(record.node)
+        if node is not None and kind in ("xid", "gpulost", "ecc") and not record.spec.false_alarm:
+            node.nvml.recover(index)
+        elif node is not None and kind == "thermal":
+            node.nvml.inject_thermal_throttle(index, on=False)
+        elif kind == "hang" and victim is not None:
+            victim.engine.recover()
+        record.cleared_at = time.monotonic()
 
     def _restarted(self, record: FaultRecord) -> bool:
         """The faulty instance runs a fresh, healthy engine (its Pod was replaced in place)."""
@@ -196,6 +287,14 @@ class FaultInjector:
                 _gpu_unhealthy(gpunodes, record.node, record.gpu_uuid) or _incident_names(incidents, record)
             ):
                 record.detected_at = now
+            quarantined = _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
+            record.quarantined = record.quarantined or quarantined
+            if record.spec.clears or record.spec.false_alarm:
+                # Transient: over once cleared, its GPU free again (a GPU fault's) and its pool at strength.
+                gpu_held = quarantined and record.spec.kind in _GPU_KINDS
+                if record.cleared_at is not None and not gpu_held and _pool_full(pools, instances, record):
+                    record.recovered_at = now
+                continue
             if record.isolated_at is None and (
                 _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
                 or (not _serving(instances, record.instance) and record.detected_at is not None)
@@ -249,6 +348,19 @@ def _serving(instances: list[Obj], name: str) -> bool:
             c.get("type") == "Serving" and c.get("status") == "True" for c in conditions
         )
     return False
+
+
+def _pool_full(pools: list[Obj], instances: list[Obj], record: FaultRecord) -> bool:
+    if not record.pool:
+        return True
+    pool = next((p for p in pools if p["metadata"]["name"] == record.pool), None)
+    wanted = int(((pool or {}).get("spec") or {}).get("instances", record.wanted))
+    serving = [
+        i
+        for i in instances
+        if (i.get("spec") or {}).get("pool") == record.pool and _serving(instances, i["metadata"]["name"])
+    ]
+    return len(serving) >= max(wanted, 1)
 
 
 def _recovered(pools: list[Obj], instances: list[Obj], record: FaultRecord, restarted: bool) -> bool:

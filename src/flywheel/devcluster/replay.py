@@ -5,6 +5,13 @@ fraction of the trace is sent (``sample``); the engines then see that fraction o
 the same virtual clock. Each request asks for ``max_tokens`` (an upper bound, as clients do) and
 carries the trace's true output length as the simulated engine's EOS hint, which the router never
 reads. A share of requests streams (SSE) to exercise streaming end to end.
+
+The client behaves as the OpenAI Python SDK does (openai-python ``_base_client``/``_constants``:
+``DEFAULT_MAX_RETRIES = 2``; connection errors, timeouts and HTTP 408, 409, 429 and 5xx are retried
+after ``INITIAL_RETRY_DELAY`` 0.5 s doubling up to ``MAX_RETRY_DELAY`` 8 s with jitter, or the server's
+``Retry-After``). A retry goes to another router replica (as a new connection through a Service would).
+A streamed response that breaks after it began is not retried (the SDK hands the stream to the caller
+once the headers arrived). A request is lost only when it finally fails; retries are counted by reason.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from flywheel.engines.openai import prompt_of_length
 from flywheel.sim.workloads import Workload
 
 MAX_TOKENS = 2048
+MAX_RETRIES = 2
+STREAM_CUT = "stream cut"
+INITIAL_RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 8.0
+RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Outcome:
     max_tbt_s: float | None = None
     e2e_s: float | None = None
     error: str = ""
+    retries: tuple[str, ...] = ()  # why the client sent it again: "connection" or the HTTP status
 
     @property
     def ok(self) -> bool:
@@ -88,8 +101,66 @@ def plan(
     return ReplayPlan(arrivals, prompts, outputs, streamed, sample)
 
 
+class _Retry(Exception):
+    """A failure the SDK retries; ``reason``: "connection" or the HTTP status; ``after``: Retry-After."""
+
+    def __init__(self, outcome: Outcome, reason: str, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason, self.after = outcome, reason, after
+
+
+def retry_delay(retry: int, retry_after: float | None, rng: random.Random) -> float:
+    """The SDK's pause before retry ``retry`` (1, 2): the server's Retry-After when 0-60 s, else
+    0.5 s doubling, at most 8 s, less up to 25 % jitter."""
+    if retry_after is not None and 0 <= retry_after <= 60:
+        return retry_after
+    delay = min(INITIAL_RETRY_DELAY_S * 2.0 ** (retry - 1), MAX_RETRY_DELAY_S)
+    return delay * (1 - 0.25 * rng.random())
+
+
+async def _attempt(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], base: Outcome, streamed: bool
+) -> Outcome:
+    started = False
+    try:
+        async with session.post(f"{url}/v1/completions", json=body) as response:
+            if response.status != 200:
+                text = (await response.text())[:200]
+                failed = _failed(base, response.status, text)
+                if response.status in RETRY_STATUSES or response.status >= 500:
+                    after = response.headers.get("Retry-After")
+                    raise _Retry(
+                        failed, str(response.status), float(after) if after and after.isdigit() else None
+                    )
+                return failed
+            if not streamed:
+                return _timed(base, 200, await response.json())
+            started = True
+            final: dict[str, object] | None = None
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if line.startswith("data: {") and ('"flywheel"' in line or '"error"' in line):
+                    final = json.loads(line.removeprefix("data: "))
+        if final is None or "error" in final:
+            return _failed(base, 502, f"{STREAM_CUT}: ended without a final chunk")
+        return _timed(base, 200, final)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        failed = _failed(base, 599, f"{type(error).__name__}: {error}")
+        if started:  # the stream broke after it began: the SDK's caller sees the error
+            return _failed(base, 599, f"{STREAM_CUT}: {type(error).__name__}: {error}")
+        raise _Retry(failed, "connection") from error
+    except ValueError as error:
+        return _failed(base, 599, f"{type(error).__name__}: {error}")
+
+
 async def _one(
-    session: aiohttp.ClientSession, url: str, model: str, index: int, plan_: ReplayPlan, t0: float
+    session: aiohttp.ClientSession,
+    urls: Callable[[], list[str]],
+    model: str,
+    index: int,
+    plan_: ReplayPlan,
+    t0: float,
+    rng: random.Random,
 ) -> Outcome:
     body = {
         "model": model,
@@ -105,22 +176,29 @@ async def _one(
         streamed=plan_.streamed[index],
         status=0,
     )
-    try:
-        async with session.post(f"{url}/v1/completions", json=body) as response:
-            if response.status != 200:
-                return _failed(base, response.status, (await response.text())[:200])
-            if not plan_.streamed[index]:
-                return _timed(base, 200, await response.json())
-            final: dict[str, object] | None = None
-            async for raw in response.content:
-                line = raw.decode().strip()
-                if line.startswith("data: {") and ('"flywheel"' in line or '"error"' in line):
-                    final = json.loads(line.removeprefix("data: "))
-        if final is None or "error" in final:
-            return _failed(base, 502, "stream ended without a final chunk")
-        return _timed(base, 200, final)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        return _failed(base, 599, f"{type(error).__name__}: {error}")
+    reasons: list[str] = []
+    last = ""
+    for retry in range(MAX_RETRIES + 1):
+        replicas = urls()
+        if not replicas:
+            outcome = _failed(base, 599, "no router replica")
+            reasons.append("connection")
+        else:
+            # Round robin over the replicas; a retry avoids the one that just failed when it can.
+            others = [u for u in replicas if u != last] or replicas
+            last = others[(index + retry) % len(others)]
+            try:
+                outcome = await _attempt(session, last, body, base, plan_.streamed[index])
+                return Outcome(**{**outcome.__dict__, "retries": tuple(reasons)})
+            except _Retry as failure:
+                outcome = failure.outcome
+                reasons.append(failure.reason)
+                if retry < MAX_RETRIES:
+                    await asyncio.sleep(retry_delay(retry + 1, failure.after, rng))
+                continue
+        if retry < MAX_RETRIES:
+            await asyncio.sleep(retry_delay(retry + 1, None, rng))
+    return Outcome(**{**outcome.__dict__, "retries": tuple(reasons[:MAX_RETRIES])})
 
 
 def _failed(base: Outcome, status: int, error: str) -> Outcome:
@@ -146,15 +224,16 @@ def _timed(base: Outcome, status: int, payload: object) -> Outcome:
 
 async def replay(
     plan_: ReplayPlan,
-    router_url: str,
+    router_urls: Callable[[], list[str]],
     model: str,
     on_outcome: Callable[[Outcome], None],
     *,
     started: Callable[[float], None] | None = None,
 ) -> None:
-    """Send every planned request at its time; returns when all have answered."""
+    """Send every planned request at its time; returns when all have answered. ``router_urls``: the
+    router replicas that take new connections now (a Service's ready endpoints)."""
     # The load generator uses aiohttp's client: on a 2-core machine it leaves the CPU to the system
-    # under test (the router itself proxies with httpx).
+    # under test.
     timeout = aiohttp.ClientTimeout(total=300.0, connect=5.0)
     connector = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as client:
@@ -162,9 +241,10 @@ async def replay(
         if started is not None:
             started(t0)
         tasks: set[asyncio.Task[None]] = set()
+        rng = random.Random(0)
 
         async def fire(index: int) -> None:
-            on_outcome(await _one(client, router_url, model, index, plan_, t0))
+            on_outcome(await _one(client, router_urls, model, index, plan_, t0, rng))
 
         for index, at in enumerate(plan_.arrivals_wall_s):
             delay = t0 + at - time.monotonic()

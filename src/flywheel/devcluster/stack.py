@@ -2,7 +2,8 @@
 
 Starts the Kubernetes API emulator (own thread), the real operator against it (a subprocess, so it
 runs on its own core), K simulated GPU nodes each with the real node agent (threads), a kubelet that
-runs a simulated engine for every engine Pod the operator creates, and the router; applies a sample
+runs a simulated engine for every engine Pod the operator creates, and two router replicas (processes);
+applies a sample
 ModelDeployment (``engine: simulated``); replays an Azure trace time-compressed through the router;
 injects faults on request; shows a live view; writes a JSON report.
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -45,9 +46,9 @@ from flywheel.devcluster.options import (
     sample_deployment,
 )
 from flywheel.devcluster.replay import ReplayPlan, plan, replay
+from flywheel.devcluster.router_replicas import RouterReplicas, router_command
 from flywheel.devcluster.stack_report import StackReport
 from flywheel.devcluster.view import one_line, render
-from flywheel.engines.router import RouterServer
 from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.engines.router.main import build_router
 from flywheel.kubeclient import (
@@ -60,6 +61,7 @@ from flywheel.operator.router_apply import KINDS as ROUTER_KINDS
 from flywheel.sim.workloads import load_trace
 
 log = logging.getLogger(__name__)
+ROUTER_REPLICAS = 2  # as the router Deployment's minimum
 
 
 class DevCluster(StackReport):
@@ -106,11 +108,12 @@ class DevCluster(StackReport):
         self.tasks.append(loop.create_task(self.sync.run(), name="router-discovery"))
 
     async def _start_router(self, url: str) -> None:
-        """The router as a cluster runs it: the command line of the router Deployment the operator
-        created for the sample deployment, parsed by ``flywheel router`` itself, built and discovering
-        engines by the same code. Dev-only: the API server URL, a local ephemeral port, the virtual
-        clock's speed, and engine URLs from the kubelet (engines listen on ephemeral localhost ports,
-        not at the Pod endpoint the operator writes)."""
+        """The router as a cluster runs it: ``ROUTER_REPLICAS`` processes running the command line of
+        the router Deployment the operator created for the sample deployment (dev-only additions: the
+        API server URL, a loopback port, the virtual clock's speed); they find the engines at the
+        ModelInstances' ``status.endpoint`` (each engine listens on its Pod IP, a loopback address).
+        In this process, a routing table kept by the same discovery code (never serving, never
+        writing load) is what the live view and the fault injector read."""
         o = self.options
         assert self.kube is not None
         name = router_name(DEPLOYMENT_NAME)
@@ -122,29 +125,31 @@ class DevCluster(StackReport):
                 raise RuntimeError(f"the operator created no router Deployment {name}")
             await asyncio.sleep(0.2)
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        args = [*container["args"], "--server", url, "--insecure", "--host", "127.0.0.1", "--port", "0"]
-        options = dataclasses.replace(
-            router_options([*args, "--namespace", o.namespace, "--replica", f"{name}-dev"]),
-            time_scale=o.speed,
-            load_window_s=max(5.0, 600.0 / o.speed),
-            request_timeout_s=120.0,
-            discovery_period_s=0.5,
+        log_path = Path(tempfile.mkstemp(prefix="flywheel-dev-router-", suffix=".log")[1])
+        self.routers = RouterReplicas(
+            router_command(list(container["args"]), url, o.namespace, o.speed),
+            [f"{name}-dev-{i}" for i in range(ROUTER_REPLICAS)],
+            log_path,
+            preexec=_death_signal(),
         )
+        await self.routers.start_all()
+        self._say(
+            f"{ROUTER_REPLICAS} router processes at {', '.join(self.routers.urls())} "
+            f"(flywheel router {' '.join(container['args'])}), log {log_path}"
+        )
+        options = router_options([*container["args"], "--namespace", o.namespace])
         self.router = build_router(options, self.spec)
-        self.router_server = RouterServer(self.router, refresh_period_s=options.refresh_period_s)
-        await self.router_server.start(options.host, options.port)
-        self._say(f"router at {self.router_server.url} (flywheel router {' '.join(container['args'])})")
         self.sync = KubeDiscovery(
             self.kube,
             self.router,
             o.namespace,
             DEPLOYMENT_NAME,
-            replica=options.replica,
+            replica="dev-observer",
             urls=lambda: {
                 name: e.url for name, e in (self.kubelet.by_instance() if self.kubelet else {}).items()
             },
-            period_s=options.discovery_period_s,
-            load_period_s=options.load_period_s,
+            period_s=0.5,
+            load_period_s=math.inf,  # observes only: the router processes write the load
         )
 
     def _start_agent(self, node: SimNode, index: int) -> None:
@@ -225,7 +230,7 @@ class DevCluster(StackReport):
         return False
 
     async def run_replay(self, replay_plan: ReplayPlan) -> None:
-        assert self.router_server is not None and self.injector is not None
+        assert self.routers is not None and self.injector is not None
         self.snapshot.phase = "replaying"
 
         replay_running = asyncio.Event()
@@ -251,6 +256,10 @@ class DevCluster(StackReport):
                 if spec.kind == "kill_agent":
                     await self._kill_agent(spec)
                     continue
+                if spec.kind == "kill_router":
+                    assert self.routers is not None
+                    await self.routers.kill(spec.node or 0, spec.at_s)
+                    continue
                 record = self.injector.inject(spec, self._serving_names(), self.wanted())
                 log.warning("injected %s into %s (%s)", spec.label, record.instance, record.gpu_uuid)
 
@@ -258,7 +267,7 @@ class DevCluster(StackReport):
         try:
             await replay(
                 replay_plan,
-                self.router_server.url,
+                self.routers.urls,
                 self.spec.model.name,
                 self.outcomes.append,
                 started=started,
@@ -269,6 +278,7 @@ class DevCluster(StackReport):
                 r.injected_at is not None and r.recovered_at is None for r in self.injector.records
             ):
                 await asyncio.sleep(0.25)
+            await self.routers.scrape()
         finally:
             injector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,8 +340,8 @@ class DevCluster(StackReport):
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.router_server is not None:
-            await self.router_server.stop()
+        if self.routers is not None:
+            await self.routers.stop()
         if self.kubelet is not None:
             await self.kubelet.close()
         for node in self.nodes.values():

@@ -24,6 +24,8 @@ INCIDENTS = Kind("flywheel.dev", "v1alpha1", "incidents", "Incident", namespaced
 class StackObserver(StackParts):
     """Observation of the cluster for the live view and the report."""
 
+    _next_scrape = 0.0
+
     # -- observe --------------------------------------------------------------------------------------
     async def _observe(self) -> None:
         assert self.kube is not None
@@ -36,6 +38,9 @@ class StackObserver(StackParts):
             if self.injector is not None and self.sync is not None:
                 self.injector.observe(self.gpunodes, self.sync.pools, self.sync.instances, self.incidents)
             self._refresh_snapshot()
+            if self.routers is not None and time.monotonic() >= self._next_scrape:
+                self._next_scrape = time.monotonic() + 2.0
+                await self.routers.scrape()
             await asyncio.sleep(0.25)
 
     def serving(self) -> dict[str, int]:
@@ -62,7 +67,6 @@ class StackObserver(StackParts):
         s.energy_joules = sum(n.energy_joules() for n in self.nodes.values())
         s.clock_changes = self.clock_changes()
         serving, wanted = self.serving(), self.wanted()
-        loads = self.router.class_load() if self.router else {}
         rows: list[PoolRow] = []
         for pool in self.sync.pools if self.sync else []:
             name, spec = pool["metadata"]["name"], pool.get("spec") or {}
@@ -75,7 +79,9 @@ class StackObserver(StackParts):
                     wanted=wanted.get(name, 0),
                     serving=serving.get(name, 0),
                     standbys=int(spec.get("standbys", 0)),
-                    load_rps=sum(v.requests_per_second for k, v in loads.items() if k in classes),
+                    load_rps=float(
+                        ((pool.get("status") or {}).get("load") or {}).get("requestsPerSecond", 0.0)
+                    ),
                 )
             )
         s.pools = rows

@@ -85,7 +85,10 @@ class StackReport(StackObserver):
             "gpu_conflicts": self.gpu_conflicts(),
             "incidents": incidents,
             "router": {
-                "retries": self._router_sample("flywheel_router_retries_total"),
+                # Retries by the routers on another engine instance, by reason (summed over the
+                # replicas' incarnations as last scraped), and the router replicas killed.
+                "retries": self.routers.retries() if self.routers else {},
+                "kills": list(self.routers.kills) if self.routers else [],
             },
             "simulation": {
                 # Engines that fall behind the wall clock catch up; their virtual latencies stay exact,
@@ -100,11 +103,6 @@ class StackReport(StackObserver):
             },
             "operator_log": str(self.operator_log) if self.operator_log else None,
         }
-
-    def _router_sample(self, name: str) -> float:
-        if self.router is None:
-            return 0.0
-        return float(self.router.registry.get_sample_value(name) or 0.0)
 
     def _incident(self, obj: dict[str, Any]) -> dict[str, Any]:
         """One Incident as the operator recorded it; MTTD and MTTR are measured from the injection of

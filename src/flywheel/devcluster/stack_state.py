@@ -16,8 +16,9 @@ from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode
 from flywheel.devcluster.options import DevOptions, sample_deployment
 from flywheel.devcluster.replay import Outcome
+from flywheel.devcluster.router_replicas import RouterReplicas
 from flywheel.devcluster.view import Snapshot
-from flywheel.engines.router import Router, RouterServer
+from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
 from flywheel.kubeclient import (
     KubeClient,
@@ -35,8 +36,8 @@ class StackParts:
         self.kube: KubeClient | None = None
         self.nodes: dict[str, SimNode] = {}
         self.kubelet: EngineKubelet | None = None
-        self.router: Router | None = None
-        self.router_server: RouterServer | None = None
+        self.router: Router | None = None  # the routing table as discovered (observation only)
+        self.routers: RouterReplicas | None = None  # the serving router processes
         self.sync: KubeDiscovery | None = None
         self.injector: FaultInjector | None = None
         self.operator: subprocess.Popen[bytes] | None = None

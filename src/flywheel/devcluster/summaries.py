@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flywheel.devcluster.replay import Outcome
+from flywheel.devcluster.replay import STREAM_CUT, Outcome
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -66,12 +66,22 @@ def request_summary(outcomes: Iterable[Outcome], planned: int) -> dict[str, Any]
     for o in done:
         if not o.ok:
             by_status[str(o.status)] = by_status.get(str(o.status), 0) + 1
+    retries: dict[str, int] = {}
+    for o in done:
+        for reason in o.retries:
+            retries[reason] = retries.get(reason, 0) + 1
     return {
         "planned": planned,
         "sent": len(done),
         "served": len(served),
         "failed": len(done) - len(served),
         "failed_by_status": by_status,
+        # The client's own retries (as the OpenAI SDK's): "connection" (e.g. a killed router replica)
+        # or the HTTP status; a request that succeeded on a retry counts as served.
+        "client_retries": retries,
+        "served_after_client_retry": sum(1 for o in served if o.retries),
+        # Streams that broke after they began (their router or engine died): not retried by the SDK.
+        "streams_cut": sum(1 for o in done if not o.ok and o.error.startswith(STREAM_CUT)),
         "streamed": sum(1 for o in served if o.streamed),
         "prompt_tokens": sum(o.prompt_tokens for o in served),
         "output_tokens": sum(o.output_tokens for o in served),

@@ -88,6 +88,7 @@ from flywheel.api.v1alpha1.modelinstance import (
     ModelInstanceStatus,
 )
 from flywheel.api.v1alpha1.servingpool import (
+    ClassRates,
     PoolDecision,
     PoolLoad,
     PoolRequestClass,
@@ -108,6 +109,7 @@ __all__ = [
     "VERSION",
     "Action",
     "ActionRecord",
+    "ClassRates",
     "ClassSLO",
     "ClockPolicy",
     "Condition",

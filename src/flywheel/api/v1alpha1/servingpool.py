@@ -56,11 +56,26 @@ class ServingPoolSpec(FlywheelModel):
         return self
 
 
+class ClassRates(FlywheelModel):
+    """One request class's measured rates (per second)."""
+
+    requests_per_second: float = 0.0
+    input_tokens_per_second: float = 0.0
+    output_tokens_per_second: float = 0.0
+
+
+_CLASSES_DESCRIPTION = (
+    "Per request class the pool serves (its own and those merged into it): the same rates, as the "
+    "routers measured them; lets the energy brain split a pool shared by several classes."
+)
+
+
 class PoolLoad(FlywheelModel):
     requests_per_second: float = 0.0
     input_tokens_per_second: float = 0.0
     output_tokens_per_second: float = 0.0
     forecast_requests_per_second: float | None = None
+    classes: dict[str, ClassRates] = Field(default_factory=dict, description=_CLASSES_DESCRIPTION)
 
 
 class RouterLoad(FlywheelModel):
@@ -70,6 +85,7 @@ class RouterLoad(FlywheelModel):
     input_tokens_per_second: float = 0.0
     output_tokens_per_second: float = 0.0
     observed_at: datetime
+    classes: dict[str, ClassRates] = Field(default_factory=dict, description=_CLASSES_DESCRIPTION)
 
 
 class PoolDecision(FlywheelModel):

@@ -143,18 +143,34 @@ def pool_state(view: PoolView, window_s: float) -> PoolState:
 
 
 def class_windows(views: Sequence[PoolView], window_s: float) -> dict[str, ClassWindow]:
-    """Per-class arrivals over the window from the pools' loads. A pool's load is one class's only
-    when the pool serves one class; per-class counts of shared pools need the router's per-class
-    feed (not yet published), so those classes are not reported (the cluster controller then
-    keeps the partition)."""
+    """Per-class arrivals over the window from the pools' loads: the routers' per-class rates
+    (``status.load.classes``) where published, so a pool shared by several classes is split among
+    them; else a pool's load is its class's only when it serves one class (the classes of a shared
+    pool without per-class rates are not reported, and the cluster controller keeps the partition)."""
     out: dict[str, ClassWindow] = {}
     for view in views:
         classes = view.classes()
-        load = pool_load(view.status, window_s)
-        if len(classes) != 1 or load.arrivals_rps <= 0:
+        load = view.status.load if view.status is not None else None
+        if load is not None and load.classes:
+            for name in classes:
+                rates = load.classes.get(name)
+                if rates is None or rates.requests_per_second <= 0:
+                    continue
+                count = round(rates.requests_per_second * window_s)
+                rps = rates.requests_per_second
+                out[name] = ClassWindow(
+                    count,
+                    rates.input_tokens_per_second / rps * count,
+                    rates.output_tokens_per_second / rps * count,
+                )
             continue
-        count = round(load.arrivals_rps * window_s)
-        out[classes[0]] = ClassWindow(count, load.mean_prompt_tokens * count, load.mean_output_tokens * count)
+        pooled = pool_load(view.status, window_s)
+        if len(classes) != 1 or pooled.arrivals_rps <= 0:
+            continue
+        count = round(pooled.arrivals_rps * window_s)
+        out[classes[0]] = ClassWindow(
+            count, pooled.mean_prompt_tokens * count, pooled.mean_output_tokens * count
+        )
     return out
 
 

@@ -12,7 +12,10 @@ For each request it:
    (:mod:`~flywheel.engines.router.backends`), waiting for a slot when admission is on
    (:mod:`~flywheel.engines.router.admission`); no instance: 503, full queue: 429, both with Retry-After;
 4. forwards the request (:mod:`~flywheel.engines.router.upstream`), streaming the response through; on
-   an instance failure before any byte reached the client it retries once on another instance;
+   an instance failure before any byte reached the client (refused connection, HTTP 5xx, no first
+   byte within the first-byte timeout: a frozen engine) it marks the instance failed and retries on
+   another one, within :class:`~flywheel.engines.router.retry.RetryPolicy` (bounded attempts, only
+   while the request can still be useful, short backoff); after bytes were streamed it does not retry;
 5. counts arrivals, tokens (from the engine's ``usage``; for streams the router asks the engine for
    ``usage`` and strips it again unless the client asked too), TTFT/TBT and SLO attainment per class
    (:mod:`~flywheel.engines.router.telemetry`).
@@ -137,15 +140,30 @@ class Router(RouterForwarding):
         request_class, predicted = self.classify(request)
         self.metrics.arrivals.labels(request_class).inc()
         started = time.monotonic()
+        policy = self.retry
+        timeout = policy.first_byte_timeout_s(
+            self.ttft_slo_s, self.tbt_slo_s, stream=request.stream, predicted_tokens=predicted,
+            time_scale=self.time_scale,
+        )  # fmt: skip
+        useful_until = started + policy.useful_for_s(timeout)
         pool: Pool | None = None
         tried: list[Backend] = []
-        for attempt in range(2):
+        failure: _UpstreamFailed | None = None
+        for attempt in range(policy.max_attempts):
+            if attempt:
+                pause = policy.backoff(attempt)
+                if time.monotonic() + pause >= useful_until:
+                    log.warning("request no longer useful after %d attempts: not retried", attempt)
+                    break
+                await asyncio.sleep(pause)
             try:
                 pool = self.pool_for(request_class, exclude=tried)
                 pool, backend = await self.admission.acquire(
                     pool, request_class, tried, started, http, attempt > 0
                 )
             except NoBackend as error:
+                if failure is not None:
+                    break  # every instance tried failed: a 502 below
                 self.metrics.requests.labels(request_class, pool.name if pool else "", "unavailable").inc()
                 return _error(
                     503, str(error), "service_unavailable", "no_backend", **{"Retry-After": self.retry_after}
@@ -161,15 +179,16 @@ class Router(RouterForwarding):
                 self.metrics.requests.labels(request_class, pool.name if pool else "", "abandoned").inc()
                 raise
             tried.append(backend)
-            if attempt:
-                self.metrics.retries.inc()
+            if failure is not None:
+                self.metrics.retries.labels(failure.reason).inc()
             try:
                 return await self._forward(
-                    http, request, raw, chat, request_class, predicted, backend, started
+                    http, request, raw, chat, request_class, predicted, backend, started, timeout
                 )
-            except _UpstreamFailed as failure:
-                log.warning("instance %s failed (%s); %s", backend.name, failure,
-                            "retrying" if not attempt else "giving up")  # fmt: skip
+            except _UpstreamFailed as error:
+                failure = error
+                log.warning("instance %s failed (%s, attempt %d of %d)", backend.name, error,
+                            attempt + 1, policy.max_attempts)  # fmt: skip
                 backend.failed_at = time.monotonic()
             except asyncio.CancelledError:
                 self.metrics.requests.labels(request_class, backend.pool, "abandoned").inc()
@@ -177,7 +196,7 @@ class Router(RouterForwarding):
             finally:
                 self.admission.release(backend)
         self.metrics.requests.labels(request_class, pool.name if pool else "", "failed").inc()
-        return _error(502, "engine instances failed", "api_error", "bad_gateway")
+        return _error(502, f"engine instances failed: {failure}", "api_error", "bad_gateway")
 
     # -- server -------------------------------------------------------------------------------------
     def app(self) -> web.Application:

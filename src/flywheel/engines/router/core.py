@@ -18,6 +18,7 @@ from flywheel.engines.openai import CompletionRequest, TokenCounter, error_body,
 from flywheel.engines.router.admission import Admission
 from flywheel.engines.router.backends import Backend, Balancer, Pool
 from flywheel.engines.router.classes import AutoClassifier, RequestClassifier
+from flywheel.engines.router.retry import RetryPolicy
 from flywheel.engines.router.telemetry import ClassLoad, LoadMeter, RouterMetrics
 from flywheel.engines.router.upstream import SCRAPE_ERRORS, Upstreams
 
@@ -30,7 +31,12 @@ _JSON = {"content-type": "application/json"}
 
 
 class _UpstreamFailed(RuntimeError):
-    """The instance failed before any byte reached the client: the request may be retried."""
+    """The instance failed before any byte reached the client: the request may be retried.
+    ``reason``: one of :data:`~flywheel.engines.router.retry.REASONS`."""
+
+    def __init__(self, message: str, reason: str = "connect") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _error(
@@ -68,6 +74,7 @@ class RouterBase:
         api_keys: Iterable[str] = (),
         retry_after_s: int = 1,
         token_counter: TokenCounter = estimate_tokens,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """``max_in_flight_per_instance``: requests this router sends to one instance at a time; the
         rest wait in their pool's admission queue (None: no router queue, forward at once), at most
@@ -77,7 +84,8 @@ class RouterBase:
         wait in wall seconds directly. ``ttft_slo_ms``/``tbt_slo_ms`` also score SLO attainment.
         ``max_context_tokens``/``max_tokens_cap``: limits checked before routing (None: unchecked).
         ``stall_timeout_s``: a streaming client that reads nothing this long is dropped.
-        ``token_counter``: tokens of a prompt text (the model's tokenizer; default 4 characters a token)."""
+        ``token_counter``: tokens of a prompt text (the model's tokenizer; default 4 characters a token).
+        ``retry``: retries on instance failure and the first-byte (frozen engine) timeout."""
         if max_in_flight_per_instance is not None and max_in_flight_per_instance < 1:
             raise ValueError(
                 f"max_in_flight_per_instance must be at least 1, got {max_in_flight_per_instance}"
@@ -105,6 +113,7 @@ class RouterBase:
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.retry_after = str(retry_after_s)
         self.token_counter = token_counter
+        self.retry = retry or RetryPolicy()
         self.metrics = RouterMetrics(registry)
         self.balancer = Balancer(failure_cooldown_s)
         self.admission = Admission(

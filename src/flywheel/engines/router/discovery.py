@@ -11,7 +11,9 @@ The same loop runs in a cluster (``flywheel router --deployment``) and in ``flyw
 * Load (the path router -> status): each router replica measures the requests and tokens it routed per
   class, writes its share to ``ServingPool.status.routerLoads[<replica>]`` (a map, so replicas never
   overwrite each other), and writes the sum of the fresh shares to ``status.load``, where the pool
-  controller reads it. Shares older than ``stale_after_s`` (a replica that died) are dropped.
+  controller reads it. Shares older than ``stale_after_s`` (a replica that died) are dropped. Both
+  carry the per-class rates too (``classes``: every class the pool serves), so the energy brain can
+  split a pool shared by several classes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -96,15 +98,28 @@ def routing_table(pools: list[Obj], instances: list[Obj], urls: Mapping[str, str
     return table
 
 
-def pool_share(pool: Obj, loads: Mapping[str, ClassLoad]) -> dict[str, float]:
-    """This router's load on a pool: the sum over the classes the pool serves."""
-    classes = pool_classes(pool)
-    mine = [load for name, load in loads.items() if name in classes]
+def _rates(loads: list[ClassLoad]) -> dict[str, float]:
     return {
-        "requestsPerSecond": round(sum(x.requests_per_second for x in mine), 4),
-        "inputTokensPerSecond": round(sum(x.input_tokens_per_second for x in mine), 2),
-        "outputTokensPerSecond": round(sum(x.output_tokens_per_second for x in mine), 2),
+        "requestsPerSecond": round(sum(x.requests_per_second for x in loads), 4),
+        "inputTokensPerSecond": round(sum(x.input_tokens_per_second for x in loads), 2),
+        "outputTokensPerSecond": round(sum(x.output_tokens_per_second for x in loads), 2),
     }
+
+
+def pool_share(pool: Obj, loads: Mapping[str, ClassLoad]) -> dict[str, Any]:
+    """This router's load on a pool: the sum over the classes the pool serves, and each of them
+    (``classes``; zero rates for a class it saw no request of)."""
+    classes = sorted(pool_classes(pool))
+    return {
+        **_rates([load for name, load in loads.items() if name in classes]),
+        "classes": {name: _rates([loads[name]] if name in loads else []) for name in classes},
+    }
+
+
+def _gone(stored: object, keep: Iterable[str]) -> dict[str, None]:
+    """Merge-patch deletions of the keys of a stored map that are no longer wanted."""
+    wanted = set(keep)
+    return {k: None for k in stored if k not in wanted} if isinstance(stored, dict) else {}
 
 
 def _parse_time(value: object) -> datetime.datetime | None:
@@ -117,22 +132,36 @@ def _parse_time(value: object) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
+def _add(total: dict[str, float], share: Mapping[str, Any]) -> None:
+    for key in LOAD_FIELDS:
+        value = share.get(key)
+        if isinstance(value, (int, float)):
+            total[key] += float(value)
+
+
 def sum_shares(
     shares: Mapping[str, Any], now: datetime.datetime, stale_after_s: float
-) -> tuple[dict[str, float], list[str]]:
-    """The pool's load (sum of the fresh replica shares) and the replicas whose share is stale."""
+) -> tuple[dict[str, Any], list[str]]:
+    """The pool's load (sum of the fresh replica shares, per class too) and the replicas whose share
+    is stale."""
     total = dict.fromkeys(LOAD_FIELDS, 0.0)
+    classes: dict[str, dict[str, float]] = {}
     stale: list[str] = []
     for replica, share in shares.items():
         at = _parse_time(share.get("observedAt")) if isinstance(share, dict) else None
         if at is None or (now - at).total_seconds() > stale_after_s:
             stale.append(replica)
             continue
-        for key in LOAD_FIELDS:
-            value = share.get(key)
-            if isinstance(value, (int, float)):
-                total[key] += float(value)
-    return {k: round(v, 4) for k, v in total.items()}, stale
+        _add(total, share)
+        per_class = share.get("classes")
+        for name, rates in (per_class if isinstance(per_class, dict) else {}).items():
+            if isinstance(rates, dict):
+                _add(classes.setdefault(name, dict.fromkeys(LOAD_FIELDS, 0.0)), rates)
+
+    def rounded(values: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in values.items()}
+
+    return {**rounded(total), "classes": {n: rounded(v) for n, v in sorted(classes.items())}}, stale
 
 
 class KubeDiscovery:
@@ -225,6 +254,8 @@ class KubeDiscovery:
         for pool in self.pools:
             name = pool["metadata"]["name"]
             share = {**pool_share(pool, loads), "observedAt": stamp}
+            stored = ((pool.get("status") or {}).get("routerLoads") or {}).get(self.replica) or {}
+            share["classes"].update(_gone(stored.get("classes"), share["classes"]))
             try:
                 written = await self.kube.patch(
                     SERVING_POOLS,
@@ -235,6 +266,8 @@ class KubeDiscovery:
                 )
                 shares = (written.get("status") or {}).get("routerLoads") or {}
                 total, stale = sum_shares(shares, now, self.stale_after_s)
+                had = ((written.get("status") or {}).get("load") or {}).get("classes")
+                total["classes"].update(_gone(had, total["classes"]))
                 patch: Obj = {"load": total}
                 if stale:
                     patch["routerLoads"] = dict.fromkeys(stale)

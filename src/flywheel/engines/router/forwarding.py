@@ -1,8 +1,9 @@
-"""Forwarding a request to an engine instance (retried once on another instance while no byte has
-reached the client)."""
+"""Forwarding a request to an engine instance, within the first-byte deadline (a failure before any
+byte reached the client raises ``_UpstreamFailed``: the caller may retry elsewhere)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -39,35 +40,55 @@ class RouterForwarding(RouterStreaming):
         predicted: int,
         backend: Backend,
         started: float,
+        first_byte_timeout_s: float | None = None,
     ) -> web.StreamResponse:
+        """``first_byte_timeout_s``: wall seconds (from now) the instance has to send the first byte the
+        client would get (a stream's first chunk; a plain response's whole body); past it the request
+        fails with reason ``stall``."""
         # The instance's slot (``backend.in_flight``) was taken by the admission step.
         gauge = self.metrics.in_flight.labels(backend.pool)
         gauge.inc()
         body, injected = self._upstream_body(request, raw)
         path = "/v1/chat/completions" if chat else "/v1/completions"
+        loop = asyncio.get_running_loop()
+        deadline = None if first_byte_timeout_s is None else loop.time() + first_byte_timeout_s
         try:
             session = self.upstreams.session(backend.url)
             try:
-                upstream = await session.post(
-                    backend.url + path,
-                    data=body,
-                    headers={"Content-Type": "application/json", PREDICTED_HEADER: str(predicted)},
-                )
-            except (aiohttp.ClientError, TimeoutError) as error:
-                raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+                async with asyncio.timeout_at(deadline):
+                    upstream = await session.post(
+                        backend.url + path,
+                        data=body,
+                        headers={"Content-Type": "application/json", PREDICTED_HEADER: str(predicted)},
+                    )
+            except TimeoutError as error:
+                if deadline is not None and loop.time() >= deadline:
+                    raise _UpstreamFailed(
+                        f"no response within {first_byte_timeout_s:g} s", "stall"
+                    ) from error
+                raise _UpstreamFailed(f"{type(error).__name__}: {error}", "connect") from error
+            except aiohttp.ClientError as error:
+                raise _UpstreamFailed(f"{type(error).__name__}: {error}", "connect") from error
             try:
                 if upstream.status >= 500:
                     await upstream.read()
-                    raise _UpstreamFailed(f"HTTP {upstream.status}")
-                self.metrics.first_byte.labels(request_class).observe(time.monotonic() - started)
+                    raise _UpstreamFailed(f"HTTP {upstream.status}", "status")
                 if request.stream and upstream.status == 200:
                     return await self._relay_stream(
-                        http, upstream, request, request_class, backend, started, injected
+                        http, upstream, request, request_class, backend, started, injected, deadline
                     )
                 try:
-                    payload = await upstream.read()
-                except (aiohttp.ClientError, TimeoutError) as error:
-                    raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+                    async with asyncio.timeout_at(deadline):
+                        payload = await upstream.read()
+                except TimeoutError as error:
+                    if deadline is not None and loop.time() >= deadline:
+                        raise _UpstreamFailed(
+                            f"no response within {first_byte_timeout_s:g} s", "stall"
+                        ) from error
+                    raise _UpstreamFailed(f"{type(error).__name__}: {error}", "broken") from error
+                except aiohttp.ClientError as error:
+                    raise _UpstreamFailed(f"{type(error).__name__}: {error}", "broken") from error
+                self.metrics.first_byte.labels(request_class).observe(time.monotonic() - started)
                 ok = upstream.status == 200
                 usage = _usage(payload) if ok else None
                 self._account(request, request_class, backend.pool, "ok" if ok else "client_error", usage)

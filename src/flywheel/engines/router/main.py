@@ -29,6 +29,7 @@ from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.classes import classifier_for
 from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.engines.router.retry import RetryPolicy
 from flywheel.engines.router.server import RouterServer
 from flywheel.kubeclient import MODEL_DEPLOYMENTS, KubeClient
 
@@ -61,6 +62,8 @@ class RouterOptions:
     load_period_s: float = 5.0
     load_window_s: float = 30.0
     time_scale: float = 1.0  # flywheel dev: the virtual clock's speed
+    max_attempts: int = 3  # per request, on different instances, before any byte reached the client
+    first_byte_timeout_factor: float = 5.0  # x the SLO's time to the first byte; 0: no timeout
 
 
 def api_keys(key_file: Path | None, env: dict[str, str] | None = None) -> list[str]:
@@ -135,6 +138,9 @@ def build_router(options: RouterOptions, spec: ModelDeploymentSpec | None) -> Ro
         max_body_bytes=options.max_body_bytes,
         api_keys=api_keys(options.api_key_file),
         token_counter=token_counter(options.tokenizer),
+        retry=RetryPolicy(
+            max_attempts=options.max_attempts, first_byte_factor=options.first_byte_timeout_factor
+        ),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from flywheel.engines.router.accounting import RouterAccounting
 from flywheel.engines.router.backends import Backend
 from flywheel.engines.router.core import STALL_CHECK_BYTES, _UpstreamFailed
 from flywheel.engines.router.upstream import copy_headers
+
+log = logging.getLogger(__name__)
 
 
 class RouterStreaming(RouterAccounting):
@@ -31,7 +34,11 @@ class RouterStreaming(RouterAccounting):
         backend: Backend,
         started: float,
         injected: bool,
+        first_byte_by: float | None = None,
     ) -> web.StreamResponse:
+        """Relay the stream; ``first_byte_by`` (event-loop time): the first chunk must come by then,
+        else ``_UpstreamFailed`` (reason ``stall``). Once a byte reached the client a failure is not
+        retried: the client's stream ends with the engine's error, or cut short."""
         response = web.StreamResponse(status=upstream.status, headers=copy_headers(upstream.headers))
         prepared = False
         events = 0
@@ -44,37 +51,45 @@ class RouterStreaming(RouterAccounting):
         try:
             # Chunk by chunk as the engine sends them: complete SSE lines are inspected (token times,
             # usage, errors) and written on in one piece; a line cut by a chunk boundary waits for its end.
-            async for chunk in upstream.content.iter_any():
-                if not prepared:
-                    await response.prepare(http)
-                    prepared = True
-                *lines, partial = (partial + chunk).split(b"\n")
-                now = time.monotonic()
-                out: list[bytes] = []
-                for received in lines:
-                    line = received
-                    if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                        content = True
-                        if b'"usage"' in line or b'"error"' in line:
-                            line, usage, errored, content = _stream_tail(line, usage, errored, injected)
-                        if content:
-                            events += 1
-                            if first is None:
-                                first = now
-                            else:
-                                max_gap = max(max_gap, now - last)
-                            last = now
-                        if not line:
-                            continue  # a usage-only event the client did not ask for
-                    out.append(line)
-                if out and not await self._write(http, response, b"\n".join(out) + b"\n"):
-                    abandoned = True
-                    break
+            async with asyncio.timeout_at(first_byte_by) as first_byte:
+                async for chunk in upstream.content.iter_any():
+                    if not prepared:
+                        first_byte.reschedule(None)
+                        self.metrics.first_byte.labels(request_class).observe(time.monotonic() - started)
+                        await response.prepare(http)
+                        prepared = True
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    now = time.monotonic()
+                    out: list[bytes] = []
+                    for received in lines:
+                        line = received
+                        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                            content = True
+                            if b'"usage"' in line or b'"error"' in line:
+                                line, usage, errored, content = _stream_tail(line, usage, errored, injected)
+                            if content:
+                                events += 1
+                                if first is None:
+                                    first = now
+                                else:
+                                    max_gap = max(max_gap, now - last)
+                                last = now
+                            if not line:
+                                continue  # a usage-only event the client did not ask for
+                        out.append(line)
+                    if out and not await self._write(http, response, b"\n".join(out) + b"\n"):
+                        abandoned = True
+                        break
             if partial and not abandoned and not await self._write(http, response, partial):
                 abandoned = True
         except (aiohttp.ClientError, TimeoutError) as error:
             if not prepared:
-                raise _UpstreamFailed(f"{type(error).__name__}: {error}") from error
+                stalled = isinstance(error, TimeoutError) and first_byte_by is not None
+                raise _UpstreamFailed(
+                    f"no first chunk in time ({type(error).__name__})" if stalled else f"{error!r}",
+                    "stall" if stalled else "broken",
+                ) from error
+            log.warning("instance %s failed after bytes reached the client: no retry", backend.name)
             errored = True
         if not prepared:
             await response.prepare(http)

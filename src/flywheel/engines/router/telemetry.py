@@ -84,7 +84,10 @@ class RouterMetrics:
         )
         self.retries = Counter(
             "flywheel_router_retries",
-            "Requests retried on another instance after a failure.",
+            "Requests retried on another instance after a failure before any byte reached the client, by "
+            "reason (connect: refused or reset connection, status: HTTP 5xx, stall: no first byte within "
+            "the first-byte timeout, broken: the response broke off before the first byte was relayed).",
+            ["reason"],
             registry=registry,
         )
         self.in_flight = Gauge(
