@@ -25,7 +25,7 @@ from flywheel.devcluster.nodes import SimNode, make_node
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Router
 from flywheel.engines.router.discovery import KubeDiscovery
-from flywheel.engines.router.telemetry import ClassLoad
+from flywheel.engines.router.telemetry import MeteredLoad
 from flywheel.kubeclient import MODEL_INSTANCES, PODS, SERVING_POOLS, KubeClient
 from flywheel.models.gpu import H100_SXM
 from waiting import eventually_async
@@ -180,7 +180,7 @@ async def test_router_writes_per_class_load_and_drops_classes_the_pool_no_longer
     router = Router("m", CollectorRegistry())
     sync = KubeDiscovery(kube, router, NS, "md", replica="r-0", load_period_s=3600.0)
     await sync.sync()
-    await sync.write_load({"short": ClassLoad(3.0, 300.0, 30.0), "mid": ClassLoad(1.0, 50.0, 5.0)})
+    await sync.write_load({"short": MeteredLoad(3.0, 300.0, 30.0), "mid": MeteredLoad(1.0, 50.0, 5.0)})
     written = await kube.get(SERVING_POOLS, NS, "md-short")
     assert written is not None
     load, share = written["status"]["load"], written["status"]["routerLoads"]["r-0"]
@@ -190,7 +190,7 @@ async def test_router_writes_per_class_load_and_drops_classes_the_pool_no_longer
     # The cluster controller unmerges "mid": it leaves the pool's per-class load.
     await kube.patch(SERVING_POOLS, NS, "md-short", {"spec": {"requestClass": {"mergedClasses": []}}})
     await sync.sync()
-    await sync.write_load({"short": ClassLoad(2.0, 200.0, 20.0), "mid": ClassLoad(1.0, 50.0, 5.0)})
+    await sync.write_load({"short": MeteredLoad(2.0, 200.0, 20.0), "mid": MeteredLoad(1.0, 50.0, 5.0)})
     written = await kube.get(SERVING_POOLS, NS, "md-short")
     assert written is not None
     assert sorted(written["status"]["load"]["classes"]) == ["short"]

@@ -21,7 +21,7 @@ from flywheel.engines.router.classes import (
     classifier_for,
 )
 from flywheel.engines.router.server import RouterServer
-from flywheel.engines.router.telemetry import ClassLoad
+from flywheel.engines.router.telemetry import MeteredLoad
 
 __all__ = [
     "PREDICTED_HEADER",
@@ -29,7 +29,7 @@ __all__ = [
     "Backend",
     "Balancer",
     "BoundsClassifier",
-    "ClassLoad",
+    "MeteredLoad",
     "NoBackend",
     "Pool",
     "RequestClassifier",

@@ -19,7 +19,7 @@ from flywheel.engines.router.admission import Admission
 from flywheel.engines.router.backends import Backend, Balancer, Pool
 from flywheel.engines.router.classes import AutoClassifier, RequestClassifier
 from flywheel.engines.router.retry import RetryPolicy
-from flywheel.engines.router.telemetry import ClassLoad, LoadMeter, RouterMetrics
+from flywheel.engines.router.telemetry import LoadMeter, MeteredLoad, RouterMetrics
 from flywheel.engines.router.upstream import SCRAPE_ERRORS, Upstreams
 
 # The router's output-length prediction, handed to the engine for the instance controller.
@@ -176,7 +176,7 @@ class RouterBase:
         """The routable instance with the shallowest queue (round robin among equals)."""
         return self.balancer.pick(pool, exclude)
 
-    def class_load(self) -> dict[str, ClassLoad]:
+    def class_load(self) -> dict[str, MeteredLoad]:
         """Per-class request rate and token rates over the last window (virtual seconds)."""
         return self._meter.rates(self.time_scale)
 

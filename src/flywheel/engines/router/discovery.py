@@ -34,7 +34,7 @@ from flywheel.controllers.resources.desired import LABEL_DEPLOYMENT
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
-from flywheel.engines.router.telemetry import ClassLoad
+from flywheel.engines.router.telemetry import MeteredLoad
 from flywheel.kubeclient import MODEL_INSTANCES, SERVING_POOLS, Kind, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def routing_table(pools: list[Obj], instances: list[Obj], urls: Mapping[str, str
     return table
 
 
-def _rates(loads: list[ClassLoad]) -> dict[str, float]:
+def _rates(loads: list[MeteredLoad]) -> dict[str, float]:
     return {
         "requestsPerSecond": round(sum(x.requests_per_second for x in loads), 4),
         "inputTokensPerSecond": round(sum(x.input_tokens_per_second for x in loads), 2),
@@ -106,7 +106,7 @@ def _rates(loads: list[ClassLoad]) -> dict[str, float]:
     }
 
 
-def pool_share(pool: Obj, loads: Mapping[str, ClassLoad]) -> dict[str, Any]:
+def pool_share(pool: Obj, loads: Mapping[str, MeteredLoad]) -> dict[str, Any]:
     """This router's load on a pool: the sum over the classes the pool serves, and each of them
     (``classes``; zero rates for a class it saw no request of)."""
     classes = sorted(pool_classes(pool))
@@ -248,7 +248,7 @@ class KubeDiscovery:
             self._load_written = time.monotonic()
             await self.write_load(self.router.class_load())
 
-    async def write_load(self, loads: Mapping[str, ClassLoad]) -> None:
+    async def write_load(self, loads: Mapping[str, MeteredLoad]) -> None:
         now = datetime.datetime.now(datetime.UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for pool in self.pools:

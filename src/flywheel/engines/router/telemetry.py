@@ -17,7 +17,7 @@ TBT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf
 
 
 @dataclass(frozen=True)
-class ClassLoad:
+class MeteredLoad:
     """Per-class load over the meter window, per (virtual) second."""
 
     requests_per_second: float
@@ -35,7 +35,7 @@ class LoadMeter:
     def add(self, request_class: str, input_tokens: int, output_tokens: int) -> None:
         self.events.append((time.monotonic(), request_class, input_tokens, output_tokens))
 
-    def rates(self, time_scale: float) -> dict[str, ClassLoad]:
+    def rates(self, time_scale: float) -> dict[str, MeteredLoad]:
         now = time.monotonic()
         while self.events and self.events[0][0] < now - self.window_s:
             self.events.popleft()
@@ -47,7 +47,7 @@ class LoadMeter:
             acc[2] += out
         seconds = self.window_s * time_scale
         return {
-            name: ClassLoad(acc[0] / seconds, acc[1] / seconds, acc[2] / seconds)
+            name: MeteredLoad(acc[0] / seconds, acc[1] / seconds, acc[2] / seconds)
             for name, acc in sums.items()
         }
 
