@@ -95,7 +95,7 @@ class Fleet:
         m.ttft.labels("short").observe(0.4)
         m.waiting.labels("llama-short").set(1)
         m.demoted.labels("llama-short").inc()
-        m.retries.inc()
+        m.retries.labels("status").inc()
         m.slo_checked.labels("short", "ttft").inc(10)
         m.slo_met.labels("short", "ttft").inc(5)
         self.faults.incidents.labels("XID").inc()
