@@ -45,6 +45,9 @@ async def test_dev_pooled_serves_three_models_with_switches(tmp_path: Path) -> N
     result = await run_dev(options)
     assert json.loads(report_path.read_text()) == json.loads(json.dumps(result))
     pooled = result["pooled"]
+    # One sleep-mode engine per model, all on the group's one GPU, which no dedicated engine used.
+    assert pooled["engines"] == len(MODELS) and len(pooled["gpus"]) == 1
+    assert pooled["gpus_shared_with_dedicated"] == 0 and result["gpu_conflicts"] == 0
     for name, row in pooled["models"].items():
         requests = row["requests"]
         assert requests["sent"] == requests["planned"] > 0, (name, requests)

@@ -77,6 +77,7 @@ class RunningEngine:
     pod_uid: str
     clock: GpuGroupClock
     restarts: int = 0
+    sleep_mode: bool = False  # a pooled engine (``--enable-sleep-mode``)
     published: tuple[bool, str] | None = None  # (ready, ip) last written to the Pod status
 
     @property
@@ -281,6 +282,7 @@ class EngineKubelet:
             ready_at=time.monotonic() + self.load_seconds / self.time_scale,
             pod_uid=meta["uid"],
             clock=clock,
+            sleep_mode=sleep is not None,
         )
 
     async def _publish(self, running: RunningEngine) -> None:

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flywheel.controllers.resources.router_objects import pooled_router_name
 from flywheel.devcluster import summaries as reporting
+from flywheel.devcluster.kubelet import RunningEngine
 from flywheel.devcluster.replay import Outcome, ReplayPlan, replay
 from flywheel.devcluster.router_replicas import RouterReplicas
 from flywheel.kubeclient import MODEL_DEPLOYMENTS, KubeClient
@@ -192,12 +193,19 @@ class PooledSample:
                 c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
             )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, engines: list[RunningEngine]) -> dict[str, Any]:
+        """``engines``: every engine the kubelet started (the sleep-mode ones are the pool's)."""
         status = self.pool_status
+        pooled = {u for e in engines if e.sleep_mode for u in e.gpu_uuids}
+        dedicated = {u for e in engines if not e.sleep_mode for u in e.gpu_uuids}
         return {
             "pool": POOL_NAME,
             "group": GROUP,
             "router": self.router_url,
+            "engines": sum(1 for e in engines if e.sleep_mode),
+            "gpus": sorted(pooled),
+            # GPUs a pooled engine and a dedicated one were both started on (a placement conflict).
+            "gpus_shared_with_dedicated": len(pooled & dedicated),
             "models": {
                 name: {
                     "share": MODELS[name][1],
@@ -212,7 +220,7 @@ class PooledSample:
             # the operator in the GPUPool's status (from the router's /flywheel/pool).
             "switches_total": self.switches_metric,
             "status": {
-                key: status.get(key)
+                key: round(value, 3) if isinstance(value := status.get(key), float) else value
                 for key in (
                     "switchesPerMinute",
                     "switchSecondsP50",
