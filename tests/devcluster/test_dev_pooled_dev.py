@@ -44,6 +44,8 @@ async def test_dev_pooled_serves_three_models_with_switches(tmp_path: Path) -> N
     )
     result = await run_dev(options)
     assert json.loads(report_path.read_text()) == json.loads(json.dumps(result))
+    # The dedicated pools serving and every Pooled deployment Ready before the replay began.
+    assert result["scenario"]["instances_ready_before_replay"]
     pooled = result["pooled"]
     # One sleep-mode engine per model, all on the group's one GPU, which no dedicated engine used.
     assert pooled["engines"] == len(MODELS) and len(pooled["gpus"]) == 1

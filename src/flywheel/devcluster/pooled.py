@@ -186,12 +186,24 @@ class PooledSample:
             if (self.pool_status.get("switchesPerMinute") or 0) > 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
+        await self._read_ready(kube)
+
+    async def wait_ready(self, kube: KubeClient, timeout_s: float) -> bool:
+        """Until every Pooled deployment is Ready (its engine loaded), or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if await self._read_ready(kube) or time.monotonic() > deadline:
+                return all(self.deployments_ready.values())
+            await asyncio.sleep(0.25)
+
+    async def _read_ready(self, kube: KubeClient) -> bool:
         for name in MODELS:
             md = await kube.get(MODEL_DEPLOYMENTS, self.namespace, name)
             conditions = ((md or {}).get("status") or {}).get("conditions") or []
             self.deployments_ready[name] = any(
                 c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
             )
+        return all(self.deployments_ready.values())
 
     def summary(self, engines: list[RunningEngine]) -> dict[str, Any]:
         """``engines``: every engine the kubelet started (the sleep-mode ones are the pool's)."""

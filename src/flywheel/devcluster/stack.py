@@ -454,6 +454,8 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
                 seed=options.seed + 1,
             )
         ready = await cluster.wait_ready()
+        if cluster.pooled is not None and cluster.kube is not None:
+            ready = await cluster.pooled.wait_ready(cluster.kube, options.ready_timeout_s) and ready
         state = "instances serving" if ready else "instances NOT all serving (timeout)"
         cluster._say(
             f"{state}; replaying {len(replay_plan)} requests of {options.trace} (sample {sample:.3f}) "
