@@ -14,6 +14,7 @@ import pytest
 from flywheel.devcluster.options import DevOptions
 from flywheel.devcluster.pooled import MODELS, split
 from flywheel.devcluster.stack import run_dev
+from flywheel.operator.config import OperatorConfig
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,6 +25,15 @@ def test_split_is_heavy_tailed_and_seeded() -> None:
     counts = {name: models.count(name) for name in MODELS}
     assert counts["tiny-llama"] > counts["tiny-qwen"] > counts["tiny-gemma"] > 0
     assert abs(counts["tiny-llama"] / 10_000 - 0.6) < 0.03
+
+
+def test_pooled_router_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert OperatorConfig.from_env().pooled_router_url("flywheel-system", "p-g0-router") == (
+        "http://p-g0-router.flywheel-system.svc:80"
+    )
+    monkeypatch.setenv("FLYWHEEL_POOLED_ROUTER_URL", "http://127.0.0.1:9000/{namespace}/{service}")
+    url = OperatorConfig.from_env().pooled_router_url("flywheel-system", "p-g0-router")
+    assert url == "http://127.0.0.1:9000/flywheel-system/p-g0-router"
 
 
 async def test_dev_pooled_serves_three_models_with_switches(tmp_path: Path) -> None:
