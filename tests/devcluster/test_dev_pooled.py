@@ -2,9 +2,9 @@
 GPUPool group, served through the pooled router the operator deployed, with switches in the router's
 metrics and in the GPUPool's status.
 
-At the operator + API emulator + simulated engine level, not under ``flywheel dev``: its stack applies
-one dedicated sample deployment and its kubelet runs 70B-profile engines without sleep mode. So this
-test plays the dev kubelet's part itself: the real operator (kopf, in a thread) creates the engine
+At the operator + API emulator + simulated engine level (``test_dev_pooled_dev.py`` runs the same under
+``flywheel dev --pooled``), with the operator in a thread so the test can inspect it; the test plays
+the dev kubelet's part itself: the real operator (kopf, in a thread) creates the engine
 Pods and the router Deployment; each Pod's engine is started from the Pod's own command line
 (``python -m flywheel.engines.simulated ...`` with the operator's ``--enable-sleep-mode --profile``)
 at the Pod IP the test reports for it, and the router from the Deployment's command line

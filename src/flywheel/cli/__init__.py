@@ -316,6 +316,10 @@ def dev(
     metrics: int | None = typer.Option(
         None, "--metrics", help="Operator /metrics on this port, node agents' on the next --nodes ports."
     ),
+    pooled: bool = typer.Option(
+        False, "--pooled", help="Also pool 3 small models (8B/14B/27B) on one GPU group (a GPUPool)."
+    ),
+    pooled_rps: float = typer.Option(4.0, "--pooled-rps", help="Wall request rate of the pooled models."),
 ) -> None:
     """Run Flywheel end to end on localhost: API emulator, operator, agents, simulated engines, router."""
     from flywheel.devcluster.cli import run
@@ -323,7 +327,7 @@ def dev(
     code = run(
         duration=duration, trace=trace, speed=speed, nodes=nodes, gpus_per_node=gpus_per_node, inject=inject,
         report=report, chaos=chaos, max_rps=max_rps, live=live, seed=seed, kubeconfig=kubeconfig,
-        metrics_port=metrics,
+        metrics_port=metrics, pooled=pooled, pooled_rps=pooled_rps,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

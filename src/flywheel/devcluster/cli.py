@@ -28,6 +28,8 @@ def run(
     seed: int,
     kubeconfig: Path | None = None,
     metrics_port: int | None = None,
+    pooled: bool = False,
+    pooled_rps: float = 4.0,
 ) -> int:
     console = Console()
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,6 +48,8 @@ def run(
             seed=seed,
             kubeconfig=kubeconfig,
             metrics_port=metrics_port,
+            pooled=pooled,
+            pooled_rps=pooled_rps,
         )
         options.faults()  # validate before starting anything
         skipped = options.chaos_faults()[1]
@@ -64,6 +68,17 @@ def run(
         console.print(
             f"fault {fault['fault']} on {fault['instance']}: detected after {fault['detected_after_s']} s, "
             f"recovered after {fault['recovered_after_s']} s"
+        )
+    for model, row in (result.get("pooled") or {}).get("models", {}).items():
+        console.print(
+            f"pooled {model}: served {row['requests']['served']}/{row['requests']['sent']}, "
+            f"SLO attainment {row['slo']['attainment']}"
+        )
+    if "pooled" in result:
+        status = result["pooled"]["status"]
+        console.print(
+            f"pool switches: {result['pooled']['switches_total']} (router metric), "
+            f"{status['switchesPerMinute']}/min, P50 {status['switchSecondsP50']} s (GPUPool status)"
         )
     if report is not None:
         console.print(f"report written to {report}")

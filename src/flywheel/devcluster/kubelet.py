@@ -6,6 +6,10 @@ utilisation and so their power), serves it on its own loopback address (``127.0.
 ``podIP:port`` is a real endpoint), and writes the Pod status a kubelet would: ``podIP``, ``Running``,
 the ``Ready`` condition. A Pod is Ready after a simulated weight-loading time; an engine whose GPU is
 lost stops being Ready. Deleted Pods have their engine stopped.
+
+A pooled engine Pod (a GPUPool group's, started with ``--enable-sleep-mode --profile P --gpu G``, as the
+operator writes it) gets its engine as ``python -m flywheel.engines.simulated`` would run those
+arguments: that profile, and the sleep/wake-up endpoints with the same switch costs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.agents.nvml.backend import NvmlError
+from flywheel.controllers.pooling import SwitchCost
 from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -30,7 +35,14 @@ from flywheel.controllers.resources.desired import (
     MANAGER,
 )
 from flywheel.devcluster.nodes import SimNode
-from flywheel.engines.simulated import PerfModelTiming, RequestResult, SimulatedEngine, SimulatedEngineServer
+from flywheel.engines.simulated import (
+    PerfModelTiming,
+    RequestResult,
+    SimulatedEngine,
+    SimulatedEngineServer,
+    SleepCosts,
+)
+from flywheel.engines.simulated.__main__ import _args as engine_args
 from flywheel.kubeclient import MODEL_DEPLOYMENTS, PODS, KubeClient, KubeError
 from flywheel.models import perf as perfmodel
 
@@ -65,6 +77,7 @@ class RunningEngine:
     pod_uid: str
     clock: GpuGroupClock
     restarts: int = 0
+    sleep_mode: bool = False  # a pooled engine (``--enable-sleep-mode``)
     published: tuple[bool, str] | None = None  # (ready, ip) last written to the Pod status
 
     @property
@@ -223,8 +236,17 @@ class EngineKubelet:
         indices = [node.index_of(u) for u in uuids]
         port = int((container.get("ports") or [{}])[0].get("containerPort", 8000))
         deployment = labels.get(LABEL_DEPLOYMENT, "")
-        profile = await self._profile(meta["namespace"], deployment)
-        timing = PerfModelTiming.named(profile, node.nvml.sku.name, len(uuids))
+        args = [*(container.get("command") or []), *(container.get("args") or [])]
+        sleep: SleepCosts | None = None
+        if "--enable-sleep-mode" in args:  # a pooled engine: its own profile, and sleep mode
+            parsed = engine_args([a for a in container.get("args") or [] if a])
+            profile, gpu = str(parsed.profile), str(parsed.gpu)
+        else:
+            profile, gpu = await self._profile(meta["namespace"], deployment), node.nvml.sku.name
+        timing = PerfModelTiming.named(profile, gpu, len(uuids))
+        if "--enable-sleep-mode" in args:
+            cost, weights = SwitchCost(), timing.model.weight_bytes
+            sleep = SleepCosts(cost.sleep_s(weights, len(uuids)), cost.wake_s(weights, len(uuids)))
         if timing.kv_capacity_tokens <= 0:
             raise ValueError(f"{profile} does not fit on {len(uuids)} x {node.nvml.sku.name}")
 
@@ -243,7 +265,7 @@ class EngineKubelet:
             batch_sink=report_batch,
             on_finish=(lambda result: on_result(instance, result)) if on_result else None,
         )
-        server = SimulatedEngineServer(engine, _served_name(container), instance=instance)
+        server = SimulatedEngineServer(engine, _served_name(container), instance=instance, sleep=sleep)
         ip = await self._bind(server, port)
         log.info("engine %s on %s GPUs %s at %s", instance, node.name, indices, server.url)
         return RunningEngine(
@@ -260,6 +282,7 @@ class EngineKubelet:
             ready_at=time.monotonic() + self.load_seconds / self.time_scale,
             pod_uid=meta["uid"],
             clock=clock,
+            sleep_mode=sleep is not None,
         )
 
     async def _publish(self, running: RunningEngine) -> None:

@@ -71,6 +71,8 @@ class DevOptions:
     operator_log: Path | None = None
     kubeconfig: Path | None = None  # write a kubeconfig for kubectl/helm pointing at the emulator
     metrics_port: int | None = None  # operator /metrics here, node agents' on the next ports
+    pooled: bool = False  # also three small models pooled on one GPU group (devcluster/pooled.py)
+    pooled_rps: float = 4.0  # wall-clock request rate of the pooled models' replay (all three)
     progress: Callable[[str], None] | None = None
 
     def chaos_faults(self) -> tuple[list[FaultSpec], list[str]]:

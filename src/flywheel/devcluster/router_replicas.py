@@ -60,8 +60,10 @@ class RouterReplicas:
         names: list[str],
         log_path: Path,
         preexec: Callable[[], None] | None = None,
+        ready_path: str = "/livez",  # the readiness probe's path
     ) -> None:
         self.command = command
+        self.ready_path = ready_path
         self.replicas = [RouterReplica(name, free_port()) for name in names]
         self.log_path = log_path
         self.preexec = preexec
@@ -108,7 +110,7 @@ class RouterReplicas:
     async def _live(self, replica: RouterReplica) -> bool:
         assert self._http is not None
         try:
-            async with self._http.get(f"{replica.url}/livez") as response:
+            async with self._http.get(f"{replica.url}{self.ready_path}") as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False

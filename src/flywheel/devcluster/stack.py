@@ -45,6 +45,8 @@ from flywheel.devcluster.options import (
     check_duration,
     sample_deployment,
 )
+from flywheel.devcluster.pooled import MODELS as POOLED_MODELS
+from flywheel.devcluster.pooled import POOL_NAME, PooledSample
 from flywheel.devcluster.replay import ReplayPlan, plan, replay
 from flywheel.devcluster.router_replicas import RouterReplicas, router_command
 from flywheel.devcluster.stack_report import StackReport
@@ -62,6 +64,7 @@ from flywheel.sim.workloads import load_trace
 
 log = logging.getLogger(__name__)
 ROUTER_REPLICAS = 2  # as the router Deployment's minimum
+POOLED_MAX_PROMPT_TOKENS = 8192  # the pooled replay's prompts are cut here (the 27B engine's KV fits it)
 
 
 class DevCluster(StackReport):
@@ -94,6 +97,9 @@ class DevCluster(StackReport):
                 f"metrics: operator http://127.0.0.1:{o.metrics_port}/metrics, node agents "
                 f"http://127.0.0.1:{o.metrics_port + 1}-{o.metrics_port + o.nodes}/metrics"
             )
+        if o.pooled:
+            log_path = Path(tempfile.mkstemp(prefix="flywheel-dev-pooled-router-", suffix=".log")[1])
+            self.pooled = PooledSample(o.namespace, url, o.speed, log_path, _death_signal())
         self._start_operator(url)
         self.injector = FaultInjector(self.kubelet)
         loop = asyncio.get_running_loop()
@@ -103,7 +109,19 @@ class DevCluster(StackReport):
         ]
         await self.kube.create(MODEL_DEPLOYMENTS, o.namespace, sample_deployment(o.namespace))
         self._say(f"applied ModelDeployment {o.namespace}/{DEPLOYMENT_NAME}")
+        if self.pooled is not None:
+            await self.pooled.apply(self.kube)
+            self._say(f"applied GPUPool {POOL_NAME} and Pooled ModelDeployments {', '.join(POOLED_MODELS)}")
         await self._start_router(url)
+        if self.pooled is not None:
+            operator = self.operator
+            args = await self.pooled.start_router(
+                self.kube, lambda: operator is None or operator.poll() is None, 120.0
+            )
+            self._say(
+                f"pooled router at {self.pooled.router_url} (flywheel pooled-router {args}), "
+                f"log {self.pooled.log_path}"
+            )
         assert self.sync is not None
         self.tasks.append(loop.create_task(self.sync.run(), name="router-discovery"))
 
@@ -180,6 +198,8 @@ class DevCluster(StackReport):
         if o.metrics_port is not None:
             command += ["--metrics-port", str(o.metrics_port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.pooled is not None:  # where the operator reads the pooled router's /flywheel/pool
+            env["FLYWHEEL_POOLED_ROUTER_URL"] = self.pooled.router_url
         handle = log_path.open("ab")  # a restarted operator (chaos) appends
         self.operator = subprocess.Popen(
             command,
@@ -229,7 +249,7 @@ class DevCluster(StackReport):
             await asyncio.sleep(0.25)
         return False
 
-    async def run_replay(self, replay_plan: ReplayPlan) -> None:
+    async def run_replay(self, replay_plan: ReplayPlan, pooled_plan: ReplayPlan | None = None) -> None:
         assert self.routers is not None and self.injector is not None
         self.snapshot.phase = "replaying"
 
@@ -265,12 +285,20 @@ class DevCluster(StackReport):
 
         injector = asyncio.get_running_loop().create_task(inject_all(), name="faults")
         try:
-            await replay(
-                replay_plan,
-                self.routers.urls,
-                self.spec.model.name,
-                self.outcomes.append,
-                started=started,
+            pooled = self.pooled
+            await asyncio.gather(
+                replay(
+                    replay_plan,
+                    self.routers.urls,
+                    self.spec.model.name,
+                    self.outcomes.append,
+                    started=started,
+                ),
+                *(
+                    [pooled.run_replay(pooled_plan, self.options.seed)]
+                    if pooled is not None and pooled_plan is not None
+                    else []
+                ),
             )
             # Let recovery finish after the last request (bounded).
             deadline = time.monotonic() + self.options.drain_timeout_s
@@ -279,6 +307,8 @@ class DevCluster(StackReport):
             ):
                 await asyncio.sleep(0.25)
             await self.routers.scrape()
+            if pooled is not None and self.kube is not None:
+                await pooled.read_back(self.kube, timeout_s=30.0)
         finally:
             injector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -342,6 +372,8 @@ class DevCluster(StackReport):
                 await task
         if self.routers is not None:
             await self.routers.stop()
+        if self.pooled is not None:
+            await self.pooled.stop()
         if self.kubelet is not None:
             await self.kubelet.close()
         for node in self.nodes.values():
@@ -410,7 +442,20 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
             max_prompt_tokens=max(1, min(32768, capacity // 2)),
             seed=options.seed,
         )
+        pooled_plan = None
+        if options.pooled:
+            pooled_sample = min(1.0, options.pooled_rps / wall_rps) if wall_rps > 0 else 1.0
+            pooled_plan = plan(
+                workload,
+                options.speed,
+                options.duration_s,
+                pooled_sample,
+                max_prompt_tokens=POOLED_MAX_PROMPT_TOKENS,
+                seed=options.seed + 1,
+            )
         ready = await cluster.wait_ready()
+        if cluster.pooled is not None and cluster.kube is not None:
+            ready = await cluster.pooled.wait_ready(cluster.kube, options.ready_timeout_s) and ready
         state = "instances serving" if ready else "instances NOT all serving (timeout)"
         cluster._say(
             f"{state}; replaying {len(replay_plan)} requests of {options.trace} (sample {sample:.3f}) "
@@ -422,7 +467,7 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
             ) as live:
                 updater = asyncio.get_running_loop().create_task(_update_live(live, cluster))
                 try:
-                    await cluster.run_replay(replay_plan)
+                    await cluster.run_replay(replay_plan, pooled_plan)
                 finally:
                     updater.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -432,7 +477,7 @@ async def run_dev(options: DevOptions, console: Console | None = None) -> dict[s
         else:
             printer = asyncio.get_running_loop().create_task(_print_progress(cluster, console))
             try:
-                await cluster.run_replay(replay_plan)
+                await cluster.run_replay(replay_plan, pooled_plan)
             finally:
                 printer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -102,6 +102,11 @@ class StackReport(StackObserver):
                 ),
             },
             "operator_log": str(self.operator_log) if self.operator_log else None,
+            **(
+                {"pooled": self.pooled.summary(self.kubelet.started if self.kubelet else [])}
+                if self.pooled is not None
+                else {}
+            ),
         }
 
     def _incident(self, obj: dict[str, Any]) -> dict[str, Any]:

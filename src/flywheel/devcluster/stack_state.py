@@ -15,6 +15,7 @@ from flywheel.devcluster.chaos import FaultInjector
 from flywheel.devcluster.kubelet import EngineKubelet
 from flywheel.devcluster.nodes import SimNode
 from flywheel.devcluster.options import DevOptions, sample_deployment
+from flywheel.devcluster.pooled import ROUTER_NAMESPACE, PooledSample
 from flywheel.devcluster.replay import Outcome
 from flywheel.devcluster.router_replicas import RouterReplicas
 from flywheel.devcluster.view import Snapshot
@@ -32,12 +33,14 @@ class StackParts:
         self.options = options
         self.faults = options.faults()
         self.t0 = time.monotonic()
-        self.api = ApiServer(namespaces=(options.namespace,), emulator_class=FaultyEmulator)
+        namespaces = (options.namespace, *([ROUTER_NAMESPACE] if options.pooled else []))
+        self.api = ApiServer(namespaces=namespaces, emulator_class=FaultyEmulator)
         self.kube: KubeClient | None = None
         self.nodes: dict[str, SimNode] = {}
         self.kubelet: EngineKubelet | None = None
         self.router: Router | None = None  # the routing table as discovered (observation only)
         self.routers: RouterReplicas | None = None  # the serving router processes
+        self.pooled: PooledSample | None = None  # --pooled: the pooled models and their router
         self.sync: KubeDiscovery | None = None
         self.injector: FaultInjector | None = None
         self.operator: subprocess.Popen[bytes] | None = None

@@ -118,4 +118,9 @@ class OperatorConfig:
             config.engine_runtime_class = runtime_class_name(env["FLYWHEEL_ENGINE_RUNTIME_CLASS"])
         if env.get("FLYWHEEL_WEIGHT_CACHE_HOST_PATH"):
             config.weight_cache_host_path = weight_cache_host_root(env["FLYWHEEL_WEIGHT_CACHE_HOST_PATH"])
+        if env.get("FLYWHEEL_POOLED_ROUTER_URL"):  # a template: {service} and {namespace} are filled in
+            template = env["FLYWHEEL_POOLED_ROUTER_URL"]
+            config.pooled_router_url = lambda namespace, service: template.format(
+                service=service, namespace=namespace
+            )
         return config
