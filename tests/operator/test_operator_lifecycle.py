@@ -252,7 +252,7 @@ def test_insufficient_gpus_then_capacity_arrives(http: httpx.Client) -> None:
     unplaced = [i for i in instances if not i["spec"].get("nodeName")]
     assert len(unplaced) == 6  # the first nodes have free GPUs, but no 8-GPU NVLink domain (two of 4 each)
     assert all(
-        condition(i, "Scheduled")["reason"] == "Unschedulable" for i in unplaced if condition(i, "Scheduled")
+        condition(i, "Scheduled")["reason"] == "InsufficientGPUs" for i in unplaced if condition(i, "Scheduled")
     )
     for n in range(4, 10):
         add_gpu_node(http, f"gpu-{n}", gpus=8, domains=1)
