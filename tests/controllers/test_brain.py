@@ -94,7 +94,10 @@ def test_the_gpu_budget_comes_from_the_gpunodes() -> None:
     assert gpu_inventory(nodes, "H200") == GPUInventory(0, 0)
     context = context_for(md(), gpu_inventory(nodes, "H100-80GB-SXM"))
     assert not isinstance(context, str) and (context.total_gpus, context.gpus_per_node) == (13, 8)
-    assert context_for(md(), GPUInventory(0, 0)) == "no healthy GPUs reported by any GPUNode"
+    assert (
+        context_for(md(), GPUInventory(0, 0))
+        == "no usable H100-80GB-SXM GPUs (gpu.product) reported by any GPUNode"
+    )
     small = md(model={"name": "m-7b", "parametersMillions": 7000, "weightSource": "hf://a/b"})
     assert energy_brain(small, GPUInventory(8, 8)) == "no calibrated performance model for m-7b"
 

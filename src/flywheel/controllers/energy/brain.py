@@ -85,7 +85,7 @@ def context_for(spec: ModelDeploymentSpec, gpus: GPUInventory) -> PolicyContext 
     if sku is None:
         return f"no calibrated GPU model for {spec.gpu.product}"
     if gpus.total <= 0:
-        return "no healthy GPUs reported by any GPUNode"
+        return f"no usable {spec.gpu.product} GPUs (gpu.product) reported by any GPUNode"
     slo = SLO(float(spec.slo.ttft_p99_ms), float(spec.slo.tbt_p99_ms))
     return PolicyContext(model, sku, slo, gpus.total, gpus.per_node, offline_profile(spec))
 
