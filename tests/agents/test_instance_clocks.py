@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from flywheel.agents.health.findings import Finding, Scope
 from flywheel.agents.instance_clocks import METRICS_UNREACHABLE, BoundInstance, InstanceClocks, engine_window
 from flywheel.agents.nvml.backend import GPUSample
 from flywheel.api.v1alpha1 import EngineKind, ModelInstanceSpec, SignalType
+from flywheel.controllers.resources.drain import drain_decision, engine_report, parse_time
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.metrics import EngineMetrics, Histogram
 from flywheel.models.gpu import H100_SXM
@@ -198,6 +201,73 @@ def test_standby_idles_and_unreachable_metrics_make_it_unhealthy() -> None:
     assert clocks.decisions["i0"] == "standby: lowest clock"
     healthy = next(c for c in api.writes[-1][1]["conditions"] if c["type"] == "Healthy")
     assert (healthy["status"], healthy["reason"]) == ("False", METRICS_UNREACHABLE)
+
+
+def merged(api: FakeApi) -> dict[str, Any]:
+    """The instance's status after the agent's merge patches (null removes a field)."""
+    status: dict[str, Any] = {}
+    for _, patch in api.writes:
+        for key, value in patch.items():
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = value
+    return status
+
+
+def test_a_failed_scrape_drops_the_counts_so_an_old_idle_report_never_ends_a_drain() -> None:
+    api, clock = FakeApi([instance()]), Clock()
+    up = [True]
+
+    def scrape(kind: EngineKind, url: str) -> EngineMetrics:
+        if not up[0]:
+            raise ConnectionError("refused")
+        return metrics(0, 0)
+
+    clocks = InstanceClocks("n", api, scrape, heartbeat_s=0.0, clock=clock)
+    clocks(snapshot(0))
+    idle = engine_report(merged(api))
+    assert (idle.running, idle.waiting) == (0, 0) and idle.at is not None
+    drain_started = datetime.now(UTC)
+    up[0] = False  # the engine stops answering; the agent's heartbeat goes on
+    clock.now += 1.0
+    clocks(snapshot(0))
+    status = merged(api)
+    assert "requestsRunning" not in status and "requestsWaiting" not in status
+    assert parse_time(status["lastHeartbeat"]) is not None  # still written: the agent is alive
+    report = engine_report(status)
+    assert report.at is None  # no report of the queue, however fresh the heartbeat
+    decision = drain_decision(
+        drain_started, report, datetime.now(UTC), timeout_s=120.0, max_report_age_s=90.0
+    )
+    assert not decision.drained
+
+
+def test_a_drain_gets_a_report_at_once_not_at_the_next_heartbeat() -> None:
+    bound = instance()
+    api, clock = FakeApi([bound]), Clock()
+    clocks = InstanceClocks(
+        "n", api, lambda kind, url: metrics(0, 0), status_interval_s=5.0, heartbeat_s=30.0, refresh_s=0.0,
+        clock=clock,
+    )  # fmt: skip
+    clocks(snapshot(1_000_000))
+    clock.now += 1.0
+    clocks(snapshot(1_000_000))
+    assert len(api.writes) == 1  # nothing changed: the next write waits for the heartbeat
+    drain_started = datetime.now(UTC) - timedelta(seconds=1)  # the operator marked it a moment ago
+    api.instances = [dataclasses.replace(bound, spec=bound.spec.model_copy(update={"drain": True}))]
+    clock.now += 1.0
+    clocks(snapshot(1_000_000))
+    assert len(api.writes) == 2
+    report = engine_report(merged(api))
+    assert report.at is not None and report.at >= drain_started and (report.running, report.waiting) == (0, 0)
+    decision = drain_decision(
+        drain_started, report, datetime.now(UTC), timeout_s=120.0, max_report_age_s=90.0
+    )
+    assert decision.drained and not decision.timed_out
+    clock.now += 1.0
+    clocks(snapshot(1_000_000))
+    assert len(api.writes) == 2  # once: then the usual schedule
 
 
 def test_unknown_model_leaves_clocks_alone_but_still_reports_power() -> None:

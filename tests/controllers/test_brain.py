@@ -7,7 +7,7 @@ from typing import Any
 from flywheel.api.v1alpha1 import (
     AUTO_CLASS_NAMES,
     ClassRates,
-    GPUNodeStatus,
+    GPUNode,
     ModelDeploymentSpec,
     PoolRequestClass,
     ServingPoolSpec,
@@ -63,16 +63,42 @@ def test_the_profile_is_what_the_spec_declares_or_nothing() -> None:
     assert "expectedLoad" in declared.source
 
 
+def gpu_node(name: str, products: list[str], unhealthy: int = 0, quarantined: int = 0) -> GPUNode:
+    gpus = [
+        {"uuid": f"{name}-{i}", "index": i, "product": p, "memoryMiB": 81559, "healthy": i >= unhealthy}
+        for i, p in enumerate(products)
+    ]
+    return GPUNode.model_validate(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": name,
+                "quarantinedGPUs": [
+                    {"uuid": f"{name}-{len(products) - 1 - i}", "reason": "xid"} for i in range(quarantined)
+                ],
+            },
+            "status": {"gpuCount": len(products), "gpus": gpus},
+        }
+    )
+
+
 def test_the_gpu_budget_comes_from_the_gpunodes() -> None:
     nodes = [
-        GPUNodeStatus.model_validate({"gpuCount": 8, "healthyGpus": 8}),
-        GPUNodeStatus.model_validate({"gpuCount": 8, "healthyGpus": 6, "quarantinedGPUs": 1}),
-        None,
+        gpu_node("a", ["NVIDIA H100 80GB HBM3"] * 8),
+        gpu_node("b", ["NVIDIA H100 80GB HBM3"] * 8, unhealthy=2, quarantined=1),
+        gpu_node("c", ["NVIDIA A100-SXM4-80GB"] * 8),
     ]
-    assert gpu_inventory(nodes) == GPUInventory(13, 8)
-    context = context_for(md(), gpu_inventory(nodes))
+    assert gpu_inventory(nodes[:2]) == GPUInventory(13, 8)
+    # Only the deployment's product counts: the A100 node is not its budget.
+    assert gpu_inventory(nodes, "H100-80GB-SXM") == GPUInventory(13, 8)
+    assert gpu_inventory(nodes, "A100") == GPUInventory(8, 8)
+    assert gpu_inventory(nodes, "H200") == GPUInventory(0, 0)
+    context = context_for(md(), gpu_inventory(nodes, "H100-80GB-SXM"))
     assert not isinstance(context, str) and (context.total_gpus, context.gpus_per_node) == (13, 8)
-    assert context_for(md(), GPUInventory(0, 0)) == "no healthy GPUs reported by any GPUNode"
+    assert (
+        context_for(md(), GPUInventory(0, 0))
+        == "no usable H100-80GB-SXM GPUs (gpu.product) reported by any GPUNode"
+    )
     small = md(model={"name": "m-7b", "parametersMillions": 7000, "weightSource": "hf://a/b"})
     assert energy_brain(small, GPUInventory(8, 8)) == "no calibrated performance model for m-7b"
 

@@ -57,7 +57,10 @@ def test_unrecorded_start_keeps_the_whole_timeout() -> None:
 
 
 def test_engine_report_from_wire_status() -> None:
-    r = engine_report({"requestsRunning": 2, "requestsWaiting": "x", "lastHeartbeat": "2026-12-04T12:00:05Z"})
+    r = engine_report({"requestsRunning": 2, "requestsWaiting": 0, "lastHeartbeat": "2026-12-04T12:00:05Z"})
     assert r == EngineReport(2, 0, at(5))
     assert engine_report({}) == EngineReport(0, 0, None)
+    # Counts dropped (the agent's scrape failed) or unreadable: a fresh heartbeat is no report.
+    for counts in ({}, {"requestsRunning": 0}, {"requestsRunning": 0, "requestsWaiting": "x"}):
+        assert engine_report({**counts, "lastHeartbeat": "2026-12-04T12:00:05Z"}).at is None
     assert parse_time("garbage") is None and parse_time("2026-12-04T12:00:00.5Z") == at(0.5)

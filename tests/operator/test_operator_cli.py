@@ -63,3 +63,21 @@ def test_importing_the_package_registers_nothing_only_the_kopf_entry_does() -> N
     assert _default_registry_handlers("flywheel.operator") == kopf_alone
     assert _default_registry_handlers("flywheel.operator.main") == kopf_alone
     assert _default_registry_handlers("flywheel.operator.kopf_entry") > kopf_alone + 10
+
+
+def test_engine_pod_settings_come_from_the_flags_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+    from flywheel.operator.config import OperatorConfig
+
+    seen: list[OperatorConfig] = []
+    monkeypatch.setattr("flywheel.operator.cli.run", seen.append)  # capture instead of starting kopf
+    runner = CliRunner()
+    flags = ["operator", "--standalone", "--engine-runtime-class", "nvidia"]
+    ok = runner.invoke(app, [*flags, "--weight-cache-host-path", "/var/cache/fw/"])
+    assert ok.exit_code == 0, ok.output
+    assert (seen[0].engine_runtime_class, seen[0].weight_cache_host_path) == ("nvidia", "/var/cache/fw")
+    bad = runner.invoke(app, [*flags, "--weight-cache-host-path", "relative/dir"])
+    assert bad.exit_code != 0 and len(seen) == 1  # never started with a bad setting
+    assert "weight cache host path 'relative/dir' must be an absolute" in str(bad.exception) + bad.output

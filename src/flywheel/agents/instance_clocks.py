@@ -45,6 +45,7 @@ from flywheel.controllers.energy.instance_observation import (
 )
 from flywheel.controllers.energy.tuning import tuning_for
 from flywheel.controllers.protocol import SLO
+from flywheel.controllers.resources.drain import format_time
 from flywheel.engines.adapters import adapter_for
 from flywheel.engines.metrics import EngineMetrics, Histogram
 from flywheel.models.engine_profile import CalibratedEngine, ClockRange
@@ -148,6 +149,7 @@ class _Tracked:
     gpu_energy_mj: dict[str, int] = field(default_factory=dict)
     written: dict[str, Any] | None = None
     written_at: float = float("-inf")
+    drain_reported: bool = False  # the last write saw spec.drain
 
 
 class InstanceClocks:
@@ -365,18 +367,22 @@ class InstanceClocks:
             "clockReason": tracked.reason[:1024] or None,
             "conditions": wire_conditions(conditions),
         }
+        status = {k: v for k, v in status.items() if v is not None}
+        # The engine's queue as of this round's scrape; none (removed by the merge patch) when it
+        # failed: an old 0/0 under a new heartbeat would end a drain early (controllers/resources/drain.py).
+        status["requestsRunning"] = int(metrics.requests_running) if metrics is not None else None
+        status["requestsWaiting"] = int(metrics.requests_waiting) if metrics is not None else None
         if metrics is not None:
             status["generatedTokens"] = int(metrics.generation_tokens_total)
-            status["requestsRunning"] = int(metrics.requests_running)
-            status["requestsWaiting"] = int(metrics.requests_waiting)
-        status = {k: v for k, v in status.items() if v is not None}
-        if not self._due(tracked, status, now):
+        if not self._due(tracked, status, now) and not (instance.spec.drain and not tracked.drain_reported):
             return
-        status["lastHeartbeat"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status["lastHeartbeat"] = format_time(datetime.now(UTC))  # to compare with the drain start
         if self.api.patch_status(
             instance.namespace, instance.name, status, instance.resource_version or None
         ):
             tracked.written, tracked.written_at = status, now
+            # A drain gets a report at once (not at the next heartbeat), written after it began.
+            tracked.drain_reported = instance.spec.drain
 
     def _due(self, tracked: _Tracked, status: dict[str, Any], now: float) -> bool:
         """Write at once when the clock or health changes, else at most every ``status_interval_s``

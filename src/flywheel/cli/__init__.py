@@ -68,6 +68,12 @@ def operator(
         min=0.0,
         help="Seconds a transient fault must persist before quarantine.",
     ),
+    engine_runtime_class: str | None = typer.Option(
+        None, "--engine-runtime-class", help="RuntimeClass of engine Pods (e.g. nvidia)."
+    ),
+    weight_cache_host_path: str | None = typer.Option(
+        None, "--weight-cache-host-path", help="Node directory caching hf:// weights (per namespace)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the Flywheel operator (kopf): deployments -> pools -> instances -> engine Pods."""
@@ -87,6 +93,8 @@ def operator(
         cluster_period=cluster_period,
         resync=resync,
         fault_verify=fault_verify,
+        engine_runtime_class=engine_runtime_class,
+        weight_cache_host_path=weight_cache_host_path,
         verbose=verbose,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from flywheel.engines.adapters import runtime_class_name, weight_cache_host_root
 from flywheel.operator.config import OperatorConfig
 from flywheel.operator.runner import run
 
@@ -24,12 +25,22 @@ def main(
     resync: float,
     verbose: bool,
     fault_verify: float = 5.0,
+    engine_runtime_class: str | None = None,
+    weight_cache_host_path: str | None = None,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = OperatorConfig.from_env()
+    try:
+        config = OperatorConfig.from_env()
+        # Checked as FLYWHEEL_ENGINE_RUNTIME_CLASS / FLYWHEEL_WEIGHT_CACHE_HOST_PATH are; the flags win.
+        if engine_runtime_class:
+            config.engine_runtime_class = runtime_class_name(engine_runtime_class)
+        if weight_cache_host_path:
+            config.weight_cache_host_path = weight_cache_host_root(weight_cache_host_path)
+    except ValueError as exc:
+        raise SystemExit(f"flywheel operator: {exc}") from exc
     config.namespaces = () if all_namespaces else tuple(namespaces)
     config.peering = peering
     config.standalone = standalone or peering is None

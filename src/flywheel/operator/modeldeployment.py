@@ -40,6 +40,7 @@ from flywheel.controllers.resources.desired import (
     pool_spec_patch,
 )
 from flywheel.controllers.resources.desired import pool_name as serving_pool_name
+from flywheel.controllers.resources.placement import unplaced_of, unplaced_summary
 from flywheel.kubeclient import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
@@ -117,7 +118,7 @@ class ModelDeploymentController:
                 observed[pool["metadata"]["name"]] = pool_spec
                 if not deleting(pool):
                     views.append(PoolView(brain_pool(name, pool["metadata"]["name"]), pool_spec, status))
-            gpus = await self._gpu_inventory()
+            gpus = await self._gpu_inventory(spec.gpu.product)
             state = self.brains.ensure(key, spec, gpus, views)
             decisions: list[tuple[str, PoolDecision]] = []
             if isinstance(state, str):
@@ -259,7 +260,7 @@ class ModelDeploymentController:
                     "standbys": len(spare),
                 }
             )
-        unscheduled = sum(1 for i in instances if not i.get("spec", {}).get("nodeName"))
+        unscheduled = [unplaced_of(i) for i in instances if not i.get("spec", {}).get("nodeName")]
 
         def compute(current: Obj) -> Obj | None:
             if ((current.get("spec") or {}).get("sharing") or {}).get("mode") == SharingMode.POOLED.value:
@@ -287,10 +288,10 @@ class ModelDeploymentController:
                     f"{total} instances exist for {wanted} active + standbys", generation,
                 )  # fmt: skip
             if unscheduled:
+                why = unplaced_summary(unscheduled)  # GPUProductUnavailable or InsufficientGPUs
                 conditions = set_condition(
-                    conditions, reasons.DEGRADED, "True", reasons.INSUFFICIENT_GPUS,
-                    f"{unscheduled} instances wait for free healthy GPUs in one NVLink domain", generation,
-                )  # fmt: skip
+                    conditions, reasons.DEGRADED, "True", why.reason, why.message, generation
+                )
             else:
                 conditions = set_condition(
                     conditions, reasons.DEGRADED, "False", reasons.AS_EXPECTED, "", generation
@@ -310,15 +311,15 @@ class ModelDeploymentController:
 
         await self.ctx.kube.update(MODEL_DEPLOYMENTS, namespace, name, compute, "status")
 
-    async def _gpu_inventory(self) -> GPUInventory:
-        """The GPU budget of the cross-pool MILP: healthy GPUs of the cluster's GPUNodes."""
-        statuses = []
+    async def _gpu_inventory(self, product: str) -> GPUInventory:
+        """The GPU budget of the cross-pool MILP: usable GPUs of the deployment's product."""
+        nodes = []
         for raw in await self.ctx.kube.list(GPU_NODES):
             try:
-                statuses.append(GPUNode.model_validate(raw).status)
+                nodes.append(GPUNode.model_validate(raw))
             except ValidationError:
                 continue
-        return gpu_inventory(statuses)
+        return gpu_inventory(nodes, product)
 
     async def _gpus_used(self) -> int:
         """GPUs the cluster's ServingPools hold (actives and standbys, every deployment)."""

@@ -19,6 +19,7 @@ from flywheel.api.v1alpha1 import (
     wire_conditions,
 )
 from flywheel.controllers.resources.drain import DRAIN_STARTED, format_time, parse_time
+from flywheel.controllers.resources.placement import NO_ROOM, unplaced_of
 from flywheel.controllers.resources.pod_backoff import (
     POD_BACKOFF,
     Backoff,
@@ -56,11 +57,16 @@ class ModelInstanceController:
                 if md is None or deleting(md):
                     return
                 try:
-                    model = ModelDeploymentSpec.model_validate(md.get("spec") or {}).model
+                    md_spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
                 except ValidationError:
-                    return
-                image = self.ctx.config.images[spec.engine.kind]
-                desired = instance_pod(name, namespace, spec, model, image, owner_reference(instance))
+                    return  # reported on the deployment; keep what runs
+                config = self.ctx.config
+                desired = instance_pod(
+                    name, namespace, spec, md_spec.model, config.images[spec.engine.kind],
+                    owner_reference(instance), resources=md_spec.engine.resources,
+                    runtime_class=config.engine_runtime_class,
+                    weight_cache_host_path=config.weight_cache_host_path,
+                )  # fmt: skip
                 owned = pod is not None and any(
                     ref.get("uid") == instance["metadata"]["uid"]
                     for ref in pod["metadata"].get("ownerReferences") or []
@@ -166,6 +172,7 @@ class ModelInstanceController:
         self, instance: Obj, pod: Obj | None, invalid: str | None, backoff: Backoff | None = None
     ) -> None:
         spec = instance.get("spec") or {}
+        unplaced = unplaced_of(instance)
         pod_ready = pod is not None and not deleting(pod) and is_true(conditions_of(pod), "Ready")
         pod_ip = (pod or {}).get("status", {}).get("podIP")
 
@@ -177,10 +184,10 @@ class ModelInstanceController:
                     conditions, reasons.SCHEDULED, "False", reasons.INVALID_SPEC, invalid, generation
                 )
             elif not spec.get("nodeName"):
+                placing = unplaced or NO_ROOM  # the pool's last placement attempt
                 conditions = set_condition(
-                    conditions, reasons.SCHEDULED, "False", reasons.UNSCHEDULABLE,
-                    "no NVLink domain has enough free healthy GPUs", generation,
-                )  # fmt: skip
+                    conditions, reasons.SCHEDULED, "False", placing.reason, placing.message, generation
+                )
             else:
                 conditions = set_condition(
                     conditions, reasons.SCHEDULED, "True", reasons.PLACED,

@@ -11,7 +11,7 @@ come from ``flywheel.controllers.fault.standby`` and ``flywheel.controllers.reco
   restarted operator resumes it) and advanced level-based with ``rollout_actions``: new instances are
   created with their planned GPUs, old ones get ``spec.drain`` (the router stops sending to them, the
   ``Serving`` condition turns False with reason ``Draining``) only once the new ones serve, and are
-  deleted once drained (``DrainCheck``: the engine's own report shows nothing in flight, or the
+  deleted once drained (``drain.DrainCheck``: the engine's own report shows nothing in flight, or the
   operator's ``drain_timeout_seconds`` has passed since the drain began, with a ``DrainTimeout``
   Warning saying what was still running). Meanwhile ``plan_instances`` is kept from deleting or creating
   Active instances, and from placing new Standbys on GPUs the plan needs.
@@ -70,66 +70,15 @@ from flywheel.controllers.resources.desired import (
     instance_name,
     instance_template,
 )
-from flywheel.controllers.resources.drain import (
-    DRAIN_STARTED,
-    DrainDecision,
-    drain_decision,
-    engine_report,
-    format_time,
-    parse_time,
-)
 from flywheel.controllers.resources.placement import usable_gpus
 from flywheel.kubeclient import GPU_NODES, MODEL_INSTANCES, PODS, SERVING_POOLS, Obj, owner_reference
-from flywheel.operator.config import OperatorConfig
 from flywheel.operator.context import Context
+from flywheel.operator.drain import DrainCheck, drain_patch, record_drain_starts, warn_timeout
 
 logger = logging.getLogger("flywheel.operator")
 
 PLAN_ANNOTATION = "flywheel.dev/reshard-plan"
 _BYTES_PER_PARAM = {DType.BFLOAT16: 2, DType.FLOAT16: 2, DType.FP8: 1, DType.INT8: 1}
-
-
-class DrainCheck:
-    """The lifecycle states of a pool's instances in one reconcile, with the drain decisions
-    (``controllers/resources/drain.py``) behind the Draining/Drained ones."""
-
-    def __init__(self, config: OperatorConfig, now: datetime) -> None:
-        self.config = config
-        self.now = now
-        self.decisions: dict[str, DrainDecision] = {}
-
-    def state(self, obj: Obj | None) -> InstanceState:
-        """Where a ModelInstance is in its lifecycle, from its spec and status."""
-        if obj is None:
-            return InstanceState.ABSENT
-        if obj.get("metadata", {}).get("deletionTimestamp"):
-            return InstanceState.DELETING
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        if spec.get("drain"):
-            annotations = obj["metadata"].get("annotations") or {}
-            decision = drain_decision(
-                parse_time(annotations.get(DRAIN_STARTED)),
-                engine_report(status),
-                self.now,
-                timeout_s=self.config.drain_timeout_seconds,
-                max_report_age_s=self.config.drain_report_max_age_seconds,
-            )
-            self.decisions[obj["metadata"]["name"]] = decision
-            return InstanceState.DRAINED if decision.drained else InstanceState.DRAINING
-        if is_true(conditions_of(obj), reasons.SERVING):
-            return InstanceState.SERVING
-        return InstanceState.STARTING
-
-    @property
-    def recheck_s(self) -> float | None:
-        """When the first drain timeout among the instances looked at falls due."""
-        due = [d.recheck_s for d in self.decisions.values() if d.recheck_s is not None]
-        return min(due) if due else None
-
-
-def drain_patch(now: datetime) -> Obj:
-    """Mark an instance for draining and record when its drain began."""
-    return {"metadata": {"annotations": {DRAIN_STARTED: format_time(now)}}, "spec": {"drain": True}}
 
 
 def model_bytes(md_spec: ModelDeploymentSpec) -> int:
@@ -221,7 +170,7 @@ class PoolRollout:
         """Run a TP change as a reshard plan; return what ``plan_instances`` may still do."""
         namespace = pool["metadata"]["namespace"]
         check = DrainCheck(self.ctx.config, datetime.now(UTC))
-        raw = await self._record_drain_starts(raw, check.now)
+        raw = await record_drain_starts(self.ctx, raw, check.now)
         try:
             return await self._stage(pool, spec, md_spec, raw, observed, plan, check)
         finally:
@@ -230,26 +179,6 @@ class PoolRollout:
                 self.recheck.pop(key, None)
             else:
                 self.recheck[key] = check.recheck_s
-
-    async def _record_drain_starts(self, raw: list[Obj], now: datetime) -> list[Obj]:
-        """Instances marked for draining by someone else get their drain start recorded now."""
-        result = []
-        for obj in raw:
-            meta = obj["metadata"]
-            annotations = meta.get("annotations") or {}
-            if (
-                (obj.get("spec") or {}).get("drain")
-                and not meta.get("deletionTimestamp")
-                and parse_time(annotations.get(DRAIN_STARTED)) is None
-            ):
-                stamp = {DRAIN_STARTED: format_time(now)}
-                await self.ctx.kube.patch(
-                    MODEL_INSTANCES, meta["namespace"], meta["name"], {"metadata": {"annotations": stamp}}
-                )
-                result.append({**obj, "metadata": {**meta, "annotations": {**annotations, **stamp}}})
-            else:
-                result.append(obj)
-        return result
 
     async def _stage(
         self,
@@ -296,7 +225,7 @@ class PoolRollout:
                 )  # fmt: skip
             elif action.verb is RolloutVerb.DELETE:
                 uid = by_name.get(action.instance, {}).get("metadata", {}).get("uid")
-                await self._warn_timeout(pool, action.instance, check)
+                await warn_timeout(self.ctx, pool, action.instance, check)
                 if await self.ctx.kube.delete(MODEL_INSTANCES, namespace, action.instance, uid):
                     await self.ctx.recorder.decided(
                         "ModelInstance",
@@ -314,7 +243,7 @@ class PoolRollout:
             if state in (InstanceState.SERVING, InstanceState.STARTING):
                 await self.ctx.kube.patch(MODEL_INSTANCES, namespace, i.name, drain_patch(check.now))
             elif state is InstanceState.DRAINED:
-                await self._warn_timeout(pool, i.name, check)
+                await warn_timeout(self.ctx, pool, i.name, check)
                 await self.ctx.kube.delete(
                     MODEL_INSTANCES, namespace, i.name, by_name[i.name]["metadata"].get("uid")
                 )
@@ -371,7 +300,7 @@ class PoolRollout:
                 None,
             ):
                 if name in actives:
-                    await self._warn_timeout(pool, name, check)
+                    await warn_timeout(self.ctx, pool, name, check)
                 final.append(name)
             elif state.get(name) is InstanceState.SERVING:
                 await self.ctx.kube.patch(MODEL_INSTANCES, namespace, name, drain_patch(check.now))
@@ -413,7 +342,7 @@ class PoolRollout:
                 node = GPUNode.model_validate(raw_node)
             except ValidationError:
                 continue
-            for _, uuid, domain in usable_gpus(node):
+            for _, uuid, domain in usable_gpus(node, md_spec.gpu.product):
                 if uuid not in used:
                     gpus.append(GPU(uuid, node.spec.node_name, domain))
                     node_of[uuid] = node.spec.node_name
@@ -502,19 +431,6 @@ class PoolRollout:
                 f"{instance} (Active, TP{spec.tensor_parallel}) on {placed.node_name} GPUs {','.join(gpus)} "
                 "for the reshard",
             )  # fmt: skip
-
-    async def _warn_timeout(self, pool: Obj, name: str, check: DrainCheck) -> None:
-        """A drain ended by its timeout, not by the engine's report: say what was still in flight."""
-        decision = check.decisions.get(name)
-        if decision is not None and decision.timed_out:
-            await self.ctx.recorder.decided(
-                "ModelInstance",
-                "drain",
-                pool,
-                "DrainTimeout",
-                f"{name}: {decision.reason}; deleting it",
-                True,
-            )
 
     async def _finish(self, pool: Obj, tp: int) -> None:
         await self._store(pool["metadata"]["namespace"], pool["metadata"]["name"], None)

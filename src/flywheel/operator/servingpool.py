@@ -33,7 +33,15 @@ from flywheel.controllers.resources.desired import (
     ObservedInstance,
     plan_instances,
 )
-from flywheel.controllers.resources.placement import PlacementRequest, place
+from flywheel.controllers.resources.placement import (
+    NO_ROOM,
+    UNPLACED,
+    PlacementRequest,
+    Unplaced,
+    place_all,
+    unplaced_of,
+    unplaced_summary,
+)
 from flywheel.kubeclient import (
     GPU_NODES,
     MODEL_DEPLOYMENTS,
@@ -118,15 +126,24 @@ class ServingPoolController:
                 if not i.deleting and not i.spec.node_name and i.name not in plan.delete
             }
             if plan.create or unplaced:
-                await self._place_and_create(pool, plan.create, unplaced)
+                recorded = {o["metadata"]["name"]: unplaced_of(o) for o in raw}
+                await self._place_and_create(pool, md_spec, plan.create, unplaced, recorded)
             instances = await self.ctx.kube.list(MODEL_INSTANCES, namespace, f"{LABEL_POOL}={name}")
             await self._status(pool, instances)
         self.deployment_changed(namespace, spec.model_deployment)
 
     async def _place_and_create(
-        self, pool: Obj, create: dict[str, ModelInstanceSpec], unplaced: dict[str, ModelInstanceSpec]
+        self,
+        pool: Obj,
+        md_spec: ModelDeploymentSpec,
+        create: dict[str, ModelInstanceSpec],
+        unplaced: dict[str, ModelInstanceSpec],
+        recorded: dict[str, Unplaced | None],
     ) -> None:
+        """Place new and unplaced instances on GPUs of the deployment's ``gpu.product``; an instance
+        left unplaced carries why in its ``UNPLACED`` annotation (its ``Scheduled`` condition)."""
         namespace, pool_name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+        product = md_spec.gpu.product
         async with self._placement:
             everything = await self.ctx.kube.list(MODEL_INSTANCES)
             used = [u for i in everything for u in (i.get("spec") or {}).get("gpuUUIDs") or []]
@@ -137,11 +154,13 @@ class ServingPoolController:
                 except ValidationError:
                     continue
             wanted = {**unplaced, **create}
-            placements = place(
-                [PlacementRequest(n, s.tensor_parallel) for n, s in wanted.items()], nodes, used
+            result = place_all(
+                [PlacementRequest(n, s.tensor_parallel, product) for n, s in wanted.items()], nodes, used
             )
+            placements = result.placements
             for instance_name, template in create.items():
                 placement = placements.get(instance_name)
+                why = result.unplaced.get(instance_name, NO_ROOM)
                 spec = template
                 if placement is not None:
                     spec = template.model_copy(
@@ -160,22 +179,40 @@ class ServingPoolController:
                     },
                     "spec": spec.wire(),
                 }
+                if placement is None:
+                    body["metadata"]["annotations"] = {UNPLACED: why.wire()}
                 if await self.ctx.kube.create(MODEL_INSTANCES, namespace, body) is not None:
-                    where = (
-                        f"on {placement.node_name} GPUs {','.join(placement.gpu_uuids)}"
-                        if placement
-                        else "unplaced: no free GPUs"
-                    )
-                    await self.ctx.recorder.decided(
-                        "ModelInstance", "create", pool, "CreatedInstance",
-                        f"{instance_name} ({spec.role.value}, TP{spec.tensor_parallel}) {where}",
-                        warning=placement is None,
-                    )  # fmt: skip
+                    what = f"{instance_name} ({spec.role.value}, TP{spec.tensor_parallel})"
+                    if placement is not None:
+                        where = f"on {placement.node_name} GPUs {','.join(placement.gpu_uuids)}"
+                        await self.ctx.recorder.decided(
+                            "ModelInstance", "create", pool, "CreatedInstance", f"{what} {where}"
+                        )
+                    else:  # a Warning whose reason says why (GPUProductUnavailable, InsufficientGPUs)
+                        await self.ctx.recorder.decided(
+                            "ModelInstance",
+                            "create",
+                            pool,
+                            why.reason,
+                            f"{what} unplaced: {why.message}",
+                            True,
+                        )
             for instance_name in unplaced:
                 placement = placements.get(instance_name)
                 if placement is None:
+                    why = result.unplaced.get(instance_name, NO_ROOM)
+                    if why != recorded.get(instance_name):  # news: say so once
+                        annotation = {"metadata": {"annotations": {UNPLACED: why.wire()}}}
+                        await self.ctx.kube.patch(MODEL_INSTANCES, namespace, instance_name, annotation)
+                        await self.ctx.recorder.decided(
+                            "ModelInstance", "place", pool, why.reason,
+                            f"{instance_name} unplaced: {why.message}", warning=True,
+                        )  # fmt: skip
                     continue
-                patch = {"spec": {"nodeName": placement.node_name, "gpuUUIDs": list(placement.gpu_uuids)}}
+                patch = {
+                    "metadata": {"annotations": {UNPLACED: None}},
+                    "spec": {"nodeName": placement.node_name, "gpuUUIDs": list(placement.gpu_uuids)},
+                }
                 await self.ctx.kube.patch(MODEL_INSTANCES, namespace, instance_name, patch)
                 await self.ctx.recorder.decided(
                     "ModelInstance",
@@ -190,7 +227,8 @@ class ServingPoolController:
         active = [i for i in instances if (i.get("spec") or {}).get("role") == "Active"]
         ready = sum(1 for i in active if is_true(conditions_of(i), reasons.SERVING))
         standbys = sum(1 for i in instances if (i.get("spec") or {}).get("role") == "Standby")
-        unscheduled = sum(1 for i in instances if not (i.get("spec") or {}).get("nodeName"))
+        unscheduled = [unplaced_of(i) for i in instances if not (i.get("spec") or {}).get("nodeName")]
+        why = unplaced_summary(unscheduled)
         power = sum(int((i.get("status") or {}).get("powerWatts", 0)) for i in instances)
         want = int(spec.get("instances", 0))
 
@@ -213,8 +251,8 @@ class ServingPoolController:
                 )  # fmt: skip
                 conditions = set_condition(
                     conditions, reasons.DEGRADED, "True" if unscheduled else "False",
-                    reasons.INSUFFICIENT_GPUS if unscheduled else reasons.AS_EXPECTED,
-                    f"{unscheduled} instances unplaced" if unscheduled else "", generation,
+                    why.reason if unscheduled else reasons.AS_EXPECTED,
+                    why.message if unscheduled else "", generation,
                 )  # fmt: skip
             status = {
                 "observedGeneration": generation,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flywheel.api.v1alpha1 import (
-    GPUNodeStatus,
+    GPUNode,
     ModelDeploymentSpec,
     RequestClassMode,
     ServingPoolSpec,
@@ -29,6 +29,7 @@ from flywheel.controllers.protocol import (
     PoolLoad,
     PoolState,
 )
+from flywheel.controllers.resources.placement import usable_gpus
 from flywheel.models.gpu import SKUS
 from flywheel.models.perf import LLAMA2_70B, LLAMA3_70B, ModelProfile
 
@@ -67,8 +68,10 @@ class GPUInventory:
     per_node: int
 
 
-def gpu_inventory(nodes: Iterable[GPUNodeStatus | None]) -> GPUInventory:
-    counts = [max(0, s.healthy_gpus or s.gpu_count) - s.quarantined_gpus for s in nodes if s is not None]
+def gpu_inventory(nodes: Iterable[GPUNode], product: str | None = None) -> GPUInventory:
+    """The GPUs new instances may use (placement's ``usable_gpus``: healthy, not quarantined, on
+    Ready nodes) of the deployment's ``gpu.product``; GPUs of other products are not its budget."""
+    counts = [len(usable_gpus(node, product)) for node in nodes]
     counts = [c for c in counts if c > 0]
     return GPUInventory(sum(counts), max(counts, default=0))
 
@@ -82,7 +85,7 @@ def context_for(spec: ModelDeploymentSpec, gpus: GPUInventory) -> PolicyContext 
     if sku is None:
         return f"no calibrated GPU model for {spec.gpu.product}"
     if gpus.total <= 0:
-        return "no healthy GPUs reported by any GPUNode"
+        return f"no usable {spec.gpu.product} GPUs (gpu.product) reported by any GPUNode"
     slo = SLO(float(spec.slo.ttft_p99_ms), float(spec.slo.tbt_p99_ms))
     return PolicyContext(model, sku, slo, gpus.total, gpus.per_node, offline_profile(spec))
 

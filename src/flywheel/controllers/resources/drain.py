@@ -1,7 +1,8 @@
 """When a draining ModelInstance may be deleted: its engine's own report, or a timeout.
 
 The router stops sending to an instance once ``spec.drain`` is set; the node agent writes the engine's
-``requestsRunning``/``requestsWaiting`` with ``lastHeartbeat`` (``agents/instance_clocks.py``). The
+``requestsRunning``/``requestsWaiting`` with ``lastHeartbeat`` (``agents/instance_clocks.py``; no counts
+when its last scrape of the engine failed, see :func:`engine_report`). The
 instance is drained when a report written *after* the drain began, and not older than
 ``max_report_age_s``, shows nothing running or waiting (a report from before the drain may predate
 requests still routed to it; a stale one may hide new ones), or when ``timeout_s`` has passed since the
@@ -95,14 +96,23 @@ def format_time(at: datetime) -> str:
 
 
 def engine_report(status: dict[str, Any]) -> EngineReport:
-    """The engine report in a ModelInstance's ``status`` (as written on the wire)."""
+    """The engine report in a ModelInstance's ``status`` (as written on the wire).
 
-    def count(key: str) -> int:
+    The agent removes ``requestsRunning``/``requestsWaiting`` when a scrape of the engine fails (its
+    heartbeat goes on), so a status without both counts is no report at all (``at`` None): an old
+    0/0 under a new ``lastHeartbeat`` must never end a drain.
+    """
+
+    def count(key: str) -> int | None:
+        value = status.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return None
         try:
-            return max(0, int(status.get(key) or 0))
-        except (TypeError, ValueError):
-            return 0
+            return max(0, int(value))
+        except ValueError:
+            return None
 
-    return EngineReport(
-        count("requestsRunning"), count("requestsWaiting"), parse_time(status.get("lastHeartbeat"))
-    )
+    running, waiting = count("requestsRunning"), count("requestsWaiting")
+    if running is None or waiting is None:
+        return EngineReport(0, 0, None)
+    return EngineReport(running, waiting, parse_time(status.get("lastHeartbeat")))

@@ -13,9 +13,11 @@ reported product matches it (:func:`product_matches`); one that fits nowhere car
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flywheel.api.v1alpha1 import GPUNode, get_condition, reasons
 
@@ -63,12 +65,53 @@ class PlacementRequest:
     product: str | None = None  # the deployment's spec.gpu.product; None: any GPU
 
 
+# On a ModelInstance the operator could not place: why (``Unplaced.wire``), written with each
+# placement attempt and removed when it is placed; its ``Scheduled`` condition and the pool's and
+# deployment's ``Degraded`` say the same.
+UNPLACED = "flywheel.dev/unplaced"
+
+
 @dataclass(frozen=True)
 class Unplaced:
     """Why a request got no GPUs: a condition reason (``reasons.*``) and a message for people."""
 
     reason: str
     message: str
+
+    def wire(self) -> str:
+        return json.dumps({"reason": self.reason, "message": self.message}, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: object) -> Unplaced | None:
+        """The ``UNPLACED`` annotation's value; None when absent or unreadable."""
+        if not isinstance(text, str):
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("reason"), str):
+            return None
+        return cls(value["reason"], str(value.get("message") or ""))
+
+
+def unplaced_of(instance: Mapping[str, Any]) -> Unplaced | None:
+    """Why a ModelInstance (wire dict) is unplaced, as its last placement attempt recorded."""
+    return Unplaced.parse(((instance.get("metadata") or {}).get("annotations") or {}).get(UNPLACED))
+
+
+# An unplaced instance with no recorded reason (created without a placement attempt).
+NO_ROOM = Unplaced(reasons.INSUFFICIENT_GPUS, "no NVLink domain has enough free healthy GPUs")
+
+
+def unplaced_summary(why: Sequence[Unplaced | None]) -> Unplaced:
+    """One reason for several unplaced instances (a pool's or deployment's ``Degraded``): a missing
+    GPU product first (more GPUs of other products will not help), else too few free GPUs."""
+    known = [w or NO_ROOM for w in why]
+    first = next(
+        (w for w in known if w.reason == reasons.GPU_PRODUCT_UNAVAILABLE), known[0] if known else NO_ROOM
+    )
+    return Unplaced(first.reason, f"{len(known)} instances unplaced: {first.message}")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from flywheel.controllers.resources.desired import (
     LABEL_ROLE,
     MANAGER,
 )
+from flywheel.controllers.resources.drain import DRAIN_TIMEOUT_S
 from flywheel.engines.metrics import EngineMetrics, ExpositionError
 
 GPU_RESOURCE = "flywheel.dev/gpu"
@@ -118,7 +119,7 @@ class EngineLaunch:
     node_name: str | None = None
     gpu_uuids: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
-    drain_timeout_s: int = 120
+    drain_timeout_s: int = math.ceil(DRAIN_TIMEOUT_S)  # the operator's default drain timeout
     weight_bytes: int = 0  # checkpoint size; sizes the default memory request
     resources: EngineResources | None = None  # the user's overrides (ModelDeployment spec.engine.resources)
     weight_cache: WeightCacheSpec | None = None  # the user's claim (spec.model.weightCache)
