@@ -126,9 +126,13 @@ class BurstStep(PolicyState):
         if ps.name not in self._burst_grown or planned is None or planned.tensor_parallel != ps.tp:
             return None
         quiet = now - self._last_burst.get(ps.name, now)
+        # Calm: the ~10 s rate and the last warm-start window's rate both within the planned pool
+        # (the smoothed rate lags a second wave of the same burst).
+        window = self._recent.get(ps.name, ())
+        recent = sum(n for _, n in window) / BURST_WINDOW_S
         calm = (
             ps.load.queued < BACKLOG_MIN_PER_INSTANCE * planned.instances
-            and self._burst_rate.get(ps.name, 0.0) <= planned.instances * per_instance
+            and max(self._burst_rate.get(ps.name, 0.0), recent) <= planned.instances * per_instance
         )
         if not (quiet >= BURST_HOLD_S or (calm and quiet >= BURST_RELEASE_S)):
             return None
