@@ -80,6 +80,7 @@ class FlywheelPolicy(ClusterStep, InstanceStep):
                 clocks=tuple(clocks.levels()),
                 tuning=self.tuning,
                 period_s=self.info.periods.instance_s,
+                chunk_tokens={tp: self.chunk_tokens(tp) for tp in self._tps},
             ),
             remaining=self._remaining,
         )

@@ -187,17 +187,24 @@ class BurstStep(PolicyState):
         the clock)."""
         return self._chunk_floor(obs.tp, max(1, len(obs.running)), obs.kv_used_tokens)
 
-    def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
-        """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
-        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
-        ctx = self._context()
+    def chunk_tokens(self, tp: int) -> int:
+        """The engine's chunked-prefill token budget at TP ``tp``, as an operator tunes it for the TBT
+        SLO (from the planner's model: the policy does not see the hardware's tuning)."""
         chunk = self._chunks.get(tp)
         if chunk is None:
+            ctx = self._context()
             chunk = min(
                 DEFAULT_PREFILL_CHUNK_TOKENS,
                 prefill_chunk_for_tbt(ctx.model, ctx.sku, tp, ctx.slo.tbt_ms),
             )
             self._chunks[tp] = chunk
+        return chunk
+
+    def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
+        """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
+        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
+        ctx = self._context()
+        chunk = self.chunk_tokens(tp)
         engine = self.instance_controller.engine
         clocks = self.instance_controller.settings.clocks
         for clock in clocks:
