@@ -169,9 +169,11 @@ class InstanceController:
             if waited * 1000.0 + step0 + elapsed > ttft_limit:
                 return False
         # A long prompt arriving during the coming period, behind the current queue, must still make
-        # its TTFT at this clock (the next decision comes a period later).
+        # its TTFT at this clock (the next decision comes a period later). A soft guard for a prompt
+        # that may not come: its one-pass prefill time (chunking it raised clocks on conv for no
+        # measured gain; queued prompts, which are real, are projected chunk by chunk).
         if proj.probe_prompt > 0 and obs.arrivals_rps > 0:
-            probe = done + self._prefill_ms(obs.tp, proj.probe_prompt, clock)
+            probe = done + e.prefill_ms(obs.tp, proj.probe_prompt, clock)
             if step0 + probe > ttft_limit:
                 return False
         return True
