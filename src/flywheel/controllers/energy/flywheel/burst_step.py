@@ -119,7 +119,8 @@ class BurstStep(PolicyState):
 
     def _release(self, ps: PoolState, now: float, per_instance: float) -> PoolTarget | None:
         """Back to the pool round's configuration once the burst is over: no surge or backlog for
-        ``BURST_RELEASE_S`` and the planned instances hold the ~10 s rate, or in any case after
+        ``BURST_RELEASE_S`` and the planned instances hold both the ~10 s rate and the last
+        ``BURST_WINDOW_S``'s rate, or in any case after
         ``BURST_HOLD_S`` without one (the pool round has sized for the remembered burst peak)."""
         planned = self._planned.get(ps.name)
         have = ps.instances_ready + ps.instances_starting
