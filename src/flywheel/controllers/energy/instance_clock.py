@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from flywheel.controllers.energy.tuning import EnergyTuning
@@ -46,6 +46,9 @@ class InstanceSettings:
     # False: TBT is each request's mean time between tokens (vLLM, the simulator); prefill iterations
     # stretch it by their time share. True: every gap counts, a queued prefill delays the next token.
     tbt_per_token: bool = False
+    # TP -> the engine's chunked-prefill token budget: a prompt prefills in chunks of this many tokens,
+    # one per iteration, slower than in one pass (empty: one pass).
+    chunk_tokens: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.clocks or list(self.clocks) != sorted(self.clocks):
@@ -131,9 +134,9 @@ class InstanceController:
         e = self.engine
         tbt_limit = s.slo.tbt_ms * (1.0 - s.tuning.slo_headroom)
         ttft_limit = s.slo.ttft_ms * (1.0 - s.tuning.slo_headroom)
-        queued_prefill = sum(e.prefill_ms(obs.tp, p, clock) for p in proj.queued_prompts)
+        queued_prefill = sum(self._prefill_ms(obs.tp, p, clock) for p in proj.queued_prompts)
         queued_prefill_now = (
-            sum(e.prefill_ms(obs.tp, p, obs.clock_mhz) for p in proj.queued_prompts)
+            sum(self._prefill_ms(obs.tp, p, obs.clock_mhz) for p in proj.queued_prompts)
             if clock != obs.clock_mhz
             else queued_prefill
         )
@@ -145,7 +148,7 @@ class InstanceController:
         else:
             # Share of time spent in prefill over the next period: queued prompts plus arrivals.
             arrivals = max(0.0, obs.arrivals_rps) * s.period_s
-            typical = e.prefill_ms(obs.tp, int(proj.typical_prompt), clock) if arrivals > 0 else 0.0
+            typical = self._prefill_ms(obs.tp, int(proj.typical_prompt), clock) if arrivals > 0 else 0.0
             share = (queued_prefill + arrivals * typical) / (s.period_s * 1000.0)
             stretch = 1.0 / max(0.1, 1.0 - min(share, 0.9))
         if s.tbt_per_token:
@@ -161,17 +164,28 @@ class InstanceController:
         step0 = e.decode_step_ms(obs.tp, *proj.points[0], clock) if proj.points else 0.0
         done = 0.0
         for prompt, waited in zip(proj.queued_prompts, proj.queued_waited_s, strict=True):
-            done += e.prefill_ms(obs.tp, prompt, clock)
+            done += self._prefill_ms(obs.tp, prompt, clock)
             elapsed = _switched(done, queued_prefill, queued_prefill_now, s.change_latency_s * 1000.0)
             if waited * 1000.0 + step0 + elapsed > ttft_limit:
                 return False
         # A long prompt arriving during the coming period, behind the current queue, must still make
-        # its TTFT at this clock (the next decision comes a period later).
+        # its TTFT at this clock (the next decision comes a period later). A soft guard for a prompt
+        # that may not come: its one-pass prefill time (chunking it raised clocks on conv for no
+        # measured gain; queued prompts, which are real, are projected chunk by chunk).
         if proj.probe_prompt > 0 and obs.arrivals_rps > 0:
             probe = done + e.prefill_ms(obs.tp, proj.probe_prompt, clock)
             if step0 + probe > ttft_limit:
                 return False
         return True
+
+    def _prefill_ms(self, tp: int, prompt: int, clock: int) -> float:
+        """Time to prefill ``prompt`` tokens, chunk by chunk when the engine chunks prompts."""
+        e = self.engine
+        chunk = self.settings.chunk_tokens.get(tp, 0)
+        if chunk <= 0 or prompt <= chunk:
+            return e.prefill_ms(tp, prompt, clock)
+        full, rest = divmod(prompt, chunk)
+        return full * e.prefill_ms(tp, chunk, clock) + (e.prefill_ms(tp, rest, clock) if rest else 0.0)
 
     def _energy_per_token(self, obs: InstanceObservation, proj: Projection, clock: int) -> float:
         if not proj.points:

@@ -13,8 +13,9 @@
   (``burst_memory_s``); a surge far above what the pool sustains at max clock, or a backlog in a
   pool seen bursting, starts instances at once (warm) and they go once the burst is over. Between
   bursts pools keep ``burst_share`` of the remembered peak servable at max clock, and instances of
-  a bursty pool never drop below the clock at which a full prefill-chunk iteration fits the TBT
-  SLO (a burst lands between ticks; a high clock costs no power while idle).
+  a bursty pool, idle instances and instances receiving prompts never drop below the clock at
+  which a full prefill-chunk iteration fits the TBT SLO (a burst lands between ticks; a high clock
+  costs no power while idle).
 * Admission: requests that waited past their TTFT deadline are served after those that can still
   make it (``admission.AdmissionQueue``), so only a burst's overflow misses.
 * Output lengths: predicted by an online predictor learned from completions (``predictor``).
@@ -80,6 +81,7 @@ class FlywheelPolicy(ClusterStep, InstanceStep):
                 clocks=tuple(clocks.levels()),
                 tuning=self.tuning,
                 period_s=self.info.periods.instance_s,
+                chunk_tokens={tp: self.chunk_tokens(tp) for tp in self._tps},
             ),
             remaining=self._remaining,
         )

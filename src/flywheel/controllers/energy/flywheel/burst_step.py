@@ -119,16 +119,21 @@ class BurstStep(PolicyState):
 
     def _release(self, ps: PoolState, now: float, per_instance: float) -> PoolTarget | None:
         """Back to the pool round's configuration once the burst is over: no surge or backlog for
-        ``BURST_RELEASE_S`` and the planned instances hold the ~10 s rate, or in any case after
+        ``BURST_RELEASE_S`` and the planned instances hold both the ~10 s rate and the last
+        ``BURST_WINDOW_S``'s rate, or in any case after
         ``BURST_HOLD_S`` without one (the pool round has sized for the remembered burst peak)."""
         planned = self._planned.get(ps.name)
         have = ps.instances_ready + ps.instances_starting
         if ps.name not in self._burst_grown or planned is None or planned.tensor_parallel != ps.tp:
             return None
         quiet = now - self._last_burst.get(ps.name, now)
+        # Calm: the ~10 s rate and the last warm-start window's rate both within the planned pool
+        # (the smoothed rate lags a second wave of the same burst).
+        window = self._recent.get(ps.name, ())
+        recent = sum(n for _, n in window) / BURST_WINDOW_S
         calm = (
             ps.load.queued < BACKLOG_MIN_PER_INSTANCE * planned.instances
-            and self._burst_rate.get(ps.name, 0.0) <= planned.instances * per_instance
+            and max(self._burst_rate.get(ps.name, 0.0), recent) <= planned.instances * per_instance
         )
         if not (quiet >= BURST_HOLD_S or (calm and quiet >= BURST_RELEASE_S)):
             return None
@@ -183,17 +188,24 @@ class BurstStep(PolicyState):
         the clock)."""
         return self._chunk_floor(obs.tp, max(1, len(obs.running)), obs.kv_used_tokens)
 
-    def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
-        """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
-        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
-        ctx = self._context()
+    def chunk_tokens(self, tp: int) -> int:
+        """The engine's chunked-prefill token budget at TP ``tp``, as an operator tunes it for the TBT
+        SLO (from the planner's model: the policy does not see the hardware's tuning)."""
         chunk = self._chunks.get(tp)
         if chunk is None:
+            ctx = self._context()
             chunk = min(
                 DEFAULT_PREFILL_CHUNK_TOKENS,
                 prefill_chunk_for_tbt(ctx.model, ctx.sku, tp, ctx.slo.tbt_ms),
             )
             self._chunks[tp] = chunk
+        return chunk
+
+    def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
+        """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
+        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
+        ctx = self._context()
+        chunk = self.chunk_tokens(tp)
         engine = self.instance_controller.engine
         clocks = self.instance_controller.settings.clocks
         for clock in clocks:

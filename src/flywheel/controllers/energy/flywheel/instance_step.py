@@ -39,8 +39,10 @@ class InstanceStep(BurstStep):
         smoothed = replace(obs, arrivals_rps=rate)
         probe = self._probe_prompt.get(obs.pool, 0)
         # Every gap counts (flywheel.controllers.slo): while prompts arrive, the iterations that carry
-        # a prefill chunk must fit the TBT target too, not only the mean step.
-        arriving = rate > 0 or bool(obs.waiting)
+        # a prefill chunk must fit the TBT target too, not only the mean step. An idle instance keeps
+        # that floor as well: its idle power does not depend on the clock, and the first prompts after
+        # a quiet spell (a burst) land before its next decision.
+        arriving = rate > 0 or bool(obs.waiting) or not obs.running
         floor = self._burst_floor(obs) if arriving or self._bursty(obs.pool, obs.time_s) else 0
         return self.instance_controller.decide(smoothed, sharing=sharing, probe_prompt=probe, floor_mhz=floor)
 
