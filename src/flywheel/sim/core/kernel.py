@@ -14,6 +14,10 @@ applies their decisions, with their costs: a clock change takes effect after
 start (weights in host memory / pre-warmed), both from the one set of configured costs
 (``flywheel.controllers.reconfig.ReconfigCosts``) the reconfiguration planner uses too.
 
+Instance decisions see every request (``SimConfig.instance_observation`` "requests") or, for a
+policy that supports it, only its engine's ``/metrics`` over the last period ("aggregate",
+``WindowClockDecider``), as the node agent does.
+
 Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> first token) and the
 number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
 in closed form, so every gap is judged, not a mean); the fleet's token-level gap histogram; energy
