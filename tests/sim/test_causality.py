@@ -13,7 +13,7 @@ import pytest
 from flywheel.controllers.protocol import OfflineProfile
 from flywheel.sim.profile import hindsight_profile, split_profile
 from flywheel.sim.registry import available_policies, make_policy
-from flywheel.sim.simulator import Simulator
+from flywheel.sim.simulator import SimConfig, Simulator
 from flywheel.sim.workloads import Workload, load_trace
 
 NON_CAUSAL_BY_DEFINITION = {"static", "oracle"}
@@ -48,6 +48,20 @@ def test_a_prefix_and_the_whole_trace_give_the_same_decisions_up_to_the_prefix_e
     assert full_clocks, "the check needs clock decisions to compare"
     assert prefix_pools == full_pools
     assert prefix_clocks == full_clocks
+
+
+def test_flywheel_deciding_from_engine_aggregates_is_causal_too() -> None:
+    """The same check with ``instance_observation="aggregate"``: the engine metrics the policy gets
+    (counters, gauges, the period's TTFTs) are of the past only."""
+    profile, served = _served()
+    config = SimConfig(instance_observation="aggregate")
+    runs = []
+    for seconds in (PREFIX_S, FULL_S):
+        sim = Simulator(served.head(seconds), make_policy("flywheel"), config, profile=profile)
+        sim.run()
+        runs.append(_decisions(sim, PREFIX_S))
+    assert runs[0][1], "the check needs clock decisions to compare"
+    assert runs[0] == runs[1]
 
 
 def test_the_check_catches_a_policy_told_about_the_future() -> None:

@@ -211,6 +211,12 @@ def simulate(
     ),
     latency_scale: float = typer.Option(1.0, "--latency-scale", help="Mismatch: hardware latency x this."),
     power_scale: float = typer.Option(1.0, "--power-scale", help="Mismatch: hardware power x this."),
+    instance_observation: str = typer.Option(
+        "requests",
+        "--instance-observation",
+        help="What instance clock decisions see: 'requests' (every request's state) or 'aggregate' "
+        "(only the engine's /metrics, as the node agent; policies without it keep 'requests').",
+    ),
 ) -> None:
     """Run policies on the same trace in one simulation and compare energy, latency and SLOs."""
     from flywheel.sim import cli as sim_cli
@@ -220,7 +226,7 @@ def simulate(
         sim_cli.simulate(
             trace, policy, slo_ttft_ms, slo_tbt_ms, report, nodes, gpus_per_node, seed,
             rate_scale, compress, duration, fault, plots, (cluster_period, pool_period, instance_period),
-            iso_slo, hardware, latency_scale, power_scale, profile_window,
+            iso_slo, hardware, latency_scale, power_scale, profile_window, instance_observation,
         )  # fmt: skip
     except (sim_cli.UsageError, TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

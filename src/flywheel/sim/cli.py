@@ -10,6 +10,7 @@ from rich.table import Table
 
 from flywheel.controllers.protocol import SLO
 from flywheel.sim.calibrate import TARGET_MAPE, all_targets, fit_constants
+from flywheel.sim.core.entities import INSTANCE_OBSERVATION_MODES, InstanceObservationMode
 from flywheel.sim.registry import BASELINES, available_policies
 from flywheel.sim.runner import (
     HARDWARE_KINDS,
@@ -73,6 +74,7 @@ def simulate(
     latency_scale: float = 1.0,
     power_scale: float = 1.0,
     profile_window_s: float = PROFILE_WINDOW_S,
+    instance_observation: str = "requests",
 ) -> None:
     console = _console()
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -84,6 +86,12 @@ def simulate(
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(f"unknown policy {', '.join(unknown)}; available: {', '.join(known)}")
+    if instance_observation not in INSTANCE_OBSERVATION_MODES:
+        raise UsageError(
+            f"unknown --instance-observation {instance_observation!r}; "
+            f"choose from {', '.join(INSTANCE_OBSERVATION_MODES)}"
+        )
+    observation: InstanceObservationMode = "aggregate" if instance_observation == "aggregate" else "requests"
     base = default_slo(trace)
     slo = SLO(slo_ttft_ms or base.ttft_ms, slo_tbt_ms or base.tbt_ms)
     spec = RunSpec(
@@ -102,6 +110,7 @@ def simulate(
         latency_scale=latency_scale,
         power_scale=power_scale,
         profile_window_s=profile_window_s,
+        instance_observation=observation,
     )
     if hardware not in HARDWARE_KINDS:
         raise UsageError(f"unknown --hardware {hardware!r}; choose from {', '.join(HARDWARE_KINDS)}")

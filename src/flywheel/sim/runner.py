@@ -19,6 +19,7 @@ from flywheel.controllers.protocol import SLO, ControlPeriods, HeadroomTunable, 
 from flywheel.models.gpu import H100_SXM, GPUSku
 from flywheel.models.perf import LLAMA2_70B, ModelProfile
 from flywheel.sim import report
+from flywheel.sim.core.entities import InstanceObservationMode
 from flywheel.sim.hardware import Hardware
 from flywheel.sim.profile import split_profile
 from flywheel.sim.registry import make_policy
@@ -53,6 +54,9 @@ class RunSpec:
     # The first seconds of the (scaled) trace are history: every policy's offline profile is
     # measured there and the run replays only what follows (``profile.split_profile``).
     profile_window_s: float = PROFILE_WINDOW_S
+    # What instance decisions see (``SimConfig.instance_observation``): "requests" (every request) or
+    # "aggregate" (engine metrics only, as the node agent; policies that support it).
+    instance_observation: InstanceObservationMode = "requests"
 
 
 def default_slo(trace: str) -> SLO:
@@ -92,6 +96,7 @@ def _prepare(spec: RunSpec) -> tuple[OfflineProfile, Workload, SimConfig]:
         seed=spec.seed,
         faults=tuple(spec.faults),
         hardware=build_hardware(spec),
+        instance_observation=spec.instance_observation,
     )
     return profile, workload, config
 
@@ -368,6 +373,12 @@ def config_dict(config: SimConfig, spec: RunSpec, profile: OfflineProfile) -> di
         "clock_change_s": config.clock_change_s,
         "faults": [asdict(f) for f in config.faults],
         "hardware": config.hardware.describe() if config.hardware is not None else "planner model",
+        # Only when not the default, so reports of default runs stay as they were.
+        **(
+            {"instance_observation": config.instance_observation}
+            if config.instance_observation != "requests"
+            else {}
+        ),
     }
 
 

@@ -172,6 +172,7 @@ class EngineKernel:
         )
         inst.speed = self.hw.new_speed()
         inst.power_w = self.hw.idle_watts(tp)
+        inst.engine.keep_ttfts = self.cfg.instance_observation == "aggregate"
         pool.instances.append(inst)
         self.instances.append(inst)
         if ready_at is None:
@@ -363,6 +364,7 @@ class EngineKernel:
                 self.generated[rid] = self.output[rid]
                 inst.ctx -= self.prompt[rid] + self.output[rid]
                 inst.reserved -= self.prompt[rid] + self.output[rid]
+                inst.engine.finished += 1
                 self._finish(rid)
             else:
                 running.append(rid)
@@ -376,6 +378,7 @@ class EngineKernel:
                 # One gap for every running request, stretched by the prompt chunk it rode with.
                 inst.late += inst.iter_ms > tbt
                 self.gap_hist.add(inst.iter_ms, len(inst.running))
+                inst.engine.decoded(len(inst.running), 1, inst.iter_ms / 1000.0)
                 self._advance_decode(inst, 1)
             still: list[int] = []
             takes = engine_step.split_chunk([self.prefill_left[rid] for rid in inst.prefilling], inst.k)
@@ -386,10 +389,12 @@ class EngineKernel:
                     continue
                 if math.isnan(self.first_token[rid]):
                     self.first_token[rid] = self.now
+                inst.engine.first_token(self.prompt[rid], self.now - self.arrival[rid])
                 self.generated[rid] = 1
                 left = self.output[rid] - 1
                 if left <= 0:
                     inst.reserved -= self.prompt[rid] + self.output[rid]
+                    inst.engine.finished += 1
                     self._finish(rid)
                     continue
                 inst.running.append(rid)
@@ -402,6 +407,7 @@ class EngineKernel:
             step = inst.per_token_ms * len(inst.running)
             inst.late += slo_rule.late_in_run(first, step, inst.k, tbt)
             self.gap_hist.add_run(first, step, inst.k, len(inst.running))
+            inst.engine.decoded(len(inst.running), inst.k, self.now - inst.t0)
             self._advance_decode(inst, inst.k)
         self.next_iteration(inst)
 

@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from flywheel.controllers import slo as slo_rule
+from flywheel.controllers.energy.instance_observation import EngineCounters
 from flywheel.controllers.protocol import SLO, PoolTarget
 from flywheel.controllers.reconfig import ReconfigCosts
 from flywheel.controllers.routing.admission import AdmissionQueue
@@ -17,7 +18,24 @@ from flywheel.models.perf import LLAMA2_70B, ModelProfile
 from flywheel.sim.cluster import GpuRef
 from flywheel.sim.hardware import Hardware
 
-__all__ = ["FaultEvent", "ReconfigOptions", "Sample", "SimConfig", "SimInstance", "SimPool", "SimResult"]
+__all__ = [
+    "INSTANCE_OBSERVATION_MODES",
+    "EngineTally",
+    "FaultEvent",
+    "InstanceObservationMode",
+    "ReconfigOptions",
+    "Sample",
+    "SimConfig",
+    "SimInstance",
+    "SimPool",
+    "SimResult",
+]
+
+# What a policy's instance decision sees: "requests", every running and queued request (the
+# simulator's view); "aggregate", only what an engine's ``/metrics`` exposes, as the node agent sees it
+# (``flywheel.controllers.energy.instance_observation``), for policies that decide from that.
+InstanceObservationMode = Literal["requests", "aggregate"]
+INSTANCE_OBSERVATION_MODES: tuple[InstanceObservationMode, ...] = ("requests", "aggregate")
 
 
 @dataclass(frozen=True)
@@ -71,12 +89,78 @@ class SimConfig:
     check_invariants: bool | None = None
     # What the simulated GPUs do (flywheel.sim.hardware); None: the planners' own fitted model.
     hardware: Hardware | None = None
+    instance_observation: InstanceObservationMode = "requests"
+
+    def __post_init__(self) -> None:
+        if self.instance_observation not in INSTANCE_OBSERVATION_MODES:
+            raise ValueError(
+                f"instance_observation must be one of {', '.join(INSTANCE_OBSERVATION_MODES)}, "
+                f"got {self.instance_observation!r}"
+            )
 
     def cold_start_s(self) -> float:
         return self.costs.cold_start_s(int(self.model.weight_bytes))
 
     def warm_start_s(self, tp: int) -> float:
         return self.costs.warm_start_s(int(self.model.weight_bytes), tp)
+
+
+@dataclass
+class EngineTally:
+    """What one instance's engine exposes on ``/metrics``, kept as vLLM keeps it: counters since the
+    engine started (prompt tokens counted at a request's first token; the first token is a generation
+    token too; one inter-token-latency observation per later token), and the TTFTs seen since the
+    last scrape (for the period's P99). Gauges are read at the scrape."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    first_tokens: int = 0  # TTFT histogram count
+    finished: int = 0
+    ttft_s: float = 0.0  # TTFT histogram sum
+    itl_s: float = 0.0  # inter-token-latency histogram sum
+    itl_count: int = 0
+    keep_ttfts: bool = False  # keep the TTFTs since the last scrape (only an aggregate run reads them)
+    ttfts: list[float] = field(default_factory=list)
+    scraped: EngineCounters | None = None  # the previous scrape
+
+    def first_token(self, prompt_tokens: int, ttft_s: float) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += 1
+        self.first_tokens += 1
+        self.ttft_s += ttft_s
+        if self.keep_ttfts:
+            self.ttfts.append(ttft_s)
+
+    def decoded(self, requests: int, iterations: int, seconds: float) -> None:
+        """``iterations`` tokens for each of ``requests`` running requests in ``seconds``: every
+        request saw one gap per iteration, the gaps summing to ``seconds``."""
+        tokens = requests * iterations
+        self.generation_tokens += tokens
+        self.itl_count += tokens
+        self.itl_s += requests * seconds
+
+    def scrape(
+        self, time_s: float, running: float, waiting: float, kv_usage: float
+    ) -> tuple[EngineCounters, float | None]:
+        """The counters now, with these gauges, and the P99 of the TTFTs kept since the last scrape
+        (None: none); those start over. The agent reads that P99 from vLLM's TTFT histogram buckets,
+        interpolated; here it is the exact quantile of the period's TTFTs."""
+        p99 = float(np.quantile(self.ttfts, 0.99)) if self.ttfts else None
+        self.ttfts.clear()
+        counters = EngineCounters(
+            time_s=time_s,
+            running=running,
+            waiting=waiting,
+            kv_usage=kv_usage,
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            first_tokens=self.first_tokens,
+            finished=self.finished,
+            ttft_seconds=self.ttft_s,
+            itl_seconds=self.itl_s,
+            itl_count=self.itl_count,
+        )
+        return counters, p99
 
 
 @dataclass
@@ -113,6 +197,7 @@ class SimInstance:
     speed: float = 1.0  # latency factor of this instance's GPUs (Hardware.new_speed)
     late: int = 0  # iterations so far longer than the TBT target (running requests' late gaps)
     iter_ms: float = 0.0  # duration of the mixed iteration in flight
+    engine: EngineTally = field(default_factory=EngineTally)  # its ``/metrics`` counters
 
     def flush(self, now: float) -> None:
         self.energy_j += self.power_w * (now - self.t_mark)

@@ -14,6 +14,10 @@ applies their decisions, with their costs: a clock change takes effect after
 start (weights in host memory / pre-warmed), both from the one set of configured costs
 (``flywheel.controllers.reconfig.ReconfigCosts``) the reconfiguration planner uses too.
 
+Instance decisions see every request (``SimConfig.instance_observation`` "requests") or, for a
+policy that supports it, only its engine's ``/metrics`` over the last period ("aggregate",
+``WindowClockDecider``), as the node agent does.
+
 Metrics (defined in ``flywheel.controllers.slo``): per request TTFT (arrival -> first token) and the
 number of its inter-token gaps longer than the TBT target (each decode iteration's duration is known
 in closed form, so every gap is judged, not a mean); the fleet's token-level gap histogram; energy
@@ -30,11 +34,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from flywheel.controllers.energy.instance_observation import EngineCounters, EngineWindow, window_between
 from flywheel.controllers.protocol import (
     Clairvoyant,
+    ClockDecision,
     ClusterObservation,
     InstanceObservation,
     PolicyContext,
@@ -60,7 +67,18 @@ from flywheel.sim.core.events import (
     SampleTick,
 )
 
-__all__ = ["SimKernel"]
+__all__ = ["SimKernel", "WindowClockDecider"]
+
+
+@runtime_checkable
+class WindowClockDecider(Protocol):
+    """A policy that can make its instance decision from one engine's aggregate metrics over the
+    last period, as the node agent does (used when ``SimConfig.instance_observation`` is
+    "aggregate"; other policies keep their per-request ``decide_clock``)."""
+
+    def decide_clock_from_window(
+        self, window: EngineWindow, *, instance_id: str, pool: str, tp: int, clock_mhz: int
+    ) -> ClockDecision: ...
 
 
 class SimKernel(EngineKernel):
@@ -228,9 +246,22 @@ class SimKernel(EngineKernel):
 
     def _instance_tick(self) -> None:
         period = self.policy.info.periods.instance_s
+        aggregate = self.cfg.instance_observation == "aggregate"
+        by_window = self.policy if aggregate and isinstance(self.policy, WindowClockDecider) else None
         for pool in self.pools.values():
             ready = [i for i in pool.instances if i.state == "ready"]
             if not ready:
+                continue
+            if by_window is not None:
+                for inst in ready:
+                    window = self._engine_window(inst, pool, len(ready), period)
+                    if window is not None:
+                        self._decided(
+                            inst,
+                            by_window.decide_clock_from_window(
+                                window, instance_id=inst.id, pool=inst.pool, tp=inst.tp, clock_mhz=inst.clock
+                            ),
+                        )
                 continue
             rate = self.pool_load(pool, period).arrivals_rps / len(ready)
             waiting = tuple(self._view(r) for r in list(pool.queue)[:64])
@@ -250,13 +281,42 @@ class SimKernel(EngineKernel):
                     kv_used_tokens=inst.ctx,
                     arrivals_rps=rate,
                 )
-                decision = self.policy.decide_clock(obs)
-                inst.max_batch = decision.max_batch
-                clock = self.cfg.sku.clamp_clock(decision.clock_mhz)
-                self.clock_decisions.append((self.now, inst.id, clock))
-                if clock != inst.clock:
-                    self.clock_changes += 1
-                    self.schedule(self.now + self.cfg.clock_change_s, ClockChange(inst, clock))
+                self._decided(inst, self.policy.decide_clock(obs))
+
+    def _decided(self, inst: SimInstance, decision: ClockDecision) -> None:
+        inst.max_batch = decision.max_batch
+        clock = self.cfg.sku.clamp_clock(decision.clock_mhz)
+        self.clock_decisions.append((self.now, inst.id, clock))
+        if clock != inst.clock:
+            self.clock_changes += 1
+            self.schedule(self.now + self.cfg.clock_change_s, ClockChange(inst, clock))
+
+    def scrape(self, inst: SimInstance, pool: SimPool, ready: int) -> tuple[EngineCounters, float | None]:
+        """What the instance's engine shows on ``/metrics`` now (see ``EngineTally``), and the P99 TTFT
+        since the previous scrape. Gauges as vLLM reports them: running counts the admitted requests
+        (prefilling too), KV usage the tokens held (prompt chunks already processed too), waiting the
+        instance's share of its pool's queue (the router sends each request to an engine at once,
+        to the shallowest queue)."""
+        prefilled = sum(self.prompt[r] - self.prefill_left[r] for r in inst.prefilling)
+        return inst.engine.scrape(
+            self.now,
+            running=float(len(inst.running) + len(inst.prefilling)),
+            waiting=len(pool.queue) / ready,
+            kv_usage=min(1.0, (inst.ctx + prefilled) / inst.kv_capacity) if inst.kv_capacity else 0.0,
+        )
+
+    def _engine_window(
+        self, inst: SimInstance, pool: SimPool, ready: int, period: float
+    ) -> EngineWindow | None:
+        """The last period of the instance's engine, between this scrape and the previous one, as the
+        node agent gets it (``controllers.energy.instance_observation.window_between``). An instance
+        not scraped before served nothing before this period (or since it started), counters zero."""
+        before = inst.engine.scraped or EngineCounters(time_s=max(inst.started_s, self.now - period))
+        now, ttft_p99_s = self.scrape(inst, pool, ready)
+        inst.engine.scraped = now
+        if now.time_s <= before.time_s:
+            return None
+        return window_between(before, now, ttft_p99_s)
 
     def _on_clock(self, inst: SimInstance, clock: int) -> None:
         if inst.state not in ("ready", "draining") or inst.clock == clock:
