@@ -101,3 +101,26 @@ def test_instances_get_their_own_speed_and_runs_stay_deterministic() -> None:
     speeds, energy = run()
     assert len(set(speeds)) == len(speeds) and all(0.85 < s < 1.15 for s in speeds)
     assert run() == (speeds, energy)
+
+
+def test_every_run_on_shared_hardware_meets_the_same_gpus() -> None:
+    """Policies compared in one process share one ``Hardware``; each simulation must still draw the
+    same per-instance speeds, whatever ran before it (a policy's result must not depend on order)."""
+    rng = np.random.default_rng(1)
+    n = 120
+    load = Workload(
+        "t",
+        np.sort(rng.uniform(0, 60, n)),
+        rng.integers(100, 1000, n).astype(np.int64),
+        rng.integers(5, 100, n).astype(np.int64),
+    )
+    shared = Hardware.measured(LLAMA2_70B, H100_SXM, speed_spread=0.03)
+
+    def run(count: int) -> tuple[list[float], float]:
+        sim = Simulator(load, FixedPolicy(tp=2, count=count), SimConfig(nodes=2, hardware=shared))
+        result = sim.run()
+        return [i.speed for i in sim.instances], result.energy_j
+
+    alone = run(4)
+    run(3)  # another policy first draws speeds for its own instances
+    assert run(4) == alone

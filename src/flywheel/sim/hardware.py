@@ -19,6 +19,7 @@ simulator's instances run on a ``Hardware``:
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from dataclasses import dataclass, field
@@ -151,6 +152,14 @@ class Hardware:
             "power_scale": self.power_scale,
             "speed_spread": self.speed_spread,
         }
+
+    def for_run(self) -> Hardware:
+        """The same hardware with its per-instance speed draws restarted from the seed: every
+        simulation (each policy of a comparison) meets the same GPUs in the same order, whatever ran
+        before it in the process."""
+        fresh = copy.copy(self)
+        fresh._rng = np.random.default_rng(self.seed + 7919)
+        return fresh
 
     def new_speed(self) -> float:
         """Latency factor of a newly started instance (1.0 without spread)."""

@@ -127,7 +127,7 @@ class EngineKernel:
         self._chunks: dict[int, int] = {}
         self._reconciling = False
         self._reconcile_again = False
-        self.hw = self.cfg.hardware or Hardware.planner_model(self.cfg.model, self.cfg.sku)
+        self.hw = (self.cfg.hardware or Hardware.planner_model(self.cfg.model, self.cfg.sku)).for_run()
         self._checks = invariants.enabled(self.cfg.check_invariants)
         self._ledger = invariants.EnergyLedger()
         self.extensions: list[Extension] = []
