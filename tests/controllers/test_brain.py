@@ -103,6 +103,13 @@ def test_the_gpu_budget_comes_from_the_gpunodes() -> None:
     assert energy_brain(small, GPUInventory(8, 8)) == "no calibrated performance model for m-7b"
 
 
+def test_quarantines_shrink_the_budget_but_not_the_node_shape() -> None:
+    """Every node down to 3 usable GPUs (XIDs, diagnostics) must not take TP4 away from a brain
+    started meanwhile (an operator restart): the node size is the hardware's, the budget what is usable."""
+    nodes = [gpu_node(n, ["NVIDIA H100 80GB HBM3"] * 8, unhealthy=5) for n in "abc"]
+    assert gpu_inventory(nodes, "H100-80GB-SXM") == GPUInventory(9, 8)
+
+
 def test_the_observation_is_the_simulators_types_from_pool_status() -> None:
     views = [view("b", ("ll",), 2.0), view("a", ("ss", "sm"), 4.0, instances=3, ready=3)]
     obs = observation(12.0, views, GPUInventory(16, 8), used_gpus=10, window_s=60.0)

@@ -85,7 +85,12 @@ class Brains:
         if isinstance(built, str):
             return built
         brain, context = built
-        targets = brain.start(context)
+        try:
+            targets = brain.start(context)
+        except (
+            ValueError
+        ) as error:  # cannot plan on this inventory (e.g. no TP degree fits): retried next round
+            return f"the energy brain cannot start: {error}"
         self._record(deployment, "start", context, targets)
         state = DeploymentBrain(brain, key, self.clock())
         existing = partition_of(views)

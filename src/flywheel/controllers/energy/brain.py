@@ -29,7 +29,7 @@ from flywheel.controllers.protocol import (
     PoolLoad,
     PoolState,
 )
-from flywheel.controllers.resources.placement import usable_gpus
+from flywheel.controllers.resources.placement import product_matches, usable_gpus
 from flywheel.models.gpu import SKUS
 from flywheel.models.perf import LLAMA2_70B, LLAMA3_70B, ModelProfile
 
@@ -69,11 +69,19 @@ class GPUInventory:
 
 
 def gpu_inventory(nodes: Iterable[GPUNode], product: str | None = None) -> GPUInventory:
-    """The GPUs new instances may use (placement's ``usable_gpus``: healthy, not quarantined, on
-    Ready nodes) of the deployment's ``gpu.product``; GPUs of other products are not its budget."""
-    counts = [len(usable_gpus(node, product)) for node in nodes]
-    counts = [c for c in counts if c > 0]
-    return GPUInventory(sum(counts), max(counts, default=0))
+    """The budget: GPUs new instances may use now (placement's ``usable_gpus``: healthy, not
+    quarantined, on Ready nodes) of the deployment's ``gpu.product``; GPUs of other products are not
+    its budget. The node size (which TP degrees fit) is the hardware's shape: every GPU of the product
+    a node reports, whatever its health, so a quarantine (which ends) never removes a TP degree
+    from a brain started meanwhile."""
+    nodes = list(nodes)
+    usable = sum(len(usable_gpus(node, product)) for node in nodes)
+    shape = [
+        sum(1 for gpu in node.status.gpus if product_matches(product, gpu.product))
+        for node in nodes
+        if node.status is not None
+    ]
+    return GPUInventory(usable, max(shape, default=0) if usable else 0)
 
 
 def context_for(spec: ModelDeploymentSpec, gpus: GPUInventory) -> PolicyContext | str:
