@@ -157,3 +157,25 @@ def test_reconcile_converges_without_duplicates(
     # Level-based: once applied, the next round has nothing to do.
     again = reconcile_standbys(after, want_active, want_standby, tp=4)
     assert again.actions == ()
+
+
+def test_a_loaded_standby_takes_the_slot_of_an_active_that_cannot_be_placed() -> None:
+    """GPUs lost to faults leave the actives unplaceable while a loaded standby waits (seen in the
+    10-minute chaos soak): the standby is promoted and the stuck active retired, one for one."""
+    members = [
+        Member("a0", Role.ACTIVE, 4, ready=False, unplaced=True),
+        Member("a1", Role.ACTIVE, 4, ready=False, unplaced=True),
+        Member("s0", Role.STANDBY, 4, ready=True, node="n2"),
+    ]
+    plan = reconcile_standbys(members, desired_active=2, desired_standbys=1, tp=4)
+    assert plan.promoted == ["s0"]
+    retired = [a.instance for a in plan.actions if a.kind is ActionKind.RETIRE]
+    assert retired == ["a0"]  # one swap per loaded standby; a1 keeps waiting for GPUs
+    assert [a.kind for a in plan.actions].count(ActionKind.CREATE_STANDBY) == 1  # replenish
+    # Placed actives (or a standby still loading) change nothing.
+    placed = [
+        Member("a0", Role.ACTIVE, 4, ready=True, node="n0"),
+        Member("a1", Role.ACTIVE, 4, ready=False, unplaced=True),
+        Member("s0", Role.STANDBY, 4, ready=False, node="n2"),
+    ]
+    assert reconcile_standbys(placed, 2, 1, 4).actions == ()

@@ -36,6 +36,7 @@ from flywheel.api.v1alpha1 import (
     InstanceRole,
     ModelDeploymentSpec,
     ServingPoolSpec,
+    condition_status,
     conditions_of,
     find_condition,
     is_true,
@@ -45,7 +46,7 @@ from flywheel.api.v1alpha1 import (
     wire_conditions,
 )
 from flywheel.api.v1alpha1.common import ConditionStatus
-from flywheel.controllers.fault.standby import Member, Role, reconcile_standbys
+from flywheel.controllers.fault.standby import ActionKind, Member, Role, reconcile_standbys
 from flywheel.controllers.reconfig import (
     GB,
     GPU,
@@ -121,6 +122,9 @@ class PoolRollout:
                     healthy=active or healthy is None or healthy.get("status") != "False",
                     node=i.spec.node_name,
                     draining=i.spec.drain,
+                    unplaced=active
+                    and not i.spec.node_name
+                    and condition_status(conditions_of(obj), reasons.SCHEDULED) == "False",
                 )
             )
         decision = reconcile_standbys(members, spec.instances, spec.standbys, spec.tensor_parallel)
@@ -128,6 +132,16 @@ class PoolRollout:
         if not promoted:
             return observed
         namespace = pool["metadata"]["namespace"]
+        unplaced = {m.name for m in members if m.unplaced}
+        retired = {
+            a.instance for a in decision.actions if a.kind is ActionKind.RETIRE and a.instance in unplaced
+        }
+        for name in sorted(retired):  # an unplaced active has no Pod: its standby took the slot
+            obj = by_name.get(name, {})
+            await self.ctx.kube.delete(MODEL_INSTANCES, namespace, name, obj.get("metadata", {}).get("uid"))
+            await self.ctx.recorder.decided(
+                "ModelInstance", "retire", pool, reasons.PROMOTING_STANDBY, f"{name}: cannot be placed"
+            )
         for action in decision.actions:
             if action.instance not in promoted:
                 continue

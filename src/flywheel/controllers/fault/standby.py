@@ -77,6 +77,7 @@ class Member:
     node: str | None = None
     ready_since: float | None = None  # virtual or wall time; older standbys are promoted first
     draining: bool = False
+    unplaced: bool = False  # an active no GPUs could be found for (it counts, but serves nothing)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,19 @@ def reconcile_standbys(
                 f"no ready standby left for {cause}: start a new instance",
                 cause,
             )
-    elif missing < 0:
+    # An active that could not be placed (GPUs lost to faults) serves nothing while a loaded standby
+    # waits: the standby takes its slot and the unplaced active goes.
+    ready = sorted((m for m in standbys if m.ready), key=lambda m: _promotable_order(m, avoid_nodes))
+    stuck_actives = sorted((a for a in actives if a.unplaced), key=lambda a: a.name)
+    for stuck, m in zip(stuck_actives, ready, strict=False):
+        out.add(ActionKind.PROMOTE, m.name, f"promote warm standby {m.name}: {stuck.name} cannot be placed",
+                PromotionCause.FAILURE)  # fmt: skip
+        out.add(ActionKind.RETIRE, stuck.name, f"{stuck.name} cannot be placed; {m.name} serves instead",
+                PromotionCause.FAILURE)  # fmt: skip
+        standbys.remove(m)
+        actives.remove(stuck)
+        actives.append(m)
+    if missing < 0:
         # Retire not-ready actives first, then the newest; demote while the standby pool is short.
         surplus = sorted(
             actives,
