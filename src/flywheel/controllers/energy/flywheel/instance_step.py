@@ -8,13 +8,16 @@ from dataclasses import replace
 
 from flywheel.controllers.energy.flywheel.burst_step import BurstStep
 from flywheel.controllers.energy.instance_clock import InstanceController
-from flywheel.controllers.energy.instance_observation import AggregateClock, ClockBounds, EngineWindow
+from flywheel.controllers.energy.instance_observation import (
+    RATE_ALPHA,
+    AggregateClock,
+    ClockBounds,
+    EngineWindow,
+)
 from flywheel.controllers.protocol import (
     ClockDecision,
     InstanceObservation,
 )
-
-RATE_ALPHA = 0.2  # per instance tick
 
 
 class InstanceStep(BurstStep):
