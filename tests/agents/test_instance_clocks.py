@@ -14,11 +14,15 @@ from flywheel.agents.health.findings import Finding, Scope
 from flywheel.agents.instance_clocks import METRICS_UNREACHABLE, BoundInstance, InstanceClocks, engine_window
 from flywheel.agents.nvml.backend import GPUSample
 from flywheel.api.v1alpha1 import EngineKind, ModelInstanceSpec, SignalType
+from flywheel.controllers.energy.flywheel import FlywheelPolicy
+from flywheel.controllers.energy.instance_clock import CHUNK_TBT_MARGIN
+from flywheel.controllers.protocol import SLO, OfflineProfile, PolicyContext
 from flywheel.controllers.resources.drain import drain_decision, engine_report, parse_time
 from flywheel.engines.adapters import VLLMAdapter
 from flywheel.engines.metrics import EngineMetrics, Histogram
+from flywheel.models.engine_profile import CalibratedEngine
 from flywheel.models.gpu import H100_SXM
-from flywheel.models.perf import LLAMA3_70B
+from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, LLAMA3_70B, prefill_chunk_for_tbt
 from waiting import eventually
 
 UUIDS = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
@@ -47,15 +51,21 @@ class Clock:
         return self.now
 
 
-def instance(role: str = "Active", energy: int = 0, endpoint: str | None = "10.0.0.5:8000") -> BoundInstance:
+def instance(
+    role: str = "Active",
+    energy: int = 0,
+    endpoint: str | None = "10.0.0.5:8000",
+    tp: int = 4,
+    pool_cap_mhz: int | None = 1850,
+) -> BoundInstance:
     spec = ModelInstanceSpec.model_validate(
         {
             "modelDeployment": "md",
             "pool": "p",
             "role": role,
-            "tensorParallel": 4,
+            "tensorParallel": tp,
             "nodeName": "n",
-            "gpuUUIDs": UUIDS,
+            "gpuUUIDs": UUIDS[:tp],
             "engine": {"kind": "vllm"},
             "clockPolicy": {"minMHz": 1000, "maxMHz": 1980, "ttftP99Ms": 2000, "tbtP99Ms": 100},
         }
@@ -65,7 +75,7 @@ def instance(role: str = "Active", energy: int = 0, endpoint: str | None = "10.0
         "i0",
         spec,
         endpoint,
-        pool_cap_mhz=1700,
+        pool_cap_mhz=pool_cap_mhz,
         model=LLAMA3_70B,
         sku=H100_SXM,
         energy_joules=energy,
@@ -144,12 +154,15 @@ def test_idle_then_busy_instance_clock_and_status() -> None:
     # Idle: the lowest settable clock within the clock policy (1000 MHz) for every GPU of the instance.
     assert set(targets) == set(UUIDS) and len(set(targets.values())) == 1
     idle = targets[UUIDS[0]]
-    assert 1000 <= idle < 1020
-    # Busy: up to the pool's cap (1700 MHz), never above.
+    # Idle: the chunk floor (its first prompts land before the next round; idle power does not
+    # depend on the clock), within the clock policy.
+    assert idle == clocks._deciders[next(iter(clocks._deciders))].controller.chunk_floor(4, 1, 0)
+    assert 1000 <= idle < 1850
+    # Busy: up to the pool's cap (1850 MHz), never above.
     clock.now += 1.0
     scraped.append(metrics(250, 20_000, started=40))
     busy = clocks(snapshot(1_600_000))
-    assert idle < busy[UUIDS[0]] <= 1700
+    assert idle < busy[UUIDS[0]] <= 1850
     assert clocks.targets()[0].base_url == "http://10.0.0.5:8000"
     name, status = api.writes[-1]
     assert name == "i0"
@@ -297,3 +310,47 @@ def test_background_rounds_never_block_the_agent_and_hand_it_the_latest_clocks()
         assert set(targets) == set(UUIDS)
     finally:
         clocks.close()
+
+
+def test_the_agent_keeps_the_simulator_policys_chunk_floor() -> None:
+    """Prompts arriving while 16 requests decode at TP 2: the agent's clock keeps an iteration carrying
+    a prefill chunk (the engine's budget for the TBT SLO) within the TBT target, the same floor as the
+    simulator's Flywheel policy computes for that instance (one implementation)."""
+    api, clock = FakeApi([instance(tp=2, pool_cap_mhz=None)]), Clock()
+    scraped = [metrics(16, 0, started=0)]
+    clocks = InstanceClocks("n", api, lambda kind, url: scraped[-1], period_s=1.0, clock=clock)
+    clocks(snapshot(1_000_000, clock=1000))
+    clock.now += 1.0
+    scraped.append(metrics(16, 2000, started=2))  # 2 prompts (2,000 tokens) got their first token
+    target = clocks(snapshot(1_000_000, clock=1000))[UUIDS[0]]
+    kv_tokens = round(16 / 300 * CalibratedEngine(LLAMA3_70B, H100_SXM).kv_capacity_tokens(2))
+    chunk = min(DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt(LLAMA3_70B, H100_SXM, 2, 100.0))
+    engine = CalibratedEngine(LLAMA3_70B, H100_SXM)
+    step = max(engine.prefill_ms(2, chunk + 16, target), engine.decode_step_ms(2, 16, kv_tokens, target))
+    assert step <= 100.0 * CHUNK_TBT_MARGIN
+    policy = FlywheelPolicy()
+    hints = OfflineProfile(mean_rps=2.0, peak_minute_rps=4.0, mean_prompt_tokens=1000.0,
+                           mean_output_tokens=100.0, duration_s=3600.0)  # fmt: skip
+    policy.start(PolicyContext(LLAMA3_70B, H100_SXM, SLO(2000.0, 100.0), 64, 8, hints))
+    floor = policy.instance_controller.chunk_floor(2, 16, kv_tokens, policy.chunk_tokens(2))
+    assert floor > 1000 and target >= floor
+    assert "measured" not in clocks.decisions["i0"]
+
+
+def test_a_late_p99_gap_in_the_itl_histogram_raises_the_clock() -> None:
+    """Mean inter-token latency 40 ms, but 2 % of gaps took 0.2-0.5 s: the agent reads the P99 from
+    the ITL histogram's buckets and goes to the top of its bounds."""
+
+    def itl(late: float) -> Histogram:
+        n = 1000.0
+        return Histogram(((0.05, n - late), (0.5, n), (float("inf"), n)), n, 40.0)
+
+    api, clock = FakeApi([instance(tp=2, pool_cap_mhz=None)]), Clock()
+    first = dataclasses.replace(metrics(16, 0), inter_token_latency=Histogram(((0.05, 0.0),), 0, 0.0))
+    scraped = [first]
+    clocks = InstanceClocks("n", api, lambda kind, url: scraped[-1], period_s=1.0, clock=clock)
+    clocks(snapshot(1_000_000, clock=1000))
+    clock.now += 1.0
+    scraped.append(dataclasses.replace(metrics(16, 1000), inter_token_latency=itl(20.0)))
+    assert clocks(snapshot(1_000_000, clock=1000))[UUIDS[0]] == 1980
+    assert "measured P99 ITL" in clocks.decisions["i0"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from flywheel.controllers.energy.flywheel import FlywheelPolicy
-from flywheel.controllers.energy.instance_clock import InstanceController, InstanceSettings
+from flywheel.controllers.energy.instance_clock import CHUNK_TBT_MARGIN, InstanceController, InstanceSettings
 from flywheel.controllers.energy.instance_observation import (
+    PEAK_MEMORY_S,
     AggregateClock,
     ClockBounds,
     EngineCounters,
@@ -18,7 +21,7 @@ from flywheel.controllers.energy.tuning import tuning_for
 from flywheel.controllers.protocol import SLO, OfflineProfile, PolicyContext
 from flywheel.models.engine_profile import CalibratedEngine, ClockRange
 from flywheel.models.gpu import H100_SXM
-from flywheel.models.perf import LLAMA3_70B
+from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, LLAMA3_70B, prefill_chunk_for_tbt
 
 CLOCKS = tuple(ClockRange(800, 1980, 15).levels())
 WIDE = ClockBounds(800, 1980)
@@ -130,10 +133,10 @@ def test_lowering_waits_for_the_dwell_and_the_hysteresis_step() -> None:
     assert high == 1980  # raised at once
     # Load gone one second later: held during the minimum dwell.
     assert decide(ac, window(now=101.0), clock=high) == high
-    # After the dwell it falls to the bottom.
-    assert decide(ac, window(now=110.0), clock=high) == 800
-    # A gain below the hysteresis step is not taken.
-    assert decide(ac, window(now=120.0), clock=830) == 830
+    # After the dwell it falls (the smoothed arrival rate still expects a few prompts).
+    assert decide(ac, window(now=110.0), clock=high) <= 1100
+    # A gain below the hysteresis step is not taken (an instance with no history: target 800 MHz).
+    assert decide(aggregate_clock(), window(now=120.0), clock=830) == 830
 
 
 def test_a_stuck_queue_is_at_risk() -> None:
@@ -189,7 +192,70 @@ def test_flywheel_policy_offers_the_aggregate_decision_to_the_simulator() -> Non
     policy.start(PolicyContext(LLAMA3_70B, H100_SXM, SLO(2000.0, 100.0), 64, 8, hints))
     clocks = policy.instance_controller.settings.clocks
     idle = policy.decide_clock_from_window(window(), instance_id="i", pool="p", tp=4, clock_mhz=clocks[-1])
-    assert idle.clock_mhz == clocks[0]
+    # An idle instance keeps the chunk floor, as in the per-request path (its first prompts land
+    # before its next decision; idle power does not depend on the clock).
+    assert idle.clock_mhz == policy.instance_controller.chunk_floor(4, 1, 0) > clocks[0]
     busy = window(96, kv=0.4, started=10, now=101.0)
     high = policy.decide_clock_from_window(busy, instance_id="j", pool="p", tp=4, clock_mhz=clocks[0])
     assert high.clock_mhz == clocks[-1]
+
+
+def chunked_clock(tp: int = 2, tbt_ms: float = 100.0) -> tuple[AggregateClock, int]:
+    """An aggregate decider whose engine prefills in chunks sized for the TBT target, as the agent
+    and the simulator's policy configure it, and that chunk size."""
+    chunk = min(DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt(LLAMA3_70B, H100_SXM, tp, tbt_ms))
+    settings = InstanceSettings(
+        SLO(2000.0, tbt_ms), CLOCKS, tuning_for("Balanced"), period_s=2.0, chunk_tokens={tp: chunk}
+    )
+    return AggregateClock(InstanceController(CalibratedEngine(LLAMA3_70B, H100_SXM), settings)), chunk
+
+
+def chunk_iteration_ms(tp: int, chunk: int, batch: int, kv_tokens: int, clock: int) -> float:
+    engine = CalibratedEngine(LLAMA3_70B, H100_SXM)
+    return max(
+        engine.prefill_ms(tp, chunk + batch, clock), engine.decode_step_ms(tp, batch, kv_tokens, clock)
+    )
+
+
+def test_prompts_arriving_keep_a_chunk_iteration_within_the_tbt_target() -> None:
+    """Prompt tokens arrive while 16 requests decode at TP 2: an iteration carrying a prefill chunk
+    with those decodes must fit the TBT target (less CHUNK_TBT_MARGIN), though the mean decode step
+    alone would allow a much lower clock."""
+    ac, chunk = chunked_clock()
+    tbt = 100.0 * CHUNK_TBT_MARGIN
+    w = window(16, kv=0.05, started=2, prompt=1500, output=300)
+    kv_tokens = round(0.05 * ac.controller.engine.kv_capacity_tokens(2))
+    assert chunk_iteration_ms(2, chunk, 16, kv_tokens, CLOCKS[0]) > tbt  # the floor is not vacuous
+    got = ac.decide(w, instance_id="i", pool="p", tp=2, clock_mhz=800, bounds=WIDE).clock_mhz
+    assert chunk_iteration_ms(2, chunk, 16, kv_tokens, got) <= tbt
+    # Without the floor (no chunk budget known) the same window gets a clock a chunk would not fit.
+    bare = aggregate_clock().decide(w, instance_id="i", pool="p", tp=2, clock_mhz=800, bounds=WIDE)
+    assert chunk_iteration_ms(2, chunk, 16, kv_tokens, bare.clock_mhz) > tbt
+    # The instance's ceiling still wins over the floor.
+    capped = ac.decide(w, instance_id="j", pool="p", tp=2, clock_mhz=800, bounds=ClockBounds(800, 1505))
+    assert capped.clock_mhz == 1505
+
+
+def test_the_floor_suits_the_last_burst_and_lifts_after_a_quiet_spell() -> None:
+    ac, _ = chunked_clock()
+    d = ac.decide(window(64, kv=0.2, started=30, now=100.0), instance_id="i", pool="p", tp=2,
+                  clock_mhz=800, bounds=WIDE)  # fmt: skip
+    burst_floor = ac.controller.chunk_floor(2, 64, round(0.2 * ac.controller.engine.kv_capacity_tokens(2)))
+    assert d.clock_mhz >= burst_floor
+    # 30 s later a light batch, no prompt this period: still the burst's floor (it may come back).
+    light = ac.decide(window(4, kv=0.01, now=130.0), instance_id="i", pool="p", tp=2,
+                      clock_mhz=800, bounds=WIDE)  # fmt: skip
+    assert light.clock_mhz == burst_floor
+    # After PEAK_MEMORY_S without a prompt, a decoding instance is free to go below it.
+    quiet = ac.decide(window(4, kv=0.01, now=100.0 + PEAK_MEMORY_S + 10.0), instance_id="i", pool="p",
+                      tp=2, clock_mhz=light.clock_mhz, bounds=WIDE)  # fmt: skip
+    assert quiet.clock_mhz < ac.controller.chunk_floor(2, 4, 0)
+
+
+def test_a_late_p99_gap_is_a_measured_miss_though_the_mean_is_fine() -> None:
+    ac = aggregate_clock()
+    base = window(2, kv=0.01, started=1, itl_mean_s=0.04)
+    assert ac.measured_miss(base) is None
+    late = dataclasses.replace(base, itl_p99_s=0.14)
+    assert ac.measured_miss(late) == "measured P99 ITL 140 ms over 75 ms"
+    assert decide(ac, late, clock=800) == 1980

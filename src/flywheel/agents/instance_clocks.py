@@ -50,7 +50,7 @@ from flywheel.engines.adapters import adapter_for
 from flywheel.engines.metrics import EngineMetrics, Histogram
 from flywheel.models.engine_profile import CalibratedEngine, ClockRange
 from flywheel.models.gpu import GPUSku
-from flywheel.models.perf import ModelProfile
+from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, ModelProfile, prefill_chunk_for_tbt
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,10 @@ def counters(metrics: EngineMetrics, time_s: float) -> EngineCounters:
 
 def engine_window(before: EngineMetrics, now: EngineMetrics, time_s: float, window_s: float) -> EngineWindow:
     """One period of an engine from two scrapes (``time_s``: its end; engine time), with the P99 TTFT
-    of the period's requests from the TTFT histogram's growth."""
-    p99 = _delta(now.time_to_first_token, before.time_to_first_token).quantile(0.99)
-    return window_between(counters(before, time_s - window_s), counters(now, time_s), p99)
+    and P99 inter-token latency of the period from the TTFT and ITL histograms' growth."""
+    ttft_p99 = _delta(now.time_to_first_token, before.time_to_first_token).quantile(0.99)
+    itl_p99 = _delta(now.inter_token_latency, before.inter_token_latency).quantile(0.99)
+    return window_between(counters(before, time_s - window_s), counters(now, time_s), ttft_p99, itl_p99)
 
 
 @dataclass
@@ -183,7 +184,7 @@ class InstanceClocks:
         self.instances: list[BoundInstance] = []
         self.decisions: dict[str, str] = {}  # instance -> reason of its last clock decision
         self._tracked: dict[tuple[str, str], _Tracked] = {}
-        self._deciders: dict[tuple[str, str, int, int, str], AggregateClock] = {}
+        self._deciders: dict[tuple[str, str, int, int, str, int], AggregateClock] = {}
         self.background = background
         self._latest: AgentSnapshot | None = None
         self._targets: dict[str, int] = {}
@@ -319,10 +320,17 @@ class InstanceClocks:
             policy.ttft_p99_ms,
             policy.tbt_p99_ms,
             policy.energy_policy.value,
+            instance.spec.tensor_parallel,
         )
         decider = self._deciders.get(key)
         if decider is None:
-            sku = instance.sku
+            sku, tp = instance.sku, instance.spec.tensor_parallel
+            # The engine's chunked-prefill budget as the operator tunes it for the TBT SLO: the
+            # aggregate decision keeps an iteration carrying a chunk within the TBT target.
+            chunk = min(
+                DEFAULT_PREFILL_CHUNK_TOKENS,
+                prefill_chunk_for_tbt(instance.model, sku, tp, policy.tbt_p99_ms),
+            )
             settings = InstanceSettings(
                 slo=SLO(ttft_ms=policy.ttft_p99_ms, tbt_ms=policy.tbt_p99_ms),
                 clocks=tuple(
@@ -330,6 +338,7 @@ class InstanceClocks:
                 ),
                 tuning=tuning_for(policy.energy_policy),
                 period_s=self.period_s * self.time_scale,
+                chunk_tokens={tp: chunk},
             )
             controller = InstanceController(CalibratedEngine(instance.model, sku), settings)
             decider = self._deciders[key] = AggregateClock(controller)

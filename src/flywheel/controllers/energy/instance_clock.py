@@ -20,7 +20,10 @@ from dataclasses import dataclass, field, replace
 
 from flywheel.controllers.energy.tuning import EnergyTuning
 from flywheel.controllers.protocol import SLO, ClockDecision, InstanceObservation, RequestView
+from flywheel.controllers.slo import iteration_within_tbt
 from flywheel.models.engine_profile import EngineModel
+
+CHUNK_TBT_MARGIN = 0.9  # an iteration carrying a prompt chunk fits this share of the TBT target
 
 # Predicted tokens still to generate: (prompt_tokens, generated_tokens, hinted total) -> tokens.
 RemainingFn = Callable[[int, int, int], int]
@@ -187,6 +190,25 @@ class InstanceController:
         full, rest = divmod(prompt, chunk)
         return full * e.prefill_ms(tp, chunk, clock) + (e.prefill_ms(tp, rest, clock) if rest else 0.0)
 
+    def chunk_floor(self, tp: int, batch: int, kv_tokens: int, chunk: int | None = None) -> int:
+        """Lowest clock at which an iteration carrying a full prefill chunk (``chunk`` tokens, default
+        the engine's budget at ``tp`` from the settings) with ``batch`` decodes over ``kv_tokens`` fits
+        the TBT target with ``CHUNK_TBT_MARGIN`` (``flywheel.controllers.slo``: a prefill stall is a
+        late gap). No chunk budget known: no floor (the lowest clock)."""
+        s = self.settings
+        chunk = s.chunk_tokens.get(tp, 0) if chunk is None else chunk
+        if chunk <= 0:
+            return s.clocks[0]
+        for clock in s.clocks:
+            # The decode tokens ride in the chunk's forward pass (as the simulator's engines run it).
+            step = max(
+                self.engine.prefill_ms(tp, chunk + batch, clock),
+                self.engine.decode_step_ms(tp, batch, kv_tokens, clock),
+            )
+            if iteration_within_tbt(step, s.slo, CHUNK_TBT_MARGIN):
+                return clock
+        return s.clocks[-1]
+
     def _energy_per_token(self, obs: InstanceObservation, proj: Projection, clock: int) -> float:
         if not proj.points:
             return self.engine.power_watts(obs.tp, clock, 0)
@@ -292,4 +314,11 @@ def _mean(values: Sequence[int], default: float) -> float:
     return sum(values) / len(values) if values else default
 
 
-__all__ = ["InstanceController", "InstanceSettings", "Projection", "RequestView", "remaining_from_hint"]
+__all__ = [
+    "CHUNK_TBT_MARGIN",
+    "InstanceController",
+    "InstanceSettings",
+    "Projection",
+    "RequestView",
+    "remaining_from_hint",
+]

@@ -15,14 +15,20 @@ it :func:`observation_from_window` synthesises the :class:`InstanceObservation` 
 * arrivals = first tokens + growth of the queue, per second.
 
 :class:`AggregateClock` then makes the one clock decision with :class:`InstanceController` (same
-projection, binary search, hysteresis), inside the instance's bounds; a measured miss in the period
-(P99 TTFT or mean inter-token latency above the SLO less headroom) goes to the top clock at once.
+projection, binary search, hysteresis), inside the instance's bounds, with the arrival rate smoothed
+across periods (a request's TBT is a mean over ~10 s of decoding). While prompts arrive (prompt tokens
+or a queue in the period, or an idle engine whose next prompts land before the next decision) the clock
+stays at or above ``InstanceController.chunk_floor``: an iteration carrying a prefill chunk with the
+running batch must fit the TBT target, since every gap counts. A measured miss in the period (P99 TTFT,
+or P99 inter-token latency from the ITL histogram, else its mean, above the SLO less headroom) goes to
+the top clock at once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 from flywheel.controllers.energy.instance_clock import InstanceController
 from flywheel.controllers.protocol import ClockDecision, InstanceObservation, RequestView
@@ -30,6 +36,8 @@ from flywheel.controllers.protocol import ClockDecision, InstanceObservation, Re
 DEFAULT_PROMPT_TOKENS = 512.0
 DEFAULT_OUTPUT_TOKENS = 128.0
 LENGTH_ALPHA = 0.3  # weight of the newest period in the smoothed mean lengths
+RATE_ALPHA = 0.2  # weight of the newest period in the smoothed arrival rate
+PEAK_MEMORY_S = 60.0  # the chunk floor suits the largest batch of this long
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class EngineWindow:
     ttft_p99_s: float | None = None  # of this period's requests; None: none got a first token
     ttft_mean_s: float | None = None
     itl_mean_s: float | None = None  # mean inter-token latency of this period's tokens
+    itl_p99_s: float | None = None  # P99 inter-token latency of the period (ITL histogram); None: unknown
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -84,10 +93,14 @@ class EngineCounters:
 
 
 def window_between(
-    before: EngineCounters, now: EngineCounters, ttft_p99_s: float | None = None
+    before: EngineCounters,
+    now: EngineCounters,
+    ttft_p99_s: float | None = None,
+    itl_p99_s: float | None = None,
 ) -> EngineWindow:
     """The period between two instants: gauges of ``now``, counter deltas (a counter that went back,
-    i.e. a restarted engine, counts from zero); ``ttft_p99_s``: the period's P99 TTFT if known."""
+    i.e. a restarted engine, counts from zero); ``ttft_p99_s`` / ``itl_p99_s``: the period's P99 TTFT
+    and inter-token latency if known."""
 
     def grew(a: float, b: float) -> float:
         return b - a if b >= a else b
@@ -111,6 +124,7 @@ def window_between(
         ttft_p99_s=ttft_p99_s if started > 0 else None,
         ttft_mean_s=ttft_sum / started if started > 0 else None,
         itl_mean_s=itl_sum / itl_n if itl_n > 0 else None,
+        itl_p99_s=itl_p99_s if itl_n > 0 else None,
     )
 
 
@@ -194,9 +208,16 @@ class AggregateClock:
 
     controller: InstanceController
     _lengths: dict[str, _Lengths] = field(default_factory=dict)
+    _rates: dict[str, float] = field(default_factory=dict)  # instance -> smoothed arrivals per second
+    # instance -> decreasing maxima of (time, running + waiting, KV tokens) over ``PEAK_MEMORY_S``
+    _peaks: dict[str, deque[tuple[float, int, int]]] = field(default_factory=dict)
+    _prompted: dict[str, float] = field(default_factory=dict)  # instance -> when prompts last arrived
 
     def forget(self, instance_id: str) -> None:
         self._lengths.pop(instance_id, None)
+        self._rates.pop(instance_id, None)
+        self._peaks.pop(instance_id, None)
+        self._prompted.pop(instance_id, None)
         self.controller.forget(instance_id)
 
     def measured_miss(self, window: EngineWindow) -> str | None:
@@ -205,9 +226,35 @@ class AggregateClock:
         keep = 1.0 - s.tuning.slo_headroom
         if window.ttft_p99_s is not None and window.ttft_p99_s * 1000.0 > s.slo.ttft_ms * keep:
             return f"measured P99 TTFT {window.ttft_p99_s * 1000:.0f} ms over {s.slo.ttft_ms * keep:.0f} ms"
-        if window.itl_mean_s is not None and window.itl_mean_s * 1000.0 > s.slo.tbt_ms * keep:
-            return f"measured mean ITL {window.itl_mean_s * 1000:.0f} ms over {s.slo.tbt_ms * keep:.0f} ms"
+        itl, which = (
+            (window.itl_p99_s, "P99") if window.itl_p99_s is not None else (window.itl_mean_s, "mean")
+        )
+        if itl is not None and itl * 1000.0 > s.slo.tbt_ms * keep:
+            return f"measured {which} ITL {itl * 1000:.0f} ms over {s.slo.tbt_ms * keep:.0f} ms"
         return None
+
+    def floor_mhz(self, obs: InstanceObservation, window: EngineWindow) -> int:
+        """The chunk floor while prompts arrive, else the lowest clock (see the module docstring).
+        Prompts count as arriving for ``PEAK_MEMORY_S`` after the last one seen (and before any was
+        seen: a new instance gets its first prompts before it has a rate); the batch is the largest
+        (running + waiting) of that long: a burst lands between two decisions, so the clock must
+        already suit the batch the last one brought."""
+        iid = obs.instance_id
+        since = obs.time_s - PEAK_MEMORY_S
+        if window.prompt_tokens > 0 or obs.waiting or iid not in self._prompted:
+            self._prompted[iid] = obs.time_s
+        peaks = self._peaks.setdefault(iid, deque())
+        batch = len(obs.running) + len(obs.waiting)
+        while peaks and (peaks[-1][1] <= batch or peaks[0][0] < since):
+            if peaks[-1][1] <= batch:
+                peaks.pop()
+            else:
+                peaks.popleft()
+        peaks.append((obs.time_s, batch, obs.kv_used_tokens))
+        if obs.running and self._prompted[iid] < since:
+            return self.controller.settings.clocks[0]
+        _, peak, kv = peaks[0]
+        return self.controller.chunk_floor(obs.tp, max(1, peak), max(kv, obs.kv_used_tokens))
 
     def decide(
         self,
@@ -231,9 +278,15 @@ class AggregateClock:
             mean_prompt_tokens=lengths.prompt,
             mean_output_tokens=lengths.output,
         )
+        prev = self._rates.get(instance_id)
+        rate = obs.arrivals_rps if prev is None else prev + RATE_ALPHA * (obs.arrivals_rps - prev)
+        self._rates[instance_id] = rate
+        obs = replace(obs, arrivals_rps=rate)
+        # The floor yields to the instance's ceiling (clockPolicy, pool cap): ``decide`` keeps the bounds.
+        floor = min(max(bounds.min_mhz, self.floor_mhz(obs, window)), bounds.ceiling_mhz)
         return self.controller.decide(
             obs,
-            floor_mhz=bounds.min_mhz,
+            floor_mhz=floor,
             ceiling_mhz=bounds.ceiling_mhz,
             alarm=self.measured_miss(window),
         )

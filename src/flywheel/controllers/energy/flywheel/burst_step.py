@@ -16,7 +16,6 @@ from flywheel.controllers.protocol import (
     PoolState,
     PoolTarget,
 )
-from flywheel.controllers.slo import iteration_within_tbt
 from flywheel.models.perf import DEFAULT_PREFILL_CHUNK_TOKENS, prefill_chunk_for_tbt
 
 # Sub-minute bursts: the pool's arrival rate smoothed over ~BURST_SMOOTHING_S (a burst must last that
@@ -32,8 +31,6 @@ BURST_RELEASE_S = 10.0  # this long without a surge, and calm (rate within the p
 BURST_WINDOW_S = 5.0  # the burst peak held for is the arrival rate over this window (a warm start)
 BURST_HOLD_S = 60.0  # this long without a surge ends it in any case
 BURSTY_RATIO = 3.0  # a pool whose burst peak exceeds this x its mean rate is bursty
-# A prompt-chunk iteration must fit this share of the TBT target: the batch grows between decisions.
-CHUNK_TBT_MARGIN = 0.9
 
 
 class BurstStep(PolicyState):
@@ -203,17 +200,5 @@ class BurstStep(PolicyState):
 
     def _chunk_floor(self, tp: int, batch: int, kv_tokens: int) -> int:
         """Lowest clock at which a prefill chunk riding with ``batch`` decodes fits the TBT target
-        with the policy's headroom (``flywheel.controllers.slo``: a prefill stall is a late gap)."""
-        ctx = self._context()
-        chunk = self.chunk_tokens(tp)
-        engine = self.instance_controller.engine
-        clocks = self.instance_controller.settings.clocks
-        for clock in clocks:
-            # The decode tokens ride in the chunk's forward pass (as the simulator's engines run it).
-            step = max(
-                engine.prefill_ms(tp, chunk + batch, clock),
-                engine.decode_step_ms(tp, batch, kv_tokens, clock),
-            )
-            if iteration_within_tbt(step, ctx.slo, CHUNK_TBT_MARGIN):
-                return clock
-        return clocks[-1]
+        with the policy's headroom (``InstanceController.chunk_floor``, shared with the aggregate path)."""
+        return self.instance_controller.chunk_floor(tp, batch, kv_tokens, self.chunk_tokens(tp))

@@ -8,13 +8,16 @@ from dataclasses import replace
 
 from flywheel.controllers.energy.flywheel.burst_step import BurstStep
 from flywheel.controllers.energy.instance_clock import InstanceController
-from flywheel.controllers.energy.instance_observation import AggregateClock, ClockBounds, EngineWindow
+from flywheel.controllers.energy.instance_observation import (
+    RATE_ALPHA,
+    AggregateClock,
+    ClockBounds,
+    EngineWindow,
+)
 from flywheel.controllers.protocol import (
     ClockDecision,
     InstanceObservation,
 )
-
-RATE_ALPHA = 0.2  # per instance tick
 
 
 class InstanceStep(BurstStep):
@@ -52,7 +55,8 @@ class InstanceStep(BurstStep):
         """The instance decision from engine aggregates only, as the node agent makes it from vLLM /
         SGLang ``/metrics`` (``controllers.instance_observation``): for a simulator that keeps per-instance
         ``EngineCounters`` and passes ``window_between`` of them, so published energy figures describe
-        what the agent can do. Same engine model, SLO, clocks and tuning as ``decide_clock``."""
+        what the agent can do. Same engine model, SLO, clocks, chunk budget and tuning as ``decide_clock``;
+        the chunk floor and rate smoothing are ``AggregateClock``'s own (the agent runs the same code)."""
         if self._aggregate is None:
             ctl = self.instance_controller
             self._aggregate = AggregateClock(InstanceController(ctl.engine, ctl.settings))
