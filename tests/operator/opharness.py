@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -154,9 +155,11 @@ class OperatorThread:
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
             # kopf's daemon killer, cancelled at exit, leaves stop_daemon() coroutines it never awaited.
-            # Collect them now, in this thread: finalised later by a random GC pass, their warning can
-            # land inside a compile() of another thread and trip CPython 3.11.7's AST recursion check
-            # ("AST constructor recursion depth mismatch").
+            # Finalised by a random GC pass, their "never awaited" warning can land inside a compile()
+            # (another thread's, or pytest's own at the final summary) and trip CPython 3.11.7's AST
+            # recursion check ("AST constructor recursion depth mismatch"). Close them here: a closed
+            # coroutine finalises silently.
+            close_unawaited_coroutines("stop_daemon")
             gc.collect()
 
     def start(self) -> OperatorThread:
@@ -301,3 +304,17 @@ __all__ = [
     "operator_config",
     "wait_for",
 ]
+
+
+def close_unawaited_coroutines(name: str) -> int:
+    """Close every never-started coroutine called ``name`` (kopf's orphans); returns how many."""
+    closed = 0
+    for obj in gc.get_objects():
+        if (
+            inspect.iscoroutine(obj)
+            and obj.__name__ == name
+            and inspect.getcoroutinestate(obj) == inspect.CORO_CREATED
+        ):
+            obj.close()
+            closed += 1
+    return closed
