@@ -26,6 +26,17 @@ def default_priority(identity: str) -> int:
     return int(hashlib.sha256(identity.encode()).hexdigest()[:6], 16)
 
 
+_SECONDS_FROM_ENV = {  # FLYWHEEL_* variable -> OperatorConfig field (seconds)
+    "FLYWHEEL_POOL_PERIOD_SECONDS": "pool_period_seconds",
+    "FLYWHEEL_CLUSTER_PERIOD_SECONDS": "cluster_period_seconds",
+    "FLYWHEEL_RESYNC_SECONDS": "resync_seconds",
+    "FLYWHEEL_REACT_PERIOD_SECONDS": "react_period_seconds",
+    "FLYWHEEL_DRAIN_TIMEOUT_SECONDS": "drain_timeout_seconds",
+    "FLYWHEEL_POD_BACKOFF_BASE_SECONDS": "pod_backoff_base_seconds",
+    "FLYWHEEL_POD_BACKOFF_MAX_SECONDS": "pod_backoff_max_seconds",
+}
+
+
 @dataclass
 class OperatorConfig:
     # Where the API server is; None: kubeconfig or in-cluster service account (kopf's own login).
@@ -98,22 +109,11 @@ class OperatorConfig:
         config.server = env.get("FLYWHEEL_KUBE_SERVER") or None
         config.token = env.get("FLYWHEEL_KUBE_TOKEN") or None
         config.insecure = env.get("FLYWHEEL_KUBE_INSECURE", "") in ("1", "true")
-        if env.get("FLYWHEEL_POOL_PERIOD_SECONDS"):
-            config.pool_period_seconds = float(env["FLYWHEEL_POOL_PERIOD_SECONDS"])
-        if env.get("FLYWHEEL_CLUSTER_PERIOD_SECONDS"):
-            config.cluster_period_seconds = float(env["FLYWHEEL_CLUSTER_PERIOD_SECONDS"])
-        if env.get("FLYWHEEL_RESYNC_SECONDS"):
-            config.resync_seconds = float(env["FLYWHEEL_RESYNC_SECONDS"])
         if env.get("FLYWHEEL_ROUTER_IMAGE"):
             config.router_image = env["FLYWHEEL_ROUTER_IMAGE"]
-        if env.get("FLYWHEEL_REACT_PERIOD_SECONDS"):
-            config.react_period_seconds = float(env["FLYWHEEL_REACT_PERIOD_SECONDS"])
-        if env.get("FLYWHEEL_DRAIN_TIMEOUT_SECONDS"):
-            config.drain_timeout_seconds = float(env["FLYWHEEL_DRAIN_TIMEOUT_SECONDS"])
-        if env.get("FLYWHEEL_POD_BACKOFF_BASE_SECONDS"):
-            config.pod_backoff_base_seconds = float(env["FLYWHEEL_POD_BACKOFF_BASE_SECONDS"])
-        if env.get("FLYWHEEL_POD_BACKOFF_MAX_SECONDS"):
-            config.pod_backoff_max_seconds = float(env["FLYWHEEL_POD_BACKOFF_MAX_SECONDS"])
+        for variable, attribute in _SECONDS_FROM_ENV.items():
+            if env.get(variable):
+                setattr(config, attribute, float(env[variable]))
         if env.get("FLYWHEEL_ENGINE_RUNTIME_CLASS"):
             config.engine_runtime_class = runtime_class_name(env["FLYWHEEL_ENGINE_RUNTIME_CLASS"])
         if env.get("FLYWHEEL_WEIGHT_CACHE_HOST_PATH"):

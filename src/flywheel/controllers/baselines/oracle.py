@@ -29,6 +29,7 @@ import numpy as np
 
 from flywheel.controllers.baselines.common import chunk_iteration_ms, lowest_clock, serving_clocks
 from flywheel.controllers.baselines.hindsight_milp import Config, HindsightPlan, solve
+from flywheel.controllers.energy.instance_clock import CHUNK_TBT_MARGIN  # as Flywheel's planners
 from flywheel.controllers.protocol import (
     ClockDecision,
     ClusterObservation,
@@ -53,7 +54,6 @@ POOL = "all"
 INTERVAL_S = 60.0
 PEAK_WINDOW_S = 10.0
 TP_CHOICES = (2, 4, 8)
-CHUNK_TBT_MARGIN = 0.9  # a prompt-chunk iteration fits this share of the TBT target (as Flywheel's)
 WARM_START_LEAD_S = 10.0  # start this long before an interval (>= the simulator's warm start)
 
 
