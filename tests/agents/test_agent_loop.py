@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -22,6 +24,7 @@ from flywheel.agents.health.engine import EngineReading, EngineTarget
 from flywheel.agents.health.findings import Finding
 from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.agents.status import GPUS_HEALTHY
+from flywheel.api.v1alpha1 import GPUNodeStatus
 from waiting import eventually
 
 
@@ -230,3 +233,43 @@ def test_plugin_registers_when_the_kubelet_comes_late_and_after_kubelet_restart(
         agent.stop()
         server.stop(0).wait()
         shutil.rmtree(plugin_dir, ignore_errors=True)
+
+
+def test_a_restarted_agent_keeps_the_transition_time_of_a_fault_that_persisted(
+    sim: SimulatedNvml, sysfs: FakeSysfs
+) -> None:
+    """A persisting fault seen again by a restarted agent is the same occurrence: its condition keeps
+    the transition time the node last reported (else the operator escalates it as a repeat)."""
+    sim.inject_gpu_lost(1)
+    lost = sim.devices().value[1].uuid  # type: ignore[union-attr]
+    sink = FakeSink()
+    config = AgentConfig(node_name="node-a", interval_s=0.2, sysfs_root=sysfs.root, status_min_interval_s=0.2)
+
+    def gpu_condition(status: dict[str, Any]) -> dict[str, Any]:
+        gpu = next(g for g in status["gpus"] if g["uuid"] == lost)
+        return next(c for c in gpu["conditions"] if c["type"] == "Healthy")
+
+    first = Agent(config, sim, sink=sink)
+    first.start()
+    try:
+        assert wait_for(lambda: bool(sink.patches) and gpu_condition(sink.patches[-1])["status"] == "False")
+    finally:
+        first.halt()
+    reported = GPUNodeStatus.model_validate(sink.patches[-1])
+    # The fault began long ago, as far as the API server knows.
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    for gpu in reported.gpus:
+        for cond in gpu.conditions:
+            cond.last_transition_time = long_ago
+    sink.patches.clear()
+    restarted = Agent(config, sim, sink=sink, status_source=lambda: reported)
+    restarted.start()
+    try:
+        assert wait_for(lambda: bool(sink.patches))
+    finally:
+        restarted.stop()
+    again = gpu_condition(sink.patches[0])
+    assert again["status"] == "False"
+    assert again["lastTransitionTime"].startswith("2026-01-01T00:00:00")
+    # Healthy GPUs keep theirs too; nothing else is carried over but the transition times.
+    assert sink.patches[0]["healthyGpus"] == len(reported.gpus) - 1

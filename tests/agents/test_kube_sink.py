@@ -24,9 +24,10 @@ class FakeCustom:
     def get_cluster_custom_object(self, group: str, version: str, plural: str, name: str) -> Any:
         if not self.exists:
             raise ApiException(status=404)
-        return {"spec": self.spec}
+        return {"spec": self.spec, "status": self.status}
 
     spec: Any = None
+    status: Any = None
 
     def create_cluster_custom_object(self, group: str, version: str, plural: str, body: Any) -> None:
         self.calls.append(("create", body))
@@ -98,3 +99,20 @@ def test_read_spec_parses_quarantine_and_diagnostics() -> None:
     assert sink.read_spec("node-a") is None
     missing, _, _ = _sink(exists=False)
     assert missing.read_spec("node-a") is None
+
+
+def test_read_status_returns_what_the_node_last_reported() -> None:
+    sink, custom, _ = _sink(exists=True)
+    assert sink.read_status("node-a") is None  # never reported
+    custom.status = {
+        "gpuCount": 1,
+        "gpus": [{"uuid": "GPU-1", "index": 0, "product": "H100", "memoryMiB": 81559, "healthy": False,
+                  "conditions": [{"type": "Healthy", "status": "False", "reason": "GPULost", "message": "",
+                                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]}],
+    }  # fmt: skip
+    status = sink.read_status("node-a")
+    assert status is not None and status.gpus[0].conditions[0].last_transition_time.year == 2026
+    custom.status = {"gpus": [{"uuid": 7}]}  # not a status: not carried over
+    assert sink.read_status("node-a") is None
+    missing, _, _ = _sink(exists=False)
+    assert missing.read_status("node-a") is None

@@ -272,3 +272,20 @@ def test_asking_again_about_the_same_occurrence_does_not_escalate() -> None:
     assert retried.escalation_level == first.escalation_level
     again = controller.handle(replace(disk, at=600.0, observed_at=590.0), view)  # a new occurrence
     assert again.escalation_level == first.escalation_level + 1
+
+
+def test_a_fault_reported_again_while_its_gpu_is_still_quarantined_does_not_escalate() -> None:
+    """A lost GPU re-reported (e.g. by a restarted node agent, with a new transition time) never went
+    back into service: it did not recur, so the ladder stays where it was. A real repeat, after the
+    GPU returned, still climbs."""
+    view = fleet(nodes=8)
+    controller = FaultController()
+    lost = FaultSignal(SignalType.GPU_LOST, "node-1", 10.0, gpu_uuids=(gpus("node-1")[2],), observed_at=9.0)
+    first = controller.handle(lost, view)
+    assert first.remediation is Action.RESET_GPU and first.quarantine_gpus == {gpus("node-1")[2]}
+    isolated = replace(view, quarantined_gpus=frozenset(first.quarantine_gpus))
+    reported_again = controller.handle(replace(lost, at=130.0, observed_at=129.0), isolated)
+    assert reported_again.remediation is Action.RESET_GPU
+    assert reported_again.escalation_level == first.escalation_level
+    recurred = controller.handle(replace(lost, at=900.0, observed_at=899.0), view)  # back in service
+    assert recurred.escalation_level == first.escalation_level + 1

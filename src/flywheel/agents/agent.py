@@ -108,6 +108,7 @@ class Agent:
         spec_source: Callable[[], GPUNodeSpec | None] | None = None,
         diagnostics: DiagnosticsRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
+        status_source: Callable[[], GPUNodeStatus | None] | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -138,6 +139,9 @@ class Agent:
         )
         self.clock_decider = clock_decider
         self.spec_source = spec_source
+        # The status this node last reported (read at start): condition transition times carry over
+        # a restart, so the operator sees a persisting fault as the same occurrence, not a new one.
+        self.status_source = status_source
         self.diagnostics = diagnostics or DiagnosticsRunner(backend)
         self.spec: GPUNodeSpec | None = None
         self.diagnostics_result: DiagnosticsResult | None = None
@@ -164,6 +168,8 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self, background: bool = True) -> None:
+        if self.status_source is not None and self.status is None:
+            self.status = self.status_source()
         init = self.backend.init()
         if isinstance(init, NvmlError):
             self.nvml_message = f"NVML unavailable: {init.call}: {init.kind.value} {init.message}".strip()

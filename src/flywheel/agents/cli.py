@@ -20,7 +20,7 @@ from flywheel.agents.health.engine import EngineTarget
 from flywheel.agents.instance_clocks import InstanceClocks
 from flywheel.agents.nvml.backend import NvmlBackend
 from flywheel.agents.status import StatusSink
-from flywheel.api.v1alpha1 import GPUNodeSpec
+from flywheel.api.v1alpha1 import GPUNodeSpec, GPUNodeStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def run_agent(
         backend = RealNvml()
     sink: StatusSink | None = None
     spec_source: Callable[[], GPUNodeSpec | None] | None = None
+    status_source: Callable[[], GPUNodeStatus | None] | None = None
     instance_clocks: InstanceClocks | None = None
     targets = parse_engines(engines)
     engine_targets: Callable[[], list[EngineTarget]] = lambda: targets  # noqa: E731
@@ -84,6 +85,9 @@ def run_agent(
 
         def spec_source() -> GPUNodeSpec | None:
             return kube_sink.read_spec(node_name)
+
+        def status_source() -> GPUNodeStatus | None:
+            return kube_sink.read_status(node_name)
 
         # The instance controller: the ModelInstances bound to this node, their engines' metrics.
         instance_clocks = InstanceClocks(
@@ -113,6 +117,7 @@ def run_agent(
         sink=sink,
         engines=engine_targets,
         spec_source=spec_source,
+        status_source=status_source,
         clock_decider=instance_clocks,
     )
     stop = threading.Event()

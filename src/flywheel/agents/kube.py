@@ -13,7 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from flywheel.api.v1alpha1 import GROUP, VERSION, GPUNode, GPUNodeSpec, ObjectMeta
+from flywheel.api.v1alpha1 import GROUP, VERSION, GPUNode, GPUNodeSpec, GPUNodeStatus, ObjectMeta
 
 log = logging.getLogger(__name__)
 EVENT_NAMESPACE = "default"  # Events about cluster-scoped objects live in "default"
@@ -54,19 +54,40 @@ class KubernetesStatusSink:
             return False
         return True
 
-    def read_spec(self, node: str) -> GPUNodeSpec | None:
-        """The operator's half of this node's GPUNode (quarantine, diagnostics); None if unreadable."""
+    def _read(self, node: str) -> dict[str, Any] | None:
+        """This node's GPUNode as the API server has it; None if absent or unreadable."""
         try:
             obj: Any = self.custom.get_cluster_custom_object(GROUP, VERSION, GPUNode.PLURAL, node)
-            return GPUNodeSpec.model_validate(obj.get("spec") or {"nodeName": node})
+            return dict(obj)
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("GPUNode %s read failed: %s", node, exc)
-        except ValidationError as exc:
-            log.warning("GPUNode %s has an invalid spec: %s", node, exc)
         except Exception as exc:
             log.warning("GPUNode %s read failed: %s", node, exc)
         return None
+
+    def read_spec(self, node: str) -> GPUNodeSpec | None:
+        """The operator's half of this node's GPUNode (quarantine, diagnostics); None if unreadable."""
+        obj = self._read(node)
+        if obj is None:
+            return None
+        try:
+            return GPUNodeSpec.model_validate(obj.get("spec") or {"nodeName": node})
+        except ValidationError as exc:
+            log.warning("GPUNode %s has an invalid spec: %s", node, exc)
+            return None
+
+    def read_status(self, node: str) -> GPUNodeStatus | None:
+        """This node's last reported status, so that a restarted agent keeps its conditions' transition
+        times: a fault that persisted across the restart is then not reported as a new one."""
+        raw = (self._read(node) or {}).get("status")
+        if not raw:
+            return None
+        try:
+            return GPUNodeStatus.model_validate(raw)
+        except ValidationError as exc:
+            log.warning("GPUNode %s has an invalid status (not carried over): %s", node, exc)
+            return None
 
     def emit_event(self, node: str, type_: str, reason: str, message: str) -> bool:
         now = datetime.now(UTC)

@@ -129,6 +129,7 @@ def start_agent(
         # Stop-time diagnostics requested in the GPUNode spec: NVML checks on the simulated GPUs (a lost
         # GPU fails them); the compute and engine levels have nothing to run here and pass.
         spec_source=lambda: sink.read_spec(node.name),
+        status_source=lambda: sink.read_status(node.name),
         diagnostics=DiagnosticsRunner(
             node.nvml,
             compute_test=lambda gpus: (True, "simulated GPUs: no compute test to run"),

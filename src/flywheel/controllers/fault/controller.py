@@ -384,9 +384,13 @@ class FaultController:
                     evidence=evidence,
                     recheck_after_s=verdict.retry_after_s,
                 )
-        level = self.ledger.level_for(
-            signal.key(), policy.remediation, signal.at, policy.escalation, occurrence=signal.observed_at
+        still_isolated = signal.node in fleet.quarantined_nodes or (
+            bool(signal.gpu_uuids) and set(signal.gpu_uuids) <= fleet.quarantined_gpus
         )
+        level = self.ledger.level_for(
+            signal.key(), policy.remediation, signal.at, policy.escalation,
+            occurrence=signal.observed_at, still_isolated=still_isolated,
+        )  # fmt: skip
         remediation = LADDER[level]
         why = "; ".join(plan.reasons)
         steps: list[Step] = []

@@ -146,11 +146,19 @@ class EscalationLedger:
         at: float,
         escalation: Action = Action.NONE,
         occurrence: float | None = None,
+        still_isolated: bool = False,
     ) -> int:
         """Ladder rung for a fault with identity ``key`` whose table remediation is ``base``; a repeat
-        within the window climbs to ``escalation`` or one rung above the last, whichever is higher."""
+        within the window climbs to ``escalation`` or one rung above the last, whichever is higher.
+
+        A fault reported again while its part is *still isolated* from the last occurrence (never
+        returned to service, e.g. re-reported by a restarted agent) did not recur: same rung."""
         previous = self._last.get(key)
         if previous is not None and occurrence is not None and self._occurrence.get(key) == occurrence:
+            return previous[0]
+        if previous is not None and still_isolated:
+            if occurrence is not None:
+                self._occurrence[key] = occurrence
             return previous[0]
         base_rung = rung(base)
         level = base_rung
