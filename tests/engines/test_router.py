@@ -15,6 +15,7 @@ from flywheel.controllers.routing.classify import ClassThresholds
 from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 from flywheel.engines.openai import CompletionRequest, prompt_of_length
 from flywheel.engines.router import Backend, NoBackend, Pool, Router
+from flywheel.engines.router.hold import HoldPolicy
 from flywheel.engines.simulated import SimulatedEngineServer
 
 
@@ -208,7 +209,7 @@ async def test_predictor_learns_from_completions(
 
 
 async def test_bad_request_and_no_instances(router_server: RouterFactory) -> None:
-    server = await router_server([])
+    server = await router_server([], hold=HoldPolicy(max_wait_s=0))  # no hold: 503 at once
     async with httpx.AsyncClient() as client:
         bad = await client.post(f"{server.url}/v1/completions", content=b"not json")
         none = await _post(client, server.url, 10, 2)

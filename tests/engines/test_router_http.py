@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from flywheel.engines.openai import prompt_of_length
 from flywheel.engines.router import Backend, Pool
+from flywheel.engines.router.hold import HoldPolicy
 from flywheel.engines.simulated import SimulatedEngineServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -190,7 +191,7 @@ async def test_overload_answers_429_and_503_with_retry_after(
     server = await router_server(
         [_pool(engine)], refresh_s=3600, max_in_flight_per_instance=1, max_queued_per_pool=1
     )
-    empty = await router_server([])
+    empty = await router_server([], hold=HoldPolicy(max_wait_s=0))  # no hold: 503 at once
     engine.engine.hang()
     async with httpx.AsyncClient(timeout=30) as client:
         body = {"prompt": "x", "max_tokens": 2}

@@ -51,6 +51,15 @@ def router(
     max_attempts: int = typer.Option(
         3, "--max-attempts", min=1, help="Tries per request on different instances (before any byte)."
     ),
+    unavailable_wait: float = typer.Option(
+        30.0,
+        "--unavailable-wait",
+        min=0.0,
+        help="Hold a request up to this many seconds while no engine is routable (then 503); 0: 503 at once.",
+    ),
+    max_held: int = typer.Option(
+        1024, "--max-held", min=0, help="Requests held at once while no engine is routable (more: 503)."
+    ),
     first_byte_timeout_factor: float = typer.Option(
         5.0,
         "--first-byte-timeout-factor",
@@ -79,6 +88,7 @@ def _router_options(params: dict[str, Any]) -> RouterOptions:
         load_period_s=p["load_period"], max_attempts=p["max_attempts"],
         first_byte_timeout_factor=p["first_byte_timeout_factor"], time_scale=p["time_scale"],
         load_window_s=p["load_window"], discovery_period_s=p["discovery_period"],
+        unavailable_wait_s=p["unavailable_wait"], max_held=p["max_held"],
     )  # fmt: skip
 
 

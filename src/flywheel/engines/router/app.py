@@ -10,7 +10,9 @@ For each request it:
    (``flywheel.controllers.routing.output_predictor``, ``max_tokens`` capping the prediction);
 3. picks the pool serving that class and its instance with the shallowest queue
    (:mod:`~flywheel.engines.router.backends`), waiting for a slot when admission is on
-   (:mod:`~flywheel.engines.router.admission`); no instance: 503, full queue: 429, both with Retry-After;
+   (:mod:`~flywheel.engines.router.admission`); no routable instance: the request is held until one
+   is back (:mod:`~flywheel.engines.router.hold`, bounded), then 503; full queue: 429; both with
+   Retry-After;
 4. forwards the request (:mod:`~flywheel.engines.router.upstream`), streaming the response through; on
    an instance failure before any byte reached the client (refused connection, HTTP 5xx, no first
    byte within the first-byte timeout: a frozen engine) it marks the instance failed and retries on
@@ -42,6 +44,7 @@ from flywheel.engines.router.admission import ClientGone, QueueFull
 from flywheel.engines.router.backends import Backend, NoBackend, Pool
 from flywheel.engines.router.core import DEFAULT_MAX_BODY_BYTES, PREDICTED_HEADER, _error, _UpstreamFailed
 from flywheel.engines.router.forwarding import RouterForwarding
+from flywheel.engines.router.hold import HeldClientGone
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +159,21 @@ class Router(RouterForwarding):
                     log.warning("request no longer useful after %d attempts: not retried", attempt)
                     break
                 await asyncio.sleep(pause)
+            hold_until = started + self.hold.policy.max_wait_s
+            if failure is not None:
+                hold_until = min(hold_until, useful_until)
             try:
-                pool = self.pool_for(request_class, exclude=tried)
-                pool, backend = await self.admission.acquire(
-                    pool, request_class, tried, started, http, attempt > 0
-                )
+                while True:
+                    try:
+                        pool = self.pool_for(request_class, exclude=tried)
+                        pool, backend = await self.admission.acquire(
+                            pool, request_class, tried, started, http, attempt > 0
+                        )
+                        break
+                    except NoBackend:
+                        if not await self._hold(http, request_class, hold_until):
+                            raise
+                        tried.clear()  # an instance is back; a restarted engine is one tried before
             except NoBackend as error:
                 if failure is not None:
                     break  # every instance tried failed: a 502 below
@@ -172,7 +185,7 @@ class Router(RouterForwarding):
                 self.metrics.requests.labels(request_class, pool.name if pool else "", "rejected").inc()
                 return _error(429, f"overloaded: {error}", "rate_limit_exceeded", "overloaded",
                               **{"Retry-After": self.retry_after})  # fmt: skip
-            except ClientGone:
+            except (ClientGone, HeldClientGone):
                 self.metrics.requests.labels(request_class, pool.name if pool else "", "abandoned").inc()
                 return _error(499, "client went away", "client_closed", "client_closed")
             except asyncio.CancelledError:  # the client went away while the request waited
@@ -197,6 +210,15 @@ class Router(RouterForwarding):
                 self.admission.release(backend)
         self.metrics.requests.labels(request_class, pool.name if pool else "", "failed").inc()
         return _error(502, f"engine instances failed: {failure}", "api_error", "bad_gateway")
+
+    async def _hold(self, http: web.Request, request_class: str, until: float) -> bool:
+        """Hold the request while no instance is routable (:mod:`~flywheel.engines.router.hold`):
+        True once one is, False at the hold's limits."""
+
+        def gone() -> bool:
+            return http.transport is None or http.transport.is_closing()
+
+        return await self.hold.wait(lambda: self.available(request_class), until, gone)
 
     # -- server -------------------------------------------------------------------------------------
     def app(self) -> web.Application:

@@ -90,6 +90,8 @@ class Balancer:
 
         Only pools with a routable instance outside ``exclude`` count (a retry after a failure)."""
 
+        self.expire_cooldowns()
+
         def usable(pool: Pool) -> bool:
             return any(b.routable and b not in exclude for b in pool.backends)
 
@@ -120,11 +122,15 @@ class Balancer:
 
     def options(self, pool: Pool, exclude: Sequence[Backend] = ()) -> list[Backend]:
         """Routable instances of the pool outside ``exclude`` (failed ones return after the cooldown)."""
+        self.expire_cooldowns(pool.backends)
+        return [b for b in pool.backends if b.routable and b not in exclude]
+
+    def expire_cooldowns(self, backends: Iterable[Backend] | None = None) -> None:
+        """Failed instances whose cooldown has passed are routable again."""
         now = time.monotonic()
-        for backend in pool.backends:
+        for backend in self.backends() if backends is None else backends:
             if backend.failed_at is not None and now - backend.failed_at >= self.failure_cooldown_s:
                 backend.failed_at = None
-        return [b for b in pool.backends if b.routable and b not in exclude]
 
     def shallowest(self, options: Sequence[Backend]) -> Backend:
         """The instance with the least load (round robin among equals)."""

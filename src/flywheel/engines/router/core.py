@@ -16,8 +16,9 @@ from flywheel.controllers.routing.output_predictor import OutputLengthPredictor
 from flywheel.engines.adapters import EngineAdapter, VLLMAdapter
 from flywheel.engines.openai import CompletionRequest, TokenCounter, error_body, estimate_tokens
 from flywheel.engines.router.admission import Admission
-from flywheel.engines.router.backends import Backend, Balancer, Pool
+from flywheel.engines.router.backends import Backend, Balancer, NoBackend, Pool
 from flywheel.engines.router.classes import AutoClassifier, RequestClassifier
+from flywheel.engines.router.hold import HoldPolicy, UnavailableHold
 from flywheel.engines.router.retry import RetryPolicy
 from flywheel.engines.router.telemetry import LoadMeter, MeteredLoad, RouterMetrics
 from flywheel.engines.router.upstream import SCRAPE_ERRORS, Upstreams
@@ -75,6 +76,7 @@ class RouterBase:
         retry_after_s: int = 1,
         token_counter: TokenCounter = estimate_tokens,
         retry: RetryPolicy | None = None,
+        hold: HoldPolicy | None = None,
     ) -> None:
         """``max_in_flight_per_instance``: requests this router sends to one instance at a time; the
         rest wait in their pool's admission queue (None: no router queue, forward at once), at most
@@ -85,7 +87,8 @@ class RouterBase:
         ``max_context_tokens``/``max_tokens_cap``: limits checked before routing (None: unchecked).
         ``stall_timeout_s``: a streaming client that reads nothing this long is dropped.
         ``token_counter``: tokens of a prompt text (the model's tokenizer; default 4 characters a token).
-        ``retry``: retries on instance failure and the first-byte (frozen engine) timeout."""
+        ``retry``: retries on instance failure and the first-byte (frozen engine) timeout.
+        ``hold``: how long and how many requests wait while no instance is routable (then 503)."""
         if max_in_flight_per_instance is not None and max_in_flight_per_instance < 1:
             raise ValueError(
                 f"max_in_flight_per_instance must be at least 1, got {max_in_flight_per_instance}"
@@ -123,6 +126,7 @@ class RouterBase:
             late_after_s=late_after_s,
             max_queued_per_pool=max_queued_per_pool,
         )
+        self.hold = UnavailableHold(hold or HoldPolicy(), registry)
         self.upstreams = Upstreams(request_timeout_s)
         self._meter = LoadMeter(load_window_s)
         self._forgotten: list[str] = []
@@ -159,6 +163,7 @@ class RouterBase:
         still = {b.url for b in self.balancer.backends()}
         self._forgotten += [b.url for b in gone if b.url not in still]
         self.admission.dispatch_all()
+        self.hold.notify()
 
     def backends(self) -> list[Backend]:
         return self.balancer.backends()
@@ -171,6 +176,14 @@ class RouterBase:
 
     def pool_for(self, request_class: str, exclude: Sequence[Backend] = ()) -> Pool:
         return self.balancer.pool_for(request_class, exclude)
+
+    def available(self, request_class: str) -> bool:
+        """Some pool can take a request of this class now."""
+        try:
+            self.balancer.pool_for(request_class)
+        except NoBackend:
+            return False
+        return True
 
     def pick(self, pool: Pool, exclude: Sequence[Backend] = ()) -> Backend:
         """The routable instance with the shallowest queue (round robin among equals)."""
@@ -200,6 +213,7 @@ class RouterBase:
 
         await asyncio.gather(*(one(b) for b in self.backends()))
         self.admission.dispatch_all()  # instances may be back (or gone): queued requests move on
+        self.hold.notify()
 
     async def refresh_forever(self, period_s: float = 1.0) -> None:
         while True:

@@ -29,6 +29,7 @@ from flywheel.engines.router.app import Router
 from flywheel.engines.router.backends import Backend, Pool
 from flywheel.engines.router.classes import classifier_for
 from flywheel.engines.router.discovery import KubeDiscovery
+from flywheel.engines.router.hold import HoldPolicy
 from flywheel.engines.router.retry import RetryPolicy
 from flywheel.engines.router.server import RouterServer
 from flywheel.kubeclient import MODEL_DEPLOYMENTS, KubeClient
@@ -64,6 +65,8 @@ class RouterOptions:
     time_scale: float = 1.0  # flywheel dev: the virtual clock's speed
     max_attempts: int = 3  # per request, on different instances, before any byte reached the client
     first_byte_timeout_factor: float = 5.0  # x the SLO's time to the first byte; 0: no timeout
+    unavailable_wait_s: float = 30.0  # hold a request this long while no engine is routable; 0: 503 at once
+    max_held: int = 1024  # requests held at once while no engine is routable
 
 
 def api_keys(key_file: Path | None, env: dict[str, str] | None = None) -> list[str]:
@@ -141,6 +144,7 @@ def build_router(options: RouterOptions, spec: ModelDeploymentSpec | None) -> Ro
         retry=RetryPolicy(
             max_attempts=options.max_attempts, first_byte_factor=options.first_byte_timeout_factor
         ),
+        hold=HoldPolicy(max_wait_s=options.unavailable_wait_s, max_held=options.max_held),
     )
 
 
