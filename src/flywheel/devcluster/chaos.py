@@ -3,29 +3,42 @@
 Kinds: ``xid<N>`` (an XID event on one GPU of a serving instance; XID 79, "GPU has fallen off the
 bus", also makes the GPU lost, so its engine fails), ``gpulost`` (lost without an XID event), ``hang``
 (the engine stops generating while its ``/health`` stays green), ``crash`` (the engine process dies),
-``ecc`` (a double-bit ECC error, XID 48) and ``thermal`` (the GPU throttles: a straggler).
+``ecc`` (a double-bit ECC error, XID 48), ``thermal`` (the GPU throttles: a straggler), and three node
+faults: ``nic_down`` (the node's NIC goes down in the sysfs state its agent reads), ``disk`` (its root
+and weight-cache filesystems are remounted read-only, as the agent's disk check sees them) and
+``node_death`` (the host stops: its agent halts without a final status, its engines stop answering,
+its kubelet posts nothing, so the heartbeat goes stale and the Node's ``Ready`` turns ``Unknown``
+after the node-monitor grace period, see ``node_lifecycle``).
 
 Targets (from a ``--chaos`` scenario): ``node``/``gpu`` pick the GPU (modulo the dev cluster's size;
 the instance on it, if any, is the victim), ``engine`` a serving instance by index in name order;
-none: the busiest serving instance. A fault with ``clears`` ends by itself after ``duration`` (the GPU
-comes back, the engine resumes, the throttle lifts); a ``false_alarm`` only raises the signal (an
-XID 79 event, the GPU keeps working). Such a fault counts as recovered once cleared, its GPU out of
-quarantine and its pool serving as many instances as it wants.
+none: the busiest serving instance. A node fault hits the target node, else the victim's node. A fault
+with ``clears`` ends by itself after ``duration`` (the GPU comes back, the engine resumes, the throttle
+lifts, the NIC is up, the disk writable, the dead node boots: agent restarted, Node Ready); a
+``false_alarm`` only raises the signal (an XID event, an ECC error count, the thermal throttle reason
+without the clock cut, a NIC or disk reported down) and the part keeps working. Such a fault counts
+as recovered once cleared, its GPU out of quarantine and its pool serving as many instances as it
+wants. The dev cluster's engines are served over loopback, so a down NIC or a read-only disk does not
+cut their traffic (a real and a false alarm differ only in name there): what runs is the signal and
+the product's reaction to it.
 
-Not expressible here (named as skipped): ``nic_down``, ``disk`` and ``node_death``, false alarms of
-anything but XIDs; targets beyond the dev cluster's nodes and GPUs wrap around (modulo).
+Not expressible here (named as skipped): false alarms of ``gpu_lost``, engine faults and
+``node_death``; targets beyond the dev cluster's nodes and GPUs wrap around (modulo).
 
 The timeline is observed from outside, as an SRE would: *detected* when the node agent reports the GPU
-unhealthy in its GPUNode (or, for engine faults, when an Incident names the instance), *isolated* when
-the operator quarantines the GPU (or the instance stops being routable), *recovered* when the pool
-has as many serving instances as it wants again, none of them the faulty one.
+(or, for a NIC or disk, the node) unhealthy in its GPUNode, or when an Incident names the instance, the
+GPU or (node faults) the node; *isolated* when the operator quarantines the GPU or the node (or the
+instance stops being routable); *recovered* when the pool has as many serving instances as it wants
+again, none of them the faulty one (after a node death: none on the dead node).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +48,7 @@ from flywheel.devcluster.apifaults import ApiFaultRule
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
 from flywheel.devcluster.nodes import SimNode
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 _SPEC = re.compile(r"^(?P<kind>xid(?P<xid>\d+)|gpulost|hang|crash)@(?P<at>\d+(?:\.\d+)?)s?$")
 
@@ -71,6 +85,15 @@ class FaultSpec:
 
 
 _GPU_KINDS = frozenset({"xid", "gpulost", "ecc", "thermal"})
+_NODE_KINDS = frozenset({"nic_down", "disk", "node_death"})
+# Faults whose false alarm (only the signal) the dev cluster can raise.
+_FALSE_ALARM_KINDS = frozenset({"xid", "ecc", "thermal", "nic_down", "disk"})
+# What the node agent writes in a GPUNode condition when it detects a node fault.
+_NODE_REASONS: dict[str, frozenset[str]] = {
+    "nic_down": frozenset({"NICDown", "NICFlapping"}),
+    "disk": frozenset({"DiskFault", "DiskFull"}),
+    "node_death": frozenset(),
+}
 
 # Scenario fault types the dev cluster injects today (``flywheel dev --chaos FILE``).
 _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
@@ -78,6 +101,9 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
     FaultType.GPU_LOST: ("gpulost", None),
     FaultType.ECC: ("ecc", None),
     FaultType.THERMAL: ("thermal", None),
+    FaultType.NIC_DOWN: ("nic_down", None),
+    FaultType.DISK: ("disk", None),
+    FaultType.NODE_DEATH: ("node_death", None),
     FaultType.ENGINE_HANG: ("hang", None),
     FaultType.ENGINE_CRASH: ("crash", None),
     FaultType.KILL_ENGINE: ("crash", None),  # kill -9 of an engine process is a crash
@@ -92,12 +118,12 @@ _FROM_SCENARIO: dict[FaultType, tuple[str, int | None]] = {
 
 def from_scenario(scenario: Scenario) -> tuple[list[FaultSpec], list[str]]:
     """The scenario's faults the dev cluster can inject (with their targets, durations and clears, and
-    XID false alarms), and the ones it skips."""
+    the false alarms it can raise), and the ones it skips."""
     specs: list[FaultSpec] = []
     skipped: set[str] = set()
     for fault in scenario.expand():
         mapped = _FROM_SCENARIO.get(fault.type)
-        if mapped is None or (fault.false_alarm and mapped[0] != "xid"):
+        if mapped is None or (fault.false_alarm and mapped[0] not in _FALSE_ALARM_KINDS):
             skipped.add(f"{fault.type.value}{' (false alarm)' if fault.false_alarm else ''}")
             continue
         if mapped[0] == "api":
@@ -148,7 +174,8 @@ class FaultRecord:
     wanted: int = 0
     pod_uid: str = ""  # the faulty engine's Pod: a restart in place gives the instance a new one
     cleared_at: float | None = None  # a fault that clears (or a false alarm's signal) ended
-    quarantined: bool = False  # its GPU was quarantined at some point
+    quarantined: bool = False  # its GPU (or node) was quarantined at some point
+    incidents_before: frozenset[str] = frozenset()  # Incidents that existed when it was injected
 
     def elapsed(self, at: float | None) -> float | None:
         if at is None or self.injected_at is None:
@@ -178,7 +205,11 @@ class FaultRecord:
 @dataclass
 class FaultInjector:
     kubelet: EngineKubelet
+    # Starts a node's agent again (a dead node that boots); the dev cluster's own start.
+    restart_agent: Callable[[SimNode], None] | None = None
     records: list[FaultRecord] = field(default_factory=list)
+    _incidents: frozenset[str] = frozenset()  # names of the Incidents last observed
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _victim(self, spec: FaultSpec, serving: set[str]) -> RunningEngine | None:
         candidates = sorted(
@@ -216,9 +247,11 @@ class FaultInjector:
         return node, node.uuids[(spec.gpu or 0) % len(node.uuids)]
 
     def inject(self, spec: FaultSpec, serving: set[str], wanted: dict[str, int]) -> FaultRecord:
-        record = FaultRecord(spec)
+        record = FaultRecord(spec, incidents_before=self._incidents)
         self.records.append(record)
         victim = self._victim(spec, serving)
+        if spec.kind in _NODE_KINDS:
+            return self._inject_node(record, victim, wanted)
         part = self._part(spec, victim)
         if part is None:
             record.note = "no serving instance to fault"
@@ -242,7 +275,7 @@ class FaultInjector:
         elif spec.kind == "ecc":
             nvml.inject_ecc_dbe(index)
         elif spec.kind == "thermal":
-            nvml.inject_thermal_throttle(index)
+            nvml.inject_thermal_throttle(index, signal_only=spec.false_alarm)
         elif victim is None:
             record.note = "no serving instance to fault"
             return record
@@ -258,11 +291,72 @@ class FaultInjector:
             asyncio.get_running_loop().call_later(spec.duration_s, self._clear, record, victim, index)
         return record
 
+    def _inject_node(
+        self, record: FaultRecord, victim: RunningEngine | None, wanted: dict[str, int]
+    ) -> FaultRecord:
+        """A node fault on the target node, else the victim's: its NIC or disk as the agent reads
+        them, or the whole host (agent halted, engines gone, kubelet silent)."""
+        spec = record.spec
+        nodes = list(self.kubelet.nodes.values())
+        node = nodes[spec.node % len(nodes)] if spec.node is not None else victim.node if victim else None
+        if node is None or node.dead:
+            record.note = "no node to fault" if node is None else "node already dead"
+            return record
+        record.node = node.name
+        on_node = victim if victim is not None and victim.node is node else None
+        if on_node is not None:
+            record.instance, record.pool, record.pod_uid = on_node.instance, on_node.pool, on_node.pod_uid
+            record.wanted = wanted.get(on_node.pool, 1)
+        else:
+            record.note = "idle node"
+        if spec.kind == "nic_down":
+            node.network.set_up(False)
+        elif spec.kind == "disk":
+            node.disk.fault = "read_only"
+        else:
+            node.dead = True  # its kubelet stops at once; the agent halts and the engines go below
+            self._spawn(self._kill_node(node))
+        record.injected_at = time.monotonic()
+        record.injected_utc = datetime.now(UTC)
+        if spec.clears and spec.duration_s is not None:
+            asyncio.get_running_loop().call_later(spec.duration_s, self._clear_node, record, node)
+        return record
+
+    async def _kill_node(self, node: SimNode) -> None:
+        await asyncio.to_thread(node.halt)
+        lost = await self.kubelet.lose_node(node)
+        log.warning("node %s stopped: agent halted, %d engines gone", node.name, lost)
+
+    async def _boot_node(self, node: SimNode, death: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*death, return_exceptions=True)  # the death has fully happened first
+        node.dead = False
+        if self.restart_agent is not None:
+            await asyncio.to_thread(self.restart_agent, node)
+        log.warning("node %s is back: agent started, kubelet posting", node.name)
+
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _clear_node(self, record: FaultRecord, node: SimNode) -> None:
+        kind = record.spec.kind
+        if kind == "nic_down":
+            node.network.set_up(True)
+        elif kind == "disk":
+            node.disk.fault = None
+        else:
+            self._spawn(self._boot_node(node, list(self._tasks)))
+        record.cleared_at = time.monotonic()
+
     def _clear(self, record: FaultRecord, victim: RunningEngine | None, index: int) -> None:
         """A transient fault ends by itself: the GPU is back, the throttle lifts, the engine resumes."""
         kind = record.spec.kind
         node = self.kubelet.nodes.get(record.node)
-        if node is not None and kind in ("xid", "gpulost", "ecc") and not record.spec.false_alarm:
+        if node is not None and (
+            kind in ("gpulost", "ecc") or (kind == "xid" and not record.spec.false_alarm)
+        ):
             node.nvml.recover(index)
         elif node is not None and kind == "thermal":
             node.nvml.inject_thermal_throttle(index, on=False)
@@ -280,11 +374,15 @@ class FaultInjector:
     ) -> None:
         """Advance the timeline of every open fault from the cluster's current objects."""
         now = time.monotonic()
+        self._incidents = frozenset(i["metadata"]["name"] for i in incidents)
         for record in self.records:
             if record.injected_at is None or record.recovered_at is not None:
                 continue
+            if record.spec.kind in _NODE_KINDS:
+                _observe_node(record, now, gpunodes, pools, instances, incidents)
+                continue
             if record.detected_at is None and (
-                _gpu_unhealthy(gpunodes, record.node, record.gpu_uuid) or _incident_names(incidents, record)
+                _gpu_reported(gpunodes, record.node, record.gpu_uuid) or _incident_names(incidents, record)
             ):
                 record.detected_at = now
             quarantined = _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
@@ -306,12 +404,80 @@ class FaultInjector:
                 record.isolated_at = record.isolated_at or now
 
 
-def _gpu_unhealthy(gpunodes: list[Obj], node: str, uuid: str) -> bool:
+def _observe_node(
+    record: FaultRecord,
+    now: float,
+    gpunodes: list[Obj],
+    pools: list[Obj],
+    instances: list[Obj],
+    incidents: list[Obj],
+) -> None:
+    """A node fault's timeline: detected by the agent's node condition or a new Incident on the node,
+    isolated by the node's quarantine (or none of its pool's instances serving there), recovered when
+    its pool is at strength again (a dead node's: with none of them on it)."""
+    if record.detected_at is None and (
+        _node_condition(gpunodes, record.node, _NODE_REASONS[record.spec.kind])
+        or _new_incident_on(incidents, record)
+    ):
+        record.detected_at = now
+    quarantined = _gpu_quarantined(gpunodes, record.node, "")
+    record.quarantined = record.quarantined or quarantined
+    on_node = _serving_on(instances, record.pool, record.node)
+    if record.spec.clears or record.spec.false_alarm:
+        if record.cleared_at is not None and _pool_full(pools, instances, record):
+            record.recovered_at = now
+        return
+    if record.isolated_at is None and record.detected_at is not None and (quarantined or not on_node):
+        record.isolated_at = now
+    if record.detected_at is not None and not on_node and _pool_full(pools, instances, record):
+        record.recovered_at = now
+        record.isolated_at = record.isolated_at or now
+
+
+def _node_condition(gpunodes: list[Obj], node: str, reasons: frozenset[str]) -> bool:
+    for gn in gpunodes:
+        if gn["metadata"]["name"] != node:
+            continue
+        for cond in (gn.get("status") or {}).get("conditions") or []:
+            if cond.get("status") == "False" and cond.get("reason") in reasons:
+                return True
+    return False
+
+
+def _new_incident_on(incidents: list[Obj], record: FaultRecord) -> bool:
+    return any(
+        (
+            (i.get("spec") or {}).get("nodeName") == record.node
+            and i["metadata"]["name"] not in record.incidents_before
+        )
+        for i in incidents
+    )
+
+
+def _serving_on(instances: list[Obj], pool: str, node: str) -> bool:
+    """Whether an instance of ``pool`` on ``node`` serves (any pool when ``pool`` is empty)."""
+    return any(
+        (i.get("spec") or {}).get("nodeName") == node
+        and (not pool or (i.get("spec") or {}).get("pool") == pool)
+        and _serving(instances, i["metadata"]["name"])
+        for i in instances
+    )
+
+
+def _gpu_reported(gpunodes: list[Obj], node: str, uuid: str) -> bool:
     for gn in gpunodes:
         if gn["metadata"]["name"] != node:
             continue
         for gpu in (gn.get("status") or {}).get("gpus") or []:
-            if gpu.get("uuid") == uuid and gpu.get("healthy") is False:
+            if gpu.get("uuid") != uuid:
+                continue
+            if gpu.get("healthy") is False:
+                return True
+            # A warning that leaves the GPU healthy (a thermal throttle: a straggler) is reported too.
+            if any(
+                c.get("type") == "Healthy" and c.get("reason") not in (None, "", "AsExpected")
+                for c in gpu.get("conditions") or []
+            ):
                 return True
     return False
 

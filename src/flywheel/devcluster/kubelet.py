@@ -5,7 +5,8 @@ clocks are read from the node's simulated NVML at every iteration; the engine's 
 utilisation and so their power), serves it on its own loopback address (``127.0.0.N:<port>``, so
 ``podIP:port`` is a real endpoint), and writes the Pod status a kubelet would: ``podIP``, ``Running``,
 the ``Ready`` condition. A Pod is Ready after a simulated weight-loading time; an engine whose GPU is
-lost stops being Ready. Deleted Pods have their engine stopped.
+lost stops being Ready. Deleted Pods have their engine stopped. The kubelet of a dead node (chaos
+``node_death``) does nothing for its Pods until the node is back.
 
 A pooled engine Pod (a GPUPool group's, started with ``--enable-sleep-mode --profile P --gpu G``, as the
 operator writes it) gets its engine as ``python -m flywheel.engines.simulated`` would run those
@@ -175,6 +176,8 @@ class EngineKubelet:
             if node is None or meta.get("deletionTimestamp"):
                 continue
             seen.add(key)
+            if node.dead:
+                continue  # a stopped host's kubelet does nothing; its engines died with it (lose_node)
             running = self.engines.get(key)
             if running is not None and running.pod_uid != meta["uid"]:
                 await self._stop(key)  # a new Pod of the same name: a fresh engine
@@ -327,6 +330,14 @@ class EngineKubelet:
             with contextlib.suppress(KeyError):
                 running.node.nvml.set_utilization(running.node.index_of(uuid), 0.0)
         await running.server.stop()
+
+    async def lose_node(self, node: SimNode) -> int:
+        """The host stopped: every engine on it is gone (its server stops answering, streams in flight
+        are cut). A Pod still bound to the node gets a fresh engine once the node is back."""
+        lost = [key for key, e in list(self.engines.items()) if e.node is node]
+        for key in lost:
+            await self._stop(key)
+        return len(lost)
 
     async def close(self) -> None:
         for key in list(self.engines):

@@ -1,5 +1,10 @@
 """Simulated GPU nodes: a Node object, simulated GPUs (``SimulatedNvml``) and the real node agent.
 
+Each node also has a simulated NIC (``SimNetwork``: the sysfs state the agent's network check reads)
+and simulated local storage (``SimDisk``: what the agent's disk check sees of the root and weight-cache
+filesystems), so chaos can take them down without touching the machine; ``dead`` is a host that has
+stopped (its agent halted, its engines gone, its kubelet silent: see ``node_lifecycle``).
+
 The GPUs integrate energy on the dev cluster's virtual clock, so joules match the replayed trace's
 time; the agent itself runs on the wall clock (its checks every ``interval_s``). Its instance
 controller is the production one (``agents.instance_clocks``): it discovers the node's ModelInstances
@@ -9,15 +14,19 @@ through the API and scrapes their simulated engines' ``/metrics`` over HTTP; onl
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kubernetes import client as k8s
 
 from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.diagnostics import DiagnosticsRunner
+from flywheel.agents.health.disk import DiskCheck
 from flywheel.agents.health.engine import EngineReading, EngineTarget
+from flywheel.agents.health.sysfs import IbPortState, NetworkCheck, NicState, SysfsNetwork
 from flywheel.agents.instance_clocks import InstanceClocks
 from flywheel.agents.instance_kube import KubernetesInstances
 from flywheel.agents.kube import KubernetesStatusSink
@@ -28,6 +37,51 @@ from flywheel.models.gpu import GPUSku
 log = logging.getLogger(__name__)
 
 GPU_NODE_LABEL = "flywheel.dev/gpu"
+NIC_NAME = "eth0"
+# The filesystems the agent checks on a dev node (as ``--disk-path``): never touched, only simulated.
+DISK_PATHS = (Path("/"), Path("/var/lib/flywheel/weights"))
+
+
+class SimNetwork(SysfsNetwork):
+    """The node's NIC as sysfs shows it: ``operstate`` and the carrier-change counter (a NIC that goes
+    down and up counts two changes, as the kernel does)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("/nonexistent"), [NIC_NAME])
+        self.up = True
+        self.carrier_changes = 0
+
+    def set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self.carrier_changes += 1
+
+    def nics(self) -> list[NicState]:
+        return [NicState(NIC_NAME, "up" if self.up else "down", self.carrier_changes)]
+
+    def ib_ports(self) -> list[IbPortState]:
+        return []
+
+
+class SimDisk:
+    """The node's local filesystems as the agent's disk check sees them: ``fault`` None (writable),
+    ``"read_only"`` (remounted read-only after I/O errors), ``"io_error"`` (a probe write fails with
+    EIO) or ``"full"`` (ENOSPC: reported, not a hardware fault)."""
+
+    FAULTS = (None, "read_only", "io_error", "full")
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+
+    def is_read_only(self, path: Path) -> bool:
+        del path
+        return self.fault == "read_only"
+
+    def probe(self, path: Path) -> None:
+        if self.fault == "io_error":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        if self.fault == "full":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
 @dataclass
@@ -37,6 +91,9 @@ class SimNode:
     uuids: list[str]
     agent: Agent | None = None
     clocks: InstanceClocks | None = None
+    network: SimNetwork = field(default_factory=SimNetwork)
+    disk: SimDisk = field(default_factory=SimDisk)
+    dead: bool = False  # the host stopped (chaos ``node_death``); its kubelet posts nothing
     _index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +116,15 @@ class SimNode:
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             },
         }
+
+    def halt(self) -> None:
+        """The host stops: its agent's threads and its instance controller halt where they are (no
+        final status; blocking: run it off the event loop)."""
+        self.dead = True
+        if self.agent is not None:
+            self.agent.halt()
+        if self.clocks is not None:
+            self.clocks.close()
 
     def power_watts(self) -> float:
         total = 0.0
@@ -84,6 +150,12 @@ def make_node(name: str, gpus: int, sku: GPUSku, virtual_clock: Callable[[], flo
     if isinstance(devices, NvmlError):
         raise RuntimeError(f"simulated NVML of {name} failed: {devices}")
     return SimNode(name=name, nvml=nvml, uuids=[d.uuid for d in devices.value])
+
+
+def read_simulated_host(agent: Agent, node: SimNode) -> None:
+    """Point the agent's network and disk checks at the node's simulated NIC and filesystems."""
+    agent.network_check = NetworkCheck(node.network)
+    agent.disk_check = DiskCheck(list(DISK_PATHS), probe=node.disk.probe, is_read_only=node.disk.is_read_only)
 
 
 def start_agent(
@@ -136,6 +208,7 @@ def start_agent(
             engine_test=lambda gpus: (True, "simulated engine: no restart test to run"),
         ),
     )
+    read_simulated_host(agent, node)
     agent.start(background=True)
     node.agent = agent
     return agent

@@ -37,6 +37,7 @@ from flywheel.devcluster.apifaults import FaultyEmulator
 from flywheel.devcluster.apiserver import kubeconfig
 from flywheel.devcluster.chaos import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
+from flywheel.devcluster.node_lifecycle import NODE_MONITOR_GRACE_S, NodeLifecycle
 from flywheel.devcluster.nodes import SimNode, make_node, start_agent
 from flywheel.devcluster.options import (
     DEPLOYMENT_NAME,
@@ -101,10 +102,18 @@ class DevCluster(StackReport):
             log_path = Path(tempfile.mkstemp(prefix="flywheel-dev-pooled-router-", suffix=".log")[1])
             self.pooled = PooledSample(o.namespace, url, o.speed, log_path, _death_signal())
         self._start_operator(url)
-        self.injector = FaultInjector(self.kubelet)
+        nodes = list(self.nodes)
+        self.injector = FaultInjector(
+            self.kubelet, restart_agent=lambda node: self._start_agent(node, nodes.index(node.name))
+        )
+        # Node Ready as the kubelets post it and the node lifecycle controller ages it (its grace
+        # period on the dev cluster's virtual time, at least a few of its rounds).
+        lifecycle = NodeLifecycle(self.kube, self.nodes, grace_s=max(2.0, NODE_MONITOR_GRACE_S / o.speed))
+        await lifecycle.reconcile()
         loop = asyncio.get_running_loop()
         self.tasks = [
             loop.create_task(self.kubelet.run(), name="kubelet"),
+            loop.create_task(lifecycle.run(), name="node-lifecycle"),
             loop.create_task(self._observe(), name="observer"),
         ]
         await self.kube.create(MODEL_DEPLOYMENTS, o.namespace, sample_deployment(o.namespace))

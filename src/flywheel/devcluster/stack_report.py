@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from flywheel.devcluster import summaries as reporting
 from flywheel.devcluster.apifaults import FaultyEmulator
+from flywheel.devcluster.chaos import FaultRecord
 from flywheel.devcluster.options import sample_deployment
-from flywheel.devcluster.replay import ReplayPlan
+from flywheel.devcluster.replay import Outcome, ReplayPlan
 from flywheel.devcluster.stack_observer import StackObserver
 
 
@@ -29,6 +31,18 @@ class StackReport(StackObserver):
         if self.router is None:
             return set()
         return {b.name for pool in self.router.pools.values() for b in pool.backends if b.routable}
+
+    def _fault(self, record: FaultRecord, outcomes: list[Outcome]) -> dict[str, Any]:
+        """A fault's timeline, and the requests sent while it was open (injected, not yet recovered)
+        that failed after the client's retries."""
+        summary = record.summary()
+        if record.injected_at is not None and self.replay_started is not None:
+            start = record.injected_at - self.replay_started
+            end = (record.recovered_at or math.inf) - self.replay_started
+            summary["requests_failed_while_open"] = sum(
+                1 for x in outcomes if not x.ok and start <= x.sent_at_s <= end
+            )
+        return summary
 
     def report(self, replay_plan: ReplayPlan, ready: bool) -> dict[str, Any]:
         o = self.options
@@ -75,7 +89,7 @@ class StackReport(StackObserver):
                     for name, reason in node.clocks.decisions.items()
                 },
             },
-            "faults": [r.summary() for r in (self.injector.records if self.injector else [])],
+            "faults": [self._fault(r, outcomes) for r in (self.injector.records if self.injector else [])],
             "operator_kills": list(self.operator_kills),
             "api_faults": list(self.api_faults),
             "agent_kills": list(self.agent_kills),

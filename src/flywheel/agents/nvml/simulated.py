@@ -41,6 +41,7 @@ class _GPUState:
     last_update: float = 0.0
     lost: bool = False
     thermal_throttle: bool = False
+    thermal_signal_only: bool = False  # the throttle reason is reported, the clock is not cut (false alarm)
     ecc_sbe: int = 0
     ecc_dbe: int = 0
     remapped_correctable: int = 0
@@ -119,7 +120,7 @@ class SimulatedNvml(NvmlBackend):
             st = self._state[index]
             self._integrate(index)
             reasons = ThrottleReason(0)
-            if st.thermal_throttle:
+            if st.thermal_throttle or st.thermal_signal_only:
                 reasons |= THERMAL_THROTTLE
             if st.locked_mhz is not None:
                 reasons |= ThrottleReason.APPLICATIONS_CLOCKS_SETTING
@@ -136,7 +137,9 @@ class SimulatedNvml(NvmlBackend):
                     gpu_utilization_pct=round(st.utilization * 100),
                     memory_utilization_pct=round(st.utilization * 60),
                     memory_used_mib=int(self._devices[index].memory_total_mib * 0.9 * (st.utilization > 0)),
-                    temperature_celsius=92 if st.thermal_throttle else self._temperature(index),
+                    temperature_celsius=92
+                    if st.thermal_throttle or st.thermal_signal_only
+                    else self._temperature(index),
                     clock_event_reasons=int(reasons),
                     ecc_sbe_volatile=st.ecc_sbe,
                     ecc_dbe_volatile=st.ecc_dbe,
@@ -228,10 +231,12 @@ class SimulatedNvml(NvmlBackend):
         if emit_event:
             self._emit(GPUEvent(EventKind.GPU_UNAVAILABLE, self._devices[index].uuid))
 
-    def inject_thermal_throttle(self, index: int, on: bool = True) -> None:
+    def inject_thermal_throttle(self, index: int, on: bool = True, signal_only: bool = False) -> None:
+        """The GPU throttles (half its clock); ``signal_only``: a false alarm, only the reason is set."""
         with self._lock:
             self._integrate(index)
-            self._state[index].thermal_throttle = on
+            self._state[index].thermal_throttle = on and not signal_only
+            self._state[index].thermal_signal_only = on and signal_only
 
     def inject_nvlink_errors(self, index: int, count: int = 1, counter: str = "replay") -> None:
         with self._lock:
