@@ -154,8 +154,23 @@ class ServingPoolController:
                 except ValidationError:
                     continue
             wanted = {**unplaced, **create}
+            # Spread the deployment's instances (every pool, Actives and standbys) across nodes.
+            deployment = next((t.model_deployment for t in wanted.values()), "")
+            group = f"{namespace}/{deployment}"
+            spread = {
+                group: [
+                    i["spec"]["nodeName"]
+                    for i in everything
+                    if i["metadata"].get("namespace") == namespace
+                    and (i.get("spec") or {}).get("modelDeployment") == deployment
+                    and (i.get("spec") or {}).get("nodeName")
+                ]
+            }
             result = place_all(
-                [PlacementRequest(n, s.tensor_parallel, product) for n, s in wanted.items()], nodes, used
+                [PlacementRequest(n, s.tensor_parallel, product, group) for n, s in wanted.items()],
+                nodes,
+                used,
+                spread,
             )
             placements = result.placements
             for instance_name, template in create.items():

@@ -1,8 +1,9 @@
 """Place ModelInstances on GPUNode inventory: each TP group on free, healthy GPUs of one NVLink domain.
 
 Pure and deterministic. Existing placements are never moved (their GPUs are simply taken); new
-instances go largest TP first, each to the domain that fits it with the fewest free GPUs left over
-(best fit keeps whole domains free for TP8 groups), ties broken by node and domain name; inside a
+instances go largest TP first, each to the domain that fits it on a node holding the fewest instances
+of its deployment (spread: one node's death does not take them all), then with the fewest free GPUs
+left over (best fit keeps whole domains free for TP8 groups), ties broken by node and domain name; inside a
 domain the lowest-index GPUs are used. Unusable: nodes with ``spec.quarantineNode`` or a ``Ready=False``
 condition, GPUs listed in ``spec.quarantinedGPUs`` or reporting ``healthy: false``.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +65,9 @@ class PlacementRequest:
     name: str
     tensor_parallel: int
     product: str | None = None  # the deployment's spec.gpu.product; None: any GPU
+    # Instances of one spread group (a deployment) go to the nodes with the fewest of them first, so a
+    # node death does not take every Active (or an Active and its standby) at once.
+    spread_group: str | None = None
 
 
 # On a ModelInstance the operator could not place: why (``Unplaced.wire``), written with each
@@ -160,9 +165,17 @@ def reported_products(nodes: Iterable[GPUNode]) -> set[str]:
 
 
 def place_all(
-    requests: Sequence[PlacementRequest], nodes: Iterable[GPUNode], used: Iterable[str]
+    requests: Sequence[PlacementRequest],
+    nodes: Iterable[GPUNode],
+    used: Iterable[str],
+    spread: Mapping[str, Iterable[str]] | None = None,
 ) -> PlacementResult:
     """Placements, and for each request left unplaced, why.
+
+    ``spread``: spread group -> the nodes its placed instances are on (one entry per instance). A
+    request with a spread group goes to a node holding the fewest of its group (soft, as Kubernetes'
+    ``topologySpreadConstraints`` with ``ScheduleAnyway``: a crowded node is still used when it is the
+    only fit), then best fit.
 
     ``GPUProductUnavailable`` where no GPUNode reports a GPU of the request's product at all (more
     GPUs of other products will not help), ``InsufficientGPUs`` where no NVLink domain has enough free
@@ -176,21 +189,27 @@ def place_all(
     products = reported_products(inventory)
     placements: dict[str, Placement | None] = {}
     unplaced: dict[str, Unplaced] = {}
+    crowding: dict[str, Counter[str]] = {group: Counter(on) for group, on in (spread or {}).items()}
     for request in sorted(requests, key=lambda r: (-r.tensor_parallel, r.name)):
+        group = crowding.setdefault(request.spread_group or "", Counter())
         matching = {
             key: [u for u in free if product_matches(request.product, product_of[u])]
             for key, free in domains.items()
         }
-        fitting = [(len(free) - request.tensor_parallel, key) for key, free in matching.items()]
-        fitting = [f for f in fitting if f[0] >= 0]
+        fitting = [
+            (group[key[0]] if request.spread_group else 0, len(free) - request.tensor_parallel, key)
+            for key, free in matching.items()
+            if len(free) >= request.tensor_parallel
+        ]
         if not fitting:
             placements[request.name] = None
             unplaced[request.name] = _why(request, products)
             continue
-        _, key = min(fitting)
+        *_, key = min(fitting)
         gpus = matching[key][: request.tensor_parallel]
         domains[key] = [u for u in domains[key] if u not in gpus]
         placements[request.name] = Placement(node_name=key[0], gpu_uuids=tuple(gpus))
+        group[key[0]] += 1
     return PlacementResult(placements, unplaced)
 
 
