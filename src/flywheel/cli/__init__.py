@@ -68,6 +68,12 @@ def operator(
         min=0.0,
         help="Seconds a transient fault must persist before quarantine.",
     ),
+    heartbeat_timeout: float = typer.Option(
+        90.0,
+        "--heartbeat-timeout",
+        min=1.0,
+        help="Seconds without a node agent heartbeat before the node counts as lost (3 agent heartbeats).",
+    ),
     engine_runtime_class: str | None = typer.Option(
         None, "--engine-runtime-class", help="RuntimeClass of engine Pods (e.g. nvidia)."
     ),
@@ -93,6 +99,7 @@ def operator(
         cluster_period=cluster_period,
         resync=resync,
         fault_verify=fault_verify,
+        heartbeat_timeout=heartbeat_timeout,
         engine_runtime_class=engine_runtime_class,
         weight_cache_host_path=weight_cache_host_path,
         verbose=verbose,

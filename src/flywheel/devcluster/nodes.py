@@ -34,6 +34,8 @@ from flywheel.agents.nvml.backend import NvmlError
 from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.models.gpu import GPUSku
 
+DEV_AGENT_HEARTBEAT_S = 10.0  # wall seconds between the dev node agents' status heartbeats
+
 log = logging.getLogger(__name__)
 
 GPU_NODE_LABEL = "flywheel.dev/gpu"
@@ -186,7 +188,7 @@ def start_agent(
         interval_s=interval_s,
         hang_after_s=hang_after_s,
         status_min_interval_s=min(1.0, interval_s),
-        heartbeat_interval_s=10.0,
+        heartbeat_interval_s=DEV_AGENT_HEARTBEAT_S,
         operator_timeout_s=3600.0,
         dump_stacks_on_hang=False,
         metrics_port=metrics_port,

@@ -38,7 +38,7 @@ from flywheel.devcluster.apiserver import kubeconfig
 from flywheel.devcluster.chaos import FaultInjector, FaultSpec
 from flywheel.devcluster.kubelet import EngineKubelet, profile_for
 from flywheel.devcluster.node_lifecycle import NODE_MONITOR_GRACE_S, NodeLifecycle
-from flywheel.devcluster.nodes import SimNode, make_node, start_agent
+from flywheel.devcluster.nodes import DEV_AGENT_HEARTBEAT_S, SimNode, make_node, start_agent
 from flywheel.devcluster.options import (
     DEPLOYMENT_NAME,
     GPU_PRODUCT,
@@ -203,6 +203,8 @@ class DevCluster(StackReport):
             "--cluster-period", str(max(10.0, 300.0 / o.speed)),
             "--resync", "5",
             "--fault-verify", str(5.0 / o.speed),  # the verification window, on virtual time
+            # 3 heartbeats of the dev agents (every 10 s wall), not less: a live agent never looks lost.
+            "--heartbeat-timeout", str(max(3 * DEV_AGENT_HEARTBEAT_S, 90.0 / o.speed)),
         ]  # fmt: skip
         if o.metrics_port is not None:
             command += ["--metrics-port", str(o.metrics_port)]

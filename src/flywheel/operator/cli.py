@@ -25,6 +25,7 @@ def main(
     resync: float,
     verbose: bool,
     fault_verify: float = 5.0,
+    heartbeat_timeout: float = 90.0,
     engine_runtime_class: str | None = None,
     weight_cache_host_path: str | None = None,
 ) -> None:
@@ -55,4 +56,5 @@ def main(
     )
     config.resync_seconds = resync
     config.fault_verify_seconds = fault_verify
+    config.heartbeat_timeout_seconds = heartbeat_timeout
     run(config)

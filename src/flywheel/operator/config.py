@@ -34,6 +34,7 @@ _SECONDS_FROM_ENV = {  # FLYWHEEL_* variable -> OperatorConfig field (seconds)
     "FLYWHEEL_DRAIN_TIMEOUT_SECONDS": "drain_timeout_seconds",
     "FLYWHEEL_POD_BACKOFF_BASE_SECONDS": "pod_backoff_base_seconds",
     "FLYWHEEL_POD_BACKOFF_MAX_SECONDS": "pod_backoff_max_seconds",
+    "FLYWHEEL_HEARTBEAT_TIMEOUT_SECONDS": "heartbeat_timeout_seconds",
 }
 
 
@@ -58,6 +59,8 @@ class OperatorConfig:
     fault_verify_seconds: float = (
         5.0  # a transient-capable fault must persist this long (FaultConfig.verify_s)
     )
+    # No node agent heartbeat this long: the node counts as lost (3 of the agent's 30 s heartbeats).
+    heartbeat_timeout_seconds: float = 90.0
     status_delay_seconds: float = 1.0  # coalesce status refreshes after instance changes
     # Probes and metrics.
     liveness: str | None = None  # e.g. http://0.0.0.0:8080/healthz

@@ -26,6 +26,7 @@ def register_faults(registry: Any, ctx: Context) -> FaultHandler:
         lambda: ctx.kube,
         FaultMetrics(ctx.metrics.registry),
         config=FaultConfig(verify_s=ctx.config.fault_verify_seconds),
+        heartbeat_timeout_s=ctx.config.heartbeat_timeout_seconds,
     )
 
     async def handle_gpunode(body: dict[str, Any], attempt: int = 0) -> None:
