@@ -1,9 +1,10 @@
 """Place ModelInstances on GPUNode inventory: each TP group on free, healthy GPUs of one NVLink domain.
 
 Pure and deterministic. Existing placements are never moved (their GPUs are simply taken); new
-instances go largest TP first, each to the domain that fits it on a node holding the fewest instances
-of its deployment (spread: one node's death does not take them all), then with the fewest free GPUs
-left over (best fit keeps whole domains free for TP8 groups), ties broken by node and domain name; inside a
+instances go largest TP first, each to the domain that fits it with the fewest free GPUs left over
+(best fit keeps whole domains free for TP8 groups and make-before-break reshards), among equal fits
+to the node holding the fewest instances of its deployment (so one node's death takes fewer of them),
+then by node and domain name; inside a
 domain the lowest-index GPUs are used. Unusable: nodes with ``spec.quarantineNode`` or a ``Ready=False``
 condition, GPUs listed in ``spec.quarantinedGPUs`` or reporting ``healthy: false``.
 
@@ -65,8 +66,8 @@ class PlacementRequest:
     name: str
     tensor_parallel: int
     product: str | None = None  # the deployment's spec.gpu.product; None: any GPU
-    # Instances of one spread group (a deployment) go to the nodes with the fewest of them first, so a
-    # node death does not take every Active (or an Active and its standby) at once.
+    # Among equal fits, instances of one spread group (a deployment) go to the nodes with the fewest of
+    # them, so a node death takes fewer of its Actives and standbys at once.
     spread_group: str | None = None
 
 
@@ -172,10 +173,9 @@ def place_all(
 ) -> PlacementResult:
     """Placements, and for each request left unplaced, why.
 
-    ``spread``: spread group -> the nodes its placed instances are on (one entry per instance). A
-    request with a spread group goes to a node holding the fewest of its group (soft, as Kubernetes'
-    ``topologySpreadConstraints`` with ``ScheduleAnyway``: a crowded node is still used when it is the
-    only fit), then best fit.
+    ``spread``: spread group -> the nodes its placed instances are on (one entry per instance). Among
+    the domains that fit a request equally well (best fit first: whole free domains are what TP8 groups
+    and make-before-break reshards need), one on a node holding the fewest of its group wins.
 
     ``GPUProductUnavailable`` where no GPUNode reports a GPU of the request's product at all (more
     GPUs of other products will not help), ``InsufficientGPUs`` where no NVLink domain has enough free
@@ -197,7 +197,7 @@ def place_all(
             for key, free in domains.items()
         }
         fitting = [
-            (group[key[0]] if request.spread_group else 0, len(free) - request.tensor_parallel, key)
+            (len(free) - request.tensor_parallel, group[key[0]] if request.spread_group else 0, key)
             for key, free in matching.items()
             if len(free) >= request.tensor_parallel
         ]
