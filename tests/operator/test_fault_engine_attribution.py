@@ -36,9 +36,12 @@ def fleet(http: httpx.Client) -> Iterator[tuple[list[str], list[str]]]:
     yield g0, g1
 
 
-def engine_condition(http: httpx.Client, node: str, reason: str, message: str) -> None:
-    """What the node agent reports for a failing engine: ``EnginesHealthy`` False, the instance first."""
-    since = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def engine_condition(
+    http: httpx.Client, node: str, reason: str, message: str, since: str | None = None
+) -> None:
+    """What the node agent reports for failing engines: ``EnginesHealthy`` False, one ``name: finding``
+    per engine (``; ``-separated, the one the reason is about first)."""
+    since = since or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     status = gpunode(http, node)["status"]
     conditions = [c for c in status.get("conditions") or [] if c["type"] != "EnginesHealthy"]
     healthy = reason == "AsExpected"
@@ -179,3 +182,27 @@ async def test_a_hang_that_persists_is_isolated_and_replaced(
     assert resolved(incident)
     actions: list[Any] = [a.action.value for a in incident.status.actions] if incident.status else []
     assert "RestartEngine" in actions and "RunDiagnostics" in actions
+
+
+async def test_a_second_engine_failing_while_the_node_condition_is_already_false_is_handled(
+    cluster: EmulatorThread, http: httpx.Client, fleet: tuple[list[str], list[str]]
+) -> None:
+    """The node's ``EnginesHealthy`` stays False (same transition time) while a first engine is being
+    dealt with; a second engine failing meanwhile only adds itself to the message."""
+    g0, _ = fleet
+    create_instance(http, "llama-mm-tp4-3", "node-0", g0[4:], "Active")
+    first = "llama-mm-tp4-0: llama-mm-tp4-0: /health did not answer 200"
+    engine_condition(http, "node-0", "EngineHealthFailed", first, since="2026-12-04T21:31:48Z")
+    async with KubeClient(cluster.url, insecure=True) as kube:
+        handler = FaultHandler(kube, FaultMetrics(CollectorRegistry()), config=FaultConfig(verify_s=0.0))
+        await handler.on_gpunode(gpunode(http, "node-0"))
+        second = "llama-mm-tp4-3: llama-mm-tp4-3: engine process(es) 4242 exited"
+        engine_condition(
+            http, "node-0", "EngineHealthFailed", f"{first}; {second}", since="2026-12-04T21:31:48Z"
+        )
+        (incident,) = await handler.on_gpunode(gpunode(http, "node-0"))
+        await handler.close()
+    assert incident.spec.signal.type.value == "EngineCrash"
+    assert ("ModelInstance", "llama-mm-tp4-3") in {(r.kind, r.name) for r in incident.spec.affected}
+    assert not {"llama-mm-tp4-0", "llama-mm-tp4-3"} & set(instances(http))
+    assert {q["uuid"] for q in gpunode(http, "node-0")["spec"]["quarantinedGPUs"]} == set(g0)
