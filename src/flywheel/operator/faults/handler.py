@@ -305,8 +305,11 @@ class FaultHandler:
         left to isolate or replace here (its pool's reconcile keeps the pool's size), so the Incident
         is resolved rather than left open."""
         signal = decision.signal
-        if signal.instance is None or fleet.instance(signal.instance) is not None:
-            return incident
+        name = signal.instance
+        if name is None or any(
+            i.name == name or (i.node == signal.node and i.name.endswith(f"/{name}")) for i in fleet.instances
+        ):
+            return incident  # there (or its bare name is ambiguous on the node)
         if again or decision.isolates or decision.breaker_tripped or incidents.finished(incident):
             return incident
         return resolve(
