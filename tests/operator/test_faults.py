@@ -407,9 +407,10 @@ async def test_nic_down_needs_a_second_alert_and_a_blip_is_ignored(
             report_until(agents["node-0"], "NICDown")
             assert await handler.on_gpunode(gpunode(http, "node-0")) == []  # first alert: watching
             assert not gpunode(http, "node-0")["spec"].get("quarantineNode")
-            written = await wait_until(lambda: items(http, f"{FW}/incidents"), "an Incident")
+            # the Incident is written first (the decision, before it is applied), then the quarantine
+            await wait_until(lambda: "llama-mm-tp4-0" not in instances(http), "the instances evicted")
             assert gpunode(http, "node-0")["spec"]["quarantineNode"] is True
-            assert "llama-mm-tp4-0" not in instances(http)
+            written = items(http, f"{FW}/incidents")
             incident = Incident.model_validate(written[0])
             assert incident.spec.signal.type is SignalType.NIC_DOWN
             assert incident.spec.signal.evidence["nicAlertsInWindow"] == "2"

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flywheel.api.v1alpha1 import SignalType
+from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
 from flywheel.controllers.fault.scenario import FaultType, Scenario
 from flywheel.devcluster.apifaults import ApiFaultRule
 from flywheel.devcluster.kubelet import EngineKubelet, RunningEngine
@@ -388,9 +390,20 @@ class FaultInjector:
             quarantined = _gpu_quarantined(gpunodes, record.node, record.gpu_uuid)
             record.quarantined = record.quarantined or quarantined
             if record.spec.clears or record.spec.false_alarm:
-                # Transient: over once cleared, its GPU free again (a GPU fault's) and its pool at strength.
+                # Transient: over once cleared, its GPU free again (a GPU fault's) and the victim back in
+                # service: serving with a routing weight above 0 (a held-back instance gets no traffic),
+                # or, once it was replaced, its pool at strength (another fault's shortfall in the same
+                # pool is that fault's recovery, not this one's).
                 gpu_held = quarantined and record.spec.kind in _GPU_KINDS
-                if record.cleared_at is not None and not gpu_held and _pool_full(pools, instances, record):
+                victim = next((i for i in instances if i["metadata"]["name"] == record.instance), None)
+                if victim is not None and record.instance:
+                    weight = (
+                        (victim["metadata"].get("annotations") or {}).get(ROUTING_WEIGHT_ANNOTATION)
+                    ) or "1"
+                    back = _serving(instances, record.instance) and float(weight) > 0
+                else:
+                    back = _pool_full(pools, instances, record)
+                if record.cleared_at is not None and not gpu_held and back:
                     record.recovered_at = now
                 continue
             if record.isolated_at is None and (
@@ -495,13 +508,42 @@ def _gpu_quarantined(gpunodes: list[Obj], node: str, uuid: str) -> bool:
 
 
 def _incident_names(incidents: list[Obj], record: FaultRecord) -> bool:
+    """An Incident opened since the injection names the fault's GPU or instance (instance names are
+    reused, GPUs come back from quarantine: an older Incident is about an older fault), or is an engine
+    fault on the victim's node that could not name its instance (a detection all the same)."""
+    since = record.injected_utc
     for incident in incidents:
         spec = incident.get("spec") or {}
-        if record.gpu_uuid in (spec.get("gpuUUIDs") or []):
+        detected = _parse_utc((incident.get("status") or {}).get("detectedAt"))
+        if since is not None and detected is not None and detected < since:
+            continue
+        if record.gpu_uuid and record.gpu_uuid in (spec.get("gpuUUIDs") or []):
             return True
-        if any(ref.get("name") == record.instance for ref in spec.get("affected") or []):
+        affected = spec.get("affected") or []
+        if record.instance and any(
+            ref.get("kind") == "ModelInstance" and ref.get("name") == record.instance for ref in affected
+        ):
+            return True
+        if (
+            record.spec.kind in ("hang", "crash")
+            and spec.get("nodeName") == record.node
+            and ((spec.get("signal") or {}).get("type") in _ENGINE_SIGNALS)
+            and not any(ref.get("kind") == "ModelInstance" for ref in affected)
+        ):
             return True
     return False
+
+
+_ENGINE_SIGNALS = frozenset(
+    {SignalType.ENGINE_HANG.value, SignalType.ENGINE_CRASH.value, SignalType.ENGINE_UNHEALTHY.value}
+)
+
+
+def _parse_utc(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def _serving(instances: list[Obj], name: str) -> bool:

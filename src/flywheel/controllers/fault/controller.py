@@ -194,21 +194,27 @@ class FaultController:
         plan.diagnose |= self._gpus_of(plan, fleet) - fleet.quarantined_gpus
         return self._finish(signal, policy, plan, fleet, evidence)
 
-    def clear(self, signal: FaultSignal, fleet: FleetView) -> FaultDecision:
-        """The agent reports the condition gone: restore the routing weight of former stragglers and
-        of instances held back while a transient-capable signal was being verified (the cleared path
-        for false alarms). Parts already quarantined return only through diagnostics."""
+    def clear(self, signal: FaultSignal, fleet: FleetView, held: Iterable[str] = ()) -> FaultDecision:
+        """The agent reports the condition gone: restore the routing weight of former stragglers, of
+        instances held back while a transient-capable signal was being verified (the cleared path
+        for false alarms), and of ``held``: the instances the caller stopped for this signal (e.g.
+        while the circuit breaker held it). Parts already quarantined return only through diagnostics."""
         gpus = signal.gpu_uuids or fleet.nodes.get(signal.node, ())
         cleared = {g for g in gpus if self.stragglers.clear(g)}
         verified = signal.type not in _STRAGGLER_SIGNALS and self._verifies(signal)
         if verified:
             cleared |= set(gpus)
+        stopped = [i for i in (fleet.instance(n) for n in held) if i is not None]
         weights = {
             i.name: 1.0
-            for i in fleet.instances_on_gpus(tuple(cleared))
+            for i in [*fleet.instances_on_gpus(tuple(cleared)), *stopped]
             if i.node not in fleet.quarantined_nodes and not fleet.quarantined_gpus.intersection(i.gpu_uuids)
         }
-        why = "condition cleared before it was confirmed" if verified else "throttling cleared"
+        why = (
+            "condition cleared before it was confirmed"
+            if verified or (stopped and signal.type not in _STRAGGLER_SIGNALS)
+            else "throttling cleared"
+        )
         steps = tuple(
             Step(Action.LOWER_ROUTING_WEIGHT, instance_target(n), f"{why}: weight 1.0")
             for n in sorted(weights)

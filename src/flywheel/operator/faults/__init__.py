@@ -4,7 +4,8 @@ Thin I/O around :mod:`flywheel.controllers.fault`. When a node agent reports a n
 ``GPUNode`` status (a GPU ``Healthy`` condition, or the node's ``NetworkHealthy`` /
 ``EnginesHealthy`` / ``GPUsHealthy`` conditions), the handler:
 
-1. turns it into a ``FaultSignal`` and asks the fault controller for a decision;
+1. turns it into a ``FaultSignal``, asks the fault controller for a decision and records it in one
+   ``Incident`` before applying it (a retry after a failed write re-decides from that record);
 2. isolates: quarantined GPUs into ``GPUNode.spec.quarantinedGPUs`` (the device plugin reports them
    unhealthy, placement skips them), whole nodes via ``spec.quarantineNode`` (the GPUNode reconcile
    cordons and taints the core ``Node``);
@@ -13,8 +14,8 @@ Thin I/O around :mod:`flywheel.controllers.fault`. When a node agent reports a n
    ``Active``; the pool reconcile then replenishes the standby);
 4. requests stop-time diagnostics on GPUs held for them and, per result, returns them to service or
    escalates;
-5. writes one ``Incident`` per fault with the evidence, every action and the timeline, posts Events on
-   the affected ModelDeployment, and observes MTTD/MTTR histograms.
+5. completes the ``Incident`` with every action applied and the timeline, posts Events on the
+   affected ModelDeployment, and observes MTTD/MTTR histograms.
 
 Transient-capable signals (XID 79, heartbeat loss, Node NotReady) are verified first: routing weight
 0 on the instances there, quarantine only if the condition persists (``FaultConfig.verify_s``); one

@@ -25,13 +25,15 @@ from flywheel.controllers.fault import (
     FaultDecision,
     FaultSignal,
     FleetView,
+    InstanceView,
     RankTrace,
     build_incident,
     incident_name,
     record_action,
     resolve,
 )
-from flywheel.kubeclient import EVENTS, GPU_NODES, NODES, KubeClient
+from flywheel.controllers.fault.incident import MODEL_INSTANCE
+from flywheel.kubeclient import EVENTS, GPU_NODES, NODES, KubeClient, Obj
 from flywheel.operator import incident as incidents
 from flywheel.operator.faults.breaker import BreakerAlerts
 from flywheel.operator.faults.diagnostic_runs import DiagnosticsRuns, request
@@ -48,6 +50,7 @@ from flywheel.operator.faults.recheck import Rechecks
 from flywheel.operator.faults.recovery import Pending, Recovery
 from flywheel.operator.faults.replacement import plan_replacements
 from flywheel.operator.faults.signals import (
+    NODE_NOT_READY_REASON,
     Observation,
     heartbeat_observation,
     node_observation,
@@ -129,7 +132,9 @@ class FaultHandler:
         async with self.lock:
             await self._ensure_loaded()
             await self._follow_diagnostics(body)
-            written = await self._act(self._gpunode_observations(body))
+            found = self._gpunode_observations(body)
+            self._hurry_cleared(body, found)
+            written = await self._act(found)
             if await self.breaker.tick(len(self.held)):
                 await self._save_state()
             self._gauges()
@@ -152,6 +157,18 @@ class FaultHandler:
         if stale is not None:
             found.append(stale)
         return found
+
+    def _hurry_cleared(self, body: Mapping[str, Any], found: list[Observation]) -> None:
+        """Re-checks waiting on this node's observations that it no longer reports: run them now."""
+        node = str((body.get("spec") or {}).get("nodeName") or (body.get("metadata") or {}).get("name", ""))
+        reported = {o.identity for o in found}
+        for key in self.rechecks.waiting():
+            if (
+                key.startswith(f"{node}/")
+                and f"/{NODE_NOT_READY_REASON}/" not in key  # a core Node's, not the GPUNode's
+                and key not in reported
+            ):
+                self.rechecks.hurry(key)
 
     async def _act(self, found: list[Observation]) -> list[Incident]:
         written: list[Incident] = []
@@ -185,7 +202,7 @@ class FaultHandler:
         re-checked while it persists; ``existing`` is the Incident such a re-check adds to. An
         Incident left unfinished by a previous operator process (verifying, held) is resumed.
         """
-        fleet, instances, _ = await read_fleet(self.client)
+        observed, instances, gpunodes = await read_fleet(self.client)
         name = existing.metadata.name if existing is not None else incident_name(signal)
         name = name or ""
         if existing is None:
@@ -194,7 +211,10 @@ class FaultHandler:
                 if incidents.finished(found):
                     return None  # handled before a restart
                 existing = found
-        signal = self._resolve_instance(signal, fleet)
+        # A handling that failed (or was killed) part-way is decided again as it was the first time:
+        # what this Incident quarantined counts as not yet done, and its evicted instance as present.
+        fleet = _without_own_quarantines(observed, gpunodes, name)
+        signal, fleet = self._attribute(signal, fleet, existing)
         if signal.type is SignalType.ENGINE_HANG:
             traces = await self._hang_traces(signal, fleet)
             decision = self.controller.handle_hang(signal, traces, fleet)
@@ -208,7 +228,10 @@ class FaultHandler:
             await self._save_state()
             return None  # e.g. the first of two NIC alerts: nothing done, nothing to record yet
         if existing is None:
+            # Recorded before anything is changed: a retry finds the Incident and, in it, what the
+            # fault was attributed to (the instance, its GPUs), even once the instance is deleted.
             incident = build_incident(decision, fleet, name=name)
+            await incidents.create(self.client, incident)
         else:
             incident = existing
             for step in decision.steps:
@@ -223,17 +246,14 @@ class FaultHandler:
         await quarantine_for(self.client, decision, incident, fleet)
         incident = await self.recovery.promote(decision, incident, replacements)
         incident = await evict(self.client, decision, incident, instances, self.clock, self.metrics)
-        incident = self.recovery.restored_from_standby(incident, replacements, decision, instances, fleet)
+        incident = self.recovery.restored_from_standby(incident, replacements, decision, instances, observed)
+        incident = self._gone(incident, decision, fleet, again)
         incident = await self._start_diagnostics(decision, incident)
-        if existing is None:
-            await incidents.create(self.client, incident)
-            if name in self.pending:
-                self.pending[name].incident = incident
+        await incidents.write_status(self.client, incident)
+        if name in self.pending:
+            self.pending[name].incident = incident
+        if existing is None or decision.isolates:
             observe_incident(self.metrics, signal, incident)
-        else:
-            await incidents.write_status(self.client, incident)
-            if decision.isolates:
-                observe_incident(self.metrics, signal, incident)
         await incidents.post_events(self.client, decision, incident, instances)
         await self.breaker.alert(decision)
         self._gauges()
@@ -253,16 +273,50 @@ class FaultHandler:
         self._gauges()
 
     @staticmethod
-    def _resolve_instance(signal: FaultSignal, fleet: FleetView) -> FaultSignal:
-        """Engine findings name the instance without its namespace: find it on the node."""
+    def _attribute(
+        signal: FaultSignal, fleet: FleetView, existing: Incident | None
+    ) -> tuple[FaultSignal, FleetView]:
+        """Engine findings name the instance without its namespace: find it on the node. Not there any
+        more, but this Incident recorded it (an earlier try of this handling evicted it): it is
+        decided on as it was then. Gone without a record: the signal keeps the bare name."""
         if signal.instance is None or "/" in signal.instance:
-            return signal
-        found = [
-            i.name
-            for i in fleet.instances
-            if i.node == signal.node and i.name.endswith(f"/{signal.instance}")
-        ]
-        return replace(signal, instance=found[0] if len(found) == 1 else None)
+            return signal, fleet
+        short = signal.instance
+        found = [i.name for i in fleet.instances if i.node == signal.node and i.name.endswith(f"/{short}")]
+        if len(found) == 1:
+            return replace(signal, instance=found[0]), fleet
+        if found or existing is None:
+            return signal, fleet
+        spec = existing.spec
+        ref = next((r for r in spec.affected if r.kind == MODEL_INSTANCE and r.name == short), None)
+        if ref is None or ref.namespace is None:
+            return signal, fleet
+        on_node = fleet.nodes.get(signal.node, ())
+        view = InstanceView(
+            name=f"{ref.namespace}/{short}",
+            node=signal.node,
+            gpu_uuids=tuple(g for g in spec.gpu_uuids if g in on_node),
+            model_deployment=spec.model_deployment.name if spec.model_deployment else "",
+        )
+        return replace(signal, instance=view.name), replace(fleet, instances=(*fleet.instances, view))
+
+    def _gone(self, incident: Incident, decision: FaultDecision, fleet: FleetView, again: bool) -> Incident:
+        """An engine fault whose instance no longer exists (deleted before it was handled): nothing is
+        left to isolate or replace here (its pool's reconcile keeps the pool's size), so the Incident
+        is resolved rather than left open."""
+        signal = decision.signal
+        name = signal.instance
+        if name is None or any(
+            i.name == name or (i.node == signal.node and i.name.endswith(f"/{name}")) for i in fleet.instances
+        ):
+            return incident  # there (or its bare name is ambiguous on the node)
+        if again or decision.isolates or decision.breaker_tripped or incidents.finished(incident):
+            return incident
+        return resolve(
+            incident,
+            self.clock(),
+            f"instance {signal.instance} no longer exists on {signal.node}: nothing left to isolate",
+        )
 
     async def _hang_traces(self, signal: FaultSignal, fleet: FleetView) -> tuple[RankTrace, ...]:
         """The agent's stack signatures of the hung engine (its ``EngineStacks`` Event: ``pid=signature``
@@ -325,7 +379,7 @@ class FaultHandler:
     async def _cleared(self, signal: FaultSignal, incident: Incident) -> None:
         """The condition went away before it was confirmed (or while held): restore traffic, resolve."""
         fleet, instances, _ = await read_fleet(self.client)
-        decision = self.controller.clear(replace(signal, at=self.clock()), fleet)
+        decision = self.controller.clear(replace(signal, at=self.clock()), fleet, _stopped(incident))
         name = incident.metadata.name or ""
         incident = await route(self.client, decision.routing_weights, incident, instances, self.clock)
         now = self.clock()
@@ -402,3 +456,39 @@ class FaultHandler:
         await incidents.write_status(self.client, incident)
         await self.diagnostics.finish(self.client, node)
         await self._save_state()
+
+
+def _without_own_quarantines(fleet: FleetView, gpunodes: list[Obj], incident: str) -> FleetView:
+    """The fleet as it was before ``incident`` quarantined anything (its quarantines carry its name)."""
+    gpus: set[str] = set()
+    nodes: set[str] = set()
+    for obj in gpunodes:
+        spec = obj.get("spec") or {}
+        gpus |= {
+            str(q.get("uuid")) for q in spec.get("quarantinedGPUs") or [] if q.get("incident") == incident
+        }
+        if spec.get("quarantineNode") and str(spec.get("quarantineReason", "")).startswith(
+            f"incident {incident}:"
+        ):
+            nodes.add(str(spec.get("nodeName") or obj["metadata"]["name"]))
+    if not gpus and not nodes:
+        return fleet
+    return replace(
+        fleet,
+        quarantined_gpus=fleet.quarantined_gpus - gpus,
+        quarantined_nodes=fleet.quarantined_nodes - nodes,
+    )
+
+
+def _stopped(incident: Incident) -> list[str]:
+    """Instances this Incident set to routing weight 0 (``isolation.route`` records them)."""
+    prefix = "instance/"
+    return sorted(
+        {
+            a.target.removeprefix(prefix)
+            for a in (incident.status.actions if incident.status else [])
+            if a.action is Action.LOWER_ROUTING_WEIGHT
+            and a.target.startswith(prefix)
+            and a.result == "weight 0"
+        }
+    )

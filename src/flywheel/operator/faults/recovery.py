@@ -95,20 +95,23 @@ class Recovery:
         fleet: FleetView,
     ) -> Incident:
         """After the eviction: capacity is back when every victim had a warm standby — promoted now, or
-        already (a handling resumed after a restart: the victims are marked replaced, or the part was
-        already quarantined and nothing is left to evict)."""
+        already (a handling resumed after a failure or restart: the victims, still there or deleted
+        since, are marked replaced, or the part was already quarantined and nothing is left to
+        evict). ``fleet`` is as observed, quarantines of this handling's earlier tries included."""
         if any(plan.missing > 0 for plan in plans):
             return incident
         if not plans:
-            actives = [
-                n for n in decision.evict if n in instances and instances[n]["spec"].get("role") != "Standby"
+            victims = [
+                n
+                for n in decision.evict
+                if n not in instances or instances[n]["spec"].get("role") != "Standby"
             ]
-            resumed_evict = bool(actives) and set(actives) <= replaced_victims(instances)
+            resumed_evict = bool(victims) and set(victims) <= replaced_victims(instances)
             signal = decision.signal
             already = (
                 not decision.evict
-                and not decision.quarantine_gpus
-                and not decision.quarantine_nodes
+                and decision.quarantine_gpus <= fleet.quarantined_gpus
+                and decision.quarantine_nodes <= fleet.quarantined_nodes
                 and (
                     (bool(signal.gpu_uuids) and set(signal.gpu_uuids) <= fleet.quarantined_gpus)
                     or signal.node in fleet.quarantined_nodes

@@ -124,7 +124,9 @@ def observations(gpunode: Mapping[str, Any]) -> list[Observation]:
         if type_ == GPUS_HEALTHY and parsed[0] not in (SignalType.DISK, SignalType.HEARTBEAT_LOST):
             continue  # per-GPU conditions carry GPU faults with their UUID
         message = str(cond.get("message", ""))
-        subject = message.split(":", 1)[0].strip() if type_ == ENGINES_HEALTHY and ":" in message else None
+        if type_ == ENGINES_HEALTHY:
+            found += _engine_observations(node, str(cond.get("reason")), parsed[0], message, since)
+            continue
         found.append(
             Observation(
                 f"{node}/{type_}/{cond.get('reason')}/{since.isoformat()}",
@@ -132,12 +134,65 @@ def observations(gpunode: Mapping[str, Any]) -> list[Observation]:
                 parsed[1],
                 node,
                 None,
-                subject,
+                None,
                 message,
                 since,
             )
         )
     return found
+
+
+def _engine_observations(
+    node: str, reason: str, first: SignalType, message: str, since: datetime
+) -> list[Observation]:
+    """One per failing engine: the agent's ``EnginesHealthy`` condition lists them all (``name:
+    finding; name: finding``, the one its reason is about first), so a second engine failing while
+    the condition is already False is a signal of its own, not hidden behind the first one's."""
+    found: list[Observation] = []
+    for entry in message.split("; "):
+        subject, sep, _ = entry.partition(":")
+        if not sep or not subject.strip():
+            continue
+        subject = subject.strip()
+        kind = first if not found else _engine_signal(entry, first)
+        found.append(
+            Observation(
+                f"{node}/{ENGINES_HEALTHY}/{reason}/{subject}/{since.isoformat()}",
+                kind,
+                None,
+                node,
+                None,
+                subject,
+                entry if found else message,
+                since,
+            )
+        )
+    if not found:  # no engine named: still a signal, about the node
+        found.append(
+            Observation(
+                f"{node}/{ENGINES_HEALTHY}/{reason}/{since.isoformat()}",
+                first,
+                None,
+                node,
+                None,
+                None,
+                message,
+                since,
+            )
+        )
+    return found
+
+
+def _engine_signal(entry: str, default: SignalType) -> SignalType:
+    """The signal of an engine listed after the first (the condition's reason is the first's):
+    read from the agent's finding text (``flywheel.agents.health.engine``)."""
+    if "no token generated" in entry:
+        return SignalType.ENGINE_HANG
+    if "exited" in entry or "connection refused" in entry:
+        return SignalType.ENGINE_CRASH
+    if "/health" in entry:
+        return SignalType.ENGINE_UNHEALTHY
+    return default
 
 
 def heartbeat_observation(gpunode: Mapping[str, Any], now: datetime, timeout_s: float) -> Observation | None:
