@@ -16,7 +16,7 @@ T0 = datetime(2026, 12, 4, 21, 31, 48, tzinfo=UTC)
 
 def injector(*records: FaultRecord) -> FaultInjector:
     kubelet = SimpleNamespace(by_instance=dict)
-    return FaultInjector(kubelet, list(records))  # type: ignore[arg-type]
+    return FaultInjector(kubelet, records=list(records))  # type: ignore[arg-type]
 
 
 def record(kind: str, instance: str, node: str = "gpu-node-0", clears: bool = False) -> FaultRecord:
@@ -33,6 +33,7 @@ def incident(
     if instance:
         affected.insert(0, {"kind": "ModelInstance", "name": instance, "namespace": "default"})
     return {
+        "metadata": {"name": f"{signal.lower()}-{node}-{int(detected.timestamp())}"},
         "spec": {"signal": {"type": signal}, "nodeName": node, "affected": affected, "gpuUUIDs": list(gpus)},
         "status": {"detectedAt": detected.isoformat().replace("+00:00", "Z")},
     }

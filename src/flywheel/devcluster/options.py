@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.controllers.fault.scenario import parse_scenario
-from flywheel.devcluster.chaos import FaultSpec, from_scenario
+from flywheel.devcluster.chaos_spec import FaultSpec, from_scenario
 
 DEPLOYMENT_NAME = "llama"
 GPU_PRODUCT = "H100-80GB-SXM"
