@@ -439,7 +439,11 @@ class FaultInjector(Extension):
         record = pending.record
         if record.quarantined:
             return  # quarantined parts return only through diagnostics
-        decision = self.controller.clear(self._signal(pending), self._fleet())
+        # The instances this fault's decision stopped (verifying, or held by the circuit breaker).
+        stopped = [
+            n for n, w in (pending.decision.routing_weights if pending.decision else {}).items() if w == 0
+        ]
+        decision = self.controller.clear(self._signal(pending), self._fleet(), held=stopped)
         self._set_weights(decision.routing_weights)
         record.cleared_seen_s = self.sim.now
         if record.detected_s is not None and record.isolated_s is None:
