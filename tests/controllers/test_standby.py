@@ -179,3 +179,33 @@ def test_a_loaded_standby_takes_the_slot_of_an_active_that_cannot_be_placed() ->
         Member("s0", Role.STANDBY, 4, ready=False, node="n2"),
     ]
     assert reconcile_standbys(placed, 2, 1, 4).actions == ()
+
+
+def test_a_loaded_standby_serves_in_place_of_an_active_held_out_of_traffic() -> None:
+    """An active the fault handler holds at routing weight 0 (its isolation held by the circuit
+    breaker, for up to a cool-down) serves nothing: a loaded standby is promoted to serve in its
+    place, and the held active is left for its fault's isolation or clearing to decide."""
+    members = [
+        Member("a0", Role.ACTIVE, 4, ready=True, node="n0", held=True),
+        Member("a1", Role.ACTIVE, 4, ready=True, node="n1"),
+        Member("s0", Role.STANDBY, 4, ready=True, node="n2"),
+    ]
+    plan = reconcile_standbys(members, desired_active=2, desired_standbys=1, tp=4)
+    assert plan.promoted == ["s0"]
+    assert not [a for a in plan.actions if a.kind is ActionKind.RETIRE]  # the held one stays
+    assert [a.kind for a in plan.actions].count(ActionKind.CREATE_STANDBY) == 1  # replenish
+    # Next round, still held: the stand-in serves, nothing flaps (the standby is being replenished).
+    serving = [members[0], members[1], Member("s0", Role.ACTIVE, 4, ready=True, node="n2"),
+               Member("s1", Role.STANDBY, 4, ready=False, node="n2")]  # fmt: skip
+    assert reconcile_standbys(serving, 2, 1, 4).actions == ()
+    # Back in traffic: one active too many, the newest goes back to being a standby.
+    back = [
+        Member("a0", Role.ACTIVE, 4, ready=True, node="n0", ready_since=1.0),
+        Member("a1", Role.ACTIVE, 4, ready=True, node="n1", ready_since=1.0),
+        Member("s0", Role.ACTIVE, 4, ready=True, node="n2", ready_since=5.0),
+    ]
+    after = reconcile_standbys(back, desired_active=2, desired_standbys=1, tp=4)
+    assert [(a.kind, a.instance) for a in after.actions] == [(ActionKind.DEMOTE, "s0")]
+    # No loaded standby: nothing to promote, and the held active is not replaced by a cold start.
+    alone = [members[0], members[1], Member("s0", Role.STANDBY, 4, ready=False, node="n2")]
+    assert reconcile_standbys(alone, 2, 1, 4).actions == ()

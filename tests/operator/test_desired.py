@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flywheel.api.v1alpha1 import InstanceRole, ModelDeploymentSpec, ModelInstanceSpec, ServingPoolSpec
@@ -127,6 +128,26 @@ def test_plan_creates_deletes_and_is_idempotent() -> None:
     resharded = pool.model_copy(update={"tensor_parallel": 2})
     plan = plan_instances("d-ss", resharded, spec, existing)
     assert sorted(plan.delete) == sorted(i.name for i in existing) and len(plan.create) == 3
+
+
+def test_an_active_held_out_of_traffic_is_kept_and_its_stand_in_is_no_surplus() -> None:
+    """A standby promoted to serve in place of an active the fault handler holds at weight 0 is not
+    deleted as surplus, the held one is not deleted either, and no cold start is made for it."""
+    spec = md()
+    pool = pools_for(spec, {"ss": ("ss",)}, ss=PoolSize(4, 2))["d-ss"]
+    roles = {"d-ss-tp4-0": InstanceRole.ACTIVE, "d-ss-tp4-1": InstanceRole.ACTIVE}
+    promoted = {**roles, "d-ss-tp4-2": InstanceRole.ACTIVE}  # the standby now serves for tp4-0
+    held = [replace(i, held=i.name == "d-ss-tp4-0") for i in observed("d-ss", pool, spec, promoted)]
+    plan = plan_instances("d-ss", pool, spec, held)
+    assert plan.delete == []
+    assert [s.role for s in plan.create.values()] == [InstanceRole.STANDBY]  # only the standby is replenished
+    no_standby = [replace(i, held=i.name == "d-ss-tp4-0") for i in observed("d-ss", pool, spec, roles)]
+    assert [s.role for s in plan_instances("d-ss", pool, spec, no_standby).create.values()] == [
+        InstanceRole.STANDBY
+    ]  # no cold active for the held one
+    # Back in traffic: one active too many, the highest ordinal goes.
+    back = plan_instances("d-ss", pool, spec, observed("d-ss", pool, spec, promoted))
+    assert back.delete == ["d-ss-tp4-2"]
 
 
 def test_owned_fields_are_updated_in_place() -> None:

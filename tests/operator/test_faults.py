@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from flywheel.agents.agent import Agent, AgentConfig
 from flywheel.agents.nvml.simulated import SimulatedNvml
 from flywheel.api.v1alpha1 import Action, Incident, SignalType, get_condition, reasons
+from flywheel.api.v1alpha1.annotations import held_by_breaker
 from flywheel.controllers.fault import FaultConfig, is_complete
 from flywheel.kubeclient import KubeClient
 from flywheel.operator.faults import RESET_BREAKER_ANNOTATION, FaultHandler, FaultMetrics, observations
@@ -232,6 +233,8 @@ async def test_false_alarm_storm_is_capped_by_the_breaker(
     agents = [start_agent(http, n) for n in nodes]
     try:
         create_deployment(http)
+        for k, ((agent, _), node) in enumerate(zip(agents, nodes, strict=True)):
+            create_instance(http, f"llama-{k}", node, uuids(agent)[:4], "Active")
         registry = CollectorRegistry()
         async with KubeClient(cluster.url, insecure=True) as kube:
             handler = FaultHandler(kube, FaultMetrics(registry))
@@ -256,6 +259,14 @@ async def test_false_alarm_storm_is_capped_by_the_breaker(
                 and c.reason == reasons.CIRCUIT_OPEN
             ]
             assert len(refused) == 2
+            # The instances on the held nodes get no traffic and carry the breaker's mark, so their
+            # pool lets a loaded standby serve in their place (not so while a fault is only verified).
+            held = {
+                i["metadata"]["name"]
+                for i in items(http, f"{FW}/namespaces/default/modelinstances")
+                if held_by_breaker(i["metadata"].get("annotations"))
+            }
+            assert len(held) == 2
 
             # a person resets the breaker: the next report is acted on again
             annotate(http, "node-3", {RESET_BREAKER_ANNOTATION: "checked by ops"})

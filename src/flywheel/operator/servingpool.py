@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from flywheel.api.v1alpha1 import (
     GPUNode,
+    InstanceRole,
     ModelDeploymentSpec,
     ModelInstanceSpec,
     ServingPoolSpec,
@@ -24,6 +25,7 @@ from flywheel.api.v1alpha1 import (
     set_condition,
     wire_conditions,
 )
+from flywheel.api.v1alpha1.annotations import held_by_breaker
 from flywheel.controllers.resources.desired import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
@@ -96,7 +98,12 @@ class ServingPoolController:
                         MODEL_INSTANCES, namespace, item["metadata"]["name"], item["metadata"]["uid"]
                     )
                     continue
-                observed.append(ObservedInstance(item["metadata"]["name"], instance_spec, deleting(item)))
+                held = instance_spec.role is InstanceRole.ACTIVE and held_by_breaker(
+                    item["metadata"].get("annotations")
+                )
+                observed.append(
+                    ObservedInstance(item["metadata"]["name"], instance_spec, deleting(item), held=held)
+                )
             observed = await self.rollout.promote(pool, spec, raw, observed)
             plan = plan_instances(name, spec, md_spec, observed)
             plan = await self.rollout.stage(pool, spec, md_spec, raw, observed, plan)

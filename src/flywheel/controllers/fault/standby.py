@@ -78,6 +78,9 @@ class Member:
     ready_since: float | None = None  # virtual or wall time; older standbys are promoted first
     draining: bool = False
     unplaced: bool = False  # an active no GPUs could be found for (it counts, but serves nothing)
+    # An active the fault handler holds out of traffic (routing weight 0: its fault is being verified,
+    # or the circuit breaker holds its isolation): it stays, but a loaded standby serves in its place.
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,10 +240,16 @@ def reconcile_standbys(
         elif m.tp != tp:
             out.add(ActionKind.RETIRE, m.name, f"{m.name} runs TP{m.tp}, the pool runs TP{tp}")
 
+    # An active held out of traffic (routing weight 0: its fault is verified, or its isolation held by
+    # the circuit breaker, possibly for a whole cool-down) serves nothing: a loaded standby serves in
+    # its place. The held one is neither counted nor retired (its fault's isolation or clearing
+    # decides about it), and no cold start is made for it; once back, the surplus is scaled down.
+    held = [a for a in actives if a.held]
+    actives = [a for a in actives if not a.held]
     missing = desired_active - len(actives)
     cause = (
         PromotionCause.FAILURE
-        if failed_set or any(not m.healthy for m in members)
+        if failed_set or held or any(not m.healthy for m in members)
         else PromotionCause.SCALE_UP
     )
     if missing > 0:
@@ -248,7 +257,7 @@ def reconcile_standbys(
         for m in ready[:missing]:
             out.add(ActionKind.PROMOTE, m.name, f"promote warm standby {m.name} ({cause})", cause)
             standbys.remove(m)
-        for _ in range(missing - min(missing, len(ready))):
+        for _ in range(max(0, missing - min(missing, len(ready)) - len(held))):
             out.add(
                 ActionKind.CREATE_ACTIVE,
                 None,

@@ -174,6 +174,9 @@ class ObservedInstance:
     name: str
     spec: ModelInstanceSpec
     deleting: bool = False
+    # Held out of traffic by the fault handler (routing weight 0): kept and never surplus while held (a
+    # loaded standby may serve in its place), and no cold start is made for it.
+    held: bool = False
 
 
 @dataclass
@@ -245,13 +248,15 @@ def plan_instances(
             (i for i in live if i.spec.role == role and i.spec.tensor_parallel == spec.tensor_parallel),
             key=_order_key,
         )
-        keep, surplus = matching[:count], matching[count:]
+        held = [i for i in matching if i.held]
+        serving = [i for i in matching if not i.held]
+        keep, surplus = serving[:count], serving[count:]
         plan.delete.extend(i.name for i in surplus)
-        for instance in keep:
+        for instance in [*keep, *held]:
             patch = _owned_fields_patch(instance.spec, template)
             if patch:
                 plan.update[instance.name] = patch
-        for _ in range(count - len(keep)):
+        for _ in range(count - len(keep) - len(held)):
             name = instance_name(pool, spec.tensor_parallel, taken)
             taken.add(name)
             plan.create[name] = template

@@ -239,7 +239,9 @@ class FaultHandler:
                     incident, step.action, step.target, signal.at, f"decided: {step.reason}"
                 )
         self._track(name, decision)
-        incident = await route(self.client, decision.routing_weights, incident, instances, self.clock)
+        incident = await route(
+            self.client, decision.routing_weights, incident, instances, self.clock, decision.breaker_tripped
+        )
         replacements = plan_replacements(decision, instances, fleet)
         # Quarantine, promote the replacements, then delete the victims: a failed write part-way is
         # retried from the start and finds the victims still there (promotions are marked, see below).
@@ -381,7 +383,9 @@ class FaultHandler:
         fleet, instances, _ = await read_fleet(self.client)
         decision = self.controller.clear(replace(signal, at=self.clock()), fleet, _stopped(incident))
         name = incident.metadata.name or ""
-        incident = await route(self.client, decision.routing_weights, incident, instances, self.clock)
+        incident = await route(
+            self.client, decision.routing_weights, incident, instances, self.clock, decision.breaker_tripped
+        )
         now = self.clock()
         incident = record_action(
             incident, Action.NONE, f"node/{signal.node}", now, f"cleared: {decision.reason}"

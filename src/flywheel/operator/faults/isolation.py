@@ -18,13 +18,15 @@ async def route(
     incident: Incident,
     instances: dict[str, Obj],
     clock: Callable[[], float],
+    held: bool = False,
 ) -> Incident:
-    """Routing weights as an annotation the router reads on each ModelInstance (0: no traffic)."""
+    """Routing weights as an annotation the router reads on each ModelInstance (0: no traffic);
+    ``held``: the circuit breaker holds the fault, marked on the instances it stops."""
     for name, weight in sorted(weights.items()):
         obj = instances.get(name)
         if obj is None:
             continue
-        await set_routing_weight(client, obj, weight)
+        await set_routing_weight(client, obj, weight, held=held and weight <= 0.0)
         incident = record_action(
             incident,
             Action.LOWER_ROUTING_WEIGHT,

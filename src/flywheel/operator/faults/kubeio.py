@@ -17,7 +17,7 @@ from flywheel.api.v1alpha1 import (
     reasons,
     set_raw_condition,
 )
-from flywheel.api.v1alpha1.annotations import ROUTING_WEIGHT_ANNOTATION
+from flywheel.api.v1alpha1.annotations import HELD_BY_BREAKER_ANNOTATION, ROUTING_WEIGHT_ANNOTATION
 from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.fault import FleetView, InstanceView
 from flywheel.controllers.fault.standby import Member, Role
@@ -152,15 +152,14 @@ async def release(client: KubeClient, gpunode: str, gpus: frozenset[str]) -> Non
     await client.update(GPU_NODES, None, gpunode, compute)
 
 
-async def set_routing_weight(client: KubeClient, instance: Obj, weight: float) -> None:
-    """The router reads ``flywheel.dev/routing-weight`` (absent = 1; 0 = no new requests)."""
+async def set_routing_weight(client: KubeClient, instance: Obj, weight: float, held: bool = False) -> None:
+    """The router reads ``flywheel.dev/routing-weight`` (absent = 1; 0 = no new requests); ``held``: the
+    circuit breaker holds the fault (``flywheel.dev/held-by-breaker``, read by the pool reconcile)."""
     meta = instance["metadata"]
     value = f"{weight:g}" if weight < 1.0 else None
+    annotations = {ROUTING_WEIGHT_ANNOTATION: value, HELD_BY_BREAKER_ANNOTATION: "true" if held else None}
     await client.patch(
-        MODEL_INSTANCES,
-        meta["namespace"],
-        meta["name"],
-        {"metadata": {"annotations": {ROUTING_WEIGHT_ANNOTATION: value}}},
+        MODEL_INSTANCES, meta["namespace"], meta["name"], {"metadata": {"annotations": annotations}}
     )
 
 

@@ -427,6 +427,10 @@ class EngineKernel:
     def _accepts_work(self, inst: SimInstance) -> bool:
         return all(ext.accepts_work(inst) for ext in self.extensions)
 
+    def held_out(self, inst: SimInstance) -> bool:
+        """An extension holds the instance out of traffic (routing weight 0)."""
+        return any(ext.held_out(inst) for ext in self.extensions)
+
     def ready_instances(self, pool: SimPool) -> list[SimInstance]:
         """The pool's instances that serve now."""
         return [i for i in pool.instances if i.state == "ready"]

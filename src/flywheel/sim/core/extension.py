@@ -3,8 +3,8 @@
 An extension (``flywheel.sim.extensions``) subclasses :class:`Extension`, overrides the hooks it
 needs and is registered with ``SimKernel.add_extension``; it acts on the kernel only through the
 kernel's public API (``schedule``, ``start_instance``, ``drain``, ``evict``, ``recover``, ``kick``,
-``interrupt``, ``next_iteration``, ``pool_load``, ``ready_instances``). Hooks run in registration
-order.
+``interrupt``, ``next_iteration``, ``pool_load``, ``ready_instances``, ``held_out``). Hooks run in
+registration order.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class Extension:
     def accepts_work(self, instance: SimInstance) -> bool:
         """Whether the instance may take queued requests now (routing weight, health)."""
         return True
+
+    def held_out(self, instance: SimInstance) -> bool:
+        """Whether the fault handler holds the instance out of traffic (routing weight 0): what an
+        operator knows, unlike an engine fault nobody has detected yet."""
+        return False
 
     def before_iteration(self, instance: SimInstance) -> bool:
         """Before the instance plans its next iteration; False: it does not run one now (the

@@ -219,6 +219,7 @@ class Reconfigurator(Extension):
                 i.tp,
                 ready=i.state in ("ready", "standby"),
                 ready_since=i.started_s,
+                held=i.id not in self.standby_ids and self.sim.held_out(i),
             )
             for i in pool.instances
             if i.state in ("starting", "ready", "standby")

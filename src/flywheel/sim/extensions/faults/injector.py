@@ -103,6 +103,7 @@ class FaultInjector(Extension):
         self.silent_nodes: set[int] = set()  # dead host or NIC down: its engines are unreachable
         self.throttled: set[str] = set()
         self.held: set[str] = set()  # routing weight 0: no new requests
+        self.held_by_breaker: set[str] = set()  # of those, held by the circuit breaker (not verifying)
         self.requeued: set[int] = set()  # requests in flight on an evicted instance, retried elsewhere
         self._group_targets: dict[str, tuple[SimInstance | None, int, int | None]] = {}
         nodes = sim.cfg.nodes
@@ -197,6 +198,9 @@ class FaultInjector(Extension):
     def accepts_work(self, instance: SimInstance) -> bool:
         return instance.id not in self.held and not self.frozen(instance)
 
+    def held_out(self, instance: SimInstance) -> bool:
+        return instance.id in self.held_by_breaker
+
     def before_iteration(self, instance: SimInstance) -> bool:
         if self.frozen(instance):
             instance.flush(self.sim.now)
@@ -245,14 +249,16 @@ class FaultInjector(Extension):
                 if self._ready_actives(name) >= record.ready_before:
                     record.restored_s = self.sim.now
 
-    def _set_weights(self, weights: Mapping[str, float]) -> None:
+    def _set_weights(self, weights: Mapping[str, float], by_breaker: bool = False) -> None:
         changed = False
         for name, weight in weights.items():
             if weight <= 0.0:
-                changed |= name not in self.held
+                changed |= name not in self.held or by_breaker != (name in self.held_by_breaker)
                 self.held.add(name)
+                (self.held_by_breaker.add if by_breaker else self.held_by_breaker.discard)(name)
             elif name in self.held:
                 self.held.discard(name)
+                self.held_by_breaker.discard(name)
                 changed = True
         if changed:
             for pool in self.sim.pools.values():
@@ -399,7 +405,7 @@ class FaultInjector(Extension):
         else:
             decision = self.controller.handle(signal, fleet)
         pending.signal, pending.decision = signal, decision
-        self._set_weights(decision.routing_weights)
+        self._set_weights(decision.routing_weights, by_breaker=decision.breaker_tripped)
         stops_traffic = any(w <= 0.0 for w in decision.routing_weights.values())
         if record.detected_s is None and (decision.isolates or decision.breaker_tripped or stops_traffic):
             record.detected_s = self.sim.now
@@ -466,6 +472,7 @@ class FaultInjector(Extension):
             self.hung.discard(inst.id)
             self.throttled.discard(inst.id)
             self.held.discard(inst.id)
+            self.held_by_breaker.discard(inst.id)
             if self.reconfig is not None:
                 self.reconfig.standby_ids.discard(inst.id)
             self.requeued.update(self.sim.evict(inst))
