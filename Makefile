@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 LOCK := requirements-dev.lock
 UV_COMPILE := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: install demo test lint typecheck imports crds-check unit bench clean tools lock test-under-load image
+.PHONY: install demo test lint typecheck imports crds-check unit bench clean tools lock test-under-load image chaos
 
 # Every package, the build backend included, comes pinned and hash-checked from the lock;
 # the project itself is installed editable without build isolation (nothing unpinned is fetched).
@@ -33,6 +33,16 @@ tools: $(STAMP)
 # and the Debian packages mmdebstrap, umoci, skopeo (scripts/build-image). Not part of `make test`.
 image: $(STAMP)
 	PYTHON=$(BIN)/python scripts/build-image build/image
+
+# The 5-minute chaos soak of the dev cluster (API errors, operator/agent/router kills, XIDs, an engine
+# crash and hang), judged by scripts/check-chaos-report: nothing lost but streams cut mid-way, no GPU
+# placed twice, every kill recovered, clocks restored. About 7 minutes; CI runs it after `make test`.
+# The 10-minute soak (scenarios/faults/soak.yaml) is a benchmark (docs/benchmarks.md).
+chaos: $(STAMP)
+	mkdir -p build
+	$(BIN)/flywheel dev --duration 300 --speed 6 --chaos scenarios/faults/soak-5min.yaml \
+		--report build/chaos-soak-5min.json --no-live
+	$(BIN)/python scripts/check-chaos-report build/chaos-soak-5min.json
 
 demo: $(STAMP)
 	$(BIN)/flywheel demo
