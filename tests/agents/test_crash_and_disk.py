@@ -45,14 +45,47 @@ def test_nothing_listening_is_a_crash_but_a_slow_engine_is_not() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
+    def up(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n")
+
     target = EngineTarget("llama-0", "http://127.0.0.1:8000")
-    for transport, reasons in ((refused, {"EngineCrashed"}), (slow, {"EngineHealthFailed"})):
-        probe = HttpEngineProbe(transport=httpx.MockTransport(transport))
+    for failure, reasons in ((refused, {"EngineCrashed"}), (slow, {"EngineHealthFailed"})):
+        healthy = HttpEngineProbe(transport=httpx.MockTransport(up))
+        failing = HttpEngineProbe(transport=httpx.MockTransport(failure))
         try:
-            check = EngineCheck(lambda: [target], probe.read)
-            assert {f.reason for f in check.check(0.0)} == reasons
+            check = EngineCheck(lambda: [target], healthy.read)
+            assert check.check(0.0) == []  # up and healthy
+            check.read = failing.read
+            assert {f.reason for f in check.check(1.0)} == reasons
         finally:
-            probe.close()
+            healthy.close()
+            failing.close()
+
+
+def test_an_engine_that_never_answered_is_starting_not_crashed() -> None:
+    """vLLM listens only once its weights are loaded: a new engine (or a replacement that reuses a
+    failed instance's name, at a new address) refuses connections while it starts. Like a startup
+    probe, nothing is reported until it answered once; after that a refusal is a crash."""
+    state = {"listening": False}
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        if not state["listening"]:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, text="vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n")
+
+    probe = HttpEngineProbe(transport=httpx.MockTransport(engine))
+    targets = [EngineTarget("llama-0", "http://10.0.0.1:8000")]
+    try:
+        check = EngineCheck(lambda: targets, probe.read)
+        assert check.check(0.0) == []  # loading
+        state["listening"] = True
+        assert check.check(1.0) == []
+        state["listening"] = False
+        assert {f.reason for f in check.check(2.0)} == {"EngineCrashed"}
+        targets[0] = EngineTarget("llama-0", "http://10.0.0.2:8000")  # its replacement, same name
+        assert check.check(3.0) == []  # starting again
+    finally:
+        probe.close()
 
 
 def test_disk_fault_read_only_and_io_error_but_full_is_not_a_fault(tmp_path: Path) -> None:

@@ -150,13 +150,22 @@ class EngineCheck:
         self.watchdog = watchdog or ForwardProgressWatchdog()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="engine-probe")
         self.readings: dict[str, EngineReading] = {}
+        # Engines (name, URL) that have answered /health once. One that never has is still starting
+        # (loading weights: vLLM listens only once loaded): not crashed, not unhealthy — as a startup
+        # probe, so a replacement that reuses a failed instance's name is not evicted while it loads.
+        self._up: set[tuple[str, str]] = set()
 
     def check(self, now: float) -> list[Finding]:
         targets = self.targets()
         readings = list(self._pool.map(self.read, targets)) if targets else []
         self.readings = {t.name: r for t, r in zip(targets, readings, strict=True)}
+        current = {(t.name, t.base_url) for t in targets}
+        self._up &= current
+        self._up |= {(t.name, t.base_url) for t, r in zip(targets, readings, strict=True) if r.healthy}
         findings: list[Finding] = []
         for target, reading in zip(targets, readings, strict=True):
+            if (target.name, target.base_url) not in self._up:
+                continue  # still starting
             why = crashed(target, reading, self.alive)
             if why is not None:
                 self.watchdog.forget(target.name)
