@@ -13,6 +13,7 @@ from flywheel.api.v1alpha1 import AUTO_CLASS_NAMES
 from flywheel.engines.router import Backend, Pool
 from flywheel.engines.router.hold import HoldPolicy
 from flywheel.engines.simulated import SimulatedEngineServer
+from waiting import eventually_async
 
 ALL = frozenset(AUTO_CLASS_NAMES)
 BODY = {"prompt": "x", "max_tokens": 2}
@@ -30,12 +31,8 @@ def _waiting(registry: CollectorRegistry) -> float:
     return registry.get_sample_value("flywheel_router_unavailable_waiting") or 0.0
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+async def _until(condition: Callable[[], bool]) -> None:
+    await eventually_async(condition, what="the condition", interval=0.01)
 
 
 async def test_a_request_is_held_until_an_instance_is_back(
