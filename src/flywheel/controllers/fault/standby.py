@@ -78,8 +78,8 @@ class Member:
     ready_since: float | None = None  # virtual or wall time; older standbys are promoted first
     draining: bool = False
     unplaced: bool = False  # an active no GPUs could be found for (it counts, but serves nothing)
-    # An active the fault handler holds out of traffic (routing weight 0: its fault is being verified,
-    # or the circuit breaker holds its isolation): it stays, but a loaded standby serves in its place.
+    # An active the circuit breaker holds out of traffic (routing weight 0 while its isolation is held,
+    # ``flywheel.dev/held-by-breaker``): it stays, but a loaded standby serves in its place.
     held: bool = False
 
 
@@ -240,9 +240,8 @@ def reconcile_standbys(
         elif m.tp != tp:
             out.add(ActionKind.RETIRE, m.name, f"{m.name} runs TP{m.tp}, the pool runs TP{tp}")
 
-    # An active held out of traffic (routing weight 0: its fault is verified, or its isolation held by
-    # the circuit breaker, possibly for a whole cool-down) serves nothing: a loaded standby serves in
-    # its place. The held one is neither counted nor retired (its fault's isolation or clearing
+    # An active held out of traffic by the circuit breaker (possibly for a whole cool-down) serves
+    # nothing: a loaded standby serves in its place. The held one is neither counted nor retired (its fault's isolation or clearing
     # decides about it), and no cold start is made for it; once back, the surplus is scaled down.
     held = [a for a in actives if a.held]
     actives = [a for a in actives if not a.held]

@@ -174,8 +174,8 @@ class ObservedInstance:
     name: str
     spec: ModelInstanceSpec
     deleting: bool = False
-    # Held out of traffic by the fault handler (routing weight 0): kept and never surplus while held (a
-    # loaded standby may serve in its place), and no cold start is made for it.
+    # Held out of traffic by the circuit breaker (``flywheel.dev/held-by-breaker``): kept and never
+    # surplus while held (a loaded standby may serve in its place), and no cold start is made for it.
     held: bool = False
 
 
