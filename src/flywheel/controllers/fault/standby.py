@@ -241,8 +241,9 @@ def reconcile_standbys(
             out.add(ActionKind.RETIRE, m.name, f"{m.name} runs TP{m.tp}, the pool runs TP{tp}")
 
     # An active held out of traffic by the circuit breaker (possibly for a whole cool-down) serves
-    # nothing: a loaded standby serves in its place. The held one is neither counted nor retired (its fault's isolation or clearing
-    # decides about it), and no cold start is made for it; once back, the surplus is scaled down.
+    # nothing: a loaded standby serves in its place. The held one is neither counted nor retired (its
+    # fault's isolation or clearing decides about it), and no cold start is made for it; once back, the
+    # surplus is scaled down.
     held = [a for a in actives if a.held]
     actives = [a for a in actives if not a.held]
     missing = desired_active - len(actives)
