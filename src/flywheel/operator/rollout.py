@@ -45,7 +45,6 @@ from flywheel.api.v1alpha1 import (
     set_condition,
     wire_conditions,
 )
-from flywheel.api.v1alpha1.annotations import held_by_breaker
 from flywheel.api.v1alpha1.common import ConditionStatus
 from flywheel.controllers.fault.standby import ActionKind, Member, Role, reconcile_standbys
 from flywheel.controllers.reconfig import (
@@ -126,7 +125,7 @@ class PoolRollout:
                     unplaced=active
                     and not i.spec.node_name
                     and condition_status(conditions_of(obj), reasons.SCHEDULED) == "False",
-                    held=active and held_by_breaker((obj.get("metadata") or {}).get("annotations")),
+                    held=i.held,  # an Active the circuit breaker holds (the pool reconcile read it)
                 )
             )
         decision = reconcile_standbys(members, spec.instances, spec.standbys, spec.tensor_parallel)

@@ -102,8 +102,9 @@ class FaultInjector(Extension):
         self.broken_gpus: set[GpuRef] = set()  # real GPU faults, still present
         self.silent_nodes: set[int] = set()  # dead host or NIC down: its engines are unreachable
         self.throttled: set[str] = set()
-        self.held: set[str] = set()  # routing weight 0: no new requests
-        self.held_by_breaker: set[str] = set()  # of those, held by the circuit breaker (not verifying)
+        # Routing weight 0 (no new requests): instance -> whether the circuit breaker holds it (else
+        # its fault is being verified).
+        self.held: dict[str, bool] = {}
         self.requeued: set[int] = set()  # requests in flight on an evicted instance, retried elsewhere
         self._group_targets: dict[str, tuple[SimInstance | None, int, int | None]] = {}
         nodes = sim.cfg.nodes
@@ -199,7 +200,7 @@ class FaultInjector(Extension):
         return instance.id not in self.held and not self.frozen(instance)
 
     def held_out(self, instance: SimInstance) -> bool:
-        return instance.id in self.held_by_breaker
+        return self.held.get(instance.id, False)
 
     def before_iteration(self, instance: SimInstance) -> bool:
         if self.frozen(instance):
@@ -253,12 +254,10 @@ class FaultInjector(Extension):
         changed = False
         for name, weight in weights.items():
             if weight <= 0.0:
-                changed |= name not in self.held or by_breaker != (name in self.held_by_breaker)
-                self.held.add(name)
-                (self.held_by_breaker.add if by_breaker else self.held_by_breaker.discard)(name)
+                changed |= self.held.get(name) != by_breaker
+                self.held[name] = by_breaker
             elif name in self.held:
-                self.held.discard(name)
-                self.held_by_breaker.discard(name)
+                del self.held[name]
                 changed = True
         if changed:
             for pool in self.sim.pools.values():
@@ -471,8 +470,7 @@ class FaultInjector(Extension):
         for inst in evicted:
             self.hung.discard(inst.id)
             self.throttled.discard(inst.id)
-            self.held.discard(inst.id)
-            self.held_by_breaker.discard(inst.id)
+            self.held.pop(inst.id, None)
             if self.reconfig is not None:
                 self.reconfig.standby_ids.discard(inst.id)
             self.requeued.update(self.sim.evict(inst))
